@@ -1,0 +1,10 @@
+"""The model zoo. Importing this package registers every architecture (explicit list)."""
+
+from edgecnn.train.architectures import (  # noqa: F401
+    lenet,
+    mobilenet,
+    resnet,
+    seed_cnn,
+    shufflenet,
+    vgg,
+)

@@ -1,0 +1,44 @@
+"""Building blocks shared by the zoo. Layer names are deterministic: ONNX node names and
+quantization exclusion lists depend on them."""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+__all__ = ["classifier_head", "conv_bn_act", "make_divisible"]
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """Round channels to a multiple of ``divisor`` without losing more than 10% (MobileNet)."""
+    new = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    if new < 0.9 * value:
+        new += divisor
+    return new
+
+
+def conv_bn_act(x, filters: int, kernel: int, *, strides: int = 1, name: str, act: str | None = "relu"):
+    """Conv2D (no bias) + BatchNorm + optional activation."""
+    x = layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    if act:
+        x = layers.Activation(act, name=f"{name}_{act}")(x)
+    return x
+
+
+def classifier_head(x, num_classes: int, *, dropout: float = 0.0, pool: bool = True):
+    """Global pooling ("features"), optional dropout, Dense "logits" and a softmax.
+
+    Every zoo model ends with ``features -> [dropout] -> logits -> probabilities`` so transfer
+    learning can cut at ``features`` and Grad-CAM can read ``logits``.
+    """
+    if pool:
+        x = layers.GlobalAveragePooling2D(name="features")(x)
+    if dropout > 0:
+        x = layers.Dropout(dropout, name="head_dropout")(x)
+    x = layers.Dense(num_classes, name="logits")(x)
+    return layers.Activation("softmax", name="probabilities", dtype="float32")(x)
+
+
+def functional(inputs, outputs, name: str) -> keras.Model:
+    return keras.Model(inputs, outputs, name=name)

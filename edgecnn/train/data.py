@@ -1,0 +1,330 @@
+"""Datasets: CIFAR-10 (download, or a local .npz in the keras layout), image folders, and the
+embedded CIFAR-10 sample; plus the tf.data input pipeline with normalization and augmentation.
+
+Every source is decoded to uint8 RGB arrays of the model's input size. Images that need resizing
+go through Pillow's bilinear resize, exactly as :mod:`edgecnn.runtime` does at inference time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+from edgecnn.errors import DataError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Dataset", "load_dataset", "load_image_folder", "load_npz", "load_embedded_sample",
+           "channel_stats", "parse_classes", "CIFAR10_CLASSES", "IMAGE_EXTENSIONS"]
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
+_DOWNLOAD_TIMEOUT_S = 20
+
+
+@dataclass
+class Dataset:
+    """In-memory splits as uint8 NHWC RGB images and int32 labels."""
+
+    name: str
+    class_names: list[str]
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    source: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def describe(self) -> dict[str, Any]:
+        """What goes into the model card's ``dataset`` entry."""
+        return {**self.source, "name": self.name, "num_train": int(len(self.x_train)),
+                "num_val": int(len(self.x_val)), "num_test": int(len(self.x_test))}
+
+
+# ----------------------------------------------------------------------------------- sources
+
+def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Read ``x_train, y_train, x_test, y_test`` (keras layout) and check shapes and dtypes.
+
+    Raises:
+        DataError: for a missing or unreadable file, missing keys, or wrong shapes/dtypes.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"Dataset file {path} does not exist; pass --data PATH.npz with x_train, y_train, x_test, y_test.")
+    try:
+        with np.load(path, allow_pickle=False) as d:
+            missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in d.files]
+            if missing:
+                raise DataError(f"{path} lacks {', '.join(missing)} (has {', '.join(d.files) or 'nothing'}); "
+                                "an .npz dataset needs x_train, y_train, x_test, y_test as keras.datasets writes them.")
+            arrays = [d[k] for k in ("x_train", "y_train", "x_test", "y_test")]
+    except DataError:
+        raise
+    except Exception as err:  # zipfile/pickle/OS errors: the file is not a readable npz
+        raise DataError(f"Cannot read {path} as an .npz archive ({type(err).__name__}: {err}).") from err
+    x_train, y_train, x_test, y_test = arrays
+    for name, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+        _check_split(path, name, x, y)
+    return (_to_uint8(x_train, path), y_train.reshape(-1).astype(np.int32),
+            _to_uint8(x_test, path), y_test.reshape(-1).astype(np.int32))
+
+
+def _check_split(path: Path, name: str, x: np.ndarray, y: np.ndarray) -> None:
+    if x.ndim != 4 or x.shape[-1] != 3:
+        raise DataError(f"{path}: x_{name} must be (N, height, width, 3) RGB images, got shape {x.shape}.")
+    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise DataError(f"{path}: x_{name} must hold numbers (uint8 0-255), got dtype {x.dtype}.")
+    if y.size != len(x) or not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{path}: y_{name} must be {len(x)} integer labels, got shape {y.shape} dtype {y.dtype}.")
+    if len(x) == 0:
+        raise DataError(f"{path}: the {name} split is empty.")
+    if y.min() < 0:
+        raise DataError(f"{path}: y_{name} has negative labels.")
+
+
+def _to_uint8(x: np.ndarray, path: Path) -> np.ndarray:
+    if x.dtype == np.uint8:
+        return x
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0 or hi > 255:
+        raise DataError(f"{path}: pixel values must lie in 0-255, got {lo:g}..{hi:g}.")
+    if hi <= 1.0:
+        log.warning("%s: pixels look scaled to 0-1; multiplying by 255.", path)
+        x = x * 255.0
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+def load_embedded_sample() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The CIFAR-10 sample shipped in the package (2,000 train / 500 test, class-balanced)."""
+    root = resources.files("edgecnn") / "assets" / "cifar10_sample"
+    labels = json.loads((root / "labels.json").read_text())
+    out = []
+    for split in ("train", "test"):
+        with (root / f"{split}.webp").open("rb") as fh:
+            grid = np.asarray(Image.open(fh).convert("RGB"))
+        rows, cols = grid.shape[0] // 32, grid.shape[1] // 32
+        x = grid.reshape(rows, 32, cols, 32, 3).transpose(0, 2, 1, 3, 4).reshape(-1, 32, 32, 3)
+        y = np.asarray(labels[split], dtype=np.int32)
+        out += [np.ascontiguousarray(x[: len(y)]), y]
+    return tuple(out)  # type: ignore[return-value]
+
+
+def download_cifar10() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """CIFAR-10 through ``keras.datasets`` (cached in ~/.keras/datasets after the first download).
+
+    Raises:
+        DataError: when the download fails, saying to pass a local file instead.
+    """
+    import keras
+
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(_DOWNLOAD_TIMEOUT_S)
+    try:
+        (x_train, y_train), (x_test, y_test) = keras.datasets.cifar10.load_data()
+    except Exception as err:  # urllib, socket and archive errors all mean: no usable download
+        raise DataError(
+            f"Could not download CIFAR-10 ({type(err).__name__}: {str(err)[:120]}); "
+            "pass --data PATH.npz (keras layout) or --data sample for the embedded sample."
+        ) from err
+    finally:
+        socket.setdefaulttimeout(old)
+    return x_train, y_train.reshape(-1).astype(np.int32), x_test, y_test.reshape(-1).astype(np.int32)
+
+
+def _list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def read_image(path: Path, size: tuple[int, int] | None) -> np.ndarray:
+    """Decode one image to uint8 RGB, resized (bilinear) to ``size`` = (height, width)."""
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            if size is not None and img.size != (size[1], size[0]):
+                img = img.resize((size[1], size[0]), Image.BILINEAR)
+            return np.asarray(img, dtype=np.uint8)
+    except Image.DecompressionBombError as err:
+        raise DataError(f"{path} is too large to decode safely ({err}); shrink it or remove it.") from err
+    except (OSError, ValueError, SyntaxError) as err:
+        raise DataError(f"Cannot read image {path} ({err}); remove or replace the file.") from err
+
+
+def _read_class_tree(root: Path, size: tuple[int, int], class_names: list[str] | None):
+    dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if class_names is None:
+        class_names = [d.name for d in dirs]
+    elif sorted(d.name for d in dirs) != sorted(class_names):
+        raise DataError(f"{root} has class folders {[d.name for d in dirs]}, expected {class_names} as in train/.")
+    if len(class_names) < 2:
+        raise DataError(f"{root} needs at least two class sub-folders (one per class), found {len(class_names)}.")
+    xs, ys = [], []
+    for label, name in enumerate(class_names):
+        files = _list_images(root / name)
+        if not files:
+            raise DataError(f"Class folder {root / name} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}).")
+        xs += [read_image(f, size) for f in files]
+        ys += [label] * len(files)
+    return np.stack(xs), np.asarray(ys, dtype=np.int32), class_names
+
+
+def load_image_folder(root: str | Path, size: tuple[int, int]):
+    """Read ``root/<class>/*`` or ``root/train/<class>/*`` (+ ``val/`` and/or ``test/``).
+
+    Returns:
+        (x_train, y_train, x_val or None, y_val or None, x_test or None, y_test or None, class_names)
+
+    Raises:
+        DataError: for an empty tree, a class folder without images, or an unreadable image.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"Image folder {root} does not exist.")
+    if (root / "train").is_dir():
+        x_tr, y_tr, names = _read_class_tree(root / "train", size, None)
+        val = _read_class_tree(root / "val", size, names)[:2] if (root / "val").is_dir() else (None, None)
+        test = _read_class_tree(root / "test", size, names)[:2] if (root / "test").is_dir() else (None, None)
+        return x_tr, y_tr, *val, *test, names
+    x, y, names = _read_class_tree(root, size, None)
+    return x, y, None, None, None, None, names
+
+
+# ----------------------------------------------------------------------------------- assembly
+
+def parse_classes(spec: str | Sequence[Any] | None, class_names: list[str]) -> list[int] | None:
+    """Turn ``"0-4"``, ``"cat,dog"``, ``"5,7,9"`` or a list into class indices.
+
+    Raises:
+        DataError: for unknown names or indices out of range.
+    """
+    if spec is None or spec == "" or spec == []:
+        return None
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    out: list[int] = []
+    for item in (str(i).strip() for i in items):
+        if "-" in item and all(p.isdigit() for p in item.split("-", 1)):
+            lo, hi = (int(p) for p in item.split("-", 1))
+            out += list(range(lo, hi + 1))
+        elif item.isdigit():
+            out.append(int(item))
+        elif item in class_names:
+            out.append(class_names.index(item))
+        else:
+            raise DataError(f"Unknown class {item!r}; classes are {', '.join(class_names)} (or indices 0-{len(class_names) - 1}).")
+    bad = [i for i in out if not 0 <= i < len(class_names)]
+    if bad:
+        raise DataError(f"Class indices {bad} are out of range 0-{len(class_names) - 1}.")
+    if len(set(out)) < 2:
+        raise DataError(f"Choose at least two classes, got {spec!r}.")
+    return sorted(set(out))
+
+
+def _subset(x, y, keep: list[int]):
+    mask = np.isin(y, keep)
+    remap = np.full(max(keep) + 1, -1, dtype=np.int32)
+    remap[keep] = np.arange(len(keep), dtype=np.int32)
+    return x[mask], remap[y[mask]]
+
+
+def _resize_all(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if x.shape[1:3] == tuple(size):
+        return x
+    return np.stack([np.asarray(Image.fromarray(i).resize((size[1], size[0]), Image.BILINEAR)) for i in x])
+
+
+def load_dataset(
+    data: str | None,
+    *,
+    input_size: tuple[int, int] = (32, 32),
+    val_split: float = 0.1,
+    seed: int = 0,
+    classes: str | Sequence[Any] | None = None,
+    limit: int | None = None,
+) -> Dataset:
+    """Load a dataset by spec: None (CIFAR-10, else the embedded sample), ``cifar10``,
+    ``sample``, a ``.npz`` file or an image folder.
+
+    Raises:
+        DataError: for anything wrong with the data, with the fix in the message.
+    """
+    if not 0.0 <= val_split < 1.0:
+        raise DataError(f"val_split must be in [0, 1), got {val_split}.")
+    x_val = y_val = None
+    class_names = list(CIFAR10_CLASSES)
+    if data is None:
+        try:
+            x_tr, y_tr, x_te, y_te = download_cifar10()
+            name, source = "cifar10", {"path": "keras.datasets.cifar10"}
+        except DataError as err:
+            log.warning("%s Using the embedded CIFAR-10 sample instead.", err)
+            x_tr, y_tr, x_te, y_te = load_embedded_sample()
+            name, source = "cifar10-sample", {"path": "sample"}
+    elif data == "cifar10":
+        x_tr, y_tr, x_te, y_te = download_cifar10()
+        name, source = "cifar10", {"path": "keras.datasets.cifar10"}
+    elif data == "sample":
+        x_tr, y_tr, x_te, y_te = load_embedded_sample()
+        name, source = "cifar10-sample", {"path": "sample"}
+    else:
+        path = Path(data).expanduser()
+        if path.suffix == ".npz" or path.is_file():
+            x_tr, y_tr, x_te, y_te = load_npz(path)
+            n = int(max(y_tr.max(), y_te.max())) + 1
+            class_names = list(CIFAR10_CLASSES) if n == 10 and "cifar" in path.name.lower() else [str(i) for i in range(n)]
+            name, source = path.stem, {"path": str(path.resolve())}
+        elif path.is_dir():
+            x_tr, y_tr, x_val, y_val, x_te, y_te, class_names = load_image_folder(path, input_size)
+            name, source = path.name, {"path": str(path.resolve())}
+        else:
+            raise DataError(f"Dataset {data!r} not found: pass a .npz file, an image folder, 'cifar10' or 'sample'.")
+    source["format"] = "folder" if name == Path(str(data)).name and Path(str(data)).is_dir() else "arrays"
+
+    keep = parse_classes(classes, class_names)
+    if keep is not None:
+        source["classes"] = [class_names[i] for i in keep]
+        x_tr, y_tr = _subset(x_tr, y_tr, keep)
+        if x_val is not None:
+            x_val, y_val = _subset(x_val, y_val, keep)
+        if x_te is not None:
+            x_te, y_te = _subset(x_te, y_te, keep)
+        class_names = [class_names[i] for i in keep]
+
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(x_tr))
+    x_tr, y_tr = x_tr[order], y_tr[order]
+    if x_val is None and val_split > 0:
+        n_val = max(1, int(round(len(x_tr) * val_split)))
+        if n_val >= len(x_tr):
+            raise DataError(f"Only {len(x_tr)} training images: too few to hold out a validation split.")
+        x_val, y_val, x_tr, y_tr = x_tr[:n_val], y_tr[:n_val], x_tr[n_val:], y_tr[n_val:]
+    if limit:
+        x_tr, y_tr = x_tr[:limit], y_tr[:limit]
+        source["limit"] = int(limit)
+    if x_te is None:  # an image folder without test/: evaluate on the validation split
+        x_te, y_te = x_val, y_val
+        source["test_split"] = "val"
+    if x_val is None:
+        x_val, y_val = x_te, y_te
+    if y_tr.max() >= len(class_names):
+        raise DataError(f"Labels go up to {int(y_tr.max())} but there are {len(class_names)} classes.")
+    x_tr, x_val, x_te = (_resize_all(a, input_size) for a in (x_tr, x_val, x_te))
+    return Dataset(name, class_names, x_tr, y_tr, x_val, y_val, x_te, y_te, source)
+
+
+def channel_stats(x: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and standard deviation on the 0-255 scale (float64 accumulation)."""
+    flat = x.reshape(-1, x.shape[-1]).astype(np.float64)
+    return flat.mean(axis=0).round(4).tolist(), flat.std(axis=0).round(4).tolist()

@@ -1,0 +1,81 @@
+"""Model registry: a dict, a decorator and an explicit import list (timm's pattern, smaller)."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from edgecnn.errors import ModelNotFoundError
+
+__all__ = ["ModelSpec", "register_model", "list_models", "get_model_spec", "build_model"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered architecture: its builder and default input size."""
+
+    name: str
+    builder: Callable[..., Any]
+    input_size: tuple[int, int]
+    family: str
+    description: str
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register_model(name: str, *, input_size: tuple[int, int], family: str) -> Callable:
+    """Register ``fn(num_classes, *, input_shape, **kwargs) -> keras.Model`` under ``name``.
+
+    Raises:
+        ValueError: if the name is taken (a duplicate is a programming error).
+    """
+
+    def decorator(fn: Callable) -> Callable:
+        if name in _REGISTRY:
+            raise ValueError(f"Model name {name!r} is already registered.")
+        doc = (fn.__doc__ or "").strip().splitlines()
+        _REGISTRY[name] = ModelSpec(name, fn, tuple(input_size), family, doc[0] if doc else "")
+        return fn
+
+    return decorator
+
+
+def _ensure_loaded() -> None:
+    from edgecnn.train import architectures  # noqa: F401  (registers the zoo)
+
+
+def list_models(family: str | None = None) -> list[str]:
+    """Names of the registered models, sorted, optionally of one family."""
+    _ensure_loaded()
+    return sorted(n for n, s in _REGISTRY.items() if family is None or s.family == family)
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    """Look a model up by name.
+
+    Raises:
+        ModelNotFoundError: for an unknown name, with close matches (never auto-corrected).
+    """
+    _ensure_loaded()
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, _REGISTRY, n=3, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ModelNotFoundError(
+            f"Unknown model {name!r}.{hint} Run `edgecnn models` for the list."
+        )
+    return _REGISTRY[name]
+
+
+def build_model(
+    name: str,
+    num_classes: int,
+    *,
+    input_size: tuple[int, int] | None = None,
+    **kwargs: Any,
+):
+    """Build a registered model for ``num_classes`` at ``input_size`` (default: the model's)."""
+    spec = get_model_spec(name)
+    h, w = input_size or spec.input_size
+    return spec.builder(num_classes, input_shape=(h, w, 3), **kwargs)
