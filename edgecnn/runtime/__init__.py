@@ -1,0 +1,1 @@
+"""Embeddable runtime: numpy + onnxruntime + Pillow only (never TensorFlow)."""
