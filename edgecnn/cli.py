@@ -68,6 +68,153 @@ def _echo_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
 # ---------------------------------------------------------------------------------- train stage
 # (commands of the training stage are defined below this line)
 
+_TRAIN_EPILOG = """\b
+Examples:
+  edgecnn train                                   # seed_cnn on CIFAR-10 (embedded sample offline)
+  edgecnn train --model seed_cnn --data cifar10.npz --epochs 10 --out runs/seed
+  edgecnn train --config models/resnet20_cifar10.yaml --data cifar10.npz
+  edgecnn train --model resnet20 --data photos/ --input-size 64 --schedule cosine --optimizer sgd
+  edgecnn train --backbone mobilenet_v2 --weights ~/mnv2_notop.h5 --data photos/ \\
+                --epochs 5 --fine-tune-layers 30 --fine-tune-epochs 5
+  edgecnn train --resume runs/seed                # continue after a kill
+"""
+
+
+def _size(value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    parts = value.lower().replace("x", ",").split(",")
+    try:
+        nums = [int(p) for p in parts if p.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected N or HxW, got {value!r}") from None
+    if len(nums) not in (1, 2):
+        raise click.BadParameter(f"expected N or HxW, got {value!r}")
+    return nums * 2 if len(nums) == 1 else nums
+
+
+@main.command(epilog=_TRAIN_EPILOG)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help="Recipe file (YAML/JSON); flags override it.")
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False, path_type=Path), help="Continue the run in this directory from its last finished epoch.")
+@click.option("--model", help="Zoo model name (see `edgecnn models`).  [default: seed_cnn]")
+@click.option("--data", help="cifar10 (download), sample (embedded), a .npz in keras layout, or an image folder.")
+@click.option("--out", help="Run directory.  [default: runs/<model>]")
+@click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
+@click.option("--epochs", type=int)
+@click.option("--batch-size", type=int)
+@click.option("--optimizer", type=click.Choice(["sgd", "adam", "adamw", "rmsprop"]))
+@click.option("--lr", type=float, help="Learning rate (peak rate for cosine/onecycle).")
+@click.option("--momentum", type=float)
+@click.option("--nesterov/--no-nesterov", default=None)
+@click.option("--weight-decay", type=float, help="Decoupled weight decay (L2).")
+@click.option("--schedule", type=click.Choice(["constant", "step", "cosine", "onecycle"]))
+@click.option("--warmup-epochs", type=float)
+@click.option("--step-every", type=int, help="Step schedule: epochs between decays.")
+@click.option("--step-gamma", type=float, help="Step schedule: decay factor.")
+@click.option("--label-smoothing", type=float)
+@click.option("--dropout", type=float)
+@click.option("--width", type=float, help="Width multiplier of the architecture.")
+@click.option("--early-stopping", type=int, help="Patience in epochs on val accuracy (0: off).")
+@click.option("--val-split", type=float, help="Fraction of training images held out for validation.")
+@click.option("--seed", type=int)
+@click.option("--normalization", type=click.Choice(["scale", "dataset"]), help="scale: /255; dataset: per-channel mean/std of the training split.")
+@click.option("--input-size", help="N or HxW the images are resized to.")
+@click.option("--classes", help="Train on a subset: '0-4', 'cat,dog', ...")
+@click.option("--limit", type=int, help="Use at most this many training images.")
+@click.option("--augment/--no-augment", default=None, help="Random flip + translation (pad-and-crop).")
+@click.option("--rotation", type=float, help="Random rotation range in degrees (augmentation).")
+@click.option("--translate", type=float, help="Random translation as a fraction of the side (augmentation).")
+@click.option("--backbone", help="Transfer learning: mobilenet_v2, mobilenet_v3_small, resnet50, efficientnet_b0, or a run directory.")
+@click.option("--weights", help="Backbone weights: imagenet, none or a local .h5 file.")
+@click.option("--backbone-input-size", type=int, help="Size the backbone sees (resized inside the model).")
+@click.option("--fine-tune-layers", type=int, help="Unfreeze this many top backbone layers in phase 2.")
+@click.option("--fine-tune-epochs", type=int)
+@click.option("--fine-tune-lr", type=float, help="[default: lr / 10]")
+@click.option("--quiet", is_flag=True, help="One line per epoch instead of a progress bar.")
+def train(config_path, resume_dir, overwrite, quiet, augment, rotation, translate, input_size, **flags) -> None:
+    """Train a CNN into a run directory (model.keras, card.json, history, curves, metrics)."""
+    from edgecnn.train.config import load_recipe
+    from edgecnn.train.loop import resume, train as run_training
+
+    verbose = 2 if quiet else None
+    if resume_dir is not None:
+        run = resume(resume_dir, verbose=verbose)
+    else:
+        from edgecnn.train.config import TrainConfig
+
+        recipe = load_recipe(config_path) if config_path else {}
+        recipe.update({k: v for k, v in flags.items() if v is not None})
+        aug = dict(recipe.get("augment") or {})
+        if augment is False:
+            aug.update(flip=False, translate=0.0, rotation_deg=0.0)
+        for key, value in (("rotation_deg", rotation), ("translate", translate)):
+            if value is not None:
+                aug[key] = value
+        if aug:
+            recipe["augment"] = aug
+        if input_size is not None:
+            recipe["input_size"] = _size(input_size)
+        run = run_training(TrainConfig.from_dict(recipe), overwrite=overwrite, verbose=verbose)
+    from edgecnn.card import ModelCard
+
+    card = ModelCard.load(run)
+    m = card.metrics
+    click.echo(f"Saved {run}/model.keras: test accuracy {m['test_accuracy']:.2%}"
+               + (f", top-5 {m['test_top5']:.2%}" if "test_top5" in m else "")
+               + f" after {m['epochs']} epochs ({m['train_time_s']:.0f} s).")
+
+
+@main.command(epilog="\b\nExamples:\n  edgecnn models\n  edgecnn models --family mobilenet --input-size 224")
+@click.option("--family", help="Only this family (seed, lenet, vgg, resnet, mobilenet, shufflenet).")
+@click.option("--input-size", type=int, help="Count MFLOPs at this square size instead of each model's default.")
+@click.option("--classes", "num_classes", type=int, default=10, show_default=True)
+def models(family: str | None, input_size: int | None, num_classes: int) -> None:
+    """List the model zoo: parameters and MFLOPs (2 x multiply-adds) at the default input size."""
+    import edgecnn.train  # noqa: F401
+    from edgecnn.train.flops import model_summary_row
+    from edgecnn.train.registry import build_model, get_model_spec, list_models
+
+    rows = []
+    for name in list_models(family):
+        spec = get_model_spec(name)
+        size = (input_size, input_size) if input_size else spec.input_size
+        r = model_summary_row(build_model(name, num_classes, input_size=size))
+        rows.append([name, spec.family, f"{size[0]}x{size[1]}", f"{r['params']:,}", f"{r['mflops']:.1f}", spec.description])
+    _echo_table("edgecnn model zoo", ["model", "family", "input", "params", "MFLOPs", "description"], rows)
+    from edgecnn.train.transfer import BACKBONES
+
+    click.echo("Transfer backbones (--backbone): " + ", ".join(BACKBONES) + ", or a run directory.")
+
+
+@main.command(epilog="\b\nExamples:\n  edgecnn evaluate runs/seed\n  edgecnn evaluate runs/seed --data cifar10.npz\n  edgecnn evaluate runs/seed/export/model.int8.onnx")
+@click.argument("model_path", metavar="RUN_OR_MODEL", type=click.Path(path_type=Path))
+@click.option("--data", help="Dataset to evaluate on (default: the run's own test split).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Where evaluation.json and the confusion PNG go.")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+def evaluate(model_path: Path, data: str | None, out: Path | None, as_json: bool) -> None:
+    """Top-1/top-5 accuracy, per-class precision/recall and the confusion matrix (text + PNG)."""
+    import json
+
+    from edgecnn.train.evaluate import evaluate as run_evaluation
+
+    report = run_evaluation(model_path, data=data, out=out)
+    click.echo(json.dumps(report.metrics, indent=2) if as_json else report.to_text())
+    click.echo(f"Wrote {', '.join(report.files)}", err=True)
+
+
+@main.command(epilog="\b\nExamples:\n  edgecnn gradcam runs/seed cat.png dog.jpg --out cams/\n  edgecnn gradcam runs/seed ship.png --class-name airplane")
+@click.argument("run", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("gradcam"), show_default=True)
+@click.option("--class-name", help="Explain this class instead of the predicted one.")
+@click.option("--layer", help="Feature layer to explain (default: the last convolutional block).")
+def gradcam(run: Path, images: tuple[Path, ...], out: Path, class_name: str | None, layer: str | None) -> None:
+    """Grad-CAM heatmaps of RUN's predictions on IMAGES, overlaid as PNGs."""
+    from edgecnn.train.gradcam import gradcam_files
+
+    for rec in gradcam_files(run, images, out, class_name=class_name, layer=layer):
+        click.echo(f"{rec['image']}: {rec['class']} ({rec['probability']:.1%}) -> {rec['file']}")
+
 
 # --------------------------------------------------------------------------------- export stage
 # (commands of the export stage are defined below this line)

@@ -1,0 +1,184 @@
+"""Typed, frozen training configuration; loaded from CLI flags or a recipe file (YAML/JSON)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from edgecnn.errors import ConfigError
+
+__all__ = ["TrainConfig", "AugmentConfig", "OPTIMIZERS", "SCHEDULES", "NORMALIZATIONS", "load_recipe"]
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+SCHEDULES = ("constant", "step", "cosine", "onecycle")
+NORMALIZATIONS = ("scale", "dataset")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training-time augmentation, run in the tf.data pipeline (never baked into the model)."""
+
+    flip: bool = True
+    rotation_deg: float = 0.0
+    translate: float = 0.125  # fraction of the side: 0.125 = pad 4 px + random 32x32 crop
+    fill_mode: str = "reflect"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rotation_deg <= 180:
+            raise ConfigError(f"rotation_deg must be in [0, 180], got {self.rotation_deg}.")
+        if not 0 <= self.translate < 0.5:
+            raise ConfigError(f"translate must be in [0, 0.5), got {self.translate}.")
+        if self.fill_mode not in ("reflect", "constant", "nearest", "wrap"):
+            raise ConfigError(f"fill_mode must be reflect, constant, nearest or wrap, got {self.fill_mode!r}.")
+
+    @property
+    def enabled(self) -> bool:
+        return self.flip or self.rotation_deg > 0 or self.translate > 0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything ``edgecnn train`` does, as one value (every field is also a CLI flag)."""
+
+    model: str = "seed_cnn"
+    data: str | None = None  # None: CIFAR-10 download, else the embedded sample
+    out: str | None = None  # run directory; default runs/<model>
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    warmup_epochs: float = 0.0
+    step_every: int = 30
+    step_gamma: float = 0.1
+    label_smoothing: float = 0.0
+    dropout: float | None = None  # None: the architecture's default
+    width: float | None = None  # width multiplier; None: the architecture's default
+    early_stopping: int = 0  # patience in epochs on val_accuracy; 0 disables
+    val_split: float = 0.1
+    seed: int = 0
+    normalization: str = "scale"
+    input_size: tuple[int, int] | None = None
+    classes: str | None = None  # subset such as "0-4" or "cat,dog"
+    limit: int | None = None  # cap on training images (quick runs)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # Transfer learning
+    backbone: str | None = None  # keras.applications name or a run directory
+    weights: str = "imagenet"  # imagenet | none | PATH (for keras.applications backbones)
+    backbone_input_size: int | None = None  # resize inside the model; None: the backbone's own
+    fine_tune_layers: int = 0
+    fine_tune_epochs: int = 0
+    fine_tune_lr: float | None = None  # None: lr / 10
+
+    def __post_init__(self) -> None:
+        def bad(msg: str) -> None:
+            raise ConfigError(msg)
+
+        if self.epochs < 1:
+            bad(f"epochs must be >= 1, got {self.epochs}.")
+        if self.batch_size < 1:
+            bad(f"batch_size must be >= 1, got {self.batch_size}.")
+        if not self.lr > 0:
+            bad(f"lr must be > 0, got {self.lr}.")
+        if self.optimizer not in OPTIMIZERS:
+            bad(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}.")
+        if self.schedule not in SCHEDULES:
+            bad(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}.")
+        if self.normalization not in NORMALIZATIONS:
+            bad(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {self.normalization!r}.")
+        if not 0 <= self.momentum < 1:
+            bad(f"momentum must be in [0, 1), got {self.momentum}.")
+        if self.weight_decay < 0:
+            bad(f"weight_decay must be >= 0, got {self.weight_decay}.")
+        if not 0 <= self.label_smoothing < 1:
+            bad(f"label_smoothing must be in [0, 1), got {self.label_smoothing}.")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            bad(f"dropout must be in [0, 1), got {self.dropout}.")
+        if self.width is not None and self.width <= 0:
+            bad(f"width must be > 0, got {self.width}.")
+        if not 0 <= self.val_split < 1:
+            bad(f"val_split must be in [0, 1), got {self.val_split}.")
+        if self.warmup_epochs < 0 or self.warmup_epochs >= self.epochs:
+            bad(f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs}.")
+        if self.step_every < 1 or not 0 < self.step_gamma <= 1:
+            bad("step_every must be >= 1 and step_gamma in (0, 1].")
+        if self.early_stopping < 0 or self.fine_tune_layers < 0 or self.fine_tune_epochs < 0:
+            bad("early_stopping, fine_tune_layers and fine_tune_epochs must be >= 0.")
+        if self.limit is not None and self.limit < 1:
+            bad(f"limit must be >= 1, got {self.limit}.")
+        if self.fine_tune_lr is not None and not self.fine_tune_lr > 0:
+            bad(f"fine_tune_lr must be > 0, got {self.fine_tune_lr}.")
+        if self.input_size is not None:
+            size = tuple(int(v) for v in self.input_size)
+            if len(size) != 2 or min(size) < 8:
+                bad(f"input_size must be (height, width) >= 8, got {self.input_size}.")
+            object.__setattr__(self, "input_size", size)
+        if isinstance(self.augment, dict):
+            object.__setattr__(self, "augment", _build(AugmentConfig, self.augment, "augment"))
+        if self.fine_tune_epochs and not self.backbone:
+            bad("fine_tune_epochs needs --backbone (it unfreezes the backbone's top layers).")
+        if self.weights not in ("imagenet", "none") and not Path(self.weights).expanduser().exists():
+            bad(f"weights must be imagenet, none or an existing file, got {self.weights!r}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        if self.input_size is not None:
+            data["input_size"] = list(self.input_size)
+        return data
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Build from a dict; an unknown key fails loudly.
+
+        Raises:
+            ConfigError: for unknown keys or invalid values.
+        """
+        return _build(cls, data, "recipe")
+
+
+def _build(cls, data: Any, where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"The {where} must be a mapping of option: value, got {type(data).__name__}.")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        import difflib
+
+        hints = [f"{u} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(u, known, 1)) else u for u in unknown]
+        raise ConfigError(f"Unknown {where} key(s): {', '.join(hints)}.")
+    try:
+        return cls(**data)
+    except TypeError as err:
+        raise ConfigError(f"Invalid {where}: {err}.") from err
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    """Read a recipe (YAML or JSON) into a dict of TrainConfig fields.
+
+    Raises:
+        ConfigError: if the file is missing or not valid YAML/JSON.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Recipe {path} does not exist; see models/*.yaml for examples.")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as err:  # yaml.YAMLError / JSONDecodeError
+        raise ConfigError(f"Cannot parse recipe {path}: {str(err).splitlines()[0]}.") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"Recipe {path} must be a mapping of option: value.")
+    return data

@@ -1,0 +1,118 @@
+"""Grad-CAM (Selvaraju et al., 2017): which regions of the image drove the class score, from
+the gradients of the class logit with respect to the last convolutional feature map."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import keras
+import tensorflow as tf
+from PIL import Image
+
+from edgecnn.card import ModelCard
+from edgecnn.errors import ArtifactError, InputError
+
+__all__ = ["gradcam", "target_layer", "overlay", "gradcam_files"]
+
+
+def target_layer(model: keras.Model, name: str | None = None) -> keras.layers.Layer:
+    """The named layer, or the last layer with a 4-D output (the last conv block; a nested
+    backbone counts as one layer).
+
+    Raises:
+        ArtifactError: if no such layer exists.
+    """
+    if name:
+        try:
+            return model.get_layer(name)
+        except ValueError as err:
+            raise ArtifactError(f"No layer {name!r} in {model.name}.") from err
+    for layer in reversed(model.layers):
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        if len(layer.output.shape) == 4:
+            return layer
+    raise ArtifactError(f"{model.name} has no convolutional feature map for Grad-CAM.")
+
+
+def gradcam(model: keras.Model, x: np.ndarray, *, class_index: Sequence[int] | int | None = None,
+            layer: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Heatmaps for a normalized NHWC batch.
+
+    Returns:
+        (heatmaps in [0, 1] at the feature-map resolution, explained class per image, probabilities)
+    """
+    conv_layer = target_layer(model, layer)
+    grad_model = keras.Model(model.inputs, [conv_layer.output, model.get_layer("logits").output, model.outputs[0]])
+    x = tf.convert_to_tensor(x, tf.float32)
+    with tf.GradientTape() as tape:
+        conv, logits, probs = grad_model(x, training=False)
+        if class_index is None:
+            cls = tf.argmax(logits, axis=1, output_type=tf.int32)
+        else:
+            cls = tf.broadcast_to(tf.constant(class_index, tf.int32), [tf.shape(x)[0]])
+        score = tf.gather(logits, cls, axis=1, batch_dims=1)
+    grads = tape.gradient(score, conv)
+    weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+    cam = tf.nn.relu(tf.reduce_sum(weights * conv, axis=-1)).numpy()
+    peak = cam.reshape(len(cam), -1).max(axis=1).reshape(-1, 1, 1)
+    cam = np.divide(cam, peak, out=np.zeros_like(cam), where=peak > 0)
+    return cam, cls.numpy(), np.asarray(probs)
+
+
+def overlay(image: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.45, min_side: int = 256) -> Image.Image:
+    """The image and its heatmap (jet colormap) blended, upscaled so small images stay visible."""
+    from matplotlib import colormaps
+
+    img = Image.fromarray(image)
+    scale = max(1, int(np.ceil(min_side / min(img.size))))
+    size = (img.width * scale, img.height * scale)
+    img = img.resize(size, Image.BICUBIC)
+    heat = Image.fromarray((heatmap * 255).astype(np.uint8)).resize(size, Image.BILINEAR)
+    colored = (colormaps["jet"](np.asarray(heat) / 255.0)[..., :3] * 255).astype(np.uint8)
+    return Image.blend(img.convert("RGB"), Image.fromarray(colored), alpha)
+
+
+def gradcam_files(run: str | Path, images: Sequence[str | Path], out: str | Path, *,
+                  class_name: str | None = None, layer: str | None = None) -> list[dict]:
+    """Grad-CAM PNGs (image | overlay) for image files; returns one record per image.
+
+    Raises:
+        ArtifactError, InputError, DataError: for a bad run, class name or image.
+    """
+    from edgecnn.runtime.preprocess import normalize_batch
+    from edgecnn.train.data import read_image
+    from edgecnn.train.loop import load_run_model
+    from edgecnn.train.plots import _pyplot
+
+    card = ModelCard.load(run)
+    model = load_run_model(run)
+    cls = None
+    if class_name is not None:
+        if class_name not in card.class_names:
+            raise InputError(f"Unknown class {class_name!r}; the model knows {', '.join(card.class_names)}.")
+        cls = card.class_names.index(class_name)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    plt = _pyplot()
+    records = []
+    for path in map(Path, images):
+        full = read_image(path, None)
+        small = read_image(path, card.input_size)
+        cams, chosen, probs = gradcam(model, normalize_batch(small[None], card), class_index=cls, layer=layer)
+        c = int(chosen[0])
+        fig, axes = plt.subplots(1, 2, figsize=(7, 3.6))
+        axes[0].imshow(Image.fromarray(full).resize(overlay(full, cams[0]).size, Image.BICUBIC))
+        axes[1].imshow(overlay(full, cams[0]))
+        for ax in axes:
+            ax.axis("off")
+        axes[0].set_title(path.name)
+        axes[1].set_title(f"Grad-CAM: {card.class_names[c]} ({probs[0, c]:.1%})")
+        target = out / f"{path.stem}.gradcam.png"
+        fig.savefig(target, dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        records.append({"image": str(path), "class": card.class_names[c], "probability": float(probs[0, c]),
+                        "predicted": card.class_names[int(probs[0].argmax())], "file": str(target)})
+    return records

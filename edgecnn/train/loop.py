@@ -1,0 +1,318 @@
+"""The training loop: build, fit (head, then optional fine-tune), checkpoint every epoch
+atomically, resume after a kill, and write the run directory with its model card."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import edgecnn.train  # noqa: F401  (quiet TensorFlow before it loads)
+import keras
+import tensorflow as tf
+
+from edgecnn import __version__
+from edgecnn.card import ModelCard, atomic_write_text
+from edgecnn.errors import ArtifactError, ConfigError
+from edgecnn.train import architectures  # noqa: F401  (registers custom layers for load_model)
+from edgecnn.train.config import TrainConfig
+from edgecnn.train.data import Dataset, channel_stats, load_dataset
+from edgecnn.train.pipeline import make_dataset, steps_per_epoch
+from edgecnn.train.registry import build_model, get_model_spec
+
+log = logging.getLogger(__name__)
+
+__all__ = ["train", "resume", "load_run_model", "RunFiles"]
+
+
+class RunFiles:
+    """Names of the files in a run directory."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.model = self.root / "model.keras"
+        self.card = self.root / "card.json"
+        self.config = self.root / "config.json"
+        self.checkpoint = self.root / "checkpoint.keras"
+        self.state = self.root / "state.json"
+        self.history_json = self.root / "history.json"
+        self.history_csv = self.root / "history.csv"
+        self.curves = self.root / "curves.png"
+        self.metrics = self.root / "metrics.json"
+
+
+def load_run_model(run: str | Path, *, checkpoint: bool = False) -> keras.Model:
+    """Load ``model.keras`` of a run directory (or a .keras file).
+
+    Raises:
+        ArtifactError: if it is missing or cannot be deserialized.
+    """
+    path = Path(run)
+    if path.is_dir():
+        path = RunFiles(path).checkpoint if checkpoint else RunFiles(path).model
+    if not path.is_file():
+        raise ArtifactError(f"No model at {path}; train one with `edgecnn train --out {Path(run)}`.")
+    try:
+        return keras.models.load_model(path, compile=checkpoint)
+    except Exception as err:  # zip, h5, json and deserialization errors all mean: corrupt
+        raise ArtifactError(f"Cannot load {path}: corrupt or not a Keras 3 model ({type(err).__name__}).") from err
+
+
+def _save_model_atomic(model: keras.Model, path: Path) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp.keras")
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=float) + "\n")
+
+
+# ------------------------------------------------------------------------------------ building
+
+def _build(cfg: TrainConfig, data: Dataset) -> tuple[keras.Model, dict[str, Any]]:
+    size = tuple(data.x_train.shape[1:3])
+    if cfg.backbone:
+        from edgecnn.train.transfer import build_transfer_model
+
+        return build_transfer_model(cfg.backbone, data.num_classes, input_size=size, weights=cfg.weights,
+                                    backbone_input_size=cfg.backbone_input_size,
+                                    dropout=0.2 if cfg.dropout is None else cfg.dropout)
+    kwargs: dict[str, Any] = {}
+    if cfg.dropout is not None:
+        kwargs["dropout"] = cfg.dropout
+    if cfg.width is not None:
+        kwargs["width"] = cfg.width
+    try:
+        model = build_model(cfg.model, data.num_classes, input_size=size, **kwargs)
+    except TypeError as err:
+        raise ConfigError(f"Model {cfg.model} does not take {', '.join(kwargs)}: {err}.") from err
+    except ValueError as err:
+        raise ConfigError(f"Cannot build {cfg.model} for {size[0]}x{size[1]} inputs: {err}") from err
+    if cfg.normalization == "dataset":
+        mean, std = channel_stats(data.x_train)
+        pre = {"mean": mean, "std": [max(s, 1e-3) for s in std], "normalization": "dataset"}
+    else:
+        pre = {"mean": (0.0, 0.0, 0.0), "std": (255.0, 255.0, 255.0), "normalization": "scale"}
+    pre.setdefault("channel_order", "RGB")
+    return model, pre
+
+
+def _schedule(cfg: TrainConfig, lr: float, epochs: int, steps: int):
+    total = max(1, epochs * steps)
+    warm = int(cfg.warmup_epochs * steps)
+    if cfg.schedule == "constant":
+        return lr
+    if cfg.schedule == "step":
+        bounds = [e * steps for e in range(cfg.step_every, epochs, cfg.step_every)]
+        if not bounds:
+            return lr
+        return keras.optimizers.schedules.PiecewiseConstantDecay(bounds, [lr * cfg.step_gamma**i for i in range(len(bounds) + 1)])
+    if cfg.schedule == "onecycle":
+        # One-cycle: linear warm-up from lr/25 to lr over 30% (or warmup_epochs), cosine to ~0.
+        warm = warm or int(0.3 * total)
+        return keras.optimizers.schedules.CosineDecay(lr / 25, max(1, total - warm), alpha=1e-3,
+                                                      warmup_target=lr, warmup_steps=warm)
+    if warm:
+        return keras.optimizers.schedules.CosineDecay(0.0, max(1, total - warm), warmup_target=lr, warmup_steps=warm)
+    return keras.optimizers.schedules.CosineDecay(lr, total)
+
+
+def _optimizer(cfg: TrainConfig, lr, ) -> keras.optimizers.Optimizer:
+    wd = cfg.weight_decay or None
+    if cfg.optimizer == "sgd":
+        return keras.optimizers.SGD(lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=wd)
+    if cfg.optimizer == "adam":
+        return keras.optimizers.Adam(lr, weight_decay=wd)
+    if cfg.optimizer == "adamw":
+        return keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay or 1e-4)
+    return keras.optimizers.RMSprop(lr, momentum=cfg.momentum, weight_decay=wd)
+
+
+def _compile(model: keras.Model, cfg: TrainConfig, lr: float, epochs: int, steps: int, num_classes: int) -> None:
+    metrics: list[Any] = [keras.metrics.CategoricalAccuracy(name="accuracy")]
+    if num_classes > 5:
+        metrics.append(keras.metrics.TopKCategoricalAccuracy(5, name="top5"))
+    model.compile(optimizer=_optimizer(cfg, _schedule(cfg, lr, epochs, steps)),
+                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
+                  metrics=metrics)
+
+
+# ------------------------------------------------------------------------------------ callbacks
+
+class _Checkpoint(keras.callbacks.Callback):
+    """After every epoch: the model with its optimizer state, then the state file (both atomic)."""
+
+    def __init__(self, files: RunFiles, state: dict[str, Any]) -> None:
+        super().__init__()
+        self.files, self.state = files, state
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        for key, value in (logs or {}).items():
+            self.state["history"].setdefault(key, []).append(float(value))
+        self.state["history"].setdefault("epoch", []).append(epoch + 1)
+        self.state["history"].setdefault("phase", []).append(self.state["phase"])
+        self.state["history"].setdefault("time_s", []).append(round(time.time() - self.state["_t0"], 2))
+        self.state["epoch"] = epoch + 1
+        _save_model_atomic(self.model, self.files.checkpoint)
+        _write_json(self.files.state, {k: v for k, v in self.state.items() if not k.startswith("_")})
+
+
+# ------------------------------------------------------------------------------------ running
+
+def _versions() -> dict[str, str]:
+    return {"edgecnn": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
+            "numpy": np.__version__, "python": sys.version.split()[0]}
+
+
+def train(cfg: TrainConfig, *, overwrite: bool = False, verbose: int | None = None) -> Path:
+    """Train ``cfg`` into its run directory; returns the directory.
+
+    Data and model are checked before anything is written, and a run that fails before its
+    first checkpoint leaves no directory behind.
+
+    Raises:
+        ConfigError, DataError, ModelNotFoundError, ArtifactError: for bad options or inputs.
+    """
+    name = Path(cfg.backbone).name if cfg.backbone else cfg.model
+    if not cfg.backbone:
+        get_model_spec(cfg.model)  # unknown names fail before the data is loaded
+    run = Path(cfg.out or f"runs/{name}")
+    files = RunFiles(run)
+    if run.exists() and any(run.iterdir()) and not overwrite:
+        raise ConfigError(f"Run directory {run} exists; pass --out NEW, --overwrite, or resume with `edgecnn train --resume {run}`.")
+    keras.utils.set_random_seed(cfg.seed)
+    size = cfg.input_size or (get_model_spec(cfg.model).input_size if not cfg.backbone else (32, 32))
+    data = load_dataset(cfg.data, input_size=size, val_split=cfg.val_split, seed=cfg.seed,
+                        classes=cfg.classes, limit=cfg.limit)
+    model, pre = _build(cfg, data)
+    created = not run.exists()
+    if run.exists() and overwrite:
+        shutil.rmtree(run)
+    run.mkdir(parents=True, exist_ok=True)
+    state = {"phase": "head", "epoch": 0, "done": False, "preprocessing": pre, "history": {},
+             "dataset": data.describe(), "class_names": data.class_names}
+    _write_json(files.config, cfg.to_dict())
+    try:
+        return _run(model, cfg, data, files, state, verbose=verbose)
+    except BaseException:
+        if created and not files.checkpoint.exists():
+            shutil.rmtree(run, ignore_errors=True)
+        raise
+
+
+def resume(run_dir: str | Path, *, verbose: int | None = None) -> Path:
+    """Continue a killed run from its last finished epoch, optimizer state included.
+
+    Raises:
+        ArtifactError: if the directory holds no resumable run, or it already finished.
+    """
+    files = RunFiles(run_dir)
+    if not files.config.is_file() or not files.state.is_file():
+        raise ArtifactError(f"{run_dir} is not a run directory that can be resumed (no config.json/state.json).")
+    cfg = TrainConfig.from_dict(json.loads(files.config.read_text()))
+    state = json.loads(files.state.read_text())
+    if state.get("done"):
+        raise ArtifactError(f"{run_dir} already finished ({state['epoch']} epochs); start a new run with --out.")
+    keras.utils.set_random_seed(cfg.seed + state["epoch"])
+    size = cfg.input_size or (get_model_spec(cfg.model).input_size if not cfg.backbone else (32, 32))
+    data = load_dataset(cfg.data, input_size=size, val_split=cfg.val_split, seed=cfg.seed,
+                        classes=cfg.classes, limit=cfg.limit)
+    if not files.checkpoint.is_file():
+        raise ArtifactError(f"{run_dir} has no checkpoint yet; start it again with --overwrite.")
+    model = load_run_model(run_dir, checkpoint=True)
+    log.info("Resuming %s at epoch %d (%s phase).", run_dir, state["epoch"] + 1, state["phase"])
+    return _run(model, cfg, data, files, state, verbose=verbose, resumed=True)
+
+
+def _fit(model, cfg, data, files, state, *, first: int, last: int, verbose) -> None:
+    pre = state["preprocessing"]
+    common = dict(num_classes=data.num_classes, batch_size=cfg.batch_size, mean=pre["mean"], std=pre["std"],
+                  channel_order=pre["channel_order"], seed=cfg.seed + first)
+    train_ds = make_dataset(data.x_train, data.y_train, training=True, augment=cfg.augment, **common)
+    val_ds = make_dataset(data.x_val, data.y_val, **common)
+    callbacks: list[keras.callbacks.Callback] = [_Checkpoint(files, state)]
+    if cfg.early_stopping:
+        callbacks.append(keras.callbacks.EarlyStopping("val_accuracy", patience=cfg.early_stopping,
+                                                       restore_best_weights=True, verbose=1))
+    model.fit(train_ds, validation_data=val_ds, initial_epoch=first, epochs=last, callbacks=callbacks, shuffle=False,
+              verbose=verbose if verbose is not None else (1 if sys.stdout.isatty() else 2))
+
+
+def _run(model, cfg: TrainConfig, data: Dataset, files: RunFiles, state: dict, *, verbose, resumed=False) -> Path:
+    state["_t0"] = time.time() - (state["history"].get("time_s") or [0])[-1]
+    steps = steps_per_epoch(len(data.x_train), cfg.batch_size)
+    if state["phase"] == "head":
+        if not resumed:
+            _compile(model, cfg, cfg.lr, cfg.epochs, steps, data.num_classes)
+        if state["epoch"] < cfg.epochs:
+            _fit(model, cfg, data, files, state, first=state["epoch"], last=cfg.epochs, verbose=verbose)
+        if cfg.fine_tune_epochs:
+            from edgecnn.train.transfer import set_fine_tune
+
+            n = set_fine_tune(model, cfg.fine_tune_layers)
+            log.info("Fine-tuning: %d backbone layers unfrozen (batch norm stays frozen).", n)
+            state["phase"] = "finetune"
+            _compile(model, cfg, cfg.fine_tune_lr or cfg.lr / 10, cfg.fine_tune_epochs, steps, data.num_classes)
+    total = cfg.epochs + cfg.fine_tune_epochs
+    if state["phase"] == "finetune" and state["epoch"] < total:
+        _fit(model, cfg, data, files, state, first=state["epoch"], last=total, verbose=verbose)
+    return _finish(model, cfg, data, files, state)
+
+
+def _finish(model, cfg: TrainConfig, data: Dataset, files: RunFiles, state: dict) -> Path:
+    from edgecnn.train.evaluate import accuracy_metrics
+    from edgecnn.train.plots import plot_history
+
+    pre = state["preprocessing"]
+    card = ModelCard(
+        name=files.root.name, architecture=cfg.backbone and f"transfer:{Path(cfg.backbone).name}" or cfg.model,
+        class_names=data.class_names, input_size=tuple(data.x_train.shape[1:3]),
+        mean=pre["mean"], std=pre["std"], channel_order=pre["channel_order"], normalization=pre["normalization"],
+        dataset=data.describe(), training=cfg.to_dict(), versions=_versions(),
+    )
+    probs = predict_uint8(model, data.x_test, card)
+    metrics = accuracy_metrics(probs, data.y_test)
+    hist = state["history"]
+    metrics.update({"epochs": state["epoch"], "train_time_s": hist.get("time_s", [0])[-1],
+                    "val_accuracy": (hist.get("val_accuracy") or [None])[-1],
+                    "params": int(model.count_params())})
+    card.metrics = {k: v for k, v in metrics.items() if not isinstance(v, (list, dict))}
+    _save_model_atomic(model, files.model)
+    card.save(files.card)
+    _write_json(files.metrics, metrics)
+    _write_json(files.history_json, hist)
+    keys = [k for k in hist if isinstance(hist[k], list)]
+    rows = [",".join(keys)] + [",".join(str(hist[k][i]) for k in keys) for i in range(len(hist.get("epoch", [])))]
+    atomic_write_text(files.history_csv, "\n".join(rows) + "\n")
+    plot_history(hist, files.curves, title=card.name)
+    state["done"] = True
+    _write_json(files.state, {k: v for k, v in state.items() if not k.startswith("_")})
+    return files.root
+
+
+def predict_uint8(model: keras.Model, x: np.ndarray, card: ModelCard, batch_size: int = 256) -> np.ndarray:
+    """Probabilities for uint8 NHWC images, normalized exactly as the runtime does."""
+    from edgecnn.runtime.preprocess import normalize_batch
+
+    nhwc = card if card.layout == "nhwc" else ModelCard.from_dict({**card.to_dict(), "layout": "nhwc"})
+    out = [model.predict_on_batch(normalize_batch(x[i:i + batch_size], nhwc)) for i in range(0, len(x), batch_size)]
+    return np.concatenate([np.asarray(o) for o in out]) if out else np.zeros((0, card.num_classes), np.float32)
+
+
+def epochs_done(run_dir: str | Path) -> int:
+    """Finished epochs recorded in a run's state file (0 if none)."""
+    files = RunFiles(run_dir)
+    return json.loads(files.state.read_text())["epoch"] if files.state.is_file() else 0
+
+

@@ -1,0 +1,140 @@
+"""Transfer models: a pretrained backbone (keras.applications or one of our own runs) with a new
+head; the input is resized to the backbone's size inside the model, and the backbone's own
+preprocessing is recorded in the card (the runtime applies it, the model never sees raw pixels)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import keras
+from keras import layers
+
+from edgecnn.errors import ArtifactError, ModelNotFoundError
+
+__all__ = ["BACKBONES", "build_transfer_model", "set_fine_tune", "BACKBONE_LAYER"]
+
+BACKBONE_LAYER = "backbone"
+
+
+@dataclass(frozen=True)
+class _Backbone:
+    factory: Callable[..., keras.Model]
+    size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    channel_order: str = "RGB"
+    kwargs: tuple[tuple[str, Any], ...] = ()
+
+
+# Each backbone's preprocess_input written as mean/std on the 0-255 scale:
+#   'tf' mode: x / 127.5 - 1; 'caffe' mode: BGR, minus the ImageNet mean;
+#   MobileNetV3 and EfficientNet rescale inside the model, so they take raw 0-255 pixels.
+BACKBONES: dict[str, _Backbone] = {
+    "mobilenet_v2": _Backbone(lambda **kw: keras.applications.MobileNetV2(**kw), 224, (127.5,) * 3, (127.5,) * 3),
+    "mobilenet_v3_small": _Backbone(lambda **kw: keras.applications.MobileNetV3Small(**kw), 224, (0.0,) * 3, (1.0,) * 3,
+                                    kwargs=(("include_preprocessing", True),)),
+    "resnet50": _Backbone(lambda **kw: keras.applications.ResNet50(**kw), 224, (103.939, 116.779, 123.68), (1.0,) * 3, "BGR"),
+    "efficientnet_b0": _Backbone(lambda **kw: keras.applications.EfficientNetB0(**kw), 224, (0.0,) * 3, (1.0,) * 3),
+}
+
+
+def _application_backbone(name: str, size: int, weights: str) -> tuple[keras.Model, dict[str, Any]]:
+    spec = BACKBONES[name]
+    w: str | None = None if weights == "none" else weights
+    if w not in (None, "imagenet"):
+        w = str(Path(w).expanduser())
+    try:
+        model = spec.factory(input_shape=(size, size, 3), include_top=False, weights=w, **dict(spec.kwargs))
+    except Exception as err:  # download (URL/socket) errors, or a weights file that does not fit
+        if weights == "imagenet":
+            raise ArtifactError(
+                f"Could not get ImageNet weights for {name} ({type(err).__name__}: {str(err)[:100]}); "
+                "offline, pass --weights PATH to a local copy of the backbone's 'notop' .h5 file "
+                "(Keras caches downloads in ~/.keras/models/), or --weights none."
+            ) from err
+        raise ArtifactError(f"Cannot load weights {weights!r} into {name}: {str(err)[:160]}") from err
+    pre = {"mean": spec.mean, "std": spec.std, "channel_order": spec.channel_order,
+           "normalization": f"backbone:{name}"}
+    return model, pre
+
+
+def _run_backbone(run: Path) -> tuple[keras.Model, dict[str, Any], int]:
+    from edgecnn.card import ModelCard
+    from edgecnn.train.loop import load_run_model
+
+    card = ModelCard.load(run)
+    src = load_run_model(run)
+    last4d = [layer for layer in src.layers if len(layer.output.shape) == 4]
+    if not last4d:
+        raise ArtifactError(f"{run} has no convolutional feature map to transfer.")
+    model = keras.Model(src.inputs, last4d[-1].output, name=f"{card.architecture}_features")
+    pre = {"mean": card.mean, "std": card.std, "channel_order": card.channel_order,
+           "normalization": f"backbone:{run.name}"}
+    return model, pre, card.input_size[0]
+
+
+def build_transfer_model(
+    backbone: str,
+    num_classes: int,
+    *,
+    input_size: tuple[int, int],
+    weights: str = "imagenet",
+    backbone_input_size: int | None = None,
+    dropout: float = 0.2,
+) -> tuple[keras.Model, dict[str, Any]]:
+    """Backbone (frozen) + global pooling + dropout + a new Dense head.
+
+    Returns:
+        The model and its preprocessing (mean, std, channel_order, normalization) for the card.
+
+    Raises:
+        ModelNotFoundError: for an unknown backbone name.
+        ArtifactError: when weights cannot be loaded (offline ImageNet download included).
+    """
+    path = Path(backbone).expanduser()
+    if backbone in BACKBONES:
+        size = backbone_input_size or BACKBONES[backbone].size
+        base, pre = _application_backbone(backbone, size, weights)
+    elif path.is_dir() and (path / "model.keras").is_file():
+        base, pre, native = _run_backbone(path)
+        size = backbone_input_size or native
+    else:
+        import difflib
+
+        close = difflib.get_close_matches(backbone, BACKBONES, n=2)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ModelNotFoundError(
+            f"Unknown backbone {backbone!r}.{hint} Use one of {', '.join(BACKBONES)} or a run directory."
+        )
+    base.trainable = False
+    base.name = BACKBONE_LAYER
+    inputs = keras.Input((*input_size, 3), name="images")
+    x = inputs
+    if tuple(input_size) != (size, size):
+        x = layers.Resizing(size, size, interpolation="bilinear", name="resize")(x)
+    # training=False keeps batch norm in inference mode, also while fine-tuning.
+    x = base(x, training=False)
+    x = layers.GlobalAveragePooling2D(name="features")(x)
+    if dropout > 0:
+        x = layers.Dropout(dropout, name="head_dropout")(x)
+    x = layers.Dense(num_classes, name="logits")(x)
+    outputs = layers.Activation("softmax", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name=f"transfer_{Path(backbone).name}"), pre
+
+
+def set_fine_tune(model: keras.Model, top_layers: int) -> int:
+    """Unfreeze the top ``top_layers`` layers of the backbone, keeping batch norm frozen.
+
+    Returns:
+        The number of layers unfrozen.
+    """
+    base = model.get_layer(BACKBONE_LAYER)
+    base.trainable = True
+    unfrozen = 0
+    for i, layer in enumerate(base.layers):
+        trainable = i >= len(base.layers) - top_layers and not isinstance(layer, layers.BatchNormalization)
+        layer.trainable = trainable
+        unfrozen += int(trainable and bool(layer.weights))
+    return unfrozen
