@@ -223,6 +223,86 @@ def gradcam(run: Path, images: tuple[Path, ...], out: Path, class_name: str | No
 # -------------------------------------------------------------------------------- runtime stage
 # (commands of the runtime stage are defined below this line)
 
+_RT_PROVIDERS = click.Choice(["cpu", "cuda", "tensorrt", "auto"])
+
+
+@main.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--top-k", "-k", default=5, show_default=True, type=click.IntRange(min=1), help="Classes per image.")
+@click.option("--provider", type=_RT_PROVIDERS, default="cpu", show_default=True, help="Execution provider.")
+@click.option("--allow-fallback", is_flag=True, help="Run on the CPU (with a warning) if the provider is unusable.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads (default: all cores).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def predict(model: Path, images: tuple[Path, ...], top_k: int, provider: str, allow_fallback: bool,
+            threads: int | None, as_json: bool) -> None:
+    """Classify IMAGES with the ONNX MODEL: top-k labels and probabilities per image."""
+    import json
+
+    from edgecnn.runtime import Classifier
+
+    clf = Classifier(model, provider=provider, threads=threads, allow_fallback=allow_fallback)
+    preds = clf.predict(list(images), top_k=top_k)
+    if as_json:
+        out = {"model": str(model), "providers": clf.providers,
+               "predictions": [{"image": str(i), "top_k": [p.to_dict() for p in ps]} for i, ps in zip(images, preds)]}
+        click.echo(json.dumps(out, indent=2))
+        return
+    rows = [[str(img) if j == 0 else "", str(j + 1), p.label, f"{p.probability:.4f}"]
+            for img, ps in zip(images, preds) for j, p in enumerate(ps)]
+    _echo_table(f"{clf.card.name} ({clf.card.precision}) on {clf.providers[0]}", ["image", "rank", "label", "probability"], rows)
+
+
+@main.command()
+@click.argument("models", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--batch", "batch", default="1,32", show_default=True, help="Batch sizes, comma-separated.")
+@click.option("--threads", default="1", show_default=True, help="Thread counts, comma-separated.")
+@click.option("--provider", type=_RT_PROVIDERS, default="cpu", show_default=True, help="Execution provider.")
+@click.option("--allow-fallback", is_flag=True, help="Measure on the CPU (and say so) if the provider is unusable.")
+@click.option("--warmup", default=10, show_default=True, type=click.IntRange(min=0), help="Untimed runs first.")
+@click.option("--runs", default=200, show_default=True, type=click.IntRange(min=1), help="Timed runs per point.")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds per point instead of a run count.")
+@click.option("--compare", multiple=True, type=click.Choice(["keras", "tflite"]),
+              help="Also time the Keras model and/or its LiteRT full-int8 twin (needs [train]).")
+@click.option("--keras", "keras_path", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Run directory (or .keras file) of the model, for --compare.")
+@click.option("--calibration", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="An .npz (keras layout) whose first 128 train images calibrate LiteRT int8 (default: embedded sample).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write JSON.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write CSV.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write a PNG of latency by batch size (needs matplotlib).")
+def bench(models: tuple[Path, ...], batch: str, threads: str, provider: str, allow_fallback: bool, warmup: int,
+          runs: int, duration: float | None, compare: tuple[str, ...], keras_path: Path | None,
+          calibration: Path | None, json_path: Path | None, csv_path: Path | None, plot_path: Path | None) -> None:
+    """Benchmark ONNX MODELS (default: the packaged reference model) across batches, threads, providers."""
+    from edgecnn.card import atomic_write_text
+    from edgecnn.runtime import default_model_path
+    from edgecnn.runtime.benchmark import BenchConfig, parse_int_list, run_benchmark
+
+    config = BenchConfig(batch_sizes=parse_int_list(batch, "--batch"), threads=parse_int_list(threads, "--threads"),
+                         provider=provider, warmup=warmup, runs=runs, duration_s=duration, allow_fallback=allow_fallback)
+    calib = None
+    if compare and calibration is not None:
+        from edgecnn.runtime import Classifier
+        from edgecnn.train.baselines import calibration_images
+
+        calib = calibration_images(Classifier(models[0] if models else default_model_path()).card, data=calibration)
+    report = run_benchmark(list(models) or [default_model_path()], config, compare=compare, keras_path=keras_path,
+                           calibration=calib)
+    m = report.machine
+    _echo_table(f"edgecnn bench - {m['cpu']} ({m['usable_cpus']} cpus, {' '.join(m['simd'])}), onnxruntime "
+                f"{m['onnxruntime']}", *report.table_rows())
+    for note in report.notes + sorted({n for r in report.results for n in r.notes}):
+        click.echo(f"note: {note}")
+    for path, text in ((json_path, report.to_json), (csv_path, report.to_csv)):
+        if path is not None:
+            atomic_write_text(path, text())
+            click.echo(f"wrote {path}")
+    if plot_path is not None:
+        click.echo(f"wrote {report.plot(plot_path)}")
+
 
 # ---------------------------------------------------------------------------------- serve stage
 # (commands of the serve stage are defined below this line)

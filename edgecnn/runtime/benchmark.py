@@ -1,0 +1,408 @@
+"""``edgecnn bench``: latency and throughput of ONNX models (and, on request, Keras/LiteRT baselines).
+
+The timed loop is as bare as a hand-written one: the input tensor is built once, outside the
+loop, and each sample is ``perf_counter_ns`` around one ``session.run`` (tools/bench_harness_check.py
+shows the p50 agrees with a plain loop). Peak memory is the process's peak RSS (VmHWM), reset
+before each variant where Linux allows it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import platform
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from edgecnn.errors import ConfigError, InputError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["BenchConfig", "BenchResult", "BenchReport", "latency_stats", "machine_fingerprint", "time_callable",
+           "bench_onnx", "run_benchmark", "parse_int_list", "CSV_FIELDS", "peak_rss_mb", "reset_peak_rss"]
+
+CSV_FIELDS = ["model", "variant", "runner", "precision", "provider", "batch", "threads", "runs", "mean_ms", "std_ms",
+              "min_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms", "throughput_ips", "session_s", "peak_rss_mb"]
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to sweep and how long to measure each point."""
+
+    batch_sizes: tuple[int, ...] = (1, 32)
+    threads: tuple[int, ...] = (1,)
+    provider: str = "cpu"
+    warmup: int = 10
+    runs: int = 200
+    duration_s: float | None = None  # when set: run until this many seconds (at least `min_runs`)
+    min_runs: int = 10
+    allow_fallback: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise ConfigError(f"Batch sizes must be >= 1, got {self.batch_sizes}.")
+        if not self.threads or min(self.threads) < 1:
+            raise ConfigError(f"Thread counts must be >= 1, got {self.threads}.")
+        if self.warmup < 0 or self.runs < 1 or self.min_runs < 1:
+            raise ConfigError(f"Need warmup >= 0 and runs >= 1, got warmup={self.warmup}, runs={self.runs}.")
+        if self.duration_s is not None and self.duration_s <= 0:
+            raise ConfigError(f"duration must be positive, got {self.duration_s}.")
+
+
+@dataclass
+class BenchResult:
+    """One measured point: a variant at one batch size and thread count."""
+
+    model: str
+    variant: str
+    runner: str  # onnxruntime, keras.predict, keras.tf_function, litert
+    precision: str
+    provider: str  # the provider that actually ran it
+    batch: int
+    threads: int
+    stats: dict[str, float]
+    session_s: float | None = None
+    peak_rss_mb: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def row(self) -> dict[str, Any]:
+        return {"model": self.model, "variant": self.variant, "runner": self.runner, "precision": self.precision,
+                "provider": self.provider, "batch": self.batch, "threads": self.threads, **self.stats,
+                "session_s": self.session_s, "peak_rss_mb": self.peak_rss_mb}
+
+
+@dataclass
+class BenchReport:
+    """All results of one ``edgecnn bench`` run plus the machine fingerprint."""
+
+    machine: dict[str, Any]
+    config: dict[str, Any]
+    results: list[BenchResult]
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": "edgecnn.bench/1", "machine": self.machine, "config": self.config,
+                "results": [{**r.row(), "notes": r.notes} for r in self.results], "notes": self.notes}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def to_csv(self) -> str:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        for r in self.results:
+            writer.writerow({k: _fmt_csv(v) for k, v in r.row().items()})
+        return buf.getvalue()
+
+    def table_rows(self) -> tuple[list[str], list[list[str]]]:
+        cols = ["variant", "runner", "provider", "batch", "thr", "mean ms", "std", "min", "p50", "p90", "p99",
+                "max", "img/s", "session s", "peak MB"]
+        rows = []
+        for r in self.results:
+            s = r.stats
+            rows.append([r.variant, r.runner, r.provider.replace("ExecutionProvider", ""), str(r.batch), str(r.threads)]
+                        + [f"{s[k]:.3f}" for k in ("mean_ms", "std_ms", "min_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms")]
+                        + [f"{s['throughput_ips']:,.0f}", "-" if r.session_s is None else f"{r.session_s:.3f}",
+                           "-" if r.peak_rss_mb is None else f"{r.peak_rss_mb:.0f}"])
+        return cols, rows
+
+    def plot(self, path: str | Path) -> Path:
+        """PNG of p50 latency by batch size, one line per variant/runner/threads (needs matplotlib)."""
+        from edgecnn._optional import require
+
+        require("matplotlib", "train")
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        series: dict[str, list[tuple[int, float]]] = {}
+        for r in self.results:
+            series.setdefault(f"{r.variant} [{r.runner}, {r.threads}t]", []).append((r.batch, r.stats["p50_ms"]))
+        for name, pts in series.items():
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+        ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="p50 latency (ms)",
+               title=f"edgecnn bench - {self.machine.get('cpu', '?')}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return path
+
+
+def _fmt_csv(v: Any) -> Any:
+    return f"{v:.6g}" if isinstance(v, float) else ("" if v is None else v)
+
+
+def parse_int_list(text: str, what: str) -> tuple[int, ...]:
+    """``"1,8,32"`` -> (1, 8, 32).
+
+    Raises:
+        ConfigError: for anything but positive integers.
+    """
+    try:
+        values = tuple(int(p) for p in str(text).split(",") if p.strip())
+    except ValueError:
+        raise ConfigError(f"{what} must be comma-separated integers such as 1,32; got {text!r}.") from None
+    if not values or min(values) < 1:
+        raise ConfigError(f"{what} must be positive integers such as 1,32; got {text!r}.")
+    return values
+
+
+# ---------------------------------------------------------------------------------- statistics
+
+def latency_stats(times_s: Sequence[float], batch: int) -> dict[str, float]:
+    """Latency statistics in milliseconds and throughput in images per second.
+
+    Percentiles use linear interpolation (numpy's default); ``std`` is the population standard
+    deviation; throughput is ``batch / mean latency``.
+
+    Raises:
+        InputError: for no timings or a batch < 1.
+    """
+    t = np.asarray(times_s, dtype=np.float64) * 1e3
+    if t.size == 0 or batch < 1:
+        raise InputError(f"Need at least one timing and batch >= 1, got {t.size} timings, batch {batch}.")
+    p50, p90, p99 = np.percentile(t, [50, 90, 99])
+    mean = float(t.mean())
+    return {"runs": int(t.size), "mean_ms": mean, "std_ms": float(t.std()), "min_ms": float(t.min()),
+            "p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99), "max_ms": float(t.max()),
+            "throughput_ips": batch * 1e3 / mean if mean > 0 else float("inf")}
+
+
+def time_callable(fn: Callable[[], Any], *, warmup: int, runs: int, duration_s: float | None = None,
+                  min_runs: int = 10) -> list[float]:
+    """Call ``fn`` ``warmup`` times untimed, then time it ``runs`` times (or for ``duration_s``)."""
+    for _ in range(warmup):
+        fn()
+    clock = time.perf_counter_ns
+    times: list[int] = []
+    if duration_s is None:
+        for _ in range(runs):
+            t0 = clock()
+            fn()
+            times.append(clock() - t0)
+    else:
+        deadline = clock() + int(duration_s * 1e9)
+        while len(times) < min_runs or clock() < deadline:
+            t0 = clock()
+            fn()
+            times.append(clock() - t0)
+    return [t * 1e-9 for t in times]
+
+
+# --------------------------------------------------------------------------------- memory, machine
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark of this process (Linux >= 4.0); False if unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float | None:
+    """Peak resident memory of this process in MiB (VmHWM, else ru_maxrss)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    try:
+        import resource
+
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+    except (ImportError, OSError):
+        return None
+
+
+def machine_fingerprint() -> dict[str, Any]:
+    """CPU model, SIMD flags, cores and library versions of this machine."""
+    import onnxruntime as ort
+
+    cpu, flags = platform.processor() or platform.machine(), set()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        m = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
+        cpu = m.group(1).strip() if m else cpu
+        m = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
+        flags = set(m.group(1).split()) if m else set()
+    except OSError:
+        pass
+    simd = ["avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
+            "amx_int8", "amx_bf16", "neon", "asimd"]
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    return {
+        "cpu": cpu, "simd": [f for f in simd if f in flags], "logical_cpus": os.cpu_count(), "usable_cpus": usable,
+        "machine": platform.machine(), "os": platform.platform(), "python": platform.python_version(),
+        "numpy": np.__version__, "onnxruntime": ort.__version__,
+        "onnxruntime_providers": ort.get_available_providers(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+# ---------------------------------------------------------------------------------- ONNX runner
+
+def _synthetic_pixels(card: Any, batch: int, seed: int) -> np.ndarray:
+    h, w = card.input_size
+    return np.random.default_rng(seed).integers(0, 256, size=(batch, h, w, 3), dtype=np.uint8)
+
+
+def bench_onnx(model: str | Path, config: BenchConfig, *, pixels: np.ndarray | None = None) -> list[BenchResult]:
+    """Benchmark one ONNX model over the config's thread counts and batch sizes.
+
+    A fresh session is created per thread count (its creation time is reported); the input is a
+    fixed random image batch, preprocessed once outside the timed loop.
+
+    Raises:
+        ArtifactError, ProviderError: from opening the model.
+    """
+    from edgecnn.runtime.classifier import Classifier
+
+    results = []
+    for threads in config.threads:
+        reset_peak_rss()
+        clf = Classifier(model, provider=config.provider, threads=threads, allow_fallback=config.allow_fallback)
+        card = clf.card
+        variant = _variant_name(Path(model), card)
+        for batch in config.batch_sizes:
+            px = pixels[:batch] if pixels is not None and len(pixels) >= batch else _synthetic_pixels(card, batch, config.seed)
+            x = clf._check_tensor(clf.preprocess(px))
+            run = _bound_runner(clf, x)
+            times = time_callable(run, warmup=config.warmup, runs=config.runs, duration_s=config.duration_s,
+                                  min_runs=config.min_runs)
+            notes = [clf.info.fallback] if clf.info.fallback else []
+            results.append(BenchResult(card.name, variant, "onnxruntime", card.precision, clf.providers[0], batch,
+                                       threads, latency_stats(times, batch), session_s=clf.info.creation_s,
+                                       peak_rss_mb=peak_rss_mb(), notes=notes))
+            log.info("%s batch %d threads %d: p50 %.3f ms", variant, batch, threads, results[-1].stats["p50_ms"])
+        del clf
+    return results
+
+
+def _bound_runner(clf: Any, x: np.ndarray) -> Callable[[], Any]:
+    """The call the loop times: ``session.run`` on CPU; on CUDA, IO binding with the input
+    uploaded once (device-resident, as a camera pipeline with GPU decode would have it)."""
+    sess, feed, out = clf.session, {clf.input_name: x}, [clf.output_name]
+    if clf.info.device != "cuda":
+        return lambda: sess.run(out, feed)
+    import onnxruntime as ort
+
+    binding = sess.io_binding()
+    binding.bind_ortvalue_input(clf.input_name, ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
+    binding.bind_output(clf.output_name, "cuda", 0)
+
+    def run() -> None:
+        sess.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+
+    return run
+
+
+def _variant_name(path: Path, card: Any) -> str:
+    return f"{card.name}:{card.precision}" if card.architecture != "unknown" else path.stem
+
+
+# ---------------------------------------------------------------------------------- the whole run
+
+def run_benchmark(
+    models: Sequence[str | Path],
+    config: BenchConfig,
+    *,
+    compare: Sequence[str] = (),
+    keras_path: str | Path | None = None,
+    calibration: np.ndarray | None = None,
+) -> BenchReport:
+    """Benchmark every model, plus the Keras/LiteRT baselines named in ``compare``.
+
+    Raises:
+        ArtifactError, ProviderError, ConfigError, MissingDependencyError: for missing models,
+            providers, options or baseline dependencies.
+    """
+    results: list[BenchResult] = []
+    for model in models:
+        results += bench_onnx(model, config)
+    if compare:
+        results += _baselines(models, config, compare, keras_path, calibration)
+    report = BenchReport(machine_fingerprint(), {**asdict(config), "models": [str(m) for m in models],
+                                                  "compare": list(compare)}, results)
+    report.notes = compare_notes(results)
+    return report
+
+
+def _baselines(models: Sequence[str | Path], config: BenchConfig, compare: Sequence[str],
+               keras_path: str | Path | None, calibration: np.ndarray | None) -> list[BenchResult]:
+    unknown = set(compare) - {"keras", "tflite", "litert"}
+    if unknown:
+        raise ConfigError(f"Unknown --compare value(s) {sorted(unknown)}; choose keras and/or tflite.")
+    if config.provider != "cpu":
+        raise ConfigError("The Keras and LiteRT baselines run on the CPU; use --provider cpu with --compare.")
+    from edgecnn.runtime.classifier import Classifier
+
+    card = Classifier(models[0], provider="cpu").card
+    keras_file = _find_keras(keras_path, card)
+    # Imported only here: the baselines need TensorFlow ([train] extra), the runtime never does.
+    from edgecnn.train.baselines import run_baselines
+
+    rows = run_baselines(keras_file, card.to_dict(), config=asdict(config),
+                         runners=["litert" if c == "tflite" else c for c in compare], calibration=calibration)
+    return [BenchResult(**r) for r in rows]
+
+
+def _find_keras(keras_path: str | Path | None, card: Any) -> Path:
+    from edgecnn.errors import ArtifactError
+
+    candidates = []
+    if keras_path is not None:
+        candidates.append(Path(keras_path))
+    elif card.export.get("source_run"):
+        candidates.append(Path(card.export["source_run"]))
+    for c in candidates:
+        if c.is_dir() and (c / "model.keras").is_file():
+            return c / "model.keras"
+        if c.is_file() and c.suffix == ".keras":
+            return c
+    raise ArtifactError(
+        f"--compare needs the Keras model: pass --keras RUN_DIR (holding model.keras) or a .keras file"
+        + (f"; {candidates[0]} has none" if candidates else "; the model card names no source run") + "."
+    )
+
+
+def compare_notes(results: Sequence[BenchResult]) -> list[str]:
+    """Plain statements on quantized variants that are slower than fp32 (same model, batch, threads)."""
+    fp32 = {(r.model, r.runner, r.provider, r.batch, r.threads): r for r in results if r.precision == "fp32"}
+    notes = []
+    for r in results:
+        ref = fp32.get((r.model, r.runner, r.provider, r.batch, r.threads))
+        if ref is None or r is ref or r.precision == "fp32":
+            continue
+        ratio = r.stats["p50_ms"] / ref.stats["p50_ms"]
+        verdict = "SLOWER than" if ratio > 1.0 else "faster than"
+        speed = f"{ratio:.2f}x the latency of" if ratio > 1.0 else f"{1 / ratio:.2f}x"
+        notes.append(f"{r.variant} ({r.precision}, {r.runner}) is {verdict} fp32 on this machine at batch {r.batch}, "
+                     f"{r.threads} thread(s): p50 {r.stats['p50_ms']:.3f} ms vs {ref.stats['p50_ms']:.3f} ms ({speed}).")
+    return notes
