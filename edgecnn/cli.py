@@ -226,6 +226,19 @@ def gradcam(run: Path, images: tuple[Path, ...], out: Path, class_name: str | No
 _RT_PROVIDERS = click.Choice(["cpu", "cuda", "tensorrt", "auto"])
 
 
+def _echo_wide_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    """A rich table wide enough for every bench column, even when not a terminal."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for i, col in enumerate(columns):
+        table.add_column(col, justify="left" if i < 3 else "right", no_wrap=True)
+    for row in rows:
+        table.add_row(*row)
+    Console(width=max(200, Console().width)).print(table)
+
+
 @main.command()
 @click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
@@ -292,8 +305,8 @@ def bench(models: tuple[Path, ...], batch: str, threads: str, provider: str, all
     report = run_benchmark(list(models) or [default_model_path()], config, compare=compare, keras_path=keras_path,
                            calibration=calib)
     m = report.machine
-    _echo_table(f"edgecnn bench - {m['cpu']} ({m['usable_cpus']} cpus, {' '.join(m['simd'])}), onnxruntime "
-                f"{m['onnxruntime']}", *report.table_rows())
+    _echo_wide_table(f"edgecnn bench - {m['cpu']} ({m['usable_cpus']} cpus, {' '.join(m['simd'])}), onnxruntime "
+                     f"{m['onnxruntime']}", *report.table_rows())
     for note in report.notes + sorted({n for r in report.results for n in r.notes}):
         click.echo(f"note: {note}")
     for path, text in ((json_path, report.to_json), (csv_path, report.to_csv)):

@@ -112,7 +112,7 @@ class BenchReport:
         for r in self.results:
             s = r.stats
             rows.append([r.variant, r.runner, r.provider.replace("ExecutionProvider", ""), str(r.batch), str(r.threads)]
-                        + [f"{s[k]:.3f}" for k in ("mean_ms", "std_ms", "min_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms")]
+                        + [_fmt_ms(s[k]) for k in ("mean_ms", "std_ms", "min_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms")]
                         + [f"{s['throughput_ips']:,.0f}", "-" if r.session_s is None else f"{r.session_s:.3f}",
                            "-" if r.peak_rss_mb is None else f"{r.peak_rss_mb:.0f}"])
         return cols, rows
@@ -144,6 +144,10 @@ class BenchReport:
         fig.savefig(path, dpi=120)
         plt.close(fig)
         return path
+
+
+def _fmt_ms(v: float) -> str:
+    return f"{v:.2f}" if v >= 100 else f"{v:.3f}" if v >= 1 else f"{v:.4f}"
 
 
 def _fmt_csv(v: Any) -> Any:
@@ -299,7 +303,7 @@ def bench_onnx(model: str | Path, config: BenchConfig, *, pixels: np.ndarray | N
             results.append(BenchResult(card.name, variant, "onnxruntime", card.precision, clf.providers[0], batch,
                                        threads, latency_stats(times, batch), session_s=clf.info.creation_s,
                                        peak_rss_mb=peak_rss_mb(), notes=notes))
-            log.info("%s batch %d threads %d: p50 %.3f ms", variant, batch, threads, results[-1].stats["p50_ms"])
+            log.debug("%s batch %d threads %d: p50 %.3f ms", variant, batch, threads, results[-1].stats["p50_ms"])
         del clf
     return results
 
@@ -346,12 +350,23 @@ def run_benchmark(
     results: list[BenchResult] = []
     for model in models:
         results += bench_onnx(model, config)
+    _disambiguate(results, models, config)
     if compare:
         results += _baselines(models, config, compare, keras_path, calibration)
     report = BenchReport(machine_fingerprint(), {**asdict(config), "models": [str(m) for m in models],
                                                   "compare": list(compare)}, results)
     report.notes = compare_notes(results)
     return report
+
+
+def _disambiguate(results: list[BenchResult], models: Sequence[str | Path], config: BenchConfig) -> None:
+    """Two files with the same card name and precision: add the file name to the variant."""
+    per_model = len(config.threads) * len(config.batch_sizes)
+    names = [results[i * per_model].variant for i in range(len(models))]
+    for i, model in enumerate(models):
+        if names.count(names[i]) > 1:
+            for r in results[i * per_model:(i + 1) * per_model]:
+                r.variant = f"{r.variant} ({Path(model).name})"
 
 
 def _baselines(models: Sequence[str | Path], config: BenchConfig, compare: Sequence[str],

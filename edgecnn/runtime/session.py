@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,7 +96,9 @@ def create_session(
         raise ArtifactError(f"ONNX model {model} does not exist; pass the path of a .onnx file made by `edgecnn export`.")
     t0 = time.perf_counter()
     try:
-        session = ort.InferenceSession(source, sess_options=_session_options(threads), providers=wanted)
+        with warnings.catch_warnings():  # its "not in available provider names" warning: we check below
+            warnings.simplefilter("ignore", UserWarning)
+            session = ort.InferenceSession(source, sess_options=_session_options(threads), providers=wanted)
     except Exception as err:  # onnxruntime raises InvalidProtobuf, Fail, InvalidGraph, ... all mean: unusable file
         name = "the ONNX bytes" if isinstance(model, bytes) else str(model)
         raise ArtifactError(

@@ -1,0 +1,76 @@
+"""`edgecnn predict` and `edgecnn bench` through click's CliRunner."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from edgecnn.cli import main
+
+
+@pytest.fixture()
+def images(tmp_path, pixels):
+    paths = []
+    for i, px in enumerate(pixels[:2]):
+        paths.append(tmp_path / f"img{i}.png")
+        Image.fromarray(px).save(paths[-1])
+    return paths
+
+
+def test_predict_json(models, images):
+    res = CliRunner().invoke(main, ["predict", str(models["nhwc"]), *map(str, images), "--top-k", "2", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert data["providers"] == ["CPUExecutionProvider"]
+    assert [len(p["top_k"]) for p in data["predictions"]] == [2, 2]
+    assert set(data["predictions"][0]["top_k"][0]) == {"label", "index", "probability"}
+
+
+def test_predict_table(models, images):
+    res = CliRunner().invoke(main, ["predict", str(models["nhwc"]), str(images[0]), "-k", "3"])
+    assert res.exit_code == 0, res.output
+    assert "probability" in res.output and "img0.png" in res.output
+
+
+def test_predict_bad_image_is_one_line_error(models, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff garbage")
+    res = CliRunner().invoke(main, ["predict", str(models["nhwc"]), str(bad)])
+    assert res.exit_code == 1 and "Error: Cannot read" in res.output and "Traceback" not in res.output
+
+
+def test_predict_cuda_on_cpu_build(models, images):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    res = CliRunner().invoke(main, ["predict", str(models["nhwc"]), str(images[0]), "--provider", "cuda"])
+    assert res.exit_code == 1 and "Asked for cuda" in res.output
+
+
+def test_bench_outputs(models, tmp_path):
+    args = ["bench", str(models["nhwc"]), str(models["nchw_logits"]), "--batch", "1,2", "--threads", "1",
+            "--warmup", "0", "--runs", "2", "--json", str(tmp_path / "b.json"), "--csv", str(tmp_path / "b.csv")]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert "p50" in res.output and "tiny:fp32" in res.output
+    assert len(json.loads((tmp_path / "b.json").read_text())["results"]) == 4
+    assert len(list(csv.DictReader((tmp_path / "b.csv").open()))) == 4
+
+
+def test_bench_bad_batch(models):
+    res = CliRunner().invoke(main, ["bench", str(models["nhwc"]), "--batch", "0"])
+    assert res.exit_code == 1 and "--batch must be positive" in res.output
+
+
+def test_bench_default_model(monkeypatch):
+    from edgecnn.runtime import classifier
+
+    monkeypatch.setattr(classifier, "DEFAULT_MODEL", "definitely_missing.onnx")
+    res = CliRunner().invoke(main, ["bench", "--runs", "1"])
+    assert res.exit_code == 1 and "reference model" in res.output
