@@ -1,0 +1,142 @@
+"""Images for calibrating and checking an ONNX model that edgecnn did not train.
+
+Deliberately independent of :mod:`edgecnn.train` (no TensorFlow): an ``.npz`` archive or an image
+folder, decoded to uint8 RGB at the model's input size with Pillow's bilinear resize, as the
+runtime does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgecnn.errors import DataError
+
+__all__ = ["EvalData", "load_eval_data"]
+
+_IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
+_HOLDOUT_FRACTION = 0.2
+
+
+@dataclass
+class EvalData:
+    """Calibration images (training side) and held-out images, labels when known."""
+
+    calibration: np.ndarray
+    test: np.ndarray
+    test_labels: np.ndarray | None
+    class_names: list[str] | None
+    description: str
+
+
+def load_eval_data(path: str | Path, size: tuple[int, int], *, seed: int = 0) -> EvalData:
+    """Read an ``.npz`` (``x_train`` [+ ``x_test``, ``y_test``], or ``images`` [+ ``labels``]) or an
+    image folder (``train/`` + ``test/`` class trees, a class tree, or loose images).
+
+    Without a separate test split, a seeded 20% of the images is held out from calibration.
+
+    Raises:
+        DataError: for a missing path, unreadable files, or images that are not RGB.
+    """
+    path = Path(path).expanduser()
+    if path.is_file():
+        return _from_npz(path, size, seed)
+    if path.is_dir():
+        return _from_folder(path, size, seed)
+    raise DataError(f"Calibration data {path} does not exist; pass an .npz file or an image folder.")
+
+
+def _split(x: np.ndarray, y: np.ndarray | None, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    order = np.random.default_rng(seed).permutation(len(x))
+    n_test = max(1, int(len(x) * _HOLDOUT_FRACTION))
+    test, calib = order[:n_test], order[n_test:]
+    return x[calib], x[test], None if y is None else y[test]
+
+
+def _from_npz(path: Path, size: tuple[int, int], seed: int) -> EvalData:
+    try:
+        with np.load(path, allow_pickle=False) as d:
+            arrays = {k: d[k] for k in d.files}
+    except Exception as err:  # zipfile/pickle/OS errors
+        raise DataError(f"Cannot read {path} as an .npz archive ({type(err).__name__}: {err}).") from err
+    if "x_train" in arrays:
+        calib = _as_images(arrays["x_train"], path, "x_train", size)
+        if "x_test" in arrays:
+            test = _as_images(arrays["x_test"], path, "x_test", size)
+            labels = arrays.get("y_test")
+            return EvalData(calib, test, None if labels is None else labels.reshape(-1).astype(np.int64), None,
+                            f"{path.name} (x_train / x_test)")
+        return EvalData(*_split(calib, None, seed), None, f"{path.name} (x_train, 20% held out)")
+    key = next((k for k in ("images", "x") if k in arrays), None)
+    if key is None:
+        raise DataError(f"{path} has {sorted(arrays)}; expected x_train [+ x_test, y_test] or images [+ labels].")
+    x = _as_images(arrays[key], path, key, size)
+    y = next((arrays[k] for k in ("labels", "y") if k in arrays), None)
+    y = None if y is None else y.reshape(-1).astype(np.int64)
+    return EvalData(*_split(x, y, seed), None, f"{path.name} ({key}, 20% held out)")
+
+
+def _as_images(x: np.ndarray, path: Path, key: str, size: tuple[int, int]) -> np.ndarray:
+    if x.ndim != 4 or x.shape[-1] != 3:
+        raise DataError(f"{path}: {key} must be (N, height, width, 3) RGB images, got shape {x.shape}.")
+    if x.dtype != np.uint8:
+        if not np.issubdtype(x.dtype, np.number) or x.min() < 0 or x.max() > 255:
+            raise DataError(f"{path}: {key} must be uint8 pixels 0-255, got dtype {x.dtype}.")
+        x = np.clip(np.rint(x * (255.0 if x.max() <= 1.0 else 1.0)), 0, 255).astype(np.uint8)
+    if x.shape[1:3] != tuple(size):
+        x = np.stack([_resize(i, size) for i in x])
+    return x
+
+
+def _resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(img).resize((size[1], size[0]), Image.BILINEAR))
+
+
+def _read(path: Path, size: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            if img.size != (size[1], size[0]):
+                img = img.resize((size[1], size[0]), Image.BILINEAR)
+            return np.asarray(img, dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError) as err:
+        raise DataError(f"Cannot read image {path} ({err}); remove or replace the file.") from err
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in _IMAGE_EXTENSIONS)
+
+
+def _class_tree(root: Path, size: tuple[int, int], names: list[str] | None):
+    dirs = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    names = names or dirs
+    xs, ys = [], []
+    for label, name in enumerate(names):
+        files = _images_in(root / name) if (root / name).is_dir() else []
+        xs += [_read(f, size) for f in files]
+        ys += [label] * len(files)
+    if not xs:
+        raise DataError(f"No images under {root}.")
+    return np.stack(xs), np.asarray(ys, dtype=np.int64), names
+
+
+def _from_folder(root: Path, size: tuple[int, int], seed: int) -> EvalData:
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        calib, _, names = _class_tree(root / "train", size, None)
+        test, labels, _ = _class_tree(root / "test", size, names)
+        return EvalData(calib, test, labels, names, f"{root.name} (train/ + test/)")
+    subdirs = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    if len(subdirs) >= 2:
+        x, y, names = _class_tree(root, size, None)
+        return EvalData(*_split(x, y, seed), names, f"{root.name} (class folders, 20% held out)")
+    files = _images_in(root)
+    if not files:
+        raise DataError(f"No images ({', '.join(sorted(_IMAGE_EXTENSIONS))}) under {root}.")
+    x = np.stack([_read(f, size) for f in files])
+    return EvalData(*_split(x, None, seed), None, f"{root.name} (images, 20% held out)")

@@ -1,0 +1,113 @@
+"""Upstream workarounds for tf2onnx, kept in one place so each can go when upstream is fixed.
+
+1. ``tf2onnx.convert.from_keras`` does not work with Keras 3 (``AttributeError: _get_save_spec``
+   or ``KeyError: 'keras_tensor_N'``): https://github.com/onnx/tensorflow-onnx/issues/2329 and
+   https://github.com/onnx/tensorflow-onnx/issues/2448. We trace ``model(x, training=False)`` in a
+   ``tf.function`` with an explicit input signature and convert that with ``from_function``.
+   Remove once a tf2onnx release lists Keras 3 support and ``from_keras`` passes our tests.
+2. tf2onnx names graph outputs after the traced TensorFlow tensors (``Identity:0``), and an
+   unconvertible op is only *logged* (``Tensorflow op [...] is not supported``) while the TF node
+   stays in the graph. We rename the output and turn those log records into an error that names
+   the op. Keep this for as long as tf2onnx exposes no ``unsupported_ops`` result.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import Any
+
+from edgecnn._optional import require
+from edgecnn.errors import ArtifactError
+
+__all__ = ["keras_to_onnx"]
+
+log = logging.getLogger(__name__)
+
+_UNSUPPORTED = re.compile(r"Tensorflow op \[(?P<node>[^:\]]+): (?P<op>[^\]]+)\] is not supported")
+
+
+class _UnsupportedOpCollector(logging.Handler):
+    """Collects tf2onnx's "op is not supported" log records during one conversion."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.ERROR)
+        self.ops: dict[str, list[str]] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        match = _UNSUPPORTED.search(record.getMessage())
+        if match:
+            self.ops.setdefault(match["op"], []).append(match["node"])
+
+
+def keras_to_onnx(
+    model: Any,
+    *,
+    input_shape: tuple[int, int, int],
+    input_name: str,
+    output_name: str,
+    opset: int,
+    nchw: bool = False,
+) -> Any:
+    """Convert a single-input, single-output Keras 3 model to an ``onnx.ModelProto``.
+
+    Args:
+        model: a ``keras.Model`` taking NHWC float32 images.
+        input_shape: (height, width, channels) without the batch axis (left dynamic).
+        input_name: name of the ONNX graph input.
+        output_name: name given to the ONNX graph output.
+        opset: ONNX opset to target.
+        nchw: transpose the input to NCHW (tf2onnx ``inputs_as_nchw``).
+
+    Raises:
+        ArtifactError: if an op cannot be converted (named in the message) or conversion fails.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    tf = require("tensorflow", "train")
+    tf2onnx = require("tf2onnx", "export")
+    spec = (tf.TensorSpec((None, *input_shape), tf.float32, name=input_name),)
+    fn = tf.function(lambda x: model(x, training=False))
+    collector = _UnsupportedOpCollector()
+    tf2onnx_logger = logging.getLogger("tf2onnx")
+    tf2onnx_logger.addHandler(collector)
+    level = tf2onnx_logger.level
+    if not log.isEnabledFor(logging.DEBUG):
+        tf2onnx_logger.setLevel(logging.WARNING)  # its per-pass INFO lines mean nothing to users
+    try:
+        proto, _ = tf2onnx.convert.from_function(
+            fn, input_signature=spec, opset=opset,
+            inputs_as_nchw=[input_name] if nchw else None,
+        )
+    except Exception as err:  # tf2onnx raises bare ValueError/KeyError/RuntimeError from deep inside
+        if collector.ops:
+            raise ArtifactError(_unsupported_message(collector.ops)) from err
+        raise ArtifactError(f"tf2onnx could not convert the model ({type(err).__name__}: {err}).") from err
+    finally:
+        tf2onnx_logger.removeHandler(collector)
+        tf2onnx_logger.setLevel(level)
+    if collector.ops:
+        raise ArtifactError(_unsupported_message(collector.ops))
+    if len(proto.graph.input) != 1 or len(proto.graph.output) != 1:
+        raise ArtifactError(
+            f"Expected one input and one output, got {len(proto.graph.input)} and {len(proto.graph.output)}; "
+            "edgecnn exports single-input image classifiers."
+        )
+    _rename_output(proto, proto.graph.output[0].name, output_name)
+    return proto
+
+
+def _unsupported_message(ops: dict[str, list[str]]) -> str:
+    parts = [f"{op} (at {', '.join(nodes[:3])})" for op, nodes in sorted(ops.items())]
+    return ("tf2onnx cannot convert TensorFlow op " + "; ".join(parts)
+            + ": replace the layer that uses it with supported ops, or add a custom op handler.")
+
+
+def _rename_output(proto: Any, old: str, new: str) -> None:
+    """Rename a graph output everywhere it is produced or consumed."""
+    if old == new:
+        return
+    for node in proto.graph.node:
+        node.output[:] = [new if o == old else o for o in node.output]
+        node.input[:] = [new if i == old else i for i in node.input]
+    proto.graph.output[0].name = new

@@ -1,0 +1,175 @@
+"""Keras -> ONNX conversion and the ONNX file itself: card metadata, batch axis, simplification,
+atomic saving.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from edgecnn._optional import require
+from edgecnn.card import ONNX_METADATA_KEY, ModelCard
+from edgecnn.errors import ArtifactError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_OPSET", "BATCH_AXIS", "convert_keras", "embed_card", "read_card", "load_onnx",
+           "save_onnx", "simplify", "op_type_counts", "sha256_file", "io_signature"]
+
+# Opset 17 is supported by every onnxruntime >= 1.14 and by Triton's onnxruntime backend of
+# 2023 onwards, and has every op a CNN classifier needs; newer opsets buy nothing here.
+DEFAULT_OPSET = 17
+BATCH_AXIS = "batch"
+_umask = os.umask(0)
+os.umask(_umask)
+_FILE_MODE = 0o666 & ~_umask
+
+
+def _onnx():
+    return require("onnx", "export")
+
+
+def convert_keras(model: Any, card: ModelCard, *, opset: int = DEFAULT_OPSET, layout: str = "nhwc") -> Any:
+    """Convert a Keras classifier to an ``onnx.ModelProto`` with the card's I/O names.
+
+    The input is ``card.input_name`` in ``layout`` with a dynamic axis named ``batch``; the output
+    is named after ``card.output_kind`` (``probabilities`` or ``logits``).
+
+    Raises:
+        ArtifactError: if the model cannot be converted (the unsupported op is named).
+    """
+    from edgecnn.export._tf2onnx_compat import keras_to_onnx
+
+    if layout not in ("nhwc", "nchw"):
+        raise ArtifactError(f"layout must be 'nhwc' or 'nchw', got {layout!r}.")
+    h, w = card.input_size
+    proto = keras_to_onnx(model, input_shape=(h, w, card.channels), input_name=card.input_name,
+                          output_name=card.output_kind, opset=opset, nchw=layout == "nchw")
+    set_batch_axis(proto)
+    return proto
+
+
+def set_batch_axis(proto: Any, name: str = BATCH_AXIS) -> None:
+    """Name the first axis of every graph input and output ``name`` (dynamic)."""
+    for value in [*proto.graph.input, *proto.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if dims:
+            dims[0].ClearField("dim_value")
+            dims[0].dim_param = name
+
+
+def embed_card(proto: Any, card: ModelCard) -> Any:
+    """Store the card as JSON in ``metadata_props[ONNX_METADATA_KEY]`` (replacing any old one)."""
+    keep = [p for p in proto.metadata_props if p.key != ONNX_METADATA_KEY]
+    del proto.metadata_props[:]
+    for prop in keep:
+        proto.metadata_props.add(key=prop.key, value=prop.value)
+    proto.metadata_props.add(key=ONNX_METADATA_KEY, value=card.to_json())
+    return proto
+
+
+def read_card(model: str | Path | Any) -> ModelCard | None:
+    """The card embedded in an ONNX file or ``ModelProto``, or None if it has none.
+
+    Raises:
+        ArtifactError: if the file is unreadable or its card is invalid.
+    """
+    proto = load_onnx(model, check=False) if isinstance(model, (str, Path)) else model
+    for prop in proto.metadata_props:
+        if prop.key == ONNX_METADATA_KEY:
+            return ModelCard.from_json(prop.value)
+    return None
+
+
+def load_onnx(path: str | Path, *, check: bool = True) -> Any:
+    """Load and (optionally) check an ONNX file.
+
+    Raises:
+        ArtifactError: if the file is missing, not ONNX, or fails ``onnx.checker``.
+    """
+    onnx = _onnx()
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"ONNX model {path} does not exist.")
+    try:
+        proto = onnx.load(str(path))
+        if check:
+            onnx.checker.check_model(proto)
+    except Exception as err:  # protobuf DecodeError, ValidationError, OSError
+        raise ArtifactError(f"{path} is not a valid ONNX model ({type(err).__name__}: {str(err)[:200]}).") from err
+    if not proto.graph.node:
+        raise ArtifactError(f"{path} is not a valid ONNX model (empty graph).")
+    return proto
+
+
+def save_onnx(proto: Any, path: str | Path) -> Path:
+    """Write ``proto`` atomically: a temporary file in the same folder, then ``os.replace``.
+
+    An interrupted or failed save never leaves a partial ``.onnx`` at ``path``.
+    """
+    onnx = _onnx()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        onnx.save_model(proto, tmp)
+        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600 files; a model is meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def simplify(proto: Any) -> tuple[Any, dict[str, Any]]:
+    """Simplify the graph with onnxslim (constant folding, fusion, dead-node removal).
+
+    Returns the simplified model and a summary; the caller re-verifies it. If onnxslim fails,
+    the input is returned unchanged and the summary says why: simplification is an optimization,
+    and the verified unsimplified graph is a correct result.
+    """
+    before = len(proto.graph.node)
+    try:
+        onnxslim = require("onnxslim", "export")
+        slim = onnxslim.slim(proto)
+    except Exception as err:  # onnxslim raises whatever its passes raise
+        log.warning("onnxslim failed (%s: %s); keeping the unsimplified graph.", type(err).__name__, err)
+        return proto, {"applied": False, "nodes_before": before, "reason": f"{type(err).__name__}: {err}"[:300]}
+    # onnxslim keeps metadata_props and I/O names; the batch axis name is re-asserted anyway.
+    set_batch_axis(slim)
+    return slim, {"applied": True, "nodes_before": before, "nodes_after": len(slim.graph.node)}
+
+
+def op_type_counts(proto: Any) -> dict[str, int]:
+    """How many nodes of each op type the graph has (ORT tests' ``check_op_type_count``)."""
+    return dict(sorted(collections.Counter(n.op_type for n in proto.graph.node).items()))
+
+
+def io_signature(proto: Any) -> dict[str, Any]:
+    """Names, shapes (None/str for dynamic axes) and element types of the graph's I/O."""
+    onnx = _onnx()
+    init = {i.name for i in proto.graph.initializer}
+
+    def describe(value):
+        t = value.type.tensor_type
+        shape = [d.dim_param or (d.dim_value if d.HasField("dim_value") else None) for d in t.shape.dim]
+        return {"name": value.name, "shape": shape,
+                "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name}
+
+    return {"inputs": [describe(v) for v in proto.graph.input if v.name not in init],
+            "outputs": [describe(v) for v in proto.graph.output]}
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file (the checksum of a source model in the card)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

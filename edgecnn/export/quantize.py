@@ -1,0 +1,234 @@
+"""Post-training quantization with onnxruntime.quantization: static int8 (QDQ), dynamic int8, fp16.
+
+Type choice (static int8): activations uint8 (asymmetric, so post-ReLU tensors use all 256
+levels), weights int8 symmetric per output channel: ORT's recommended QDQ CPU format (U8S8).
+On x86 CPUs with AVX2 but without VNNI, ORT's U8S8 kernels multiply with ``VPMADDUBSW``, which
+adds two u8*s8 products into a saturating int16: 255*127*2 = 64770 overflows int16, so a
+full-range int8 weight can silently saturate (ORT's quantization docs call this out and
+recommend ``reduce_range``). ``reduce_range`` stores weights on 7 bits (|w| <= 63, and
+255*63*2 = 32130 fits), which costs little accuracy with per-channel scales. The default
+``avx2`` target therefore sets it, so the artifact is correct on any x86-64 edge box; the
+``vnni`` and ``arm64`` targets (VNNI's ``VPDPBUSD`` and ARM's dot-product instructions
+accumulate in int32, no saturation) use the full 8 bits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgecnn._optional import require
+from edgecnn.card import ModelCard
+from edgecnn.errors import ConfigError, DataError
+from edgecnn.runtime.preprocess import normalize_batch
+
+log = logging.getLogger(__name__)
+
+__all__ = ["QUANTIZE_MODES", "CALIBRATION_METHODS", "CPU_TARGETS", "QuantizeConfig", "quantize_model"]
+
+QUANTIZE_MODES = ("int8", "int8-dynamic", "fp16")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+CPU_TARGETS = ("avx2", "vnni", "arm64")
+MIN_CALIBRATION_IMAGES = 16
+_CALIBRATION_BATCH = 32
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """How to quantize. Build presets with :meth:`for_target`.
+
+    ``exclude_nodes`` keeps named nodes in float; ``exclude_op_types`` keeps every node of those
+    types in float (by default the final Softmax, so probabilities keep full resolution).
+    """
+
+    calibration_method: str = "minmax"
+    calibration_samples: int = 512
+    per_channel: bool = True
+    reduce_range: bool = True
+    activation_type: str = "uint8"
+    weight_type: str = "int8"
+    exclude_nodes: tuple[str, ...] = ()
+    exclude_op_types: tuple[str, ...] = ("Softmax",)
+    percentile: float = 99.999
+    fp16_keep_io_float32: bool = True
+    seed: int = 0
+    target: str = "avx2"
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.calibration_method not in CALIBRATION_METHODS:
+            raise ConfigError(f"calibration_method must be one of {CALIBRATION_METHODS}, got {self.calibration_method!r}.")
+        if self.calibration_samples < MIN_CALIBRATION_IMAGES:
+            raise ConfigError(f"calibration_samples must be >= {MIN_CALIBRATION_IMAGES}, got {self.calibration_samples}.")
+        if self.activation_type not in ("uint8", "int8") or self.weight_type not in ("uint8", "int8"):
+            raise ConfigError(f"activation/weight types must be uint8 or int8, got {self.activation_type}/{self.weight_type}.")
+        if self.target not in CPU_TARGETS:
+            raise ConfigError(f"target must be one of {CPU_TARGETS}, got {self.target!r}.")
+        if not 90.0 <= self.percentile <= 100.0:
+            raise ConfigError(f"percentile must be in [90, 100], got {self.percentile}.")
+
+    @classmethod
+    def for_target(cls, target: str = "avx2", **overrides: Any) -> QuantizeConfig:
+        """U8S8 for every target; 7-bit weights (``reduce_range``) only for AVX2 without VNNI."""
+        if target not in CPU_TARGETS:
+            raise ConfigError(f"Unknown CPU target {target!r}; choose one of {', '.join(CPU_TARGETS)}.")
+        return cls(**{"target": target, "reduce_range": target == "avx2", **overrides})
+
+    def describe(self, mode: str) -> dict[str, Any]:
+        """The settings that matter for ``mode``, for the report and the card."""
+        if mode == "fp16":
+            return {"keep_io_float32": self.fp16_keep_io_float32}
+        out = {"per_channel": self.per_channel, "reduce_range": self.reduce_range, "weight_type": self.weight_type,
+               "target": self.target}
+        if mode == "int8":
+            out.update(format="QDQ", activation_type=self.activation_type, calibration_method=self.calibration_method,
+                       calibration_samples=self.calibration_samples, exclude_nodes=list(self.exclude_nodes),
+                       exclude_op_types=list(self.exclude_op_types))
+            if self.calibration_method == "percentile":
+                out["percentile"] = self.percentile
+        return out
+
+    def with_(self, **changes: Any) -> QuantizeConfig:
+        return replace(self, **changes)
+
+
+def quantize_model(fp32_path: Path, out_path: Path, *, mode: str, card: ModelCard, config: QuantizeConfig,
+                   calibration_images: np.ndarray | None = None) -> Any:
+    """Quantize the fp32 ONNX file at ``fp32_path`` and write the result to ``out_path``.
+
+    Args:
+        fp32_path: verified fp32 model.
+        out_path: where the quantized model goes (the caller embeds the card and moves it).
+        mode: one of :data:`QUANTIZE_MODES`.
+        card: the fp32 card (normalization and layout for calibration).
+        config: quantization settings.
+        calibration_images: uint8 NHWC RGB training images (static int8 only).
+
+    Returns:
+        The quantized ``onnx.ModelProto``.
+
+    Raises:
+        ConfigError: for an unknown mode.
+        DataError: for missing, too few or wrongly shaped calibration images.
+    """
+    if mode not in QUANTIZE_MODES:
+        raise ConfigError(f"Unknown quantization mode {mode!r}; choose from {', '.join(QUANTIZE_MODES)}.")
+    if mode == "fp16":
+        return _fp16(fp32_path, out_path, config)
+    with tempfile.TemporaryDirectory(prefix="edgecnn-quant-") as tmp, _quiet_root_logger():
+        pre = Path(tmp) / "pre.onnx"
+        _pre_process(fp32_path, pre)
+        if mode == "int8-dynamic":
+            return _dynamic(pre, out_path, config)
+        check_calibration_images(calibration_images, card, config.calibration_samples)
+        return _static(pre, out_path, card, config, calibration_images)
+
+
+def check_calibration_images(images: np.ndarray | None, card: ModelCard, needed: int) -> None:
+    """Raise DataError unless ``images`` are at least ``MIN_CALIBRATION_IMAGES`` uint8 NHWC images
+    of the card's input size."""
+    h, w = card.input_size
+    if images is None:
+        raise DataError("Static int8 needs calibration images: pass --calibration-data DIR_OR_NPZ (real images).")
+    if images.ndim != 4 or images.shape[1:] != (h, w, card.channels):
+        raise DataError(f"Calibration images must be (N, {h}, {w}, {card.channels}) to match the model input, "
+                        f"got {images.shape}.")
+    if len(images) < MIN_CALIBRATION_IMAGES:
+        raise DataError(f"Only {len(images)} calibration images; static int8 needs at least "
+                        f"{MIN_CALIBRATION_IMAGES} (asked for {needed}).")
+    if len(images) < needed:
+        log.warning("Calibrating on %d images (asked for %d).", len(images), needed)
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """onnxruntime.quantization logs one INFO line per tensor on the *root* logger; keep them out
+    of the user's terminal unless debugging."""
+    root = logging.getLogger()
+    level = root.level
+    if level > logging.DEBUG:
+        root.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _quant():
+    return require("onnxruntime.quantization", "export")
+
+
+def _pre_process(src: Path, dst: Path) -> None:
+    """Symbolic shape inference + ORT basic optimizations (BN folding): ORT's recommended first step."""
+    require("sympy", "export")  # symbolic shape inference needs it; fail with the extra's name
+    _quant().quant_pre_process(str(src), str(dst), skip_optimization=False)
+
+
+class _ArrayReader:
+    """``CalibrationDataReader`` over normalized batches of real images."""
+
+    def __init__(self, input_name: str, batches: list[np.ndarray]) -> None:
+        self.input_name, self.batches = input_name, iter(batches)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self.batches, None)
+        return None if batch is None else {self.input_name: batch}
+
+    def rewind(self) -> None:  # not used by ORT's calibrators in one pass
+        raise NotImplementedError
+
+
+def _static(pre: Path, out_path: Path, card: ModelCard, config: QuantizeConfig, images: np.ndarray) -> Any:
+    q = _quant()
+    onnx = require("onnx", "export")
+    rng = np.random.default_rng(config.seed)
+    pick = rng.permutation(len(images))[: config.calibration_samples]
+    x = normalize_batch(images[np.sort(pick)], card)
+    batches = [x[i:i + _CALIBRATION_BATCH] for i in range(0, len(x), _CALIBRATION_BATCH)]
+    model = onnx.load(str(pre))
+    excluded = list(config.exclude_nodes) + [n.name for n in model.graph.node if n.op_type in config.exclude_op_types]
+    unknown = sorted(set(config.exclude_nodes) - {n.name for n in model.graph.node})
+    if unknown:
+        raise ConfigError(f"--exclude-node names not in the graph: {', '.join(unknown)}; "
+                          "see node names with `python -m onnx.tools...` or Netron.")
+    types = {"uint8": q.QuantType.QUInt8, "int8": q.QuantType.QInt8}
+    methods = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
+               "percentile": q.CalibrationMethod.Percentile}
+    extra = {"ActivationSymmetric": config.activation_type == "int8", "WeightSymmetric": True,
+             "CalibMovingAverage": False, **config.extra}
+    if config.calibration_method == "percentile":
+        extra["CalibPercentile"] = config.percentile
+    q.quantize_static(
+        str(pre), str(out_path), _ArrayReader(card.input_name, batches),
+        quant_format=q.QuantFormat.QDQ, per_channel=config.per_channel, reduce_range=config.reduce_range,
+        activation_type=types[config.activation_type], weight_type=types[config.weight_type],
+        nodes_to_exclude=excluded, calibrate_method=methods[config.calibration_method],
+        calibration_providers=["CPUExecutionProvider"], extra_options=extra,
+    )
+    return onnx.load(str(out_path))
+
+
+def _dynamic(pre: Path, out_path: Path, config: QuantizeConfig) -> Any:
+    q = _quant()
+    onnx = require("onnx", "export")
+    # Dynamic mode quantizes activations at run time (DynamicQuantizeLinear -> uint8), so the same
+    # U8S8 saturation argument applies and ``reduce_range`` follows the target.
+    types = {"uint8": q.QuantType.QUInt8, "int8": q.QuantType.QInt8}
+    q.quantize_dynamic(str(pre), str(out_path), per_channel=config.per_channel, reduce_range=config.reduce_range,
+                       weight_type=types[config.weight_type], op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+                       nodes_to_exclude=list(config.exclude_nodes))
+    return onnx.load(str(out_path))
+
+
+def _fp16(src: Path, out_path: Path, config: QuantizeConfig) -> Any:
+    onnx = require("onnx", "export")
+    float16 = require("onnxruntime.transformers.float16", "export")
+    model = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=config.fp16_keep_io_float32)
+    onnx.save_model(model, str(out_path))
+    return model
