@@ -44,6 +44,11 @@ def gradcam(model: keras.Model, x: np.ndarray, *, class_index: Sequence[int] | i
     Returns:
         (heatmaps in [0, 1] at the feature-map resolution, explained class per image, probabilities)
     """
+    single = len(x) == 1
+    if single:
+        # TensorFlow 2.21's oneDNN Conv2DBackpropFilter aborts the process on a batch of one
+        # (seen on AVX2 CPUs); a duplicated image gives the same heatmap. Remove once fixed upstream.
+        x = np.concatenate([x, x])
     conv_layer = target_layer(model, layer)
     grad_model = keras.Model(model.inputs, [conv_layer.output, model.get_layer("logits").output, model.outputs[0]])
     x = tf.convert_to_tensor(x, tf.float32)
@@ -59,7 +64,8 @@ def gradcam(model: keras.Model, x: np.ndarray, *, class_index: Sequence[int] | i
     cam = tf.nn.relu(tf.reduce_sum(weights * conv, axis=-1)).numpy()
     peak = cam.reshape(len(cam), -1).max(axis=1).reshape(-1, 1, 1)
     cam = np.divide(cam, peak, out=np.zeros_like(cam), where=peak > 0)
-    return cam, cls.numpy(), np.asarray(probs)
+    cls, probs = cls.numpy(), np.asarray(probs)
+    return (cam[:1], cls[:1], probs[:1]) if single else (cam, cls, probs)
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.45, min_side: int = 256) -> Image.Image:

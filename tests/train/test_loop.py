@@ -1,0 +1,121 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.tf
+
+
+def _learnable_npz(path: Path, n=300, seed=0):
+    """Three classes told apart by colour: learnable in a couple of epochs."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    x = rng.integers(0, 60, (n, 32, 32, 3)).astype(np.uint8)
+    for c in range(3):
+        x[y == c, :, :, c] += 150
+    np.savez(path, x_train=x, y_train=y, x_test=x[:60], y_test=y[:60])
+    return path
+
+
+def test_training_learns_and_writes_a_complete_run(tmp_path):
+    from edgecnn.card import ModelCard
+    from edgecnn.train.config import TrainConfig
+    from edgecnn.train.loop import load_run_model, train
+
+    data = _learnable_npz(tmp_path / "colors.npz")
+    cfg = TrainConfig(model="seed_cnn_tiny", data=str(data), epochs=4, batch_size=32, lr=3e-3,
+                      out=str(tmp_path / "run"), normalization="dataset", schedule="cosine", warmup_epochs=1,
+                      label_smoothing=0.05)
+    run = train(cfg, verbose=0)
+    names = {p.name for p in run.iterdir()}
+    assert {"model.keras", "card.json", "history.json", "history.csv", "curves.png", "metrics.json", "config.json"} <= names
+    hist = json.loads((run / "history.json").read_text())
+    assert hist["epoch"] == [1, 2, 3, 4]
+    assert hist["loss"][-1] < hist["loss"][0]
+    card = ModelCard.load(run)
+    assert card.metrics["test_accuracy"] > 0.6  # chance is 1/3
+    assert card.normalization == "dataset" and card.mean[0] != 0
+    assert card.dataset["num_train"] == 270 and card.versions["keras"]
+    # the card's normalization reproduces the model's accuracy outside training
+    from edgecnn.train.loop import predict_uint8
+
+    with np.load(data) as d:
+        acc = (predict_uint8(load_run_model(run), d["x_test"], card).argmax(1) == d["y_test"]).mean()
+    assert abs(acc - card.metrics["test_accuracy"]) < 1e-9
+    assert ModelCard.from_json(card.to_json()) == card
+
+
+@pytest.mark.parametrize("optimizer, schedule", [("sgd", "step"), ("adamw", "onecycle"), ("rmsprop", "constant")])
+def test_optimizers_and_schedules_run(tmp_path, optimizer, schedule):
+    from edgecnn.train.config import TrainConfig
+    from edgecnn.train.loop import train
+
+    cfg = TrainConfig(model="seed_cnn_tiny", data="sample", epochs=2, limit=128, batch_size=64, optimizer=optimizer,
+                      schedule=schedule, step_every=1, weight_decay=1e-4, nesterov=optimizer == "sgd",
+                      early_stopping=1, out=str(tmp_path / "r"))
+    assert (train(cfg, verbose=0) / "model.keras").is_file()
+
+
+def test_bad_runs_leave_no_directory(tmp_path):
+    from edgecnn.errors import ConfigError, DataError, ModelNotFoundError
+    from edgecnn.train.config import TrainConfig
+    from edgecnn.train.loop import train
+
+    out = tmp_path / "never"
+    with pytest.raises(ModelNotFoundError):
+        train(TrainConfig(model="resnet21", data="sample", out=str(out)))
+    with pytest.raises(DataError):
+        train(TrainConfig(model="seed_cnn_tiny", data=str(tmp_path / "nope.npz"), out=str(out)))
+    with pytest.raises(ConfigError, match="epochs must be >= 1"):
+        TrainConfig(epochs=0)
+    with pytest.raises(ConfigError, match="lr must be > 0"):
+        TrainConfig(lr=-0.1)
+    assert not out.exists()
+
+
+def test_resume_after_killing_a_real_training_process(tmp_path):
+    """Kill `edgecnn train` after its first checkpoint; --resume continues at the next epoch."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "edgecnn.cli", "train", "--model", "resnet_tiny", "--data", "sample",
+           "--epochs", "40", "--batch-size", "32", "--out", str(run), "--quiet"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    state = run / "state.json"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (state.exists() and json.loads(state.read_text())["epoch"] >= 1):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = json.loads(state.read_text())["epoch"]
+    assert 1 <= done < 40, "the process was killed mid-training"
+    # finish quickly: the resumed run keeps its recipe, so shorten it by editing the stored config
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["epochs"] = done + 1
+    (run / "config.json").write_text(json.dumps(cfg))
+    out = subprocess.run([sys.executable, "-m", "edgecnn.cli", "train", "--resume", str(run), "--quiet"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    hist = json.loads((run / "history.json").read_text())
+    assert hist["epoch"] == list(range(1, done + 2))  # no epoch repeated or skipped
+    assert f"Epoch {done + 1}/{done + 1}" in out.stdout
+    # resuming a finished run is refused with a one-line message
+    again = subprocess.run([sys.executable, "-m", "edgecnn.cli", "train", "--resume", str(run)],
+                           capture_output=True, text=True, env=env, timeout=120)
+    assert again.returncode == 1 and "already finished" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_resume_keeps_optimizer_state(tmp_path):
+    from edgecnn.train.config import TrainConfig
+    from edgecnn.train.loop import load_run_model, train
+
+    cfg = TrainConfig(model="seed_cnn_tiny", data="sample", epochs=1, limit=64, batch_size=32, optimizer="adam",
+                      out=str(tmp_path / "r"))
+    run = train(cfg, verbose=0)
+    model = load_run_model(run, checkpoint=True)
+    assert int(model.optimizer.iterations.numpy()) == 2  # 64 images / 32 per step
