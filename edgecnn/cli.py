@@ -219,6 +219,73 @@ def gradcam(run: Path, images: tuple[Path, ...], out: Path, class_name: str | No
 # --------------------------------------------------------------------------------- export stage
 # (commands of the export stage are defined below this line)
 
+_QUANT_MODES = ("int8", "int8-dynamic", "fp16")  # == edgecnn.export.QUANTIZE_MODES (not imported: cheap --help)
+
+
+def _floats3(value: str | None, flag: str) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    try:
+        out = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        out = ()
+    if len(out) != 3:
+        raise click.BadParameter(f"expected three comma-separated numbers (0-255 scale), got {value!r}", param_hint=flag)
+    return out
+
+
+@main.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder (default: RUN/export, or <stem>-export/ next to an .onnx).")
+@click.option("--quantize", "-q", multiple=True, type=click.Choice(_QUANT_MODES),
+              help="Add a variant (repeatable): int8 (static, QDQ), int8-dynamic, fp16.")
+@click.option("--layout", type=click.Choice(["nhwc", "nchw"]), default=None,
+              help="Input layout of the export (default nhwc); for an .onnx source: its input layout.")
+@click.option("--opset", type=click.IntRange(7, 23), default=17, show_default=True, help="ONNX opset.")
+@click.option("--calibration-data", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Real images (.npz or folder) for int8 calibration and accuracy (default: the run's dataset).")
+@click.option("--calibration-samples", type=click.IntRange(min=16), default=512, show_default=True)
+@click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
+              show_default=True)
+@click.option("--cpu-target", type=click.Choice(["avx2", "vnni", "arm64"]), default="avx2", show_default=True,
+              help="CPU the int8 model runs on: avx2 uses 7-bit weights (no U8S8 saturation without VNNI).")
+@click.option("--exclude-node", multiple=True, help="ONNX node name to keep in float (repeatable).")
+@click.option("--max-accuracy-drop", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Fail if a variant loses more accuracy (percentage points) than fp32.")
+@click.option("--atol", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True,
+              help="Max |Keras - ONNX| allowed for fp32.")
+@click.option("--test-images", type=click.IntRange(min=2), default=None, help="Evaluate on the first N test images only.")
+@click.option("--no-simplify", is_flag=True, help="Skip onnxslim graph simplification.")
+@click.option("--triton", "triton_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also write a Triton Inference Server model repository here.")
+@click.option("--mean", default=None, help="Source .onnx without card: per-channel mean, 0-255 scale, 'r,g,b'.")
+@click.option("--std", default=None, help="Source .onnx without card: per-channel std, 0-255 scale, 'r,g,b'.")
+@click.option("--labels", "labels_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Source .onnx without card: text file with one class name per line.")
+def export(source: Path, out_dir: Path | None, quantize: tuple[str, ...], layout: str | None, opset: int,
+           calibration_data: Path | None, calibration_samples: int, calibration_method: str, cpu_target: str,
+           exclude_node: tuple[str, ...], max_accuracy_drop: float, atol: float, test_images: int | None,
+           no_simplify: bool, triton_dir: Path | None, mean: str | None, std: str | None,
+           labels_path: Path | None) -> None:
+    """Export SOURCE (a run directory or an .onnx file) to verified ONNX, with quantized variants."""
+    from edgecnn.export import ExportConfig, QuantizeConfig, export_onnx_file, export_run
+
+    quant = QuantizeConfig.for_target(cpu_target, calibration_method=calibration_method,
+                                      calibration_samples=calibration_samples, exclude_nodes=exclude_node)
+    config = ExportConfig(opset=opset, layout=layout or "nhwc", quantize=quantize, simplify=not no_simplify, atol=atol,
+                          test_images=test_images, max_accuracy_drop=max_accuracy_drop, quant=quant, triton_dir=triton_dir)
+    if source.suffix == ".onnx":
+        labels = [s.strip() for s in labels_path.read_text().splitlines() if s.strip()] if labels_path else None
+        report = export_onnx_file(source, out_dir=out_dir, config=config, calibration_data=calibration_data,
+                                  mean=_floats3(mean, "--mean"), std=_floats3(std, "--std"), layout=layout, labels=labels)
+    else:
+        report = export_run(source, out_dir=out_dir, config=config, calibration_data=calibration_data)
+    _echo_table(f"{report.card_name} -> {report.out_dir}", ["precision", "file", "KiB", "accuracy", "delta pp", "agreement"],
+                [[v.precision, v.file or "-", f"{v.size_bytes / 1024:.1f}", "-" if v.accuracy is None else f"{100 * v.accuracy:.2f}%",
+                  "-" if v.accuracy_delta_pp is None else f"{v.accuracy_delta_pp:+.2f}", f"{100 * v.top1_agreement:.2f}%"]
+                 for v in report.variants])
+
 
 # -------------------------------------------------------------------------------- runtime stage
 # (commands of the runtime stage are defined below this line)
