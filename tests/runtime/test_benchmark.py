@@ -65,11 +65,13 @@ def _result(precision, p50, batch=1, runner="onnxruntime"):
 
 
 def test_notes_say_when_quantized_is_slower():
-    notes = compare_notes([_result("fp32", 1.0), _result("int8", 1.5), _result("fp16", 0.5),
+    slow_fp32 = _result("fp32", 2.0)
+    slow_fp32.variant = "m:fp32-nchw"
+    notes = compare_notes([_result("fp32", 1.0), slow_fp32, _result("int8", 1.5), _result("fp16", 0.5),
                            _result("int8", 9.0, runner="litert")])
-    assert len(notes) == 2
-    assert "m:int8" in notes[0] and "SLOWER than fp32" in notes[0] and "1.50x the latency" in notes[0]
-    assert "faster than fp32" in notes[1] and "2.00x" in notes[1]
+    assert len(notes) == 2  # the fastest fp32 is the reference; litert has no fp32 of its own
+    assert "m:int8 is SLOWER than fp32 (1.50x the latency)" in notes[0] and "(m:fp32)" in notes[0]
+    assert "m:fp16 is 2.00x faster than fp32" in notes[1]
 
 
 def test_bench_onnx_and_schema(models, tmp_path):
