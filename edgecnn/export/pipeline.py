@@ -277,6 +277,12 @@ def _predict(fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray) -> np.n
 
 def _export(proto: Any, card: ModelCard, reference: Callable[[np.ndarray], np.ndarray], data: _Data,
             config: ExportConfig, *, source: Path, out_dir: Path, started: float) -> ExportReport:
+    h, w = card.input_size
+    if data.test.ndim != 4 or data.test.shape[1:] != (h, w, card.channels) or len(data.test) < 2:
+        raise DataError(f"Held-out images must be (N >= 2, {h}, {w}, {card.channels}), got {data.test.shape}.")
+    if data.test_labels is not None and len(data.test_labels) and int(data.test_labels.max()) >= card.num_classes:
+        raise DataError(f"Test labels go up to {int(data.test_labels.max())} but the model has {card.num_classes} "
+                        f"classes ({', '.join(card.class_names[:5])}...): the data does not belong to this model.")
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=".export-staging-"))
     try:
