@@ -177,20 +177,36 @@ def _limit(x: np.ndarray | None, n: int | None) -> np.ndarray | None:
 
 
 def _run_data(card: ModelCard, calibration_data: str | Path | None, config: ExportConfig) -> _Data:
-    """Held-out test images and training images for calibration, as the run was trained on."""
+    """Held-out test images of the run's dataset, and calibration images: its training images, or
+    ``calibration_data`` (any .npz/folder) when given. If the run's dataset is gone, the held-out
+    part of ``calibration_data`` serves as the test set."""
+    from edgecnn.export._data import load_eval_data
     from edgecnn.train.data import load_dataset  # no TensorFlow import; the run needs TF anyway
 
-    spec = str(calibration_data) if calibration_data else card.dataset.get("path")
-    if not spec:
-        raise DataError(f"The card of {card.name} names no dataset; pass --calibration-data DIR_OR_NPZ.")
-    if spec == "keras.datasets.cifar10":
-        spec = "cifar10"
-    classes = None if calibration_data else card.dataset.get("classes")
-    ds = load_dataset(spec, input_size=card.input_size, classes=classes)
-    if ds.class_names != card.class_names and len(ds.class_names) != card.num_classes:
+    spec = card.dataset.get("path")
+    spec = "cifar10" if spec == "keras.datasets.cifar10" else spec
+    ds, missing = None, None
+    try:
+        if not spec:
+            raise DataError(f"The card of {card.name} names no dataset.")
+        ds = load_dataset(spec, input_size=card.input_size, classes=card.dataset.get("classes"))
+    except DataError as err:
+        if calibration_data is None:
+            raise DataError(f"{err} Pass --calibration-data DIR_OR_NPZ with real images for this model.") from err
+        missing = str(err)
+    if ds is not None and ds.class_names != card.class_names and ds.num_classes != card.num_classes:
         raise DataError(f"Dataset {spec} has {ds.num_classes} classes, the model {card.num_classes}.")
-    return _Data(ds.x_train, _limit(ds.x_test, config.test_images), _limit(ds.y_test, config.test_images),
-                 f"{ds.name} test split")
+    if calibration_data is None:
+        return _Data(ds.x_train, _limit(ds.x_test, config.test_images), _limit(ds.y_test, config.test_images),
+                     f"{ds.name} test split")
+    ext = load_eval_data(calibration_data, card.input_size, seed=config.quant.seed)
+    if ds is not None:
+        return _Data(ext.calibration, _limit(ds.x_test, config.test_images), _limit(ds.y_test, config.test_images),
+                     f"{ds.name} test split")
+    log.warning("%s Evaluating on held-out images of %s instead.", missing, calibration_data)
+    labels = _align_labels(ext.test_labels, ext.class_names, card)
+    return _Data(ext.calibration, _limit(ext.test, config.test_images), _limit(labels, config.test_images),
+                 ext.description)
 
 
 def _card_for_onnx(proto: Any, path: Path, *, mean, std, layout, labels) -> ModelCard:

@@ -1,0 +1,149 @@
+"""`edgecnn export` through click's CliRunner: success paths, one-line errors, atomic outputs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgecnn.cli import main
+
+pytestmark = [pytest.mark.tf, pytest.mark.export]
+
+
+def _run(*args):
+    return CliRunner().invoke(main, ["export", *map(str, args)])
+
+
+def _one_line_error(result, match):
+    assert result.exit_code == 1, result.output
+    lines = [l for l in result.output.splitlines() if l.strip()]
+    assert lines[-1].startswith("Error: ") and match in lines[-1], result.output
+    assert "Traceback" not in result.output
+
+
+def test_export_run_with_int8_and_triton(tmp_path, seed_run):
+    result = _run(seed_run, "--out", tmp_path / "out", "-q", "int8", "--triton", tmp_path / "triton")
+    assert result.exit_code == 0, result.output
+    assert {"model.onnx", "model.int8.onnx", "export_report.json", "export_report.md"} <= {p.name for p in (tmp_path / "out").iterdir()}
+    assert (tmp_path / "triton" / "seed_tiny_int8" / "1" / "model.onnx").is_file()
+    assert "int8" in result.output
+
+
+def _sample_npz(path, sample3, n_train=200, n_test=60):
+    np.savez(path, x_train=sample3.x_train[:n_train], x_test=sample3.x_test[:n_test],
+             y_test=sample3.y_test[:n_test].reshape(-1, 1))
+    return path
+
+
+def test_quantize_existing_onnx_without_card(tmp_path, seed_export, sample3):
+    """An ONNX classifier edgecnn did not train: card from --mean/--std/--labels, npz calibration."""
+    import onnx
+
+    _, out = seed_export
+    foreign = onnx.load(str(out / "model.onnx"))
+    del foreign.metadata_props[:]
+    onnx.save_model(foreign, str(tmp_path / "foreign.onnx"))
+    (tmp_path / "labels.txt").write_text("airplane\nautomobile\nbird\n")
+    npz = _sample_npz(tmp_path / "calib.npz", sample3)
+    result = _run(tmp_path / "foreign.onnx", "-q", "int8", "--calibration-data", npz, "--mean", "125.3,123.0,113.9",
+                  "--std", "63.0,62.1,66.7", "--labels", tmp_path / "labels.txt", "--max-accuracy-drop", "10")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "foreign-export" / "export_report.json").read_text())
+    assert report["parity"]["max_abs_diff"] == 0.0  # same graph, now with a card
+    from edgecnn.export import read_card
+
+    card = read_card(tmp_path / "foreign-export" / "model.int8.onnx")
+    assert card.class_names == ["airplane", "automobile", "bird"] and card.mean == (125.3, 123.0, 113.9)
+    assert card.architecture == "external" and card.precision == "int8"
+    fp32_acc = report["variants"][0]["accuracy"]
+    assert fp32_acc == pytest.approx(read_card(out / "model.onnx").metrics["onnx_test_accuracy"], abs=0.2)
+
+
+def test_plain_onnx_export_never_imports_tensorflow(tmp_path, seed_export, sample3):
+    _, out = seed_export
+    npz = _sample_npz(tmp_path / "calib.npz", sample3, n_train=64, n_test=32)
+    code = ("import sys; from edgecnn.export import export_onnx_file, ExportConfig; "
+            f"export_onnx_file({str(out / 'model.onnx')!r}, out_dir={str(tmp_path / 'o')!r}, calibration_data={str(npz)!r}, "
+            "config=ExportConfig(quantize=('int8', 'fp16'), max_accuracy_drop=50)); "
+            "print(sorted({'tensorflow', 'keras', 'tf2onnx', 'edgecnn.train'} & set(sys.modules)))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_import_direction():
+    code = ("import sys, edgecnn.export, edgecnn.runtime; "
+            "print(sorted({'tensorflow', 'keras', 'tf2onnx', 'onnx', 'edgecnn.train'} & set(sys.modules)))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == "[]"
+
+
+def test_missing_run(tmp_path):
+    _one_line_error(_run(tmp_path / "nope"), "does not exist")
+
+
+def test_corrupt_keras(tmp_path, seed_run):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "card.json").write_text((seed_run / "card.json").read_text())
+    (run / "model.keras").write_bytes(b"PK\x03\x04 not really a zip")
+    _one_line_error(_run(run), "Cannot load")
+    assert not list(run.rglob("*.onnx"))
+
+
+def test_run_without_card(tmp_path):
+    (tmp_path / "run").mkdir()
+    _one_line_error(_run(tmp_path / "run"), "No model card")
+
+
+def test_corrupt_onnx(tmp_path):
+    (tmp_path / "bad.onnx").write_bytes(b"\x08\x07garbage" * 10)
+    _one_line_error(_run(tmp_path / "bad.onnx", "-q", "int8", "--calibration-data", tmp_path), "not a valid ONNX model")
+
+
+def test_unknown_quantize_mode(seed_run):
+    result = _run(seed_run, "-q", "int4")
+    assert result.exit_code == 2 and "'int4' is not one of" in result.output
+
+
+def test_calibration_data_of_wrong_shape(tmp_path, seed_run):
+    np.savez(tmp_path / "bad.npz", images=np.zeros((40, 32, 32), np.uint8))
+    _one_line_error(_run(seed_run, "--out", tmp_path / "o", "-q", "int8", "--calibration-data", tmp_path / "bad.npz"),
+                    "must be (N, height, width, 3)")
+
+
+def test_too_few_calibration_images(tmp_path, seed_export, sample3):
+    _, out = seed_export
+    np.savez(tmp_path / "few.npz", x_train=sample3.x_train[:8], x_test=sample3.x_test[:8], y_test=sample3.y_test[:8])
+    _one_line_error(_run(out / "model.onnx", "--out", tmp_path / "o", "-q", "int8", "--calibration-data",
+                         tmp_path / "few.npz"), "Only 8 calibration images")
+    assert not (tmp_path / "o" / "model.int8.onnx").exists()
+
+
+def test_failed_parity_leaves_no_model(tmp_path, seed_run):
+    (tmp_path / "model.onnx").write_bytes(b"stale")  # an older result must not pass for this one
+    result = _run(seed_run, "--out", tmp_path, "--atol", "1e-12")
+    _one_line_error(result, "does not match its source")
+    assert not list(tmp_path.glob("*.onnx")) and not list(tmp_path.glob(".export-staging-*"))
+    assert json.loads((tmp_path / "export_report.json").read_text())["status"] == "failed"
+
+
+def test_interrupted_save_leaves_no_partial_onnx(tmp_path, seed_run, monkeypatch):
+    import onnx
+
+    real_save = onnx.save_model
+
+    def save_then_die(proto, path, *a, **kw):
+        real_save(proto, path, *a, **kw)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(onnx, "save_model", save_then_die)
+    from edgecnn.export import ExportConfig, export_run
+
+    with pytest.raises(KeyboardInterrupt):
+        export_run(seed_run, out_dir=tmp_path, config=ExportConfig())
+    assert not list(tmp_path.rglob("*.onnx")) and not list(tmp_path.rglob("*.tmp"))
