@@ -348,7 +348,7 @@ def predict(model: Path, images: tuple[Path, ...], top_k: int, provider: str, al
 @click.option("--keras", "keras_path", type=click.Path(exists=True, path_type=Path), default=None,
               help="Run directory (or .keras file) of the model, for --compare.")
 @click.option("--calibration", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="An .npz (keras layout) whose first 128 train images calibrate LiteRT int8 (default: embedded sample).")
+              help="An .npz (keras layout) whose first 128 train images calibrate LiteRT int8 (default: the embedded sample).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write JSON.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write CSV.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -363,14 +363,8 @@ def bench(models: tuple[Path, ...], batch: str, threads: str, provider: str, all
 
     config = BenchConfig(batch_sizes=parse_int_list(batch, "--batch"), threads=parse_int_list(threads, "--threads"),
                          provider=provider, warmup=warmup, runs=runs, duration_s=duration, allow_fallback=allow_fallback)
-    calib = None
-    if compare and calibration is not None:
-        from edgecnn.runtime import Classifier
-        from edgecnn.train.baselines import calibration_images
-
-        calib = calibration_images(Classifier(models[0] if models else default_model_path()).card, data=calibration)
     report = run_benchmark(list(models) or [default_model_path()], config, compare=compare, keras_path=keras_path,
-                           calibration=calib)
+                           calibration_data=calibration)
     m = report.machine
     _echo_wide_table(f"edgecnn bench - {m['cpu']} ({m['usable_cpus']} cpus, {' '.join(m['simd'])}), onnxruntime "
                      f"{m['onnxruntime']}", *report.table_rows())

@@ -339,9 +339,12 @@ def run_benchmark(
     *,
     compare: Sequence[str] = (),
     keras_path: str | Path | None = None,
-    calibration: np.ndarray | None = None,
+    calibration_data: str | Path | None = None,
 ) -> BenchReport:
     """Benchmark every model, plus the Keras/LiteRT baselines named in ``compare``.
+
+    ``calibration_data`` (an .npz in the keras layout; default: the embedded CIFAR-10 sample)
+    gives the first 128 train images that calibrate the LiteRT int8 conversion.
 
     Raises:
         ArtifactError, ProviderError, ConfigError, MissingDependencyError: for missing models,
@@ -352,7 +355,7 @@ def run_benchmark(
         results += bench_onnx(model, config)
     _disambiguate(results, models, config)
     if compare:
-        results += _baselines(models, config, compare, keras_path, calibration)
+        results += _baselines(models, config, compare, keras_path, calibration_data)
     report = BenchReport(machine_fingerprint(), {**asdict(config), "models": [str(m) for m in models],
                                                   "compare": list(compare)}, results)
     report.notes = compare_notes(results)
@@ -370,7 +373,7 @@ def _disambiguate(results: list[BenchResult], models: Sequence[str | Path], conf
 
 
 def _baselines(models: Sequence[str | Path], config: BenchConfig, compare: Sequence[str],
-               keras_path: str | Path | None, calibration: np.ndarray | None) -> list[BenchResult]:
+               keras_path: str | Path | None, calibration_data: str | Path | None) -> list[BenchResult]:
     unknown = set(compare) - {"keras", "tflite", "litert"}
     if unknown:
         raise ConfigError(f"Unknown --compare value(s) {sorted(unknown)}; choose keras and/or tflite.")
@@ -384,7 +387,8 @@ def _baselines(models: Sequence[str | Path], config: BenchConfig, compare: Seque
     from edgecnn.train.baselines import run_baselines
 
     rows = run_baselines(keras_file, card.to_dict(), config=asdict(config),
-                         runners=["litert" if c == "tflite" else c for c in compare], calibration=calibration)
+                         runners=["litert" if c == "tflite" else c for c in compare],
+                         calibration_data=calibration_data)
     return [BenchResult(**r) for r in rows]
 
 

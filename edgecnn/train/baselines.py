@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
@@ -58,11 +59,16 @@ def convert_litert_int8(keras_file: str | Path, card: ModelCard, calibration: np
     model = _load_keras(keras_file)
     nhwc = replace(card, layout="nhwc")
     h, w = card.input_size
-    fn = tf.function(lambda x: model(x, training=False),
-                     input_signature=[tf.TensorSpec([1, h, w, 3], tf.float32, name=card.input_name)])
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], model)
+    with tempfile.TemporaryDirectory() as tmp:
+        # A SavedModel freezes Keras 3 variables for the converter; from_concrete_functions
+        # leaves READ_VARIABLE ops that fail at conversion time.
+        model.export(tmp, format="tf_saved_model", verbose=False,
+                     input_signature=[tf.TensorSpec([None, h, w, 3], tf.float32, name=card.input_name)])
+        return _convert(tf, tf.lite.TFLiteConverter.from_saved_model(tmp), normalize_batch(calibration, nhwc), keras_file)
+
+
+def _convert(tf: Any, converter: Any, xs: np.ndarray, keras_file: str | Path) -> bytes:
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    xs = normalize_batch(calibration, nhwc)
     converter.representative_dataset = lambda: ([xs[i : i + 1]] for i in range(len(xs)))
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.int8
@@ -89,7 +95,7 @@ def run_baselines(
     *,
     config: dict[str, Any],
     runners: Sequence[str],
-    calibration: np.ndarray | None = None,
+    calibration_data: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """Time the requested baseline runners at every batch size, one spawned process per thread count.
 
@@ -109,14 +115,17 @@ def run_baselines(
     tflite = None
     ctx = multiprocessing.get_context("spawn")
     if "litert" in runners:
-        calib = calibration if calibration is not None else calibration_images(model_card)
         with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-            tflite = pool.submit(convert_litert_int8, str(keras_file), model_card, calib).result()
+            tflite = pool.submit(_convert_child, str(keras_file), model_card, calibration_data).result()
     rows: list[dict[str, Any]] = []
     for threads in config["threads"]:
         with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
             rows += pool.submit(_measure, str(keras_file), card, config, list(runners), tflite, threads).result()
     return rows
+
+
+def _convert_child(keras_file: str, card: ModelCard, calibration_data: str | Path | None) -> bytes:
+    return convert_litert_int8(keras_file, card, calibration_images(card, data=calibration_data))
 
 
 def _measure(keras_file: str, card_dict: dict[str, Any], config: dict[str, Any], runners: list[str],
