@@ -128,7 +128,7 @@ def _schedule(cfg: TrainConfig, lr: float, epochs: int, steps: int):
     return keras.optimizers.schedules.CosineDecay(lr, total)
 
 
-def _optimizer(cfg: TrainConfig, lr, ) -> keras.optimizers.Optimizer:
+def _optimizer(cfg: TrainConfig, lr) -> keras.optimizers.Optimizer:
     wd = cfg.weight_decay or None
     if cfg.optimizer == "sgd":
         return keras.optimizers.SGD(lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=wd)
