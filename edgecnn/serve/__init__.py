@@ -1,0 +1,23 @@
+"""HTTP inference server (the ``[serve]`` extra) on top of :class:`edgecnn.runtime.Classifier`.
+
+>>> from edgecnn.serve import ServeConfig, serve
+>>> serve("models/", ServeConfig(port=8000, max_batch=32, max_delay_ms=5))
+
+Imports FastAPI, uvicorn and prometheus-client; never TensorFlow.
+"""
+
+from __future__ import annotations
+
+from edgecnn._optional import require
+
+for _module in ("fastapi", "uvicorn", "prometheus_client", "python_multipart"):
+    require(_module, "serve")
+
+from edgecnn.serve.app import create_app  # noqa: E402
+from edgecnn.serve.config import TOKEN_ENV, ServeConfig  # noqa: E402
+from edgecnn.serve.errors import ServeError  # noqa: E402
+from edgecnn.serve.models import ServedModel, load_models  # noqa: E402
+from edgecnn.serve.server import build_server, serve  # noqa: E402
+
+__all__ = ["ServeConfig", "ServeError", "ServedModel", "TOKEN_ENV", "build_server", "create_app", "load_models",
+           "serve"]

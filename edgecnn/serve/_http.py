@@ -1,0 +1,139 @@
+"""ASGI building blocks below the routes: bearer token, body limit, JSON errors, multipart."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any, Callable
+
+from edgecnn.serve.errors import ServeError, error_body
+
+__all__ = ["AuthMiddleware", "BodyLimitMiddleware", "send_error", "multipart_file", "PUBLIC_PATHS"]
+
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})  # what an orchestrator probes without a token
+
+
+async def send_error(send: Callable, err: ServeError, on_error: Callable[[ServeError], None] | None = None) -> None:
+    """Answer a request with ``err`` as a JSON error body, straight from ASGI."""
+    if on_error is not None:
+        on_error(err)
+    body = error_body(err.status, err.code, err.message)
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in err.headers.items()]
+    await send({"type": "http.response.start", "status": err.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class AuthMiddleware:
+    """Requires ``Authorization: Bearer <token>`` on every path but :data:`PUBLIC_PATHS`."""
+
+    def __init__(self, app: Any, token: str, on_error: Callable[[ServeError], None] | None = None) -> None:
+        self.app = app
+        self.expected = f"Bearer {token}".encode()
+        self.on_error = on_error
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http" and scope["path"] not in PUBLIC_PATHS:
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            # Constant-time comparison: the answer time tells nothing about the token.
+            if not hmac.compare_digest(given, self.expected):
+                code, what = ("missing_token", "requires") if not given else ("invalid_token", "rejected the")
+                msg = f"This server {what} a bearer token: send `Authorization: Bearer <token>`."
+                await send_error(send, ServeError(401, code, msg, {"WWW-Authenticate": "Bearer"}), self.on_error)
+                return
+        await self.app(scope, receive, send)
+
+
+class BodyLimitMiddleware:
+    """413 for a body over ``max_bytes``: from Content-Length before reading, or while streaming."""
+
+    def __init__(self, app: Any, max_bytes: int, on_error: Callable[[ServeError], None] | None = None) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.on_error = on_error
+
+    def _too_large(self, size: str) -> ServeError:
+        return ServeError(413, "body_too_large", f"The request body ({size}) is over the limit of "
+                          f"{self.max_bytes:,} bytes; send a smaller image (or start the server with a larger "
+                          "--max-body-mb).")
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                declared = -1
+            if declared < 0:
+                await send_error(send, ServeError(400, "bad_request", "Invalid Content-Length header."), self.on_error)
+                return
+            if declared > self.max_bytes:
+                await send_error(send, self._too_large(f"{declared:,} bytes"), self.on_error)
+                return
+        seen = 0
+
+        async def limited_receive() -> dict:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:  # chunked uploads have no Content-Length to check first
+                    raise self._too_large(f"over {seen:,} bytes so far")
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+def multipart_file(body: bytes, boundary: bytes, field: str = "file") -> bytes:
+    """The content of the uploaded file in a multipart/form-data body, parsed in memory.
+
+    Takes the part named ``field``, else the only part with a filename, else the only part.
+    Nothing is written to disk (Starlette's form parser spools large parts to temporary files).
+
+    Raises:
+        ServeError: 400 for a malformed body or no file part.
+    """
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
+    parts: list[dict[str, Any]] = []
+    cur: dict[str, Any] = {}
+    header: list[bytes] = [b"", b""]
+
+    def on_part_begin() -> None:
+        cur.clear()
+        cur.update(headers={}, data=bytearray())
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        header[0] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        header[1] += data[start:end]
+
+    def on_header_end() -> None:
+        cur["headers"][header[0].lower()] = header[1]
+        header[0], header[1] = b"", b""
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        cur["data"] += data[start:end]
+
+    def on_part_end() -> None:
+        _, opts = parse_options_header(cur["headers"].get(b"content-disposition", b""))
+        parts.append({"name": opts.get(b"name"), "filename": opts.get(b"filename"), "data": bytes(cur["data"])})
+
+    callbacks = {"on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,
+                 "on_header_end": on_header_end, "on_part_data": on_part_data, "on_part_end": on_part_end}
+    try:
+        parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
+        parser.write(body)
+        parser.finalize()
+    except Exception as err:  # noqa: BLE001 - python-multipart raises several unrelated types on bad input
+        raise ServeError(400, "invalid_multipart", f"Cannot parse the multipart/form-data body ({err}).") from err
+    named = [p for p in parts if p["name"] == field.encode()]
+    files = [p for p in parts if p["filename"] is not None]
+    chosen = named or (files if len(files) == 1 else []) or (parts if len(parts) == 1 else [])
+    if not chosen:
+        raise ServeError(400, "missing_file", f"The multipart body has no `{field}` part; upload the image as "
+                         f"`{field}` (curl -F {field}=@image.jpg).")
+    return chosen[0]["data"]

@@ -1,0 +1,80 @@
+"""Pydantic models of the HTTP API: they document the OpenAPI spec (responses are built by hand)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+__all__ = ["ErrorResponse", "PredictResponse", "ModelList", "ModelInfo", "Health", "PREDICT_REQUEST_BODY"]
+
+
+class ErrorDetail(BaseModel):
+    status: int = Field(description="The HTTP status, repeated.")
+    code: str = Field(description="A stable machine-readable code, e.g. invalid_image, overloaded.")
+    message: str = Field(description="What went wrong and what to do.")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class Label(BaseModel):
+    label: str
+    index: int
+    probability: float
+
+
+class ImagePrediction(BaseModel):
+    top_k: list[Label] = Field(description="Most probable classes first.")
+
+
+class PredictResponse(BaseModel):
+    model: str = Field(description="The served model name.")
+    version: str = Field(description="First 12 hex digits of the model file's SHA-256.")
+    predictions: list[ImagePrediction] = Field(description="One entry per image or tensor, in request order.")
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    max_batch: int
+    input: dict[str, Any]
+    providers: list[str]
+    card: dict[str, Any] = Field(description="The model card: labels, input size, normalization, metrics...")
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+class Health(BaseModel):
+    status: Literal["ok", "ready"]
+
+
+class PredictJSON(BaseModel):
+    """A batch of tensors instead of an image."""
+
+    instances: list[Any] = Field(min_length=1, description=(
+        "input=tensor: model inputs, each of the model's input shape without the batch axis (normalized, card "
+        "layout). input=pixels: HxWx3 RGB pixels 0-255 at the model's input size."))
+    input: Literal["tensor", "pixels"] = "tensor"
+
+    model_config = {"extra": "forbid"}
+
+
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+
+PREDICT_REQUEST_BODY: dict[str, Any] = {
+    "required": True,
+    "description": "An image (PNG, JPEG, WebP, BMP, GIF...) as raw bytes or a multipart `file` upload, "
+                   "or JSON tensors.",
+    "content": {
+        "image/png": _BINARY,
+        "image/jpeg": _BINARY,
+        "application/octet-stream": _BINARY,
+        "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
+                                           "properties": {"file": {"type": "string", "format": "binary"}}}},
+        "application/json": {"schema": PredictJSON.model_json_schema()},
+    },
+}

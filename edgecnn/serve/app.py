@@ -1,0 +1,218 @@
+"""The FastAPI application: routes, error handlers, lifespan (warm-up, drain) and middleware."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from python_multipart.multipart import parse_options_header
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from edgecnn import __version__
+from edgecnn.errors import EdgecnnError
+from edgecnn.serve._http import PUBLIC_PATHS, AuthMiddleware, BodyLimitMiddleware, multipart_file
+from edgecnn.serve._schemas import PREDICT_REQUEST_BODY, ErrorResponse, Health, ModelInfo, ModelList, PredictResponse
+from edgecnn.serve.batcher import MicroBatcher, retry_after
+from edgecnn.serve.config import ServeConfig
+from edgecnn.serve.errors import ServeError, error_body, from_edgecnn_error
+from edgecnn.serve.metrics import Metrics, MetricsMiddleware
+from edgecnn.serve.models import ServedModel, lookup
+
+log = logging.getLogger(__name__)
+
+__all__ = ["create_app"]
+
+_IMAGE_TYPES = ("application/octet-stream", "image/")
+_ERRORS = {400: "Undecodable, truncated, empty or oversized image; malformed JSON or multipart.",
+           401: "Missing or wrong bearer token.", 404: "No model of that name.", 413: "Body over the size limit.",
+           415: "Unsupported Content-Type.", 422: "Wrong tensor shape, dtype or values, or a bad query parameter.",
+           503: "Overloaded (queue full), timed out, not ready or shutting down; see Retry-After."}
+
+
+def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorResponse, "description": _ERRORS[code]} for code in codes}
+
+
+def create_app(models: dict[str, ServedModel], config: ServeConfig) -> Any:
+    """The ASGI app serving ``models`` (from :func:`edgecnn.serve.load_models`) under ``config``.
+
+    Returns the FastAPI app wrapped in the metrics, token and body-limit middleware; the FastAPI
+    object itself is its ``.fastapi`` attribute.
+    """
+    metrics = Metrics()
+    wait = retry_after(config.timeout_s)
+    batchers = {name: MicroBatcher(m, max_batch=m.max_batch, max_delay_s=config.max_delay_ms / 1000,
+                                   queue_size=config.queue_size, retry_after_s=wait,
+                                   on_batch=metrics.batch_size.labels(name).observe)
+                for name, m in models.items()}
+    for name, b in batchers.items():
+        metrics.track_model(name, lambda b=b: b.queued, lambda b=b: b.admitted)
+    state = {"ready": False}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await asyncio.gather(*(b.start() for b in batchers.values()))
+        state["ready"] = True
+        log.info("Ready: %s (max batch %d, max delay %g ms).", ", ".join(models), config.max_batch, config.max_delay_ms)
+        yield
+        state["ready"] = False  # uvicorn has already waited for in-flight requests; drain what is queued
+        await asyncio.gather(*(b.stop(config.shutdown_timeout_s) for b in batchers.values()))
+
+    app = FastAPI(title="edgecnn serve", version=__version__, lifespan=lifespan,
+                  description="Image classification with ONNX Runtime: dynamic micro-batching, bounded queue, "
+                              "Prometheus metrics. Every error is a JSON body `{\"error\": {status, code, message}}`.")
+    app.state.metrics, app.state.batchers, app.state.models = metrics, batchers, models
+    _add_error_handlers(app, metrics)
+    _add_routes(app, models, batchers, metrics, config, state)
+    _add_security_scheme(app, config)
+
+    asgi: Any = BodyLimitMiddleware(app, config.max_body_bytes, on_error=_count(metrics))
+    if config.token:
+        asgi = AuthMiddleware(asgi, config.token, on_error=_count(metrics))
+    asgi = MetricsMiddleware(asgi, metrics)
+    asgi.fastapi = app
+    return asgi
+
+
+def _count(metrics: Metrics) -> Any:
+    return lambda err: metrics.errors.labels(str(err.status), err.code).inc()
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps(data), status_code=status, media_type="application/json", headers=headers)
+
+
+def _add_error_handlers(app: FastAPI, metrics: Metrics) -> None:
+    count = _count(metrics)
+
+    def respond(err: ServeError) -> Response:
+        count(err)
+        if err.status >= 500 and err.code == "internal_error":
+            log.error("%s", err.message)
+        return Response(error_body(err.status, err.code, err.message), status_code=err.status,
+                        media_type="application/json", headers=err.headers)
+
+    @app.exception_handler(EdgecnnError)
+    async def edgecnn_error(_: Request, err: EdgecnnError) -> Response:
+        return respond(from_edgecnn_error(err))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, err: RequestValidationError) -> Response:
+        where = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}" for e in err.errors()[:5])
+        return respond(ServeError(422, "invalid_parameter", f"Invalid request parameter ({where})."))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, err: StarletteHTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code, "http_error")
+        return respond(ServeError(err.status_code, code, str(err.detail), dict(err.headers or {})))
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, err: Exception) -> Response:  # a bug: logged with its traceback
+        log.exception("Unhandled error")
+        return respond(ServeError(500, "internal_error", f"Internal error ({type(err).__name__}); see the server log."))
+
+
+def _media_kind(content_type: str | None) -> tuple[str, dict[bytes, bytes]]:
+    ctype, params = parse_options_header(content_type or "")
+    media = ctype.decode("latin-1").lower()
+    if media == "application/json":
+        return "json", params
+    if media == "multipart/form-data":
+        if not params.get(b"boundary"):
+            raise ServeError(400, "invalid_multipart", "multipart/form-data without a boundary parameter.")
+        return "multipart", params
+    if media.startswith(_IMAGE_TYPES) and media != "image/svg+xml":
+        return "image", params
+    raise ServeError(415, "unsupported_media_type", f"Content-Type {media or '(none)'!r} is not accepted; send an "
+                     "image as image/* or application/octet-stream, a multipart/form-data `file` upload, or "
+                     "application/json tensors.")
+
+
+def _prepare(model: ServedModel, kind: str, params: dict[bytes, bytes], body: bytes) -> Any:
+    """Request body -> preprocessed model input (runs in a worker thread: decoding is CPU work)."""
+    if kind == "json":
+        return model.prepare_json(body)
+    if kind == "multipart":
+        body = multipart_file(body, params[b"boundary"])
+    return model.prepare_image(body)
+
+
+def _add_routes(app: FastAPI, models: dict[str, ServedModel], batchers: dict[str, MicroBatcher], metrics: Metrics,
+                config: ServeConfig, state: dict[str, bool]) -> None:
+    wait = str(retry_after(config.timeout_s))
+
+    @app.get("/healthz", response_model=Health, tags=["health"], summary="Liveness: the process answers.")
+    async def healthz() -> Response:
+        return _json({"status": "ok"})
+
+    @app.get("/readyz", response_model=Health, tags=["health"], responses=_responses(503),
+             summary="Readiness: every model is loaded and warmed up, and the server is not stopping.")
+    async def readyz() -> Response:
+        if not state["ready"]:
+            raise ServeError(503, "not_ready", "The models are not loaded yet, or the server is stopping.",
+                             {"Retry-After": wait})
+        return _json({"status": "ready"})
+
+    @app.get("/metrics", tags=["health"], summary="Prometheus metrics.", responses=_responses(401),
+             response_class=Response)
+    async def prometheus() -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models", response_model=ModelList, tags=["models"], responses=_responses(401),
+             summary="The served models with their cards.")
+    async def list_models() -> Response:
+        return _json({"models": [m.describe() for m in models.values()]})
+
+    @app.get("/v1/models/{name}", response_model=ModelInfo, tags=["models"], responses=_responses(401, 404),
+             summary="One served model with its card.")
+    async def get_model(name: str) -> Response:
+        return _json(lookup(models, name).describe())
+
+    @app.post("/v1/models/{name}:predict", response_model=PredictResponse, tags=["models"],
+              responses=_responses(400, 401, 404, 413, 415, 422, 503), openapi_extra={"requestBody": PREDICT_REQUEST_BODY},
+              summary="Classify an image (raw bytes or multipart upload) or a batch of JSON tensors.")
+    async def predict(name: str, request: Request,
+                      top_k: int = Query(config.default_top_k, ge=1, le=1000, description="Classes per image.")) -> Response:
+        model = lookup(models, name)
+        kind, params = _media_kind(request.headers.get("content-type"))
+        batcher = batchers[name]
+        try:
+            async with asyncio.timeout(config.timeout_s), batcher.admit():
+                body = await request.body()
+                x = await run_in_threadpool(_prepare, model, kind, params, body)
+                proba = await batcher.submit(x)
+        except TimeoutError:
+            raise ServeError(503, "timeout", f"No answer within {config.timeout_s:g} s; the server is busy, retry "
+                             "later.", {"Retry-After": wait}) from None
+        preds = model.top_k(proba, top_k)
+        return _json({"model": name, "version": model.version, "predictions": [{"top_k": p} for p in preds]})
+
+
+def _add_security_scheme(app: FastAPI, config: ServeConfig) -> None:
+    """Document the bearer token in the OpenAPI spec when the server requires one."""
+    if not config.token:
+        return
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            schema.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+            for path, ops in schema["paths"].items():
+                if path not in PUBLIC_PATHS:
+                    for op in ops.values():
+                        op["security"] = [{"bearer": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

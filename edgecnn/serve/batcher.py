@@ -1,0 +1,193 @@
+"""Dynamic micro-batching: concurrent requests for one model run as one batched session call.
+
+A worker task per model takes the first queued request, then gathers more until the batch holds
+``max_batch`` rows or ``max_delay_ms`` has passed, runs the batch in the model's own thread and
+hands each request back its own rows. Admission is bounded: past ``queue_size`` requests in the
+system (queued, decoding or running) a new one is refused with 503 and ``Retry-After`` instead of
+waiting without end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import AsyncIterator, Callable
+
+import numpy as np
+
+from edgecnn.serve.errors import ServeError
+from edgecnn.serve.models import ServedModel
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MicroBatcher"]
+
+
+@dataclass
+class _Job:
+    x: np.ndarray
+    future: asyncio.Future
+
+    @property
+    def rows(self) -> int:
+        return int(self.x.shape[0])
+
+
+class MicroBatcher:
+    """The request queue and batching worker of one served model.
+
+    Args:
+        model: the model whose batches this runs.
+        max_batch: most rows per session call (the model's ``max_batch``).
+        max_delay_s: longest the first request of a batch waits for others.
+        queue_size: most requests admitted at once.
+        retry_after_s: the ``Retry-After`` a refused client is told.
+        on_batch: called with the row count of every batch run (the batch-size histogram).
+    """
+
+    def __init__(self, model: ServedModel, *, max_batch: int, max_delay_s: float, queue_size: int,
+                 retry_after_s: int = 1, on_batch: Callable[[int], None] | None = None) -> None:
+        self.model = model
+        self.max_batch = max_batch
+        self.max_delay_s = max_delay_s
+        self.queue_size = queue_size
+        self.retry_after_s = retry_after_s
+        self._on_batch = on_batch or (lambda n: None)
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self._admitted = 0
+        self._closing = False
+        self._worker: asyncio.Task | None = None
+        # One thread per model: batches of a model run one after the other (onnxruntime already
+        # spreads one call over the intra-op threads), and requests' decoding never waits for them.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"edgecnn-{model.name}")
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a batch."""
+        return self._queue.qsize()
+
+    @property
+    def admitted(self) -> int:
+        """Requests in the system: queued, being decoded or running."""
+        return self._admitted
+
+    async def start(self) -> None:
+        """Warm the model up (first call allocates) and start the worker."""
+        x = np.zeros((1, *self.model.card.input_shape()[1:]), np.float32)
+        await asyncio.get_running_loop().run_in_executor(self._executor, self.model.infer, x)
+        self._worker = asyncio.create_task(self._run(), name=f"edgecnn-batcher-{self.model.name}")
+
+    @contextlib.asynccontextmanager
+    async def admit(self) -> AsyncIterator[None]:
+        """Hold one of the ``queue_size`` places for the duration of a request.
+
+        Raises:
+            ServeError: 503 with Retry-After when every place is taken or the server is stopping.
+        """
+        if self._closing:
+            raise ServeError(503, "shutting_down", "The server is shutting down; retry on another instance.",
+                             {"Retry-After": str(self.retry_after_s)})
+        if self._admitted >= self.queue_size:
+            raise ServeError(503, "overloaded", f"Model {self.model.name!r} has {self._admitted} requests in "
+                             f"flight (the limit is {self.queue_size}); retry after {self.retry_after_s} s.",
+                             {"Retry-After": str(self.retry_after_s)})
+        self._admitted += 1
+        try:
+            yield
+        finally:
+            self._admitted -= 1
+
+    async def submit(self, x: np.ndarray) -> np.ndarray:
+        """Queue a preprocessed (N, ...) input; returns its (N, classes) probabilities."""
+        if self._worker is None or self._worker.done():
+            raise ServeError(503, "not_ready", "The model is not ready yet; retry shortly.",
+                             {"Retry-After": str(self.retry_after_s)})
+        future = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Job(x, future))
+        return await future  # cancelled by the request's timeout: the worker then skips the job
+
+    async def stop(self, timeout_s: float) -> None:
+        """Refuse new requests, let queued ones finish (up to ``timeout_s``), then stop the worker."""
+        self._closing = True
+        try:
+            await asyncio.wait_for(self._queue.join(), timeout_s)
+        except asyncio.TimeoutError:
+            log.warning("%s: %d queued requests did not finish within %.0f s.", self.model.name, self.queued, timeout_s)
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        while not self._queue.empty():
+            job = self._queue.get_nowait()
+            if not job.future.done():
+                job.future.set_exception(ServeError(503, "shutting_down", "The server stopped before this request ran."))
+        self._executor.shutdown(wait=True)
+
+    # ------------------------------------------------------------------------------- worker
+    async def _run(self) -> None:
+        carry: _Job | None = None
+        while True:
+            first = carry if carry is not None else await self._queue.get()
+            carry = None
+            batch = [first] if not first.future.done() else []
+            rows = sum(j.rows for j in batch)
+            taken = 1
+            deadline = asyncio.get_running_loop().time() + self.max_delay_s
+            while rows < self.max_batch:
+                job = await self._next(deadline)
+                if job is None:
+                    break
+                taken += 1
+                if job.future.done():  # timed out while queued
+                    continue
+                if batch and rows + job.rows > self.max_batch:
+                    carry = job  # first of the next batch
+                    taken -= 1
+                    break
+                batch.append(job)
+                rows += job.rows
+            try:
+                if batch:
+                    await self._execute(batch, rows)
+            finally:
+                for _ in range(taken):
+                    self._queue.task_done()
+
+    async def _next(self, deadline: float) -> _Job | None:
+        try:
+            return self._queue.get_nowait()
+        except asyncio.QueueEmpty:
+            pass
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            return None
+        try:
+            return await asyncio.wait_for(self._queue.get(), remaining)
+        except asyncio.TimeoutError:
+            return None
+
+    async def _execute(self, batch: list[_Job], rows: int) -> None:
+        x = batch[0].x if len(batch) == 1 else np.concatenate([j.x for j in batch])
+        self._on_batch(rows)
+        try:
+            proba = await asyncio.get_running_loop().run_in_executor(self._executor, self.model.infer, x)
+        except Exception as err:  # noqa: BLE001 - every waiting request must hear about it
+            log.exception("%s: a batch of %d failed.", self.model.name, rows)
+            for job in batch:
+                if not job.future.done():
+                    job.future.set_exception(err)
+            return
+        start = 0
+        for job in batch:
+            if not job.future.done():
+                job.future.set_result(proba[start:start + job.rows])
+            start += job.rows
+
+
+def retry_after(timeout_s: float) -> int:
+    """A whole-second Retry-After for a server whose requests take up to ``timeout_s``."""
+    return max(1, math.ceil(min(timeout_s, 5.0)))

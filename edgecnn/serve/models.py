@@ -1,0 +1,216 @@
+"""The models a server holds: loaded once at start-up, looked up by name only.
+
+Names are file stems checked against :data:`NAME_PATTERN`; a request names a model, never a
+path, and the table of names is fixed before the first request, so nothing a client sends can
+make the server open another file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgecnn.errors import ArtifactError, InputError, ModelNotFoundError
+from edgecnn.runtime import Classifier, default_model_path
+from edgecnn.serve.config import ServeConfig
+from edgecnn.serve.errors import ServeError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ServedModel", "load_models", "lookup", "NAME_PATTERN"]
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_INPUT_KINDS = ("tensor", "pixels")
+
+
+@dataclass
+class ServedModel:
+    """One served model: its classifier, version and how it batches."""
+
+    name: str
+    path: Path
+    version: str  # first 12 hex digits of the file's SHA-256: changes whenever the model does
+    classifier: Classifier
+    max_batch: int
+    fixed_batch: int | None  # the model's static batch size, None for a dynamic batch axis
+
+    @property
+    def card(self) -> Any:
+        return self.classifier.card
+
+    # ----------------------------------------------------------------------------- requests
+    def prepare_image(self, data: bytes) -> np.ndarray:
+        """Encoded image bytes -> a (1, ...) model input.
+
+        Raises:
+            ServeError: 400 for an empty, undecodable, truncated or oversized image.
+        """
+        if not data:
+            raise ServeError(400, "empty_body", "The request has no image data; send PNG, JPEG, WebP, ... bytes.")
+        try:
+            return self.classifier.preprocess(data)
+        except InputError as err:
+            raise ServeError(400, "invalid_image", str(err)) from err
+
+    def prepare_json(self, data: bytes) -> np.ndarray:
+        """A JSON body ``{"instances": [...], "input": "tensor" | "pixels"}`` -> an (N, ...) model input.
+
+        ``tensor`` instances are model inputs (normalized, card layout); ``pixels`` instances are
+        HxWx3 RGB values 0-255 at the model's input size, normalized here from the card.
+
+        Raises:
+            ServeError: 400 for malformed JSON, 422 for a wrong structure, shape, dtype or values.
+        """
+        try:
+            body = json.loads(data)
+        except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
+            raise ServeError(400, "invalid_json", f"The body is not valid JSON ({str(err)[:200]}).") from err
+        instances, kind = _parse_body(body)
+        try:
+            arr = np.asarray(instances)
+        except (ValueError, TypeError, RecursionError, OverflowError) as err:  # ragged, too deep, ...
+            raise _invalid_tensor(f"`instances` is not a rectangular array of numbers ({str(err)[:200]}).") from err
+        if arr.dtype.kind not in "iuf" or arr.ndim < 1:
+            raise _invalid_tensor(f"`instances` must hold numbers only; got an array of {arr.dtype.name}.")
+        if kind == "pixels":
+            return self._pixels_to_input(arr)
+        want = tuple(self.card.input_shape()[1:])
+        if arr.ndim != 1 + len(want) or tuple(arr.shape[1:]) != want:
+            raise _invalid_tensor(f"Each tensor instance must have shape {list(want)} ({self.card.layout}, "
+                                  f"normalized); got instances of shape {list(arr.shape)}. Send \"input\": "
+                                  "\"pixels\" for raw HxWx3 pixels, or the image itself.")
+        with np.errstate(over="ignore"):  # too large for float32 becomes inf, refused just below
+            x = arr.astype(np.float32)
+        if not np.isfinite(x).all():
+            raise _invalid_tensor("The tensors contain NaN, infinite or out-of-float32-range values.")
+        return x
+
+    def _pixels_to_input(self, arr: np.ndarray) -> np.ndarray:
+        h, w = self.card.input_size
+        if arr.ndim != 4 or arr.shape[1:] != (h, w, 3):
+            raise _invalid_tensor(f"Each pixels instance must have shape [{h}, {w}, 3] (RGB, 0-255); "
+                                  f"got instances of shape {list(arr.shape)}.")
+        try:
+            return self.classifier.preprocess(arr)
+        except InputError as err:
+            raise _invalid_tensor(str(err)) from err
+
+    # ---------------------------------------------------------------------------- inference
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, classes) of a preprocessed batch, in chunks a fixed-batch model takes."""
+        step = self.fixed_batch or x.shape[0]
+        outs = []
+        for start in range(0, x.shape[0], step):
+            chunk = x[start:start + step]
+            n = chunk.shape[0]
+            if self.fixed_batch and n < self.fixed_batch:  # pad a static-batch model's last chunk
+                chunk = np.concatenate([chunk, np.zeros((self.fixed_batch - n, *chunk.shape[1:]), chunk.dtype)])
+            outs.append(np.asarray(self.classifier.run(chunk), dtype=np.float32).reshape(chunk.shape[0], -1)[:n])
+        out = np.concatenate(outs) if len(outs) > 1 else outs[0]
+        if out.shape[1] != self.card.num_classes:
+            raise ArtifactError(f"{self.path} outputs {out.shape[1]} values per image but its card has "
+                                f"{self.card.num_classes} labels.")
+        if self.card.output_kind == "logits":
+            e = np.exp(out - out.max(axis=1, keepdims=True))
+            out = e / e.sum(axis=1, keepdims=True)
+        return out
+
+    def top_k(self, proba: np.ndarray, k: int) -> list[list[dict[str, Any]]]:
+        """Top-k ``{label, index, probability}`` per row, most probable first."""
+        k = min(k, proba.shape[1])
+        order = np.argsort(-proba, axis=1, kind="stable")[:, :k]
+        labels = self.card.class_names
+        return [[{"label": labels[i], "index": int(i), "probability": float(row[i])} for i in idx]
+                for row, idx in zip(proba, order)]
+
+    def describe(self) -> dict[str, Any]:
+        """The model's entry in ``GET /v1/models``: name, version, batching, providers and card."""
+        return {"name": self.name, "version": self.version, "max_batch": self.max_batch,
+                "input": {"name": self.classifier.input_name, "shape": list(self.card.input_shape()),
+                          "layout": self.card.layout},
+                "providers": self.classifier.providers, "card": self.card.to_dict()}
+
+
+def _parse_body(body: Any) -> tuple[list[Any], str]:
+    if not isinstance(body, dict) or "instances" not in body:
+        raise _invalid_tensor('The JSON body must be an object {"instances": [...], "input": "tensor" | "pixels"}.')
+    unknown = sorted(set(body) - {"instances", "input"})
+    if unknown:
+        raise _invalid_tensor(f"Unknown keys in the JSON body: {unknown}; expected instances and input.")
+    instances, kind = body["instances"], body.get("input", "tensor")
+    if kind not in _INPUT_KINDS:
+        raise _invalid_tensor(f'"input" must be "tensor" or "pixels"; got {str(kind)[:50]!r}.')
+    if not isinstance(instances, list) or not instances:
+        raise _invalid_tensor("`instances` must be a non-empty list of tensors.")
+    return instances, kind
+
+
+def _invalid_tensor(message: str) -> ServeError:
+    return ServeError(422, "invalid_tensor", message)
+
+
+# -------------------------------------------------------------------------------------- loading
+def load_models(source: str | Path | None, config: ServeConfig) -> dict[str, ServedModel]:
+    """Open the model file, or every ``*.onnx`` directly inside a directory, by name (file stem).
+
+    ``None`` serves the packaged reference model.
+
+    Raises:
+        ArtifactError: for a missing path, an empty directory or an unloadable model.
+        ProviderError: when the requested provider cannot run a model.
+    """
+    path = default_model_path() if source is None else Path(source)
+    if path.is_dir():
+        root = path.resolve()
+        files = []
+        for f in sorted(path.glob("*.onnx")):
+            if not f.is_file() or f.resolve().parent != root:  # a link leading out of the folder
+                log.warning("Skipping %s: not a regular file inside %s.", f, root)
+            elif not NAME_PATTERN.match(f.stem):
+                log.warning("Skipping %s: %r is not a valid model name (%s).", f, f.stem, NAME_PATTERN.pattern)
+            else:
+                files.append(f.resolve())
+        if not files:
+            raise ArtifactError(f"No servable .onnx model in {path}; export one with `edgecnn export`.")
+    elif path.is_file():
+        if not NAME_PATTERN.match(path.stem):
+            raise ArtifactError(f"{path.name}: {path.stem!r} is not a valid model name; rename the file "
+                                f"(letters, digits, '.', '_', '-').")
+        files = [path.resolve()]
+    else:
+        raise ArtifactError(f"{path} does not exist; pass an .onnx file or a directory of them.")
+    return {f.stem: _open(f, config) for f in files}
+
+
+def _open(path: Path, config: ServeConfig) -> ServedModel:
+    clf = Classifier(path, provider=config.provider, threads=config.threads, allow_fallback=config.allow_fallback,
+                     max_pixels=config.max_pixels)
+    batch_dim = clf.session.get_inputs()[0].shape[0]
+    fixed = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else None
+    max_batch = min(config.max_batch, fixed) if fixed else config.max_batch
+    if fixed == 1 and config.max_batch > 1:
+        log.warning("%s has a static batch size of 1: its requests are not batched.", path.name)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    log.info("Serving %s (%s, %s) as %r, version %s, max batch %d.", path, clf.card.name, clf.card.precision,
+             path.stem, digest, max_batch)
+    return ServedModel(path.stem, path, digest, clf, max_batch, fixed)
+
+
+def lookup(models: dict[str, ServedModel], name: str) -> ServedModel:
+    """The model served under ``name``.
+
+    Raises:
+        ModelNotFoundError: for any other name.
+    """
+    model = models.get(name)
+    if model is None:
+        raise ModelNotFoundError(f"No model named {name[:128]!r}; this server has {sorted(models)} (GET /v1/models).")
+    return model
+

@@ -1,0 +1,311 @@
+"""edgecnn serve against a real uvicorn server on a loopback port: results, batching, limits, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import struct
+import zlib
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgecnn.runtime import Classifier
+from tests.serve.conftest import TOKEN, png, running_server
+
+
+def _reference(model_dir, name, pixels):
+    return Classifier(model_dir / f"{name}.onnx").predict_proba(pixels)
+
+
+def _probs(body: dict) -> list[dict[int, float]]:
+    return [{p["index"]: p["probability"] for p in pred["top_k"]} for pred in body["predictions"]]
+
+
+def _assert_matches(body: dict, ref: np.ndarray) -> None:
+    for got, row in zip(_probs(body), ref, strict=True):
+        assert max(got, key=got.get) == int(np.argmax(row))
+        for i, p in got.items():
+            assert p == pytest.approx(float(row[i]), rel=1e-5, abs=1e-6)
+
+
+# ------------------------------------------------------------------------------ happy paths
+def test_health_ready_and_model_list(live):
+    with httpx.Client(base_url=live.url) as c:
+        assert c.get("/healthz").json() == {"status": "ok"}
+        assert c.get("/readyz").json() == {"status": "ready"}
+        models = {m["name"]: m for m in c.get("/v1/models").json()["models"]}
+        assert set(models) == {"tiny_nhwc", "tiny_nchw_logits", "tiny_nocard"}
+        nhwc = models["tiny_nhwc"]
+        assert nhwc["card"]["class_names"] == ["cat", "dog", "bird", "fish"]
+        assert nhwc["providers"] == ["CPUExecutionProvider"] and len(nhwc["version"]) == 12
+        assert c.get("/v1/models/tiny_nhwc").json() == nhwc
+        r = c.get("/v1/models/nope")
+        assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+        assert "/v1/models/{name}:predict" in c.get("/openapi.json").json()["paths"]
+
+
+@pytest.mark.parametrize("name", ["tiny_nhwc", "tiny_nchw_logits"])
+def test_every_input_kind_gives_the_classifier_result(live, model_dir, images, name):
+    ref = _reference(model_dir, name, images[:2])
+    clf = Classifier(model_dir / f"{name}.onnx")
+    url = f"/v1/models/{name}:predict"
+    with httpx.Client(base_url=live.url) as c:
+        raw = c.post(url, content=png(images[0]), headers={"Content-Type": "image/png"}, params={"top_k": 4})
+        assert raw.status_code == 200, raw.text
+        body = raw.json()
+        assert body["model"] == name and len(body["version"]) == 12 and len(body["predictions"]) == 1
+        _assert_matches(body, ref[:1])
+        form = c.post(url, files={"file": ("x.png", png(images[1]), "image/png")}, params={"top_k": 4})
+        _assert_matches(form.json(), ref[1:2])
+        tensors = c.post(url, json={"instances": clf.preprocess(images[:2]).tolist()}, params={"top_k": 4})
+        _assert_matches(tensors.json(), ref)
+        pixels = c.post(url, json={"instances": images[:2].tolist(), "input": "pixels"}, params={"top_k": 4})
+        _assert_matches(pixels.json(), ref)
+        octet = c.post(url, content=png(images[0], "BMP"), headers={"Content-Type": "application/octet-stream"})
+        assert len(octet.json()["predictions"][0]["top_k"]) == 4  # default top_k 5, clamped to 4 classes
+        top1 = c.post(url, content=png(images[0]), headers={"Content-Type": "image/png"}, params={"top_k": 1})
+        assert len(top1.json()["predictions"][0]["top_k"]) == 1
+
+
+def test_concurrent_requests_each_get_their_own_result(live, model_dir, images):
+    """48 different images at once: batched together, every answer belongs to its own image."""
+    ref = _reference(model_dir, "tiny_nhwc", images)
+    batches_before = live.metric("edgecnn_batch_size_count", model="tiny_nhwc")
+
+    async def one(client: httpx.AsyncClient, i: int) -> dict:
+        r = await client.post("/v1/models/tiny_nhwc:predict", content=png(images[i]), params={"top_k": 4},
+                              headers={"Content-Type": "image/png"})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    async def main() -> list[dict]:
+        async with httpx.AsyncClient(base_url=live.url, limits=httpx.Limits(max_connections=48)) as client:
+            return await asyncio.gather(*(one(client, i) for i in range(len(images))))
+
+    for i, body in enumerate(asyncio.run(main())):
+        _assert_matches(body, ref[i:i + 1])
+    batches = live.metric("edgecnn_batch_size_count", model="tiny_nhwc") - batches_before
+    assert batches < len(images)  # some requests shared a session call
+
+
+def test_batching_off_runs_one_request_per_call(model_dir, images):
+    with running_server(model_dir / "tiny_nhwc.onnx", max_batch=1) as srv, httpx.Client(base_url=srv.url) as c:
+        for i in range(3):
+            r = c.post("/v1/models/tiny_nhwc:predict", content=png(images[i]), headers={"Content-Type": "image/png"})
+            assert r.status_code == 200
+        assert srv.metric("edgecnn_batch_size_count", model="tiny_nhwc") == 3  # the warm-up is not counted
+        assert srv.metric("edgecnn_batch_size_sum", model="tiny_nhwc") == 3
+
+
+def test_metrics(live):
+    with httpx.Client(base_url=live.url) as c:
+        c.get("/v1/models")
+        c.post("/v1/models/tiny_nhwc:predict", content=b"xx", headers={"Content-Type": "text/plain"})
+        text = c.get("/metrics").text
+    for name in ("edgecnn_http_requests_total", "edgecnn_http_request_duration_seconds_bucket",
+                 "edgecnn_batch_size_bucket", "edgecnn_queue_depth", "edgecnn_requests_in_flight",
+                 "edgecnn_http_errors_total"):
+        assert name in text
+    assert 'edgecnn_http_requests_total{code="415",method="POST",route="/v1/models/{name}:predict"}' in text
+    assert 'edgecnn_http_errors_total{code="415",error="unsupported_media_type"}' in text
+
+
+# ----------------------------------------------------------------------------- bad input
+def _png_header_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height pixels (a decompression bomb's calling card)."""
+    data = png(np.zeros((8, 8, 3), np.uint8))
+    ihdr = struct.pack(">II", width, height) + data[24:29]
+    return data[:16] + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr)) + data[33:]
+
+
+def _gray_png(side: int) -> bytes:
+    return png(np.zeros((side, side), np.uint8))  # 1000x1000 zeros: ~1 KB of PNG, a million pixels
+
+
+_PNG = {"Content-Type": "image/png"}
+_JSON = {"Content-Type": "application/json"}
+_OK = png(np.full((8, 8, 3), 7, np.uint8))
+
+BAD_REQUESTS = [
+    # id, headers, body, status, error code
+    ("text-plain", {"Content-Type": "text/plain"}, _OK, 415, "unsupported_media_type"),
+    ("no-content-type", {}, _OK, 415, "unsupported_media_type"),
+    ("svg", {"Content-Type": "image/svg+xml"}, b"<svg/>", 415, "unsupported_media_type"),
+    ("empty", _PNG, b"", 400, "empty_body"),
+    ("garbage", _PNG, b"this is not an image", 400, "invalid_image"),
+    ("truncated", _PNG, _OK[: len(_OK) // 2], 400, "invalid_image"),
+    ("bomb-1mpx", _PNG, _gray_png(1000), 400, "invalid_image"),
+    ("bomb-header", _PNG, _png_header_claiming(50_000, 50_000), 400, "invalid_image"),
+    ("too-large", _PNG, b"\0" * (70 * 1024), 413, "body_too_large"),
+    ("multipart-no-boundary", {"Content-Type": "multipart/form-data"}, b"--x--", 400, "invalid_multipart"),
+    ("multipart-garbage", {"Content-Type": "multipart/form-data; boundary=zz"}, b"garbage", 400, "invalid_multipart"),
+    ("json-malformed", _JSON, b"{\"instances\": [", 400, "invalid_json"),
+    ("json-not-utf8", _JSON, b"\xff\xfe\xfa", 400, "invalid_json"),
+    ("json-deep", _JSON, b"[" * 20_000 + b"]" * 20_000, 400, "invalid_json"),
+    ("json-list", _JSON, b"[1, 2]", 422, "invalid_tensor"),
+    ("json-empty", _JSON, b'{"instances": []}', 422, "invalid_tensor"),
+    ("json-unknown-key", _JSON, b'{"instances": [1], "x": 1}', 422, "invalid_tensor"),
+    ("json-bad-kind", _JSON, b'{"instances": [1], "input": "jpeg"}', 422, "invalid_tensor"),
+    ("json-shape", _JSON, json.dumps({"instances": np.zeros((1, 8, 3)).tolist()}).encode(), 422, "invalid_tensor"),
+    ("json-nchw-to-nhwc", _JSON, json.dumps({"instances": np.zeros((1, 3, 8, 8)).tolist()}).encode(), 422,
+     "invalid_tensor"),
+    ("json-strings", _JSON, json.dumps({"instances": [[["1"] * 3] * 8] * 8}).encode(), 422, "invalid_tensor"),
+    ("json-bools", _JSON, json.dumps({"instances": [[[[True] * 3] * 8] * 8]}).encode(), 422, "invalid_tensor"),
+    ("json-ragged", _JSON, b'{"instances": [[1, 2], [3]]}', 422, "invalid_tensor"),
+    ("json-nan", _JSON, json.dumps({"instances": [[[[float("nan")] * 3] * 8] * 8]}).encode(), 422, "invalid_tensor"),
+    ("json-overflow", _JSON, json.dumps({"instances": [[[[1e300] * 3] * 8] * 8]}).encode(), 422, "invalid_tensor"),
+    ("json-bigint", _JSON, json.dumps({"instances": [10**400]}).encode(), 422, "invalid_tensor"),
+    ("pixels-range", _JSON, json.dumps({"instances": [[[[300] * 3] * 8] * 8], "input": "pixels"}).encode(), 422,
+     "invalid_tensor"),
+    ("pixels-shape", _JSON, json.dumps({"instances": [[[0] * 3] * 8], "input": "pixels"}).encode(), 422,
+     "invalid_tensor"),
+]
+
+
+@pytest.mark.parametrize(("headers", "body", "status", "code"), [b[1:] for b in BAD_REQUESTS],
+                         ids=[b[0] for b in BAD_REQUESTS])
+def test_bad_input_is_a_4xx_with_a_json_error(live, headers, body, status, code):
+    with httpx.Client(base_url=live.url) as c:
+        r = c.post("/v1/models/tiny_nhwc:predict", content=body, headers=headers)
+        assert r.status_code == status, r.text
+        assert r.headers["content-type"] == "application/json"
+        err = r.json()["error"]
+        assert err["status"] == status and err["code"] == code and err["message"]
+        ok = c.post("/v1/models/tiny_nhwc:predict", content=_OK, headers=_PNG)  # and the server goes on
+        assert ok.status_code == 200
+
+
+@pytest.mark.parametrize(("path", "params", "status", "code"), [
+    ("/v1/models/nope:predict", {}, 404, "model_not_found"),
+    ("/v1/models/..%2F..%2Fetc%2Fpasswd:predict", {}, 404, "not_found"),
+    ("/v1/models/tiny_nhwc.onnx:predict", {}, 404, "model_not_found"),
+    ("/v1/models/tiny_nhwc:predict", {"top_k": 0}, 422, "invalid_parameter"),
+    ("/v1/models/tiny_nhwc:predict", {"top_k": "x"}, 422, "invalid_parameter"),
+    ("/nowhere", {}, 404, "not_found"),
+])
+def test_bad_paths_and_parameters(live, path, params, status, code):
+    with httpx.Client(base_url=live.url) as c:
+        r = c.post(path, content=_OK, headers=_PNG, params=params)
+        assert (r.status_code, r.json()["error"]["code"]) == (status, code)
+    assert live.metric("edgecnn_http_errors_total", code="500") == 0
+
+
+def test_chunked_body_over_the_limit_is_413(live):
+    def chunks():
+        for _ in range(20):
+            yield b"\0" * 8192
+
+    with httpx.Client(base_url=live.url) as c:
+        r = c.post("/v1/models/tiny_nhwc:predict", content=chunks(), headers=_PNG)
+        assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+
+
+def test_wrong_method_is_405_json(live):
+    with httpx.Client(base_url=live.url) as c:
+        r = c.put("/v1/models")
+        assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_no_5xx_after_all_bad_input(live):
+    text = httpx.get(f"{live.url}/metrics").text
+    assert not [line for line in text.splitlines() if line.startswith("edgecnn_http_requests_total")
+                and 'code="5' in line]
+
+
+# ----------------------------------------------------------------------------------- token
+def test_token_is_required_except_for_probes(model_dir):
+    with running_server(model_dir, token=TOKEN) as srv, httpx.Client(base_url=srv.url) as c:
+        assert c.get("/healthz").status_code == 200 and c.get("/readyz").status_code == 200
+        for method, path in [("GET", "/v1/models"), ("GET", "/metrics"), ("GET", "/openapi.json"), ("GET", "/docs"),
+                             ("POST", "/v1/models/tiny_nhwc:predict"), ("GET", "/nowhere")]:
+            r = c.request(method, path, content=_OK, headers=_PNG)
+            assert r.status_code == 401 and r.json()["error"]["code"] == "missing_token"
+            assert r.headers["www-authenticate"] == "Bearer"
+            bad = c.request(method, path, content=_OK, headers={**_PNG, "Authorization": f"Bearer {TOKEN}x"})
+            assert bad.status_code == 401 and bad.json()["error"]["code"] == "invalid_token"
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        assert c.get("/v1/models", headers=auth).status_code == 200
+        assert c.post("/v1/models/tiny_nhwc:predict", content=_OK, headers={**_PNG, **auth}).status_code == 200
+        spec = c.get("/openapi.json", headers=auth).json()
+        assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+
+
+# --------------------------------------------------------------------- overload, shutdown
+def test_overload_is_503_with_retry_after_then_recovers(model_dir, images):
+    # A 300 ms batching window keeps requests queued, so a queue of 3 overflows for sure.
+    with running_server(model_dir / "tiny_nhwc.onnx", max_batch=64, max_delay_ms=300, queue_size=3) as srv:
+        async def main() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=srv.url) as client:
+                return await asyncio.gather(*(client.post("/v1/models/tiny_nhwc:predict", content=png(images[i]),
+                                                          headers=_PNG) for i in range(12)))
+
+        responses = asyncio.run(main())
+        codes = sorted(r.status_code for r in responses)
+        assert codes.count(200) >= 3 and codes.count(503) >= 1 and set(codes) == {200, 503}
+        refused = next(r for r in responses if r.status_code == 503)
+        assert refused.headers["retry-after"].isdigit() and refused.json()["error"]["code"] == "overloaded"
+        again = httpx.post(f"{srv.url}/v1/models/tiny_nhwc:predict", content=_OK, headers=_PNG)
+        assert again.status_code == 200  # recovered
+
+
+def test_request_timeout_is_503(model_dir):
+    with running_server(model_dir / "tiny_nhwc.onnx", max_batch=64, max_delay_ms=2000, timeout_s=0.2) as srv:
+        r = httpx.post(f"{srv.url}/v1/models/tiny_nhwc:predict", content=_OK, headers=_PNG)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "timeout" and "retry-after" in r.headers
+        assert httpx.get(f"{srv.url}/healthz").status_code == 200
+
+
+def test_graceful_shutdown_finishes_in_flight_requests(model_dir, images):
+    with running_server(model_dir / "tiny_nhwc.onnx", max_batch=64, max_delay_ms=500) as srv:
+        async def main() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=srv.url) as client:
+                calls = [asyncio.create_task(client.post("/v1/models/tiny_nhwc:predict", content=png(images[i]),
+                                                         headers=_PNG)) for i in range(5)]
+                await asyncio.sleep(0.2)  # all five are waiting in the batching window
+                srv.server.should_exit = True  # what SIGTERM does
+                return await asyncio.gather(*calls)
+
+        assert [r.status_code for r in asyncio.run(main())] == [200] * 5
+
+
+# -------------------------------------------------------------------------------- models
+def test_directory_serves_only_its_own_valid_models(tmp_path, model_dir):
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "good.onnx").write_bytes((model_dir / "tiny_nhwc.onnx").read_bytes())
+    (served / "bad name!.onnx").write_bytes((model_dir / "tiny_nhwc.onnx").read_bytes())
+    (served / "escape.onnx").symlink_to(model_dir / "tiny_nchw_logits.onnx")  # leads outside the folder
+    (served / "notes.txt").write_text("not a model")
+    with running_server(served) as srv:
+        names = [m["name"] for m in httpx.get(f"{srv.url}/v1/models").json()["models"]]
+        assert names == ["good"]
+
+
+def test_static_batch_model_is_padded(tmp_path, images):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["images"], ["probabilities"], axes=[1, 2], keepdims=0)], "fixed",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [4, 8, 8, 3])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [4, 3])])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    onnx.save(m, tmp_path / "fixed4.onnx")
+    with running_server(tmp_path / "fixed4.onnx", max_batch=32, max_pixels=1000) as srv:
+        assert httpx.get(f"{srv.url}/v1/models").json()["models"][0]["max_batch"] == 4
+        x = (images[:6].astype(np.float32) / 255).tolist()
+        r = httpx.post(f"{srv.url}/v1/models/fixed4:predict", json={"instances": x}, params={"top_k": 3})
+        assert r.status_code == 200 and len(r.json()["predictions"]) == 6
+
+
+def test_cmyk_jpeg_is_converted_to_rgb(live):
+    cmyk = Image.new("CMYK", (8, 8))
+    buf = io.BytesIO()
+    cmyk.save(buf, format="JPEG")
+    r = httpx.post(f"{live.url}/v1/models/tiny_nhwc:predict", content=buf.getvalue(), headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 200  # converted to RGB, as training does
