@@ -381,6 +381,53 @@ def bench(models: tuple[Path, ...], batch: str, threads: str, provider: str, all
 # ---------------------------------------------------------------------------------- serve stage
 # (commands of the serve stage are defined below this line)
 
+_SERVE_EPILOG = """\b
+Examples:
+  edgecnn serve                                   # the packaged reference model on 127.0.0.1:8000
+  edgecnn serve runs/seed/export/model.onnx --max-batch 32 --max-delay-ms 5
+  EDGECNN_TOKEN=s3cret-token edgecnn serve models/ --host 0.0.0.0 --port 8080
+  curl -H 'Content-Type: image/png' --data-binary @cat.png localhost:8000/v1/models/model:predict
+"""
+
+
+@main.command(epilog=_SERVE_EPILOG)
+@click.argument("model_or_dir", required=False, type=click.Path(exists=True, path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (0.0.0.0: every one).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="TCP port.")
+@click.option("--token", envvar="EDGECNN_TOKEN", default=None, show_envvar=True,
+              help="Bearer token required on every endpoint but /healthz and /readyz.")
+@click.option("--max-batch", default=32, show_default=True, type=click.IntRange(min=1),
+              help="Most images per batched session call (1: no batching).")
+@click.option("--max-delay-ms", default=5.0, show_default=True, type=click.FloatRange(0, 10_000),
+              help="Longest a request waits for others to join its batch.")
+@click.option("--queue-size", default=256, show_default=True, type=click.IntRange(min=1),
+              help="Requests admitted per model at once; more get 503 with Retry-After.")
+@click.option("--timeout", "timeout_s", default=10.0, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="Seconds before an unanswered request gets 503.")
+@click.option("--max-body-mb", default=8.0, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="Largest request body (MiB); larger gets 413.")
+@click.option("--max-pixels", default=25_000_000, show_default=True, type=click.IntRange(min=1),
+              help="Largest image (width x height) decoded; larger gets 400.")
+@click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True,
+              help="Execution provider.")
+@click.option("--allow-fallback", is_flag=True, help="Run on the CPU (with a warning) if the provider is unusable.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads (default: all cores).")
+def serve(model_or_dir: Path | None, host: str, port: int, token: str | None, max_batch: int, max_delay_ms: float,
+          queue_size: int, timeout_s: float, max_body_mb: float, max_pixels: int, provider: str,
+          allow_fallback: bool, threads: int | None) -> None:
+    """Serve MODEL_OR_DIR (an .onnx file, or every .onnx of a directory by name) over HTTP.
+
+    Without MODEL_OR_DIR, serves the packaged reference model. Endpoints: POST /v1/models/NAME:predict,
+    GET /v1/models, /healthz, /readyz, /metrics; the OpenAPI spec is at /openapi.json.
+    """
+    from edgecnn.serve import ServeConfig
+    from edgecnn.serve import serve as run_server
+
+    config = ServeConfig(host=host, port=port, token=token or None, max_batch=max_batch, max_delay_ms=max_delay_ms,
+                         queue_size=queue_size, timeout_s=timeout_s, max_body_bytes=int(max_body_mb * 1024 * 1024),
+                         max_pixels=max_pixels, provider=provider, threads=threads, allow_fallback=allow_fallback)
+    run_server(model_or_dir, config)
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()
