@@ -71,7 +71,7 @@ def create_app(models: dict[str, ServedModel], config: ServeConfig) -> Any:
     app.state.metrics, app.state.batchers, app.state.models = metrics, batchers, models
     _add_error_handlers(app, metrics)
     _add_routes(app, models, batchers, metrics, config, state)
-    _add_security_scheme(app, config)
+    _customize_openapi(app, config, sorted(models))
 
     asgi: Any = BodyLimitMiddleware(app, config.max_body_bytes, on_error=_count(metrics))
     if config.token:
@@ -197,21 +197,23 @@ def _add_routes(app: FastAPI, models: dict[str, ServedModel], batchers: dict[str
         return _json({"model": name, "version": model.version, "predictions": [{"top_k": p} for p in preds]})
 
 
-def _add_security_scheme(app: FastAPI, config: ServeConfig) -> None:
-    """Document the bearer token in the OpenAPI spec when the server requires one."""
-    if not config.token:
-        return
+def _customize_openapi(app: FastAPI, config: ServeConfig, names: list[str]) -> None:
+    """List the served model names in the spec, and document the bearer token when one is required."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             from fastapi.openapi.utils import get_openapi
 
             schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            schema.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
             for path, ops in schema["paths"].items():
-                if path not in PUBLIC_PATHS:
-                    for op in ops.values():
+                for op in ops.values():
+                    for param in op.get("parameters", []):
+                        if param["name"] == "name" and param["in"] == "path":
+                            param["schema"] = {"type": "string", "enum": names, "title": "Name"}
+                    if config.token and path not in PUBLIC_PATHS:
                         op["security"] = [{"bearer": []}]
+            if config.token:
+                schema.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -253,7 +253,7 @@ def test_overload_is_503_with_retry_after_then_recovers(model_dir, images):
 
 
 def test_request_timeout_is_503(model_dir):
-    with running_server(model_dir / "tiny_nhwc.onnx", max_batch=64, max_delay_ms=2000, timeout_s=0.2) as srv:
+    with running_server(model_dir / "tiny_nhwc.onnx", max_batch=64, max_delay_ms=800, timeout_s=0.2) as srv:
         r = httpx.post(f"{srv.url}/v1/models/tiny_nhwc:predict", content=_OK, headers=_PNG)
         assert r.status_code == 503 and r.json()["error"]["code"] == "timeout" and "retry-after" in r.headers
         assert httpx.get(f"{srv.url}/healthz").status_code == 200

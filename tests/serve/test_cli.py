@@ -1,0 +1,111 @@
+"""The ``edgecnn serve`` command: options reach the config, no TensorFlow, bad settings fail cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from edgecnn.cli import main
+from tests.serve.conftest import RUNTIME_DATA
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_serve_help_and_import_load_no_tensorflow():
+    code = ("import sys; from click.testing import CliRunner; from edgecnn.cli import main; "
+            "r = CliRunner().invoke(main, ['serve', '--help']); assert r.exit_code == 0, r.output; "
+            "import edgecnn.serve; "
+            "print(sorted({'tensorflow', 'keras', 'tf2onnx', 'onnx'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.fixture()
+def captured(monkeypatch):
+    calls = []
+    monkeypatch.setattr("edgecnn.serve.serve", lambda source, config: calls.append((source, config)))
+    return calls
+
+
+def test_options_reach_the_config(captured, monkeypatch):
+    monkeypatch.setenv("EDGECNN_TOKEN", "from-the-environment")
+    model = RUNTIME_DATA / "tiny_nhwc.onnx"
+    r = CliRunner().invoke(main, ["serve", str(model), "--port", "9001", "--max-batch", "8", "--max-delay-ms", "2",
+                                  "--queue-size", "4", "--timeout", "3", "--max-body-mb", "1", "--provider", "cpu"])
+    assert r.exit_code == 0, r.output
+    source, config = captured[0]
+    assert source == model and config.host == "127.0.0.1" and config.port == 9001
+    assert (config.max_batch, config.max_delay_ms, config.queue_size, config.timeout_s) == (8, 2.0, 4, 3.0)
+    assert config.max_body_bytes == 1024 * 1024 and config.token == "from-the-environment"
+    r = CliRunner().invoke(main, ["serve", str(model), "--token", "from-the-flag"])
+    assert captured[1][1].token == "from-the-flag"
+
+
+def test_no_model_serves_the_packaged_default(captured, monkeypatch):
+    monkeypatch.delenv("EDGECNN_TOKEN", raising=False)
+    r = CliRunner().invoke(main, ["serve"])
+    assert r.exit_code == 0 and captured[0][0] is None and captured[0][1].token is None
+
+
+def test_bad_settings_are_one_line_errors(monkeypatch):
+    monkeypatch.delenv("EDGECNN_TOKEN", raising=False)
+    r = CliRunner().invoke(main, ["serve", str(RUNTIME_DATA / "tiny_nhwc.onnx"), "--token", "short"])
+    assert r.exit_code == 1 and "token must be at least 8" in r.output
+    r = CliRunner().invoke(main, ["serve", str(RUNTIME_DATA / "tiny_weights.json")])
+    assert r.exit_code == 1 and "Cannot load" in r.output
+    r = CliRunner().invoke(main, ["serve", str(RUNTIME_DATA / "tiny_nhwc.onnx"), "--provider", "cuda"])
+    if "CUDAExecutionProvider" not in __import__("onnxruntime").get_available_providers():
+        assert r.exit_code == 1 and "Asked for cuda" in r.output  # no silent CPU fallback
+
+
+def test_loopback_helper():
+    from edgecnn.serve.config import is_loopback
+
+    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2")
+
+
+@pytest.mark.slow
+def test_sigterm_lets_in_flight_requests_finish(tmp_path):
+    """The real command in a subprocess: SIGTERM while requests wait in a 1 s batching window."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "EDGECNN_TOKEN": ""}
+    proc = subprocess.Popen([sys.executable, "-m", "edgecnn.cli", "serve", str(RUNTIME_DATA / "tiny_nhwc.onnx"),
+                             "--port", str(port), "--max-delay-ms", "1000"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and proc.poll() is None, "server did not start"
+            time.sleep(0.1)
+        import concurrent.futures
+
+        body = {"instances": [[[[0.0] * 3] * 8] * 8]}
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(httpx.post, f"{url}/v1/models/tiny_nhwc:predict", json=body, timeout=10)
+                       for _ in range(4)]
+            time.sleep(0.4)
+            proc.send_signal(signal.SIGTERM)
+            assert [f.result().status_code for f in futures] == [200] * 4
+        assert proc.wait(15) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has drained
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
