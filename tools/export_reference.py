@@ -27,10 +27,11 @@ def main() -> int:
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "cifar10.npz"),
                         help="CIFAR-10 .npz (keras layout), used only if the run must be trained")
     parser.add_argument("--run", type=Path, default=Path("runs") / "seed_cnn_cifar10", help="relative to the repo root")
+    parser.add_argument("--recipe", type=Path, default=RECIPE, help="recipe to train the run with if it is missing")
     args = parser.parse_args()
     os.chdir(ROOT)  # relative paths in the embedded cards, not this machine's absolute ones
     if not (args.run / "model.keras").is_file():
-        subprocess.run([sys.executable, "-m", "edgecnn.cli", "train", "--config", str(RECIPE), "--data", args.data,
+        subprocess.run([sys.executable, "-m", "edgecnn.cli", "train", "--config", str(args.recipe), "--data", args.data,
                         "--out", str(args.run)], check=True, cwd=ROOT)
 
     from edgecnn.export import ExportConfig, export_run

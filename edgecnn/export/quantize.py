@@ -204,14 +204,41 @@ def _static(pre: Path, out_path: Path, card: ModelCard, config: QuantizeConfig, 
              "CalibMovingAverage": False, **config.extra}
     if config.calibration_method == "percentile":
         extra["CalibPercentile"] = config.percentile
+    reader, cache = _ArrayReader(card.input_name, batches), None
+    if config.calibration_method == "entropy":
+        reader, cache = None, _entropy_ranges(pre, _ArrayReader(card.input_name, batches))
     q.quantize_static(
-        str(pre), str(out_path), _ArrayReader(card.input_name, batches),
+        str(pre), str(out_path), reader, calibration_cache_path=cache,
         quant_format=q.QuantFormat.QDQ, per_channel=config.per_channel, reduce_range=config.reduce_range,
         activation_type=types[config.activation_type], weight_type=types[config.weight_type],
         nodes_to_exclude=excluded, calibrate_method=methods[config.calibration_method],
         calibration_providers=["CPUExecutionProvider"], extra_options=extra,
     )
     return onnx.load(str(out_path))
+
+
+def _entropy_ranges(pre: Path, reader: _ArrayReader) -> Path:
+    """KL-divergence (entropy) ranges with 2048 histogram bins, saved as ORT's calibration cache.
+
+    Workaround: ``quantize_static`` builds its entropy calibrator with 128 histogram bins and 128
+    quantized bins, so the only candidate threshold is the full range and "entropy" returns the
+    MinMax ranges (measured: identical scales). TensorRT's KL calibration, which ORT's follows, uses
+    2048 bins searched down to 128. Remove when ``quantize_static`` forwards the bin counts
+    (no ``CalibNumBins`` key in its ``calib_extra_options_keys`` as of onnxruntime 1.32).
+    """
+    calibrate = require("onnxruntime.quantization.calibrate", "export")
+    if not hasattr(calibrate, "save_tensors_data"):
+        raise ConfigError("--calibration-method entropy needs an onnxruntime whose quantize_static takes "
+                          "calibration_cache_path (>= 1.22); upgrade it or use minmax/percentile.")
+    calibrator = calibrate.create_calibrator(
+        pre, None, augmented_model_path=str(pre.parent / "augmented.onnx"),
+        calibrate_method=calibrate.CalibrationMethod.Entropy, providers=["CPUExecutionProvider"],
+        extra_options={"symmetric": False, "num_bins": 2048, "num_quantized_bins": 128},
+    )
+    calibrator.collect_data(reader)
+    cache = pre.parent / "entropy_ranges.json"
+    calibrate.save_tensors_data(calibrator.compute_data(), cache)
+    return cache
 
 
 def _dynamic(pre: Path, out_path: Path, config: QuantizeConfig) -> Any:

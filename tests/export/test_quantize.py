@@ -127,3 +127,26 @@ def test_bad_calibration_images(seed_export, tmp_path, images, match):
     with pytest.raises(DataError, match=match):
         quantize_model(out / "model.onnx", tmp_path / "q.onnx", mode="int8", card=read_card(out / "model.onnx"),
                        config=QuantizeConfig(), calibration_images=images)
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_calibration_method_changes_ranges(seed_export, sample3, tmp_path, method):
+    """Each method must really be used: ORT's own entropy path silently equals MinMax (see
+    quantize._entropy_ranges)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgecnn.export import QuantizeConfig, quantize_model, read_card
+
+    _, out = seed_export
+    card = read_card(out / "model.onnx")
+
+    def scales(cfg, name):
+        model = quantize_model(out / "model.onnx", tmp_path / name, mode="int8", card=card, config=cfg,
+                               calibration_images=sample3.x_train)
+        return [float(numpy_helper.to_array(i)) for i in model.graph.initializer if i.name.endswith("_scale") and not i.dims]
+
+    base = scales(QuantizeConfig(calibration_samples=128), "minmax.onnx")
+    other = scales(QuantizeConfig(calibration_samples=128, calibration_method=method), f"{method}.onnx")
+    assert len(base) == len(other) and base != other
+    assert isinstance(onnx.load(str(tmp_path / f"{method}.onnx")), onnx.ModelProto)
