@@ -1,7 +1,8 @@
 """Dynamic micro-batching: concurrent requests for one model run as one batched session call.
 
 A worker task per model takes the first queued request, then gathers more until the batch holds
-``max_batch`` rows or ``max_delay_ms`` has passed, runs the batch in the model's own thread and
+``max_batch`` rows or ``max_delay_ms`` has passed (it does not wait when no other request is
+being read or decoded, so a lone client pays no delay), runs the batch in the model's own thread and
 hands each request back its own rows. Admission is bounded: past ``queue_size`` requests in the
 system (queued, decoding or running) a new one is refused with 503 and ``Retry-After`` instead of
 waiting without end.
@@ -138,7 +139,7 @@ class MicroBatcher:
             taken = 1
             deadline = asyncio.get_running_loop().time() + self.max_delay_s
             while rows < self.max_batch:
-                job = await self._next(deadline)
+                job = await self._next(deadline, waiting=len(batch))
                 if job is None:
                     break
                 taken += 1
@@ -157,13 +158,16 @@ class MicroBatcher:
                 for _ in range(taken):
                     self._queue.task_done()
 
-    async def _next(self, deadline: float) -> _Job | None:
+    async def _next(self, deadline: float, waiting: int) -> _Job | None:
+        """The next queued job, waiting until ``deadline`` only while another request could still join."""
         try:
             return self._queue.get_nowait()
         except asyncio.QueueEmpty:
             pass
         remaining = deadline - asyncio.get_running_loop().time()
-        if remaining <= 0:
+        # Every admitted request is in this batch: nobody is being read or decoded, so waiting
+        # would only add max_delay to a lone client's latency.
+        if remaining <= 0 or self._admitted <= waiting:
             return None
         try:
             return await asyncio.wait_for(self._queue.get(), remaining)

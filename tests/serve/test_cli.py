@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -75,14 +76,13 @@ def test_loopback_helper():
 
 
 @pytest.mark.slow
-def test_sigterm_lets_in_flight_requests_finish(tmp_path):
-    """The real command in a subprocess: SIGTERM while requests wait in a 1 s batching window."""
+def test_sigterm_lets_in_flight_requests_finish():
+    """The real command in a subprocess: SIGTERM while a request's body is still arriving."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "EDGECNN_TOKEN": ""}
     proc = subprocess.Popen([sys.executable, "-m", "edgecnn.cli", "serve", str(RUNTIME_DATA / "tiny_nhwc.onnx"),
-                             "--port", str(port), "--max-delay-ms", "1000"], cwd=ROOT, env=env,
+                             "--port", str(port)], cwd=ROOT, env={**os.environ, "EDGECNN_TOKEN": ""},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -95,15 +95,22 @@ def test_sigterm_lets_in_flight_requests_finish(tmp_path):
                 pass
             assert time.monotonic() < deadline and proc.poll() is None, "server did not start"
             time.sleep(0.1)
-        import concurrent.futures
-
-        body = {"instances": [[[[0.0] * 3] * 8] * 8]}
-        with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            futures = [pool.submit(httpx.post, f"{url}/v1/models/tiny_nhwc:predict", json=body, timeout=10)
-                       for _ in range(4)]
-            time.sleep(0.4)
+        body = json.dumps({"instances": [[[[0.0] * 3] * 8] * 8]}).encode()
+        with socket.create_connection(("127.0.0.1", port)) as conn:
+            conn.sendall(b"POST /v1/models/tiny_nhwc:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:100])
+            time.sleep(0.3)
             proc.send_signal(signal.SIGTERM)
-            assert [f.result().status_code for f in futures] == [200] * 4
+            time.sleep(0.3)
+            conn.sendall(body[100:])
+            conn.settimeout(10)
+            response = b""
+            while b"predictions" not in response and b"error" not in response:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                response += chunk
+        assert response.startswith(b"HTTP/1.1 200"), response[:300]
         assert proc.wait(15) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has drained
     finally:
         if proc.poll() is None:

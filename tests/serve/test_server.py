@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import struct
+import time
 import zlib
 
 import httpx
@@ -235,9 +236,26 @@ def test_token_is_required_except_for_probes(model_dir):
 
 
 # --------------------------------------------------------------------- overload, shutdown
-def test_overload_is_503_with_retry_after_then_recovers(model_dir, images):
-    # A 300 ms batching window keeps requests queued, so a queue of 3 overflows for sure.
-    with running_server(model_dir / "tiny_nhwc.onnx", max_batch=64, max_delay_ms=300, queue_size=3) as srv:
+@pytest.fixture()
+def slow_inference(monkeypatch):
+    """Make every batched session call take ``seconds`` (the servers run in this process)."""
+    from edgecnn.serve.models import ServedModel
+
+    def slow(seconds: float) -> None:
+        real = ServedModel.infer
+
+        def infer(self, x):
+            time.sleep(seconds)
+            return real(self, x)
+
+        monkeypatch.setattr(ServedModel, "infer", infer)
+
+    return slow
+
+
+def test_overload_is_503_with_retry_after_then_recovers(model_dir, images, slow_inference):
+    slow_inference(0.3)
+    with running_server(model_dir / "tiny_nhwc.onnx", max_batch=64, queue_size=3) as srv:
         async def main() -> list[httpx.Response]:
             async with httpx.AsyncClient(base_url=srv.url) as client:
                 return await asyncio.gather(*(client.post("/v1/models/tiny_nhwc:predict", content=png(images[i]),
@@ -250,26 +268,36 @@ def test_overload_is_503_with_retry_after_then_recovers(model_dir, images):
         assert refused.headers["retry-after"].isdigit() and refused.json()["error"]["code"] == "overloaded"
         again = httpx.post(f"{srv.url}/v1/models/tiny_nhwc:predict", content=_OK, headers=_PNG)
         assert again.status_code == 200  # recovered
+        assert srv.metric("edgecnn_http_requests_total", code="503") == codes.count(503)
 
 
-def test_request_timeout_is_503(model_dir):
-    with running_server(model_dir / "tiny_nhwc.onnx", max_batch=64, max_delay_ms=800, timeout_s=0.2) as srv:
+def test_request_timeout_is_503(model_dir, slow_inference):
+    slow_inference(0.6)
+    with running_server(model_dir / "tiny_nhwc.onnx", timeout_s=0.2) as srv:
         r = httpx.post(f"{srv.url}/v1/models/tiny_nhwc:predict", content=_OK, headers=_PNG)
         assert r.status_code == 503 and r.json()["error"]["code"] == "timeout" and "retry-after" in r.headers
         assert httpx.get(f"{srv.url}/healthz").status_code == 200
 
 
-def test_graceful_shutdown_finishes_in_flight_requests(model_dir, images):
-    with running_server(model_dir / "tiny_nhwc.onnx", max_batch=64, max_delay_ms=500) as srv:
+def test_graceful_shutdown_finishes_in_flight_requests(model_dir, images, slow_inference):
+    slow_inference(0.5)
+    with running_server(model_dir / "tiny_nhwc.onnx", max_batch=2) as srv:
         async def main() -> list[httpx.Response]:
             async with httpx.AsyncClient(base_url=srv.url) as client:
                 calls = [asyncio.create_task(client.post("/v1/models/tiny_nhwc:predict", content=png(images[i]),
                                                          headers=_PNG)) for i in range(5)]
-                await asyncio.sleep(0.2)  # all five are waiting in the batching window
+                await asyncio.sleep(0.2)  # all five are queued or running (three 0.5 s batches)
                 srv.server.should_exit = True  # what SIGTERM does
                 return await asyncio.gather(*calls)
 
         assert [r.status_code for r in asyncio.run(main())] == [200] * 5
+
+
+def test_a_lone_request_does_not_wait_for_the_batching_window(model_dir):
+    with running_server(model_dir / "tiny_nhwc.onnx", max_delay_ms=2000) as srv:
+        t0 = time.perf_counter()
+        assert httpx.post(f"{srv.url}/v1/models/tiny_nhwc:predict", content=_OK, headers=_PNG).status_code == 200
+        assert time.perf_counter() - t0 < 1.5
 
 
 # -------------------------------------------------------------------------------- models
