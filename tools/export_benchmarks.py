@@ -36,12 +36,12 @@ def _machine() -> str:
             f"Python {platform.python_version()}, onnxruntime {onnxruntime.__version__}")
 
 
-def _export(run: Path, method: str | None, all_variants: bool):
+def _export(run: Path, method: str | None, all_variants: bool, target: str = "avx2"):
     from edgecnn.export import ExportConfig, QuantizeConfig, export_run
 
     modes = ("int8", "int8-dynamic", "fp16") if all_variants else ("int8",)
-    quant = QuantizeConfig.for_target("avx2", **({"calibration_method": method} if method else {}))
-    out = run / "export" if all_variants else run / f"export-{method}"
+    quant = QuantizeConfig.for_target(target, **({"calibration_method": method} if method else {}))
+    out = run / "export" if all_variants else run / f"export-{method or target}"
     start = time.perf_counter()
     report = export_run(run, out_dir=out, config=ExportConfig(quantize=modes, quant=quant, max_accuracy_drop=100.0))
     return report, time.perf_counter() - start
@@ -75,10 +75,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="*", type=Path)
     parser.add_argument("--methods", default="", help="extra int8 calibration methods to compare, e.g. entropy,percentile")
+    parser.add_argument("--targets", default="", help="extra int8 CPU targets to compare, e.g. vnni (8-bit weights)")
     args = parser.parse_args()
     os.chdir(ROOT)
     runs = args.runs or sorted(p.parent for p in Path("runs").glob("*/card.json") if (p.parent / "model.keras").is_file())
     methods = [m for m in args.methods.split(",") if m]
+    targets = [t for t in args.targets.split(",") if t]
     rows, notes = [], []
     for run in runs:
         report, secs = _export(run, None, True)
@@ -87,6 +89,9 @@ def main() -> int:
         for method in methods:
             rep, _ = _export(run, method, False)
             rows += _rows(run, rep, f" ({method})", only=("int8",))
+        for target in targets:
+            rep, _ = _export(run, None, False, target)
+            rows += _rows(run, rep, f" (--cpu-target {target})", only=("int8",))
     cmd = "python tools/export_benchmarks.py " + " ".join(sys.argv[1:])
     body = "\n".join([
         f"Measured {dt.date.today().isoformat()} with `{cmd.strip()}` on {_machine()}.",
@@ -103,6 +108,11 @@ def main() -> int:
         *rows,
         "",
         *[f"- {n}" for n in notes],
+        "",
+        "Published anchors: onnxruntime's MobileNetV2 int8 example lost 1.7% relative top-1 (ImageNet);",
+        "TFLite's post-training int8 MobileNetV2 lost about 8 points. `entropy` here is real KL calibration",
+        "(2048 bins; onnxruntime's own quantize_static entropy path returns the MinMax ranges), which clips",
+        "these small nets' activations too hard; MinMax (default) or percentile keep them within the goal.",
     ])
     _replace_section(ROOT / "docs" / "benchmarks.md", body, "## Export: quantization cost")
     _replace_section(ROOT / "models" / "README.md", body, "## Export benchmarks")

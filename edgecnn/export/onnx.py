@@ -189,6 +189,8 @@ def simplify(proto: Any) -> tuple[Any, dict[str, Any]]:
     except Exception as err:  # onnxslim raises whatever its passes raise
         log.warning("onnxslim failed (%s: %s); keeping the unsimplified graph.", type(err).__name__, err)
         return proto, {"applied": False, "nodes_before": before, "reason": f"{type(err).__name__}: {err}"[:300]}
+    if len(slim.graph.node) >= before:  # "when it helps": an unchanged graph stays tf2onnx's own
+        return proto, {"applied": False, "nodes_before": before, "reason": "no fewer nodes"}
     # onnxslim keeps metadata_props and I/O names; the batch axis name is re-asserted anyway.
     set_batch_axis(slim)
     return slim, {"applied": True, "nodes_before": before, "nodes_after": len(slim.graph.node)}

@@ -24,7 +24,7 @@ import numpy as np
 from edgecnn import __version__
 from edgecnn._optional import require
 from edgecnn.card import ModelCard
-from edgecnn.errors import AccuracyDropError, ArtifactError, ConfigError, DataError
+from edgecnn.errors import AccuracyDropError, ArtifactError, ConfigError, DataError, EdgecnnError
 from edgecnn.export import onnx as onnx_io
 from edgecnn.export.quantize import QUANTIZE_MODES, QuantizeConfig, quantize_model
 from edgecnn.export.report import ExportReport, VariantResult
@@ -328,7 +328,12 @@ def _export_staged(proto, card, reference, data, config, *, source, out_dir, sta
         raise
     failures = []
     for mode in config.quantize:
-        result = _variant(mode, staging / variant_filename("fp32"), card, fp32_out, fp32, data, config, staging)
+        try:
+            result = _variant(mode, staging / variant_filename("fp32"), card, fp32_out, fp32, data, config, staging)
+        except EdgecnnError as err:  # bad calibration data, unknown excluded node...: report, then fail
+            report.status, report.errors = "failed", [f"{mode}: {err}"]
+            report.save(out_dir)
+            raise
         report.variants.append(result)
         if not result.passed:
             failures.append(f"{mode}: accuracy {_fmt(result.accuracy)} vs fp32 {_fmt(fp32.accuracy)} "

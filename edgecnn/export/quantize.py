@@ -195,8 +195,8 @@ def _static(pre: Path, out_path: Path, card: ModelCard, config: QuantizeConfig, 
     excluded = list(config.exclude_nodes) + [n.name for n in model.graph.node if n.op_type in config.exclude_op_types]
     unknown = sorted(set(config.exclude_nodes) - {n.name for n in model.graph.node})
     if unknown:
-        raise ConfigError(f"--exclude-node names not in the graph: {', '.join(unknown)}; "
-                          "see node names with `python -m onnx.tools...` or Netron.")
+        raise ConfigError(f"--exclude-node names not in the graph: {', '.join(unknown)}; node names are "
+                          f"{', '.join(sorted(n.name for n in model.graph.node)[:12])}...")
     types = {"uint8": q.QuantType.QUInt8, "int8": q.QuantType.QInt8}
     methods = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
                "percentile": q.CalibrationMethod.Percentile}
