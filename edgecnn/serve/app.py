@@ -50,7 +50,7 @@ def create_app(models: dict[str, ServedModel], config: ServeConfig) -> Any:
     wait = retry_after(config.timeout_s)
     batchers = {name: MicroBatcher(m, max_batch=m.max_batch, max_delay_s=config.max_delay_ms / 1000,
                                    queue_size=config.queue_size, retry_after_s=wait,
-                                   on_batch=metrics.batch_size.labels(name).observe)
+                                   on_batch=metrics.batch_observer(name))
                 for name, m in models.items()}
     for name, b in batchers.items():
         metrics.track_model(name, lambda b=b: b.queued, lambda b=b: b.admitted)
@@ -135,18 +135,42 @@ def _media_kind(content_type: str | None) -> tuple[str, dict[bytes, bytes]]:
                      "application/json tensors.")
 
 
-def _prepare(model: ServedModel, kind: str, params: dict[bytes, bytes], body: bytes) -> Any:
-    """Request body -> preprocessed model input (runs in a worker thread: decoding is CPU work)."""
-    if kind == "json":
-        return model.prepare_json(body)
+async def _run(batcher: MicroBatcher, kind: str, params: dict[bytes, bytes], body: bytes, top_k: int) -> list[Any]:
+    """Request body -> top-k predictions per image or tensor.
+
+    Images are decoded in the batch's thread (one thread hop per batch); JSON tensors and
+    multipart bodies are parsed in a worker thread first, so the event loop never parses.
+    """
+    if kind == "image":
+        return await batcher.submit(top_k=top_k, image=body)
     if kind == "multipart":
-        body = multipart_file(body, params[b"boundary"])
-    return model.prepare_image(body)
+        image = await run_in_threadpool(multipart_file, body, params[b"boundary"])
+        return await batcher.submit(top_k=top_k, image=image)
+    x = await run_in_threadpool(batcher.model.prepare_json, body)
+    return await batcher.submit(top_k=top_k, x=x)
 
 
 def _add_routes(app: FastAPI, models: dict[str, ServedModel], batchers: dict[str, MicroBatcher], metrics: Metrics,
                 config: ServeConfig, state: dict[str, bool]) -> None:
     wait = str(retry_after(config.timeout_s))
+
+    # The busiest route first: Starlette tries routes in order.
+    @app.post("/v1/models/{name}:predict", response_model=PredictResponse, tags=["models"],
+              responses=_responses(400, 401, 404, 413, 415, 422, 503), openapi_extra={"requestBody": PREDICT_REQUEST_BODY},
+              summary="Classify an image (raw bytes or multipart upload) or a batch of JSON tensors.")
+    async def predict(name: str, request: Request,
+                      top_k: int = Query(config.default_top_k, ge=1, le=1000, description="Classes per image.")) -> Response:
+        model = lookup(models, name)
+        kind, params = _media_kind(request.headers.get("content-type"))
+        batcher = batchers[name]
+        try:
+            async with asyncio.timeout(config.timeout_s), batcher.admit():
+                body = await request.body()
+                preds = await _run(batcher, kind, params, body, top_k)
+        except TimeoutError:
+            raise ServeError(503, "timeout", f"No answer within {config.timeout_s:g} s; the server is busy, retry "
+                             "later.", {"Retry-After": wait}) from None
+        return _json({"model": name, "version": model.version, "predictions": [{"top_k": p} for p in preds]})
 
     @app.get("/healthz", response_model=Health, tags=["health"], summary="Liveness: the process answers.")
     async def healthz() -> Response:
@@ -176,26 +200,6 @@ def _add_routes(app: FastAPI, models: dict[str, ServedModel], batchers: dict[str
              summary="One served model with its card.")
     async def get_model(name: str) -> Response:
         return _json(lookup(models, name).describe())
-
-    @app.post("/v1/models/{name}:predict", response_model=PredictResponse, tags=["models"],
-              responses=_responses(400, 401, 404, 413, 415, 422, 503), openapi_extra={"requestBody": PREDICT_REQUEST_BODY},
-              summary="Classify an image (raw bytes or multipart upload) or a batch of JSON tensors.")
-    async def predict(name: str, request: Request,
-                      top_k: int = Query(config.default_top_k, ge=1, le=1000, description="Classes per image.")) -> Response:
-        model = lookup(models, name)
-        kind, params = _media_kind(request.headers.get("content-type"))
-        batcher = batchers[name]
-        try:
-            async with asyncio.timeout(config.timeout_s), batcher.admit():
-                body = await request.body()
-                x = await run_in_threadpool(_prepare, model, kind, params, body)
-                proba = await batcher.submit(x)
-        except TimeoutError:
-            raise ServeError(503, "timeout", f"No answer within {config.timeout_s:g} s; the server is busy, retry "
-                             "later.", {"Retry-After": wait}) from None
-        preds = model.top_k(proba, top_k)
-        return _json({"model": name, "version": model.version, "predictions": [{"top_k": p} for p in preds]})
-
 
 def _customize_openapi(app: FastAPI, config: ServeConfig, names: list[str]) -> None:
     """List the served model names in the spec, and document the bearer token when one is required."""

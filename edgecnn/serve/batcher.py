@@ -14,9 +14,10 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable
 
 import numpy as np
 
@@ -30,12 +31,16 @@ __all__ = ["MicroBatcher"]
 
 @dataclass
 class _Job:
-    x: np.ndarray
+    """One request: an encoded image (decoded in the batch's thread) or a preprocessed tensor."""
+
     future: asyncio.Future
+    top_k: int
+    image: bytes | None = None
+    x: np.ndarray | None = None
 
     @property
     def rows(self) -> int:
-        return int(self.x.shape[0])
+        return 1 if self.x is None else int(self.x.shape[0])
 
 
 class MicroBatcher:
@@ -47,17 +52,17 @@ class MicroBatcher:
         max_delay_s: longest the first request of a batch waits for others.
         queue_size: most requests admitted at once.
         retry_after_s: the ``Retry-After`` a refused client is told.
-        on_batch: called with the row count of every batch run (the batch-size histogram).
+        on_batch: called with the rows and seconds of every session call (the metrics' histograms).
     """
 
     def __init__(self, model: ServedModel, *, max_batch: int, max_delay_s: float, queue_size: int,
-                 retry_after_s: int = 1, on_batch: Callable[[int], None] | None = None) -> None:
+                 retry_after_s: int = 1, on_batch: Callable[[int, float], None] | None = None) -> None:
         self.model = model
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
         self.queue_size = queue_size
         self.retry_after_s = retry_after_s
-        self._on_batch = on_batch or (lambda n: None)
+        self._on_batch = on_batch or (lambda rows, seconds: None)
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._admitted = 0
         self._closing = False
@@ -102,13 +107,17 @@ class MicroBatcher:
         finally:
             self._admitted -= 1
 
-    async def submit(self, x: np.ndarray) -> np.ndarray:
-        """Queue a preprocessed (N, ...) input; returns its (N, classes) probabilities."""
+    async def submit(self, *, top_k: int, image: bytes | None = None, x: np.ndarray | None = None) -> list[Any]:
+        """Queue an encoded image or a preprocessed (N, ...) tensor; returns top-k predictions per row.
+
+        Raises:
+            ServeError: 400 for an image that cannot be decoded, 503 when the model is not running.
+        """
         if self._worker is None or self._worker.done():
             raise ServeError(503, "not_ready", "The model is not ready yet; retry shortly.",
                              {"Retry-After": str(self.retry_after_s)})
         future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Job(x, future))
+        self._queue.put_nowait(_Job(future, top_k, image, x))
         return await future  # cancelled by the request's timeout: the worker then skips the job
 
     async def stop(self, timeout_s: float) -> None:
@@ -175,21 +184,47 @@ class MicroBatcher:
             return None
 
     async def _execute(self, batch: list[_Job], rows: int) -> None:
-        x = batch[0].x if len(batch) == 1 else np.concatenate([j.x for j in batch])
-        self._on_batch(rows)
         try:
-            proba = await asyncio.get_running_loop().run_in_executor(self._executor, self.model.infer, x)
+            results = await asyncio.get_running_loop().run_in_executor(self._executor, self._compute, batch)
         except Exception as err:  # noqa: BLE001 - every waiting request must hear about it
             log.exception("%s: a batch of %d failed.", self.model.name, rows)
-            for job in batch:
-                if not job.future.done():
-                    job.future.set_exception(err)
-            return
+            results = [err] * len(batch)
+        for job, result in zip(batch, results):
+            if job.future.done():
+                continue
+            if isinstance(result, BaseException):
+                job.future.set_exception(result)
+            else:
+                job.future.set_result(result)
+
+    def _compute(self, batch: list[_Job]) -> list[Any]:
+        """Decode the images, run one session call on every good row, split top-k per request.
+
+        Runs in the model's thread: decoding a batch here costs one thread hop per batch, not
+        one per request, and keeps the event loop free for HTTP.
+        """
+        results: list[Any] = [None] * len(batch)
+        inputs, owners = [], []
+        for i, job in enumerate(batch):
+            try:
+                inputs.append(job.x if job.x is not None else self.model.prepare_image(job.image or b""))
+                owners.append(i)
+            except ServeError as err:  # this request's bad image: the others still run
+                results[i] = err
+        if not inputs:
+            return results
+        x = inputs[0] if len(inputs) == 1 else np.concatenate(inputs)
+        t0 = time.perf_counter()
+        proba = self.model.infer(x)
+        self._on_batch(int(x.shape[0]), time.perf_counter() - t0)
+        k_max = max(batch[i].top_k for i in owners)
+        ranked = self.model.top_k(proba, k_max)
         start = 0
-        for job in batch:
-            if not job.future.done():
-                job.future.set_result(proba[start:start + job.rows])
-            start += job.rows
+        for i, x_i in zip(owners, inputs):
+            n = int(x_i.shape[0])
+            results[i] = [row[:batch[i].top_k] for row in ranked[start:start + n]]
+            start += n
+        return results
 
 
 def retry_after(timeout_s: float) -> int:

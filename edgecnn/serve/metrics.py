@@ -38,6 +38,16 @@ class Metrics:
         self.queue_depth.labels(name).set_function(queued)
         self.in_flight.labels(name).set_function(admitted)
 
+    def batch_observer(self, model: str) -> Callable[[int, float], None]:
+        """Records one batched session call of ``model``: its rows and its seconds."""
+        sizes, times = self.batch_size.labels(model), self.inference.labels(model)
+
+        def observe(rows: int, seconds: float) -> None:
+            sizes.observe(rows)
+            times.observe(seconds)
+
+        return observe
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
