@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -12,9 +13,9 @@ import numpy as np
 import onnxruntime as ort
 
 from edgecnn.card import ONNX_METADATA_KEY, ModelCard
-from edgecnn.errors import ArtifactError, InputError
+from edgecnn.errors import ArtifactError, ConfigError, InputError
 from edgecnn.runtime.preprocess import DEFAULT_MAX_PIXELS, ImageLike, check_pixels, load_image, normalize_batch
-from edgecnn.runtime.session import create_session
+from edgecnn.runtime.session import CudaOptions, NodePlacement, create_session, node_placement
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +78,21 @@ class Classifier:
         output_kind: ``probabilities`` or ``logits`` (for an ONNX without a card; default
             probabilities).
         max_pixels: images with more pixels are refused before decoding.
+        cuda: options of the CUDA provider (cuDNN algorithm search, CUDA graphs, NHWC kernels,
+            device); see :class:`~edgecnn.runtime.session.CudaOptions`.
+        io_binding: run through IO binding with input and output buffers on the session's device,
+            reused (refilled in place) while the input shape stays the same. None: on for a GPU
+            session, off on the CPU. CUDA graphs always use it, and then accept only the shape of
+            the first call (or the model's static shape).
+
+    A float16 model input (an fp16 export without float32 I/O) gets the preprocessed float32
+    batch cast to float16; outputs come back as the model makes them (``predict_proba`` returns
+    float32).
 
     Raises:
         ArtifactError: for a missing or corrupt file, or a card that does not match the model.
         ProviderError: when the requested provider is not the one running the session.
+        ConfigError: for CUDA graphs without a CUDA provider or without IO binding.
     """
 
     def __init__(
@@ -97,10 +109,19 @@ class Classifier:
         input_size: tuple[int, int] | None = None,
         output_kind: str | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        cuda: CudaOptions | None = None,
+        io_binding: bool | None = None,
     ) -> None:
         self.model_path = Path(model_path)
+        if cuda is not None and cuda.cuda_graph:
+            if provider == "cpu":
+                raise ConfigError("CUDA graphs (cuda_graph=True, --cuda-graph) need provider='cuda' (--provider cuda).")
+            if io_binding is False:
+                raise ConfigError("CUDA graphs replay fixed device buffers: they need IO binding (drop --no-io-binding).")
+        self.cuda = cuda
+        self.allow_fallback = allow_fallback
         self.session, self.info = create_session(
-            self.model_path, provider=provider, threads=threads, allow_fallback=allow_fallback
+            self.model_path, provider=provider, threads=threads, allow_fallback=allow_fallback, cuda=cuda
         )
         overrides = {"mean": mean, "std": std, "layout": layout, "class_names": labels,
                      "input_size": input_size, "output_kind": output_kind}
@@ -110,13 +131,23 @@ class Classifier:
         self.input_dtype = _ORT_DTYPES.get(self._input.type, np.float32)
         self.output_name = self._output_name()
         self.max_pixels = max_pixels
-        self._use_io_binding = self.info.device == "cuda"
+        on_gpu = self.info.device == "cuda"
+        self.cuda_graph = bool(on_gpu and cuda is not None and cuda.cuda_graph)
+        self._use_io_binding = self.cuda_graph or (on_gpu if io_binding is None else bool(io_binding))
+        self._binder = _DeviceBinder(self.session, self.input_name, self.output_name,
+                                     device="cuda" if on_gpu else "cpu", device_id=cuda.device_id if cuda else 0,
+                                     fixed_shape=self.cuda_graph)
 
     # ------------------------------------------------------------------------------ properties
     @property
     def providers(self) -> list[str]:
         """The providers the session actually runs on (``session.get_providers()``)."""
         return list(self.session.get_providers())
+
+    @property
+    def io_binding(self) -> bool:
+        """Whether :meth:`run` goes through IO binding with reused device buffers."""
+        return self._use_io_binding
 
     @property
     def labels(self) -> list[str]:
@@ -228,13 +259,15 @@ class Classifier:
         return np.ascontiguousarray(x, dtype=self.input_dtype)
 
     def _run_io_binding(self, x: np.ndarray) -> np.ndarray:
-        # On CUDA, bind the input as a device OrtValue and let onnxruntime allocate the output on
-        # the device: one host-to-device and one device-to-host copy per call, nothing else.
-        binding = self.session.io_binding()
-        binding.bind_ortvalue_input(self.input_name, ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
-        binding.bind_output(self.output_name, "cuda", 0)
-        self.session.run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()[0]
+        # One host-to-device copy into a reused input buffer and one device-to-host copy of the
+        # output per call, nothing else (see _DeviceBinder).
+        return self._binder.run(x)
+
+    def node_placement(self) -> NodePlacement:
+        """Where each node of this model runs with this classifier's provider and CUDA options
+        (one profiled run of a separate session; see :func:`~edgecnn.runtime.session.node_placement`)."""
+        return node_placement(self.model_path, provider=self.info.requested, cuda=self.cuda,
+                              allow_fallback=self.allow_fallback)
 
     def predict_proba(self, images: ImageLike | Sequence[ImageLike] | np.ndarray) -> np.ndarray:
         """Class probabilities, (N, num_classes) float32 (softmax applied to logits models)."""
@@ -265,7 +298,71 @@ class Classifier:
         """A JSON-able summary: model, card essentials and session providers."""
         return {"model": str(self.model_path), "name": self.card.name, "precision": self.card.precision,
                 "input": {"name": self.input_name, "shape": list(self.card.input_shape()), "layout": self.card.layout},
-                "labels": self.labels, "providers": self.providers, "session_creation_s": self.info.creation_s}
+                "labels": self.labels, "providers": self.providers, "session_creation_s": self.info.creation_s,
+                "io_binding": self.io_binding, "cuda_graph": self.cuda_graph,
+                "cuda": None if self.cuda is None else self.cuda.provider_options()}
+
+
+class _DeviceBinder:
+    """IO binding over input/output buffers allocated on the session's device and reused.
+
+    Per input shape, one input OrtValue and one output OrtValue are allocated on the device and
+    bound once; each call refills the input in place (``update_inplace``: one host-to-device
+    copy), runs, and copies the output back. CUDA graphs need exactly this: onnxruntime captures
+    the kernels with the bound addresses on the first runs and replays them later, so the
+    addresses must never change. With ``fixed_shape`` (CUDA graphs) the first shape is the only
+    one accepted; otherwise up to ``_MAX_SHAPES`` shapes keep their buffers (the server's
+    micro-batches come in a few sizes). Calls are serialized: the buffers are shared.
+    """
+
+    _MAX_SHAPES = 8
+
+    def __init__(self, session: ort.InferenceSession, input_name: str, output_name: str, *, device: str,
+                 device_id: int, fixed_shape: bool) -> None:
+        self.session, self.input_name, self.output_name = session, input_name, output_name
+        self.device, self.device_id, self.fixed_shape = device, device_id, fixed_shape
+        out = next(o for o in session.get_outputs() if o.name == output_name)
+        self._out_shape, self._out_dtype = list(out.shape), _ORT_DTYPES.get(out.type, np.float32)
+        self._bound: dict[tuple[int, ...], tuple[Any, Any, Any]] = {}
+        self._lock = threading.Lock()
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        with self._lock:
+            entry = self._bound.get(x.shape)
+            if entry is None:
+                entry = self._bind(x)
+            else:
+                entry[1].update_inplace(x)
+            self.session.run_with_iobinding(entry[0])
+            # A copy that owns its memory: on the CPU the output buffer is reused by the next call.
+            return np.array(entry[0].copy_outputs_to_cpu()[0], copy=True)
+
+    def _bind(self, x: np.ndarray) -> tuple[Any, Any, Any]:
+        if self.fixed_shape and self._bound:
+            (shape,) = self._bound
+            raise InputError(
+                f"This classifier runs a CUDA graph captured for input shape {shape}; got {x.shape}. A CUDA graph "
+                "replays fixed buffers: pad the batch to that shape, or make a Classifier without cuda_graph for "
+                "varying batch sizes."
+            )
+        if len(self._bound) >= self._MAX_SHAPES:
+            self._bound.pop(next(iter(self._bound)))
+        binding = self.session.io_binding()
+        inp = ort.OrtValue.ortvalue_from_shape_and_type(list(x.shape), x.dtype, self.device, self.device_id)
+        inp.update_inplace(x)
+        binding.bind_ortvalue_input(self.input_name, inp)
+        shape = [x.shape[0] if i == 0 else d for i, d in enumerate(self._out_shape)]
+        out = None
+        if all(isinstance(d, int) and d > 0 for d in shape):
+            out = ort.OrtValue.ortvalue_from_shape_and_type(shape, self._out_dtype, self.device, self.device_id)
+            binding.bind_ortvalue_output(self.output_name, out)
+        elif self.fixed_shape:
+            raise ArtifactError(f"Output {self.output_name!r} has shape {self._out_shape}: a CUDA graph needs an output "
+                                "whose size is known from the batch; run without cuda_graph.")
+        else:  # an output size only the run knows: onnxruntime allocates it on the device
+            binding.bind_output(self.output_name, self.device, self.device_id)
+        self._bound[x.shape] = (binding, inp, out)
+        return self._bound[x.shape]
 
 
 def _guess_layout(shape: list[Any]) -> str:

@@ -4,23 +4,35 @@ onnxruntime only *warns* when a requested execution provider cannot be used and 
 the CPU; a benchmark or a server that does not compare ``session.get_providers()`` with the
 request reports CPU numbers as GPU numbers. :func:`create_session` always passes
 ``providers=`` and fails (or, if allowed, warns) on such a fallback.
+
+A session can run on the CUDA provider and still execute some nodes on the CPU (onnxruntime
+assigns each node to the first provider that has a kernel for it, and inserts device copies
+around the rest). :func:`node_placement` reports where every node ran, from onnxruntime's own
+profiling trace, so a benchmark can say "nodes on CPU: 0 of 65" instead of assuming it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import logging
+import tempfile
 import time
 import warnings
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Iterable
 
 import onnxruntime as ort
 
-from edgecnn.errors import ArtifactError, ProviderError
+from edgecnn.errors import ArtifactError, ConfigError, ProviderError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PROVIDERS", "SessionInfo", "create_session", "resolve_providers"]
+__all__ = ["PROVIDERS", "CONV_ALGO_SEARCH", "CudaOptions", "NodePlacement", "SessionInfo", "create_session",
+           "resolve_providers", "node_placement", "parse_profile", "preload_cuda_libraries"]
 
 # What each user-facing name asks onnxruntime for, best first. CPU always ends the list so
 # that operators an accelerator lacks still run (onnxruntime assigns nodes per provider).
@@ -29,6 +41,50 @@ PROVIDERS: dict[str, list[str]] = {
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
     "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
 }
+
+_GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+CONV_ALGO_SEARCH = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
+
+
+@dataclass(frozen=True)
+class CudaOptions:
+    """Options of onnxruntime's CUDA execution provider (ignored when the session runs on the CPU).
+
+    Args:
+        device_id: the GPU to run on.
+        cudnn_conv_algo_search: how cuDNN picks each convolution's algorithm, once per input
+            shape: ``EXHAUSTIVE`` benchmarks every algorithm (onnxruntime's default; the first run
+            of each new shape is slow), ``HEURISTIC`` asks cuDNN's heuristics (no benchmarking),
+            ``DEFAULT`` always takes the implicit-GEMM algorithm.
+        cuda_graph: capture the whole run as one CUDA graph and replay it (``enable_cuda_graph``):
+            removes the per-kernel launch cost, which dominates at batch 1. Needs every node on the
+            GPU and fixed input/output addresses, so the :class:`~edgecnn.runtime.Classifier`
+            binds device buffers of one fixed shape and refuses other shapes.
+        prefer_nhwc: let the CUDA provider run convolutions channels-last (``prefer_nhwc``;
+            onnxruntime-gpu >= 1.20 built with its NHWC kernels). None leaves the build's default.
+    """
+
+    device_id: int = 0
+    cudnn_conv_algo_search: str = "EXHAUSTIVE"
+    cuda_graph: bool = False
+    prefer_nhwc: bool | None = None
+
+    def __post_init__(self) -> None:
+        algo = str(self.cudnn_conv_algo_search).upper()
+        if algo not in CONV_ALGO_SEARCH:
+            raise ConfigError(f"cudnn_conv_algo_search must be one of {', '.join(CONV_ALGO_SEARCH)}; "
+                              f"got {self.cudnn_conv_algo_search!r}.")
+        object.__setattr__(self, "cudnn_conv_algo_search", algo)
+        if not isinstance(self.device_id, int) or self.device_id < 0:
+            raise ConfigError(f"device_id must be an integer >= 0, got {self.device_id!r}.")
+
+    def provider_options(self) -> dict[str, str]:
+        """The ``CUDAExecutionProvider`` options dict (onnxruntime wants strings)."""
+        out = {"device_id": str(self.device_id), "cudnn_conv_algo_search": self.cudnn_conv_algo_search,
+               "enable_cuda_graph": "1" if self.cuda_graph else "0"}
+        if self.prefer_nhwc is not None:
+            out["prefer_nhwc"] = "1" if self.prefer_nhwc else "0"
+        return out
 
 
 @dataclass(frozen=True)
@@ -43,7 +99,7 @@ class SessionInfo:
     @property
     def device(self) -> str:
         """``cuda`` when the first provider is a GPU one, else ``cpu``."""
-        return "cuda" if self.providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider") else "cpu"
+        return "cuda" if self.providers[0] in _GPU_PROVIDERS else "cpu"
 
 
 def resolve_providers(provider: str) -> list[str]:
@@ -60,6 +116,45 @@ def resolve_providers(provider: str) -> list[str]:
     if provider not in PROVIDERS:
         raise ProviderError(f"Unknown provider {provider!r}; choose one of cpu, cuda, tensorrt, auto.")
     return PROVIDERS[provider]
+
+
+def _with_options(providers: list[str], cuda: CudaOptions | None) -> list[Any]:
+    """The provider list with the CUDA provider's options attached (as onnxruntime's (name, dict))."""
+    if cuda is None or "CUDAExecutionProvider" not in ort.get_available_providers():
+        return list(providers)  # a build without CUDA ignores them anyway (after a C++-level warning)
+    return [(p, cuda.provider_options()) if p == "CUDAExecutionProvider" else p for p in providers]
+
+
+_preloaded = False
+
+
+def preload_cuda_libraries() -> bool:
+    """Load the CUDA and cuDNN libraries that onnxruntime-gpu needs (``onnxruntime.preload_dlls``).
+
+    onnxruntime-gpu >= 1.21 finds them in the NVIDIA pip packages (those that come with torch) only
+    when asked to; without them the CUDA provider fails to load and the session runs on the CPU.
+    Done once per process, only when this onnxruntime build has the CUDA provider.
+
+    Returns:
+        True when the preload ran (or had run) without an error.
+    """
+    global _preloaded
+    if _preloaded:
+        return True
+    if "CUDAExecutionProvider" not in ort.get_available_providers() or not hasattr(ort, "preload_dlls"):
+        return False
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):  # it prints what it could not find; keep stdout clean
+            ort.preload_dlls()
+    except Exception as err:  # a missing library: the provider check after session creation says more
+        log.debug("onnxruntime.preload_dlls() failed: %s", err)
+        return False
+    finally:
+        if out.getvalue().strip():
+            log.debug("onnxruntime.preload_dlls(): %s", out.getvalue().strip())
+    _preloaded = True
+    return True
 
 
 def _session_options(threads: int | None) -> ort.SessionOptions:
@@ -82,15 +177,28 @@ def create_session(
     provider: str = "cpu",
     threads: int | None = None,
     allow_fallback: bool = False,
+    cuda: CudaOptions | None = None,
+    profile_dir: str | Path | None = None,
 ) -> tuple[ort.InferenceSession, SessionInfo]:
     """Open an ONNX model on the requested provider and check that onnxruntime honoured it.
+
+    Args:
+        model: an ``.onnx`` path or the serialized model.
+        provider: ``cpu``, ``cuda``, ``tensorrt`` or ``auto``.
+        threads: intra-op threads (None: onnxruntime's default).
+        allow_fallback: warn instead of raising when the session runs on another provider.
+        cuda: options of the CUDA provider (used when the request includes it).
+        profile_dir: turn on onnxruntime's profiling, writing its JSON trace into this folder
+            (see :func:`node_placement`).
 
     Raises:
         ArtifactError: if the file is missing or not a loadable ONNX model.
         ProviderError: if the session runs on another provider than requested and
-            ``allow_fallback`` is false.
+            ``allow_fallback`` is false, or the CUDA provider rejects its options.
     """
     wanted = resolve_providers(provider)
+    if "CUDAExecutionProvider" in wanted:
+        preload_cuda_libraries()
     source: str | bytes = model if isinstance(model, bytes) else str(model)
     if not isinstance(model, bytes) and not Path(model).is_file():
         raise ArtifactError(f"ONNX model {model} does not exist; pass the path of a .onnx file made by `edgecnn export`.")
@@ -98,9 +206,22 @@ def create_session(
     try:
         with warnings.catch_warnings():  # its "not in available provider names" warning: we check below
             warnings.simplefilter("ignore", UserWarning)
-            session = ort.InferenceSession(source, sess_options=_session_options(threads), providers=wanted)
+            opts = _session_options(threads)
+            if profile_dir is not None:
+                opts.enable_profiling = True
+                opts.profile_file_prefix = str(Path(profile_dir) / "ort_profile")
+            session = ort.InferenceSession(source, sess_options=opts, providers=_with_options(wanted, cuda))
     except Exception as err:  # onnxruntime raises InvalidProtobuf, Fail, InvalidGraph, ... all mean: unusable file
         name = "the ONNX bytes" if isinstance(model, bytes) else str(model)
+        text = str(err).strip()
+        if "CUDAExecutionProvider" in wanted and any(k in text.lower() for k in ("cuda", "provider option", "cudnn")):
+            # e.g. "This session cannot use the CUDA Graph feature ... all compute graph nodes have not
+            # been partitioned to the CUDA EP", or an option this onnxruntime-gpu build does not know.
+            raise ProviderError(
+                f"The CUDA provider cannot open {name} with options {cuda.provider_options() if cuda else {}} "
+                f"({type(err).__name__}: {text[:400]}). CUDA graphs need every node on the GPU; "
+                "prefer_nhwc needs an onnxruntime-gpu built with its NHWC kernels."
+            ) from err
         raise ArtifactError(
             f"Cannot load {name} as an ONNX model ({type(err).__name__}: {str(err).strip()[:300]}); "
             "re-export it with `edgecnn export`."
@@ -121,3 +242,124 @@ def create_session(
             )
         log.warning("%sFalling back as allowed.", fallback)
     return session, SessionInfo(provider, actual, fallback, creation_s)
+
+
+# --------------------------------------------------------------------------------- node placement
+
+_COPY_OPS = ("MemcpyFromHost", "MemcpyToHost")
+
+
+@dataclass(frozen=True)
+class NodePlacement:
+    """Where each node of an (optimized) onnxruntime graph ran, from one profiled run.
+
+    ``nodes`` maps node name -> (op type, provider). The Memcpy nodes onnxruntime inserts between
+    a GPU node and a CPU node count like any other node (they run on the GPU provider); ``copies``
+    counts them separately because they are the visible cost of every CPU-placed node.
+    """
+
+    nodes: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return len(self.nodes)
+
+    @property
+    def by_provider(self) -> dict[str, int]:
+        return dict(Counter(p for _, p in self.nodes.values()).most_common())
+
+    @property
+    def on_cpu(self) -> int:
+        return sum(1 for _, p in self.nodes.values() if p == "CPUExecutionProvider")
+
+    @property
+    def cpu_share(self) -> float:
+        return self.on_cpu / self.total if self.total else 0.0
+
+    @property
+    def cpu_ops(self) -> dict[str, int]:
+        """Op types of the CPU-placed nodes, most frequent first."""
+        return dict(Counter(op for op, p in self.nodes.values() if p == "CPUExecutionProvider").most_common())
+
+    @property
+    def copies(self) -> int:
+        return sum(1 for op, _ in self.nodes.values() if op in _COPY_OPS)
+
+    def summary(self) -> str:
+        """``nodes on CPU: N of M (x%)``, plus the CPU op types and device copies when there are any."""
+        text = f"nodes on CPU: {self.on_cpu} of {self.total} ({100 * self.cpu_share:.0f}%)"
+        if self.on_cpu and self.on_cpu < self.total:
+            text += " - " + ", ".join(f"{op} x{n}" for op, n in self.cpu_ops.items())
+        if self.copies:
+            text += f"; {self.copies} host/device copy node(s)"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"total": self.total, "on_cpu": self.on_cpu, "cpu_share": round(self.cpu_share, 6),
+                "by_provider": self.by_provider, "cpu_ops": self.cpu_ops, "copies": self.copies}
+
+
+def parse_profile(trace: str | Path | Iterable[dict[str, Any]]) -> NodePlacement:
+    """The node placement in an onnxruntime profiling trace (the JSON ``end_profiling`` writes).
+
+    Each executed node leaves a ``"cat": "Node"`` event named ``<node>_kernel_time`` whose
+    ``args`` hold ``op_name`` and ``provider``; the ``_fence_before``/``_fence_after`` events have
+    no provider and are skipped, and repeated runs of the same node count once.
+
+    Raises:
+        ArtifactError: if the file is not a profiling trace.
+    """
+    if isinstance(trace, (str, Path)):
+        try:
+            events = json.loads(Path(trace).read_text())
+        except (OSError, ValueError) as err:
+            raise ArtifactError(f"Cannot read the onnxruntime profile {trace}: {err}.") from err
+    else:
+        events = list(trace)
+    if isinstance(events, dict):  # the Chrome trace object form
+        events = events.get("traceEvents", [])
+    if not isinstance(events, list):
+        raise ArtifactError("An onnxruntime profile is a JSON list of events.")
+    nodes: dict[str, tuple[str, str]] = {}
+    for ev in events:
+        args = ev.get("args") if isinstance(ev, dict) else None
+        if ev.get("cat") != "Node" or not isinstance(args, dict) or "provider" not in args:
+            continue
+        name = str(ev.get("name", ""))
+        name = name[: -len("_kernel_time")] if name.endswith("_kernel_time") else name
+        key = f"{name}#{args['node_index']}" if "node_index" in args else name
+        nodes[key] = (str(args.get("op_name", "?")), str(args["provider"]))
+    return NodePlacement(nodes)
+
+
+def node_placement(
+    model: str | Path | bytes,
+    *,
+    provider: str = "cpu",
+    cuda: CudaOptions | None = None,
+    allow_fallback: bool = False,
+    batch: int = 1,
+) -> NodePlacement:
+    """Run ``model`` once on zeros in a profiling session and report where each node ran.
+
+    The profiling session is a separate one (profiling slows every run), with the same provider
+    and CUDA options except CUDA graphs, which do not change placement and hide the nodes.
+
+    Raises:
+        ArtifactError, ProviderError: as :func:`create_session`.
+    """
+    import numpy as np
+
+    if cuda is not None and cuda.cuda_graph:
+        cuda = CudaOptions(cuda.device_id, cuda.cudnn_conv_algo_search, False, cuda.prefer_nhwc)
+    with tempfile.TemporaryDirectory(prefix="edgecnn-profile-") as tmp:
+        session, _ = create_session(model, provider=provider, cuda=cuda, allow_fallback=allow_fallback,
+                                    profile_dir=tmp)
+        feed = {}
+        for inp in session.get_inputs():
+            shape = [d if isinstance(d, int) and d > 0 else (batch if i == 0 else 1) for i, d in enumerate(inp.shape)]
+            dtype = {"tensor(float16)": np.float16, "tensor(double)": np.float64}.get(inp.type, np.float32)
+            feed[inp.name] = np.zeros(shape, dtype=dtype)
+        session.run(None, feed)
+        path = session.end_profiling()
+        return parse_profile(path)
