@@ -3,9 +3,42 @@
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from types import ModuleType
 
 from edgecnn.errors import MissingDependencyError
+
+__all__ = ["require", "import_tensorflow_quietly"]
+
+_TF_MODULES = ("tensorflow", "keras", "tf2onnx")
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow once with its C++ start-up lines kept off the terminal.
+
+    TensorFlow 2.21 writes oneDNN/CUDA-stub lines from C++ before its log level applies, so
+    stderr is muted for the import alone; ``EDGECNN_TF_LOGS=1`` shows them. Without an NVIDIA
+    driver its C++ log level is raised too, or every run logs "failed call to cuInit" as an
+    error; its real errors still reach Python as exceptions.
+    """
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    if not os.path.exists("/dev/nvidiactl") and sys.platform.startswith("linux"):
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "tensorflow" in sys.modules or os.environ.get("EDGECNN_TF_LOGS"):
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401
+    except ImportError:
+        pass  # the real import, with its message, happens where TensorFlow is used
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def require(module: str, extra: str) -> ModuleType:
@@ -14,6 +47,8 @@ def require(module: str, extra: str) -> ModuleType:
     Raises:
         MissingDependencyError: if the module cannot be imported.
     """
+    if module.split(".")[0] in _TF_MODULES:
+        import_tensorflow_quietly()
     try:
         return importlib.import_module(module)
     except ImportError as err:

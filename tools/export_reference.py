@@ -2,7 +2,7 @@
 
     python tools/export_reference.py --data ../shared/datasets/cifar10.npz
 
-Trains ``runs/seed_cnn_cifar10`` with ``models/seed_cnn_cifar10.yaml`` if that run does not exist
+Trains ``runs/seed_cnn_cifar10_aug`` with ``models/seed_cnn_cifar10_aug.yaml`` if that run does not exist
 yet, exports it (fp32 + static int8, verified, accuracy measured on the 10,000 test images), and
 copies the two files with their embedded cards to ``edgecnn/assets/models/`` plus the export
 report to ``models/seed_cnn_cifar10.export_report.md``. Dev script: never imported by edgecnn.
@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ROOT / "models" / "seed_cnn_cifar10.yaml"
+RECIPE = ROOT / "models" / "seed_cnn_cifar10_aug.yaml"
 ASSETS = ROOT / "edgecnn" / "assets" / "models"
 
 
@@ -26,7 +26,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "cifar10.npz"),
                         help="CIFAR-10 .npz (keras layout), used only if the run must be trained")
-    parser.add_argument("--run", type=Path, default=Path("runs") / "seed_cnn_cifar10", help="relative to the repo root")
+    parser.add_argument("--run", type=Path, default=Path("runs") / "seed_cnn_cifar10_aug", help="relative to the repo root")
     parser.add_argument("--recipe", type=Path, default=RECIPE, help="recipe to train the run with if it is missing")
     args = parser.parse_args()
     os.chdir(ROOT)  # relative paths in the embedded cards, not this machine's absolute ones
