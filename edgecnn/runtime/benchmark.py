@@ -4,6 +4,18 @@ The timed loop is as bare as a hand-written one: the input tensor is built once,
 loop, and each sample is ``perf_counter_ns`` around one ``session.run`` (tools/bench_harness_check.py
 shows the p50 agrees with a plain loop). Peak memory is the process's peak RSS (VmHWM), reset
 before each variant where Linux allows it.
+
+Three ways to call the session (the ``runner`` column):
+
+- ``onnxruntime``: ``session.run`` on a host numpy array; on a GPU every call copies the input
+  to the device and the output back (what a naive caller gets).
+- ``onnxruntime.iobinding``: input and output live in device buffers bound once; the loop times
+  ``run_with_iobinding`` only (default on CUDA: a camera pipeline with GPU decode feeds the device).
+- ``onnxruntime.cudagraph``: the same with ``enable_cuda_graph``: onnxruntime captures the run
+  once per batch size (a session per batch size) and replays it.
+
+On every model, one extra profiled run reports where the nodes ran ("nodes on CPU: N of M"),
+so a CUDA number is never a silent mix of GPU and CPU kernels.
 """
 
 from __future__ import annotations
@@ -24,10 +36,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from edgecnn.errors import ConfigError, InputError
+from edgecnn.runtime.session import CONV_ALGO_SEARCH, CudaOptions
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BenchConfig", "BenchResult", "BenchReport", "latency_stats", "machine_fingerprint", "time_callable",
+__all__ = ["BenchConfig", "BenchResult", "BenchReport", "latency_stats", "machine_fingerprint", "gpu_fingerprint",
+           "time_callable",
            "bench_onnx", "run_benchmark", "parse_int_list", "CSV_FIELDS", "peak_rss_mb", "reset_peak_rss"]
 
 CSV_FIELDS = ["model", "variant", "runner", "precision", "provider", "batch", "threads", "runs", "mean_ms", "std_ms",
@@ -47,6 +61,12 @@ class BenchConfig:
     min_runs: int = 10
     allow_fallback: bool = False
     seed: int = 0
+    io_binding: bool | None = None  # None: on for a GPU session, off on the CPU
+    cuda_graph: bool = False
+    cudnn_conv_algo_search: str = "EXHAUSTIVE"
+    prefer_nhwc: bool | None = None
+    device_id: int = 0
+    placement: bool = True  # report the share of nodes on each provider (one profiled run per model)
 
     def __post_init__(self) -> None:
         if not self.batch_sizes or min(self.batch_sizes) < 1:
@@ -57,6 +77,20 @@ class BenchConfig:
             raise ConfigError(f"Need warmup >= 0 and runs >= 1, got warmup={self.warmup}, runs={self.runs}.")
         if self.duration_s is not None and self.duration_s <= 0:
             raise ConfigError(f"duration must be positive, got {self.duration_s}.")
+        if self.cudnn_conv_algo_search.upper() not in CONV_ALGO_SEARCH:
+            raise ConfigError(f"cudnn_conv_algo_search must be one of {', '.join(CONV_ALGO_SEARCH)}, "
+                              f"got {self.cudnn_conv_algo_search!r}.")
+        if self.cuda_graph and self.provider == "cpu":
+            raise ConfigError("--cuda-graph needs --provider cuda (CUDA graphs are a CUDA provider feature).")
+        if self.cuda_graph and self.io_binding is False:
+            raise ConfigError("--cuda-graph replays bound device buffers: it cannot go with --no-io-binding.")
+
+    def cuda_options(self) -> CudaOptions | None:
+        """The CUDA provider options of this run (None for a CPU run)."""
+        if self.provider == "cpu":
+            return None
+        return CudaOptions(device_id=self.device_id, cudnn_conv_algo_search=self.cudnn_conv_algo_search,
+                           cuda_graph=self.cuda_graph, prefer_nhwc=self.prefer_nhwc)
 
 
 @dataclass
@@ -74,6 +108,7 @@ class BenchResult:
     session_s: float | None = None
     peak_rss_mb: float | None = None
     notes: list[str] = field(default_factory=list)
+    placement: dict[str, Any] | None = None  # NodePlacement.to_dict() of the model (JSON: report "placement")
 
     def row(self) -> dict[str, Any]:
         return {"model": self.model, "variant": self.variant, "runner": self.runner, "precision": self.precision,
@@ -92,7 +127,20 @@ class BenchReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": "edgecnn.bench/1", "machine": self.machine, "config": self.config,
-                "results": [{**r.row(), "notes": r.notes} for r in self.results], "notes": self.notes}
+                "results": [{**r.row(), "notes": r.notes} for r in self.results], "notes": self.notes,
+                "placement": self.placements()}
+
+    def placements(self) -> dict[str, dict[str, Any]]:
+        """Node placement per variant (and provider), for the variants that measured it."""
+        out: dict[str, dict[str, Any]] = {}
+        for r in self.results:
+            if r.placement is not None:
+                out.setdefault(f"{r.variant} [{r.provider.replace('ExecutionProvider', '')}]", r.placement)
+        return out
+
+    def placement_lines(self) -> list[str]:
+        """``nodes on CPU: N of M (x%)`` per variant, for the terminal."""
+        return [f"{name}: {p['summary']}" for name, p in self.placements().items()]
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -262,11 +310,28 @@ def machine_fingerprint() -> dict[str, Any]:
         usable = os.cpu_count()
     return {
         "cpu": cpu, "simd": [f for f in simd if f in flags], "logical_cpus": os.cpu_count(), "usable_cpus": usable,
+        "gpu": gpu_fingerprint(),
         "machine": platform.machine(), "os": platform.platform(), "python": platform.python_version(),
         "numpy": np.__version__, "onnxruntime": ort.__version__,
         "onnxruntime_providers": ort.get_available_providers(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
+
+
+def gpu_fingerprint() -> list[dict[str, str]]:
+    """Name, driver and memory of each NVIDIA GPU (``nvidia-smi``); empty without one."""
+    import shutil
+    import subprocess
+
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    keys = ("name", "driver", "memory")
+    return [dict(zip(keys, (v.strip() for v in line.split(",")))) for line in out.splitlines() if line.strip()]
 
 
 # ---------------------------------------------------------------------------------- ONNX runner
@@ -288,43 +353,66 @@ def bench_onnx(model: str | Path, config: BenchConfig, *, pixels: np.ndarray | N
     from edgecnn.runtime.classifier import Classifier
 
     results = []
+    cuda = config.cuda_options()
+    placement = None
     for threads in config.threads:
         reset_peak_rss()
-        clf = Classifier(model, provider=config.provider, threads=threads, allow_fallback=config.allow_fallback)
-        card = clf.card
-        variant = _variant_name(Path(model), card)
+        clf = None
         for batch in config.batch_sizes:
+            if clf is None or (config.cuda_graph and batch != config.batch_sizes[0]):
+                # A CUDA graph is captured for one input shape: a fresh session per batch size.
+                clf = Classifier(model, provider=config.provider, threads=threads, allow_fallback=config.allow_fallback,
+                                 cuda=cuda, io_binding=config.io_binding)
+            card = clf.card
+            variant = _variant_name(Path(model), card)
+            if config.placement and placement is None:
+                placement = _placement(clf)
             px = pixels[:batch] if pixels is not None and len(pixels) >= batch else _synthetic_pixels(card, batch, config.seed)
             x = clf._check_tensor(clf.preprocess(px))
-            run = _bound_runner(clf, x)
+            runner, run = _bound_runner(clf, x)
             times = time_callable(run, warmup=config.warmup, runs=config.runs, duration_s=config.duration_s,
                                   min_runs=config.min_runs)
             notes = [clf.info.fallback] if clf.info.fallback else []
-            results.append(BenchResult(card.name, variant, "onnxruntime", card.precision, clf.providers[0], batch,
+            results.append(BenchResult(card.name, variant, runner, card.precision, clf.providers[0], batch,
                                        threads, latency_stats(times, batch), session_s=clf.info.creation_s,
-                                       peak_rss_mb=peak_rss_mb(), notes=notes))
+                                       peak_rss_mb=peak_rss_mb(), notes=notes, placement=placement))
             log.debug("%s batch %d threads %d: p50 %.3f ms", variant, batch, threads, results[-1].stats["p50_ms"])
         del clf
     return results
 
 
-def _bound_runner(clf: Any, x: np.ndarray) -> Callable[[], Any]:
-    """The call the loop times: ``session.run`` on CPU; on CUDA, IO binding with the input
-    uploaded once (device-resident, as a camera pipeline with GPU decode would have it)."""
+def _placement(clf: Any) -> dict[str, Any]:
+    p = clf.node_placement()
+    return {**p.to_dict(), "summary": p.summary()}
+
+
+def _bound_runner(clf: Any, x: np.ndarray) -> tuple[str, Callable[[], Any]]:
+    """The runner name and the call the loop times.
+
+    Without IO binding: ``session.run`` on the host array. With it: the input is copied once into
+    a device buffer and the output goes to a preallocated device buffer, both bound once (fixed
+    addresses, as CUDA graphs need), so the loop times ``run_with_iobinding`` alone; onnxruntime
+    synchronizes the device at the end of each run.
+    """
     sess, feed, out = clf.session, {clf.input_name: x}, [clf.output_name]
-    if clf.info.device != "cuda":
-        return lambda: sess.run(out, feed)
+    if not clf.io_binding:
+        return "onnxruntime", lambda: sess.run(out, feed)
     import onnxruntime as ort
 
+    device, device_id = ("cuda", clf.cuda.device_id if clf.cuda else 0) if clf.info.device == "cuda" else ("cpu", 0)
+    ref = sess.run(out, feed)[0]  # the output shape and dtype, from one plain run
+    x_dev = ort.OrtValue.ortvalue_from_shape_and_type(list(x.shape), x.dtype, device, device_id)
+    x_dev.update_inplace(x)
+    y_dev = ort.OrtValue.ortvalue_from_shape_and_type(list(ref.shape), ref.dtype, device, device_id)
     binding = sess.io_binding()
-    binding.bind_ortvalue_input(clf.input_name, ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
-    binding.bind_output(clf.output_name, "cuda", 0)
+    binding.bind_ortvalue_input(clf.input_name, x_dev)
+    binding.bind_ortvalue_output(clf.output_name, y_dev)
 
     def run() -> None:
         sess.run_with_iobinding(binding)
-        binding.synchronize_outputs()
 
-    return run
+    run._buffers = (x_dev, y_dev)  # type: ignore[attr-defined]  # keep the device buffers alive
+    return ("onnxruntime.cudagraph" if clf.cuda_graph else "onnxruntime.iobinding"), run
 
 
 def _variant_name(path: Path, card: Any) -> str:
