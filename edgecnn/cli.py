@@ -353,21 +353,37 @@ def predict(model: Path, images: tuple[Path, ...], top_k: int, provider: str, al
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write CSV.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write a PNG of latency by batch size (needs matplotlib).")
+@click.option("--io-binding/--no-io-binding", default=None,
+              help="Inputs/outputs in bound device buffers, time the run alone.  [default: on for cuda]")
+@click.option("--cuda-graph", is_flag=True, help="CUDA provider: capture and replay CUDA graphs (a session per batch).")
+@click.option("--cudnn-conv-algo-search", type=click.Choice(["EXHAUSTIVE", "HEURISTIC", "DEFAULT"], case_sensitive=False),
+              default="EXHAUSTIVE", show_default=True, help="CUDA provider: how cuDNN picks convolution algorithms.")
+@click.option("--prefer-nhwc/--no-prefer-nhwc", default=None, help="CUDA provider: channels-last convolutions.")
+@click.option("--device-id", default=0, show_default=True, type=click.IntRange(min=0), help="CUDA device.")
+@click.option("--placement/--no-placement", default=True, show_default=True,
+              help="Report the nodes on each provider ('nodes on CPU: N of M', one profiled run per model).")
 def bench(models: tuple[Path, ...], batch: str, threads: str, provider: str, allow_fallback: bool, warmup: int,
           runs: int, duration: float | None, compare: tuple[str, ...], keras_path: Path | None,
-          calibration: Path | None, json_path: Path | None, csv_path: Path | None, plot_path: Path | None) -> None:
+          calibration: Path | None, json_path: Path | None, csv_path: Path | None, plot_path: Path | None,
+          io_binding: bool | None, cuda_graph: bool, cudnn_conv_algo_search: str, prefer_nhwc: bool | None,
+          device_id: int, placement: bool) -> None:
     """Benchmark ONNX MODELS (default: the packaged reference model) across batches, threads, providers."""
     from edgecnn.card import atomic_write_text
     from edgecnn.runtime import default_model_path
     from edgecnn.runtime.benchmark import BenchConfig, parse_int_list, run_benchmark
 
     config = BenchConfig(batch_sizes=parse_int_list(batch, "--batch"), threads=parse_int_list(threads, "--threads"),
-                         provider=provider, warmup=warmup, runs=runs, duration_s=duration, allow_fallback=allow_fallback)
+                         provider=provider, warmup=warmup, runs=runs, duration_s=duration, allow_fallback=allow_fallback,
+                         io_binding=io_binding, cuda_graph=cuda_graph, cudnn_conv_algo_search=cudnn_conv_algo_search.upper(),
+                         prefer_nhwc=prefer_nhwc, device_id=device_id, placement=placement)
     report = run_benchmark(list(models) or [default_model_path()], config, compare=compare, keras_path=keras_path,
                            calibration_data=calibration)
     m = report.machine
-    _echo_wide_table(f"edgecnn bench - {m['cpu']} ({m['usable_cpus']} cpus, {' '.join(m['simd'])}), onnxruntime "
+    gpu = f"{m['gpu'][0]['name']}, " if provider != "cpu" and m.get("gpu") else ""
+    _echo_wide_table(f"edgecnn bench - {gpu}{m['cpu']} ({m['usable_cpus']} cpus, {' '.join(m['simd'])}), onnxruntime "
                      f"{m['onnxruntime']}", *report.table_rows())
+    for line in report.placement_lines():
+        click.echo(line)
     for note in report.notes + sorted({n for r in report.results for n in r.notes}):
         click.echo(f"note: {note}")
     for path, text in ((json_path, report.to_json), (csv_path, report.to_csv)):
