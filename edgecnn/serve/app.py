@@ -31,7 +31,7 @@ __all__ = ["create_app"]
 
 _IMAGE_TYPES = ("application/octet-stream", "image/")
 _ERRORS = {400: "Undecodable, truncated, empty or oversized image; malformed JSON or multipart.",
-           401: "Missing or wrong bearer token.", 404: "No model of that name.", 413: "Body over the size limit.",
+           401: "Missing or wrong bearer token.", 404: "No model of that name.", 413: "Body over the size limit, or too many JSON instances.",
            415: "Unsupported Content-Type.", 422: "Wrong tensor shape, dtype or values, or a bad query parameter.",
            503: "Overloaded (queue full), timed out, not ready or shutting down; see Retry-After."}
 
@@ -135,7 +135,8 @@ def _media_kind(content_type: str | None) -> tuple[str, dict[bytes, bytes]]:
                      "application/json tensors.")
 
 
-async def _run(batcher: MicroBatcher, kind: str, params: dict[bytes, bytes], body: bytes, top_k: int) -> list[Any]:
+async def _run(batcher: MicroBatcher, kind: str, params: dict[bytes, bytes], body: bytes, top_k: int,
+               max_instances: int) -> list[Any]:
     """Request body -> top-k predictions per image or tensor.
 
     Images are decoded in the batch's thread (one thread hop per batch); JSON tensors and
@@ -146,7 +147,7 @@ async def _run(batcher: MicroBatcher, kind: str, params: dict[bytes, bytes], bod
     if kind == "multipart":
         image = await run_in_threadpool(multipart_file, body, params[b"boundary"])
         return await batcher.submit(top_k=top_k, image=image)
-    x = await run_in_threadpool(batcher.model.prepare_json, body)
+    x = await run_in_threadpool(batcher.model.prepare_json, body, max_instances)
     return await batcher.submit(top_k=top_k, x=x)
 
 
@@ -166,7 +167,7 @@ def _add_routes(app: FastAPI, models: dict[str, ServedModel], batchers: dict[str
         try:
             async with asyncio.timeout(config.timeout_s), batcher.admit():
                 body = await request.body()
-                preds = await _run(batcher, kind, params, body, top_k)
+                preds = await _run(batcher, kind, params, body, top_k, config.max_instances)
         except TimeoutError:
             raise ServeError(503, "timeout", f"No answer within {config.timeout_s:g} s; the server is busy, retry "
                              "later.", {"Retry-After": wait}) from None

@@ -59,20 +59,24 @@ class ServedModel:
         except InputError as err:
             raise ServeError(400, "invalid_image", str(err)) from err
 
-    def prepare_json(self, data: bytes) -> np.ndarray:
+    def prepare_json(self, data: bytes, max_instances: int = 256) -> np.ndarray:
         """A JSON body ``{"instances": [...], "input": "tensor" | "pixels"}`` -> an (N, ...) model input.
 
         ``tensor`` instances are model inputs (normalized, card layout); ``pixels`` instances are
         HxWx3 RGB values 0-255 at the model's input size, normalized here from the card.
 
         Raises:
-            ServeError: 400 for malformed JSON, 422 for a wrong structure, shape, dtype or values.
+            ServeError: 400 for malformed JSON, 413 for more than ``max_instances`` instances,
+                422 for a wrong structure, shape, dtype or values.
         """
         try:
             body = json.loads(data)
         except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
             raise ServeError(400, "invalid_json", f"The body is not valid JSON ({str(err)[:200]}).") from err
         instances, kind = _parse_body(body)
+        if len(instances) > max_instances:
+            raise ServeError(413, "too_many_instances", f"{len(instances)} instances in one request; the limit is "
+                             f"{max_instances}. Split the request.")
         try:
             arr = np.asarray(instances)
         except (ValueError, TypeError, RecursionError, OverflowError) as err:  # ragged, too deep, ...

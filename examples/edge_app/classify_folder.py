@@ -50,17 +50,16 @@ def settled_images(folder: Path, seen: dict[Path, tuple[int, int, int]]) -> list
 def classify(clf: Classifier, names: list[str], images: list[object], top_k: int) -> Iterator[dict]:
     """One result per image; a batch with a bad image falls back to one image at a time."""
     try:
-        for name, preds in zip(names, clf.predict(images, top_k=top_k)):
-            yield {"image": name, "top_k": [p.to_dict() for p in preds]}
-        return
-    except EdgecnnError:
+        predictions = clf.predict(images, top_k=top_k)
+    except EdgecnnError as err:
         if len(images) == 1:
-            raise
-    for name, image in zip(names, images):
-        try:
+            yield {"image": names[0], "error": str(err)}
+            return
+        for name, image in zip(names, images):
             yield from classify(clf, [name], [image], top_k)
-        except EdgecnnError as err:
-            yield {"image": name, "error": str(err)}
+        return
+    for name, preds in zip(names, predictions):
+        yield {"image": name, "top_k": [p.to_dict() for p in preds]}
 
 
 def read_frames(stream: BinaryIO) -> Iterator[bytes]:

@@ -144,6 +144,7 @@ BAD_REQUESTS = [
     ("too-large", _PNG, b"\0" * (70 * 1024), 413, "body_too_large"),
     ("multipart-no-boundary", {"Content-Type": "multipart/form-data"}, b"--x--", 400, "invalid_multipart"),
     ("multipart-garbage", {"Content-Type": "multipart/form-data; boundary=zz"}, b"garbage", 400, "invalid_multipart"),
+    ("json-too-many", _JSON, json.dumps({"instances": [0] * 300}).encode(), 413, "too_many_instances"),
     ("json-malformed", _JSON, b"{\"instances\": [", 400, "invalid_json"),
     ("json-not-utf8", _JSON, b"\xff\xfe\xfa", 400, "invalid_json"),
     ("json-deep", _JSON, b"[" * 20_000 + b"]" * 20_000, 400, "invalid_json"),
@@ -337,3 +338,11 @@ def test_cmyk_jpeg_is_converted_to_rgb(live):
     cmyk.save(buf, format="JPEG")
     r = httpx.post(f"{live.url}/v1/models/tiny_nhwc:predict", content=buf.getvalue(), headers={"Content-Type": "image/jpeg"})
     assert r.status_code == 200  # converted to RGB, as training does
+
+
+@pytest.mark.gpu
+def test_cuda_provider_is_used_when_asked(model_dir, images):
+    with running_server(model_dir / "tiny_nhwc.onnx", provider="cuda") as srv:
+        assert httpx.get(f"{srv.url}/v1/models").json()["models"][0]["providers"][0] == "CUDAExecutionProvider"
+        r = httpx.post(f"{srv.url}/v1/models/tiny_nhwc:predict", content=png(images[0]), headers=_PNG)
+        assert r.status_code == 200
