@@ -126,7 +126,7 @@ def _input(clf: Any, batch: int) -> np.ndarray:
     return np.random.default_rng(batch).standard_normal(shape).astype(clf.input_dtype)
 
 
-def _classifier(path: Path, provider: str, run: Run, **cuda: Any) -> Any:
+def _classifier(path: Path, provider: str, **cuda: Any) -> Any:
     from edgecnn.runtime import Classifier
     from edgecnn.runtime.session import CudaOptions
 
@@ -146,7 +146,7 @@ def ort_case(run: Run, path: Path, provider: str, batches: tuple[int, ...], *, m
     precision, layout = name.split(".")
     base = {"runner": "onnxruntime", "model": name, "precision": precision, "layout": layout, "config": config}
     if {"plain", "iobinding"} & set(modes):
-        clf = _classifier(path, provider, run, **cuda)
+        clf = _classifier(path, provider, **cuda)
         for batch in batches:
             x = _input(clf, batch)
             sess, feed, out = clf.session, {clf.input_name: x}, [clf.output_name]
@@ -161,7 +161,7 @@ def ort_case(run: Run, path: Path, provider: str, batches: tuple[int, ...], *, m
             run.data["skipped"].append(f"{name} {config} cudagraph: needs CUDA (dry run)")
             return
         for batch in batches:
-            clf = _classifier(path, provider, run, cuda_graph=True, **cuda)
+            clf = _classifier(path, provider, cuda_graph=True, **cuda)
             _, fn = _bound_runner(clf, _input(clf, batch))
             run.measure(fn, batch, mode="cudagraph", providers=clf.providers, **base)
             del clf
@@ -171,7 +171,7 @@ def classifier_end_to_end(run: Run, path: Path, provider: str, batches: tuple[in
     """``Classifier.run`` on a host array: update_inplace (H2D), replay, output copy (D2H)."""
     graph = provider == "cuda"
     for batch in batches:
-        clf = _classifier(path, provider, run, **({"cuda_graph": True} if graph else {}))
+        clf = _classifier(path, provider, **({"cuda_graph": True} if graph else {}))
         x = _input(clf, batch).astype(np.float32)  # what preprocess() gives; run() casts to the model dtype
         name = path.name.removeprefix(f"{MODEL}.").removesuffix(".onnx")
         run.measure(lambda: clf.run(x), batch, runner="edgecnn.Classifier.run", model=name, mode="host-in-out",
