@@ -427,7 +427,8 @@ Examples:
 @click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True,
               help="Execution provider.")
 @click.option("--allow-fallback", is_flag=True, help="Run on the CPU (with a warning) if the provider is unusable.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads (default: all cores).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Intra-op threads (default: all cores but one, which stays with HTTP and decoding).")
 def serve(model_or_dir: Path | None, host: str, port: int, token: str | None, max_batch: int, max_delay_ms: float,
           queue_size: int, timeout_s: float, max_body_mb: float, max_pixels: int, provider: str,
           allow_fallback: bool, threads: int | None) -> None:

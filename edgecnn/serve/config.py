@@ -28,7 +28,8 @@ class ServeConfig:
         max_body_bytes: larger request bodies get 413 before they are read.
         max_pixels: larger images get 400 from their header, before decoding.
         max_instances: most tensors in one JSON request.
-        provider, threads, allow_fallback: as in :class:`edgecnn.runtime.Classifier`.
+        provider, threads, allow_fallback: as in :class:`edgecnn.runtime.Classifier`, except that
+            ``threads=None`` means every core but one (see :func:`edgecnn.serve.models.server_threads`).
         default_top_k: classes returned when the request does not say.
         shutdown_timeout_s: how long a stopping server waits for in-flight requests.
     """
