@@ -38,6 +38,6 @@ def rng() -> np.random.Generator:
 @pytest.fixture(scope="session")
 def sample_data():
     """The embedded CIFAR-10 sample as (x_train, y_train, x_test, y_test) uint8 arrays."""
-    from edgecnn.train.data import load_embedded_sample
+    from edgecnn.datasets import load_embedded_sample
 
     return load_embedded_sample()

@@ -49,7 +49,7 @@ def throughput(models: list[str], data: str, images: int, batch: int) -> None:
     import keras
 
     from edgecnn.train.config import AugmentConfig
-    from edgecnn.train.data import load_npz
+    from edgecnn.datasets import load_npz
     from edgecnn.train.pipeline import make_dataset
     from edgecnn.train.registry import build_model
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
+from edgecnn.datasets import IMAGE_EXTENSIONS, list_images, read_image, resize_all, to_uint8
 from edgecnn.errors import DataError
 
 __all__ = ["EvalData", "load_eval_data"]
 
-_IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 _HOLDOUT_FRACTION = 0.2
 
 
@@ -81,36 +81,9 @@ def _from_npz(path: Path, size: tuple[int, int], seed: int) -> EvalData:
 def _as_images(x: np.ndarray, path: Path, key: str, size: tuple[int, int]) -> np.ndarray:
     if x.ndim != 4 or x.shape[-1] != 3:
         raise DataError(f"{path}: {key} must be (N, height, width, 3) RGB images, got shape {x.shape}.")
-    if x.dtype != np.uint8:
-        if not np.issubdtype(x.dtype, np.number) or x.min() < 0 or x.max() > 255:
-            raise DataError(f"{path}: {key} must be uint8 pixels 0-255, got dtype {x.dtype}.")
-        x = np.clip(np.rint(x * (255.0 if x.max() <= 1.0 else 1.0)), 0, 255).astype(np.uint8)
-    if x.shape[1:3] != tuple(size):
-        x = np.stack([_resize(i, size) for i in x])
-    return x
-
-
-def _resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(img).resize((size[1], size[0]), Image.BILINEAR))
-
-
-def _read(path: Path, size: tuple[int, int]) -> np.ndarray:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-            if img.size != (size[1], size[0]):
-                img = img.resize((size[1], size[0]), Image.BILINEAR)
-            return np.asarray(img, dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError) as err:
-        raise DataError(f"Cannot read image {path} ({err}); remove or replace the file.") from err
-
-
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in _IMAGE_EXTENSIONS)
+    if not np.issubdtype(x.dtype, np.number):
+        raise DataError(f"{path}: {key} must be uint8 pixels 0-255, got dtype {x.dtype}.")
+    return resize_all(to_uint8(x, f"{path}:{key}"), size)
 
 
 def _class_tree(root: Path, size: tuple[int, int], names: list[str] | None):
@@ -118,8 +91,8 @@ def _class_tree(root: Path, size: tuple[int, int], names: list[str] | None):
     names = names or dirs
     xs, ys = [], []
     for label, name in enumerate(names):
-        files = _images_in(root / name) if (root / name).is_dir() else []
-        xs += [_read(f, size) for f in files]
+        files = list_images(root / name) if (root / name).is_dir() else []
+        xs += [read_image(f, size) for f in files]
         ys += [label] * len(files)
     if not xs:
         raise DataError(f"No images under {root}.")
@@ -135,8 +108,8 @@ def _from_folder(root: Path, size: tuple[int, int], seed: int) -> EvalData:
     if len(subdirs) >= 2:
         x, y, names = _class_tree(root, size, None)
         return EvalData(*_split(x, y, seed), names, f"{root.name} (class folders, 20% held out)")
-    files = _images_in(root)
+    files = list_images(root)
     if not files:
-        raise DataError(f"No images ({', '.join(sorted(_IMAGE_EXTENSIONS))}) under {root}.")
-    x = np.stack([_read(f, size) for f in files])
+        raise DataError(f"No images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {root}.")
+    x = np.stack([read_image(f, size) for f in files])
     return EvalData(*_split(x, None, seed), None, f"{root.name} (images, 20% held out)")

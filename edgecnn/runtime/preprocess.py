@@ -36,7 +36,7 @@ def normalize_batch(x: np.ndarray, card: ModelCard) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------ image decoding
-# Added for the runtime's Classifier; decoding mirrors edgecnn.train.data.read_image exactly
+# The one image decoder: edgecnn.datasets.read_image (training data) calls it too
 # (Pillow ``convert("RGB")`` then a bilinear resize to (width, height)), so the same file gives
 # the same uint8 tensor in training and at inference.
 

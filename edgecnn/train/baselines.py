@@ -41,10 +41,10 @@ _PREDICT_MAX_RUNS = 100  # model.predict costs tens of ms per call; more runs ch
 def calibration_images(card: ModelCard, n: int = 128, data: str | Path | None = None) -> np.ndarray:
     """``n`` uint8 NHWC calibration images at the card's size: the first train images of ``data``
     (an .npz in the keras layout) or of the embedded CIFAR-10 sample."""
-    from edgecnn.train.data import _resize_all, load_embedded_sample, load_npz
+    from edgecnn.datasets import load_embedded_sample, load_npz, resize_all
 
     x = load_npz(data)[0] if data is not None else load_embedded_sample()[0]
-    return _resize_all(x[:n], card.input_size)
+    return resize_all(x[:n], card.input_size)
 
 
 def convert_litert_int8(keras_file: str | Path, card: ModelCard, calibration: np.ndarray) -> bytes:

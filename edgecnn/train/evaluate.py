@@ -107,7 +107,7 @@ def evaluate(model_path: str | Path, *, data: str | None = None, out: str | Path
     Raises:
         ArtifactError: for a missing or corrupt model; DataError: for unusable data.
     """
-    from edgecnn.train.data import load_dataset
+    from edgecnn.datasets import load_dataset
     from edgecnn.train.plots import plot_confusion
 
     path = Path(model_path)

@@ -89,7 +89,7 @@ def gradcam_files(run: str | Path, images: Sequence[str | Path], out: str | Path
         ArtifactError, InputError, DataError: for a bad run, class name or image.
     """
     from edgecnn.runtime.preprocess import normalize_batch
-    from edgecnn.train.data import read_image
+    from edgecnn.datasets import read_image
     from edgecnn.train.loop import load_run_model
     from edgecnn.train.plots import _pyplot
 

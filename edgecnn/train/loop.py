@@ -23,7 +23,7 @@ from edgecnn.card import ModelCard, atomic_write_text
 from edgecnn.errors import ArtifactError, ConfigError
 from edgecnn.train import architectures  # noqa: F401  (registers custom layers for load_model)
 from edgecnn.train.config import TrainConfig
-from edgecnn.train.data import Dataset, channel_stats, load_dataset
+from edgecnn.datasets import Dataset, channel_stats, load_dataset
 from edgecnn.train.pipeline import make_dataset, steps_per_epoch
 from edgecnn.train.registry import build_model, get_model_spec
 

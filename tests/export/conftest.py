@@ -16,7 +16,7 @@ CLASSES = "0-2"
 
 @pytest.fixture(scope="session")
 def sample3():
-    from edgecnn.train.data import load_dataset
+    from edgecnn.datasets import load_dataset
 
     return load_dataset("sample", classes=CLASSES)
 

@@ -68,8 +68,8 @@ def test_all_input_kinds_agree(models, pixels, tmp_path):
 
 
 def test_preprocessing_identical_to_training(models, tmp_path):
-    """Same file -> same tensor as training's decoder (edgecnn.train.data.read_image) + normalize_batch."""
-    from edgecnn.train.data import read_image
+    """Same file -> same tensor as training's decoder (edgecnn.datasets.read_image) + normalize_batch."""
+    from edgecnn.datasets import read_image
 
     rgb = np.random.default_rng(1).integers(0, 256, size=(21, 13, 3), dtype=np.uint8)
     path = tmp_path / "odd_size.png"

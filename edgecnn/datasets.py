@@ -1,8 +1,10 @@
 """Datasets: CIFAR-10 (download, or a local .npz in the keras layout), image folders, and the
-embedded CIFAR-10 sample; plus the tf.data input pipeline with normalization and augmentation.
+embedded CIFAR-10 sample. No TensorFlow here (only the CIFAR-10 download loads Keras), so the
+export stage reads calibration data through the same code.
 
-Every source is decoded to uint8 RGB arrays of the model's input size. Images that need resizing
-go through Pillow's bilinear resize, exactly as :mod:`edgecnn.runtime` does at inference time.
+Every source is decoded to uint8 RGB arrays of the model's input size by the runtime's own
+decoder (:func:`edgecnn.runtime.preprocess.load_image`: Pillow ``convert("RGB")`` and bilinear
+resize), so training and inference see the same tensor for the same file.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from edgecnn.errors import DataError
+from edgecnn.errors import DataError, InputError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Dataset", "load_dataset", "load_image_folder", "load_npz", "load_embedded_sample",
-           "channel_stats", "parse_classes", "CIFAR10_CLASSES", "IMAGE_EXTENSIONS"]
+__all__ = ["Dataset", "load_dataset", "load_image_folder", "load_npz", "load_embedded_sample", "read_image",
+           "list_images", "resize_all", "to_uint8", "channel_stats", "parse_classes", "CIFAR10_CLASSES",
+           "IMAGE_EXTENSIONS"]
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
@@ -79,8 +82,8 @@ def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
     x_train, y_train, x_test, y_test = arrays
     for name, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
         _check_split(path, name, x, y)
-    return (_to_uint8(x_train, path), y_train.reshape(-1).astype(np.int32),
-            _to_uint8(x_test, path), y_test.reshape(-1).astype(np.int32))
+    return (to_uint8(x_train, path), y_train.reshape(-1).astype(np.int32),
+            to_uint8(x_test, path), y_test.reshape(-1).astype(np.int32))
 
 
 def _check_split(path: Path, name: str, x: np.ndarray, y: np.ndarray) -> None:
@@ -96,7 +99,12 @@ def _check_split(path: Path, name: str, x: np.ndarray, y: np.ndarray) -> None:
         raise DataError(f"{path}: y_{name} has negative labels.")
 
 
-def _to_uint8(x: np.ndarray, path: Path) -> np.ndarray:
+def to_uint8(x: np.ndarray, path: str | Path) -> np.ndarray:
+    """Pixels as uint8: 0-255 numbers are rounded, 0-1 floats scaled (with a warning).
+
+    Raises:
+        DataError: for values outside 0-255.
+    """
     if x.dtype == np.uint8:
         return x
     lo, hi = float(x.min()), float(x.max())
@@ -129,8 +137,9 @@ def download_cifar10() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     Raises:
         DataError: when the download fails, saying to pass a local file instead.
     """
-    import keras
+    from edgecnn._optional import require
 
+    keras = require("keras", "train")
     old = socket.getdefaulttimeout()
     socket.setdefaulttimeout(_DOWNLOAD_TIMEOUT_S)
     try:
@@ -145,20 +154,26 @@ def download_cifar10() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return x_train, y_train.reshape(-1).astype(np.int32), x_test, y_test.reshape(-1).astype(np.int32)
 
 
-def _list_images(folder: Path) -> list[Path]:
+def list_images(folder: Path) -> list[Path]:
+    """Image files (by extension) below ``folder``, sorted."""
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
 
-def read_image(path: Path, size: tuple[int, int] | None) -> np.ndarray:
-    """Decode one image to uint8 RGB, resized (bilinear) to ``size`` = (height, width)."""
+def read_image(path: str | Path, size: tuple[int, int] | None) -> np.ndarray:
+    """Decode one image file to uint8 RGB at ``size`` = (height, width), or its own size if None.
+
+    Raises:
+        DataError: for an unreadable, truncated or oversized image, naming the file.
+    """
+    from edgecnn.runtime.preprocess import load_image
+
     try:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-            if size is not None and img.size != (size[1], size[0]):
-                img = img.resize((size[1], size[0]), Image.BILINEAR)
-            return np.asarray(img, dtype=np.uint8)
-    except Image.DecompressionBombError as err:
-        raise DataError(f"{path} is too large to decode safely ({err}); shrink it or remove it.") from err
+        if size is None:
+            with Image.open(path) as img:
+                size = (img.height, img.width)
+        return load_image(Path(path), size)
+    except InputError as err:
+        raise DataError(f"{err} Remove or replace {path}.") from err
     except (OSError, ValueError, SyntaxError) as err:
         raise DataError(f"Cannot read image {path} ({err}); remove or replace the file.") from err
 
@@ -173,7 +188,7 @@ def _read_class_tree(root: Path, size: tuple[int, int], class_names: list[str] |
         raise DataError(f"{root} needs at least two class sub-folders (one per class), found {len(class_names)}.")
     xs, ys = [], []
     for label, name in enumerate(class_names):
-        files = _list_images(root / name)
+        files = list_images(root / name)
         if not files:
             raise DataError(f"Class folder {root / name} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}).")
         xs += [read_image(f, size) for f in files]
@@ -239,7 +254,8 @@ def _subset(x, y, keep: list[int]):
     return x[mask], remap[y[mask]]
 
 
-def _resize_all(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def resize_all(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a uint8 NHWC batch to ``size`` = (height, width) with Pillow's bilinear filter."""
     if x.shape[1:3] == tuple(size):
         return x
     return np.stack([np.asarray(Image.fromarray(i).resize((size[1], size[0]), Image.BILINEAR)) for i in x])
@@ -322,7 +338,7 @@ def load_dataset(
         x_val, y_val = x_te, y_te
     if y_tr.max() >= len(class_names):
         raise DataError(f"Labels go up to {int(y_tr.max())} but there are {len(class_names)} classes.")
-    x_tr, x_val, x_te = (_resize_all(a, input_size) for a in (x_tr, x_val, x_te))
+    x_tr, x_val, x_te = (resize_all(a, input_size) for a in (x_tr, x_val, x_te))
     return Dataset(name, class_names, x_tr, y_tr, x_val, y_val, x_te, y_te, source)
 
 
