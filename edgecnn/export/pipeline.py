@@ -181,7 +181,7 @@ def _run_data(card: ModelCard, calibration_data: str | Path | None, config: Expo
     ``calibration_data`` (any .npz/folder) when given. If the run's dataset is gone, the held-out
     part of ``calibration_data`` serves as the test set."""
     from edgecnn.export._data import load_eval_data
-    from edgecnn.train.data import load_dataset  # no TensorFlow import; the run needs TF anyway
+    from edgecnn.datasets import load_dataset  # no TensorFlow import; the run needs TF anyway
 
     spec = card.dataset.get("path")
     spec = "cifar10" if spec == "keras.datasets.cifar10" else spec
