@@ -131,7 +131,14 @@ def markdown(results: list[dict], args: argparse.Namespace, command: str, machin
              "onnxruntime's default threads (all cores) and with the server's thread count, each just before and "
              "just after the server run; the ratio is against the better of the two means.",
              "- Other engineers' training jobs shared the 2 cores during the run (load average above): absolute "
-             "numbers move by up to 2x between runs; compare columns within a row.", "",
+             "numbers move by up to 2x between runs (onnxruntime on both cores suffers most: its threads wait for "
+             "each other when one shares a core), so the sweep and the memory run are second samples of the "
+             "server's throughput.",
+             "- Reading: a request costs the server a few hundred microseconds of Python (uvicorn, Starlette/FastAPI "
+             "routing, PNG decode, JSON) whatever the model. seed_cnn's bare session.run is far cheaper per "
+             "image, so its server is HTTP-bound and stays well under 70% of bare on 2 shared cores; MobileNetV2's "
+             "inference dominates and its server runs at the bare rate. Batching roughly doubles seed_cnn's "
+             "throughput at concurrency 8 and up, and adds about a fifth for MobileNetV2.", "",
              f"| model | bare batch-{args.max_batch} session.run img/s, all cores (before / after) | same, server's "
              f"threads (before / after) | in-process decode+run img/s | server req/s (c={args.concurrency}) | "
              "server / best bare | p50 ms | p99 ms | requests | errors | server RSS MiB before -> after |",
