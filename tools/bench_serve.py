@@ -123,7 +123,7 @@ def machine() -> str:
 def markdown(results: list[dict], args: argparse.Namespace, command: str, machine_line: str, date: str) -> str:
     lines = [BEGIN, "## Serving (`edgecnn serve`)", "",
              f"- Command: `{command}`", f"- Date: {date}",
-             f"- Machine: {machine_line}",
+             f"- Machine: {machine_line}", *(f"- {n}" for n in args.note),
              f"- Server: `edgecnn serve MODEL --max-batch {args.max_batch} --max-delay-ms {args.max_delay_ms:g}` "
              "(uvicorn with httptools + uvloop; onnxruntime on all cores but one), client `tools/load_serve.py` (keep-alive HTTP/1.1, random 32x32 "
              "PNGs) on the same machine: the client's CPU is taken from the server's 2 cores.",
@@ -212,6 +212,7 @@ def main() -> None:
     ap.add_argument("--matrix-requests", type=int, default=2000)
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     ap.add_argument("--json", type=Path, default=ROOT / "docs" / "benchmarks" / "serve.json")
+    ap.add_argument("--note", action="append", default=[], help="A bullet to add (where a model came from...).")
     ap.add_argument("--render", action="store_true", help="Only rewrite the markdown from --json (no measuring).")
     args = ap.parse_args()
     if args.render:
