@@ -125,8 +125,9 @@ def markdown(results: list[dict], args: argparse.Namespace, command: str, machin
              f"- Command: `{command}`", f"- Date: {date}",
              f"- Machine: {machine_line}", *(f"- {n}" for n in args.note),
              f"- Server: `edgecnn serve MODEL --max-batch {args.max_batch} --max-delay-ms {args.max_delay_ms:g}` "
-             "(uvicorn with httptools + uvloop; onnxruntime on all cores but one), client `tools/load_serve.py` (keep-alive HTTP/1.1, random 32x32 "
-             "PNGs) on the same machine: the client's CPU is taken from the server's 2 cores.",
+             "(uvicorn with httptools + uvloop; onnxruntime on all cores but one), client `tools/load_serve.py` "
+             "(keep-alive HTTP/1.1, random 32x32 PNGs) on the same machine: the client's CPU is taken from the "
+             "server's 2 cores.",
              "- Bare: `Classifier.run` on one preprocessed batch in a loop (no decoding, no HTTP), with "
              "onnxruntime's default threads (all cores) and with the server's thread count, each just before and "
              "just after the server run; the ratio is against the better of the two means.",

@@ -31,7 +31,8 @@ __all__ = ["create_app"]
 
 _IMAGE_TYPES = ("application/octet-stream", "image/")
 _ERRORS = {400: "Undecodable, truncated, empty or oversized image; malformed JSON or multipart.",
-           401: "Missing or wrong bearer token.", 404: "No model of that name.", 413: "Body over the size limit, or too many JSON instances.",
+           401: "Missing or wrong bearer token.", 404: "No model of that name.",
+           413: "Body over the size limit, or too many JSON instances.",
            415: "Unsupported Content-Type.", 422: "Wrong tensor shape, dtype or values, or a bad query parameter.",
            503: "Overloaded (queue full), timed out, not ready or shutting down; see Retry-After."}
 
@@ -157,10 +158,11 @@ def _add_routes(app: FastAPI, models: dict[str, ServedModel], batchers: dict[str
 
     # The busiest route first: Starlette tries routes in order.
     @app.post("/v1/models/{name}:predict", response_model=PredictResponse, tags=["models"],
-              responses=_responses(400, 401, 404, 413, 415, 422, 503), openapi_extra={"requestBody": PREDICT_REQUEST_BODY},
+              responses=_responses(400, 401, 404, 413, 415, 422, 503),
+              openapi_extra={"requestBody": PREDICT_REQUEST_BODY},
               summary="Classify an image (raw bytes or multipart upload) or a batch of JSON tensors.")
-    async def predict(name: str, request: Request,
-                      top_k: int = Query(config.default_top_k, ge=1, le=1000, description="Classes per image.")) -> Response:
+    async def predict(name: str, request: Request, top_k: int = Query(
+            config.default_top_k, ge=1, le=1000, description="Classes per image.")) -> Response:
         model = lookup(models, name)
         kind, params = _media_kind(request.headers.get("content-type"))
         batcher = batchers[name]
@@ -218,7 +220,8 @@ def _customize_openapi(app: FastAPI, config: ServeConfig, names: list[str]) -> N
                     if config.token and path not in PUBLIC_PATHS:
                         op["security"] = [{"bearer": []}]
             if config.token:
-                schema.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+                bearer = {"type": "http", "scheme": "bearer"}
+                schema.setdefault("components", {})["securitySchemes"] = {"bearer": bearer}
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -134,7 +134,7 @@ class MicroBatcher:
         while not self._queue.empty():
             job = self._queue.get_nowait()
             if not job.future.done():
-                job.future.set_exception(ServeError(503, "shutting_down", "The server stopped before this request ran."))
+                job.future.set_exception(ServeError(503, "shutting_down", "The server stopped before it ran."))
         self._executor.shutdown(wait=True)
 
     # ------------------------------------------------------------------------------- worker

@@ -7,6 +7,7 @@ runtime errors are mapped by :func:`from_edgecnn_error`, so a client mistake is 
 from __future__ import annotations
 
 import json
+
 from edgecnn.errors import EdgecnnError, InputError, ModelNotFoundError
 
 __all__ = ["ServeError", "error_body", "from_edgecnn_error"]

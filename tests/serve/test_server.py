@@ -336,7 +336,8 @@ def test_cmyk_jpeg_is_converted_to_rgb(live):
     cmyk = Image.new("CMYK", (8, 8))
     buf = io.BytesIO()
     cmyk.save(buf, format="JPEG")
-    r = httpx.post(f"{live.url}/v1/models/tiny_nhwc:predict", content=buf.getvalue(), headers={"Content-Type": "image/jpeg"})
+    r = httpx.post(f"{live.url}/v1/models/tiny_nhwc:predict", content=buf.getvalue(),
+                   headers={"Content-Type": "image/jpeg"})
     assert r.status_code == 200  # converted to RGB, as training does
 
 
