@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
 from typing import Any
 
@@ -63,7 +62,6 @@ def keras_to_onnx(
     Raises:
         ArtifactError: if an op cannot be converted (named in the message) or conversion fails.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     tf = require("tensorflow", "train")
     tf2onnx = require("tf2onnx", "export")
     spec = (tf.TensorSpec((None, *input_shape), tf.float32, name=input_name),)

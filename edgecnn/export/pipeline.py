@@ -156,7 +156,6 @@ def export_onnx_file(onnx_path: str | Path, *, out_dir: str | Path | None = None
 def _load_keras(path: Path) -> Any:
     if not path.is_file():
         raise ArtifactError(f"No model.keras in {path.parent}; pass a run directory made by `edgecnn train`.")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     keras = require("keras", "train")
     try:
         # Zoo models with custom layers (ShuffleNet's ChannelSplit/ChannelShuffle) register them
