@@ -234,7 +234,16 @@ def _floats3(value: str | None, flag: str) -> tuple[float, ...] | None:
     return out
 
 
-@main.command()
+_EXPORT_EPILOG = """\b
+Examples:
+  edgecnn export runs/seed                               # model.onnx + export_report.{json,md}
+  edgecnn export runs/seed -q int8 -q fp16 --layout nchw --triton triton_repo
+  edgecnn export runs/seed -q int8 --calibration-method percentile --max-accuracy-drop 0.5
+  edgecnn export other.onnx -q int8 --calibration-data images/ --mean 123.7,116.3,103.5 --std 58.4,57.1,57.4
+"""
+
+
+@main.command(epilog=_EXPORT_EPILOG)
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder (default: RUN/export, or <stem>-export/ next to an .onnx).")
@@ -306,7 +315,14 @@ def _echo_wide_table(title: str, columns: list[str], rows: list[list[str]]) -> N
     Console(width=max(200, Console().width)).print(table)
 
 
-@main.command()
+_PREDICT_EPILOG = """\b
+Examples:
+  edgecnn predict runs/seed/export/model.int8.onnx cat.jpg dog.png --top-k 3
+  edgecnn predict model.onnx frame.png --json --provider cuda
+"""
+
+
+@main.command(epilog=_PREDICT_EPILOG)
 @click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--top-k", "-k", default=5, show_default=True, type=click.IntRange(min=1), help="Classes per image.")
@@ -333,7 +349,16 @@ def predict(model: Path, images: tuple[Path, ...], top_k: int, provider: str, al
     _echo_table(f"{clf.card.name} ({clf.card.precision}) on {clf.providers[0]}", ["image", "rank", "label", "probability"], rows)
 
 
-@main.command()
+_BENCH_EPILOG = """\b
+Examples:
+  edgecnn bench                                          # the packaged reference model
+  edgecnn bench model.onnx model.int8.onnx --batch 1,32 --threads 1,2 --csv b.csv --plot b.png
+  edgecnn bench model.int8.onnx --compare keras --compare tflite --keras runs/seed
+  edgecnn bench model.onnx --provider cuda --cuda-graph --batch 256
+"""
+
+
+@main.command(epilog=_BENCH_EPILOG)
 @click.argument("models", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--batch", "batch", default="1,32", show_default=True, help="Batch sizes, comma-separated.")
 @click.option("--threads", default="1", show_default=True, help="Thread counts, comma-separated.")
