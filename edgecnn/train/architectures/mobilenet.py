@@ -6,7 +6,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from edgecnn.train.architectures._common import classifier_head, make_divisible
+from edgecnn.train.architectures._common import BN_MOMENTUM, classifier_head, make_divisible
 from edgecnn.train.registry import register_model
 
 # (expansion t, output channels c, repeats n, first stride s) of the paper's table 2.
@@ -21,13 +21,13 @@ def _inverted_residual(x, expansion: int, filters: int, strides: int, name: str)
     y = x
     if expansion != 1:
         y = layers.Conv2D(in_ch * expansion, 1, use_bias=False, name=f"{name}_expand")(y)
-        y = layers.BatchNormalization(name=f"{name}_expand_bn")(y)
+        y = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_expand_bn")(y)
         y = layers.ReLU(6.0, name=f"{name}_expand_relu")(y)
     y = layers.DepthwiseConv2D(3, strides=strides, padding="same", use_bias=False, name=f"{name}_depthwise")(y)
-    y = layers.BatchNormalization(name=f"{name}_depthwise_bn")(y)
+    y = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_depthwise_bn")(y)
     y = layers.ReLU(6.0, name=f"{name}_depthwise_relu")(y)
     y = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_project")(y)
-    y = layers.BatchNormalization(name=f"{name}_project_bn")(y)  # linear bottleneck: no activation
+    y = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_project_bn")(y)  # linear bottleneck: no activation
     if strides == 1 and in_ch == filters:
         y = layers.Add(name=f"{name}_add")([x, y])
     return y
@@ -37,7 +37,7 @@ def _mobilenet_v2(num_classes, input_shape, *, cfg, width: float, stem_stride: i
                   dropout: float, name: str) -> keras.Model:
     inputs = keras.Input(input_shape, name="images")
     x = layers.Conv2D(make_divisible(32 * width), 3, strides=stem_stride, padding="same", use_bias=False, name="stem_conv")(inputs)
-    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="stem_bn")(x)
     x = layers.ReLU(6.0, name="stem_relu")(x)
     block = 0
     for t, c, n, s in cfg:
@@ -47,7 +47,7 @@ def _mobilenet_v2(num_classes, input_shape, *, cfg, width: float, stem_stride: i
     # As in the paper, the last 1x1 conv is not narrowed for width < 1.
     last_ch = make_divisible(last * max(1.0, width))
     x = layers.Conv2D(last_ch, 1, use_bias=False, name="head_conv")(x)
-    x = layers.BatchNormalization(name="head_bn")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="head_bn")(x)
     x = layers.ReLU(6.0, name="head_relu")(x)
     return keras.Model(inputs, classifier_head(x, num_classes, dropout=dropout), name=name)
 

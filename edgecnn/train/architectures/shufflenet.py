@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from edgecnn.train.architectures._common import classifier_head
+from edgecnn.train.architectures._common import BN_MOMENTUM, classifier_head
 from edgecnn.train.registry import register_model
 
 # Stage output channels per width multiplier (paper, table 5), and the last 1x1 conv.
@@ -49,13 +49,13 @@ class ChannelShuffle(layers.Layer):
 
 def _cbr(x, filters, name, act=True):
     x = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x) if act else x
 
 
 def _dw(x, strides, name):
     x = layers.DepthwiseConv2D(3, strides=strides, padding="same", use_bias=False, name=f"{name}_dw")(x)
-    return layers.BatchNormalization(name=f"{name}_dw_bn")(x)
+    return layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_dw_bn")(x)
 
 
 def _shuffle_unit(x, out_ch: int, strides: int, name: str):
@@ -81,7 +81,7 @@ def _shufflenet_v2(num_classes, input_shape, *, width: float, repeats, small_inp
     inputs = keras.Input(input_shape, name="images")
     stem_ch = 24
     x = layers.Conv2D(stem_ch, 3, strides=1 if small_input else 2, padding="same", use_bias=False, name="stem_conv")(inputs)
-    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="stem_bn")(x)
     x = layers.ReLU(name="stem_relu")(x)
     if not small_input:
         x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
