@@ -61,9 +61,9 @@ def throughput(models: list[str], data: str, images: int, batch: int) -> None:
         model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss="categorical_crossentropy")
         ds = make_dataset(x, y, num_classes=10, batch_size=batch, mean=(125, 123, 114), std=(63, 62, 66),
                           training=True, augment=AugmentConfig())
-        model.fit(ds.take(5), epochs=1, verbose=0)  # warm-up: tracing and oneDNN kernel selection
+        model.fit(ds.take(5), epochs=1, verbose=0, shuffle=False)  # warm-up: tracing, oneDNN kernel selection
         t = time.perf_counter()
-        model.fit(ds, epochs=1, verbose=0)
+        model.fit(ds, epochs=1, verbose=0, shuffle=False)
         dt = time.perf_counter() - t
         steps = int(np.ceil(len(x) / batch))
         print(f"| {name} | {batch} | {len(x) / dt:,.0f} | {dt / steps * 1000:.1f} |")
