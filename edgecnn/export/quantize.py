@@ -174,14 +174,15 @@ class _ArrayReader:
     """``CalibrationDataReader`` over normalized batches of real images."""
 
     def __init__(self, input_name: str, batches: list[np.ndarray]) -> None:
-        self.input_name, self.batches = input_name, iter(batches)
+        self.input_name, self._batches = input_name, batches
+        self._it = iter(batches)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        batch = next(self.batches, None)
+        batch = next(self._it, None)
         return None if batch is None else {self.input_name: batch}
 
-    def rewind(self) -> None:  # not used by ORT's calibrators in one pass
-        raise NotImplementedError
+    def rewind(self) -> None:
+        self._it = iter(self._batches)
 
 
 def _static(pre: Path, out_path: Path, card: ModelCard, config: QuantizeConfig, images: np.ndarray) -> Any:
