@@ -55,7 +55,7 @@ def throughput(models: list[str], data: str, images: int, batch: int) -> None:
 
     x, y, _, _ = load_npz(data)
     x, y = x[:images], y[:images]
-    print(f"| model | batch | images/s (train, augmented) | ms/step |\n|---|---|---|---|")
+    print("| model | batch | images/s (train, augmented) | ms/step |\n|---|---|---|---|")
     for name in models:
         model = build_model(name, 10)
         model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss="categorical_crossentropy")

@@ -28,7 +28,7 @@ from edgecnn.errors import AccuracyDropError, ArtifactError, ConfigError, DataEr
 from edgecnn.export import onnx as onnx_io
 from edgecnn.export.quantize import QUANTIZE_MODES, QuantizeConfig, quantize_model
 from edgecnn.export.report import ExportReport, VariantResult
-from edgecnn.export.verify import OnnxPredictor, Parity, accuracy, compare, predict_in_batches
+from edgecnn.export.verify import OnnxPredictor, accuracy, compare, predict_in_batches
 from edgecnn.runtime.preprocess import normalize_batch
 
 log = logging.getLogger(__name__)

@@ -494,7 +494,7 @@ def _find_keras(keras_path: str | Path | None, card: Any) -> Path:
         if c.is_file() and c.suffix == ".keras":
             return c
     raise ArtifactError(
-        f"--compare needs the Keras model: pass --keras RUN_DIR (holding model.keras) or a .keras file"
+        "--compare needs the Keras model: pass --keras RUN_DIR (holding model.keras) or a .keras file"
         + (f"; {candidates[0]} has none" if candidates else "; the model card names no source run") + "."
     )
 

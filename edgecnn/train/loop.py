@@ -309,10 +309,3 @@ def predict_uint8(model: keras.Model, x: np.ndarray, card: ModelCard, batch_size
     out = [model.predict_on_batch(normalize_batch(x[i:i + batch_size], nhwc)) for i in range(0, len(x), batch_size)]
     return np.concatenate([np.asarray(o) for o in out]) if out else np.zeros((0, card.num_classes), np.float32)
 
-
-def epochs_done(run_dir: str | Path) -> int:
-    """Finished epochs recorded in a run's state file (0 if none)."""
-    files = RunFiles(run_dir)
-    return json.loads(files.state.read_text())["epoch"] if files.state.is_file() else 0
-
-
