@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from edgecnn.card import ModelCard, ONNX_METADATA_KEY, atomic_write_text
+from edgecnn.card import ModelCard, atomic_write_text
 from edgecnn.errors import ArtifactError, DataError
 
 __all__ = ["accuracy_metrics", "confusion_matrix", "evaluate", "EvaluationReport"]
@@ -66,29 +66,15 @@ class EvaluationReport:
 
 
 def _onnx_predictor(path: Path):
-    import onnxruntime as ort
+    """The runtime's own Classifier: the accuracy measured is what an edge app will get."""
+    from edgecnn.runtime import Classifier
 
-    try:
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types
-        raise ArtifactError(f"Cannot load {path} as an ONNX model ({str(err).splitlines()[0][:160]}).") from err
-    meta = sess.get_modelmeta().custom_metadata_map
-    if ONNX_METADATA_KEY not in meta:
-        raise ArtifactError(f"{path} has no edgecnn model card; export it with `edgecnn export`.")
-    card = ModelCard.from_json(meta[ONNX_METADATA_KEY])
-    name = sess.get_inputs()[0].name
+    clf = Classifier(path, provider="cpu")
 
     def predict(x: np.ndarray) -> np.ndarray:
-        from edgecnn.runtime.preprocess import normalize_batch
+        return np.concatenate([clf.predict_proba(x[i:i + 256]) for i in range(0, len(x), 256)])
 
-        outs = [sess.run(None, {name: normalize_batch(x[i:i + 256], card)})[0] for i in range(0, len(x), 256)]
-        probs = np.concatenate(outs)
-        if card.output_kind == "logits":
-            e = np.exp(probs - probs.max(axis=1, keepdims=True))
-            probs = e / e.sum(axis=1, keepdims=True)
-        return probs
-
-    return card, predict
+    return clf.card, predict
 
 
 def _keras_predictor(path: Path):
@@ -114,6 +100,8 @@ def evaluate(model_path: str | Path, *, data: str | None = None, out: str | Path
     if not path.exists():
         raise ArtifactError(f"{path} does not exist; pass a run directory, a .keras or an .onnx file.")
     card, predict = _onnx_predictor(path) if path.suffix == ".onnx" else _keras_predictor(path)
+    if data is None and not card.dataset.get("path"):
+        raise DataError(f"The card of {path} names no dataset; pass --data PATH.")
     spec = data if data is not None else card.dataset.get("path")
     classes = None if data is not None else card.dataset.get("classes")
     ds = load_dataset(spec, input_size=card.input_size, classes=classes, val_split=card.training.get("val_split", 0.1),
