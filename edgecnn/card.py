@@ -2,8 +2,22 @@
 
 A card travels in ``runs/<name>/card.json`` and, after export, in the ONNX file's
 ``metadata_props`` under :data:`ONNX_METADATA_KEY`. The runtime preprocesses from the card
-alone: resize to ``input_size`` (Pillow bilinear, as training did), reorder channels to
-``channel_order``, then ``(pixel - mean) / std`` on the 0-255 scale, in ``layout``.
+alone: decode to RGB (or gray for ``channels=1``), fit to ``input_size`` (``resize``: a plain
+Pillow bilinear resize as training did, or ``letterbox``: aspect kept, padded with
+``pad_value``, as YOLO detectors expect), reorder channels to ``channel_order``, then
+``(pixel - mean) / std`` on the 0-255 scale, in ``layout``.
+
+The card is a frozen, typed contract with a ``schema_version``: cards of version 1 (edgecnn
+0.1, classifiers only) load as ``task="classify"``; a card from a newer edgecnn is refused
+with a message instead of being half-understood. Change a card with :meth:`ModelCard.replace`.
+
+Required keys: ``name``, ``input_size`` ([height, width]) and, for ``classify`` and
+``detect``, ``class_names``. A hand-written card for a 224x224 ImageNet-normalized classifier
+(the README has the full key table)::
+
+    {"schema_version": 2, "name": "mine", "task": "classify", "input_size": [224, 224],
+     "class_names": ["cat", "dog"], "mean": [123.675, 116.28, 103.53],
+     "std": [58.395, 57.12, 57.375], "layout": "nchw", "output_kind": "logits"}
 """
 
 from __future__ import annotations
@@ -11,45 +25,60 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from edgecnn.errors import ArtifactError
 
-__all__ = ["ModelCard", "ONNX_METADATA_KEY", "CARD_SCHEMA_VERSION", "atomic_write_text"]
+__all__ = ["ModelCard", "ONNX_METADATA_KEY", "CARD_SCHEMA_VERSION", "TASKS", "OUTPUT_KINDS", "RESIZE_MODES",
+           "atomic_write_text"]
 
 ONNX_METADATA_KEY = "edgecnn.card"
-CARD_SCHEMA_VERSION = 1
+CARD_SCHEMA_VERSION = 2
+TASKS = ("classify", "detect", "segment", "raw")
 _LAYOUTS = ("nhwc", "nchw")
 _ORDERS = ("RGB", "BGR")
-_OUTPUTS = ("probabilities", "logits")
+RESIZE_MODES = ("bilinear", "letterbox")
+# What the (first) output holds, per task. Detection: "yolov8" is [N, 4 + C, A] (v8/v11: cx, cy,
+# w, h then class scores), "yolov5" is [N, A, 5 + C] (cx, cy, w, h, objectness, class scores).
+OUTPUT_KINDS: dict[str, tuple[str, ...]] = {
+    "classify": ("probabilities", "logits"),
+    "detect": ("yolov8", "yolov5"),
+    "segment": ("logits", "probabilities"),
+    "raw": ("raw",),
+}
+_TASK_DEFAULT_OUTPUT = {"classify": "probabilities", "detect": "yolov8", "segment": "logits", "raw": "raw"}
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelCard:
-    """Model card of a trained or exported classifier.
+    """Model card of a trained, exported or imported image model.
 
     ``mean`` and ``std`` are per channel, in ``channel_order``, on the 0-255 pixel scale:
-    plain 1/255 scaling is ``mean=(0, 0, 0), std=(255, 255, 255)``.
+    plain 1/255 scaling is ``mean=(0, 0, 0), std=(255, 255, 255)``. ``output_kind`` says what
+    the first output holds (see :data:`OUTPUT_KINDS`); ``""`` picks the task's default.
     """
 
     name: str
-    architecture: str
-    class_names: list[str]
-    input_size: tuple[int, int]  # (height, width)
-    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    std: tuple[float, float, float] = (255.0, 255.0, 255.0)
+    architecture: str = "unknown"
+    class_names: tuple[str, ...] = ()
+    input_size: tuple[int, int] = (0, 0)  # (height, width)
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
+    std: tuple[float, ...] = (255.0, 255.0, 255.0)
     channel_order: str = "RGB"
     channels: int = 3
     layout: str = "nhwc"
     input_name: str = "images"
     input_dtype: str = "float32"
     output_name: str = "probabilities"
-    output_kind: str = "probabilities"
+    output_kind: str = ""
     resize: str = "bilinear"
-    normalization: str = "scale"  # how mean/std were chosen: scale, dataset, backbone:<name>
+    pad_value: int = 114  # letterbox border, 0-255 (Ultralytics' grey)
+    normalization: str = "scale"  # how mean/std were chosen: scale, dataset, backbone:<name>, given, preset:<name>
     precision: str = "fp32"
+    task: str = "classify"
+    stride: int | None = None  # detectors: the largest feature stride (input sides are multiples of it)
     dataset: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
@@ -58,11 +87,30 @@ class ModelCard:
     schema_version: int = CARD_SCHEMA_VERSION
 
     def __post_init__(self) -> None:
-        self.input_size = tuple(int(v) for v in self.input_size)  # type: ignore[assignment]
-        self.mean = tuple(float(v) for v in self.mean)  # type: ignore[assignment]
-        self.std = tuple(float(v) for v in self.std)  # type: ignore[assignment]
-        self.class_names = [str(c) for c in self.class_names]
+        try:
+            norm = {"input_size": tuple(int(v) for v in self.input_size),
+                    "mean": tuple(float(v) for v in self.mean), "std": tuple(float(v) for v in self.std),
+                    "class_names": tuple(str(c) for c in self.class_names), "channels": int(self.channels),
+                    "pad_value": int(self.pad_value), "stride": None if self.stride is None else int(self.stride),
+                    "schema_version": int(self.schema_version)}
+        except (TypeError, ValueError) as err:
+            raise ArtifactError(f"Invalid model card: {err}.") from err
+        if not self.output_kind and self.task in _TASK_DEFAULT_OUTPUT:
+            norm["output_kind"] = _TASK_DEFAULT_OUTPUT[self.task]
+        for key, value in norm.items():
+            object.__setattr__(self, key, value)
         problems = []
+        if self.task not in TASKS:
+            problems.append(f"task must be one of {TASKS}, got {self.task!r}")
+        elif self.output_kind not in OUTPUT_KINDS[self.task]:
+            problems.append(f"output_kind of a {self.task} model must be one of {OUTPUT_KINDS[self.task]}, "
+                            f"got {self.output_kind!r}")
+        if self.channels not in (1, 3):
+            problems.append(f"channels must be 1 or 3, got {self.channels}")
+        if self.resize not in RESIZE_MODES:
+            problems.append(f"resize must be one of {RESIZE_MODES}, got {self.resize!r}")
+        if not 0 <= self.pad_value <= 255:
+            problems.append(f"pad_value must be in 0-255, got {self.pad_value}")
         if len(self.input_size) != 2 or min(self.input_size) < 1:
             problems.append(f"input_size must be (height, width) > 0, got {self.input_size}")
         if len(self.mean) != self.channels or len(self.std) != self.channels:
@@ -73,16 +121,40 @@ class ModelCard:
             problems.append(f"layout must be one of {_LAYOUTS}, got {self.layout!r}")
         if self.channel_order not in _ORDERS:
             problems.append(f"channel_order must be one of {_ORDERS}, got {self.channel_order!r}")
-        if self.output_kind not in _OUTPUTS:
-            problems.append(f"output_kind must be one of {_OUTPUTS}, got {self.output_kind!r}")
-        if not self.class_names:
-            problems.append("class_names is empty")
+        if not self.class_names and self.task in ("classify", "detect"):
+            problems.append(f"class_names is empty (a {self.task} model needs its labels)")
+        if self.schema_version > CARD_SCHEMA_VERSION:
+            problems.append(f"schema_version {self.schema_version} comes from a newer edgecnn (this one reads up to "
+                            f"{CARD_SCHEMA_VERSION}); upgrade edgecnn")
         if problems:
             raise ArtifactError("Invalid model card: " + "; ".join(problems) + ".")
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def replace(self, **changes: Any) -> ModelCard:
+        """A copy with ``changes`` applied, validated like a new card.
+
+        Raises:
+            ArtifactError: if the result is not a valid card.
+        """
+        if "output_kind" not in changes and "task" in changes and changes["task"] != self.task:
+            changes["output_kind"] = ""  # the new task's default
+        try:
+            return replace(self, **changes)
+        except TypeError as err:
+            raise ArtifactError(f"Invalid model card change: {err}.") from err
+
+    def describe_preprocessing(self) -> str:
+        """One line: what the runtime does to an image before the model sees it."""
+        if self.mean == tuple(0.0 for _ in self.mean) and self.std == tuple(255.0 for _ in self.std):
+            norm = "/255"
+        else:
+            norm = f"(x - {_fmt_floats(self.mean)}) / {_fmt_floats(self.std)} (0-255 scale)"
+        color = "gray" if self.channels == 1 else self.channel_order
+        h, w = self.input_size
+        return f"{self.resize} {h}x{w} {color}, {norm}, {self.layout.upper()}"
 
     def input_shape(self, batch: int | None = None) -> tuple[int | None, ...]:
         """Shape of the model input tensor in the card's layout."""
@@ -93,9 +165,8 @@ class ModelCard:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["input_size"] = list(self.input_size)
-        data["mean"] = list(self.mean)
-        data["std"] = list(self.std)
+        for key in ("input_size", "mean", "std", "class_names"):
+            data[key] = list(data[key])
         return data
 
     def to_json(self) -> str:
@@ -111,9 +182,17 @@ class ModelCard:
         if not isinstance(data, dict):
             raise ArtifactError(f"Invalid model card: expected a JSON object, got {type(data).__name__}.")
         known = {f.name for f in fields(cls)}
-        missing = [k for k in ("name", "architecture", "class_names", "input_size") if k not in data]
+        version = data.get("schema_version", 1)
+        if not isinstance(version, int) or version < 1:
+            raise ArtifactError(f"Invalid model card: schema_version must be an integer >= 1, got {version!r}.")
+        if version == 1:  # edgecnn 0.1: classifiers only, no task key
+            data = {**data, "task": "classify", "schema_version": CARD_SCHEMA_VERSION}
+        task = data.get("task", "classify")
+        required = ["name", "input_size"] + (["class_names"] if task in ("classify", "detect") else [])
+        missing = [k for k in required if k not in data]
         if missing:
-            raise ArtifactError(f"Invalid model card: missing {', '.join(missing)}.")
+            raise ArtifactError(f"Invalid model card: missing {', '.join(missing)} (see the README's model card "
+                                "section for the keys).")
         try:
             return cls(**{k: v for k, v in data.items() if k in known})
         except (TypeError, ValueError) as err:
@@ -146,6 +225,10 @@ class ModelCard:
         if not path.is_file():
             raise ArtifactError(f"No model card at {path}; pass a run directory made by `edgecnn train`.")
         return cls.from_json(path.read_text(encoding="utf-8"))
+
+
+def _fmt_floats(values: tuple[float, ...]) -> str:
+    return "[" + ",".join(f"{v:g}" for v in values) + "]"
 
 
 def _umask() -> int:

@@ -40,7 +40,7 @@ def test_load_errors(tmp_path):
     with pytest.raises(ArtifactError, match="not JSON"):
         ModelCard.load(tmp_path)
     (tmp_path / "card.json").write_text(json.dumps({"name": "x"}))
-    with pytest.raises(ArtifactError, match="missing architecture"):
+    with pytest.raises(ArtifactError, match="missing input_size, class_names"):
         ModelCard.load(tmp_path)
 
 

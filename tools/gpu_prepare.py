@@ -79,9 +79,8 @@ def main(out_dir: Path, classes: int, opset: int, seed: int) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     files = []
     for layout in ("nhwc", "nchw"):
-        card = copy.deepcopy(base)
-        card.layout, card.precision = layout, "fp32"
-        card.export = {"opset": opset, "source": f"build_model({MODEL!r}, {classes}) untrained", "tool": "tools/gpu_prepare.py"}
+        card = base.replace(layout=layout, precision="fp32", export={
+            "opset": opset, "source": f"build_model({MODEL!r}, {classes}) untrained", "tool": "tools/gpu_prepare.py"})
         proto = onnx_io.convert_keras(model, card, opset=opset, layout=layout)
         proto, simp = onnx_io.simplify(proto)
         fp32_path = _save(proto, card, out_dir / f"{MODEL}.fp32.{layout}.onnx")
@@ -92,9 +91,8 @@ def main(out_dir: Path, classes: int, opset: int, seed: int) -> None:
         files.append(_entry(fp32_path, card, proto, parity={"vs": "keras", "max_abs_diff": diff}, simplify=simp))
         variants = [("fp16", False)] + ([("fp16f32io", True)] if layout == "nhwc" else [])
         for tag, keep_io in variants:
-            vcard = copy.deepcopy(card)
-            vcard.precision, vcard.input_dtype = "fp16", "float32" if keep_io else "float16"
-            vcard.export = {**card.export, "quantization": {"mode": "fp16", "keep_io_float32": keep_io}}
+            vcard = card.replace(precision="fp16", input_dtype="float32" if keep_io else "float16",
+                                 export={**card.export, "quantization": {"mode": "fp16", "keep_io_float32": keep_io}})
             path = out_dir / f"{MODEL}.{tag}.{layout}.onnx"
             with tempfile.TemporaryDirectory() as tmp:
                 vproto = quantize_model(fp32_path, Path(tmp) / "q.onnx", mode="fp16", card=card,

@@ -102,12 +102,11 @@ def export_run(run_dir: str | Path, *, out_dir: str | Path | None = None, config
     card = ModelCard.load(run_dir)
     keras_path = run_dir / "model.keras"
     model = _load_keras(keras_path)
-    data = _run_data(card, calibration_data, config)
+    data, card = _run_data(card, calibration_data, config)
     out_card = _export_card(card, config, source=keras_path, source_run=run_dir)
     started = time.perf_counter()
     proto = onnx_io.convert_keras(model, card, opset=config.opset, layout=config.layout)
-    nhwc_card = copy.deepcopy(card)
-    nhwc_card.layout = "nhwc"
+    nhwc_card = card.replace(layout="nhwc")
 
     def reference(images: np.ndarray) -> np.ndarray:
         return np.asarray(model.predict(normalize_batch(images, nhwc_card), batch_size=64, verbose=0))
@@ -139,7 +138,7 @@ def export_onnx_file(onnx_path: str | Path, *, out_dir: str | Path | None = None
     from edgecnn.export._data import load_eval_data
 
     loaded = load_eval_data(calibration_data, card.input_size, seed=config.quant.seed)
-    labels_ = _align_labels(loaded.test_labels, loaded.class_names, card)
+    labels_, card = _align_labels(loaded.test_labels, loaded.class_names, card)
     data = _Data(loaded.calibration, _limit(loaded.test, config.test_images), _limit(labels_, config.test_images),
                  loaded.description)
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
@@ -175,7 +174,8 @@ def _limit(x: np.ndarray | None, n: int | None) -> np.ndarray | None:
     return x if x is None or n is None else x[:n]
 
 
-def _run_data(card: ModelCard, calibration_data: str | Path | None, config: ExportConfig) -> _Data:
+def _run_data(card: ModelCard, calibration_data: str | Path | None,
+              config: ExportConfig) -> tuple[_Data, ModelCard]:
     """Held-out test images of the run's dataset, and calibration images: its training images, or
     ``calibration_data`` (any .npz/folder) when given. If the run's dataset is gone, the held-out
     part of ``calibration_data`` serves as the test set."""
@@ -197,15 +197,15 @@ def _run_data(card: ModelCard, calibration_data: str | Path | None, config: Expo
         raise DataError(f"Dataset {spec} has {ds.num_classes} classes, the model {card.num_classes}.")
     if calibration_data is None:
         return _Data(ds.x_train, _limit(ds.x_test, config.test_images), _limit(ds.y_test, config.test_images),
-                     f"{ds.name} test split")
+                     f"{ds.name} test split"), card
     ext = load_eval_data(calibration_data, card.input_size, seed=config.quant.seed)
     if ds is not None:
         return _Data(ext.calibration, _limit(ds.x_test, config.test_images), _limit(ds.y_test, config.test_images),
-                     f"{ds.name} test split")
+                     f"{ds.name} test split"), card
     log.warning("%s Evaluating on held-out images of %s instead.", missing, calibration_data)
-    labels = _align_labels(ext.test_labels, ext.class_names, card)
+    labels, card = _align_labels(ext.test_labels, ext.class_names, card)
     return _Data(ext.calibration, _limit(ext.test, config.test_images), _limit(labels, config.test_images),
-                 ext.description)
+                 ext.description), card
 
 
 def _card_for_onnx(proto: Any, path: Path, *, mean, std, layout, labels) -> ModelCard:
@@ -231,27 +231,24 @@ def _card_for_onnx(proto: Any, path: Path, *, mean, std, layout, labels) -> Mode
             raise ArtifactError(f"{path}: output {out['name']} {out['shape']} has no fixed class axis; pass --labels.")
         card = ModelCard(name=path.stem, architecture="external", class_names=labels or [str(i) for i in range(n_out)],
                          input_size=tuple(dims), normalization="given" if mean or std else "scale")
-    card.layout, card.input_name, card.output_name = layout, inp["name"], out["name"]
-    card.mean = tuple(mean) if mean else card.mean
-    card.std = tuple(std) if std else card.std
-    if labels:
-        card.class_names = list(labels)
+    card = card.replace(layout=layout, input_name=inp["name"], output_name=out["name"],
+                        mean=tuple(mean) if mean else card.mean, std=tuple(std) if std else card.std,
+                        class_names=list(labels) if labels else card.class_names)
     if n_out and n_out != card.num_classes:
         raise ArtifactError(f"{path}: output has {n_out} classes but {card.num_classes} labels were given.")
-    ModelCard.from_dict(card.to_dict())  # re-validate after the edits
     return card
 
 
-def _align_labels(labels: np.ndarray | None, names: list[str] | None, card: ModelCard) -> np.ndarray | None:
+def _align_labels(labels: np.ndarray | None, names: list[str] | None,
+                  card: ModelCard) -> tuple[np.ndarray | None, ModelCard]:
     """Map folder-class labels onto the model's class order (by name), or adopt the folder names
     when the model has only numeric class names."""
     if labels is None or not names:
-        return labels
+        return labels, card
     if set(names) == set(card.class_names):
-        return np.asarray([card.class_names.index(names[i]) for i in labels], dtype=np.int64)
+        return np.asarray([card.class_names.index(names[i]) for i in labels], dtype=np.int64), card
     if len(names) == card.num_classes and all(c.isdigit() for c in card.class_names):
-        card.class_names = list(names)  # sorted folder names, the usual training convention
-        return labels
+        return labels, card.replace(class_names=list(names))  # sorted folder names, the usual convention
     raise DataError(f"Calibration data classes {names} do not match the model's {card.class_names}.")
 
 
@@ -271,16 +268,13 @@ def _versions(*, with_tf: bool) -> dict[str, str]:
 
 def _export_card(card: ModelCard, config: ExportConfig, *, source: Path, source_run: Path | None,
                  opset: int | None = None) -> ModelCard:
-    out = copy.deepcopy(card)
-    if source_run is not None:
-        out.layout = config.layout
-    out.output_name = out.output_name if source_run is None else out.output_kind
-    out.precision = "fp32"
-    out.versions = {**card.versions, **_versions(with_tf=source_run is not None)}
-    out.export = {"opset": config.opset if opset is None else opset, "source": str(source),
-                  "source_sha256": onnx_io.sha256_file(source), "source_run": str(source_run) if source_run else None,
-                  "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-    return out
+    return card.replace(
+        layout=config.layout if source_run is not None else card.layout,
+        output_name=card.output_name if source_run is None else card.output_kind, precision="fp32",
+        versions={**card.versions, **_versions(with_tf=source_run is not None)},
+        export={"opset": config.opset if opset is None else opset, "source": str(source),
+                "source_sha256": onnx_io.sha256_file(source), "source_run": str(source_run) if source_run else None,
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
 
 
 # ------------------------------------------------------------------------------------- export
@@ -410,8 +404,8 @@ def _variant(mode: str, fp32_path: Path, card: ModelCard, fp32_out: np.ndarray, 
     path = staging / variant_filename(mode)
     proto = quantize_model(fp32_path, path, mode=mode, card=card, config=config.quant,
                            calibration_images=data.calibration)
-    vcard = copy.deepcopy(card)
-    vcard.precision = mode
+    vcard = card.replace(precision=mode, metrics=dict(card.metrics),
+                         export={**card.export, "quantization": {"mode": mode, **config.quant.describe(mode)}})
     out = _predict(OnnxPredictor(path, vcard), data.test)
     par = compare(fp32_out, out)
     acc = accuracy(out, data.test_labels) if data.test_labels is not None else None
@@ -420,7 +414,6 @@ def _variant(mode: str, fp32_path: Path, card: ModelCard, fp32_out: np.ndarray, 
     passed = -delta <= config.max_accuracy_drop + 1e-9
     vcard.metrics.update(_metrics(acc, len(data.test)))
     vcard.metrics.update(accuracy_delta_pp=round(delta, 4), top1_agreement_vs_fp32=round(par.top1_agreement, 6))
-    vcard.export = {**card.export, "quantization": {"mode": mode, **config.quant.describe(mode)}}
     onnx_io.embed_card(proto, vcard)
     onnx_io.save_onnx(proto, path)
     return VariantResult(mode, path.name, path.stat().st_size, acc, round(delta, 4), par.top1_agreement,

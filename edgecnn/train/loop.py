@@ -287,7 +287,7 @@ def _finish(model, cfg: TrainConfig, data: Dataset, files: RunFiles, state: dict
     metrics.update({"epochs": state["epoch"], "train_time_s": hist.get("time_s", [0])[-1],
                     "val_accuracy": (hist.get("val_accuracy") or [None])[-1],
                     "params": int(model.count_params())})
-    card.metrics = {k: v for k, v in metrics.items() if not isinstance(v, (list, dict))}
+    card = card.replace(metrics={k: v for k, v in metrics.items() if not isinstance(v, (list, dict))})
     _save_model_atomic(model, files.model)
     card.save(files.card)
     _write_json(files.metrics, metrics)

@@ -38,7 +38,7 @@ def make_run(root: Path, architecture: str, ds, *, epochs: int, model=None, mean
         model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
         model.fit(normalize_batch(ds.x_train, card), ds.y_train, epochs=epochs, batch_size=32, verbose=0)
     probs = model.predict(normalize_batch(ds.x_test, card), verbose=0)
-    card.metrics = {"test_accuracy": float(np.mean(probs.argmax(1) == ds.y_test))}
+    card = card.replace(metrics={"test_accuracy": float(np.mean(probs.argmax(1) == ds.y_test))})
     root.mkdir(parents=True, exist_ok=True)
     model.save(root / "model.keras")
     card.save(root / "card.json")

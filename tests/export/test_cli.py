@@ -58,7 +58,7 @@ def test_quantize_existing_onnx_without_card(tmp_path, seed_export, sample3):
     from edgecnn.export import read_card
 
     card = read_card(tmp_path / "foreign-export" / "model.int8.onnx")
-    assert card.class_names == ["airplane", "automobile", "bird"] and card.mean == (125.3, 123.0, 113.9)
+    assert list(card.class_names) == ["airplane", "automobile", "bird"] and card.mean == (125.3, 123.0, 113.9)
     assert card.architecture == "external" and card.precision == "int8"
     fp32_acc = report["variants"][0]["accuracy"]
     assert fp32_acc == pytest.approx(read_card(out / "model.onnx").metrics["onnx_test_accuracy"], abs=0.2)

@@ -24,7 +24,7 @@ def test_transfer_from_our_own_backbone_freezes_then_fine_tunes(tmp_path, source
                       fine_tune_layers=4, limit=256, batch_size=64, out=str(tmp_path / "t"))
     run = train(cfg, verbose=0)
     card = ModelCard.load(run)
-    assert card.class_names == ["dog", "frog", "horse", "ship", "truck"]
+    assert list(card.class_names) == ["dog", "frog", "horse", "ship", "truck"]
     assert card.mean == src.mean and card.normalization.startswith("backbone:")  # the backbone's preprocessing
     model = load_run_model(run)
     backbone = model.get_layer("backbone")
