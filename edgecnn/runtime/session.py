@@ -32,7 +32,13 @@ from edgecnn.errors import ArtifactError, ConfigError, ProviderError
 log = logging.getLogger(__name__)
 
 __all__ = ["PROVIDERS", "CONV_ALGO_SEARCH", "CudaOptions", "NodePlacement", "SessionInfo", "create_session",
-           "resolve_providers", "node_placement", "parse_profile", "preload_cuda_libraries"]
+           "resolve_providers", "node_placement", "parse_profile", "preload_cuda_libraries", "onnxruntime_conflict",
+           "GPU_INSTALL"]
+
+# The one documented way to get the CUDA build (README "GPU install"): both wheels install into the
+# same `onnxruntime` import package, so whichever was installed last wins, file by file.
+GPU_INSTALL = "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu"
+_ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu")
 
 # What each user-facing name asks onnxruntime for, best first. CPU always ends the list so
 # that operators an accelerator lacks still run (onnxruntime assigns nodes per provider).
@@ -157,6 +163,49 @@ def preload_cuda_libraries() -> bool:
     return True
 
 
+def onnxruntime_conflict(distributions: dict[str, str] | None = None) -> str | None:
+    """A one-line fix when the CPU and GPU builds of onnxruntime are installed side by side.
+
+    ``onnxruntime`` and ``onnxruntime-gpu`` both install the ``onnxruntime`` import package; with
+    both present, the files of whichever was installed last shadow the other's, and the CUDA
+    provider silently disappears (or the import breaks). ``pip install edgecnn`` pulls the CPU
+    build, so a GPU user who then adds ``onnxruntime-gpu`` lands exactly here.
+
+    Args:
+        distributions: name -> version of the installed onnxruntime distributions (default: read
+            from the installed package metadata).
+
+    Returns:
+        None when at most one build is installed, else the message naming what to run.
+    """
+    if distributions is None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        distributions = {}
+        for name in _ORT_DISTRIBUTIONS:
+            try:
+                distributions[name] = version(name)
+            except PackageNotFoundError:
+                continue
+    present = [f"{name} {distributions[name]}" for name in _ORT_DISTRIBUTIONS if name in distributions]
+    if len(present) < 2:
+        return None
+    return (f"Both {' and '.join(present)} are installed and shadow each other; keep one: `{GPU_INSTALL}` "
+            "for the GPU (or `pip uninstall -y onnxruntime-gpu` for the CPU build alone).")
+
+
+_conflict_checked = False
+
+
+def _warn_conflict_once() -> None:
+    global _conflict_checked
+    if not _conflict_checked:
+        _conflict_checked = True
+        conflict = onnxruntime_conflict()
+        if conflict:
+            log.warning("%s", conflict)
+
+
 def _session_options(threads: int | None) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -197,6 +246,7 @@ def create_session(
             ``allow_fallback`` is false, or the CUDA provider rejects its options.
     """
     wanted = resolve_providers(provider)
+    _warn_conflict_once()
     if "CUDAExecutionProvider" in wanted:
         preload_cuda_libraries()
     source: str | bytes = model if isinstance(model, bytes) else str(model)
@@ -234,11 +284,15 @@ def create_session(
             f"Asked for {provider} ({wanted[0]}) but the session runs on {actual[0]}; "
             f"this onnxruntime build offers {', '.join(ort.get_available_providers())}. "
         )
+        conflict = onnxruntime_conflict()
+        if conflict:
+            fallback += conflict + " "
+        elif "CUDAExecutionProvider" not in ort.get_available_providers():
+            fallback += f"Install the CUDA build: `{GPU_INSTALL}` (README, GPU install). "
         if not allow_fallback:
             raise ProviderError(
-                fallback + "Replace onnxruntime by onnxruntime-gpu (`pip uninstall onnxruntime && pip install "
-                "onnxruntime-gpu`; never both) and check the CUDA/cuDNN libraries, or pass provider='cpu' (--provider cpu), "
-                "or allow the fallback (allow_fallback=True, --allow-fallback)."
+                fallback + "Check the CUDA/cuDNN libraries (onnxruntime-gpu loads them from the NVIDIA pip packages), "
+                "or pass --provider cpu, or accept the CPU with --allow-fallback."
             )
         log.warning("%sFalling back as allowed.", fallback)
     return session, SessionInfo(provider, actual, fallback, creation_s)

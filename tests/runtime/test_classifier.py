@@ -119,6 +119,41 @@ def test_cuda_request_on_cpu_build_raises(models):
         Classifier(models["nhwc"], provider="cuda")
 
 
+def test_cuda_request_names_the_gpu_install_step(models):
+    if HAS_CUDA:
+        pytest.skip("this onnxruntime has CUDA")
+    with pytest.raises(ProviderError, match="pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu"):
+        Classifier(models["nhwc"], provider="cuda")
+
+
+@pytest.mark.parametrize("installed, conflict", [
+    ({}, False),
+    ({"onnxruntime": "1.32.0"}, False),
+    ({"onnxruntime-gpu": "1.31.1"}, False),
+    ({"onnxruntime": "1.32.0", "onnxruntime-gpu": "1.31.1"}, True),
+])
+def test_side_by_side_onnxruntime_builds_are_detected(installed, conflict):
+    from edgecnn.runtime.session import onnxruntime_conflict
+
+    message = onnxruntime_conflict(installed)
+    assert (message is not None) == conflict
+    if conflict:
+        assert "onnxruntime 1.32.0 and onnxruntime-gpu 1.31.1" in message
+        assert "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu" in message
+        assert "\n" not in message
+
+
+def test_side_by_side_builds_named_in_the_cuda_error(models, monkeypatch):
+    if HAS_CUDA:
+        pytest.skip("this onnxruntime has CUDA")
+    from importlib import metadata
+
+    real = metadata.version
+    monkeypatch.setattr(metadata, "version", lambda name: "1.31.1" if name == "onnxruntime-gpu" else real(name))
+    with pytest.raises(ProviderError, match="Both onnxruntime .* and onnxruntime-gpu 1.31.1 are installed"):
+        Classifier(models["nhwc"], provider="cuda")
+
+
 def test_cuda_fallback_when_allowed_warns(models, caplog):
     if HAS_CUDA:
         pytest.skip("this onnxruntime has CUDA")
