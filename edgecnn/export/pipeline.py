@@ -156,13 +156,10 @@ def _load_keras(path: Path) -> Any:
     if not path.is_file():
         raise ArtifactError(f"No model.keras in {path.parent}; pass a run directory made by `edgecnn train`.")
     keras = require("keras", "train")
-    try:
-        # Zoo models with custom layers (ShuffleNet's ChannelSplit/ChannelShuffle) register them
-        # on import. This is the one place export touches the train package, and only for runs
-        # that train made; plain .onnx exports never get here.
-        import edgecnn.train.architectures  # noqa: F401
-    except ImportError:  # pragma: no cover - a run from a newer/older zoo still loads if standard
-        log.debug("edgecnn.train.architectures not importable; loading with standard layers only.")
+    # The zoo's custom layers (ShuffleNet's ChannelSplit/ChannelShuffle) register with Keras's
+    # serialization registry on import; they live outside edgecnn.train, which export never imports.
+    import edgecnn._keras_layers  # noqa: F401
+
     try:
         return keras.models.load_model(path, compile=False)
     except Exception as err:  # zipfile, h5py, deserialization errors

@@ -1,7 +1,6 @@
-"""Training stage: the only sub-package that imports TensorFlow/Keras (loaded quietly, once)."""
+"""Training stage: the only sub-package that imports TensorFlow/Keras at module level.
 
-from __future__ import annotations
-
-from edgecnn._optional import import_tensorflow_quietly
-
-import_tensorflow_quietly()
+Importing the package (or its stdlib-only modules :mod:`edgecnn.train.config` and
+:mod:`edgecnn.train.registry`) loads no TensorFlow; the modules that need it import
+:mod:`edgecnn.train._tf` first, which loads it quietly, once.
+"""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import edgecnn.train._tf  # noqa: F401  (before keras: TensorFlow loads quietly)
 import keras
 
 __all__ = ["count_macs", "model_summary_row"]

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import edgecnn.train._tf  # noqa: F401  (before keras: TensorFlow loads quietly)
 import keras
 import tensorflow as tf
 from PIL import Image

@@ -14,14 +14,14 @@ from typing import Any
 
 import numpy as np
 
-import edgecnn.train  # noqa: F401  (quiet TensorFlow before it loads)
+import edgecnn.train._tf  # noqa: F401  (before keras: TensorFlow loads quietly)
 import keras
 import tensorflow as tf
 
 from edgecnn import __version__
 from edgecnn.card import ModelCard, atomic_write_text
 from edgecnn.errors import ArtifactError, ConfigError
-from edgecnn.train import architectures  # noqa: F401  (registers custom layers for load_model)
+import edgecnn._keras_layers  # noqa: F401  (registers the zoo's custom layers for load_model)
 from edgecnn.train.config import TrainConfig
 from edgecnn.datasets import Dataset, channel_stats, load_dataset
 from edgecnn.train.pipeline import make_dataset, steps_per_epoch

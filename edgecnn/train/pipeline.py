@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import edgecnn.train._tf  # noqa: F401  (before keras: TensorFlow loads quietly)
 import tensorflow as tf
 import keras
 

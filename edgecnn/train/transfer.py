@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import edgecnn.train._tf  # noqa: F401  (before keras: TensorFlow loads quietly)
 import keras
 from keras import layers
 

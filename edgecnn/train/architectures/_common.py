@@ -3,16 +3,27 @@ quantization exclusion lists depend on them."""
 
 from __future__ import annotations
 
-import keras
-from keras import layers
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-__all__ = ["BN_MOMENTUM", "classifier_head", "conv_bn_act", "make_divisible"]
+from edgecnn._optional import require
+
+if TYPE_CHECKING:  # Keras loads when a model is built, not when the zoo is listed
+    import keras
+
+__all__ = ["BN_MOMENTUM", "classifier_head", "conv_bn_act", "keras_api", "make_divisible"]
 
 # Batch-norm moving-average momentum of the depthwise nets (PyTorch's 0.1 in Keras terms).
 # With Keras's 0.99, a MobileNetV2 trained for a few hundred steps with a one-cycle schedule kept
 # moving statistics so far behind its weights that inference-mode accuracy was chance (10%)
 # while batch statistics gave 50%: short CPU budgets need statistics that follow the weights.
 BN_MOMENTUM = 0.9
+
+
+def keras_api() -> ModuleType:
+    """Keras, imported (TensorFlow quietly first) when a model is built: registry look-ups of
+    names stay free of TensorFlow, so ``edgecnn models`` and configs load in milliseconds."""
+    return require("keras", "train")
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
@@ -25,6 +36,7 @@ def make_divisible(value: float, divisor: int = 8) -> int:
 
 def conv_bn_act(x, filters: int, kernel: int, *, strides: int = 1, name: str, act: str | None = "relu"):
     """Conv2D (no bias) + BatchNorm + optional activation."""
+    layers = keras_api().layers
     x = layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False, name=f"{name}_conv")(x)
     x = layers.BatchNormalization(name=f"{name}_bn")(x)
     if act:
@@ -38,6 +50,7 @@ def classifier_head(x, num_classes: int, *, dropout: float = 0.0, pool: bool = T
     Every zoo model ends with ``features -> [dropout] -> logits -> probabilities`` so transfer
     learning can cut at ``features`` and Grad-CAM can read ``logits``.
     """
+    layers = keras_api().layers
     if pool:
         x = layers.GlobalAveragePooling2D(name="features")(x)
     if dropout > 0:
@@ -47,4 +60,4 @@ def classifier_head(x, num_classes: int, *, dropout: float = 0.0, pool: bool = T
 
 
 def functional(inputs, outputs, name: str) -> keras.Model:
-    return keras.Model(inputs, outputs, name=name)
+    return keras_api().Model(inputs, outputs, name=name)

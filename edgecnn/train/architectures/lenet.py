@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-import keras
-from keras import layers
+from typing import TYPE_CHECKING
 
+from edgecnn.train.architectures._common import keras_api
 from edgecnn.train.registry import register_model
+
+if TYPE_CHECKING:
+    import keras
 
 
 def _lenet(num_classes: int, input_shape, *, width: float, dropout: float, name: str) -> keras.Model:
+    keras = keras_api()
+    layers = keras.layers
     c1, c2, f1, f2 = (max(2, round(v * width)) for v in (6, 16, 120, 84))
     inputs = keras.Input(input_shape, name="images")
     x = layers.Conv2D(c1, 5, activation="relu", name="conv1")(inputs)

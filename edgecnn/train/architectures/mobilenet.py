@@ -3,11 +3,13 @@ depthwise separable convolutions and a width multiplier, for 32x32 and 224x224 i
 
 from __future__ import annotations
 
-import keras
-from keras import layers
+from typing import TYPE_CHECKING
 
-from edgecnn.train.architectures._common import BN_MOMENTUM, classifier_head, make_divisible
+from edgecnn.train.architectures._common import BN_MOMENTUM, classifier_head, keras_api, make_divisible
 from edgecnn.train.registry import register_model
+
+if TYPE_CHECKING:
+    import keras
 
 # (expansion t, output channels c, repeats n, first stride s) of the paper's table 2.
 _IMAGENET_CFG = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
@@ -17,6 +19,7 @@ _TINY_CFG = ((1, 16, 1, 1), (6, 24, 1, 2), (6, 32, 1, 2), (6, 64, 1, 2))
 
 
 def _inverted_residual(x, expansion: int, filters: int, strides: int, name: str):
+    layers = keras_api().layers
     in_ch = x.shape[-1]
     y = x
     if expansion != 1:
@@ -35,6 +38,8 @@ def _inverted_residual(x, expansion: int, filters: int, strides: int, name: str)
 
 def _mobilenet_v2(num_classes, input_shape, *, cfg, width: float, stem_stride: int, last: int,
                   dropout: float, name: str) -> keras.Model:
+    keras = keras_api()
+    layers = keras.layers
     inputs = keras.Input(input_shape, name="images")
     x = layers.Conv2D(make_divisible(32 * width), 3, strides=stem_stride, padding="same", use_bias=False, name="stem_conv")(inputs)
     x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="stem_bn")(x)

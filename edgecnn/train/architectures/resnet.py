@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import keras
-from keras import layers
+from typing import TYPE_CHECKING
 
-from edgecnn.train.architectures._common import classifier_head, conv_bn_act
+from edgecnn.train.architectures._common import classifier_head, conv_bn_act, keras_api
 from edgecnn.train.registry import register_model
+
+if TYPE_CHECKING:
+    import keras
 
 
 def _basic_block(x, filters: int, strides: int, name: str):
+    layers = keras_api().layers
     shortcut = x
     y = conv_bn_act(x, filters, 3, strides=strides, name=f"{name}_1")
     y = conv_bn_act(y, filters, 3, name=f"{name}_2", act=None)
@@ -21,6 +24,7 @@ def _basic_block(x, filters: int, strides: int, name: str):
 
 
 def _cifar_resnet(num_classes, input_shape, *, n: int, width: float, dropout: float, name: str) -> keras.Model:
+    keras = keras_api()
     filters = [max(4, round(f * width)) for f in (16, 32, 64)]
     inputs = keras.Input(input_shape, name="images")
     x = conv_bn_act(inputs, filters[0], 3, name="stem")

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-import keras
-from keras import layers
+from typing import TYPE_CHECKING
 
+from edgecnn.train.architectures._common import keras_api
 from edgecnn.train.registry import register_model
+
+if TYPE_CHECKING:
+    import keras
 
 
 @register_model("seed_cnn", input_size=(32, 32), family="seed")
 def seed_cnn(num_classes: int, *, input_shape=(32, 32, 3), dropout: float = 0.0, width: float = 1.0) -> keras.Model:
     """Tutorial CNN: 3 convs (32-64-64), 2 max-pools, Dense(64), Dense(classes, softmax)."""
+    keras = keras_api()
+    layers = keras.layers
     c = [max(1, round(f * width)) for f in (32, 64, 64, 64)]
     inputs = keras.Input(input_shape, name="images")
     x = layers.Conv2D(c[0], 3, activation="relu", name="conv1")(inputs)

@@ -2,63 +2,36 @@
 
 from __future__ import annotations
 
-import keras
-from keras import layers, ops
+from typing import TYPE_CHECKING
 
-from edgecnn.train.architectures._common import BN_MOMENTUM, classifier_head
+from edgecnn.train.architectures._common import BN_MOMENTUM, classifier_head, keras_api
 from edgecnn.train.registry import register_model
+
+if TYPE_CHECKING:
+    import keras
 
 # Stage output channels per width multiplier (paper, table 5), and the last 1x1 conv.
 _WIDTHS = {0.25: (24, 48, 96, 512), 0.5: (48, 96, 192, 1024), 1.0: (116, 232, 464, 1024),
            1.5: (176, 352, 704, 1024), 2.0: (244, 488, 976, 2048)}
 
 
-@keras.saving.register_keras_serializable(package="edgecnn")
-class ChannelSplit(layers.Layer):
-    """Split the channel axis in two halves (converts to ONNX Slice)."""
-
-    def call(self, x):
-        half = x.shape[-1] // 2
-        return x[..., :half], x[..., half:]
-
-    def compute_output_shape(self, input_shape):
-        half = input_shape[-1] // 2
-        return (tuple(input_shape[:-1]) + (half,), tuple(input_shape[:-1]) + (input_shape[-1] - half,))
-
-
-@keras.saving.register_keras_serializable(package="edgecnn")
-class ChannelShuffle(layers.Layer):
-    """Interleave ``groups`` channel groups: reshape, transpose, reshape (ONNX-friendly)."""
-
-    def __init__(self, groups: int = 2, **kwargs):
-        super().__init__(**kwargs)
-        self.groups = groups
-
-    def call(self, x):
-        _, h, w, c = x.shape
-        y = ops.reshape(x, (-1, h, w, self.groups, c // self.groups))
-        y = ops.transpose(y, (0, 1, 2, 4, 3))
-        return ops.reshape(y, (-1, h, w, c))
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {**super().get_config(), "groups": self.groups}
-
-
 def _cbr(x, filters, name, act=True):
+    layers = keras_api().layers
     x = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_conv")(x)
     x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x) if act else x
 
 
 def _dw(x, strides, name):
+    layers = keras_api().layers
     x = layers.DepthwiseConv2D(3, strides=strides, padding="same", use_bias=False, name=f"{name}_dw")(x)
     return layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_dw_bn")(x)
 
 
 def _shuffle_unit(x, out_ch: int, strides: int, name: str):
+    from edgecnn._keras_layers import ChannelShuffle, ChannelSplit
+
+    layers = keras_api().layers
     if strides == 1:
         left, right = ChannelSplit(name=f"{name}_split")(x)
         branch_ch = out_ch // 2
@@ -77,6 +50,8 @@ def _shufflenet_v2(num_classes, input_shape, *, width: float, repeats, small_inp
                    dropout: float, name: str) -> keras.Model:
     if width not in _WIDTHS:
         raise ValueError(f"ShuffleNetV2 width must be one of {sorted(_WIDTHS)}, got {width}.")
+    keras = keras_api()
+    layers = keras.layers
     *stage_ch, last_ch = _WIDTHS[width]
     inputs = keras.Input(input_shape, name="images")
     stem_ch = 24

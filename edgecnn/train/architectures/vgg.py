@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import keras
-from keras import layers
+from typing import TYPE_CHECKING
 
-from edgecnn.train.architectures._common import classifier_head, conv_bn_act
+from edgecnn.train.architectures._common import classifier_head, conv_bn_act, keras_api
 from edgecnn.train.registry import register_model
+
+if TYPE_CHECKING:
+    import keras
 
 
 def _vgg(num_classes, input_shape, *, stages, width: float, dropout: float, name: str) -> keras.Model:
+    keras = keras_api()
+    layers = keras.layers
     inputs = keras.Input(input_shape, name="images")
     x = inputs
     for s, (filters, convs) in enumerate(stages, start=1):
