@@ -1,12 +1,15 @@
 """Preprocessing from the model card alone, identical to training's.
 
 Training decodes every image to uint8 RGB at the card's ``input_size`` (Pillow bilinear resize),
-then applies :func:`normalize_batch`; so does the runtime.
+then applies :func:`normalize_batch`; so does the runtime. Detectors take a letterbox instead
+(aspect ratio kept, the border padded with the card's ``pad_value``), and :class:`FitInfo`
+maps coordinates on the model input back to the original image.
 """
 
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
@@ -16,16 +19,17 @@ from PIL import Image
 from edgecnn.card import ModelCard
 from edgecnn.errors import InputError
 
-__all__ = ["normalize_batch", "load_image", "check_pixels", "DEFAULT_MAX_PIXELS", "ImageLike"]
+__all__ = ["normalize_batch", "load_image", "fit_image", "decode_image", "check_pixels", "FitInfo",
+           "DEFAULT_MAX_PIXELS", "ImageLike"]
 
 
 def normalize_batch(x: np.ndarray, card: ModelCard) -> np.ndarray:
-    """uint8 (or 0-255 float) NHWC RGB batch -> float32 model input in the card's layout.
+    """uint8 (or 0-255 float) NHWC batch (RGB, or gray for 1 channel) -> float32 model input.
 
     Applies channel order, ``(x - mean) / std`` per channel and the NHWC/NCHW layout.
     """
     x = np.asarray(x, dtype=np.float32)
-    if card.channel_order == "BGR":
+    if card.channels == 3 and card.channel_order == "BGR":
         x = x[..., ::-1]
     mean = np.asarray(card.mean, dtype=np.float32)
     inv_std = np.asarray([1.0 / s for s in card.std], dtype=np.float32)
@@ -45,27 +49,103 @@ DEFAULT_MAX_PIXELS = 50_000_000  # ~7000x7000: far beyond any camera frame a CNN
 ImageLike = Union[str, Path, bytes, bytearray, memoryview, "Image.Image", np.ndarray]
 
 
+@dataclass(frozen=True)
+class FitInfo:
+    """How an image was fitted to the model input: ``model_xy = original_xy * scale + pad``."""
+
+    width: int  # the original image's size
+    height: int
+    scale_x: float
+    scale_y: float
+    pad_x: float = 0.0
+    pad_y: float = 0.0
+
+    def to_original(self, boxes: np.ndarray) -> np.ndarray:
+        """(K, 4) ``x1, y1, x2, y2`` boxes on the model input -> boxes on the original image, clipped."""
+        b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4).copy()
+        b[:, [0, 2]] = np.clip((b[:, [0, 2]] - self.pad_x) / self.scale_x, 0, self.width)
+        b[:, [1, 3]] = np.clip((b[:, [1, 3]] - self.pad_y) / self.scale_y, 0, self.height)
+        return b
+
+
 def load_image(
     image: ImageLike,
     size: tuple[int, int],
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    channels: int = 3,
+    resize: str = "bilinear",
+    pad_value: int = 114,
 ) -> np.ndarray:
-    """Decode a path, encoded bytes, PIL image or array to uint8 HxWx3 RGB at ``size`` = (h, w).
+    """Decode a path, encoded bytes, PIL image or array to uint8 HxWxC at ``size`` = (h, w).
 
     Grayscale, palette, RGBA, LA and CMYK images are converted to RGB (alpha dropped, as training
-    does); other sizes are resized with Pillow's bilinear filter.
+    does), or to gray for ``channels=1``; other sizes are resized with Pillow's bilinear filter, or
+    letterboxed (``resize="letterbox"``). :func:`fit_image` also returns the :class:`FitInfo`.
 
     Raises:
         InputError: for an unreadable or truncated file, an unsupported array shape or dtype,
             NaN or out-of-range pixels, or more than ``max_pixels`` pixels.
     """
+    return fit_image(image, size, max_pixels=max_pixels, channels=channels, resize=resize, pad_value=pad_value)[0]
+
+
+def fit_image(
+    image: ImageLike,
+    size: tuple[int, int],
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    channels: int = 3,
+    resize: str = "bilinear",
+    pad_value: int = 114,
+) -> tuple[np.ndarray, FitInfo]:
+    """:func:`load_image`, plus how the image was fitted (to map boxes and masks back).
+
+    Raises:
+        InputError: as :func:`load_image`.
+    """
+    img, name = decode_image(image, max_pixels=max_pixels, mode="L" if channels == 1 else "RGB")
+    try:
+        if resize == "letterbox":
+            return _letterbox(img, size, pad_value, channels)
+        info = FitInfo(img.width, img.height, size[1] / img.width, size[0] / img.height)
+        if img.size != (size[1], size[0]):
+            img = img.resize((size[1], size[0]), Image.BILINEAR)
+        arr = np.asarray(img, dtype=np.uint8)
+        return (arr[..., None] if channels == 1 else arr), info
+    except InputError:
+        raise
+    except Exception as err:  # Pillow raises more than OSError on hostile files (see decode_image)
+        raise InputError(f"Cannot convert {name} to {'gray' if channels == 1 else 'RGB'} ({err}).") from err
+
+
+def _letterbox(img: Image.Image, size: tuple[int, int], pad_value: int, channels: int) -> tuple[np.ndarray, FitInfo]:
+    """Resize keeping the aspect ratio, centred on a ``pad_value`` canvas (Ultralytics' letterbox)."""
+    h, w = size
+    scale = min(h / img.height, w / img.width)
+    new_w, new_h = max(1, round(img.width * scale)), max(1, round(img.height * scale))
+    pad_x, pad_y = (w - new_w) / 2, (h - new_h) / 2
+    canvas = Image.new(img.mode, (w, h), pad_value if channels == 1 else (pad_value,) * 3)
+    resized = img if (new_w, new_h) == img.size else img.resize((new_w, new_h), Image.BILINEAR)
+    canvas.paste(resized, (int(round(pad_x - 0.1)), int(round(pad_y - 0.1))))
+    arr = np.asarray(canvas, dtype=np.uint8)
+    info = FitInfo(img.width, img.height, new_w / img.width, new_h / img.height,
+                   float(int(round(pad_x - 0.1))), float(int(round(pad_y - 0.1))))
+    return (arr[..., None] if channels == 1 else arr), info
+
+
+def decode_image(image: ImageLike, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 mode: str = "RGB") -> tuple[Image.Image, str]:
+    """The one image decoder: a path, bytes, PIL image or array -> a PIL image in ``mode`` and its name.
+
+    Raises:
+        InputError: for an unreadable, truncated or hostile file, or more than ``max_pixels``.
+    """
     if isinstance(image, np.ndarray):
-        img = _array_to_pil(image, max_pixels)
-        return _finish(img, size, "the array")
+        return _convert(_array_to_pil(image, max_pixels), mode, "the array"), "the array"
     if isinstance(image, Image.Image):
         _check_pixels(image.size, max_pixels, "the PIL image")
-        return _finish(image, size, "the PIL image")
+        return _convert(image, mode, "the PIL image"), "the PIL image"
     if isinstance(image, (bytes, bytearray, memoryview)):
         source, name = io.BytesIO(bytes(image)), f"the {len(image)} bytes given"
     elif isinstance(image, (str, Path)):
@@ -81,13 +161,28 @@ def load_image(
         with Image.open(source) as img:
             _check_pixels(img.size, max_pixels, name)  # from the header, before decoding
             img.load()
-            return _finish(img, size, name)
+            return _convert(img, mode, name), name  # a new image: it outlives the closed file
     except InputError:
         raise
     except Image.DecompressionBombError as err:
         raise InputError(f"Refusing {name}: {err}") from err
-    except (OSError, ValueError, SyntaxError) as err:  # PIL: unidentified, truncated, broken data
-        raise InputError(f"Cannot read {name} as an image ({err}); expected a PNG, JPEG, WebP, ... file.") from err
+    except (MemoryError, RecursionError, KeyboardInterrupt):
+        raise
+    except Exception as err:
+        # Pillow's plugins raise OSError, ValueError and SyntaxError, but also NotImplementedError,
+        # BLPFormatError, AttributeError, IndexError, struct.error ... on mutated files: every one
+        # of them means this one file is unusable, never that the process is.
+        detail = str(err)[:200] or type(err).__name__
+        raise InputError(f"Cannot read {name} as an image ({detail}); expected a PNG, JPEG, WebP, ... file.") from err
+
+
+def _convert(img: Image.Image, mode: str, name: str) -> Image.Image:
+    try:
+        return img.convert(mode)
+    except (MemoryError, RecursionError, KeyboardInterrupt):
+        raise
+    except Exception as err:  # a hostile palette or mode Pillow cannot convert
+        raise InputError(f"Cannot convert {name} to {'gray' if mode == 'L' else mode} ({str(err)[:200]}).") from err
 
 
 def _check_pixels(wh: tuple[int, int], max_pixels: int, name: str) -> None:
@@ -96,16 +191,6 @@ def _check_pixels(wh: tuple[int, int], max_pixels: int, name: str) -> None:
             f"Refusing {name}: {wh[0]}x{wh[1]} = {wh[0] * wh[1]:,} pixels is over the limit of "
             f"{max_pixels:,}; downscale it first (or raise max_pixels)."
         )
-
-
-def _finish(img: Image.Image, size: tuple[int, int], name: str) -> np.ndarray:
-    try:
-        img = img.convert("RGB")
-        if img.size != (size[1], size[0]):
-            img = img.resize((size[1], size[0]), Image.BILINEAR)
-        return np.asarray(img, dtype=np.uint8)
-    except (OSError, ValueError) as err:
-        raise InputError(f"Cannot convert {name} to RGB ({err}).") from err
 
 
 def _array_to_pil(x: np.ndarray, max_pixels: int) -> Image.Image:

@@ -14,7 +14,7 @@ from edgecnn.cli import main
 from edgecnn.errors import ArtifactError, ConfigError, InputError, ProviderError
 from edgecnn.runtime import Classifier
 from edgecnn.runtime.benchmark import BenchConfig, run_benchmark
-from edgecnn.runtime.classifier import _DeviceBinder
+from edgecnn.runtime.core import _DeviceBinder
 from edgecnn.runtime.session import CudaOptions, NodePlacement, create_session, node_placement, parse_profile
 
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
@@ -92,10 +92,10 @@ def test_binder_keeps_a_few_shapes(models):
 def test_fixed_shape_binding_refuses_another_shape(models, pixels):
     # The CUDA-graph rule, exercised on CPU buffers: the first shape is the only one.
     clf = Classifier(models["nhwc"])
-    binder = _DeviceBinder(clf.session, clf.input_name, clf.output_name, device="cpu", device_id=0, fixed_shape=True)
+    binder = _DeviceBinder(clf.session, clf.input_name, clf.output_names, device="cpu", device_id=0, fixed_shape=True)
     x = clf.preprocess(pixels)
-    np.testing.assert_allclose(binder.run(x), clf.run(x), rtol=1e-6)
-    np.testing.assert_allclose(binder.run(x[::-1].copy()), clf.run(x[::-1].copy()), rtol=1e-6)
+    np.testing.assert_allclose(binder.run(x)[0], clf.run(x), rtol=1e-6)
+    np.testing.assert_allclose(binder.run(x[::-1].copy())[0], clf.run(x[::-1].copy()), rtol=1e-6)
     with pytest.raises(InputError, match=r"CUDA graph captured for input shape \(3, 8, 8, 3\); got \(2, 8, 8, 3\)"):
         binder.run(x[:2])
 

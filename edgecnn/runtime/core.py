@@ -1,0 +1,487 @@
+"""The one runtime core: an ONNX session, its model card, preprocessing and batching.
+
+Every inference in edgecnn goes through :class:`InferenceModel`: the task heads
+(:class:`~edgecnn.runtime.Classifier` and the detection and segmentation heads), export's
+verification, ``evaluate``, ``bench`` and ``serve``. It owns
+
+- the session (:func:`~edgecnn.runtime.session.create_session`: explicit providers, fallback
+  check);
+- the card: the one embedded in the file, or one inferred from the graph and the file's own
+  metadata (Ultralytics' ``imgsz``/``names``/``task``/``stride``) plus the caller's overrides,
+  with :meth:`InferenceModel.assumptions` saying in one line what was assumed;
+- preprocessing (the one image loader, :func:`~edgecnn.runtime.preprocess.fit_image`);
+- running: every output or the primary one, in chunks a fixed-batch model accepts (the last
+  one padded), through reused IO-binding buffers when asked.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+import threading
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from edgecnn.card import ONNX_METADATA_KEY, ModelCard
+from edgecnn.errors import ArtifactError, ConfigError, InputError
+from edgecnn.runtime.preprocess import DEFAULT_MAX_PIXELS, FitInfo, ImageLike, check_pixels, fit_image, normalize_batch
+from edgecnn.runtime.session import CudaOptions, NodePlacement, create_session, node_placement
+
+log = logging.getLogger(__name__)
+
+__all__ = ["InferenceModel", "infer_card", "read_card", "CARD_OVERRIDES", "summarize_labels"]
+
+_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+# Card fields a caller (or a CLI flag of the same name) may override.
+CARD_OVERRIDES = ("mean", "std", "layout", "class_names", "input_size", "output_kind", "channels", "task",
+                  "resize", "channel_order")
+_FLAGS = "--task, --input-size, --channels, --layout, --preprocess or --mean/--std, --labels"
+
+
+def read_card(session: ort.InferenceSession) -> ModelCard | None:
+    """The model card stored in the ONNX ``metadata_props``, or None when there is none.
+
+    Raises:
+        ArtifactError: if a card is present but is not a valid one.
+    """
+    text = session.get_modelmeta().custom_metadata_map.get(ONNX_METADATA_KEY)
+    return None if text is None else ModelCard.from_json(text)
+
+
+def summarize_labels(names: Sequence[str], limit: int = 5) -> str:
+    """``3 labels: cat, dog, bird`` or ``80 labels: person, bicycle, car, ... toothbrush`` (never hundreds)."""
+    if not names:
+        return "no labels"
+    if len(names) <= limit:
+        return f"{len(names)} labels: {', '.join(names)}"
+    return f"{len(names)} labels: {', '.join(names[:limit - 2])}, ... {names[-1]}"
+
+
+def _ultralytics(meta: Mapping[str, str]) -> dict[str, Any]:
+    """Ultralytics' export metadata (Python literals as strings), when the file has it."""
+    out: dict[str, Any] = {}
+    for key in ("imgsz", "names", "task", "stride", "channels"):
+        if key in meta:
+            try:
+                out[key] = ast.literal_eval(meta[key])
+            except (ValueError, SyntaxError, MemoryError, RecursionError):
+                log.debug("Ignoring unparsable metadata %s=%r", key, meta[key][:80])
+    return out if ("names" in out or "imgsz" in out) and "task" in out else {}
+
+
+def _guess_layout(shape: Sequence[Any]) -> str:
+    if len(shape) == 4 and shape[1] in (1, 3) and shape[3] not in (1, 3):
+        return "nchw"
+    return "nhwc"
+
+
+def _static(d: Any) -> int | None:
+    return d if isinstance(d, int) and d > 0 else None
+
+
+def infer_card(name: str, inputs: Sequence[tuple[str, list[Any]]], outputs: Sequence[tuple[str, list[Any]]],
+               metadata: Mapping[str, str], overrides: Mapping[str, Any]) -> tuple[ModelCard, list[str]]:
+    """A card for a model that carries none, from its graph, its metadata and ``overrides``.
+
+    Args:
+        name: the model's name (file stem).
+        inputs, outputs: ``(name, shape)`` of each graph input and output (dims are ints or names).
+        metadata: the file's ``metadata_props``.
+        overrides: card fields given by the caller (see :data:`CARD_OVERRIDES`).
+
+    Returns:
+        The card, and what was assumed rather than read or given (for the one-line notice).
+
+    Raises:
+        ArtifactError: when the model is not a single-image-input model, or a needed fact is in
+            neither the file nor the overrides (the message names the flag).
+    """
+    if len(inputs) != 1:
+        raise ArtifactError(f"{name} has {len(inputs)} inputs ({', '.join(n for n, _ in inputs)}); edgecnn runs "
+                            "models with one image input.")
+    in_name, shape = inputs[0]
+    if len(shape) != 4:
+        raise ArtifactError(f"{name}: input {in_name!r} has shape {shape}; edgecnn needs a 4-D image batch "
+                            "(N, H, W, C or N, C, H, W).")
+    ultra = _ultralytics(metadata)
+    assumed: list[str] = []
+    layout = overrides.get("layout") or _guess_layout(shape)
+    c_dim = _static(shape[1] if layout == "nchw" else shape[3])
+    channels = int(overrides.get("channels") or c_dim or 3)
+    if c_dim and c_dim != channels:
+        raise ArtifactError(f"{name}: input {in_name!r} {shape} has {c_dim} channels ({layout}), not {channels}; "
+                            "check --channels and --layout.")
+    if c_dim not in (1, 3) and "channels" not in overrides:
+        raise ArtifactError(f"{name}: input {in_name!r} {shape} has no 1- or 3-channel axis as {layout.upper()}; "
+                            "pass --layout nchw|nhwc and --channels 1|3.")
+    size = overrides.get("input_size")
+    if size is None:
+        hw = [_static(d) for d in (shape[2:4] if layout == "nchw" else shape[1:3])]
+        imgsz = ultra.get("imgsz")
+        if all(hw):
+            size = tuple(hw)
+        elif isinstance(imgsz, (list, tuple)) and len(imgsz) == 2:
+            size = tuple(int(v) for v in imgsz)
+        elif isinstance(imgsz, int):
+            size = (imgsz, imgsz)
+        else:
+            raise ArtifactError(f"{name}: input {in_name!r} has shape {shape} with no fixed height and width; "
+                                "pass --input-size HxW.")
+    task = overrides.get("task") or {"detect": "detect", "classify": "classify"}.get(str(ultra.get("task")))
+    out_name, out_shape = outputs[0]
+    if task is None:
+        task = "classify" if len(outputs) == 1 and len(out_shape) == 2 else "raw"
+        assumed.append(f"task {task}" + (f" (outputs {[list(s) for _, s in outputs]}; pass --task detect|segment "
+                                         "if that is what it is)" if task == "raw" else ""))
+    labels = overrides.get("class_names")
+    if labels is None:
+        names = ultra.get("names")
+        if isinstance(names, dict):
+            labels = [str(names[k]) for k in sorted(names)]
+        elif isinstance(names, (list, tuple)):
+            labels = [str(v) for v in names]
+        else:
+            n = _class_count(task, out_shape, overrides.get("output_kind"), layout)
+            if n is None and task in ("classify", "detect"):
+                raise ArtifactError(f"{name}: output {out_name!r} {out_shape} has no fixed class axis; pass --labels.")
+            labels = [str(i) for i in range(n or 0)]
+            if labels:
+                assumed.append(f"labels 0..{len(labels) - 1}")
+    fields: dict[str, Any] = {"mean": (0.0,) * channels, "std": (255.0,) * channels}
+    if "mean" not in overrides and "std" not in overrides:
+        assumed.append("pixels / 255")
+    if task == "detect":
+        fields["resize"] = "letterbox"
+    fields.update({k: v for k, v in overrides.items() if k in CARD_OVERRIDES and v is not None})
+    fields.update(name=name, architecture="external", task=task, layout=layout, channels=channels,
+                  input_size=tuple(size), class_names=tuple(labels), input_name=in_name, output_name=out_name)
+    if ultra.get("stride") is not None:
+        fields["stride"] = int(max(ultra["stride"]) if isinstance(ultra["stride"], (list, tuple)) else ultra["stride"])
+    if ultra:
+        fields["normalization"] = "preset:ultralytics"
+    if "layout" not in overrides:
+        assumed.append(f"layout {layout.upper()}")
+    try:
+        return ModelCard(**fields), assumed
+    except TypeError as err:
+        raise ArtifactError(f"Invalid override for {name}: {err}.") from err
+
+
+def _class_count(task: str, shape: Sequence[Any], output_kind: str | None, layout: str) -> int | None:
+    if task == "classify":
+        return _static(shape[-1])
+    if task == "detect" and len(shape) == 3:
+        if output_kind == "yolov5":
+            return None if _static(shape[2]) is None else shape[2] - 5
+        return None if _static(shape[1]) is None else shape[1] - 4
+    if task == "segment" and len(shape) == 4:
+        return _static(shape[1] if layout == "nchw" else shape[3])
+    return None
+
+
+class InferenceModel:
+    """An ONNX image model on onnxruntime with its card: preprocess, run, in batches it accepts.
+
+    Args:
+        model: the ``.onnx`` path (its model card is read from the metadata) or serialized bytes.
+        provider: ``cpu``, ``cuda``, ``tensorrt`` or ``auto``.
+        threads: intra-op threads (None: onnxruntime's default, one per physical core).
+        allow_fallback: run on the CPU with a warning when the requested provider is unusable,
+            instead of raising :class:`~edgecnn.errors.ProviderError`.
+        card: use this card instead of the embedded one (export verifies staged files this way).
+        mean, std, layout, labels, input_size, output_kind, channels, task, resize: override the
+            card, or describe a model without one (``mean``/``std`` per channel on the 0-255 scale,
+            ``input_size`` = (height, width)); what is neither given nor in the file is inferred
+            from the graph, and :meth:`assumptions` says what was assumed.
+        max_pixels: images with more pixels are refused before decoding.
+        cuda: options of the CUDA provider; see :class:`~edgecnn.runtime.session.CudaOptions`.
+        io_binding: run through IO binding with input and output buffers on the session's device,
+            reused while the input shape stays the same. None: on for a GPU session, off on the
+            CPU. CUDA graphs always use it, and then accept only the shape of the first call.
+
+    Raises:
+        ArtifactError: for a missing or corrupt file, or a card that does not match the model.
+        ProviderError: when the requested provider is not the one running the session.
+        ConfigError: for CUDA graphs without a CUDA provider or without IO binding.
+    """
+
+    def __init__(
+        self,
+        model: str | Path | bytes,
+        provider: str = "cpu",
+        threads: int | None = None,
+        allow_fallback: bool = False,
+        *,
+        card: ModelCard | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        layout: str | None = None,
+        labels: Sequence[str] | None = None,
+        input_size: tuple[int, int] | None = None,
+        output_kind: str | None = None,
+        channels: int | None = None,
+        task: str | None = None,
+        resize: str | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        cuda: CudaOptions | None = None,
+        io_binding: bool | None = None,
+    ) -> None:
+        self.model_path = Path("<bytes>") if isinstance(model, bytes) else Path(model)
+        if cuda is not None and cuda.cuda_graph:
+            if provider == "cpu":
+                raise ConfigError("CUDA graphs (cuda_graph=True, --cuda-graph) need provider='cuda' (--provider cuda).")
+            if io_binding is False:
+                raise ConfigError("CUDA graphs replay fixed device buffers: they need IO binding (drop --no-io-binding).")
+        self.cuda = cuda
+        self.allow_fallback = allow_fallback
+        self.session, self.info = create_session(model, provider=provider, threads=threads,
+                                                 allow_fallback=allow_fallback, cuda=cuda)
+        overrides = {"mean": mean, "std": std, "layout": layout, "class_names": labels, "input_size": input_size,
+                     "output_kind": output_kind, "channels": channels, "task": task, "resize": resize}
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        self.assumed: list[str] = []
+        embedded = card if card is not None else read_card(self.session)
+        self.has_card = embedded is not None
+        if embedded is not None:
+            self.card = embedded.replace(**overrides) if overrides else embedded
+        else:
+            io = lambda args: [(a.name, list(a.shape)) for a in args]  # noqa: E731
+            self.card, self.assumed = infer_card(
+                self.model_path.stem, io(self.session.get_inputs()), io(self.session.get_outputs()),
+                self.session.get_modelmeta().custom_metadata_map, overrides)
+        self._input = self._check_input()
+        self.input_name = self._input.name
+        self.input_dtype = _ORT_DTYPES.get(self._input.type, np.float32)
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.output_name = self.card.output_name if self.card.output_name in self.output_names else self.output_names[0]
+        batch = self._input.shape[0]
+        self.fixed_batch: int | None = batch if isinstance(batch, int) and batch > 0 else None
+        self.max_pixels = max_pixels
+        on_gpu = self.info.device == "cuda"
+        self.cuda_graph = bool(on_gpu and cuda is not None and cuda.cuda_graph)
+        self._use_io_binding = self.cuda_graph or (on_gpu if io_binding is None else bool(io_binding))
+        self._binder = _DeviceBinder(self.session, self.input_name, self.output_names,
+                                     device="cuda" if on_gpu else "cpu", device_id=cuda.device_id if cuda else 0,
+                                     fixed_shape=self.cuda_graph)
+
+    # ------------------------------------------------------------------------------ properties
+    @property
+    def providers(self) -> list[str]:
+        """The providers the session actually runs on (``session.get_providers()``)."""
+        return list(self.session.get_providers())
+
+    @property
+    def io_binding(self) -> bool:
+        """Whether :meth:`run` goes through IO binding with reused device buffers."""
+        return self._use_io_binding
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.card.class_names)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({str(self.model_path)!r}, model={self.card.name!r}, task={self.card.task!r}, "
+                f"precision={self.card.precision!r}, providers={self.providers})")
+
+    def assumptions(self) -> str | None:
+        """One line saying what this model's card was assumed to be, or None when it carries a card."""
+        if self.has_card:
+            return None
+        card = self.card
+        what = (f"task {card.task}, {card.describe_preprocessing()}, {summarize_labels(card.class_names)}")
+        return (f"{self.model_path.name} has no edgecnn model card; assuming {what}. Override with {_FLAGS}, "
+                "or embed a card with `edgecnn export`.")
+
+    def _check_input(self) -> Any:
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        inp = inputs.get(self.card.input_name) or (next(iter(inputs.values())) if len(inputs) == 1 else None)
+        if inp is None:
+            raise ArtifactError(f"{self.model_path}: the card names input {self.card.input_name!r}, the model has "
+                                f"{list(inputs)}.")
+        expected = self.card.input_shape()
+        if len(inp.shape) != 4 or any(isinstance(a, int) and b is not None and a != b
+                                      for a, b in zip(inp.shape, expected)):
+            raise ArtifactError(
+                f"{self.model_path}: the model input {inp.name!r} has shape {inp.shape} but the card "
+                f"({self.card.layout}, {self.card.channels} channels, {self.card.input_size}) expects "
+                f"{list(expected)}; check --layout, --channels and --input-size."
+            )
+        if inp.type not in _ORT_DTYPES:
+            raise ArtifactError(f"{self.model_path}: input {inp.name!r} is {inp.type}; edgecnn needs a float input.")
+        return inp
+
+    # --------------------------------------------------------------------------------- inputs
+    def fit(self, image: ImageLike) -> tuple[np.ndarray, FitInfo]:
+        """Decode one image to uint8 HxWxC at the input size, with how it was fitted."""
+        card = self.card
+        return fit_image(image, card.input_size, max_pixels=self.max_pixels, channels=card.channels,
+                         resize=card.resize, pad_value=card.pad_value)
+
+    def load_image(self, image: ImageLike) -> np.ndarray:
+        """Decode one image to uint8 HxWxC at the card's input size (see :func:`fit_image`)."""
+        return self.fit(image)[0]
+
+    def load(self, images: ImageLike | Sequence[ImageLike] | np.ndarray) -> tuple[np.ndarray, list[FitInfo]]:
+        """Images, or an NHWC 0-255 batch already at the input size, -> (N, H, W, C) pixels and fit info.
+
+        Raises:
+            InputError: for a wrong shape or dtype, NaN, or an unreadable image.
+        """
+        h, w = self.card.input_size
+        c = self.card.channels
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            if images.shape[1:] != (h, w, c):
+                raise InputError(
+                    f"Expected a batch of shape (N, {h}, {w}, {c}) (NHWC pixels 0-255); got {images.shape}. "
+                    "Pass a list of images to have them converted and resized."
+                )
+            if images.shape[0] == 0:
+                raise InputError("No images given.")
+            return check_pixels(images, "The image batch"), [FitInfo(w, h, 1.0, 1.0)] * images.shape[0]
+        if isinstance(images, (list, tuple)):
+            if not images:
+                raise InputError("No images given.")
+            fitted = [self.fit(im) for im in images]
+            return np.stack([f[0] for f in fitted]), [f[1] for f in fitted]
+        pixels, info = self.fit(images)  # type: ignore[arg-type]
+        return pixels[None], [info]
+
+    def to_pixels(self, images: ImageLike | Sequence[ImageLike] | np.ndarray) -> np.ndarray:
+        """Images, or an NHWC 0-255 batch already at the input size, -> (N, H, W, C) pixel batch."""
+        return self.load(images)[0]
+
+    def preprocess(self, images: ImageLike | Sequence[ImageLike] | np.ndarray) -> np.ndarray:
+        """Images or a pixel batch -> the model input (float32, card layout, normalized)."""
+        return normalize_batch(self.to_pixels(images), self.card)
+
+    # ------------------------------------------------------------------------------ inference
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """The primary output (the card's ``output_name``) for an already preprocessed input.
+
+        Raises:
+            InputError: for a wrong shape, dtype or NaN values.
+        """
+        return self.run_all(x)[self.output_names.index(self.output_name)]
+
+    def run_all(self, x: np.ndarray) -> list[np.ndarray]:
+        """Every output, in graph order, for an already preprocessed (N, ...) input.
+
+        A fixed-batch model gets chunks of its batch size, the last one padded by repeating the
+        last input, and the outputs are cut back to N.
+
+        Raises:
+            InputError: for a wrong shape, dtype or NaN values.
+        """
+        x = self._check_tensor(x)
+        step = self.fixed_batch
+        if step is None or x.shape[0] == step:
+            return self._run_once(x)
+        parts: list[list[np.ndarray]] = []
+        for start in range(0, x.shape[0], step):
+            chunk = x[start:start + step]
+            n = chunk.shape[0]
+            if n < step:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], step - n, axis=0)])
+            parts.append([o[:n] for o in self._run_once(chunk)])
+        return [np.concatenate([p[i] for p in parts]) for i in range(len(self.output_names))]
+
+    def _run_once(self, x: np.ndarray) -> list[np.ndarray]:
+        if self._use_io_binding:
+            # One host-to-device copy into a reused input buffer and one device-to-host copy per
+            # output per call, nothing else (see _DeviceBinder).
+            return self._binder.run(x)
+        return self.session.run(None, {self.input_name: x})
+
+    def _check_tensor(self, x: np.ndarray) -> np.ndarray:
+        if not isinstance(x, np.ndarray) or not np.issubdtype(x.dtype, np.floating):
+            got = x.dtype if isinstance(x, np.ndarray) else type(x).__name__
+            raise InputError(f"The model input must be a float32 array; got {got}.")
+        expected = self.card.input_shape()
+        if x.ndim != 4 or tuple(x.shape[1:]) != tuple(expected[1:]) or x.shape[0] == 0:
+            raise InputError(f"The model input must have shape (N, {', '.join(map(str, expected[1:]))}) "
+                             f"({self.card.layout}); got {x.shape}.")
+        if not np.isfinite(x).all():
+            raise InputError("The model input contains NaN or infinite values.")
+        return np.ascontiguousarray(x, dtype=self.input_dtype)
+
+    def node_placement(self) -> NodePlacement:
+        """Where each node of this model runs with this provider and CUDA options (one profiled run
+        of a separate session; see :func:`~edgecnn.runtime.session.node_placement`)."""
+        return node_placement(self.model_path, provider=self.info.requested, cuda=self.cuda,
+                              allow_fallback=self.allow_fallback)
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able summary: model, card essentials and session providers."""
+        return {"model": str(self.model_path), "name": self.card.name, "task": self.card.task,
+                "precision": self.card.precision,
+                "input": {"name": self.input_name, "shape": list(self.card.input_shape()), "layout": self.card.layout},
+                "outputs": [{"name": o.name, "shape": list(o.shape)} for o in self.session.get_outputs()],
+                "labels": self.labels, "providers": self.providers, "session_creation_s": self.info.creation_s,
+                "io_binding": self.io_binding, "cuda_graph": self.cuda_graph,
+                "cuda": None if self.cuda is None else self.cuda.provider_options()}
+
+
+class _DeviceBinder:
+    """IO binding over input/output buffers allocated on the session's device and reused.
+
+    Per input shape, one input OrtValue and one OrtValue per output are allocated on the device
+    and bound once; each call refills the input in place (``update_inplace``: one host-to-device
+    copy), runs, and copies the outputs back. CUDA graphs need exactly this: onnxruntime captures
+    the kernels with the bound addresses on the first runs and replays them later, so the
+    addresses must never change. With ``fixed_shape`` (CUDA graphs) the first shape is the only
+    one accepted; otherwise up to ``_MAX_SHAPES`` shapes keep their buffers (the server's
+    micro-batches come in a few sizes). Calls are serialized: the buffers are shared.
+    """
+
+    _MAX_SHAPES = 8
+
+    def __init__(self, session: ort.InferenceSession, input_name: str, output_names: list[str], *, device: str,
+                 device_id: int, fixed_shape: bool) -> None:
+        self.session, self.input_name, self.output_names = session, input_name, output_names
+        self.device, self.device_id, self.fixed_shape = device, device_id, fixed_shape
+        self._outputs = {o.name: (list(o.shape), _ORT_DTYPES.get(o.type, np.float32)) for o in session.get_outputs()}
+        self._bound: dict[tuple[int, ...], tuple[Any, Any, list[Any]]] = {}
+        self._lock = threading.Lock()
+
+    def run(self, x: np.ndarray) -> list[np.ndarray]:
+        with self._lock:
+            entry = self._bound.get(x.shape)
+            if entry is None:
+                entry = self._bind(x)
+            else:
+                entry[1].update_inplace(x)
+            self.session.run_with_iobinding(entry[0])
+            # Copies that own their memory: on the CPU the output buffers are reused by the next call.
+            return [np.array(o, copy=True) for o in entry[0].copy_outputs_to_cpu()]
+
+    def _bind(self, x: np.ndarray) -> tuple[Any, Any, list[Any]]:
+        if self.fixed_shape and self._bound:
+            (shape,) = self._bound
+            raise InputError(
+                f"This model runs a CUDA graph captured for input shape {shape}; got {x.shape}. A CUDA graph "
+                "replays fixed buffers: pad the batch to that shape, or run without cuda_graph for varying batch sizes."
+            )
+        if len(self._bound) >= self._MAX_SHAPES:
+            self._bound.pop(next(iter(self._bound)))
+        binding = self.session.io_binding()
+        inp = ort.OrtValue.ortvalue_from_shape_and_type(list(x.shape), x.dtype, self.device, self.device_id)
+        inp.update_inplace(x)
+        binding.bind_ortvalue_input(self.input_name, inp)
+        outs = []
+        for name in self.output_names:
+            dims, dtype = self._outputs[name]
+            shape = [x.shape[0] if i == 0 else d for i, d in enumerate(dims)]
+            if all(isinstance(d, int) and d > 0 for d in shape):
+                out = ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, self.device, self.device_id)
+                binding.bind_ortvalue_output(name, out)
+                outs.append(out)
+            elif self.fixed_shape:
+                raise ArtifactError(f"Output {name!r} has shape {dims}: a CUDA graph needs outputs whose size is known "
+                                    "from the batch; run without cuda_graph.")
+            else:  # an output size only the run knows: onnxruntime allocates it on the device
+                binding.bind_output(name, self.device, self.device_id)
+        self._bound[x.shape] = (binding, inp, outs)
+        return self._bound[x.shape]
