@@ -166,23 +166,39 @@ def train(config_path, resume_dir, overwrite, quiet, augment, rotation, translat
 
 @main.command(epilog="\b\nExamples:\n  edgecnn models\n  edgecnn models --family mobilenet --input-size 224")
 @click.option("--family", help="Only this family (seed, lenet, vgg, resnet, mobilenet, shufflenet).")
-@click.option("--input-size", type=int, help="Count MFLOPs at this square size instead of each model's default.")
-@click.option("--classes", "num_classes", type=int, default=10, show_default=True)
-def models(family: str | None, input_size: int | None, num_classes: int) -> None:
-    """List the model zoo: parameters and MFLOPs (2 x multiply-adds) at the default input size."""
-    import edgecnn.train  # noqa: F401
-    from edgecnn.train.flops import model_summary_row
-    from edgecnn.train.registry import build_model, get_model_spec, list_models
+@click.option("--input-size", type=click.IntRange(min=8), help="Count MFLOPs at this square size instead of each model's default.")
+@click.option("--classes", "num_classes", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--width", type=click.FloatRange(min=0, min_open=True),
+              help="Width multiplier (only models that take one are listed).  [default: each model's own]")
+def models(family: str | None, input_size: int | None, num_classes: int, width: float | None) -> None:
+    """List the model zoo: parameters and MFLOPs (2 x multiply-adds) at the default input size.
 
-    rows = []
-    for name in list_models(family):
-        spec = get_model_spec(name)
-        size = (input_size, input_size) if input_size else spec.input_size
-        r = model_summary_row(build_model(name, num_classes, input_size=size))
-        rows.append([name, spec.family, f"{size[0]}x{size[1]}", f"{r['params']:,}", f"{r['mflops']:.1f}", spec.description])
-    _echo_table("edgecnn model zoo", ["model", "family", "input", "params", "MFLOPs", "description"], rows)
+    Counts come from a packaged table; other sizes, class counts and widths build the model (needs [train]).
+    """
+    import inspect
+
+    from edgecnn.errors import ConfigError
+    from edgecnn.train.counts import CountsKey, model_counts
+    from edgecnn.train.registry import get_model_spec, list_models
     from edgecnn.train.transfer import BACKBONES
 
+    names = list_models(family)
+    if not names:
+        families = sorted({get_model_spec(n).family for n in list_models()})
+        raise ConfigError(f"No model of family {family!r}; choose one of {', '.join(families)}.")
+    rows, fixed = [], []
+    for name in names:
+        spec = get_model_spec(name)
+        params = inspect.signature(spec.builder).parameters.values()
+        if width is not None and not any(p.name == "width" or p.kind is p.VAR_KEYWORD for p in params):
+            fixed.append(name)
+            continue
+        size = (input_size, input_size) if input_size else spec.input_size
+        c, _ = model_counts(CountsKey(name, size, num_classes, width))
+        rows.append([name, spec.family, f"{size[0]}x{size[1]}", f"{c.params:,}", f"{c.mflops:.1f}", spec.description])
+    _echo_table("edgecnn model zoo", ["model", "family", "input", "params", "MFLOPs", "description"], rows)
+    if fixed:
+        click.echo(f"Not listed (fixed width): {', '.join(fixed)}.")
     click.echo("Transfer backbones (--backbone): " + ", ".join(BACKBONES) + ", or a run directory.")
 
 

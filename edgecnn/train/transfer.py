@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
-import edgecnn.train._tf  # noqa: F401  (before keras: TensorFlow loads quietly)
-import keras
-from keras import layers
-
+from edgecnn._optional import require
 from edgecnn.errors import ArtifactError, ModelNotFoundError
+
+if TYPE_CHECKING:  # Keras loads when a model is built: listing BACKBONES needs no TensorFlow
+    import keras
 
 __all__ = ["BACKBONES", "build_transfer_model", "set_fine_tune", "BACKBONE_LAYER"]
 
@@ -21,7 +21,7 @@ BACKBONE_LAYER = "backbone"
 
 @dataclass(frozen=True)
 class _Backbone:
-    factory: Callable[..., keras.Model]
+    application: str  # the keras.applications constructor
     size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
@@ -33,21 +33,22 @@ class _Backbone:
 #   'tf' mode: x / 127.5 - 1; 'caffe' mode: BGR, minus the ImageNet mean;
 #   MobileNetV3 and EfficientNet rescale inside the model, so they take raw 0-255 pixels.
 BACKBONES: dict[str, _Backbone] = {
-    "mobilenet_v2": _Backbone(lambda **kw: keras.applications.MobileNetV2(**kw), 224, (127.5,) * 3, (127.5,) * 3),
-    "mobilenet_v3_small": _Backbone(lambda **kw: keras.applications.MobileNetV3Small(**kw), 224, (0.0,) * 3, (1.0,) * 3,
+    "mobilenet_v2": _Backbone("MobileNetV2", 224, (127.5,) * 3, (127.5,) * 3),
+    "mobilenet_v3_small": _Backbone("MobileNetV3Small", 224, (0.0,) * 3, (1.0,) * 3,
                                     kwargs=(("include_preprocessing", True),)),
-    "resnet50": _Backbone(lambda **kw: keras.applications.ResNet50(**kw), 224, (103.939, 116.779, 123.68), (1.0,) * 3, "BGR"),
-    "efficientnet_b0": _Backbone(lambda **kw: keras.applications.EfficientNetB0(**kw), 224, (0.0,) * 3, (1.0,) * 3),
+    "resnet50": _Backbone("ResNet50", 224, (103.939, 116.779, 123.68), (1.0,) * 3, "BGR"),
+    "efficientnet_b0": _Backbone("EfficientNetB0", 224, (0.0,) * 3, (1.0,) * 3),
 }
 
 
 def _application_backbone(name: str, size: int, weights: str) -> tuple[keras.Model, dict[str, Any]]:
     spec = BACKBONES[name]
+    factory = getattr(require("keras", "train").applications, spec.application)
     w: str | None = None if weights == "none" else weights
     if w not in (None, "imagenet"):
         w = str(Path(w).expanduser())
     try:
-        model = spec.factory(input_shape=(size, size, 3), include_top=False, weights=w, **dict(spec.kwargs))
+        model = factory(input_shape=(size, size, 3), include_top=False, weights=w, **dict(spec.kwargs))
     except Exception as err:  # download (URL/socket) errors, or a weights file that does not fit
         if weights == "imagenet":
             raise ArtifactError(
@@ -65,6 +66,7 @@ def _run_backbone(run: Path) -> tuple[keras.Model, dict[str, Any], int]:
     from edgecnn.card import ModelCard
     from edgecnn.train.loop import load_run_model
 
+    keras = require("keras", "train")
     card = ModelCard.load(run)
     src = load_run_model(run)
     last4d = [layer for layer in src.layers if len(layer.output.shape) == 4]
@@ -94,6 +96,8 @@ def build_transfer_model(
         ModelNotFoundError: for an unknown backbone name.
         ArtifactError: when weights cannot be loaded (offline ImageNet download included).
     """
+    keras = require("keras", "train")
+    layers = keras.layers
     path = Path(backbone).expanduser()
     if backbone in BACKBONES:
         size = backbone_input_size or BACKBONES[backbone].size
@@ -131,6 +135,7 @@ def set_fine_tune(model: keras.Model, top_layers: int) -> int:
     Returns:
         The number of layers unfrozen.
     """
+    layers = require("keras", "train").layers
     base = model.get_layer(BACKBONE_LAYER)
     base.trainable = True
     unfrozen = 0
