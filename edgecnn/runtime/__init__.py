@@ -1,13 +1,49 @@
 """Embeddable runtime: numpy + onnxruntime + Pillow only (never TensorFlow).
 
->>> from edgecnn.runtime import Classifier
+>>> from edgecnn.runtime import Classifier, load_model
 >>> clf = Classifier("model.onnx", provider="cpu")
 >>> clf.predict(["cat.jpg"], top_k=3)
+>>> model = load_model("yolo.onnx")          # the head the model's task needs
+>>> model.predict(["street.jpg"])
 """
 
-from edgecnn.runtime.classifier import Classifier, Prediction, default_model_path, read_card
-from edgecnn.runtime.preprocess import load_image, normalize_batch
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edgecnn.runtime.classifier import Classifier, Prediction, default_model_path
+from edgecnn.runtime.core import InferenceModel, infer_card, read_card
+from edgecnn.runtime.preprocess import FitInfo, load_image, normalize_batch
 from edgecnn.runtime.session import create_session
 
-__all__ = ["Classifier", "Prediction", "default_model_path", "read_card", "load_image", "normalize_batch",
-           "create_session"]
+__all__ = ["Classifier", "InferenceModel", "Prediction", "FitInfo", "default_model_path", "read_card", "infer_card",
+           "load_image", "normalize_batch", "create_session", "load_model", "HEADS"]
+
+
+def _head(task: str) -> type[InferenceModel]:
+    if task == "classify":
+        return Classifier
+    if task == "raw":
+        return InferenceModel
+    from edgecnn.runtime.heads import Detector, Segmenter
+
+    return Detector if task == "detect" else Segmenter
+
+
+HEADS = ("classify", "detect", "segment", "raw")
+
+
+def load_model(model: str | Path | bytes, provider: str = "cpu", threads: int | None = None,
+               allow_fallback: bool = False, **kwargs: Any) -> InferenceModel:
+    """Open an ONNX model with the head its task needs: :class:`Classifier`, ``Detector``,
+    ``Segmenter``, or the plain :class:`InferenceModel` for ``raw`` models.
+
+    The task comes from ``task=`` when given, else from the model card, else from the graph and
+    the file's metadata (see :func:`infer_card`). Takes :class:`InferenceModel`'s arguments.
+
+    Raises:
+        ArtifactError, ProviderError, ConfigError: as :class:`InferenceModel`.
+    """
+    probe = InferenceModel(model, provider, threads, allow_fallback, **kwargs)
+    return _head(probe.card.task).adopt(probe)

@@ -66,9 +66,7 @@ class Classifier(InferenceModel):
         ConfigError: for CUDA graphs without a CUDA provider or without IO binding.
     """
 
-    def __init__(self, model_path: str | Path | bytes, provider: str = "cpu", threads: int | None = None,
-                 allow_fallback: bool = False, **kwargs: Any) -> None:
-        super().__init__(model_path, provider, threads, allow_fallback, **kwargs)
+    def _check_task(self) -> None:
         if self.card.task != "classify":
             raise ArtifactError(f"{self.model_path.name} is a {self.card.task} model, not a classifier; use "
                                 "edgecnn.runtime.load_model() (or `edgecnn predict`), which picks the right head.")
@@ -97,6 +95,12 @@ class Classifier(InferenceModel):
         if top_k < 1:
             raise InputError(f"top_k must be >= 1, got {top_k}.")
         return self.top_k(self.predict_proba(images), top_k)
+
+    def postprocess(self, outputs: list[np.ndarray], fits: Sequence[Any], top_k: int = 5,
+                    **params: Any) -> list[list[Prediction]]:
+        """Raw outputs of a batch -> top-k :class:`Prediction` per image (the core's task hook)."""
+        del fits, params
+        return self.top_k(self.probabilities(outputs[self.output_names.index(self.output_name)]), top_k)
 
     def top_k(self, proba: np.ndarray, k: int) -> list[list[Prediction]]:
         """Top-k :class:`Prediction` per row of a probability batch, most probable first."""

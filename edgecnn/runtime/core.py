@@ -266,6 +266,26 @@ class InferenceModel:
         self._binder = _DeviceBinder(self.session, self.input_name, self.output_names,
                                      device="cuda" if on_gpu else "cpu", device_id=cuda.device_id if cuda else 0,
                                      fixed_shape=self.cuda_graph)
+        self._check_task()
+
+    @classmethod
+    def adopt(cls, model: InferenceModel) -> InferenceModel:
+        """This head over an already opened model (same session, card and buffers): how
+        :func:`~edgecnn.runtime.load_model` picks the head after reading the task, opening the
+        session once.
+
+        Raises:
+            ArtifactError: if the model's task is not this head's.
+        """
+        if type(model) is cls:
+            return model
+        head = cls.__new__(cls)
+        head.__dict__.update(model.__dict__)
+        head._check_task()
+        return head
+
+    def _check_task(self) -> None:
+        """Heads refuse models of another task (the plain core runs any)."""
 
     # ------------------------------------------------------------------------------ properties
     @property
@@ -407,6 +427,18 @@ class InferenceModel:
             raise InputError("The model input contains NaN or infinite values.")
         return np.ascontiguousarray(x, dtype=self.input_dtype)
 
+    # -------------------------------------------------------------------------- task results
+    def predict(self, images: ImageLike | Sequence[ImageLike] | np.ndarray, **params: Any) -> list[Any]:
+        """One result per image: load, preprocess, run, then the task head's :meth:`postprocess`."""
+        pixels, fits = self.load(images)
+        return self.postprocess(self.run_all(normalize_batch(pixels, self.card)), fits, **params)
+
+    def postprocess(self, outputs: list[np.ndarray], fits: Sequence[FitInfo], **params: Any) -> list[Any]:
+        """Raw outputs of a batch -> one result per image. For a model of task ``raw``: each
+        output's name, shape and value summary (task heads override this)."""
+        del params
+        return [[_summary(name, out[i]) for name, out in zip(self.output_names, outputs)] for i in range(len(fits))]
+
     def node_placement(self) -> NodePlacement:
         """Where each node of this model runs with this provider and CUDA options (one profiled run
         of a separate session; see :func:`~edgecnn.runtime.session.node_placement`)."""
@@ -422,6 +454,16 @@ class InferenceModel:
                 "labels": self.labels, "providers": self.providers, "session_creation_s": self.info.creation_s,
                 "io_binding": self.io_binding, "cuda_graph": self.cuda_graph,
                 "cuda": None if self.cuda is None else self.cuda.provider_options()}
+
+
+def _summary(name: str, value: np.ndarray) -> dict[str, Any]:
+    v = np.asarray(value)
+    out: dict[str, Any] = {"name": name, "shape": list(v.shape), "dtype": str(v.dtype)}
+    if v.size and np.issubdtype(v.dtype, np.number):
+        f = v.astype(np.float64)
+        out.update(min=float(f.min()), max=float(f.max()), mean=float(f.mean()),
+                   argmax=[int(i) for i in np.unravel_index(int(f.argmax()), v.shape)])
+    return out
 
 
 class _DeviceBinder:

@@ -25,8 +25,32 @@ class Label(BaseModel):
     probability: float
 
 
+class Detection(BaseModel):
+    label: str
+    index: int
+    score: float
+    box: list[float] = Field(description="x1, y1, x2, y2 in pixels of the original image.")
+
+
+class ClassShare(BaseModel):
+    label: str
+    index: int
+    fraction: float = Field(description="Share of the image's pixels given this class.")
+
+
+class Segmentation(BaseModel):
+    height: int
+    width: int
+    classes: list[ClassShare] = Field(description="Classes present, largest share first.")
+
+
 class ImagePrediction(BaseModel):
-    top_k: list[Label] = Field(description="Most probable classes first.")
+    """One image's answer; which key is present depends on the model's task."""
+
+    top_k: list[Label] | None = Field(None, description="classify: most probable classes first.")
+    detections: list[Detection] | None = Field(None, description="detect: boxes, highest score first.")
+    segmentation: Segmentation | None = Field(None, description="segment: the class map's summary.")
+    outputs: list[dict[str, Any]] | None = Field(None, description="raw: each output's name, shape and summary.")
 
 
 class PredictResponse(BaseModel):
@@ -38,6 +62,7 @@ class PredictResponse(BaseModel):
 class ModelInfo(BaseModel):
     name: str
     version: str
+    task: str = Field(description="classify, detect, segment or raw.")
     max_batch: int
     input: dict[str, Any]
     providers: list[str]

@@ -173,7 +173,7 @@ def _add_routes(app: FastAPI, models: dict[str, ServedModel], batchers: dict[str
         except TimeoutError:
             raise ServeError(503, "timeout", f"No answer within {config.timeout_s:g} s; the server is busy, retry "
                              "later.", {"Retry-After": wait}) from None
-        return _json({"model": name, "version": model.version, "predictions": [{"top_k": p} for p in preds]})
+        return _json({"model": name, "version": model.version, "predictions": preds})
 
     @app.get("/healthz", response_model=Health, tags=["health"], summary="Liveness: the process answers.")
     async def healthz() -> Response:

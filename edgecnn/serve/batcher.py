@@ -204,10 +204,16 @@ class MicroBatcher:
         one per request, and keeps the event loop free for HTTP.
         """
         results: list[Any] = [None] * len(batch)
-        inputs, owners = [], []
+        inputs, fits, owners = [], [], []
         for i, job in enumerate(batch):
             try:
-                inputs.append(job.x if job.x is not None else self.model.prepare_image(job.image or b""))
+                if job.x is not None:
+                    x_i, fit = job.x, [self.model.tensor_fit()] * int(job.x.shape[0])
+                else:
+                    x_i, one = self.model.prepare_image(job.image or b"")
+                    fit = [one]
+                inputs.append(x_i)
+                fits.append(fit)
                 owners.append(i)
             except ServeError as err:  # this request's bad image: the others still run
                 results[i] = err
@@ -215,14 +221,12 @@ class MicroBatcher:
             return results
         x = inputs[0] if len(inputs) == 1 else np.concatenate(inputs)
         t0 = time.perf_counter()
-        proba = self.model.infer(x)
+        outputs = self.model.infer(x)
         self._on_batch(int(x.shape[0]), time.perf_counter() - t0)
-        k_max = max(batch[i].top_k for i in owners)
-        ranked = self.model.top_k(proba, k_max)
         start = 0
-        for i, x_i in zip(owners, inputs):
+        for i, x_i, fit in zip(owners, inputs, fits):
             n = int(x_i.shape[0])
-            results[i] = [row[:batch[i].top_k] for row in ranked[start:start + n]]
+            results[i] = self.model.results([o[start:start + n] for o in outputs], fit, batch[i].top_k)
             start += n
         return results
 

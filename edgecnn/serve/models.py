@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from edgecnn.errors import ArtifactError, InputError, ModelNotFoundError
-from edgecnn.runtime import Classifier, default_model_path
+from edgecnn.runtime import InferenceModel, default_model_path, load_model
+from edgecnn.runtime.preprocess import FitInfo, normalize_batch
 from edgecnn.serve.config import ServeConfig
 from edgecnn.serve.errors import ServeError
 
@@ -33,22 +34,26 @@ _INPUT_KINDS = ("tensor", "pixels")
 
 @dataclass
 class ServedModel:
-    """One served model: its classifier, version and how it batches."""
+    """One served model: its runtime head (classifier, detector, segmenter or raw), version and batching."""
 
     name: str
     path: Path
     version: str  # first 12 hex digits of the file's SHA-256: changes whenever the model does
-    classifier: Classifier
+    model: InferenceModel
     max_batch: int
-    fixed_batch: int | None  # the model's static batch size, None for a dynamic batch axis
 
     @property
     def card(self) -> Any:
-        return self.classifier.card
+        return self.model.card
+
+    @property
+    def fixed_batch(self) -> int | None:
+        """The model's static batch size, None for a dynamic batch axis."""
+        return self.model.fixed_batch
 
     # ----------------------------------------------------------------------------- requests
-    def prepare_image(self, data: bytes) -> np.ndarray:
-        """Encoded image bytes -> a (1, ...) model input.
+    def prepare_image(self, data: bytes) -> tuple[np.ndarray, FitInfo]:
+        """Encoded image bytes -> a (1, ...) model input and how the image was fitted to it.
 
         Raises:
             ServeError: 400 for an empty, undecodable, truncated or oversized image.
@@ -56,9 +61,10 @@ class ServedModel:
         if not data:
             raise ServeError(400, "empty_body", "The request has no image data; send PNG, JPEG, WebP, ... bytes.")
         try:
-            return self.classifier.preprocess(data)
+            pixels, info = self.model.fit(data)
         except InputError as err:
             raise ServeError(400, "invalid_image", str(err)) from err
+        return normalize_batch(pixels[None], self.card), info
 
     def prepare_json(self, data: bytes, max_instances: int = 256) -> np.ndarray:
         """A JSON body ``{"instances": [...], "input": "tensor" | "pixels"}`` -> an (N, ...) model input.
@@ -102,45 +108,39 @@ class ServedModel:
         if arr.ndim != 4 or arr.shape[1:] != (h, w, 3):
             raise _invalid_tensor(f"Each pixels instance must have shape [{h}, {w}, 3] (RGB, 0-255); "
                                   f"got instances of shape {list(arr.shape)}.")
+        h, w = self.card.input_size
         try:
-            return self.classifier.preprocess(arr)
+            return self.model.preprocess(arr)
         except InputError as err:
             raise _invalid_tensor(str(err)) from err
 
-    # ---------------------------------------------------------------------------- inference
-    def infer(self, x: np.ndarray) -> np.ndarray:
-        """Class probabilities (N, classes) of a preprocessed batch, in chunks a fixed-batch model takes."""
-        step = self.fixed_batch or x.shape[0]
-        outs = []
-        for start in range(0, x.shape[0], step):
-            chunk = x[start:start + step]
-            n = chunk.shape[0]
-            if self.fixed_batch and n < self.fixed_batch:  # pad a static-batch model's last chunk
-                chunk = np.concatenate([chunk, np.zeros((self.fixed_batch - n, *chunk.shape[1:]), chunk.dtype)])
-            outs.append(np.asarray(self.classifier.run(chunk), dtype=np.float32).reshape(chunk.shape[0], -1)[:n])
-        out = np.concatenate(outs) if len(outs) > 1 else outs[0]
-        if out.shape[1] != self.card.num_classes:
-            raise ArtifactError(f"{self.path} outputs {out.shape[1]} values per image but its card has "
-                                f"{self.card.num_classes} labels.")
-        if self.card.output_kind == "logits":
-            e = np.exp(out - out.max(axis=1, keepdims=True))
-            out = e / e.sum(axis=1, keepdims=True)
-        return out
+    def tensor_fit(self) -> FitInfo:
+        """How a JSON tensor instance maps to the image: it *is* the model input."""
+        h, w = self.card.input_size
+        return FitInfo(w, h, 1.0, 1.0)
 
-    def top_k(self, proba: np.ndarray, k: int) -> list[list[dict[str, Any]]]:
-        """Top-k ``{label, index, probability}`` per row, most probable first."""
-        k = min(k, proba.shape[1])
-        order = np.argsort(-proba, axis=1, kind="stable")[:, :k]
-        labels = self.card.class_names
-        return [[{"label": labels[i], "index": int(i), "probability": float(row[i])} for i in idx]
-                for row, idx in zip(proba, order)]
+    # ---------------------------------------------------------------------------- inference
+    def infer(self, x: np.ndarray) -> list[np.ndarray]:
+        """Every output of the model for a preprocessed batch (the runtime core chunks and pads it)."""
+        return self.model.run_all(x)
+
+    def results(self, outputs: list[np.ndarray], fits: list[FitInfo], top_k: int) -> list[dict[str, Any]]:
+        """One JSON-able result per image, by the model's task: ``top_k`` classes, ``detections``,
+        a segmentation ``mask`` summary, or each raw ``outputs`` entry."""
+        task = self.card.task
+        answers = self.model.postprocess(outputs, fits, top_k=top_k)
+        if task == "classify":
+            return [{"top_k": [p.to_dict() for p in preds]} for preds in answers]
+        if task == "raw":
+            return [{"outputs": a} for a in answers]
+        return [a.to_dict() for a in answers]
 
     def describe(self) -> dict[str, Any]:
         """The model's entry in ``GET /v1/models``: name, version, batching, providers and card."""
-        return {"name": self.name, "version": self.version, "max_batch": self.max_batch,
-                "input": {"name": self.classifier.input_name, "shape": list(self.card.input_shape()),
+        return {"name": self.name, "version": self.version, "task": self.card.task, "max_batch": self.max_batch,
+                "input": {"name": self.model.input_name, "shape": list(self.card.input_shape()),
                           "layout": self.card.layout},
-                "providers": self.classifier.providers, "card": self.card.to_dict()}
+                "providers": self.model.providers, "card": self.card.to_dict()}
 
 
 def _parse_body(body: Any) -> tuple[list[Any], str]:
@@ -205,17 +205,18 @@ def server_threads(config: ServeConfig) -> int:
 
 
 def _open(path: Path, config: ServeConfig) -> ServedModel:
-    clf = Classifier(path, provider=config.provider, threads=server_threads(config),
-                     allow_fallback=config.allow_fallback, max_pixels=config.max_pixels)
-    batch_dim = clf.session.get_inputs()[0].shape[0]
-    fixed = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else None
+    model = load_model(path, provider=config.provider, threads=server_threads(config),
+                       allow_fallback=config.allow_fallback, max_pixels=config.max_pixels, **config.card_overrides)
+    if model.assumptions():
+        log.warning("%s", model.assumptions())
+    fixed = model.fixed_batch
     max_batch = min(config.max_batch, fixed) if fixed else config.max_batch
     if fixed == 1 and config.max_batch > 1:
         log.warning("%s has a static batch size of 1: its requests are not batched.", path.name)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-    log.info("Serving %s (%s, %s) as %r, version %s, max batch %d.", path, clf.card.name, clf.card.precision,
-             path.stem, digest, max_batch)
-    return ServedModel(path.stem, path, digest, clf, max_batch, fixed)
+    log.info("Serving %s (%s %s, %s) as %r, version %s, max batch %d.", path, model.card.task, model.card.name,
+             model.card.precision, path.stem, digest, max_batch)
+    return ServedModel(path.stem, path, digest, model, max_batch)
 
 
 def lookup(models: dict[str, ServedModel], name: str) -> ServedModel:
