@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from edgecnn.runtime.classifier import Classifier, Prediction, default_model_path
-from edgecnn.runtime.core import InferenceModel, infer_card, read_card
+from edgecnn.runtime.core import InferenceModel, read_card
 from edgecnn.runtime.preprocess import FitInfo, load_image, normalize_batch
 from edgecnn.runtime.session import create_session
 
-__all__ = ["Classifier", "InferenceModel", "Prediction", "FitInfo", "default_model_path", "read_card", "infer_card",
+__all__ = ["Classifier", "InferenceModel", "Prediction", "FitInfo", "default_model_path", "read_card",
            "load_image", "normalize_batch", "create_session", "load_model", "HEADS"]
 
 
@@ -40,7 +40,7 @@ def load_model(model: str | Path | bytes, provider: str = "cpu", threads: int | 
     ``Segmenter``, or the plain :class:`InferenceModel` for ``raw`` models.
 
     The task comes from ``task=`` when given, else from the model card, else from the graph and
-    the file's metadata (see :func:`infer_card`). Takes :class:`InferenceModel`'s arguments.
+    the file's metadata (see :func:`edgecnn.presets.infer_card`). Takes :class:`InferenceModel`'s arguments.
 
     Raises:
         ArtifactError, ProviderError, ConfigError: as :class:`InferenceModel`.

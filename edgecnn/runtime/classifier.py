@@ -82,7 +82,7 @@ class Classifier(InferenceModel):
         if out.shape[1] != self.card.num_classes:
             raise ArtifactError(f"{self.model_path} outputs {out.shape[1]} values per image but the card has "
                                 f"{self.card.num_classes} labels.")
-        if self.card.output_kind == "logits" or (not self.has_card and not _is_distribution(out)):
+        if (not _is_distribution(out)) if not self.has_card else self.card.output_kind == "logits":
             out = _softmax(out)
         return out
 
@@ -111,7 +111,8 @@ class Classifier(InferenceModel):
 
 
 def _is_distribution(out: np.ndarray) -> bool:
-    """Whether every row already looks like probabilities (a card-less model's output kind is unknown)."""
+    """Whether every row already looks like probabilities: a card-less model's output kind is read
+    off its values, since the runtime cannot see whether the graph ends in a softmax."""
     return bool(out.min() >= 0 and out.max() <= 1 and np.allclose(out.sum(axis=1), 1.0, atol=1e-3))
 
 

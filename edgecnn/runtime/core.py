@@ -16,7 +16,6 @@ verification, ``evaluate``, ``bench`` and ``serve``. It owns
 
 from __future__ import annotations
 
-import ast
 import logging
 import threading
 from pathlib import Path
@@ -27,18 +26,16 @@ import onnxruntime as ort
 
 from edgecnn.card import ONNX_METADATA_KEY, ModelCard
 from edgecnn.errors import ArtifactError, ConfigError, InputError
+from edgecnn.presets import ModelOverrides, TensorInfo, infer_card
 from edgecnn.runtime.preprocess import DEFAULT_MAX_PIXELS, FitInfo, ImageLike, check_pixels, fit_image, normalize_batch
 from edgecnn.runtime.session import CudaOptions, NodePlacement, create_session, node_placement
 
 log = logging.getLogger(__name__)
 
-__all__ = ["InferenceModel", "infer_card", "read_card", "CARD_OVERRIDES", "summarize_labels"]
+__all__ = ["InferenceModel", "read_card"]
 
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
-# Card fields a caller (or a CLI flag of the same name) may override.
-CARD_OVERRIDES = ("mean", "std", "layout", "class_names", "input_size", "output_kind", "channels", "task",
-                  "resize", "channel_order")
-_FLAGS = "--task, --input-size, --channels, --layout, --preprocess or --mean/--std, --labels"
+_TYPE_NAMES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64"}
 
 
 def read_card(session: ort.InferenceSession) -> ModelCard | None:
@@ -51,137 +48,6 @@ def read_card(session: ort.InferenceSession) -> ModelCard | None:
     return None if text is None else ModelCard.from_json(text)
 
 
-def summarize_labels(names: Sequence[str], limit: int = 5) -> str:
-    """``3 labels: cat, dog, bird`` or ``80 labels: person, bicycle, car, ... toothbrush`` (never hundreds)."""
-    if not names:
-        return "no labels"
-    if len(names) <= limit:
-        return f"{len(names)} labels: {', '.join(names)}"
-    return f"{len(names)} labels: {', '.join(names[:limit - 2])}, ... {names[-1]}"
-
-
-def _ultralytics(meta: Mapping[str, str]) -> dict[str, Any]:
-    """Ultralytics' export metadata (Python literals as strings), when the file has it."""
-    out: dict[str, Any] = {}
-    for key in ("imgsz", "names", "task", "stride", "channels"):
-        if key in meta:
-            try:
-                out[key] = ast.literal_eval(meta[key])
-            except (ValueError, SyntaxError, MemoryError, RecursionError):
-                log.debug("Ignoring unparsable metadata %s=%r", key, meta[key][:80])
-    return out if ("names" in out or "imgsz" in out) and "task" in out else {}
-
-
-def _guess_layout(shape: Sequence[Any]) -> str:
-    if len(shape) == 4 and shape[1] in (1, 3) and shape[3] not in (1, 3):
-        return "nchw"
-    return "nhwc"
-
-
-def _static(d: Any) -> int | None:
-    return d if isinstance(d, int) and d > 0 else None
-
-
-def infer_card(name: str, inputs: Sequence[tuple[str, list[Any]]], outputs: Sequence[tuple[str, list[Any]]],
-               metadata: Mapping[str, str], overrides: Mapping[str, Any]) -> tuple[ModelCard, list[str]]:
-    """A card for a model that carries none, from its graph, its metadata and ``overrides``.
-
-    Args:
-        name: the model's name (file stem).
-        inputs, outputs: ``(name, shape)`` of each graph input and output (dims are ints or names).
-        metadata: the file's ``metadata_props``.
-        overrides: card fields given by the caller (see :data:`CARD_OVERRIDES`).
-
-    Returns:
-        The card, and what was assumed rather than read or given (for the one-line notice).
-
-    Raises:
-        ArtifactError: when the model is not a single-image-input model, or a needed fact is in
-            neither the file nor the overrides (the message names the flag).
-    """
-    if len(inputs) != 1:
-        raise ArtifactError(f"{name} has {len(inputs)} inputs ({', '.join(n for n, _ in inputs)}); edgecnn runs "
-                            "models with one image input.")
-    in_name, shape = inputs[0]
-    if len(shape) != 4:
-        raise ArtifactError(f"{name}: input {in_name!r} has shape {shape}; edgecnn needs a 4-D image batch "
-                            "(N, H, W, C or N, C, H, W).")
-    ultra = _ultralytics(metadata)
-    assumed: list[str] = []
-    layout = overrides.get("layout") or _guess_layout(shape)
-    c_dim = _static(shape[1] if layout == "nchw" else shape[3])
-    channels = int(overrides.get("channels") or c_dim or 3)
-    if c_dim and c_dim != channels:
-        raise ArtifactError(f"{name}: input {in_name!r} {shape} has {c_dim} channels ({layout}), not {channels}; "
-                            "check --channels and --layout.")
-    if c_dim not in (1, 3) and "channels" not in overrides:
-        raise ArtifactError(f"{name}: input {in_name!r} {shape} has no 1- or 3-channel axis as {layout.upper()}; "
-                            "pass --layout nchw|nhwc and --channels 1|3.")
-    size = overrides.get("input_size")
-    if size is None:
-        hw = [_static(d) for d in (shape[2:4] if layout == "nchw" else shape[1:3])]
-        imgsz = ultra.get("imgsz")
-        if all(hw):
-            size = tuple(hw)
-        elif isinstance(imgsz, (list, tuple)) and len(imgsz) == 2:
-            size = tuple(int(v) for v in imgsz)
-        elif isinstance(imgsz, int):
-            size = (imgsz, imgsz)
-        else:
-            raise ArtifactError(f"{name}: input {in_name!r} has shape {shape} with no fixed height and width; "
-                                "pass --input-size HxW.")
-    task = overrides.get("task") or {"detect": "detect", "classify": "classify"}.get(str(ultra.get("task")))
-    out_name, out_shape = outputs[0]
-    if task is None:
-        task = "classify" if len(outputs) == 1 and len(out_shape) == 2 else "raw"
-        assumed.append(f"task {task}" + (f" (outputs {[list(s) for _, s in outputs]}; pass --task detect|segment "
-                                         "if that is what it is)" if task == "raw" else ""))
-    labels = overrides.get("class_names")
-    if labels is None:
-        names = ultra.get("names")
-        if isinstance(names, dict):
-            labels = [str(names[k]) for k in sorted(names)]
-        elif isinstance(names, (list, tuple)):
-            labels = [str(v) for v in names]
-        else:
-            n = _class_count(task, out_shape, overrides.get("output_kind"), layout)
-            if n is None and task in ("classify", "detect"):
-                raise ArtifactError(f"{name}: output {out_name!r} {out_shape} has no fixed class axis; pass --labels.")
-            labels = [str(i) for i in range(n or 0)]
-            if labels:
-                assumed.append(f"labels 0..{len(labels) - 1}")
-    fields: dict[str, Any] = {"mean": (0.0,) * channels, "std": (255.0,) * channels}
-    if "mean" not in overrides and "std" not in overrides:
-        assumed.append("pixels / 255")
-    if task == "detect":
-        fields["resize"] = "letterbox"
-    fields.update({k: v for k, v in overrides.items() if k in CARD_OVERRIDES and v is not None})
-    fields.update(name=name, architecture="external", task=task, layout=layout, channels=channels,
-                  input_size=tuple(size), class_names=tuple(labels), input_name=in_name, output_name=out_name)
-    if ultra.get("stride") is not None:
-        fields["stride"] = int(max(ultra["stride"]) if isinstance(ultra["stride"], (list, tuple)) else ultra["stride"])
-    if ultra:
-        fields["normalization"] = "preset:ultralytics"
-    if "layout" not in overrides:
-        assumed.append(f"layout {layout.upper()}")
-    try:
-        return ModelCard(**fields), assumed
-    except TypeError as err:
-        raise ArtifactError(f"Invalid override for {name}: {err}.") from err
-
-
-def _class_count(task: str, shape: Sequence[Any], output_kind: str | None, layout: str) -> int | None:
-    if task == "classify":
-        return _static(shape[-1])
-    if task == "detect" and len(shape) == 3:
-        if output_kind == "yolov5":
-            return None if _static(shape[2]) is None else shape[2] - 5
-        return None if _static(shape[1]) is None else shape[1] - 4
-    if task == "segment" and len(shape) == 4:
-        return _static(shape[1] if layout == "nchw" else shape[3])
-    return None
-
-
 class InferenceModel:
     """An ONNX image model on onnxruntime with its card: preprocess, run, in batches it accepts.
 
@@ -192,10 +58,13 @@ class InferenceModel:
         allow_fallback: run on the CPU with a warning when the requested provider is unusable,
             instead of raising :class:`~edgecnn.errors.ProviderError`.
         card: use this card instead of the embedded one (export verifies staged files this way).
-        mean, std, layout, labels, input_size, output_kind, channels, task, resize: override the
-            card, or describe a model without one (``mean``/``std`` per channel on the 0-255 scale,
-            ``input_size`` = (height, width)); what is neither given nor in the file is inferred
-            from the graph, and :meth:`assumptions` says what was assumed.
+        overrides: what the command-line flags say about the model
+            (:func:`edgecnn.presets.parse_overrides`); for a model without a card, what they do
+            not give is inferred from the graph and the file's metadata
+            (:func:`edgecnn.presets.infer_card`), and :meth:`assumptions` says what was assumed.
+        mean, std, layout, labels, input_size, output_kind, channels, task, resize: the same as
+            keyword arguments (``mean``/``std`` per channel on the 0-255 scale, ``input_size`` =
+            (height, width)); they win over ``overrides``.
         max_pixels: images with more pixels are refused before decoding.
         cuda: options of the CUDA provider; see :class:`~edgecnn.runtime.session.CudaOptions`.
         io_binding: run through IO binding with input and output buffers on the session's device,
@@ -216,6 +85,7 @@ class InferenceModel:
         allow_fallback: bool = False,
         *,
         card: ModelCard | None = None,
+        overrides: ModelOverrides | None = None,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         layout: str | None = None,
@@ -239,19 +109,26 @@ class InferenceModel:
         self.allow_fallback = allow_fallback
         self.session, self.info = create_session(model, provider=provider, threads=threads,
                                                  allow_fallback=allow_fallback, cuda=cuda)
-        overrides = {"mean": mean, "std": std, "layout": layout, "class_names": labels, "input_size": input_size,
-                     "output_kind": output_kind, "channels": channels, "task": task, "resize": resize}
-        overrides = {k: v for k, v in overrides.items() if v is not None}
-        self.assumed: list[str] = []
+        given = {"mean": mean, "std": std, "layout": layout, "class_names": labels, "input_size": input_size,
+                 "channels": channels, "task": task}
+        given = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in given.items() if v is not None}
         embedded = card if card is not None else read_card(self.session)
         self.has_card = embedded is not None
-        if embedded is not None:
-            self.card = embedded.replace(**overrides) if overrides else embedded
+        self._assumed: str | None = None
+        if embedded is not None:  # flags first, then the keyword arguments, field by field
+            self.card = (overrides.apply(embedded) if overrides else embedded).replace(**given)
         else:
-            io = lambda args: [(a.name, list(a.shape)) for a in args]  # noqa: E731
-            self.card, self.assumed = infer_card(
-                self.model_path.stem, io(self.session.get_inputs()), io(self.session.get_outputs()),
-                self.session.get_modelmeta().custom_metadata_map, overrides)
+            base = overrides or ModelOverrides()
+            if "mean" in given or "std" in given:
+                base = ModelOverrides(**{**base.__dict__, "preprocess": None})
+            flags = ModelOverrides(**{**base.__dict__, **given})
+            io = lambda args: [TensorInfo(a.name, tuple(a.shape), _TYPE_NAMES.get(a.type, a.type)) for a in args]  # noqa: E731
+            self.card, self._assumed = infer_card(
+                self.model_path.stem, inputs=io(self.session.get_inputs()), outputs=io(self.session.get_outputs()),
+                overrides=flags, metadata=self.session.get_modelmeta().custom_metadata_map)
+        extra = {k: v for k, v in {"output_kind": output_kind, "resize": resize}.items() if v is not None}
+        if extra:
+            self.card = self.card.replace(**extra)
         self._input = self._check_input()
         self.input_name = self._input.name
         self.input_dtype = _ORT_DTYPES.get(self._input.type, np.float32)
@@ -307,13 +184,8 @@ class InferenceModel:
                 f"precision={self.card.precision!r}, providers={self.providers})")
 
     def assumptions(self) -> str | None:
-        """One line saying what this model's card was assumed to be, or None when it carries a card."""
-        if self.has_card:
-            return None
-        card = self.card
-        what = (f"task {card.task}, {card.describe_preprocessing()}, {summarize_labels(card.class_names)}")
-        return (f"{self.model_path.name} has no edgecnn model card; assuming {what}. Override with {_FLAGS}, "
-                "or embed a card with `edgecnn export`.")
+        """One line saying what was assumed about a model without a card (None when nothing was)."""
+        return self._assumed
 
     def _check_input(self) -> Any:
         inputs = {i.name: i for i in self.session.get_inputs()}

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from edgecnn.errors import ConfigError
+from edgecnn.presets import ModelOverrides
 
 __all__ = ["ServeConfig", "TOKEN_ENV", "is_loopback"]
 
@@ -33,9 +33,8 @@ class ServeConfig:
             ``threads=None`` means every core but one (see :func:`edgecnn.serve.models.server_threads`).
         default_top_k: classes returned when the request does not say.
         shutdown_timeout_s: how long a stopping server waits for in-flight requests.
-        card_overrides: card fields for models without a card (or to override theirs): the
-            keyword arguments of :class:`edgecnn.runtime.InferenceModel` (``task``, ``input_size``,
-            ``mean``, ``std``, ``layout``, ``channels``, ``labels``), as the CLI flags give them.
+        overrides: what the model flags say (``--task``, ``--input-size``, ``--preprocess``, ...;
+            :func:`edgecnn.presets.parse_overrides`), for models without a card or to override theirs.
     """
 
     host: str = "127.0.0.1"
@@ -53,7 +52,7 @@ class ServeConfig:
     allow_fallback: bool = False
     default_top_k: int = 5
     shutdown_timeout_s: float = 30.0
-    card_overrides: dict[str, Any] = field(default_factory=dict)
+    overrides: ModelOverrides | None = None
 
     def __post_init__(self) -> None:
         problems = []

@@ -206,7 +206,7 @@ def server_threads(config: ServeConfig) -> int:
 
 def _open(path: Path, config: ServeConfig) -> ServedModel:
     model = load_model(path, provider=config.provider, threads=server_threads(config),
-                       allow_fallback=config.allow_fallback, max_pixels=config.max_pixels, **config.card_overrides)
+                       allow_fallback=config.allow_fallback, max_pixels=config.max_pixels, overrides=config.overrides)
     if model.assumptions():
         log.warning("%s", model.assumptions())
     fixed = model.fixed_batch
