@@ -1,8 +1,10 @@
 """Baselines for ``edgecnn bench --compare``: the Keras model and its LiteRT (TFLite) full-int8 twin.
 
-Owned by the runtime stage (it lives here because TensorFlow may only be imported under
-``edgecnn/train/``). Each thread count runs in a fresh spawned process: TensorFlow fixes its
-thread pools at start-up, so one process cannot honestly measure 1 and then 2 threads.
+A stage above both the runtime (whose timing helpers it uses) and export (whose LiteRT conversion
+it times); only the CLI imports it and hands :func:`run_baselines` to
+:func:`edgecnn.runtime.benchmark.run_benchmark`, so the runtime never imports TensorFlow code.
+Each thread count runs in a fresh spawned process: TensorFlow fixes its thread pools at
+start-up, so one process cannot honestly measure 1 and then 2 threads.
 
 Runners:
   * ``keras.predict``: ``model.predict(x, batch_size=N)``, what most users call.
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
@@ -32,7 +33,7 @@ from edgecnn.errors import ArtifactError, ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_baselines", "convert_litert_int8", "calibration_images", "RUNNERS"]
+__all__ = ["run_baselines", "calibration_images", "RUNNERS"]
 
 RUNNERS = ("keras", "litert")
 _PREDICT_MAX_RUNS = 100  # model.predict costs tens of ms per call; more runs change nothing but the wait
@@ -47,41 +48,9 @@ def calibration_images(card: ModelCard, n: int = 128, data: str | Path | None = 
     return resize_all(x[:n], card.input_size)
 
 
-def convert_litert_int8(keras_file: str | Path, card: ModelCard, calibration: np.ndarray) -> bytes:
-    """The Keras model as a full-int8 TFLite flatbuffer, calibrated on ``calibration`` (uint8 pixels).
-
-    Raises:
-        ArtifactError: if the model cannot be loaded or converted.
-    """
-    tf = require("tensorflow", "train")
-    from edgecnn.runtime.preprocess import normalize_batch
-
-    model = _load_keras(keras_file)
-    nhwc = replace(card, layout="nhwc")
-    h, w = card.input_size
-    with tempfile.TemporaryDirectory() as tmp:
-        # A SavedModel freezes Keras 3 variables for the converter; from_concrete_functions
-        # leaves READ_VARIABLE ops that fail at conversion time.
-        model.export(tmp, format="tf_saved_model", verbose=False,
-                     input_signature=[tf.TensorSpec([None, h, w, 3], tf.float32, name=card.input_name)])
-        return _convert(tf, tf.lite.TFLiteConverter.from_saved_model(tmp), normalize_batch(calibration, nhwc), keras_file)
-
-
-def _convert(tf: Any, converter: Any, xs: np.ndarray, keras_file: str | Path) -> bytes:
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: ([xs[i : i + 1]] for i in range(len(xs)))
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
-    try:
-        return converter.convert()
-    except Exception as err:  # the converter raises ConverterError, RuntimeError, ... for one cause
-        raise ArtifactError(f"TFLite int8 conversion of {keras_file} failed ({type(err).__name__}: {err}).") from err
-
-
 def _load_keras(keras_file: str | Path) -> Any:
     keras = require("keras", "train")
-    from edgecnn.train import architectures  # noqa: F401  (custom layers of the zoo, if any)
+    import edgecnn._keras_layers  # noqa: F401  (the zoo's custom layers, for ShuffleNet runs)
 
     try:
         return keras.saving.load_model(str(keras_file), compile=False)
@@ -125,13 +94,16 @@ def run_baselines(
 
 
 def _convert_child(keras_file: str, card: ModelCard, calibration_data: str | Path | None) -> bytes:
-    return convert_litert_int8(keras_file, card, calibration_images(card, data=calibration_data))
+    from edgecnn.export.litert import convert_litert_int8
+
+    return convert_litert_int8(_load_keras(keras_file), card, calibration_images(card, data=calibration_data),
+                               source=keras_file)
 
 
 def _measure(keras_file: str, card_dict: dict[str, Any], config: dict[str, Any], runners: list[str],
              tflite: bytes | None, threads: int) -> list[dict[str, Any]]:
     """Child process: set TensorFlow's threads first, then time each runner at each batch size."""
-    import tensorflow as tf
+    tf = require("tensorflow", "train")  # quietly: the spawned child starts without TensorFlow
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)

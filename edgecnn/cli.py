@@ -417,8 +417,11 @@ def bench(models: tuple[Path, ...], batch: str, threads: str, provider: str, all
                          provider=provider, warmup=warmup, runs=runs, duration_s=duration, allow_fallback=allow_fallback,
                          io_binding=io_binding, cuda_graph=cuda_graph, cudnn_conv_algo_search=cudnn_conv_algo_search.upper(),
                          prefer_nhwc=prefer_nhwc, device_id=device_id, placement=placement)
+    # The Keras/LiteRT baselines import TensorFlow in their own processes: handed to the runtime, never imported by it.
+    from edgecnn.baselines import run_baselines
+
     report = run_benchmark(list(models) or [default_model_path()], config, compare=compare, keras_path=keras_path,
-                           calibration_data=calibration)
+                           calibration_data=calibration, baseline_runner=run_baselines)
     m = report.machine
     gpu = f"{m['gpu'][0]['name']}, " if provider != "cpu" and m.get("gpu") else ""
     _echo_wide_table(f"edgecnn bench - {gpu}{m['cpu']} ({m['usable_cpus']} cpus, {' '.join(m['simd'])}), onnxruntime "

@@ -40,9 +40,13 @@ from edgecnn.runtime.session import CONV_ALGO_SEARCH, CudaOptions
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BenchConfig", "BenchResult", "BenchReport", "latency_stats", "machine_fingerprint", "gpu_fingerprint",
-           "time_callable",
+__all__ = ["BaselineRunner", "BenchConfig", "BenchResult", "BenchReport", "latency_stats", "machine_fingerprint",
+           "gpu_fingerprint", "time_callable",
            "bench_onnx", "run_benchmark", "parse_int_list", "CSV_FIELDS", "peak_rss_mb", "reset_peak_rss"]
+
+# Times the Keras/LiteRT baselines: (keras_file, card dict, *, config=asdict(BenchConfig), runners,
+# calibration_data) -> dicts with BenchResult's fields; edgecnn.baselines.run_baselines is one.
+BaselineRunner = Callable[..., list[dict[str, Any]]]
 
 CSV_FIELDS = ["model", "variant", "runner", "precision", "provider", "batch", "threads", "runs", "mean_ms", "std_ms",
               "min_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms", "throughput_ips", "session_s", "peak_rss_mb"]
@@ -428,11 +432,14 @@ def run_benchmark(
     compare: Sequence[str] = (),
     keras_path: str | Path | None = None,
     calibration_data: str | Path | None = None,
+    baseline_runner: BaselineRunner | None = None,
 ) -> BenchReport:
     """Benchmark every model, plus the Keras/LiteRT baselines named in ``compare``.
 
     ``calibration_data`` (an .npz in the keras layout; default: the embedded CIFAR-10 sample)
     gives the first 128 train images that calibrate the LiteRT int8 conversion.
+    ``baseline_runner`` times the baselines (the CLI passes :func:`edgecnn.baselines.run_baselines`):
+    they need TensorFlow, which the runtime never imports, so the caller supplies them.
 
     Raises:
         ArtifactError, ProviderError, ConfigError, MissingDependencyError: for missing models,
@@ -443,7 +450,7 @@ def run_benchmark(
         results += bench_onnx(model, config)
     _disambiguate(results, models, config)
     if compare:
-        results += _baselines(models, config, compare, keras_path, calibration_data)
+        results += _baselines(models, config, compare, keras_path, calibration_data, baseline_runner)
     report = BenchReport(machine_fingerprint(), {**asdict(config), "models": [str(m) for m in models],
                                                   "compare": list(compare)}, results)
     report.notes = compare_notes(results)
@@ -461,22 +468,22 @@ def _disambiguate(results: list[BenchResult], models: Sequence[str | Path], conf
 
 
 def _baselines(models: Sequence[str | Path], config: BenchConfig, compare: Sequence[str],
-               keras_path: str | Path | None, calibration_data: str | Path | None) -> list[BenchResult]:
+               keras_path: str | Path | None, calibration_data: str | Path | None,
+               baseline_runner: BaselineRunner | None) -> list[BenchResult]:
     unknown = set(compare) - {"keras", "tflite", "litert"}
     if unknown:
         raise ConfigError(f"Unknown --compare value(s) {sorted(unknown)}; choose keras and/or tflite.")
     if config.provider != "cpu":
         raise ConfigError("The Keras and LiteRT baselines run on the CPU; use --provider cpu with --compare.")
+    if baseline_runner is None:
+        raise ConfigError("compare needs a baseline_runner, e.g. edgecnn.baselines.run_baselines.")
     from edgecnn.runtime.classifier import Classifier
 
     card = Classifier(models[0], provider="cpu").card
     keras_file = _find_keras(keras_path, card)
-    # Imported only here: the baselines need TensorFlow ([train] extra), the runtime never does.
-    from edgecnn.train.baselines import run_baselines
-
-    rows = run_baselines(keras_file, card.to_dict(), config=asdict(config),
-                         runners=["litert" if c == "tflite" else c for c in compare],
-                         calibration_data=calibration_data)
+    rows = baseline_runner(keras_file, card.to_dict(), config=asdict(config),
+                           runners=["litert" if c == "tflite" else c for c in compare],
+                           calibration_data=calibration_data)
     return [BenchResult(**r) for r in rows]
 
 

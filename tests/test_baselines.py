@@ -1,0 +1,67 @@
+"""`edgecnn bench --compare`: the runtime takes the Keras/LiteRT baselines from its caller."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgecnn.cli import main
+from edgecnn.errors import ConfigError
+from edgecnn.runtime.benchmark import BenchConfig, run_benchmark
+
+TINY = Path(__file__).parent / "runtime" / "data" / "tiny_nhwc.onnx"  # 8x8 NHWC, 4 classes, input "images"
+
+
+@pytest.fixture()
+def onnx_model(tmp_path) -> Path:
+    return Path(shutil.copy(TINY, tmp_path / TINY.name))
+
+
+def test_run_benchmark_calls_the_injected_baseline_runner(onnx_model, tmp_path):
+    keras_file = tmp_path / "model.keras"
+    keras_file.write_bytes(b"")  # found by name; the fake runner never opens it
+    calls = []
+
+    def fake_runner(path, card, *, config, runners, calibration_data):
+        calls.append((path, card["input_size"], config["batch_sizes"], runners, calibration_data))
+        return [{"model": card["name"], "variant": f"{card['name']}:int8", "runner": "litert", "precision": "int8",
+                 "provider": "CPU", "batch": 1, "threads": 1, "stats": {"p50_ms": 1.0, "runs": 1}}]
+
+    report = run_benchmark([onnx_model], BenchConfig(batch_sizes=(1,), warmup=0, runs=2, placement=False),
+                           compare=["tflite"], keras_path=keras_file, calibration_data="cal.npz",
+                           baseline_runner=fake_runner)
+    assert calls == [(keras_file, [8, 8], (1,), ["litert"], "cal.npz")]
+    assert [r.runner for r in report.results] == ["onnxruntime", "litert"]
+
+
+def test_compare_without_a_runner_is_a_config_error(onnx_model, tmp_path):
+    with pytest.raises(ConfigError, match="baseline_runner"):
+        run_benchmark([onnx_model], BenchConfig(batch_sizes=(1,), warmup=0, runs=1, placement=False),
+                      compare=["keras"], keras_path=tmp_path)
+
+
+@pytest.mark.tf
+@pytest.mark.slow
+def test_bench_compare_keras_and_tflite_end_to_end(onnx_model, tmp_path):
+    """The CLI hands edgecnn.baselines to the runtime: Keras and LiteRT rows next to onnxruntime's."""
+    from edgecnn._optional import require
+
+    keras = require("keras", "train")
+    inputs = keras.Input((8, 8, 3), name="images")
+    x = keras.layers.GlobalAveragePooling2D()(inputs)
+    outputs = keras.layers.Dense(4, activation="softmax")(x)
+    keras.Model(inputs, outputs).save(tmp_path / "model.keras")
+    out = tmp_path / "bench.json"
+    r = CliRunner().invoke(main, ["bench", str(onnx_model), "--compare", "keras", "--compare", "tflite",
+                                  "--keras", str(tmp_path / "model.keras"), "--batch", "1", "--warmup", "1",
+                                  "--runs", "3", "--no-placement", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(out.read_text())["results"]
+    assert [x["runner"] for x in rows] == ["onnxruntime", "keras.predict", "keras.tf_function", "litert"]
+    assert all(x["batch"] == 1 and x["runs"] >= 1 and np.isfinite(x["p50_ms"]) for x in rows)
+    assert rows[-1]["precision"] == "int8"
