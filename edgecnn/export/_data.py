@@ -2,7 +2,11 @@
 
 Deliberately independent of :mod:`edgecnn.train` (no TensorFlow): an ``.npz`` archive or an image
 folder, decoded to uint8 RGB at the model's input size with Pillow's bilinear resize, as the
-runtime does.
+runtime does (and to gray with Pillow's ``convert("L")`` for a 1-channel model).
+
+Labelled data is split: a seeded 20% is held out from calibration to measure accuracy.
+Unlabelled data (loose images, ``images`` without ``labels``) is not: there is no accuracy to
+measure, only agreement with fp32, so calibration and evaluation use all the images.
 """
 
 from __future__ import annotations
@@ -12,10 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from PIL import Image
+
 from edgecnn.datasets import IMAGE_EXTENSIONS, list_images, read_image, resize_all, to_uint8
 from edgecnn.errors import DataError
 
-__all__ = ["EvalData", "load_eval_data"]
+__all__ = ["EvalData", "load_eval_data", "to_channels"]
 
 _HOLDOUT_FRACTION = 0.2
 
@@ -29,6 +35,18 @@ class EvalData:
     test_labels: np.ndarray | None
     class_names: list[str] | None
     description: str
+    shared: bool = False  # calibration and evaluation are the same (unlabelled) images
+
+
+def to_channels(images: np.ndarray, channels: int) -> np.ndarray:
+    """uint8 NHWC RGB images as ``channels`` (1: Pillow's ITU-R 601-2 gray, as the runtime decodes)."""
+    if channels == images.shape[-1]:
+        return images
+    if channels == 1 and images.shape[-1] == 3:
+        return np.stack([np.asarray(Image.fromarray(i).convert("L")) for i in images])[..., None]
+    if channels == 3 and images.shape[-1] == 1:
+        return np.repeat(images, 3, axis=-1)
+    raise DataError(f"Cannot turn {images.shape[-1]}-channel images into {channels} channels.")
 
 
 def load_eval_data(path: str | Path, size: tuple[int, int], *, seed: int = 0) -> EvalData:
@@ -68,14 +86,20 @@ def _from_npz(path: Path, size: tuple[int, int], seed: int) -> EvalData:
             labels = arrays.get("y_test")
             return EvalData(calib, test, None if labels is None else labels.reshape(-1).astype(np.int64), None,
                             f"{path.name} (x_train / x_test)")
-        return EvalData(*_split(calib, None, seed), None, f"{path.name} (x_train, 20% held out)")
+        return _unlabelled(calib, f"{path.name} (x_train)")
     key = next((k for k in ("images", "x") if k in arrays), None)
     if key is None:
         raise DataError(f"{path} has {sorted(arrays)}; expected x_train [+ x_test, y_test] or images [+ labels].")
     x = _as_images(arrays[key], path, key, size)
     y = next((arrays[k] for k in ("labels", "y") if k in arrays), None)
-    y = None if y is None else y.reshape(-1).astype(np.int64)
-    return EvalData(*_split(x, y, seed), None, f"{path.name} ({key}, 20% held out)")
+    if y is None:
+        return _unlabelled(x, f"{path.name} ({key})")
+    return EvalData(*_split(x, y.reshape(-1).astype(np.int64), seed), None, f"{path.name} ({key}, 20% held out)")
+
+
+def _unlabelled(x: np.ndarray, what: str) -> EvalData:
+    return EvalData(x, x, None, None, f"{what}: {len(x)} unlabelled images, used for both calibration and "
+                                      "evaluation", shared=True)
 
 
 def _as_images(x: np.ndarray, path: Path, key: str, size: tuple[int, int]) -> np.ndarray:
@@ -111,5 +135,4 @@ def _from_folder(root: Path, size: tuple[int, int], seed: int) -> EvalData:
     files = list_images(root)
     if not files:
         raise DataError(f"No images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {root}.")
-    x = np.stack([read_image(f, size) for f in files])
-    return EvalData(*_split(x, None, seed), None, f"{root.name} (images, 20% held out)")
+    return _unlabelled(np.stack([read_image(f, size) for f in files]), root.name)

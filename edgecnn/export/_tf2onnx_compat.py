@@ -13,14 +13,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
-from typing import Any
+from typing import Any, Callable
 
 from edgecnn._optional import require
 from edgecnn.errors import ArtifactError
 
-__all__ = ["keras_to_onnx"]
+__all__ = ["keras_to_onnx", "function_to_onnx", "tflite_to_onnx"]
 
 log = logging.getLogger(__name__)
 
@@ -43,21 +44,44 @@ class _UnsupportedOpCollector(logging.Handler):
 def keras_to_onnx(
     model: Any,
     *,
-    input_shape: tuple[int, int, int],
+    input_shape: tuple[int, ...],
     input_name: str,
     output_name: str,
     opset: int,
     nchw: bool = False,
 ) -> Any:
-    """Convert a single-input, single-output Keras 3 model to an ``onnx.ModelProto``.
+    """Convert a single-input Keras 3 model to an ``onnx.ModelProto``.
 
     Args:
-        model: a ``keras.Model`` taking NHWC float32 images.
-        input_shape: (height, width, channels) without the batch axis (left dynamic).
+        model: a ``keras.Model`` taking float32 images (NHWC unless its input says otherwise).
+        input_shape: the input shape without the batch axis (left dynamic), e.g. (height, width, channels).
         input_name: name of the ONNX graph input.
-        output_name: name given to the ONNX graph output.
+        output_name: name given to the ONNX graph output (``<name>_<i>`` for each of several outputs).
         opset: ONNX opset to target.
-        nchw: transpose the input to NCHW (tf2onnx ``inputs_as_nchw``).
+        nchw: transpose an NHWC input to NCHW (tf2onnx ``inputs_as_nchw``).
+
+    Raises:
+        ArtifactError: if an op cannot be converted (named in the message) or conversion fails.
+    """
+    n_out = len(getattr(model, "outputs", None) or [None])
+    names = [output_name] if n_out == 1 else [f"{output_name}_{i}" for i in range(n_out)]
+    return function_to_onnx(lambda x: model(x, training=False), input_shape=input_shape, input_name=input_name,
+                            output_names=names, opset=opset, nchw=nchw)
+
+
+def function_to_onnx(
+    fn: Callable[[Any], Any],
+    *,
+    input_shape: tuple[int, ...],
+    input_name: str,
+    output_names: list[str],
+    opset: int,
+    nchw: bool = False,
+) -> Any:
+    """Trace ``fn`` (one float32 batch in, a tensor or a list of tensors out) and convert it.
+
+    The graph outputs get ``output_names`` in order. Used for Keras models and SavedModel
+    signatures alike.
 
     Raises:
         ArtifactError: if an op cannot be converted (named in the message) or conversion fails.
@@ -65,7 +89,50 @@ def keras_to_onnx(
     tf = require("tensorflow", "train")
     tf2onnx = require("tf2onnx", "export")
     spec = (tf.TensorSpec((None, *input_shape), tf.float32, name=input_name),)
-    fn = tf.function(lambda x: model(x, training=False))
+    with _collect_unsupported() as collector:
+        try:
+            proto, _ = tf2onnx.convert.from_function(
+                tf.function(fn), input_signature=spec, opset=opset,
+                inputs_as_nchw=[input_name] if nchw else None,
+            )
+        except Exception as err:  # tf2onnx raises bare ValueError/KeyError/RuntimeError from deep inside
+            if collector.ops:
+                raise ArtifactError(_unsupported_message(collector.ops)) from err
+            raise ArtifactError(f"tf2onnx could not convert the model ({type(err).__name__}: {err}).") from err
+    if collector.ops:
+        raise ArtifactError(_unsupported_message(collector.ops))
+    if len(proto.graph.input) != 1 or len(proto.graph.output) != len(output_names):
+        raise ArtifactError(
+            f"Expected one input and {len(output_names)} outputs, got {len(proto.graph.input)} and "
+            f"{len(proto.graph.output)}; edgecnn exports single-input image models."
+        )
+    for out, new in zip(list(proto.graph.output), output_names):
+        _rename_output(proto, out.name, new)
+    return proto
+
+
+def tflite_to_onnx(path: str, *, opset: int, nchw_input: str | None = None) -> Any:
+    """Convert a float ``.tflite`` file with ``tf2onnx.convert.from_tflite``.
+
+    Raises:
+        ArtifactError: if an op cannot be converted (named in the message) or the file is unusable.
+    """
+    tf2onnx = require("tf2onnx", "export")
+    with _collect_unsupported() as collector:
+        try:
+            proto, _ = tf2onnx.convert.from_tflite(path, opset=opset,
+                                                   inputs_as_nchw=[nchw_input] if nchw_input else None)
+        except Exception as err:  # flatbuffer decoding and conversion errors
+            if collector.ops:
+                raise ArtifactError(_unsupported_message(collector.ops)) from err
+            raise ArtifactError(f"tf2onnx could not convert {path} ({type(err).__name__}: {str(err)[:200]}).") from err
+    if collector.ops:
+        raise ArtifactError(_unsupported_message(collector.ops))
+    return proto
+
+
+@contextlib.contextmanager
+def _collect_unsupported():
     collector = _UnsupportedOpCollector()
     tf2onnx_logger = logging.getLogger("tf2onnx")
     tf2onnx_logger.addHandler(collector)
@@ -73,26 +140,10 @@ def keras_to_onnx(
     if not log.isEnabledFor(logging.DEBUG):
         tf2onnx_logger.setLevel(logging.WARNING)  # its per-pass INFO lines mean nothing to users
     try:
-        proto, _ = tf2onnx.convert.from_function(
-            fn, input_signature=spec, opset=opset,
-            inputs_as_nchw=[input_name] if nchw else None,
-        )
-    except Exception as err:  # tf2onnx raises bare ValueError/KeyError/RuntimeError from deep inside
-        if collector.ops:
-            raise ArtifactError(_unsupported_message(collector.ops)) from err
-        raise ArtifactError(f"tf2onnx could not convert the model ({type(err).__name__}: {err}).") from err
+        yield collector
     finally:
         tf2onnx_logger.removeHandler(collector)
         tf2onnx_logger.setLevel(level)
-    if collector.ops:
-        raise ArtifactError(_unsupported_message(collector.ops))
-    if len(proto.graph.input) != 1 or len(proto.graph.output) != 1:
-        raise ArtifactError(
-            f"Expected one input and one output, got {len(proto.graph.input)} and {len(proto.graph.output)}; "
-            "edgecnn exports single-input image classifiers."
-        )
-    _rename_output(proto, proto.graph.output[0].name, output_name)
-    return proto
 
 
 def _unsupported_message(ops: dict[str, list[str]]) -> str:
@@ -108,4 +159,6 @@ def _rename_output(proto: Any, old: str, new: str) -> None:
     for node in proto.graph.node:
         node.output[:] = [new if o == old else o for o in node.output]
         node.input[:] = [new if i == old else i for i in node.input]
-    proto.graph.output[0].name = new
+    for out in proto.graph.output:
+        if out.name == old:
+            out.name = new

@@ -20,7 +20,8 @@ from edgecnn.errors import ArtifactError
 log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_OPSET", "BATCH_AXIS", "convert_keras", "embed_card", "read_card", "load_onnx",
-           "save_onnx", "simplify", "op_type_counts", "sha256_file", "io_signature"]
+           "save_onnx", "simplify", "op_type_counts", "sha256_file", "io_signature", "opset_of", "convert_opset",
+           "feeds_softmax", "tensor_infos", "metadata", "rename_io"]
 
 # Opset 17 is supported by every onnxruntime >= 1.14 and by Triton's onnxruntime backend of
 # 2023 onwards, and has every op a CNN classifier needs; newer opsets buy nothing here.
@@ -149,7 +150,8 @@ def load_onnx(path: str | Path, *, check: bool = True) -> Any:
         if check:
             onnx.checker.check_model(proto)
     except Exception as err:  # protobuf DecodeError, ValidationError, OSError
-        raise ArtifactError(f"{path} is not a valid ONNX model ({type(err).__name__}: {str(err)[:200]}).") from err
+        msg = " ".join(str(err).split())[:300]  # the checker's own reason, on one line
+        raise ArtifactError(f"{path} is not a valid ONNX model ({type(err).__name__}: {msg}).") from err
     if not proto.graph.node:
         raise ArtifactError(f"{path} is not a valid ONNX model (empty graph).")
     return proto
@@ -223,3 +225,69 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def opset_of(proto: Any) -> int | None:
+    """The default-domain (``ai.onnx``) opset a model imports."""
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+def convert_opset(proto: Any, target: int, *, why: str) -> Any:
+    """``proto`` converted to opset ``target`` by ``onnx.version_converter`` (checked afterwards).
+
+    Raises:
+        ArtifactError: naming both opsets, ``why`` the conversion was needed and the converter's
+            own error, if it cannot convert the model.
+    """
+    onnx = _onnx()
+    current = opset_of(proto)
+    if current == target:
+        return proto
+    try:
+        converted = onnx.version_converter.convert_version(proto, target)
+        onnx.checker.check_model(converted)
+    except Exception as err:  # the converter raises RuntimeError/ValidationError with the adapter's reason
+        msg = " ".join(str(err).split())[:300]
+        raise ArtifactError(f"The model has opset {current} and {why} needs opset {target}, but onnx.version_converter "
+                            f"cannot convert it ({type(err).__name__}: {msg}); re-export the model at opset "
+                            f"{target} or later from its framework.") from err
+    log.info("Converted the model from opset %s to %s (%s).", current, target, why)
+    return converted
+
+
+def feeds_softmax(proto: Any) -> bool:
+    """Whether the first graph output is produced by a Softmax node (probabilities, not logits)."""
+    name = proto.graph.output[0].name
+    producer = next((n for n in proto.graph.node if name in n.output), None)
+    return producer is not None and producer.op_type == "Softmax"
+
+
+def tensor_infos(proto: Any) -> tuple[list[Any], list[Any]]:
+    """The graph's inputs and outputs as :class:`edgecnn.presets.TensorInfo` (for card inference)."""
+    from edgecnn.presets import TensorInfo
+
+    sig = io_signature(proto)
+
+    def info(d: dict[str, Any]) -> TensorInfo:
+        return TensorInfo(d["name"], tuple(d["shape"]), d["dtype"])
+
+    return [info(d) for d in sig["inputs"]], [info(d) for d in sig["outputs"]]
+
+
+def metadata(proto: Any) -> dict[str, str]:
+    """The model's ``metadata_props`` as a dict."""
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def rename_io(proto: Any, *, inputs: list[str] | None = None, outputs: list[str] | None = None) -> None:
+    """Rename graph inputs and outputs (in order) everywhere they are produced or consumed."""
+    pairs = list(zip([v.name for v in proto.graph.input], inputs or [])) + \
+        list(zip([v.name for v in proto.graph.output], outputs or []))
+    mapping = {old: new for old, new in pairs if old != new}
+    if not mapping:
+        return
+    for node in proto.graph.node:
+        node.input[:] = [mapping.get(i, i) for i in node.input]
+        node.output[:] = [mapping.get(o, o) for o in node.output]
+    for value in [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]:
+        value.name = mapping.get(value.name, value.name)

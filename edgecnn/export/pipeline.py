@@ -1,15 +1,16 @@
-"""``edgecnn export``: run directory or ONNX file -> verified fp32 ONNX + quantized variants + report.
+"""``edgecnn export``: any model source -> verified fp32 ONNX + quantized variants + report.
 
-Every file is written to a staging folder inside the output folder and moved into place only
-after it passed verification, so an interrupted or failed export leaves no ``.onnx`` that looks
-valid.
+Sources (:mod:`edgecnn.export.sources`): an edgecnn run directory, a ``.keras``/``.h5`` file, a
+TensorFlow SavedModel, a ``.tflite`` or an ``.onnx`` file. Every file is written to a staging
+folder inside the output folder and moved into place only after it passed verification, so an
+interrupted or failed export leaves no ``.onnx`` that looks valid (and no empty folder).
 """
 
 from __future__ import annotations
 
-import copy
 import datetime as _dt
 import logging
+import math
 import os
 import platform
 import shutil
@@ -28,24 +29,31 @@ from edgecnn.errors import AccuracyDropError, ArtifactError, ConfigError, DataEr
 from edgecnn.export import onnx as onnx_io
 from edgecnn.export.quantize import QUANTIZE_MODES, QuantizeConfig, quantize_model
 from edgecnn.export.report import ExportReport, VariantResult
-from edgecnn.export.verify import OnnxPredictor, accuracy, compare, predict_in_batches
-from edgecnn.runtime.preprocess import normalize_batch
+from edgecnn.export.sources import ModelSource, load_source
+from edgecnn.export.verify import (OnnxPredictor, accuracy, compare_outputs, ort_error, predict_outputs,
+                                   task_agreement)
+from edgecnn.presets import PREPROCESSING_FLAGS, ModelOverrides
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ExportConfig", "export_run", "export_onnx_file", "variant_filename"]
+__all__ = ["ExportConfig", "export_model", "export_run", "export_onnx_file", "variant_filename"]
 
 
 @dataclass(frozen=True)
 class ExportConfig:
     """Options of one export.
 
-    ``atol`` bounds the fp32 max absolute difference to the source on held-out images;
-    ``max_accuracy_drop`` (percentage points vs fp32) is the guard for every quantized variant.
+    ``opset``: the ONNX opset of the export (None: 17 for converted models, an ONNX source's own).
+    ``layout``: input layout of a model converted from TensorFlow (None: nhwc); an ONNX source
+    keeps its own. ``atol`` bounds the fp32 max difference to the source on held-out images,
+    relative to each output's largest magnitude (at least 1). ``max_accuracy_drop`` (percentage
+    points vs fp32; of top-1 agreement without labels) is the guard for every quantized variant.
+    ``check_chance`` fails an export whose fp32 accuracy on labelled data is at chance, when the
+    preprocessing came from flags or a guess rather than an edgecnn card.
     """
 
-    opset: int = onnx_io.DEFAULT_OPSET
-    layout: str = "nhwc"
+    opset: int | None = None
+    layout: str | None = None
     quantize: tuple[str, ...] = ()
     simplify: bool = True
     atol: float = 1e-4
@@ -55,14 +63,15 @@ class ExportConfig:
     quant: QuantizeConfig = field(default_factory=QuantizeConfig.for_target)
     triton_dir: Path | None = None
     triton_max_batch_size: int = 64
+    check_chance: bool = True
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.quantize if m not in QUANTIZE_MODES]
         if unknown:
             raise ConfigError(f"Unknown quantization mode {unknown[0]!r}; choose from {', '.join(QUANTIZE_MODES)}.")
-        if self.layout not in ("nhwc", "nchw"):
+        if self.layout not in (None, "nhwc", "nchw"):
             raise ConfigError(f"layout must be 'nhwc' or 'nchw', got {self.layout!r}.")
-        if not 7 <= self.opset <= 23:
+        if self.opset is not None and not 7 <= self.opset <= 23:
             raise ConfigError(f"opset must be in 7-23 (default {onnx_io.DEFAULT_OPSET}), got {self.opset}.")
         if self.atol <= 0 or self.max_accuracy_drop < 0 or self.parity_images < 2:
             raise ConfigError("atol must be > 0, max_accuracy_drop >= 0 and parity_images >= 2, got "
@@ -81,9 +90,40 @@ class _Data:
     test: np.ndarray
     test_labels: np.ndarray | None
     description: str
+    shared: bool = False  # calibration and evaluation are the same unlabelled images
 
 
 # --------------------------------------------------------------------------------- public entry
+
+
+def export_model(source: str | Path, *, out_dir: str | Path | None = None, config: ExportConfig | None = None,
+                 calibration_data: str | Path | None = None,
+                 overrides: ModelOverrides | None = None) -> ExportReport:
+    """Export any model source to ``out_dir`` (default ``RUN/export`` or ``<stem>-export/``).
+
+    Args:
+        source: a run directory, ``.keras``/``.h5`` file, SavedModel directory, ``.tflite`` or ``.onnx``.
+        out_dir: output folder.
+        config: export options.
+        calibration_data: real images (.npz or folder; class sub-folders give labels) for
+            calibration and evaluation; required unless the model's card names its dataset.
+        overrides: card values from the command line (what the file does not say).
+
+    Raises:
+        ArtifactError: missing/corrupt/unconvertible source, a card that cannot be built, fp32
+            parity failure, or fp32 accuracy at chance with guessed preprocessing.
+        DataError: unusable calibration/evaluation data.
+        AccuracyDropError: a quantized variant lost more than ``config.max_accuracy_drop``.
+    """
+    config = config or ExportConfig()
+    started = time.perf_counter()
+    src = load_source(source, overrides=overrides, opset=config.opset, layout=config.layout)
+    if src.assumed:
+        log.warning("%s", src.assumed)
+    data, card = _load_data(src.card, calibration_data, config)
+    out_card = _export_card(card, src)
+    return _export(src.proto, out_card, src.reference, data, config, src=src,
+                   out_dir=Path(out_dir) if out_dir else src.default_out, started=started)
 
 
 def export_run(run_dir: str | Path, *, out_dir: str | Path | None = None, config: ExportConfig | None = None,
@@ -95,58 +135,25 @@ def export_run(run_dir: str | Path, *, out_dir: str | Path | None = None, config
         DataError: the run's dataset (or ``calibration_data``) cannot be loaded.
         AccuracyDropError: a quantized variant lost more than ``config.max_accuracy_drop``.
     """
-    config = config or ExportConfig()
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ArtifactError(f"Run directory {run_dir} does not exist; pass a folder made by `edgecnn train`.")
-    card = ModelCard.load(run_dir)
-    keras_path = run_dir / "model.keras"
-    model = _load_keras(keras_path)
-    data, card = _run_data(card, calibration_data, config)
-    out_card = _export_card(card, config, source=keras_path, source_run=run_dir)
-    started = time.perf_counter()
-    proto = onnx_io.convert_keras(model, card, opset=config.opset, layout=config.layout)
-    nhwc_card = card.replace(layout="nhwc")
-
-    def reference(images: np.ndarray) -> np.ndarray:
-        return np.asarray(model.predict(normalize_batch(images, nhwc_card), batch_size=64, verbose=0))
-
-    return _export(proto, out_card, reference, data, config, source=keras_path,
-                   out_dir=Path(out_dir) if out_dir else run_dir / "export", started=started)
+    return export_model(run_dir, out_dir=out_dir, config=config, calibration_data=calibration_data)
 
 
 def export_onnx_file(onnx_path: str | Path, *, out_dir: str | Path | None = None, config: ExportConfig | None = None,
                      calibration_data: str | Path | None = None, mean: tuple[float, ...] | None = None,
                      std: tuple[float, ...] | None = None, layout: str | None = None,
                      labels: list[str] | None = None) -> ExportReport:
-    """Verify, card and quantize an existing ONNX image classifier (default out: ``<stem>-export/``).
+    """Verify, card and quantize an existing ONNX model (default out: ``<stem>-export/``).
 
-    Without an embedded card, ``mean``/``std`` (0-255 scale) and ``layout`` describe the input
-    (defaults: 1/255 scaling, layout from the input shape).
+    Without an embedded card, ``mean``/``std`` (0-255 scale), ``layout`` and ``labels`` describe it
+    (see :func:`export_model` and :class:`edgecnn.presets.ModelOverrides` for every other value).
 
     Raises:
-        ArtifactError: missing/corrupt ONNX file or an input that is not one float32 image tensor.
-        DataError: unusable ``calibration_data``.
-        AccuracyDropError: a quantized variant lost more than ``config.max_accuracy_drop``.
+        ArtifactError, DataError, AccuracyDropError: as :func:`export_model`.
     """
-    config = config or ExportConfig()
-    onnx_path = Path(onnx_path)
-    proto = onnx_io.load_onnx(onnx_path)
-    card = _card_for_onnx(proto, onnx_path, mean=mean, std=std, layout=layout, labels=labels)
-    if calibration_data is None:
-        raise DataError("Exporting an ONNX file needs real images: pass --calibration-data DIR_OR_NPZ.")
-    from edgecnn.export._data import load_eval_data
-
-    loaded = load_eval_data(calibration_data, card.input_size, seed=config.quant.seed)
-    labels_, card = _align_labels(loaded.test_labels, loaded.class_names, card)
-    data = _Data(loaded.calibration, _limit(loaded.test, config.test_images), _limit(labels_, config.test_images),
-                 loaded.description)
-    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
-    out_card = _export_card(card, config, source=onnx_path, source_run=None, opset=opset)
-    source = OnnxPredictor(onnx_path, card)
-    return _export(copy.deepcopy(proto), out_card, source, data, config, source=onnx_path,
-                   out_dir=Path(out_dir) if out_dir else onnx_path.with_name(f"{onnx_path.stem}-export"),
-                   started=time.perf_counter())
+    overrides = ModelOverrides(mean=tuple(mean) if mean else None, std=tuple(std) if std else None, layout=layout,
+                               class_names=tuple(labels) if labels else None)
+    return export_model(onnx_path, out_dir=out_dir, config=config, calibration_data=calibration_data,
+                        overrides=overrides)
 
 
 # ------------------------------------------------------------------------------------ loading
@@ -171,26 +178,43 @@ def _limit(x: np.ndarray | None, n: int | None) -> np.ndarray | None:
     return x if x is None or n is None else x[:n]
 
 
-def _run_data(card: ModelCard, calibration_data: str | Path | None,
-              config: ExportConfig) -> tuple[_Data, ModelCard]:
-    """Held-out test images of the run's dataset, and calibration images: its training images, or
-    ``calibration_data`` (any .npz/folder) when given. If the run's dataset is gone, the held-out
-    part of ``calibration_data`` serves as the test set."""
+def _load_data(card: ModelCard, calibration_data: str | Path | None,
+               config: ExportConfig) -> tuple[_Data, ModelCard]:
+    """Held-out images (and labels, for a classifier) and calibration images, as the model's channels."""
+    data, card = _read_data(card, calibration_data, config)
+    from edgecnn.export._data import to_channels
+
+    data.test = to_channels(data.test, card.channels)
+    if data.calibration is not None:
+        data.calibration = to_channels(data.calibration, card.channels)
+    if card.task != "classify":
+        data.test_labels = None  # class folders say nothing about boxes or masks
+    return data, card
+
+
+def _read_data(card: ModelCard, calibration_data: str | Path | None,
+               config: ExportConfig) -> tuple[_Data, ModelCard]:
+    """Test images of the card's dataset, and calibration images: its training images, or
+    ``calibration_data`` (any .npz/folder) when given. Without a usable dataset, the held-out part
+    of ``calibration_data`` (all of it when unlabelled) serves as the test set."""
+    from edgecnn.datasets import load_dataset  # no TensorFlow import
     from edgecnn.export._data import load_eval_data
-    from edgecnn.datasets import load_dataset  # no TensorFlow import; the run needs TF anyway
 
     spec = card.dataset.get("path")
     spec = "cifar10" if spec == "keras.datasets.cifar10" else spec
+    if not spec and calibration_data is None:
+        raise DataError(f"{card.name} names no dataset of its own: pass --calibration-data DIR_OR_NPZ with real "
+                        "images (a folder of images is enough; class sub-folders add an accuracy check).")
     ds, missing = None, None
     try:
-        if not spec:
-            raise DataError(f"The card of {card.name} names no dataset.")
-        ds = load_dataset(spec, input_size=card.input_size, classes=card.dataset.get("classes"))
+        if spec:
+            ds = load_dataset(spec, input_size=card.input_size, classes=card.dataset.get("classes"))
     except DataError as err:
         if calibration_data is None:
             raise DataError(f"{err} Pass --calibration-data DIR_OR_NPZ with real images for this model.") from err
         missing = str(err)
-    if ds is not None and ds.class_names != card.class_names and ds.num_classes != card.num_classes:
+    if ds is not None and card.task == "classify" and ds.class_names != list(card.class_names) \
+            and ds.num_classes != card.num_classes:
         raise DataError(f"Dataset {spec} has {ds.num_classes} classes, the model {card.num_classes}.")
     if calibration_data is None:
         return _Data(ds.x_train, _limit(ds.x_test, config.test_images), _limit(ds.y_test, config.test_images),
@@ -199,54 +223,26 @@ def _run_data(card: ModelCard, calibration_data: str | Path | None,
     if ds is not None:
         return _Data(ext.calibration, _limit(ds.x_test, config.test_images), _limit(ds.y_test, config.test_images),
                      f"{ds.name} test split"), card
-    log.warning("%s Evaluating on held-out images of %s instead.", missing, calibration_data)
+    if missing:
+        log.warning("%s Evaluating on images of %s instead.", missing, calibration_data)
     labels, card = _align_labels(ext.test_labels, ext.class_names, card)
     return _Data(ext.calibration, _limit(ext.test, config.test_images), _limit(labels, config.test_images),
-                 ext.description), card
-
-
-def _card_for_onnx(proto: Any, path: Path, *, mean, std, layout, labels) -> ModelCard:
-    sig = onnx_io.io_signature(proto)
-    if len(sig["inputs"]) != 1 or len(sig["outputs"]) != 1:
-        raise ArtifactError(f"{path} has {len(sig['inputs'])} inputs and {len(sig['outputs'])} outputs; "
-                            "edgecnn handles single-input, single-output image classifiers.")
-    inp, out = sig["inputs"][0], sig["outputs"][0]
-    shape = inp["shape"]
-    if inp["dtype"] != "float32" or len(shape) != 4:
-        raise ArtifactError(f"{path}: input {inp['name']} is {inp['dtype']} {shape}; expected a float32 4-D image batch.")
-    existing = onnx_io.read_card(proto)
-    if layout is None:
-        layout = existing.layout if existing else ("nchw" if shape[1] == 3 and shape[3] != 3 else "nhwc")
-    dims = shape[2:4] if layout == "nchw" else shape[1:3]
-    if not all(isinstance(d, int) and d > 0 for d in dims):
-        raise ArtifactError(f"{path}: input {inp['name']} {shape} has no fixed height/width for layout {layout}.")
-    n_out = out["shape"][-1] if out["shape"] and isinstance(out["shape"][-1], int) else None
-    if existing:
-        card = existing
-    else:
-        if not n_out:
-            raise ArtifactError(f"{path}: output {out['name']} {out['shape']} has no fixed class axis; pass --labels.")
-        card = ModelCard(name=path.stem, architecture="external", class_names=labels or [str(i) for i in range(n_out)],
-                         input_size=tuple(dims), normalization="given" if mean or std else "scale")
-    card = card.replace(layout=layout, input_name=inp["name"], output_name=out["name"],
-                        mean=tuple(mean) if mean else card.mean, std=tuple(std) if std else card.std,
-                        class_names=list(labels) if labels else card.class_names)
-    if n_out and n_out != card.num_classes:
-        raise ArtifactError(f"{path}: output has {n_out} classes but {card.num_classes} labels were given.")
-    return card
+                 ext.description, shared=ext.shared), card
 
 
 def _align_labels(labels: np.ndarray | None, names: list[str] | None,
                   card: ModelCard) -> tuple[np.ndarray | None, ModelCard]:
     """Map folder-class labels onto the model's class order (by name), or adopt the folder names
     when the model has only numeric class names."""
-    if labels is None or not names:
+    if labels is None or not names or card.task != "classify":
         return labels, card
-    if set(names) == set(card.class_names):
-        return np.asarray([card.class_names.index(names[i]) for i in labels], dtype=np.int64), card
-    if len(names) == card.num_classes and all(c.isdigit() for c in card.class_names):
-        return labels, card.replace(class_names=list(names))  # sorted folder names, the usual convention
-    raise DataError(f"Calibration data classes {names} do not match the model's {card.class_names}.")
+    model_names = list(card.class_names)
+    if set(names) == set(model_names):
+        return np.asarray([model_names.index(names[i]) for i in labels], dtype=np.int64), card
+    if len(names) == card.num_classes and all(c.isdigit() for c in model_names):
+        return labels, card.replace(class_names=tuple(names))  # sorted folder names, the usual convention
+    raise DataError(f"Calibration data classes {names[:5]} do not match the model's {model_names[:5]}; name the "
+                    "class folders after the model's labels, or pass --labels in the model's class order.")
 
 
 def _versions(*, with_tf: bool) -> dict[str, str]:
@@ -263,53 +259,68 @@ def _versions(*, with_tf: bool) -> dict[str, str]:
     return out
 
 
-def _export_card(card: ModelCard, config: ExportConfig, *, source: Path, source_run: Path | None,
-                 opset: int | None = None) -> ModelCard:
-    return card.replace(
-        layout=config.layout if source_run is not None else card.layout,
-        output_name=card.output_name if source_run is None else card.output_kind, precision="fp32",
-        versions={**card.versions, **_versions(with_tf=source_run is not None)},
-        export={"opset": config.opset if opset is None else opset, "source": str(source),
-                "source_sha256": onnx_io.sha256_file(source), "source_run": str(source_run) if source_run else None,
-                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
+def _export_card(card: ModelCard, src: ModelSource) -> ModelCard:
+    export = {"opset": onnx_io.opset_of(src.proto), "source": str(src.path), "source_kind": src.kind,
+              "source_sha256": onnx_io.sha256_file(src.file), "source_run": str(src.run_dir) if src.run_dir else None,
+              "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    if src.source_opset is not None and src.source_opset != export["opset"]:
+        export["source_opset"] = src.source_opset
+    return card.replace(precision="fp32", versions={**card.versions, **_versions(with_tf=src.uses_tensorflow)},
+                        export=export)
 
 
 # ------------------------------------------------------------------------------------- export
 
 
-def _predict(fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray) -> np.ndarray:
-    return predict_in_batches(fn, images, batch_size=256)
+def _predict(fn: Callable[[np.ndarray], list[np.ndarray]], images: np.ndarray) -> list[np.ndarray]:
+    return predict_outputs(fn, images, batch_size=256)
 
 
-def _export(proto: Any, card: ModelCard, reference: Callable[[np.ndarray], np.ndarray], data: _Data,
-            config: ExportConfig, *, source: Path, out_dir: Path, started: float) -> ExportReport:
+def _export(proto: Any, card: ModelCard, reference: Callable[[np.ndarray], list[np.ndarray]], data: _Data,
+            config: ExportConfig, *, src: ModelSource, out_dir: Path, started: float) -> ExportReport:
     h, w = card.input_size
     if data.test.ndim != 4 or data.test.shape[1:] != (h, w, card.channels) or len(data.test) < 2:
         raise DataError(f"Held-out images must be (N >= 2, {h}, {w}, {card.channels}), got {data.test.shape}.")
     if data.test_labels is not None and len(data.test_labels) and int(data.test_labels.max()) >= card.num_classes:
         raise DataError(f"Test labels go up to {int(data.test_labels.max())} but the model has {card.num_classes} "
                         f"classes ({', '.join(card.class_names[:5])}...): the data does not belong to this model.")
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=".export-staging-"))
     try:
-        return _export_staged(proto, card, reference, data, config, source=source, out_dir=out_dir,
+        return _export_staged(proto, card, reference, data, config, src=src, out_dir=out_dir,
                               staging=staging, started=started)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # a failure before anything was written leaves no empty folder behind
 
 
-def _export_staged(proto, card, reference, data, config, *, source, out_dir, staging, started) -> ExportReport:
-    report = ExportReport(source=str(source), source_sha256=card.export["source_sha256"], out_dir=str(out_dir),
-                          card_name=card.name, layout=card.layout, opset=card.export.get("opset"), parity={},
-                          variants=[], test_set={"description": data.description, "images": int(len(data.test)),
-                                                 "labeled": data.test_labels is not None},
-                          max_accuracy_drop_pp=config.max_accuracy_drop if config.quantize else None,
-                          versions=card.versions, created=card.export["created"])
+def _new_report(card: ModelCard, data: _Data, config: ExportConfig, src: ModelSource, out_dir: Path) -> ExportReport:
+    notes = [src.assumed] if src.assumed else []
+    if data.shared:
+        notes.append(f"No labels: calibration and evaluation share the same {len(data.test)} images, and each "
+                     "variant is judged by its agreement with fp32, not by accuracy.")
+    if "source_opset" in card.export:
+        notes.append(f"Converted from opset {card.export['source_opset']} to {card.export['opset']}.")
+    return ExportReport(source=str(src.path), source_sha256=card.export["source_sha256"], out_dir=str(out_dir),
+                        card_name=card.name, layout=card.layout, opset=card.export.get("opset"), parity={},
+                        variants=[], test_set={"description": data.description, "images": int(len(data.test)),
+                                               "labeled": data.test_labels is not None,
+                                               "shared_with_calibration": data.shared},
+                        max_accuracy_drop_pp=config.max_accuracy_drop if config.quantize else None,
+                        versions=card.versions, created=card.export["created"], source_kind=src.kind,
+                        task=card.task, notes=notes)
+
+
+def _export_staged(proto, card, reference, data, config, *, src, out_dir, staging, started) -> ExportReport:
+    report = _new_report(card, data, config, src, out_dir)
     if config.simplify:
         proto, report.simplify = onnx_io.simplify(proto)
     par_images = data.test[: config.parity_images]
     try:
-        fp32_out, fp32 = _verify_fp32(proto, card, reference, par_images, data, config, staging, report, started)
+        fp32_out, fp32 = _verify_fp32(proto, card, reference, par_images, data, config, staging, report, started,
+                                      check_chance=config.check_chance and not src.card_from_file)
     except ArtifactError as err:
         for name in [variant_filename("fp32")] + [variant_filename(m) for m in QUANTIZE_MODES]:
             (out_dir / name).unlink(missing_ok=True)  # nothing stale may pass for this export's result
@@ -326,9 +337,7 @@ def _export_staged(proto, card, reference, data, config, *, source, out_dir, sta
             raise
         report.variants.append(result)
         if not result.passed:
-            failures.append(f"{mode}: accuracy {_fmt(result.accuracy)} vs fp32 {_fmt(fp32.accuracy)} "
-                            f"({result.accuracy_delta_pp:+.2f} pp; top-1 agreement {100 * result.top1_agreement:.2f}%), "
-                            f"more than the allowed {config.max_accuracy_drop:g} pp drop")
+            failures.append(f"{mode}: {result.guard}")
     for v in report.variants:  # only verified files leave the staging folder
         if v.passed:
             os.replace(staging / v.file, out_dir / v.file)
@@ -352,28 +361,42 @@ def _fmt(acc: float | None) -> str:
     return "-" if acc is None else f"{100 * acc:.2f}%"
 
 
-def _verify_fp32(proto, card, reference, images, data, config, staging, report, started):
-    """Parity of the fp32 ONNX with the source (Keras or the original ONNX) at batch N and batch 1."""
+def _check_not_chance(acc: float, card: ModelCard, n: int) -> None:
+    """Accuracy no better than guessing means the preprocessing (or the label order) is wrong."""
+    chance = 1.0 / card.num_classes
+    margin = 2.0 * math.sqrt(chance * (1.0 - chance) / n)  # two standard errors of a guessing model
+    if acc <= chance + margin:
+        raise ArtifactError(
+            f"fp32 accuracy is {100 * acc:.1f}% on {n} labelled images, at chance level ({100 * chance:.1f}% for "
+            f"{card.num_classes} classes): the preprocessing is probably wrong (used: {card.describe_preprocessing()}); "
+            f"check {PREPROCESSING_FLAGS} and the --labels order. No model was written.")
+
+
+def _verify_fp32(proto, card, reference, images, data, config, staging, report, started, *, check_chance):
+    """Parity of the fp32 ONNX with the source (all outputs) at batch N and batch 1."""
     onnx_io.embed_card(proto, card)
     tmp = onnx_io.save_onnx(proto, staging / variant_filename("fp32"))
     predictor = OnnxPredictor(tmp, card)
     ref = _predict(reference, images)
-    got = _predict(predictor, images)
-    single = predictor(images[:1])
-    parity = compare(ref, got)
-    batch1 = compare(ref[:1], single)
+    got = _predict(predictor.outputs, images)
+    parity = compare_outputs(ref, got, task=card.task)
+    batch1 = compare_outputs([r[:1] for r in ref], predictor.outputs(images[:1]), task=card.task)
     report.parity = {**parity.to_dict(), "batch1_max_abs_diff": batch1.max_abs_diff,
                      "batch_sizes": [1, min(256, len(images))], "atol": config.atol}
     problems = []
-    if parity.top1_agreement < 1.0:
+    if parity.top1_agreement is not None and parity.top1_agreement < 1.0:
         problems.append(f"top-1 agreement {100 * parity.top1_agreement:.2f}% (must be 100%)")
-    if max(parity.max_abs_diff, batch1.max_abs_diff) > config.atol:
-        problems.append(f"max |diff| {max(parity.max_abs_diff, batch1.max_abs_diff):.2e} > atol {config.atol:g}")
+    worst = max(parity.max_rel_diff, batch1.max_rel_diff)
+    if worst > config.atol:
+        problems.append(f"max |diff| {max(parity.max_abs_diff, batch1.max_abs_diff):.2e} ({worst:.2e} relative to "
+                        f"the output's scale) > atol {config.atol:g}")
     if problems:
         raise ArtifactError(f"The fp32 ONNX model does not match its source on {parity.images} held-out images: "
                             + "; ".join(problems) + ". No model was written.")
-    outputs = _predict(predictor, data.test)
-    acc = accuracy(outputs, data.test_labels) if data.test_labels is not None else None
+    outputs = _predict(predictor.outputs, data.test)
+    acc = accuracy(outputs[0], data.test_labels) if data.test_labels is not None else None
+    if check_chance and acc is not None and card.num_classes >= 2:
+        _check_not_chance(acc, card, len(data.test))
     card.export["verification"] = report.parity
     card.metrics.update(_metrics(acc, len(data.test)))
     card.export["simplified"] = bool(report.simplify.get("applied"))
@@ -383,7 +406,7 @@ def _verify_fp32(proto, card, reference, images, data, config, staging, report, 
     result = VariantResult("fp32", final.name, tmp.stat().st_size, acc, None if acc is None else 0.0,
                            parity.top1_agreement, parity.max_abs_diff, parity.mean_abs_diff, parity.images,
                            round(time.perf_counter() - started, 2), True, {"opset": card.export.get("opset")},
-                           onnx_io.op_type_counts(proto))
+                           onnx_io.op_type_counts(proto), guard=f"parity with the source ({_parity_words(parity)})")
     report.variants.append(result)
     # Copy, not move: the staged fp32 file stays the input of quantization.
     shutil.copyfile(tmp, staging / ".fp32.copy")
@@ -391,31 +414,73 @@ def _verify_fp32(proto, card, reference, images, data, config, staging, report, 
     return outputs, result
 
 
+def _parity_words(parity: Any) -> str:
+    """``max |diff| 1.2e-07 over 2 outputs``: how the fp32 file matched its source."""
+    outs = f" over {parity.outputs} outputs" if parity.outputs > 1 else ""
+    return f"max |diff| {parity.max_abs_diff:.2e}{outs}"
+
+
 def _metrics(acc: float | None, n: int) -> dict[str, Any]:
     return {"onnx_test_images": int(n), **({"onnx_test_accuracy": round(acc, 6)} if acc is not None else {})}
 
 
-def _variant(mode: str, fp32_path: Path, card: ModelCard, fp32_out: np.ndarray, fp32: VariantResult,
+def _quantize(mode: str, fp32_path: Path, path: Path, card: ModelCard, data: _Data, config: ExportConfig) -> Any:
+    try:
+        return quantize_model(fp32_path, path, mode=mode, card=card, config=config.quant,
+                              calibration_images=data.calibration)
+    except EdgecnnError:
+        raise
+    except Exception as err:  # onnxruntime.quantization raises whatever its passes raise
+        raise ArtifactError(f"onnxruntime could not quantize the model to {mode} ({ort_error(err)}).") from err
+
+
+def _variant(mode: str, fp32_path: Path, card: ModelCard, fp32_out: list[np.ndarray], fp32: VariantResult,
              data: _Data, config: ExportConfig, staging: Path) -> VariantResult:
     started = time.perf_counter()
     path = staging / variant_filename(mode)
-    proto = quantize_model(fp32_path, path, mode=mode, card=card, config=config.quant,
-                           calibration_images=data.calibration)
+    proto = _quantize(mode, fp32_path, path, card, data, config)
+    settings = {**config.quant.describe(mode), "opset": onnx_io.opset_of(proto)}
     vcard = card.replace(precision=mode, metrics=dict(card.metrics),
-                         export={**card.export, "quantization": {"mode": mode, **config.quant.describe(mode)}})
-    out = _predict(OnnxPredictor(path, vcard), data.test)
-    par = compare(fp32_out, out)
-    acc = accuracy(out, data.test_labels) if data.test_labels is not None else None
-    # Without labels, the share of images whose top-1 changed bounds the accuracy change.
-    delta = (100 * (acc - fp32.accuracy)) if acc is not None else -100 * (1 - par.top1_agreement)
-    passed = -delta <= config.max_accuracy_drop + 1e-9
+                         export={**card.export, "opset": settings["opset"], "quantization": {"mode": mode, **settings}})
+    out = _predict(OnnxPredictor(path, vcard).outputs, data.test)
+    par = compare_outputs(fp32_out, out, task=card.task)
+    metric = task_agreement(card.task, fp32_out, out, card)
+    acc = accuracy(out[0], data.test_labels) if data.test_labels is not None else None
+    delta, passed, guard = _judge(mode, acc, fp32.accuracy, metric, out, par, data, config)
     vcard.metrics.update(_metrics(acc, len(data.test)))
-    vcard.metrics.update(accuracy_delta_pp=round(delta, 4), top1_agreement_vs_fp32=round(par.top1_agreement, 6))
+    if delta is not None:
+        vcard.metrics["accuracy_delta_pp"] = round(delta, 4)
+    if metric is not None:
+        vcard.metrics[f"{metric.name}_vs_fp32"] = round(metric.value, 6)
     onnx_io.embed_card(proto, vcard)
     onnx_io.save_onnx(proto, path)
-    return VariantResult(mode, path.name, path.stat().st_size, acc, round(delta, 4), par.top1_agreement,
-                         par.max_abs_diff, par.mean_abs_diff, par.images, round(time.perf_counter() - started, 2),
-                         passed, config.quant.describe(mode), onnx_io.op_type_counts(proto))
+    return VariantResult(mode, path.name, path.stat().st_size, acc, None if delta is None else round(delta, 4),
+                         par.top1_agreement, par.max_abs_diff, par.mean_abs_diff, par.images,
+                         round(time.perf_counter() - started, 2), passed, settings, onnx_io.op_type_counts(proto),
+                         metric=None if metric is None else metric.name,
+                         metric_value=None if metric is None else round(metric.value, 6), guard=guard)
+
+
+def _judge(mode, acc, fp32_acc, metric, out, par, data, config) -> tuple[float | None, bool, str]:
+    """The accuracy guard: accuracy vs fp32 with labels, else the task metric vs fp32."""
+    budget = config.max_accuracy_drop
+    if not all(np.isfinite(o).all() for o in out):
+        return None, False, "NaN or infinite outputs"
+    if acc is not None:
+        delta = 100 * (acc - fp32_acc)
+        agree = "" if metric is None else f"; {metric.label} {100 * metric.value:.2f}%"
+        verdict = "within" if -delta <= budget + 1e-9 else "more than"
+        return delta, -delta <= budget + 1e-9, (f"accuracy {_fmt(acc)} vs fp32 {_fmt(fp32_acc)} ({delta:+.2f} pp{agree}), "
+                                                f"{verdict} the allowed {budget:g} pp drop")
+    if metric is not None:
+        drop = 100 * (1 - metric.value)
+        verdict = "within" if drop <= budget + 1e-9 else "more than"
+        return None, drop <= budget + 1e-9, (f"{metric.label} with fp32 {100 * metric.value:.2f}% on {len(data.test)} "
+                                             f"unlabelled images ({drop:.2f}% changed), {verdict} the allowed "
+                                             f"{budget:g} pp (agreement, not accuracy: no labels)")
+    log.warning("%s: no task metric for this model's task yet; compared with fp32 by output difference only "
+                "(max |diff| %.3g).", mode, par.max_abs_diff)
+    return None, True, f"not judged by a task metric (max |diff| vs fp32 {par.max_abs_diff:.3g})"
 
 
 def _write_triton(config: ExportConfig, out_dir: Path, report: ExportReport, card: ModelCard) -> Path:

@@ -30,7 +30,8 @@ from edgecnn.runtime.preprocess import normalize_batch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["QUANTIZE_MODES", "CALIBRATION_METHODS", "CPU_TARGETS", "QuantizeConfig", "quantize_model"]
+__all__ = ["QUANTIZE_MODES", "CALIBRATION_METHODS", "CPU_TARGETS", "QuantizeConfig", "quantize_model",
+           "pre_process_for_quantization"]
 
 QUANTIZE_MODES = ("int8", "int8-dynamic", "fp16")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -123,7 +124,7 @@ def quantize_model(fp32_path: Path, out_path: Path, *, mode: str, card: ModelCar
         return _fp16(fp32_path, out_path, config)
     with tempfile.TemporaryDirectory(prefix="edgecnn-quant-") as tmp, _quiet_root_logger():
         pre = Path(tmp) / "pre.onnx"
-        _pre_process(fp32_path, pre)
+        _pre_process(_per_channel_opset(fp32_path, Path(tmp), config), pre)
         if mode == "int8-dynamic":
             return _dynamic(pre, out_path, config)
         check_calibration_images(calibration_images, card, config.calibration_samples)
@@ -160,8 +161,45 @@ def _quiet_root_logger():
         root.setLevel(level)
 
 
+# DequantizeLinear takes a per-channel ``axis`` from opset 13 on; at lower opsets onnxruntime
+# refuses to load a per-channel QDQ model that quantize_static writes anyway.
+_PER_CHANNEL_OPSET = 13
+
+
+def _per_channel_opset(fp32_path: Path, tmp: Path, config: QuantizeConfig) -> Path:
+    """``fp32_path``, or a copy upgraded to opset 13 by onnx.version_converter when per-channel
+    quantization needs it.
+
+    Raises:
+        ArtifactError: naming the model's opset, if the converter cannot upgrade it.
+    """
+    if not config.per_channel:
+        return fp32_path
+    from edgecnn.export import onnx as onnx_io
+
+    onnx = require("onnx", "export")
+    model = onnx.load(str(fp32_path))
+    opset = onnx_io.opset_of(model)
+    if opset is None or opset >= _PER_CHANNEL_OPSET:
+        return fp32_path
+    upgraded = onnx_io.convert_opset(model, _PER_CHANNEL_OPSET, why="per-channel int8 (DequantizeLinear axis)")
+    path = tmp / "opset13.onnx"
+    onnx.save_model(upgraded, str(path))
+    return path
+
+
 def _quant():
     return require("onnxruntime.quantization", "export")
+
+
+def pre_process_for_quantization(src: Path, dst: Path) -> None:
+    """Write the graph that :func:`quantize_model` quantizes: ``src`` after ORT's pre-processing.
+
+    Node and tensor names are those of the int8 model, so ``exclude_nodes`` and per-node
+    quantization errors (``edgecnn.export.accuracy_aware``) refer to this graph.
+    """
+    with _quiet_root_logger():
+        _pre_process(src, dst)
 
 
 def _pre_process(src: Path, dst: Path) -> None:

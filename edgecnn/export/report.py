@@ -10,7 +10,7 @@ from typing import Any
 
 from edgecnn.card import atomic_write_text
 
-__all__ = ["VariantResult", "ExportReport"]
+__all__ = ["VariantResult", "ExportReport", "metric_text"]
 
 _umask = os.umask(0)
 os.umask(_umask)
@@ -26,14 +26,17 @@ class VariantResult:
     size_bytes: int
     accuracy: float | None  # on the held-out test set; None without labels
     accuracy_delta_pp: float | None  # vs fp32 ONNX, percentage points
-    top1_agreement: float  # vs fp32 ONNX (vs Keras for fp32)
-    max_abs_diff: float
+    top1_agreement: float | None  # vs fp32 ONNX (vs the source for fp32); classifiers only
+    max_abs_diff: float  # over every output
     mean_abs_diff: float
     images: int
     seconds: float
     passed: bool = True
     settings: dict[str, Any] = field(default_factory=dict)
     ops: dict[str, int] = field(default_factory=dict)
+    metric: str | None = None  # the task metric vs fp32 (edgecnn.export.verify.task_agreement), e.g. top1_agreement
+    metric_value: float | None = None
+    guard: str = ""  # how the variant was judged, in words
 
 
 @dataclass
@@ -56,6 +59,9 @@ class ExportReport:
     created: str = ""
     status: str = "ok"
     errors: list[str] = field(default_factory=list)
+    source_kind: str = ""
+    task: str = "classify"
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,15 +70,23 @@ class ExportReport:
         return next(v for v in self.variants if v.precision == precision)
 
     def to_markdown(self) -> str:
+        agree = self.parity.get("top1_agreement")
+        kind = f" ({self.source_kind})" if self.source_kind else ""
         lines = [f"# Export report: {self.card_name}", "",
-                 f"- source: `{self.source}` (sha256 `{self.source_sha256[:16]}...`)",
-                 f"- created: {self.created}; layout {self.layout}; opset {self.opset}; status **{self.status}**",
-                 f"- test set: {self.test_set.get('description', '-')} ({self.test_set.get('images', 0)} images)",
-                 f"- fp32 parity with the source ({self.parity.get('images', 0)} held-out images): "
-                 f"max |diff| {self.parity.get('max_abs_diff', 0):.2e}, mean |diff| {self.parity.get('mean_abs_diff', 0):.2e}, "
-                 f"top-1 agreement {100 * self.parity.get('top1_agreement', 0):.2f}%", ""]
+                 f"- source: `{self.source}`{kind} (sha256 `{self.source_sha256[:16]}...`)",
+                 f"- created: {self.created}; task {self.task}; layout {self.layout}; opset {self.opset}; "
+                 f"status **{self.status}**",
+                 f"- test set: {self.test_set.get('description', '-')} ({self.test_set.get('images', 0)} images, "
+                 f"{'labelled' if self.test_set.get('labeled') else 'no labels'})",
+                 f"- fp32 parity with the source ({self.parity.get('images', 0)} held-out images, "
+                 f"{self.parity.get('outputs', 1)} output(s)): max |diff| {self.parity.get('max_abs_diff', 0):.2e}, "
+                 f"mean |diff| {self.parity.get('mean_abs_diff', 0):.2e}"
+                 + ("" if agree is None else f", top-1 agreement {100 * agree:.2f}%")]
+        lines += [f"- {note}" for note in self.notes] + [""]
         if self.max_accuracy_drop_pp is not None:
-            lines += [f"Accuracy guard: a variant may lose at most {self.max_accuracy_drop_pp:g} pp.", ""]
+            basis = ("accuracy" if self.test_set.get("labeled") else
+                     "top-1 agreement with fp32 (no labels)" if self.task == "classify" else "the task metric vs fp32")
+            lines += [f"Accuracy guard: a variant may lose at most {self.max_accuracy_drop_pp:g} pp of {basis}.", ""]
         lines += _table(self.variants)
         if self.errors:
             lines += ["", "## Errors", ""] + [f"- {e}" for e in self.errors]
@@ -96,12 +110,21 @@ def _pct(v: float | None) -> str:
 
 def _table(variants: list[VariantResult]) -> list[str]:
     fp32 = next((v for v in variants if v.precision == "fp32"), None)
-    rows = ["| precision | file | size | ratio | accuracy | delta (pp) | top-1 agreement | max abs diff | status |",
+    rows = ["| precision | file | size | ratio | accuracy | delta (pp) | vs fp32 | max abs diff | status |",
             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for v in variants:
         ratio = f"{fp32.size_bytes / v.size_bytes:.2f}x" if fp32 and v.size_bytes else "-"
         delta = "-" if v.accuracy_delta_pp is None else f"{v.accuracy_delta_pp:+.2f}"
         rows.append(f"| {v.precision} | {v.file or '(not written)'} | {v.size_bytes / 1024:.1f} KiB | {ratio} | "
-                    f"{_pct(v.accuracy)} | {delta} | {_pct(v.top1_agreement)} | {v.max_abs_diff:.2e} | "
+                    f"{_pct(v.accuracy)} | {delta} | {metric_text(v)} | {v.max_abs_diff:.2e} | "
                     f"{'ok' if v.passed else 'FAILED'} |")
     return rows
+
+
+def metric_text(v: VariantResult) -> str:
+    """``top-1 agreement 99.33%``: the variant's task metric against fp32 (``-`` for fp32 itself)."""
+    if v.metric is not None and v.metric_value is not None:
+        return f"{v.metric.replace('_', ' ').replace('top1', 'top-1')} {100 * v.metric_value:.2f}%"
+    if v.precision == "fp32" or v.top1_agreement is None:
+        return "-"
+    return f"top-1 agreement {100 * v.top1_agreement:.2f}%"

@@ -1,0 +1,416 @@
+"""What a model file does not say about itself: preprocessing presets, the ``--input-size``,
+``--channels``, ``--layout``, ``--mean``/``--std``/``--preprocess``, ``--labels`` and ``--task``
+flags, and a card inferred from a model's graph signature (stdlib only).
+
+Every command that takes a model (export, predict, bench, evaluate, serve, gradcam) parses the
+same flags with :func:`parse_overrides` into :class:`ModelOverrides`, and builds the card of a
+model without one with :func:`infer_card`: what the file carries (an edgecnn card, Ultralytics
+``metadata_props``, the input shape and layout of the graph) comes first, flags fill in or
+override the rest, and what is still unknown is assumed and said in one line.
+
+Mean and std are always per channel on the 0-255 pixel scale, as in :class:`edgecnn.card.ModelCard`.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from edgecnn.card import TASKS, ModelCard
+from edgecnn.errors import ArtifactError, ConfigError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Preset", "PREPROCESS_PRESETS", "LAYOUTS", "TASKS", "ModelOverrides", "TensorInfo", "parse_overrides",
+           "parse_input_size", "parse_floats", "parse_labels", "infer_card", "input_geometry", "ultralytics_metadata", "short_list",
+           "PREPROCESSING_FLAGS"]
+
+LAYOUTS = ("nchw", "nhwc")
+PREPROCESSING_FLAGS = "--preprocess/--mean/--std/--layout/--channels"
+# YOLO heads: one anchor per cell at strides 8, 16, 32 (v8/v11), three per cell (v5).
+_YOLO_STRIDES = (8, 16, 32)
+# Ultralytics' own task names -> edgecnn's. Its "segment" is instance segmentation (boxes plus mask
+# coefficients and prototypes), not the per-pixel class maps of edgecnn's segment head.
+_ULTRALYTICS_TASKS = {"classify": "classify", "detect": "detect", "segment": "raw", "pose": "raw", "obb": "raw"}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Per-channel RGB mean and std on the 0-255 scale, and what uses them."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    description: str
+
+    def for_channels(self, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Mean and std for ``channels`` (a gray model gets the average of the RGB values)."""
+        if channels == 3:
+            return self.mean, self.std
+        return (round(sum(self.mean) / 3, 4),), (round(sum(self.std) / 3, 4),)
+
+
+PREPROCESS_PRESETS: dict[str, Preset] = {
+    "unit": Preset((0.0, 0.0, 0.0), (255.0, 255.0, 255.0), "x / 255 (Ultralytics, most Keras models)"),
+    "imagenet": Preset((123.675, 116.28, 103.53), (58.395, 57.12, 57.375),
+                       "ImageNet mean/std (torchvision, timm, PaddlePaddle)"),
+    "tf": Preset((127.5, 127.5, 127.5), (127.5, 127.5, 127.5),
+                 "(x - 127.5) / 127.5 (keras.applications MobileNet/EfficientNetV2, TF Hub)"),
+    "none": Preset((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "raw 0-255 pixels (models that normalize inside)"),
+}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Name, shape (an int per fixed axis, None or a name for dynamic ones) and element type."""
+
+    name: str
+    shape: tuple[int | str | None, ...]
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class ModelOverrides:
+    """Card values given on the command line; None means "not given"."""
+
+    input_size: tuple[int, int] | None = None
+    channels: int | None = None
+    layout: str | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    preprocess: str | None = None
+    class_names: tuple[str, ...] | None = None
+    task: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.preprocess is not None and self.preprocess not in PREPROCESS_PRESETS:
+            raise ConfigError(f"--preprocess must be one of {', '.join(PREPROCESS_PRESETS)}, got {self.preprocess!r}.")
+        if self.preprocess is not None and (self.mean is not None or self.std is not None):
+            raise ConfigError("Pass either --preprocess or --mean/--std, not both.")
+        if (self.mean is None) != (self.std is None):
+            raise ConfigError("--mean and --std go together: pass both (0-255 scale), or --preprocess "
+                              f"{'|'.join(PREPROCESS_PRESETS)}.")
+        if self.channels is not None and self.channels not in (1, 3):
+            raise ConfigError(f"--channels must be 1 or 3, got {self.channels}.")
+        if self.layout is not None and self.layout not in LAYOUTS:
+            raise ConfigError(f"--layout must be nchw or nhwc, got {self.layout!r}.")
+        if self.task is not None and self.task not in TASKS:
+            raise ConfigError(f"--task must be one of {'|'.join(TASKS)}, got {self.task!r}.")
+        if self.mean is not None and self.std is not None:
+            if len(self.mean) != len(self.std) or len(self.mean) not in (1, 3):
+                raise ConfigError(f"--mean and --std need 1 or 3 values each, got {len(self.mean)} and {len(self.std)}.")
+            if self.channels is not None and len(self.mean) != self.channels:
+                raise ConfigError(f"--mean/--std have {len(self.mean)} values but --channels is {self.channels}.")
+            if any(s <= 0 for s in self.std):
+                raise ConfigError(f"--std must be positive, got {','.join(f'{s:g}' for s in self.std)}.")
+        if self.input_size is not None and (len(self.input_size) != 2 or min(self.input_size) < 1):
+            raise ConfigError(f"--input-size must be HxW with positive sides, got {self.input_size}.")
+
+    @property
+    def normalization_given(self) -> bool:
+        return self.preprocess is not None or self.mean is not None
+
+    def normalization(self, channels: int) -> dict[str, Any]:
+        """``mean``, ``std`` and ``normalization`` card values for ``channels``; {} if none given.
+
+        Raises:
+            ConfigError: if the given --mean/--std do not have ``channels`` values.
+        """
+        if self.preprocess is not None:
+            mean, std = PREPROCESS_PRESETS[self.preprocess].for_channels(channels)
+            return {"mean": mean, "std": std, "normalization": f"preset:{self.preprocess}"}
+        if self.mean is not None and self.std is not None:
+            if len(self.mean) != channels:
+                raise ConfigError(f"--mean/--std have {len(self.mean)} values but the model takes {channels} "
+                                  f"channel{'s' if channels > 1 else ''}; pass {channels}.")
+            return {"mean": self.mean, "std": self.std, "normalization": "given"}
+        return {}
+
+    def apply(self, card: ModelCard) -> ModelCard:
+        """``card`` with every given value replacing its own (a card that is already complete).
+
+        Raises:
+            ArtifactError: if the result is not a valid card (e.g. a label count it cannot have).
+            ConfigError: for --mean/--std of the wrong length.
+        """
+        changes: dict[str, Any] = {}
+        channels = self.channels or card.channels
+        if self.channels is not None and self.channels != card.channels:
+            changes.update(channels=channels, mean=card.mean[:1] * channels, std=card.std[:1] * channels)
+        changes.update(self.normalization(channels))
+        for key in ("input_size", "layout", "class_names", "task"):
+            value = getattr(self, key)
+            if value is not None:
+                changes[key] = value
+        return card.replace(**changes) if changes else card
+
+
+def parse_input_size(text: str | None) -> tuple[int, int] | None:
+    """``"224"``, ``"224x224"`` or ``"480,640"`` -> (height, width).
+
+    Raises:
+        ConfigError: for anything else.
+    """
+    if text is None or text == "":
+        return None
+    parts = [p.strip() for p in str(text).lower().replace("x", ",").split(",")]
+    try:
+        nums = [int(p) for p in parts]
+    except ValueError:
+        nums = []
+    if len(nums) not in (1, 2) or min(nums) < 1:
+        raise ConfigError(f"--input-size expects N or HxW (e.g. 224 or 480x640), got {text!r}.")
+    return (nums[0], nums[-1])
+
+
+def parse_floats(text: str | None, flag: str) -> tuple[float, ...] | None:
+    """``"123.7,116.3,103.5"`` -> a tuple of 1 or 3 floats; warns when a std looks like 0-1 units.
+
+    Raises:
+        ConfigError: for anything but 1 or 3 comma-separated numbers.
+    """
+    if text is None or text == "":
+        return None
+    try:
+        values = tuple(float(v) for v in str(text).split(","))
+    except ValueError:
+        values = ()
+    if len(values) not in (1, 3):
+        raise ConfigError(f"{flag} expects 1 or 3 comma-separated numbers on the 0-255 scale (R,G,B), got {text!r}.")
+    if flag == "--std" and all(v > 0 for v in values) and min(values) < 1:
+        log.warning("--std %s is below 1 on the 0-255 scale: 0-1 units were probably passed (ImageNet's std is "
+                    "58.395,57.12,57.375, not 0.229,0.224,0.225); multiply by 255 or use --preprocess.", text)
+    return values
+
+
+def parse_labels(text: str | None) -> tuple[str, ...] | None:
+    """``--labels``: a text file with one class name per line, or ``a,b,c``.
+
+    Raises:
+        ConfigError: for a value that is neither an existing file nor a comma-separated list.
+    """
+    if text is None or text == "":
+        return None
+    path = Path(str(text)).expanduser()
+    if path.is_file():
+        try:
+            names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"Cannot read --labels file {path} ({type(err).__name__}); pass a UTF-8 text file "
+                              "with one class name per line, or a,b,c.") from err
+        if not names:
+            raise ConfigError(f"--labels file {path} holds no class names (one per line).")
+        return tuple(names)
+    if "," not in str(text):
+        raise ConfigError(f"--labels {text!r} is not a file; pass a text file with one class name per line, or "
+                          "comma-separated names like cat,dog.")
+    names = [n.strip() for n in str(text).split(",")]
+    if any(not n for n in names):
+        raise ConfigError(f"--labels {text!r} has an empty class name.")
+    return tuple(names)
+
+
+def parse_overrides(*, input_size: str | None = None, channels: int | str | None = None, layout: str | None = None,
+                    mean: str | None = None, std: str | None = None, preprocess: str | None = None,
+                    labels: str | None = None, task: str | None = None) -> ModelOverrides:
+    """The model flags as given on any command -> :class:`ModelOverrides`.
+
+    Raises:
+        ConfigError: for a malformed or contradictory value (the flag is named).
+    """
+    return ModelOverrides(
+        input_size=parse_input_size(input_size), channels=None if channels in (None, "") else int(channels),
+        layout=layout.lower() if layout else None, mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"),
+        preprocess=preprocess or None, class_names=parse_labels(labels), task=task or None)
+
+
+def short_list(names: Sequence[str], limit: int = 5) -> str:
+    """``a, b, c, ... (1000 classes)``: info lines never list hundreds of names."""
+    if len(names) <= limit:
+        return ", ".join(names)
+    return f"{', '.join(names[:limit])}, ... ({len(names)} classes)"
+
+
+def ultralytics_metadata(props: Mapping[str, str]) -> dict[str, Any]:
+    """``imgsz``, ``names``, ``task`` and ``stride`` from an Ultralytics ONNX export's ``metadata_props``.
+
+    Ultralytics stores them as Python literals (``"{0: 'person', 1: 'bicycle'}"``, ``"[640, 640]"``);
+    unparsable values are left out.
+    """
+    out: dict[str, Any] = {}
+    for key in ("imgsz", "names", "task", "stride"):
+        if key not in props:
+            continue
+        try:
+            value = ast.literal_eval(props[key])
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            value = props[key] if key == "task" else None
+        if key == "imgsz" and isinstance(value, int):
+            value = [value, value]
+        if key == "imgsz" and not (isinstance(value, (list, tuple)) and len(value) == 2):
+            continue
+        if key == "names" and isinstance(value, dict):
+            value = [str(value[k]) for k in sorted(value)]
+        if key == "names" and not isinstance(value, (list, tuple)):
+            continue
+        if value is not None:
+            out[key] = value
+    return out
+
+
+# ------------------------------------------------------------------------------ card inference
+
+
+@dataclass
+class _Inferred:
+    values: dict[str, Any] = field(default_factory=dict)
+    assumed: list[str] = field(default_factory=list)
+
+
+def infer_card(name: str, *, inputs: Sequence[TensorInfo], outputs: Sequence[TensorInfo],
+               overrides: ModelOverrides | None = None, embedded: ModelCard | None = None,
+               metadata: Mapping[str, str] | None = None, softmax_output: bool | None = None,
+               architecture: str = "external") -> tuple[ModelCard, str | None]:
+    """The card of a model: its embedded card, else its graph and metadata, with flags applied.
+
+    Args:
+        name: card name (usually the file stem).
+        inputs, outputs: the graph's I/O; the first input must be one 4-D float image batch.
+        overrides: values from the command line; they win over everything the file says.
+        embedded: an edgecnn card found in the file, if any.
+        metadata: the ONNX ``metadata_props`` (Ultralytics keys are read).
+        softmax_output: whether the first output comes out of a softmax (None: unknown).
+        architecture: the card's ``architecture``.
+
+    Returns:
+        The card, and a one-line statement of what was assumed (None when nothing was).
+
+    Raises:
+        ArtifactError: for a graph that is not an image model, or values that contradict the graph,
+            naming the flag that fixes it.
+    """
+    overrides = overrides or ModelOverrides()
+    if embedded is not None:
+        return overrides.apply(embedded.replace(input_name=inputs[0].name, output_name=outputs[0].name)), None
+    inp = _image_input(name, inputs)
+    ultra = ultralytics_metadata(metadata or {})
+    got = _Inferred()
+    layout, channels, size = input_geometry(name, inp, overrides, ultra)
+    got.values.update(input_name=inp.name, output_name=outputs[0].name, layout=layout, channels=channels,
+                      input_size=size)
+    _task_and_outputs(name, outputs, size, overrides, ultra, softmax_output, got)
+    norm = overrides.normalization(channels)
+    if not norm:
+        preset = "unit"
+        norm = {**dict(zip(("mean", "std"), PREPROCESS_PRESETS[preset].for_channels(channels))),
+                "normalization": "ultralytics" if ultra else "assumed"}
+        if not ultra:
+            got.assumed.append("x / 255 (pass --preprocess or --mean/--std if it was trained otherwise)")
+    got.values.update(norm)
+    card = ModelCard(name=name, architecture=architecture, **got.values)
+    if not got.assumed:
+        return card, None
+    return card, f"{name} has no model card; assuming " + "; ".join(got.assumed) + "."
+
+
+def _image_input(name: str, inputs: Sequence[TensorInfo]) -> TensorInfo:
+    if len(inputs) != 1:
+        raise ArtifactError(f"{name} has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); edgecnn "
+                            "handles models with one image input.")
+    inp = inputs[0]
+    if inp.dtype != "float32" or len(inp.shape) != 4:
+        raise ArtifactError(f"{name}: input {inp.name} is {inp.dtype} {list(inp.shape)}; edgecnn handles one "
+                            "float32 4-D image batch (NCHW or NHWC).")
+    return inp
+
+
+def _fixed(d: Any) -> int | None:
+    return d if isinstance(d, int) and d > 0 else None
+
+
+def input_geometry(name: str, inp: TensorInfo, overrides: ModelOverrides,
+                   ultra: Mapping[str, Any] | None = None) -> tuple[str, int, tuple[int, int]]:
+    """Layout, channels and (height, width) of an image input, from its shape and the flags.
+
+    Raises:
+        ArtifactError: if the shape and the flags disagree, or a value is still unknown (the
+            message names the flag that supplies it).
+    """
+    ultra = ultra or {}
+    s = [_fixed(d) for d in inp.shape]
+    looks_nchw, looks_nhwc = s[1] in (1, 3) and s[3] not in (1, 3), s[3] in (1, 3) and s[1] not in (1, 3)
+    layout = overrides.layout or ("nchw" if looks_nchw else "nhwc" if looks_nhwc else None)
+    if layout is None:
+        if s[1] in (1, 3) and s[3] in (1, 3):  # e.g. [N, 3, 3, 3]: both readings fit
+            raise ArtifactError(f"{name}: input {inp.name} {list(inp.shape)} could be NCHW or NHWC; pass --layout.")
+        layout = "nhwc"
+    ch_axis, hw = (1, s[2:4]) if layout == "nchw" else (3, s[1:3])
+    channels = s[ch_axis]
+    if overrides.channels is not None:
+        if channels is not None and channels != overrides.channels:
+            raise ArtifactError(f"{name}: input {inp.name} {list(inp.shape)} has {channels} channels in "
+                                f"{layout.upper()}, not --channels {overrides.channels}; check --layout/--channels.")
+        channels = overrides.channels
+    if channels not in (1, 3):
+        raise ArtifactError(f"{name}: input {inp.name} {list(inp.shape)} read as {layout.upper()} has "
+                            f"{channels if channels else 'a dynamic number of'} channels; edgecnn takes 1 (gray) or 3 "
+                            "(RGB) channels: pass --layout nchw|nhwc and --channels 1|3.")
+    size = tuple(hw) if all(hw) else None
+    if overrides.input_size is not None:
+        fixed = [(g, w) for g, w in zip(hw, overrides.input_size) if g is not None and g != w]
+        if fixed:
+            raise ArtifactError(f"{name}: input {inp.name} {list(inp.shape)} is fixed at {hw[0]}x{hw[1]}; "
+                                f"--input-size {overrides.input_size[0]}x{overrides.input_size[1]} does not fit it.")
+        size = overrides.input_size
+    elif size is None and "imgsz" in ultra:
+        size = tuple(int(v) for v in ultra["imgsz"])
+    if size is None:
+        raise ArtifactError(f"{name}: input {inp.name} {list(inp.shape)} has a dynamic height/width; pass "
+                            "--input-size HxW (the size the model was trained at).")
+    return layout, int(channels), (int(size[0]), int(size[1]))
+
+
+def _yolo_anchors(size: tuple[int, int]) -> int:
+    return sum(-(-size[0] // s) * -(-size[1] // s) for s in _YOLO_STRIDES)
+
+
+def _task_and_outputs(name: str, outputs: Sequence[TensorInfo], size: tuple[int, int], overrides: ModelOverrides,
+                      ultra: Mapping[str, Any], softmax_output: bool | None, got: _Inferred) -> None:
+    """Task, output kind, class names, resize and stride from the outputs, metadata and flags."""
+    first = [_fixed(d) for d in outputs[0].shape]
+    guess, kind, n_classes = "raw", "raw", None
+    if len(outputs) == 1 and len(first) == 2 and first[1]:
+        guess, n_classes = "classify", first[1]
+    elif len(first) == 3 and first[1] and first[2]:
+        if first[2] == _yolo_anchors(size) and first[1] > 4:
+            guess, kind, n_classes = "detect", "yolov8", first[1] - 4
+        elif first[1] == 3 * _yolo_anchors(size) and first[2] > 5:
+            guess, kind, n_classes = "detect", "yolov5", first[2] - 5
+    task = overrides.task or _ULTRALYTICS_TASKS.get(str(ultra.get("task")), None) or guess
+    names = overrides.class_names or (tuple(ultra["names"]) if "names" in ultra else None)
+    if task == "classify":
+        if not (len(first) == 2 and first[1]):
+            raise ArtifactError(f"{name}: output {outputs[0].name} {list(outputs[0].shape)} is not a (batch, classes) "
+                                "score vector; pass --task detect|segment|raw for another kind of model.")
+        n_classes = first[1]
+        kind = "probabilities" if softmax_output else "logits"
+    elif task == "detect":
+        kind = kind if guess == "detect" else "yolov8"
+        got.values.update(resize="letterbox", stride=int(ultra.get("stride", max(_YOLO_STRIDES))))
+    elif task == "segment":
+        kind = "probabilities" if softmax_output else "logits"
+        n_classes = next((d for d in ((first[1], first[3]) if len(first) == 4 else ()) if d and d > 1), None)
+    else:
+        kind = "raw"
+    if names is not None and n_classes is not None and len(names) != n_classes:
+        raise ArtifactError(f"{name}: the model has {n_classes} classes but {len(names)} labels were given "
+                            f"({short_list(list(names))}); pass --labels with {n_classes} names.")
+    if names is None and n_classes and task in ("classify", "detect", "segment"):
+        names = tuple(str(i) for i in range(n_classes))
+        got.assumed.append(f"labels 0..{n_classes - 1} (pass --labels FILE|a,b,c)")
+    if task == "raw" and not overrides.task and "task" not in ultra:
+        got.assumed.append(f"task raw for outputs {', '.join(str(list(o.shape)) for o in outputs[:4])} "
+                           "(pass --task classify|detect|segment)")
+    got.values.update(task=task, output_kind=kind, class_names=names or ())
