@@ -45,7 +45,7 @@ def _has(cmd: str) -> bool:
 def throughput(models: list[str], data: str, images: int, batch: int) -> None:
     import numpy as np
 
-    import edgecnn.train  # noqa: F401
+    import edgecnn.train._tf  # noqa: F401  (TensorFlow quietly, before keras)
     import keras
 
     from edgecnn.train.config import AugmentConfig
