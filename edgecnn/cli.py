@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
 import click
 
@@ -63,6 +64,53 @@ def _echo_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     for row in rows:
         table.add_row(*row)
     Console(width=max(100, Console().width)).print(table)
+
+
+# ------------------------------------------------------------- model flags (every command)
+# What a model file does not say about itself, with the same names on every command that takes a
+# model. Parsing, presets and validation live in edgecnn.presets (stdlib only, cheap to import).
+
+_MODEL_FLAGS = ("input_size", "channels", "layout", "preprocess", "mean", "std", "labels", "task")
+
+
+def model_options(*, layout_help: str = "Input layout of the model: nchw or nhwc (default: read from its input shape).",
+                  ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Add --input-size, --channels, --layout, --preprocess, --mean, --std, --labels and --task to a
+    command; read them back with :func:`model_overrides`."""
+    from edgecnn.card import TASKS
+    from edgecnn.presets import PREPROCESS_PRESETS
+
+    presets = "; ".join(f"{k}: {v.description}" for k, v in PREPROCESS_PRESETS.items())
+    options = [
+        click.option("--input-size", default=None, metavar="HxW", help="Input size for a model with a dynamic height/width."),
+        click.option("--channels", type=click.Choice(["1", "3"]), default=None, help="Input channels: 1 (gray) or 3 (RGB)."),
+        click.option("--layout", type=click.Choice(["nchw", "nhwc"]), default=None, help=layout_help),
+        click.option("--preprocess", type=click.Choice(list(PREPROCESS_PRESETS)), default=None,
+                     help=f"Normalization preset ({presets})."),
+        click.option("--mean", default=None, metavar="R,G,B", help="Per-channel mean on the 0-255 scale (with --std)."),
+        click.option("--std", default=None, metavar="R,G,B", help="Per-channel std on the 0-255 scale, e.g. 58.395,57.12,57.375."),
+        click.option("--labels", default=None, metavar="FILE|a,b,c", help="Class names: a text file, one per line, or a,b,c."),
+        click.option("--task", type=click.Choice(list(TASKS)), default=None, help="What the model does (default: its card, "
+                     "Ultralytics metadata or its output shapes)."),
+    ]
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
+
+
+def model_overrides(flags: dict[str, Any]) -> Any:
+    """Pop the model flags out of a command's keyword arguments -> ``edgecnn.presets.ModelOverrides``.
+
+    Raises:
+        ConfigError: for a malformed or contradictory value (one line, naming the flag).
+    """
+    from edgecnn.presets import parse_overrides
+
+    return parse_overrides(**{k: flags.pop(k, None) for k in _MODEL_FLAGS})
 
 
 # ---------------------------------------------------------------------------------- train stage
@@ -202,33 +250,43 @@ def models(family: str | None, input_size: int | None, num_classes: int, width: 
     click.echo("Transfer backbones (--backbone): " + ", ".join(BACKBONES) + ", or a run directory.")
 
 
-@main.command(epilog="\b\nExamples:\n  edgecnn evaluate runs/seed\n  edgecnn evaluate runs/seed --data cifar10.npz\n  edgecnn evaluate runs/seed/export/model.int8.onnx")
+@main.command(epilog="\b\nExamples:\n  edgecnn evaluate runs/seed\n  edgecnn evaluate runs/seed --data cifar10.npz\n  edgecnn evaluate runs/seed/export/model.int8.onnx\n  edgecnn evaluate mine.keras --data photos/ --preprocess tf")
 @click.argument("model_path", metavar="RUN_OR_MODEL", type=click.Path(path_type=Path))
 @click.option("--data", help="Dataset to evaluate on (default: the run's own test split).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Where evaluation.json and the confusion PNG go.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-def evaluate(model_path: Path, data: str | None, out: Path | None, as_json: bool) -> None:
-    """Top-1/top-5 accuracy, per-class precision/recall and the confusion matrix (text + PNG)."""
+@model_options()
+def evaluate(model_path: Path, data: str | None, out: Path | None, as_json: bool, **flags: Any) -> None:
+    """Top-1/top-5 accuracy, per-class precision/recall and the confusion matrix (text + PNG).
+
+    RUN_OR_MODEL: a run directory, a .keras/.h5 file (yours too: describe it with the model flags)
+    or an .onnx file.
+    """
     import json
 
     from edgecnn.train.evaluate import evaluate as run_evaluation
 
-    report = run_evaluation(model_path, data=data, out=out)
+    report = run_evaluation(model_path, data=data, out=out, overrides=model_overrides(flags))
     click.echo(json.dumps(report.metrics, indent=2) if as_json else report.to_text())
     click.echo(f"Wrote {', '.join(report.files)}", err=True)
 
 
-@main.command(epilog="\b\nExamples:\n  edgecnn gradcam runs/seed cat.png dog.jpg --out cams/\n  edgecnn gradcam runs/seed ship.png --class-name airplane")
+@main.command(epilog="\b\nExamples:\n  edgecnn gradcam runs/seed cat.png dog.jpg --out cams/\n  edgecnn gradcam runs/seed ship.png --class-name airplane\n  edgecnn gradcam mine.keras cat.png --preprocess imagenet --labels cat,dog")
 @click.argument("run", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("gradcam"), show_default=True)
 @click.option("--class-name", help="Explain this class instead of the predicted one.")
 @click.option("--layer", help="Feature layer to explain (default: the last convolutional block).")
-def gradcam(run: Path, images: tuple[Path, ...], out: Path, class_name: str | None, layer: str | None) -> None:
-    """Grad-CAM heatmaps of RUN's predictions on IMAGES, overlaid as PNGs."""
+@model_options()
+def gradcam(run: Path, images: tuple[Path, ...], out: Path, class_name: str | None, layer: str | None,
+            **flags: Any) -> None:
+    """Grad-CAM heatmaps of RUN's predictions on IMAGES, overlaid as PNGs.
+
+    RUN: a run directory or a .keras/.h5 file (yours too: describe it with the model flags).
+    """
     from edgecnn.train.gradcam import gradcam_files
 
-    for rec in gradcam_files(run, images, out, class_name=class_name, layer=layer):
+    for rec in gradcam_files(run, images, out, class_name=class_name, layer=layer, overrides=model_overrides(flags)):
         click.echo(f"{rec['image']}: {rec['class']} ({rec['probability']:.1%}) -> {rec['file']}")
 
 
@@ -238,38 +296,30 @@ def gradcam(run: Path, images: tuple[Path, ...], out: Path, class_name: str | No
 _QUANT_MODES = ("int8", "int8-dynamic", "fp16")  # == edgecnn.export.QUANTIZE_MODES (not imported: cheap --help)
 
 
-def _floats3(value: str | None, flag: str) -> tuple[float, ...] | None:
-    if value is None:
-        return None
-    try:
-        out = tuple(float(v) for v in value.split(","))
-    except ValueError:
-        out = ()
-    if len(out) != 3:
-        raise click.BadParameter(f"expected three comma-separated numbers (0-255 scale), got {value!r}", param_hint=flag)
-    return out
-
-
 _EXPORT_EPILOG = """\b
 Examples:
   edgecnn export runs/seed                               # model.onnx + export_report.{json,md}
   edgecnn export runs/seed -q int8 -q fp16 --layout nchw --triton triton_repo
   edgecnn export runs/seed -q int8 --calibration-method percentile --max-accuracy-drop 0.5
+  edgecnn export mine.keras -q int8 --calibration-data photos/ --preprocess tf --labels labels.txt
+  edgecnn export saved_model_dir/ -q int8 --calibration-data photos/ --preprocess imagenet
+  edgecnn export model.tflite --calibration-data photos/          # photos without class folders: agreement
   edgecnn export other.onnx -q int8 --calibration-data images/ --mean 123.7,116.3,103.5 --std 58.4,57.1,57.4
+  edgecnn export yolov8n.onnx -q int8 --calibration-data frames/  # Ultralytics metadata: task, size, names
 """
 
 
 @main.command(epilog=_EXPORT_EPILOG)
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Output folder (default: RUN/export, or <stem>-export/ next to an .onnx).")
+              help="Output folder (default: RUN/export, or <stem>-export/ next to a model file).")
 @click.option("--quantize", "-q", multiple=True, type=click.Choice(_QUANT_MODES),
               help="Add a variant (repeatable): int8 (static, QDQ), int8-dynamic, fp16.")
-@click.option("--layout", type=click.Choice(["nhwc", "nchw"]), default=None,
-              help="Input layout of the export (default nhwc); for an .onnx source: its input layout.")
-@click.option("--opset", type=click.IntRange(7, 23), default=17, show_default=True, help="ONNX opset.")
+@click.option("--opset", type=click.IntRange(7, 23), default=None,
+              help="ONNX opset (default: 17 for converted models; an .onnx source keeps its own unless given).")
 @click.option("--calibration-data", type=click.Path(exists=True, path_type=Path), default=None,
-              help="Real images (.npz or folder) for int8 calibration and accuracy (default: the run's dataset).")
+              help="Real images (.npz or folder) for calibration and checks (default: the run's dataset). With class "
+                   "sub-folders: accuracy; loose images: agreement with fp32.")
 @click.option("--calibration-samples", type=click.IntRange(min=16), default=512, show_default=True)
 @click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
               show_default=True)
@@ -279,37 +329,38 @@ Examples:
 @click.option("--max-accuracy-drop", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Fail if a variant loses more accuracy (percentage points) than fp32.")
 @click.option("--atol", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True,
-              help="Max |Keras - ONNX| allowed for fp32.")
+              help="Max |source - ONNX| allowed for fp32 (relative to outputs larger than 1).")
 @click.option("--test-images", type=click.IntRange(min=2), default=None, help="Evaluate on the first N test images only.")
 @click.option("--no-simplify", is_flag=True, help="Skip onnxslim graph simplification.")
 @click.option("--triton", "triton_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also write a Triton Inference Server model repository here.")
-@click.option("--mean", default=None, help="Source .onnx without card: per-channel mean, 0-255 scale, 'r,g,b'.")
-@click.option("--std", default=None, help="Source .onnx without card: per-channel std, 0-255 scale, 'r,g,b'.")
-@click.option("--labels", "labels_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Source .onnx without card: text file with one class name per line.")
-def export(source: Path, out_dir: Path | None, quantize: tuple[str, ...], layout: str | None, opset: int,
+@model_options(layout_help="Input layout: of the exported model for Keras/SavedModel/TFLite sources (default nhwc); "
+                           "of an .onnx source as it is (default: read from its input shape).")
+def export(source: Path, out_dir: Path | None, quantize: tuple[str, ...], opset: int | None,
            calibration_data: Path | None, calibration_samples: int, calibration_method: str, cpu_target: str,
            exclude_node: tuple[str, ...], max_accuracy_drop: float, atol: float, test_images: int | None,
-           no_simplify: bool, triton_dir: Path | None, mean: str | None, std: str | None,
-           labels_path: Path | None) -> None:
-    """Export SOURCE (a run directory or an .onnx file) to verified ONNX, with quantized variants."""
-    from edgecnn.export import ExportConfig, QuantizeConfig, export_onnx_file, export_run
+           no_simplify: bool, triton_dir: Path | None, **flags: Any) -> None:
+    """Export SOURCE to verified ONNX, with quantized variants.
+
+    SOURCE: a run directory, a .keras/.h5 file, a TensorFlow SavedModel directory, a .tflite or an
+    .onnx file. What the file does not say about itself comes from the model flags.
+    """
+    from edgecnn.export import ExportConfig, QuantizeConfig, export_model
+    from edgecnn.export.report import metric_text
 
     quant = QuantizeConfig.for_target(cpu_target, calibration_method=calibration_method,
                                       calibration_samples=calibration_samples, exclude_nodes=exclude_node)
-    config = ExportConfig(opset=opset, layout=layout or "nhwc", quantize=quantize, simplify=not no_simplify, atol=atol,
-                          test_images=test_images, max_accuracy_drop=max_accuracy_drop, quant=quant, triton_dir=triton_dir)
-    if source.suffix == ".onnx":
-        labels = [s.strip() for s in labels_path.read_text().splitlines() if s.strip()] if labels_path else None
-        report = export_onnx_file(source, out_dir=out_dir, config=config, calibration_data=calibration_data,
-                                  mean=_floats3(mean, "--mean"), std=_floats3(std, "--std"), layout=layout, labels=labels)
-    else:
-        report = export_run(source, out_dir=out_dir, config=config, calibration_data=calibration_data)
-    _echo_table(f"{report.card_name} -> {report.out_dir}", ["precision", "file", "KiB", "accuracy", "delta pp", "agreement"],
+    overrides = model_overrides(flags)
+    config = ExportConfig(opset=opset, quantize=quantize, simplify=not no_simplify, atol=atol, test_images=test_images,
+                          max_accuracy_drop=max_accuracy_drop, quant=quant, triton_dir=triton_dir)
+    report = export_model(source, out_dir=out_dir, config=config, calibration_data=calibration_data, overrides=overrides)
+    _echo_table(f"{report.card_name} ({report.task}) -> {report.out_dir}",
+                ["precision", "file", "KiB", "accuracy", "delta pp", "vs fp32"],
                 [[v.precision, v.file or "-", f"{v.size_bytes / 1024:.1f}", "-" if v.accuracy is None else f"{100 * v.accuracy:.2f}%",
-                  "-" if v.accuracy_delta_pp is None else f"{v.accuracy_delta_pp:+.2f}", f"{100 * v.top1_agreement:.2f}%"]
+                  "-" if v.accuracy_delta_pp is None else f"{v.accuracy_delta_pp:+.2f}", metric_text(v)]
                  for v in report.variants])
+    for note in report.notes:  # the assumptions, if any, were logged as a warning before the export ran
+        click.echo(f"note: {note}")
 
 
 # -------------------------------------------------------------------------------- runtime stage
@@ -333,36 +384,94 @@ def _echo_wide_table(title: str, columns: list[str], rows: list[list[str]]) -> N
 
 _PREDICT_EPILOG = """\b
 Examples:
+  edgecnn predict cat.png                                  # the packaged reference model
   edgecnn predict runs/seed/export/model.int8.onnx cat.jpg dog.png --top-k 3
-  edgecnn predict model.onnx frame.png --json --provider cuda
+  edgecnn predict yolov8n.onnx street.jpg --conf 0.4 --save annotated/
+  edgecnn predict unet.onnx scan.png --task segment --input-size 256x256 --json
+  edgecnn predict mobilenet.onnx cat.jpg --preprocess imagenet --labels imagenet.txt
 """
 
 
 @main.command(epilog=_PREDICT_EPILOG)
-@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--top-k", "-k", default=5, show_default=True, type=click.IntRange(min=1), help="Classes per image.")
+@click.argument("paths", nargs=-1, required=True, metavar="[MODEL.onnx] IMAGES...",
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--top-k", "-k", default=5, show_default=True, type=click.IntRange(min=1), help="classify: classes per image.")
+@click.option("--conf", default=0.25, show_default=True, type=click.FloatRange(0, 1), help="detect: score threshold.")
+@click.option("--iou", default=0.45, show_default=True, type=click.FloatRange(0, 1), help="detect: NMS IoU threshold.")
+@click.option("--save", "save_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write each image annotated (label, boxes or mask overlay) into this folder.")
 @click.option("--provider", type=_RT_PROVIDERS, default="cpu", show_default=True, help="Execution provider.")
 @click.option("--allow-fallback", is_flag=True, help="Run on the CPU (with a warning) if the provider is unusable.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads (default: all cores).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def predict(model: Path, images: tuple[Path, ...], top_k: int, provider: str, allow_fallback: bool,
-            threads: int | None, as_json: bool) -> None:
-    """Classify IMAGES with the ONNX MODEL: top-k labels and probabilities per image."""
+@model_options()
+def predict(paths: tuple[Path, ...], top_k: int, conf: float, iou: float, save_dir: Path | None, provider: str,
+            allow_fallback: bool, threads: int | None, as_json: bool, **flags: Any) -> None:
+    """Run the ONNX MODEL (default: the packaged reference model) on IMAGES: top-k classes, boxes,
+    mask statistics or raw output summaries, by the model's task."""
     import json
 
-    from edgecnn.runtime import Classifier
+    from edgecnn.card import atomic_write_bytes
+    from edgecnn.runtime import default_model_path, load_model
 
-    clf = Classifier(model, provider=provider, threads=threads, allow_fallback=allow_fallback)
-    preds = clf.predict(list(images), top_k=top_k)
+    model_path, images = (paths[0], paths[1:]) if paths[0].suffix.lower() == ".onnx" else (None, paths)
+    if not images:
+        raise click.UsageError("No IMAGES given: pass the images after the model.")
+    if model_path is None:
+        model_path = default_model_path()
+        click.echo(f"Using the packaged reference model {model_path.name} (pass a MODEL.onnx first for another).",
+                   err=True)
+    model = load_model(model_path, provider, threads, allow_fallback, overrides=model_overrides(flags))
+    if model.assumptions():
+        click.echo(f"note: {model.assumptions()}", err=True)
+    params = {"classify": {"top_k": top_k}, "detect": {"conf": conf, "iou": iou}}.get(model.card.task, {})
+    results = model.predict(list(images), **params)
+    if save_dir is not None:
+        save_dir.mkdir(parents=True, exist_ok=True)
+        for img, res in zip(images, results):
+            dest = atomic_write_bytes(save_dir / f"{img.stem}.png", _png_bytes(model.annotate(img, res)))
+            click.echo(f"wrote {dest}", err=True)
     if as_json:
-        out = {"model": str(model), "providers": clf.providers,
-               "predictions": [{"image": str(i), "top_k": [p.to_dict() for p in ps]} for i, ps in zip(images, preds)]}
+        out = {"model": str(model_path), "task": model.card.task, "providers": model.providers,
+               "predictions": [{"image": str(i), **model.result_dict(r)} for i, r in zip(images, results)]}
         click.echo(json.dumps(out, indent=2))
         return
-    rows = [[str(img) if j == 0 else "", str(j + 1), p.label, f"{p.probability:.4f}"]
-            for img, ps in zip(images, preds) for j, p in enumerate(ps)]
-    _echo_table(f"{clf.card.name} ({clf.card.precision}) on {clf.providers[0]}", ["image", "rank", "label", "probability"], rows)
+    title = f"{model.card.name} ({model.card.task}, {model.card.precision}) on {model.providers[0]}"
+    _echo_table(title, *_result_rows(model.card.task, images, [model.result_dict(r) for r in results]))
+
+
+def _png_bytes(image: Any) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _result_rows(task: str, images: tuple[Path, ...], results: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """The predict table of each task: columns, then rows (the image named on its first row only)."""
+    rows: list[list[str]] = []
+
+    def add(img: Path, cells: list[list[str]], empty: list[str]) -> None:
+        for j, cell in enumerate(cells or [empty]):
+            rows.append([str(img) if j == 0 else "", *cell])
+
+    for img, res in zip(images, results):
+        if task == "classify":
+            add(img, [[str(j + 1), p["label"], f"{p['probability']:.4f}"] for j, p in enumerate(res["top_k"])], [])
+        elif task == "detect":
+            add(img, [[d["label"], f"{d['score']:.3f}", ", ".join(f"{v:.1f}" for v in d["box"])]
+                      for d in res["detections"]], ["(none)", "", ""])
+        elif task == "segment":
+            seg = res["segmentation"]
+            add(img, [[c["label"], f"{100 * c['fraction']:.2f}%", f"{seg['width']}x{seg['height']}"]
+                      for c in seg["classes"]], ["(none)", "", ""])
+        else:
+            add(img, [[o["name"], "x".join(map(str, o["shape"])) or "scalar",
+                       *(f"{o[k]:.4g}" if k in o else "-" for k in ("min", "max", "mean"))] for o in res["outputs"]], [])
+    columns = {"classify": ["image", "rank", "label", "probability"], "detect": ["image", "label", "score", "box x1, y1, x2, y2"],
+               "segment": ["image", "class", "pixels", "size"]}.get(task, ["image", "output", "shape", "min", "max", "mean"])
+    return columns, rows
 
 
 _BENCH_EPILOG = """\b
@@ -403,11 +512,12 @@ Examples:
 @click.option("--device-id", default=0, show_default=True, type=click.IntRange(min=0), help="CUDA device.")
 @click.option("--placement/--no-placement", default=True, show_default=True,
               help="Report the nodes on each provider ('nodes on CPU: N of M', one profiled run per model).")
+@model_options()
 def bench(models: tuple[Path, ...], batch: str, threads: str, provider: str, allow_fallback: bool, warmup: int,
           runs: int, duration: float | None, compare: tuple[str, ...], keras_path: Path | None,
           calibration: Path | None, json_path: Path | None, csv_path: Path | None, plot_path: Path | None,
           io_binding: bool | None, cuda_graph: bool, cudnn_conv_algo_search: str, prefer_nhwc: bool | None,
-          device_id: int, placement: bool) -> None:
+          device_id: int, placement: bool, **flags: Any) -> None:
     """Benchmark ONNX MODELS (default: the packaged reference model) across batches, threads, providers."""
     from edgecnn.card import atomic_write_text
     from edgecnn.runtime import default_model_path
@@ -420,8 +530,16 @@ def bench(models: tuple[Path, ...], batch: str, threads: str, provider: str, all
     # The Keras/LiteRT baselines import TensorFlow in their own processes: handed to the runtime, never imported by it.
     from edgecnn.baselines import run_baselines
 
+    overrides = model_overrides(flags)
+    if not models:
+        click.echo(f"Benchmarking the packaged reference model {default_model_path().name}.", err=True)
+
+    def progress(r: Any) -> None:
+        click.echo(f"  {r.variant} batch {r.batch}, {r.threads} thread(s): p50 {r.stats['p50_ms']:.3f} ms", err=True)
+
     report = run_benchmark(list(models) or [default_model_path()], config, compare=compare, keras_path=keras_path,
-                           calibration_data=calibration, baseline_runner=run_baselines)
+                           calibration_data=calibration, baseline_runner=run_baselines, overrides=overrides,
+                           on_result=progress)
     m = report.machine
     gpu = f"{m['gpu'][0]['name']}, " if provider != "cpu" and m.get("gpu") else ""
     _echo_wide_table(f"edgecnn bench - {gpu}{m['cpu']} ({m['usable_cpus']} cpus, {' '.join(m['simd'])}), onnxruntime "
@@ -473,9 +591,10 @@ Examples:
 @click.option("--allow-fallback", is_flag=True, help="Run on the CPU (with a warning) if the provider is unusable.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Intra-op threads (default: all cores but one, which stays with HTTP and decoding).")
+@model_options()
 def serve(model_or_dir: Path | None, host: str, port: int, token: str | None, max_batch: int, max_delay_ms: float,
           queue_size: int, timeout_s: float, max_body_mb: float, max_pixels: int, provider: str,
-          allow_fallback: bool, threads: int | None) -> None:
+          allow_fallback: bool, threads: int | None, **flags: Any) -> None:
     """Serve MODEL_OR_DIR (an .onnx file, or every .onnx of a directory by name) over HTTP.
 
     Without MODEL_OR_DIR, serves the packaged reference model. Endpoints: POST /v1/models/NAME:predict,
@@ -486,7 +605,8 @@ def serve(model_or_dir: Path | None, host: str, port: int, token: str | None, ma
 
     config = ServeConfig(host=host, port=port, token=token or None, max_batch=max_batch, max_delay_ms=max_delay_ms,
                          queue_size=queue_size, timeout_s=timeout_s, max_body_bytes=int(max_body_mb * 1024 * 1024),
-                         max_pixels=max_pixels, provider=provider, threads=threads, allow_fallback=allow_fallback)
+                         max_pixels=max_pixels, provider=provider, threads=threads, allow_fallback=allow_fallback,
+                         overrides=model_overrides(flags))
     run_server(model_or_dir, config)
 
 

@@ -140,8 +140,6 @@ def _classifier(path: Path, provider: str, **cuda: Any) -> Any:
 def ort_case(run: Run, path: Path, provider: str, batches: tuple[int, ...], *, modes: tuple[str, ...],
              config: str = "exhaustive", **cuda: Any) -> None:
     """plain + iobinding share one session; each CUDA-graph batch gets its own (one shape per graph)."""
-    from edgecnn.runtime.benchmark import _bound_runner
-
     name = path.name.removeprefix(f"{MODEL}.").removesuffix(".onnx")
     precision, layout = name.split(".")
     base = {"runner": "onnxruntime", "model": name, "precision": precision, "layout": layout, "config": config}
@@ -153,7 +151,7 @@ def ort_case(run: Run, path: Path, provider: str, batches: tuple[int, ...], *, m
             if "plain" in modes:
                 run.measure(lambda: sess.run(out, feed), batch, mode="plain", providers=clf.providers, **base)
             if "iobinding" in modes:
-                _, fn = _bound_runner(clf, x)
+                _, fn = clf.timed_call(x)
                 run.measure(fn, batch, mode="iobinding", providers=clf.providers, **base)
         del clf
     if "cudagraph" in modes:
@@ -162,7 +160,7 @@ def ort_case(run: Run, path: Path, provider: str, batches: tuple[int, ...], *, m
             return
         for batch in batches:
             clf = _classifier(path, provider, cuda_graph=True, **cuda)
-            _, fn = _bound_runner(clf, _input(clf, batch))
+            _, fn = clf.timed_call(_input(clf, batch))
             run.measure(fn, batch, mode="cudagraph", providers=clf.providers, **base)
             del clf
 

@@ -128,6 +128,7 @@ class BenchReport:
     config: dict[str, Any]
     results: list[BenchResult]
     notes: list[str] = field(default_factory=list)
+    interrupted: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": "edgecnn.bench/1", "machine": self.machine, "config": self.config,
@@ -342,85 +343,94 @@ def gpu_fingerprint() -> list[dict[str, str]]:
 
 def _synthetic_pixels(card: Any, batch: int, seed: int) -> np.ndarray:
     h, w = card.input_size
-    return np.random.default_rng(seed).integers(0, 256, size=(batch, h, w, 3), dtype=np.uint8)
+    return np.random.default_rng(seed).integers(0, 256, size=(batch, h, w, card.channels), dtype=np.uint8)
 
 
-def bench_onnx(model: str | Path, config: BenchConfig, *, pixels: np.ndarray | None = None) -> list[BenchResult]:
+# A bench input larger than this is refused before it is allocated (a typo such as --batch 100000000,
+# or a model declaring a 100000x100000 input, must not end in a MemoryError or the OOM killer).
+MAX_INPUT_BYTES = 4 * 1024**3
+
+
+def _batches_for(model: Any, config: BenchConfig) -> tuple[list[int], list[str]]:
+    """The batch sizes this model can run, and a note for those it cannot (a static batch axis)."""
+    notes: list[str] = []
+    fixed = model.fixed_batch
+    batches = list(config.batch_sizes)
+    if fixed is not None and any(b != fixed for b in batches):
+        skipped = [b for b in batches if b != fixed]
+        batches = [fixed]
+        notes.append(f"{model.model_path.name} has a static batch size of {fixed}: measured batch {fixed} only, "
+                     f"skipped {', '.join(map(str, skipped))}.")
+    per_image = int(np.prod(model.card.input_shape(1)[1:])) * 4
+    too_big = [b for b in batches if b * per_image > MAX_INPUT_BYTES]
+    if too_big:
+        raise ConfigError(f"Batch {too_big[0]} of {model.model_path.name} would need a {too_big[0] * per_image / 1024**3:.1f} "
+                          f"GiB input tensor (limit {MAX_INPUT_BYTES / 1024**3:.0f} GiB); pass a smaller --batch.")
+    return batches, notes
+
+
+def bench_onnx(model: str | Path, config: BenchConfig, *, pixels: np.ndarray | None = None,
+               overrides: Any = None, on_result: Callable[[BenchResult], None] | None = None) -> list[BenchResult]:
     """Benchmark one ONNX model over the config's thread counts and batch sizes.
 
     A fresh session is created per thread count (its creation time is reported); the input is a
-    fixed random image batch, preprocessed once outside the timed loop.
+    fixed random image batch, preprocessed once outside the timed loop. Any model the runtime
+    core opens can be timed, labelled or not, of any task; a static batch axis limits the
+    batch sizes to that one (the result's notes say which were skipped).
 
     Raises:
         ArtifactError, ProviderError: from opening the model.
+        ConfigError: for a batch whose input tensor would not fit in memory.
     """
-    from edgecnn.runtime.classifier import Classifier
+    from edgecnn.runtime.core import InferenceModel
 
     results = []
     cuda = config.cuda_options()
     placement = None
     for threads in config.threads:
         reset_peak_rss()
-        clf = None
-        for batch in config.batch_sizes:
-            if clf is None or (config.cuda_graph and batch != config.batch_sizes[0]):
+        core = None
+        batches: list[int] = list(config.batch_sizes)
+        skipped: list[str] = []
+        for i, batch in enumerate(list(batches)):
+            if core is None or (config.cuda_graph and i > 0):
                 # A CUDA graph is captured for one input shape: a fresh session per batch size.
-                clf = Classifier(model, provider=config.provider, threads=threads, allow_fallback=config.allow_fallback,
-                                 cuda=cuda, io_binding=config.io_binding)
-            card = clf.card
+                core = InferenceModel(model, provider=config.provider, threads=threads,
+                                      allow_fallback=config.allow_fallback, cuda=cuda, io_binding=config.io_binding,
+                                      overrides=overrides)
+                if i == 0:
+                    batches, skipped = _batches_for(core, config)
+                    if core.assumptions() and threads == config.threads[0]:
+                        log.warning("%s", core.assumptions())
+            if batch not in batches:
+                continue
+            card = core.card
             variant = _variant_name(Path(model), card)
             if config.placement and placement is None:
-                placement = _placement(clf)
+                placement = _placement(core)
             px = pixels[:batch] if pixels is not None and len(pixels) >= batch else _synthetic_pixels(card, batch, config.seed)
-            x = clf._check_tensor(clf.preprocess(px))
-            runner, run = _bound_runner(clf, x)
+            x = core._check_tensor(core.preprocess(px))
+            runner, run = core.timed_call(x)
             times = time_callable(run, warmup=config.warmup, runs=config.runs, duration_s=config.duration_s,
                                   min_runs=config.min_runs)
-            notes = [clf.info.fallback] if clf.info.fallback else []
-            results.append(BenchResult(card.name, variant, runner, card.precision, clf.providers[0], batch,
-                                       threads, latency_stats(times, batch), session_s=clf.info.creation_s,
+            notes = ([core.info.fallback] if core.info.fallback else []) + skipped
+            results.append(BenchResult(card.name, variant, runner, card.precision, core.providers[0], batch,
+                                       threads, latency_stats(times, batch), session_s=core.info.creation_s,
                                        peak_rss_mb=peak_rss_mb(), notes=notes, placement=placement))
+            if on_result is not None:
+                on_result(results[-1])
             log.debug("%s batch %d threads %d: p50 %.3f ms", variant, batch, threads, results[-1].stats["p50_ms"])
-        del clf
+        del core
     return results
 
 
-def _placement(clf: Any) -> dict[str, Any]:
-    p = clf.node_placement()
+def _placement(model: Any) -> dict[str, Any]:
+    p = model.node_placement()
     return {**p.to_dict(), "summary": p.summary()}
 
 
-def _bound_runner(clf: Any, x: np.ndarray) -> tuple[str, Callable[[], Any]]:
-    """The runner name and the call the loop times.
-
-    Without IO binding: ``session.run`` on the host array. With it: the input is copied once into
-    a device buffer and the output goes to a preallocated device buffer, both bound once (fixed
-    addresses, as CUDA graphs need), so the loop times ``run_with_iobinding`` alone; onnxruntime
-    synchronizes the device at the end of each run.
-    """
-    sess, feed, out = clf.session, {clf.input_name: x}, [clf.output_name]
-    if not clf.io_binding:
-        return "onnxruntime", lambda: sess.run(out, feed)
-    import onnxruntime as ort
-
-    device, device_id = ("cuda", clf.cuda.device_id if clf.cuda else 0) if clf.info.device == "cuda" else ("cpu", 0)
-    ref = sess.run(out, feed)[0]  # the output shape and dtype, from one plain run
-    x_dev = ort.OrtValue.ortvalue_from_shape_and_type(list(x.shape), x.dtype, device, device_id)
-    x_dev.update_inplace(x)
-    y_dev = ort.OrtValue.ortvalue_from_shape_and_type(list(ref.shape), ref.dtype, device, device_id)
-    binding = sess.io_binding()
-    binding.bind_ortvalue_input(clf.input_name, x_dev)
-    binding.bind_ortvalue_output(clf.output_name, y_dev)
-
-    def run() -> None:
-        sess.run_with_iobinding(binding)
-
-    run._buffers = (x_dev, y_dev)  # type: ignore[attr-defined]  # keep the device buffers alive
-    return ("onnxruntime.cudagraph" if clf.cuda_graph else "onnxruntime.iobinding"), run
-
-
 def _variant_name(path: Path, card: Any) -> str:
-    return f"{card.name}:{card.precision}" if card.architecture != "unknown" else path.stem
+    return f"{card.name}:{card.precision}" if card.architecture not in ("unknown", "external") else path.stem
 
 
 # ---------------------------------------------------------------------------------- the whole run
@@ -433,6 +443,8 @@ def run_benchmark(
     keras_path: str | Path | None = None,
     calibration_data: str | Path | None = None,
     baseline_runner: BaselineRunner | None = None,
+    overrides: Any = None,
+    on_result: Callable[[BenchResult], None] | None = None,
 ) -> BenchReport:
     """Benchmark every model, plus the Keras/LiteRT baselines named in ``compare``.
 
@@ -440,31 +452,50 @@ def run_benchmark(
     gives the first 128 train images that calibrate the LiteRT int8 conversion.
     ``baseline_runner`` times the baselines (the CLI passes :func:`edgecnn.baselines.run_baselines`):
     they need TensorFlow, which the runtime never imports, so the caller supplies them.
+    ``overrides`` (:class:`edgecnn.presets.ModelOverrides`) describe models without a card;
+    ``on_result`` hears of every measured point as it is measured (progress). Ctrl-C keeps the
+    points already measured: the report says it was interrupted.
 
     Raises:
         ArtifactError, ProviderError, ConfigError, MissingDependencyError: for missing models,
             providers, options or baseline dependencies.
     """
     results: list[BenchResult] = []
-    for model in models:
-        results += bench_onnx(model, config)
-    _disambiguate(results, models, config)
-    if compare:
-        results += _baselines(models, config, compare, keras_path, calibration_data, baseline_runner)
+    per_model: list[list[BenchResult]] = []
+    interrupted = None
+    try:
+        for model in models:
+            rows: list[BenchResult] = []
+            per_model.append(rows)
+
+            def keep(result: BenchResult, rows: list[BenchResult] = rows) -> None:
+                rows.append(result)  # kept as measured: an interrupt loses no finished point
+                if on_result is not None:
+                    on_result(result)
+
+            bench_onnx(model, config, overrides=overrides, on_result=keep)
+        _disambiguate(per_model, models)
+        results = [r for rows in per_model for r in rows]
+        if compare:
+            results += _baselines(models, config, compare, keras_path, calibration_data, baseline_runner)
+    except KeyboardInterrupt:
+        _disambiguate(per_model, models)
+        results = [r for rows in per_model for r in rows]
+        interrupted = f"Interrupted: {len(results)} measured point(s) kept, the rest were not run."
     report = BenchReport(machine_fingerprint(), {**asdict(config), "models": [str(m) for m in models],
                                                   "compare": list(compare)}, results)
-    report.notes = compare_notes(results)
+    report.notes = compare_notes(results) + ([interrupted] if interrupted else [])
+    report.interrupted = interrupted is not None
     return report
 
 
-def _disambiguate(results: list[BenchResult], models: Sequence[str | Path], config: BenchConfig) -> None:
+def _disambiguate(per_model: list[list[BenchResult]], models: Sequence[str | Path]) -> None:
     """Two files with the same card name and precision: add the file name to the variant."""
-    per_model = len(config.threads) * len(config.batch_sizes)
-    names = [results[i * per_model].variant for i in range(len(models))]
-    for i, model in enumerate(models):
-        if names.count(names[i]) > 1:
-            for r in results[i * per_model:(i + 1) * per_model]:
-                r.variant = f"{r.variant} ({Path(model).name})"
+    names = [rows[0].variant if rows else None for rows in per_model]
+    for i, rows in enumerate(per_model):
+        if rows and names.count(names[i]) > 1:
+            for r in rows:
+                r.variant = f"{r.variant} ({Path(models[i]).name})"
 
 
 def _baselines(models: Sequence[str | Path], config: BenchConfig, compare: Sequence[str],
@@ -477,9 +508,9 @@ def _baselines(models: Sequence[str | Path], config: BenchConfig, compare: Seque
         raise ConfigError("The Keras and LiteRT baselines run on the CPU; use --provider cpu with --compare.")
     if baseline_runner is None:
         raise ConfigError("compare needs a baseline_runner, e.g. edgecnn.baselines.run_baselines.")
-    from edgecnn.runtime.classifier import Classifier
+    from edgecnn.runtime.core import InferenceModel
 
-    card = Classifier(models[0], provider="cpu").card
+    card = InferenceModel(models[0], provider="cpu").card
     keras_file = _find_keras(keras_path, card)
     rows = baseline_runner(keras_file, card.to_dict(), config=asdict(config),
                            runners=["litert" if c == "tflite" else c for c in compare],

@@ -110,6 +110,26 @@ class Classifier(InferenceModel):
         return [[Prediction(labels[i], int(i), float(row[i])) for i in idx] for row, idx in zip(proba, order)]
 
 
+    def result_dict(self, result: list[Prediction]) -> dict[str, Any]:
+        """``{"top_k": [{label, index, probability}, ...]}`` for one image."""
+        return {"top_k": [p.to_dict() for p in result]}
+
+    def annotate(self, image: ImageLike, result: list[Prediction]) -> Any:
+        """The image (at its own size) with its top-1 label and probability written in its corner."""
+        from PIL import ImageDraw
+
+        from edgecnn.runtime.preprocess import decode_image
+
+        img, _ = decode_image(image, max_pixels=self.max_pixels)
+        if result:
+            text = f"{result[0].label} {result[0].probability:.2f}"
+            draw = ImageDraw.Draw(img)
+            box = draw.textbbox((2, 2), text)
+            draw.rectangle((0, 0, box[2] + 2, box[3] + 2), fill=(0, 0, 0))
+            draw.text((2, 2), text, fill=(255, 255, 255))
+        return img
+
+
 def _is_distribution(out: np.ndarray) -> bool:
     """Whether every row already looks like probabilities: a card-less model's output kind is read
     off its values, since the runtime cannot see whether the graph ends in a softmax."""

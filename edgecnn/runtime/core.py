@@ -287,6 +287,25 @@ class InferenceModel:
             return self._binder.run(x)
         return self.session.run(None, {self.input_name: x})
 
+    def timed_call(self, x: np.ndarray) -> tuple[str, Any]:
+        """The runner name and a no-argument call that runs the model once on ``x``, as bare as a
+        hand-written loop: for a benchmark to time.
+
+        Without IO binding it is ``session.run`` on the host array. With it, ``x`` is copied once
+        into the device buffer the binder keeps for its shape and the outputs go to the bound
+        device buffers, so the call is ``run_with_iobinding`` alone (onnxruntime synchronizes
+        the device at the end of each run).
+        """
+        x = self._check_tensor(x)
+        if not self._use_io_binding:
+            sess, feed = self.session, {self.input_name: x}
+            return "onnxruntime", lambda: sess.run(None, feed)
+        self._binder.run(x)  # binds the buffers for this shape (and warms the graph up)
+        binding = self._binder._bound[x.shape][0]
+        sess = self.session
+        return ("onnxruntime.cudagraph" if self.cuda_graph else "onnxruntime.iobinding"), \
+            lambda: sess.run_with_iobinding(binding)
+
     def _check_tensor(self, x: np.ndarray) -> np.ndarray:
         if not isinstance(x, np.ndarray) or not np.issubdtype(x.dtype, np.floating):
             got = x.dtype if isinstance(x, np.ndarray) else type(x).__name__
@@ -309,7 +328,23 @@ class InferenceModel:
         """Raw outputs of a batch -> one result per image. For a model of task ``raw``: each
         output's name, shape and value summary (task heads override this)."""
         del params
-        return [[_summary(name, out[i]) for name, out in zip(self.output_names, outputs)] for i in range(len(fits))]
+        n = len(fits)
+        per_image = [[o[i] if o.ndim and o.shape[0] == n else o for i in range(n)] for o in outputs]
+        return [[_summary(name, out[i]) for name, out in zip(self.output_names, per_image)] for i in range(n)]
+
+    def result_dict(self, result: Any) -> dict[str, Any]:
+        """One image's result as JSON-able data, the same in ``predict --json`` and the server's
+        answers: ``{"outputs": [...]}`` here; task heads give ``top_k``, ``detections`` or ``segmentation``."""
+        return {"outputs": result}
+
+    def annotate(self, image: ImageLike, result: Any) -> Any:
+        """The image with its result drawn on it (a PIL image), for ``predict --save``.
+
+        Raises:
+            ConfigError: for a ``raw`` model, which has nothing to draw.
+        """
+        raise ConfigError(f"{self.model_path.name} is a raw model: there are no labels, boxes or masks to draw; "
+                          "drop --save, or pass --task classify|detect|segment.")
 
     def node_placement(self) -> NodePlacement:
         """Where each node of this model runs with this provider and CUDA options (one profiled run

@@ -127,13 +127,7 @@ class ServedModel:
     def results(self, outputs: list[np.ndarray], fits: list[FitInfo], top_k: int) -> list[dict[str, Any]]:
         """One JSON-able result per image, by the model's task: ``top_k`` classes, ``detections``,
         a segmentation ``mask`` summary, or each raw ``outputs`` entry."""
-        task = self.card.task
-        answers = self.model.postprocess(outputs, fits, top_k=top_k)
-        if task == "classify":
-            return [{"top_k": [p.to_dict() for p in preds]} for preds in answers]
-        if task == "raw":
-            return [{"outputs": a} for a in answers]
-        return [a.to_dict() for a in answers]
+        return [self.model.result_dict(r) for r in self.model.postprocess(outputs, fits, top_k=top_k)]
 
     def describe(self) -> dict[str, Any]:
         """The model's entry in ``GET /v1/models``: name, version, batching, providers and card."""

@@ -93,6 +93,31 @@ def test_concurrent_requests_each_get_their_own_result(live, model_dir, images):
     assert batches < len(images)  # some requests shared a session call
 
 
+def test_poison_image_fails_only_its_own_request(live, model_dir, images):
+    """31 valid images and one mutated DDS batched together (issue 11): 31 answers and one 400."""
+    import struct
+
+    buf = io.BytesIO()
+    Image.new("RGB", (48, 40)).save(buf, "DDS")
+    poison = bytearray(buf.getvalue())
+    struct.pack_into("<I", poison, 80, 0x2000)  # Pillow raises NotImplementedError on it
+    ref = _reference(model_dir, "tiny_nhwc", images[:31])
+
+    async def main() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=live.url, limits=httpx.Limits(max_connections=32)) as client:
+            bodies = [png(images[i]) for i in range(31)]
+            bodies.insert(15, bytes(poison))
+            return await asyncio.gather(*(client.post("/v1/models/tiny_nhwc:predict", content=b, params={"top_k": 4},
+                                                      headers={"Content-Type": "image/png"}) for b in bodies))
+
+    responses = asyncio.run(main())
+    bad = responses.pop(15)
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_image"
+    for i, r in enumerate(responses):
+        assert r.status_code == 200, r.text
+        _assert_matches(r.json(), ref[i:i + 1])
+
+
 def test_batching_off_runs_one_request_per_call(model_dir, images):
     with running_server(model_dir / "tiny_nhwc.onnx", max_batch=1) as srv, httpx.Client(base_url=srv.url) as c:
         for i in range(3):
