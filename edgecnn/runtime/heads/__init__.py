@@ -1,0 +1,33 @@
+"""Task heads on the runtime core: detection and segmentation post-processing, their metrics
+and annotated images (numpy + Pillow only).
+
+>>> from edgecnn.runtime.heads import Detector, Segmenter
+>>> Detector("yolov8n.onnx").predict("street.jpg")[0]
+"""
+
+from edgecnn.runtime.heads.boxes import box_iou, nms, xywh_to_xyxy
+from edgecnn.runtime.heads.detect import (
+    Detection,
+    Detections,
+    Detector,
+    decode_yolo,
+    postprocess_yolo,
+    select_boxes,
+    yolo_layout,
+)
+from edgecnn.runtime.heads.draw import class_colour, draw_detections, overlay_mask
+from edgecnn.runtime.heads.metrics import DetectionMAP, average_precision, class_ious, detection_map, mean_iou
+from edgecnn.runtime.heads.segment import (
+    SegmentationResult,
+    Segmenter,
+    class_axis,
+    class_fractions,
+    class_maps,
+    postprocess_segmentation,
+    to_original,
+)
+
+__all__ = ["Detection", "Detections", "Detector", "SegmentationResult", "Segmenter", "DetectionMAP", "box_iou", "nms",
+           "xywh_to_xyxy", "decode_yolo", "yolo_layout", "select_boxes", "postprocess_yolo", "class_axis",
+           "class_maps", "to_original", "class_fractions", "postprocess_segmentation", "average_precision",
+           "detection_map", "class_ious", "mean_iou", "class_colour", "draw_detections", "overlay_mask"]
