@@ -359,3 +359,12 @@ def test_detection_map_of_a_model_against_itself_is_one(detector):
     d.box[3])) for d in r), r.width, r.height)
                for r in results]
     assert detection_map(shifted, results).value < 1.0
+
+
+def test_load_model_picks_the_detector_for_both_layouts():
+    from edgecnn.runtime import load_model
+
+    for path, kind in ((YOLOV8, "yolov8"), (YOLOV5, "yolov5")):
+        model = load_model(path)
+        assert isinstance(model, Detector) and model.output_kind == kind
+        assert {d.label for d in model.predict(scene((300, 150), SCENE))[0]} == {"red", "blue"}

@@ -227,3 +227,12 @@ def test_a_file_without_card_needs_task_segment():
 def test_segmenter_refuses_a_detector():
     with pytest.raises(ArtifactError, match="not a segmenter"):
         Segmenter(FOREIGN / "yolov8_shapes.onnx")
+
+
+def test_load_model_picks_the_segmenter_when_told_the_task():
+    from edgecnn.runtime import load_model
+
+    model = load_model(LRASPP, task="segment", labels=LABELS, **IMAGENET)
+    assert isinstance(model, Segmenter)
+    img, truth = scene((200, 96), SCENE)
+    assert mean_iou(model.predict(img)[0].mask, truth) > 0.85

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -185,18 +184,19 @@ class Detector(InferenceModel):
         ProviderError: when the requested provider is not the one running the session.
     """
 
-    def __init__(self, model_path: str | Path | bytes, provider: str = "cpu", threads: int | None = None,
-                 allow_fallback: bool = False, **kwargs: Any) -> None:
-        super().__init__(model_path, provider, threads, allow_fallback, **kwargs)
+    output_kind: str
+
+    def _check_task(self) -> None:
         if self.card.task != "detect":
             raise ArtifactError(f"{self.model_path.name} is a {self.card.task} model, not a detector; use "
                                 "edgecnn.runtime.load_model() (or `edgecnn predict`), which picks the right head.")
-        self.output_kind = self._layout(given=kwargs.get("output_kind"))
+        self.output_kind = self._layout()
 
-    def _layout(self, given: str | None) -> str:
+    def _layout(self) -> str:
+        """The card's layout; for a file without an edgecnn card, the one its output shape fits."""
         shape = next(o.shape for o in self.session.get_outputs() if o.name == self.output_name)
         seen = yolo_layout(shape, self.card.num_classes)
-        if given or self.has_card or seen is None:
+        if self.has_card or seen is None:
             return self.card.output_kind
         if seen != self.card.output_kind:
             log.info("%s: output %s fits the %s layout for %d classes; decoding it so.", self.model_path.name,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -189,9 +188,7 @@ class Segmenter(InferenceModel):
         ProviderError: when the requested provider is not the one running the session.
     """
 
-    def __init__(self, model_path: str | Path | bytes, provider: str = "cpu", threads: int | None = None,
-                 allow_fallback: bool = False, **kwargs: Any) -> None:
-        super().__init__(model_path, provider, threads, allow_fallback, **kwargs)
+    def _check_task(self) -> None:
         if self.card.task != "segment":
             raise ArtifactError(f"{self.model_path.name} is a {self.card.task} model, not a segmenter; use "
                                 "edgecnn.runtime.load_model() (or `edgecnn predict`), which picks the right head "
