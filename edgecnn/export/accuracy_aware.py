@@ -1,0 +1,603 @@
+"""Accuracy-aware int8: keep the nodes whose quantization hurts most in float until a budget is met.
+
+Plain static int8 sometimes misses the accuracy budget because a few tensors quantize badly: an
+activation with an outlier channel (one per-tensor scale for all channels crushes the quiet ones),
+a depthwise kernel whose per-tensor 7-bit scale leaves small channels with a handful of levels.
+Keeping just those nodes in float usually recovers the accuracy at a small cost in latency.
+
+How it works:
+
+1. Quantize as usual; if the injected metric (``evaluate(path) -> value``, higher is better)
+   meets ``baseline - max_drop``, that file is the answer.
+2. Otherwise rank every quantized tensor by its quantization error on a few calibration images,
+   with onnxruntime's QDQ debugging helpers (``onnxruntime.quantization.qdq_loss_debug``): the
+   activations of the QDQ model before and after each QuantizeLinear/DequantizeLinear pair, and
+   the weights before and after quantization. The error is the signal-to-quantization-noise ratio
+   (SQNR, dB) from the noise-to-signal power averaged over *channels*: a whole-tensor SQNR is
+   dominated by a loud outlier channel and calls a tensor whose quiet channels were zeroed "fine".
+3. Each ranked tensor maps to the nodes that make ORT quantize it (its producer and the consumers
+   of its DequantizeLinear output; for a weight, the node using it): those are the nodes that
+   must stay float for the tensor to stay float. The search keeps the worst 1, 2, 4, ... tensors'
+   nodes in float, up to all but the least-bad one, then bisects back to the smallest passing
+   prefix and drops single tensors that turn out unnecessary, never exceeding ``max_retries``
+   quantize-and-evaluate rounds.
+
+The metric is injected, so the search serves any task: top-1 agreement or accuracy for
+classifiers, mAP or mIoU against the fp32 outputs for detectors and segmenters.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from edgecnn._optional import require
+from edgecnn.card import ModelCard
+from edgecnn.errors import AccuracyDropError, ConfigError
+from edgecnn.export.quantize import QuantizeConfig, pre_process_for_quantization, quantize_model
+from edgecnn.runtime.preprocess import normalize_batch
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "AccuracyAwareConfig", "QuantError", "Attempt", "AccuracyAwareResult",
+    "accuracy_aware_quantize", "rank_quantization_errors", "time_models", "accuracy_aware_for_export",
+    "guard_hints", "markdown_lines",
+]
+
+_EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class AccuracyAwareConfig:
+    """Budget and bounds of the search.
+
+    ``max_drop`` is in the metric's own units (0.01 for 1 pp of a 0-1 accuracy). ``max_retries``
+    bounds the quantize-and-evaluate rounds after the plain one; ``ranking_images`` calibration
+    images feed the error ranking; ``timing_runs`` batch-1 runs per model time fp32, plain int8
+    and the result (0: no timing) on ``timing_threads`` intra-op threads.
+    """
+
+    max_drop: float
+    max_retries: int = 10
+    ranking_images: int = 32
+    trim: bool = True
+    timing_runs: int = 30
+    timing_threads: int = 1
+    metric_name: str = "metric"
+
+    def __post_init__(self) -> None:
+        if not (self.max_drop >= 0 and math.isfinite(self.max_drop)):
+            raise ConfigError(f"max_drop must be a finite number >= 0, got {self.max_drop}.")
+        if self.max_retries < 1:
+            raise ConfigError(f"max_retries must be >= 1, got {self.max_retries}.")
+        if self.ranking_images < 1 or self.timing_runs < 0 or self.timing_threads < 1:
+            raise ConfigError("ranking_images and timing_threads must be >= 1 and timing_runs >= 0, got "
+                              f"{self.ranking_images}, {self.timing_threads}, {self.timing_runs}.")
+
+
+@dataclass(frozen=True)
+class QuantError:
+    """One quantized tensor, how badly quantization represents it, and the nodes that quantize it."""
+
+    tensor: str
+    kind: str  # "activation" or "weight"
+    sqnr_db: float  # channel-averaged signal-to-quantization-noise ratio; lower is worse
+    nodes: tuple[str, ...]  # keeping these in float keeps the tensor in float
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One quantize-and-evaluate round of the search."""
+
+    excluded: tuple[str, ...]  # nodes kept in float by the search
+    metric: float
+    passed: bool
+
+
+@dataclass(frozen=True)
+class AccuracyAwareResult:
+    """What the search found: the nodes kept in float and what the recovery cost.
+
+    ``excluded_nodes`` are the nodes the search kept in float, on top of the ``QuantizeConfig``'s
+    own exclusions; ``latency_ms`` holds batch-1 medians for ``fp32``, ``int8`` (plain) and
+    ``int8-accuracy-aware`` (empty without timing).
+    """
+
+    path: Path
+    metric_name: str
+    baseline: float
+    required: float
+    plain_metric: float
+    metric: float
+    passed: bool
+    excluded_nodes: tuple[str, ...]
+    quantized_nodes: int  # nodes of the plain int8 model's graph that ORT quantized (reads a DQ output)
+    ranking: tuple[QuantError, ...]
+    attempts: tuple[Attempt, ...]
+    fp32_size_bytes: int
+    plain_size_bytes: int
+    size_bytes: int
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    proto: Any = field(default=None, repr=False, compare=False)  # the written onnx.ModelProto
+
+    @property
+    def recovered(self) -> bool:
+        """True when plain int8 missed the budget and the search met it."""
+        return self.passed and bool(self.excluded_nodes)
+
+    @property
+    def message(self) -> str:
+        """One line: what happened, and what to try when the budget was not met."""
+        m = self.metric_name
+        if self.passed and not self.excluded_nodes:
+            return f"plain int8 met the budget ({m} {self.plain_metric:.4f} >= {self.required:.4f}); no node kept in float."
+        if self.passed:
+            return (f"kept {len(self.excluded_nodes)} node(s) in float ({', '.join(self.excluded_nodes[:6])}"
+                    f"{', ...' if len(self.excluded_nodes) > 6 else ''}): {m} {self.plain_metric:.4f} -> {self.metric:.4f} "
+                    f"(needs >= {self.required:.4f}) after {len(self.attempts)} retries.")
+        largest = max((len(a.excluded) for a in self.attempts), default=0)
+        return (f"accuracy-aware int8 could not meet the budget: {m} {self.metric:.4f} at best (plain int8 "
+                f"{self.plain_metric:.4f}, needs >= {self.required:.4f}) with up to {largest} of {self.quantized_nodes} "
+                f"quantized nodes kept in float, in {len(self.attempts)} retries; keep this model in fp32 or fp16, "
+                "or try another --calibration-method or --cpu-target.")
+
+    def raise_for_status(self) -> None:
+        """Raise AccuracyDropError with :attr:`message` unless the budget was met."""
+        if not self.passed:
+            raise AccuracyDropError(self.message[0].upper() + self.message[1:])
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary for the export report (worst 10 ranked tensors)."""
+        return {
+            "metric_name": self.metric_name, "baseline": self.baseline, "required": self.required,
+            "plain_metric": self.plain_metric, "metric": self.metric, "passed": self.passed,
+            "nodes_kept_float": list(self.excluded_nodes), "nodes_kept_float_count": len(self.excluded_nodes),
+            "quantized_nodes": self.quantized_nodes, "fp32_size_bytes": self.fp32_size_bytes,
+            "plain_size_bytes": self.plain_size_bytes, "size_bytes": self.size_bytes, "latency_ms": dict(self.latency_ms),
+            "retries": len(self.attempts), "attempts": [asdict(a) | {"excluded": list(a.excluded)} for a in self.attempts],
+            "worst_tensors": [asdict(e) | {"nodes": list(e.nodes),
+                                           "sqnr_db": round(e.sqnr_db, 2) if math.isfinite(e.sqnr_db) else None}
+                              for e in self.ranking[:10]],
+        }
+
+
+# --------------------------------------------------------------------------------- the search
+
+
+def accuracy_aware_quantize(fp32_path: Path, out_path: Path, *, card: ModelCard, quant: QuantizeConfig,
+                            calibration_images: np.ndarray, evaluate: Callable[[Path], float], baseline: float,
+                            config: AccuracyAwareConfig) -> AccuracyAwareResult:
+    """Static int8 of ``fp32_path`` that meets ``evaluate(path) >= baseline - config.max_drop``.
+
+    Args:
+        fp32_path: verified fp32 ONNX model.
+        out_path: where the chosen int8 model goes (on failure: the best attempt, for the report).
+        card: the fp32 card (normalization and layout for calibration).
+        quant: static int8 settings; its ``exclude_nodes`` stay excluded in every attempt.
+        calibration_images: uint8 NHWC images, as for :func:`quantize_model`.
+        evaluate: the task metric of a candidate int8 file, higher is better (e.g. top-1 agreement
+            with fp32, mAP@0.5 against the fp32 boxes, mIoU against the fp32 masks).
+        baseline: the same metric for fp32.
+        config: budget and search bounds.
+
+    Returns:
+        The result; ``passed`` is False when even the largest attempt missed the budget
+        (:meth:`AccuracyAwareResult.raise_for_status` turns that into an AccuracyDropError).
+
+    Raises:
+        ConfigError, DataError: as :func:`quantize_model`.
+    """
+    required = baseline - config.max_drop - 1e-9
+    with tempfile.TemporaryDirectory(prefix="edgecnn-aa-") as tmp:
+        tmp = Path(tmp)
+        plain = tmp / "plain.onnx"
+        quantize_model(fp32_path, plain, mode="int8", card=card, config=quant, calibration_images=calibration_images)
+        plain_metric = float(evaluate(plain))
+        log.info("plain int8: %s %.4f (needs >= %.4f)", config.metric_name, plain_metric, required)
+        search = _Search(fp32_path, tmp, card=card, quant=quant, images=calibration_images, evaluate=evaluate,
+                         required=required, max_retries=config.max_retries)
+        ranking, quantized = (), _quantized_node_count(plain)
+        best = (plain_metric, (), plain)
+        if plain_metric < required:
+            ranking = rank_quantization_errors(fp32_path, plain, card=card,
+                                               images=calibration_images[: config.ranking_images])
+            best = search.run(ranking, trim=config.trim) or best
+        metric, excluded, chosen = best
+        shutil.copyfile(chosen, out_path)
+        onnx = require("onnx", "export")
+        latency = {}
+        if config.timing_runs:
+            models = {"fp32": fp32_path, "int8": plain}
+            if excluded:
+                models["int8-accuracy-aware"] = chosen
+            latency = time_models(models, card=card, images=calibration_images[:1], runs=config.timing_runs,
+                                  threads=config.timing_threads)
+        return AccuracyAwareResult(
+            path=out_path, metric_name=config.metric_name, baseline=float(baseline), required=float(required),
+            plain_metric=plain_metric, metric=float(metric), passed=metric >= required, excluded_nodes=tuple(excluded),
+            quantized_nodes=quantized, ranking=tuple(ranking), attempts=tuple(search.attempts),
+            fp32_size_bytes=fp32_path.stat().st_size, plain_size_bytes=plain.stat().st_size,
+            size_bytes=out_path.stat().st_size, latency_ms=latency, proto=onnx.load(str(out_path)))
+
+
+class _Search:
+    """Grow, bisect and trim the set of float nodes; every round is one quantize + evaluate."""
+
+    def __init__(self, fp32_path: Path, tmp: Path, *, card: ModelCard, quant: QuantizeConfig, images: np.ndarray,
+                 evaluate: Callable[[Path], float], required: float, max_retries: int) -> None:
+        self.fp32_path, self.tmp, self.card, self.quant, self.images = fp32_path, tmp, card, quant, images
+        self.evaluate, self.required, self.max_retries = evaluate, required, max_retries
+        self.attempts: list[Attempt] = []
+        self._files: dict[tuple[str, ...], Path] = {}
+
+    def _try(self, nodes: tuple[str, ...]) -> tuple[float, bool] | None:
+        """Quantize with ``nodes`` in float and evaluate; None once the retries are spent."""
+        done = next((a for a in self.attempts if a.excluded == nodes), None)
+        if done is not None:
+            return done.metric, done.passed
+        if len(self.attempts) >= self.max_retries:
+            return None
+        path = self.tmp / f"attempt{len(self.attempts)}.onnx"
+        own = tuple(n for n in nodes if n not in self.quant.exclude_nodes)
+        config = self.quant.with_(exclude_nodes=tuple(self.quant.exclude_nodes) + own)
+        quantize_model(self.fp32_path, path, mode="int8", card=self.card, config=config, calibration_images=self.images)
+        metric = float(self.evaluate(path))
+        passed = metric >= self.required
+        log.info("accuracy-aware int8: %d node(s) in float -> %.4f (%s)", len(nodes), metric,
+                 "ok" if passed else "below budget")
+        self.attempts.append(Attempt(nodes, metric, passed))
+        self._files[nodes] = path
+        return metric, passed
+
+    def run(self, ranking: tuple[QuantError, ...], *, trim: bool) -> tuple[float, tuple[str, ...], Path] | None:
+        if len(ranking) < 2:  # nothing to keep quantized once the only candidate is in float
+            return None
+        def prefix(k: int) -> tuple[str, ...]:
+            return _union(e.nodes for e in ranking[:k])
+        sizes = _schedule(len(ranking) - 1, self.max_retries)
+        lo, hi = 0, None  # largest failing / smallest passing prefix size
+        for k in sizes:
+            got = self._try(prefix(k))
+            if got is None:
+                break
+            if got[1]:
+                hi = k
+                break
+            lo = k
+        if hi is None:
+            return self._best()
+        while trim and hi - lo > 1:  # bisect back to the smallest passing prefix
+            mid = (lo + hi) // 2
+            got = self._try(prefix(mid))
+            if got is None:
+                break
+            lo, hi = (lo, mid) if got[1] else (mid, hi)
+        chosen = list(ranking[:hi])
+        for entry in reversed(ranking[:hi] if trim else ()):  # least harmful first: maybe not needed
+            if len(chosen) == 1:
+                break
+            rest = [e for e in chosen if e is not entry]
+            got = self._try(_union(e.nodes for e in rest))
+            if got is None:
+                break
+            if got[1]:
+                chosen = rest
+        return self._best()
+
+    def _best(self) -> tuple[float, tuple[str, ...], Path] | None:
+        """The passing attempt with the fewest float nodes, else the attempt with the best metric."""
+        if not self.attempts:
+            return None
+        passing = [a for a in self.attempts if a.passed]
+        pick = min(passing, key=lambda a: (len(a.excluded), -a.metric)) if passing else max(
+            self.attempts, key=lambda a: a.metric)
+        return pick.metric, pick.excluded, self._files[pick.excluded]
+
+
+def _schedule(limit: int, max_retries: int) -> list[int]:
+    """Prefix sizes 1, 2, 4, ... below ``limit``, then ``limit`` itself, within ``max_retries``.
+
+    The last size is always ``limit`` (all candidates but the least harmful), so a search that runs
+    out of retries still tried the configuration that decides whether int8 can help at all.
+    """
+    sizes, k = [], 1
+    while k < limit:
+        sizes.append(k)
+        k *= 2
+    sizes.append(limit)
+    return sizes if len(sizes) <= max_retries else sizes[: max_retries - 1] + [limit]
+
+
+def _union(groups) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(n for g in groups for n in g))
+
+
+# -------------------------------------------------------------------------------- the ranking
+
+
+def rank_quantization_errors(fp32_path: Path, qdq_path: Path, *, card: ModelCard,
+                             images: np.ndarray) -> tuple[QuantError, ...]:
+    """Every quantized tensor of ``qdq_path``, worst (lowest channel-averaged SQNR) first.
+
+    Activations come from onnxruntime's ``qdq_loss_debug`` helpers run on ``images`` (uint8 NHWC,
+    normalized with ``card``); weights from its weight matching of the float and QDQ graphs.
+    ``fp32_path`` is pre-processed as :func:`quantize_model` does, so names match the QDQ model.
+    """
+    onnx = require("onnx", "export")
+    dbg = require("onnxruntime.quantization.qdq_loss_debug", "export")
+    qdq = onnx.load(str(qdq_path))
+    users = _quantized_tensor_users(qdq)
+    with tempfile.TemporaryDirectory(prefix="edgecnn-rank-") as tmp:
+        tmp = Path(tmp)
+        pre = tmp / "pre.onnx"
+        pre_process_for_quantization(fp32_path, pre)
+        pre_proto = onnx.load(str(pre))
+        shapes, float_node_names = _tensor_shapes(pre_proto), {n.name for n in pre_proto.graph.node}
+        x = normalize_batch(images, card)
+        acts = {}
+        for name, path in (("float", pre), ("qdq", qdq_path)):
+            augmented = tmp / f"{name}.augmented.onnx"
+            dbg.modify_model_output_intermediate_tensors(str(path), str(augmented))
+            acts[name] = dbg.collect_activations(str(augmented), _Batches(card.input_name, x, _fixed_batch(qdq)))
+        matching = dbg.create_activation_matching(acts["qdq"], acts["float"])
+        fused = _fused_activations(pre_proto, qdq)
+        ranked = [QuantError(t, "activation",
+                             _channel_sqnr([fused.get(t, _identity)(a) for a in m["pre_qdq"]], m["post_qdq"],
+                                           shapes.get(t), axis=1),
+                             _nodes(users[t], float_node_names))
+                  for t, m in matching.items() if t in users and m.get("pre_qdq") and m.get("post_qdq")]
+        weights = dbg.create_weight_matching(str(pre), str(qdq_path))
+    for name, w in weights.items():
+        if name in users and w["float"].ndim >= 2:  # biases (1-D, int32 at in*w scale) are exact enough
+            axis = _weight_axis(qdq, name, w["float"].ndim)
+            ranked.append(QuantError(name, "weight", _channel_sqnr([w["float"]], [w["dequantized"]],
+                                                                   w["float"].shape, axis=axis, batched=False),
+                                     _nodes(users[name], float_node_names)))
+    ranked = [e for e in ranked if e.nodes]
+    ranked.sort(key=lambda e: e.sqnr_db)
+    return tuple(ranked)
+
+
+class _Batches:
+    """An iterable of input feeds in the model's batch size (8 when the batch axis is dynamic)."""
+
+    def __init__(self, input_name: str, x: np.ndarray, batch: int | None) -> None:
+        self.input_name, self.batch = input_name, batch or 8
+        if batch and len(x) % batch:  # a fixed-batch model: repeat the last image to fill the last batch
+            x = np.concatenate([x, np.repeat(x[-1:], batch - len(x) % batch, axis=0)])
+        self.x = x
+
+    def __iter__(self):
+        for i in range(0, len(self.x), self.batch):
+            yield {self.input_name: self.x[i:i + self.batch]}
+
+
+def _fixed_batch(proto: Any) -> int | None:
+    dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    return dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None
+
+
+def _identity(x: np.ndarray) -> np.ndarray:
+    return x
+
+
+def _fused_activations(pre: Any, qdq: Any) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    """Relu/Clip outputs that ORT folded into the quantization of the node before them.
+
+    ORT drops a Relu or Clip that follows a quantized node and lets the uint8 range do the
+    clamping, so in the QDQ model the tensor named after the Relu output holds the values *before*
+    the Relu. Comparing them with the dequantized values would count the Relu itself as
+    quantization error; the ranking applies the folded activation first.
+    """
+    numpy_helper = require("onnx.numpy_helper", "export")
+    qdq_producers = {o: n.op_type for n in qdq.graph.node for o in n.output}
+    inits = {i.name: numpy_helper.to_array(i) for i in pre.graph.initializer}
+    out: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
+    for n in pre.graph.node:
+        if n.op_type not in ("Relu", "Clip") or qdq_producers.get(n.output[0]) == n.op_type:
+            continue
+        if n.op_type == "Relu":
+            out[n.output[0]] = lambda x: np.maximum(x, 0)
+            continue
+        attrs = {a.name: a.f for a in n.attribute}
+        lo = inits[n.input[1]] if len(n.input) > 1 and n.input[1] in inits else attrs.get("min", -np.inf)
+        hi = inits[n.input[2]] if len(n.input) > 2 and n.input[2] in inits else attrs.get("max", np.inf)
+        out[n.output[0]] = lambda x, lo=float(lo), hi=float(hi): np.clip(x, lo, hi)
+    return out
+
+
+def _quantized_tensor_users(qdq: Any) -> dict[str, tuple[str, ...]]:
+    """Tensor (activation or weight) -> the nodes whose quantization makes ORT quantize it.
+
+    Read from the QDQ graph: a DequantizeLinear's input comes from a quantized initializer (a
+    weight) or from a QuantizeLinear of the float tensor (an activation); the nodes that read the
+    DequantizeLinear output, plus the tensor's producer, quantize it.
+    """
+    producers = {o: n for n in qdq.graph.node for o in n.output}
+    consumers: dict[str, list[str]] = {}
+    for n in qdq.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n.name)
+    inits = {i.name for i in qdq.graph.initializer}
+    suffix = "_quantized"  # ORT's TENSOR_NAME_QUANT_SUFFIX for quantized initializers
+    out: dict[str, list[str]] = {}
+    for n in qdq.graph.node:
+        if n.op_type != "DequantizeLinear":
+            continue
+        src = n.input[0]
+        if src in inits:
+            tensor = src[: -len(suffix)] if src.endswith(suffix) else src
+            owners = []
+        elif src in producers and producers[src].op_type == "QuantizeLinear":
+            tensor = producers[src].input[0]
+            owners = [producers[tensor].name] if tensor in producers else []
+        else:
+            continue
+        readers = [c for c in consumers.get(n.output[0], []) if c]
+        out.setdefault(tensor, []).extend(owners + readers)
+    return {t: tuple(dict.fromkeys(v)) for t, v in out.items()}
+
+
+def _quantized_node_count(qdq_path: Path) -> int:
+    onnx = require("onnx", "export")
+    qdq = onnx.load(str(qdq_path))
+    dq_out = {o for n in qdq.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return sum(1 for n in qdq.graph.node
+               if n.op_type not in ("QuantizeLinear", "DequantizeLinear") and dq_out & set(n.input))
+
+
+def _nodes(names: tuple[str, ...], known: set[str]) -> tuple[str, ...]:
+    """Only nodes of the pre-processed float graph can be excluded (ORT's Q/DQ nodes cannot)."""
+    return tuple(n for n in names if n in known)
+
+
+def _tensor_shapes(proto: Any) -> dict[str, tuple[int | None, ...]]:
+    out = {}
+    for vi in list(proto.graph.value_info) + list(proto.graph.output) + list(proto.graph.input):
+        dims = vi.type.tensor_type.shape.dim
+        out[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
+    return out
+
+
+def _weight_axis(qdq: Any, weight: str, ndim: int) -> int:
+    """The output-channel axis of a weight: 0 for Conv kernels and transposed Gemm, else the last."""
+    if ndim != 2:
+        return 0
+    for n in qdq.graph.node:
+        if n.op_type == "Gemm" and any(i.startswith(weight) for i in n.input[1:2]):
+            return 0 if any(a.name == "transB" and a.i == 1 for a in n.attribute) else 1
+    return 1
+
+
+def _channel_sqnr(reference: list[np.ndarray], candidate: list[np.ndarray], shape: tuple[int | None, ...] | None,
+                  *, axis: int, batched: bool = True) -> float:
+    """SQNR in dB of the noise-to-signal power averaged over the channels along ``axis``.
+
+    ``collect_activations`` returns flattened batches; ``shape`` (batch axis unknown) restores
+    them. Without a usable shape the whole tensor counts as one channel.
+    """
+    ref = np.concatenate([np.asarray(r, dtype=np.float64).ravel() for r in reference])
+    cand = np.concatenate([np.asarray(c, dtype=np.float64).ravel() for c in candidate])
+    if shape and len(shape) > axis and all(d for d in shape[1 if batched else 0:]):
+        rest = shape[1:] if batched else shape
+        if ref.size % int(np.prod(rest)) == 0:
+            full = ((-1,) + tuple(rest)) if batched else tuple(shape)
+            ref, cand = ref.reshape(full), cand.reshape(full)
+            ref, cand = np.moveaxis(ref, axis, 0), np.moveaxis(cand, axis, 0)
+    ref, cand = ref.reshape(len(ref) if ref.ndim > 1 else 1, -1), cand.reshape(len(cand) if cand.ndim > 1 else 1, -1)
+    signal = np.sum(ref * ref, axis=1)
+    noise = np.sum((ref - cand) ** 2, axis=1)
+    # Channels 10^4 times quieter (in amplitude) than the loudest say nothing; an all-zero tensor
+    # quantizes exactly.
+    live = signal > 1e-8 * max(float(signal.max()), _EPS)
+    if not live.any():
+        return math.inf
+    # The mean relative noise power over channels, not the mean of per-channel dB: one crushed
+    # channel (ratio 1) must show even when the others are exact (ratio 0, +inf dB).
+    ratio = float(np.mean(noise[live] / signal[live]))
+    return math.inf if ratio <= 0 else -10.0 * math.log10(ratio)
+
+
+# --------------------------------------------------------------------------------- the timing
+
+
+def time_models(models: dict[str, Path], *, card: ModelCard, images: np.ndarray, runs: int = 30,
+                threads: int = 1) -> dict[str, float]:
+    """Median batch-1 latency (ms) of each model with the same onnxruntime session options.
+
+    The models run round-robin, one call each per round, so a load change on a shared machine
+    hits all of them alike.
+    """
+    ort = require("onnxruntime", "export")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    x = normalize_batch(images[:1], card)
+    sessions = {k: ort.InferenceSession(str(p), sess_options=options, providers=["CPUExecutionProvider"])
+                for k, p in models.items()}
+    times: dict[str, list[float]] = {k: [] for k in models}
+    for r in range(runs + 3):  # 3 warm-up rounds
+        for k, s in sessions.items():
+            t = time.perf_counter()
+            s.run(None, {card.input_name: x})
+            if r >= 3:
+                times[k].append(1000 * (time.perf_counter() - t))
+    return {k: round(statistics.median(v), 4) for k, v in times.items()}
+
+
+# ------------------------------------------------------------------------- the export's use of it
+
+
+def accuracy_aware_for_export(fp32_path: Path, out_path: Path, *, card: ModelCard, quant: QuantizeConfig,
+                              calibration_images: np.ndarray, test_images: np.ndarray,
+                              test_labels: np.ndarray | None, fp32_outputs: list[np.ndarray],
+                              fp32_accuracy: float | None, max_drop_pp: float) -> AccuracyAwareResult:
+    """The search with the export guard's own metric: accuracy with labels, else the task metric
+    against fp32 (top-1 agreement for classifiers), so "passed" means the same in both.
+
+    Raises:
+        ConfigError: the model's task has no metric to judge int8 by yet.
+    """
+    from edgecnn.export.verify import OnnxPredictor, accuracy, predict_outputs, task_agreement
+
+    if test_labels is None and task_agreement(card.task, fp32_outputs, fp32_outputs, card) is None:
+        raise ConfigError(f"--accuracy-aware needs a task metric to compare int8 with fp32, and task {card.task!r} "
+                          "has none yet; drop --accuracy-aware or pass labelled --calibration-data.")
+
+    def evaluate(path: Path) -> float:
+        out = predict_outputs(OnnxPredictor(path, card).outputs, test_images)
+        if test_labels is not None:
+            return accuracy(out[0], test_labels)
+        return task_agreement(card.task, fp32_outputs, out, card).value
+
+    labelled = test_labels is not None and fp32_accuracy is not None
+    name = "accuracy" if labelled else task_agreement(card.task, fp32_outputs, fp32_outputs, card).name
+    config = AccuracyAwareConfig(max_drop=max_drop_pp / 100, metric_name=name)
+    return accuracy_aware_quantize(fp32_path, out_path, card=card, quant=quant, calibration_images=calibration_images,
+                                   evaluate=evaluate, baseline=fp32_accuracy if labelled else 1.0, config=config)
+
+
+def guard_hints(quant: QuantizeConfig, *, accuracy_aware: bool, int8_failed: bool) -> str:
+    """What to try after a variant failed the accuracy guard, naming the flags that could help.
+
+    ``--accuracy-aware`` when a static int8 failed without it; the calibration methods not tried;
+    ``--cpu-target vnni`` (full 8-bit weights) when the avx2 target's 7-bit weights were used.
+    """
+    hints = []
+    if int8_failed and not accuracy_aware:
+        hints.append("--accuracy-aware (keeps the nodes that quantize worst in float)")
+    others = [m for m in ("entropy", "percentile", "minmax") if m != quant.calibration_method]
+    hints.append(f"--calibration-method {' or '.join(others)} (used: {quant.calibration_method})")
+    if quant.reduce_range:
+        hints.append("--cpu-target vnni or arm64 when the target CPU has VNNI or ARM dot-product (8-bit weights "
+                     "instead of avx2's 7-bit)")
+    hints += ["more --calibration-samples", "--exclude-node for sensitive layers", "or raise --max-accuracy-drop"]
+    return "Try " + ", ".join(hints) + "."
+
+
+def markdown_lines(summary: dict[str, Any]) -> list[str]:
+    """Report lines for one variant's ``accuracy_aware`` summary (:meth:`AccuracyAwareResult.to_dict`)."""
+    name, nodes = summary["metric_name"], summary["nodes_kept_float"]
+    lat = summary.get("latency_ms") or {}
+    lines = [f"- {name}: fp32 {100 * summary['baseline']:.2f}%, plain int8 {100 * summary['plain_metric']:.2f}%, "
+             f"accuracy-aware int8 {100 * summary['metric']:.2f}% (needs >= {100 * summary['required']:.2f}%; "
+             f"{'met' if summary['passed'] else 'NOT met'}) after {summary['retries']} retries",
+             f"- nodes kept in float: {len(nodes)} of {summary['quantized_nodes']} quantized"
+             + (f": {', '.join(f'`{n}`' for n in nodes)}" if nodes else ""),
+             f"- size: fp32 {summary['fp32_size_bytes'] / 1024:.1f} KiB, plain int8 {summary['plain_size_bytes'] / 1024:.1f} "
+             f"KiB, accuracy-aware int8 {summary['size_bytes'] / 1024:.1f} KiB"]
+    if lat:
+        lines.append("- batch-1 latency (median, same session options): "
+                     + ", ".join(f"{k} {v:.3f} ms" for k, v in lat.items()))
+    return lines
