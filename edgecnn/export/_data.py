@@ -16,8 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-from PIL import Image
-
 from edgecnn.datasets import IMAGE_EXTENSIONS, list_images, read_image, resize_all, to_uint8
 from edgecnn.errors import DataError
 
@@ -39,11 +37,13 @@ class EvalData:
 
 
 def to_channels(images: np.ndarray, channels: int) -> np.ndarray:
-    """uint8 NHWC RGB images as ``channels`` (1: Pillow's ITU-R 601-2 gray, as the runtime decodes)."""
+    """uint8 NHWC RGB images as ``channels`` (1: gray by the runtime's decoder, Pillow's ``convert("L")``)."""
     if channels == images.shape[-1]:
         return images
     if channels == 1 and images.shape[-1] == 3:
-        return np.stack([np.asarray(Image.fromarray(i).convert("L")) for i in images])[..., None]
+        from edgecnn.runtime.preprocess import load_image  # the runtime's own gray conversion
+
+        return np.stack([load_image(i, i.shape[:2], channels=1) for i in images])
     if channels == 3 and images.shape[-1] == 1:
         return np.repeat(images, 3, axis=-1)
     raise DataError(f"Cannot turn {images.shape[-1]}-channel images into {channels} channels.")

@@ -297,7 +297,7 @@ def _export(proto: Any, card: ModelCard, reference: Callable[[np.ndarray], list[
 
 
 def _new_report(card: ModelCard, data: _Data, config: ExportConfig, src: ModelSource, out_dir: Path) -> ExportReport:
-    notes = [src.assumed] if src.assumed else []
+    notes = []
     if data.shared:
         notes.append(f"No labels: calibration and evaluation share the same {len(data.test)} images, and each "
                      "variant is judged by its agreement with fp32, not by accuracy.")
@@ -310,7 +310,7 @@ def _new_report(card: ModelCard, data: _Data, config: ExportConfig, src: ModelSo
                                                "shared_with_calibration": data.shared},
                         max_accuracy_drop_pp=config.max_accuracy_drop if config.quantize else None,
                         versions=card.versions, created=card.export["created"], source_kind=src.kind,
-                        task=card.task, notes=notes)
+                        task=card.task, notes=notes, assumed=src.assumed)
 
 
 def _export_staged(proto, card, reference, data, config, *, src, out_dir, staging, started) -> ExportReport:
@@ -361,10 +361,23 @@ def _fmt(acc: float | None) -> str:
     return "-" if acc is None else f"{100 * acc:.2f}%"
 
 
+_CHANCE_MIN_IMAGES = 20
+_CHANCE_Z = 1.5
+
+
 def _check_not_chance(acc: float, card: ModelCard, n: int) -> None:
-    """Accuracy no better than guessing means the preprocessing (or the label order) is wrong."""
+    """Accuracy no better than guessing means the preprocessing (or the label order) is wrong.
+
+    "At chance" is within 1.5 standard errors of a guessing model's accuracy: wrong
+    preprocessing typically lands on or below chance (one class for every image), while a model
+    that learned anything clears it on a few dozen images. Under 20 images nothing is judged.
+    """
     chance = 1.0 / card.num_classes
-    margin = 2.0 * math.sqrt(chance * (1.0 - chance) / n)  # two standard errors of a guessing model
+    if n < _CHANCE_MIN_IMAGES:
+        log.warning("Only %d labelled images: too few to check that fp32 accuracy (%.1f%%) is above chance.",
+                    n, 100 * acc)
+        return
+    margin = _CHANCE_Z * math.sqrt(chance * (1.0 - chance) / n)
     if acc <= chance + margin:
         raise ArtifactError(
             f"fp32 accuracy is {100 * acc:.1f}% on {n} labelled images, at chance level ({100 * chance:.1f}% for "

@@ -62,6 +62,7 @@ class ExportReport:
     source_kind: str = ""
     task: str = "classify"
     notes: list[str] = field(default_factory=list)
+    assumed: str | None = None  # what was assumed about a model without a card (one line)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,7 +83,7 @@ class ExportReport:
                  f"{self.parity.get('outputs', 1)} output(s)): max |diff| {self.parity.get('max_abs_diff', 0):.2e}, "
                  f"mean |diff| {self.parity.get('mean_abs_diff', 0):.2e}"
                  + ("" if agree is None else f", top-1 agreement {100 * agree:.2f}%")]
-        lines += [f"- {note}" for note in self.notes] + [""]
+        lines += [f"- {note}" for note in ([self.assumed] if self.assumed else []) + self.notes] + [""]
         if self.max_accuracy_drop_pp is not None:
             basis = ("accuracy" if self.test_set.get("labeled") else
                      "top-1 agreement with fp32 (no labels)" if self.task == "classify" else "the task metric vs fp32")

@@ -4,7 +4,8 @@ run (Keras) or an exported ONNX model, on the run's test split or on ``--data``.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,12 @@ import numpy as np
 
 from edgecnn.card import ModelCard, atomic_write_text
 from edgecnn.errors import ArtifactError, DataError
+from edgecnn.presets import ModelOverrides
 
-__all__ = ["accuracy_metrics", "confusion_matrix", "evaluate", "EvaluationReport"]
+log = logging.getLogger(__name__)
+
+__all__ = ["accuracy_metrics", "confusion_matrix", "evaluate", "EvaluationReport", "load_keras_with_card",
+           "predict_keras"]
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
@@ -65,11 +70,11 @@ class EvaluationReport:
         return "\n".join(lines)
 
 
-def _onnx_predictor(path: Path):
+def _onnx_predictor(path: Path, overrides: ModelOverrides | None):
     """The runtime's own Classifier: the accuracy measured is what an edge app will get."""
     from edgecnn.runtime import Classifier
 
-    clf = Classifier(path, provider="cpu")
+    clf = Classifier(path, provider="cpu", overrides=overrides)
 
     def predict(x: np.ndarray) -> np.ndarray:
         return np.concatenate([clf.predict_proba(x[i:i + 256]) for i in range(0, len(x), 256)])
@@ -77,16 +82,77 @@ def _onnx_predictor(path: Path):
     return clf.card, predict
 
 
-def _keras_predictor(path: Path):
-    from edgecnn.train.loop import load_run_model, predict_uint8
+def _is_run_model(path: Path) -> bool:
+    return path.is_dir() or (path.name == "model.keras" and (path.parent / "card.json").is_file())
 
-    card = ModelCard.load(path if path.is_dir() else path.parent)
+
+def _ends_in_softmax(model: Any) -> bool:
+    last = model.layers[-1] if getattr(model, "layers", None) else None
+    activation = getattr(getattr(last, "activation", None), "__name__", "")
+    return activation == "softmax" or type(last).__name__ == "Softmax"
+
+
+def load_keras_with_card(path: str | Path, overrides: ModelOverrides | None = None) -> tuple[Any, ModelCard]:
+    """A Keras model and its card: a run's ``card.json``, or for any other ``.keras``/``.h5`` file a
+    card inferred from the model's input/output shapes and the model flags (what was assumed is
+    logged in one line).
+
+    Raises:
+        ArtifactError: for a missing or corrupt model, or one whose card cannot be built (the
+            message names the flag that supplies what is missing).
+    """
+    from edgecnn.presets import TensorInfo, infer_card
+    from edgecnn.train.loop import load_run_model
+
+    path = Path(path)
+    overrides = overrides or ModelOverrides()
     model = load_run_model(path)
-    return card, lambda x: predict_uint8(model, x, card)
+    if _is_run_model(path):
+        # A run's geometry is its card's; flags may relabel it, not reshape it.
+        keep = replace(overrides, input_size=None, channels=None, layout=None)
+        return model, keep.apply(ModelCard.load(path if path.is_dir() else path.parent))
+    if len(model.inputs) != 1:
+        raise ArtifactError(f"{path} has {len(model.inputs)} inputs; edgecnn handles models with one image input.")
+    dtype = str(getattr(model.inputs[0], "dtype", "float32"))
+    inputs = [TensorInfo("images", tuple(model.inputs[0].shape), dtype)]
+    outputs = [TensorInfo(f"output_{i}", tuple(o.shape)) for i, o in enumerate(model.outputs)]
+    card, assumed = infer_card(path.stem, inputs=inputs, outputs=outputs, overrides=overrides,
+                               softmax_output=_ends_in_softmax(model), architecture=f"keras:{model.name}")
+    if assumed:
+        log.warning("%s", assumed)
+    return model, card
 
 
-def evaluate(model_path: str | Path, *, data: str | None = None, out: str | Path | None = None) -> EvaluationReport:
-    """Evaluate a run directory, a ``.keras`` file (card.json beside it) or an exported ``.onnx``.
+def predict_keras(model: Any, x: np.ndarray, card: ModelCard, batch_size: int = 256) -> np.ndarray:
+    """Probabilities of a Keras classifier for uint8 NHWC RGB images, preprocessed from ``card``
+    (gray for a 1-channel model; softmax applied to logits)."""
+    from edgecnn.runtime.preprocess import load_image, normalize_batch
+
+    if card.channels == 1 and x.shape[-1] == 3:
+        x = np.stack([load_image(i, i.shape[:2], channels=1) for i in x])  # the runtime's own gray conversion
+    out = [np.asarray(model.predict_on_batch(normalize_batch(x[i:i + batch_size], card)))
+           for i in range(0, len(x), batch_size)]
+    probs = np.concatenate(out) if out else np.zeros((0, card.num_classes), np.float32)
+    if card.output_kind == "logits":
+        e = np.exp(probs - probs.max(axis=1, keepdims=True))
+        probs = e / e.sum(axis=1, keepdims=True)
+    return probs
+
+
+def _keras_predictor(path: Path, overrides: ModelOverrides | None):
+    model, card = load_keras_with_card(path, overrides)
+    if card.task != "classify":
+        raise ArtifactError(f"{path} is a {card.task} model; evaluate scores classifiers (pass --task classify if it "
+                            "is one).")
+    # A run's card describes the NHWC training input even when its exports are NCHW.
+    kcard = card.replace(layout="nhwc") if _is_run_model(path) else card
+    return card, lambda x: predict_keras(model, x, kcard)
+
+
+def evaluate(model_path: str | Path, *, data: str | None = None, out: str | Path | None = None,
+             overrides: ModelOverrides | None = None) -> EvaluationReport:
+    """Evaluate a run directory, a ``.keras``/``.h5`` file (a run's, or any classifier described by
+    ``overrides``) or an ``.onnx`` file.
 
     Writes ``evaluation.json`` and ``confusion.png`` to ``out`` (default: next to the model).
 
@@ -98,16 +164,25 @@ def evaluate(model_path: str | Path, *, data: str | None = None, out: str | Path
 
     path = Path(model_path)
     if not path.exists():
-        raise ArtifactError(f"{path} does not exist; pass a run directory, a .keras or an .onnx file.")
-    card, predict = _onnx_predictor(path) if path.suffix == ".onnx" else _keras_predictor(path)
+        raise ArtifactError(f"{path} does not exist; pass a run directory, a .keras/.h5 or an .onnx file.")
+    if not path.is_dir() and path.suffix.lower() not in (".onnx", ".keras", ".h5", ".hdf5"):
+        raise ArtifactError(f"{path}: unknown model format {path.suffix or '(no extension)'!r}; pass a run directory, "
+                            "a .keras/.h5 or an .onnx file.")
+    if path.suffix == ".onnx":
+        card, predict = _onnx_predictor(path, overrides)
+    else:
+        card, predict = _keras_predictor(path, overrides)
     if data is None and not card.dataset.get("path"):
-        raise DataError(f"The card of {path} names no dataset; pass --data PATH.")
+        raise DataError(f"{path} names no dataset of its own; pass --data PATH (an .npz or a folder with one "
+                        "sub-folder per class).")
     spec = data if data is not None else card.dataset.get("path")
     classes = None if data is not None else card.dataset.get("classes")
     ds = load_dataset(spec, input_size=card.input_size, classes=classes, val_split=card.training.get("val_split", 0.1),
                       seed=card.training.get("seed", 0))
     if ds.num_classes != card.num_classes:
         raise DataError(f"The data has {ds.num_classes} classes, the model {card.num_classes}; pass matching --data.")
+    if all(c.isdigit() for c in card.class_names) and not all(c.isdigit() for c in ds.class_names):
+        card = card.replace(class_names=tuple(ds.class_names))  # assumed 0..N-1 labels: the folders name them
     metrics = accuracy_metrics(predict(ds.x_test), ds.y_test)
     out_dir = Path(out) if out else (path if path.is_dir() else path.parent)
     out_dir.mkdir(parents=True, exist_ok=True)

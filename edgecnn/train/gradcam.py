@@ -12,8 +12,8 @@ import keras
 import tensorflow as tf
 from PIL import Image
 
-from edgecnn.card import ModelCard
 from edgecnn.errors import ArtifactError, InputError
+from edgecnn.presets import ModelOverrides
 
 __all__ = ["gradcam", "target_layer", "overlay", "gradcam_files"]
 
@@ -51,10 +51,17 @@ def gradcam(model: keras.Model, x: np.ndarray, *, class_index: Sequence[int] | i
         # (seen on AVX2 CPUs); a duplicated image gives the same heatmap. Remove once fixed upstream.
         x = np.concatenate([x, x])
     conv_layer = target_layer(model, layer)
-    grad_model = keras.Model(model.inputs, [conv_layer.output, model.get_layer("logits").output, model.outputs[0]])
+    scores = _logits_output(model)
+    grad_model = keras.Model(model.inputs, [conv_layer.output, scores, model.outputs[0]])
     x = tf.convert_to_tensor(x, tf.float32)
     with tf.GradientTape() as tape:
         conv, logits, probs = grad_model(x, training=False)
+        if scores is model.outputs[0] and _ends_in_softmax(model):
+            # No separate logits layer (a model from elsewhere): the log-probability's gradient is the
+            # class logit's minus the probability-weighted mean of all logits' gradients.
+            logits = tf.math.log(tf.maximum(logits, 1e-12))
+        elif scores is model.outputs[0]:
+            probs = tf.nn.softmax(logits)
         if class_index is None:
             cls = tf.argmax(logits, axis=1, output_type=tf.int32)
         else:
@@ -67,6 +74,19 @@ def gradcam(model: keras.Model, x: np.ndarray, *, class_index: Sequence[int] | i
     cam = np.divide(cam, peak, out=np.zeros_like(cam), where=peak > 0)
     cls, probs = cls.numpy(), np.asarray(probs)
     return (cam[:1], cls[:1], probs[:1]) if single else (cam, cls, probs)
+
+
+def _ends_in_softmax(model: keras.Model) -> bool:
+    last = model.layers[-1]
+    return getattr(getattr(last, "activation", None), "__name__", "") == "softmax" or isinstance(last, keras.layers.Softmax)
+
+
+def _logits_output(model: keras.Model):
+    """The class scores before softmax: the zoo's ``logits`` layer, else the model output."""
+    try:
+        return model.get_layer("logits").output
+    except ValueError:
+        return model.outputs[0]
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.45, min_side: int = 256) -> Image.Image:
@@ -83,19 +103,33 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.45, min_
 
 
 def gradcam_files(run: str | Path, images: Sequence[str | Path], out: str | Path, *,
-                  class_name: str | None = None, layer: str | None = None) -> list[dict]:
+                  class_name: str | None = None, layer: str | None = None,
+                  overrides: ModelOverrides | None = None) -> list[dict]:
     """Grad-CAM PNGs (image | overlay) for image files; returns one record per image.
 
+    ``run`` is a run directory or any ``.keras``/``.h5`` classifier (described by ``overrides``
+    when it has no card).
+
     Raises:
-        ArtifactError, InputError, DataError: for a bad run, class name or image.
+        ArtifactError, InputError, DataError: for a bad model, class name or image.
     """
-    from edgecnn.runtime.preprocess import normalize_batch
+    from edgecnn.runtime.preprocess import load_image, normalize_batch
     from edgecnn.datasets import read_image
-    from edgecnn.train.loop import load_run_model
+    from edgecnn.train.evaluate import _is_run_model, load_keras_with_card
     from edgecnn.train.plots import _pyplot
 
-    card = ModelCard.load(run)
-    model = load_run_model(run)
+    run = Path(run)
+    if not run.exists():
+        raise ArtifactError(f"{run} does not exist; pass a run directory or a .keras/.h5 file.")
+    if not run.is_dir() and run.suffix.lower() not in (".keras", ".h5", ".hdf5"):
+        raise ArtifactError(f"{run}: Grad-CAM needs the Keras model (a run directory or a .keras/.h5 file), got "
+                            f"{run.suffix or 'a file without extension'}.")
+    model, card = load_keras_with_card(run, overrides)
+    if _is_run_model(run):
+        card = card.replace(layout="nhwc")  # the Keras model of a run takes NHWC, whatever its exports do
+    if card.task != "classify":
+        raise ArtifactError(f"{run} is a {card.task} model; Grad-CAM explains classifiers (pass --task classify if it "
+                            "is one).")
     cls = None
     if class_name is not None:
         if class_name not in card.class_names:
@@ -107,7 +141,7 @@ def gradcam_files(run: str | Path, images: Sequence[str | Path], out: str | Path
     records = []
     for path in map(Path, images):
         full = read_image(path, None)
-        small = read_image(path, card.input_size)
+        small = load_image(path, card.input_size, channels=card.channels)
         cams, chosen, probs = gradcam(model, normalize_batch(small[None], card), class_index=cls, layer=layer)
         c = int(chosen[0])
         fig, axes = plt.subplots(1, 2, figsize=(7, 3.6))
