@@ -130,8 +130,9 @@ def test_result_is_read_only_and_json_summary():
                                     input_size=(2, 2))
     with pytest.raises(ValueError):
         r.mask[0, 0] = 1
-    assert r.to_dict() == {"mask": {"width": 2, "height": 2, "classes": [{"label": "a", "index": 0, "fraction": 1.0}]}}
-    assert r.to_dict(include_mask=True)["mask"]["values"] == [[0, 0], [0, 0]]
+    assert r.to_dict() == {"segmentation": {"width": 2, "height": 2,
+                                            "classes": [{"label": "a", "index": 0, "fraction": 1.0}]}}
+    assert r.to_dict(include_mask=True)["segmentation"]["mask"] == [[0, 0], [0, 0]]
 
 
 # ------------------------------------------------------------------------------------ metrics

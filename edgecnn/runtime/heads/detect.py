@@ -229,6 +229,11 @@ class Detector(InferenceModel):
         return postprocess_yolo(out, self.output_kind, fits, self.card.class_names, input_size=self.card.input_size,
                                 conf=conf, iou=iou, max_det=max_det)
 
+    def result_dict(self, result: Detections) -> dict[str, Any]:
+        """One image's result as in ``predict --json`` and the server's answers:
+        ``{"detections": [{label, index, score, box}], "image_size": [width, height]}``."""
+        return result.to_dict()
+
     def annotate(self, image: ImageLike, result: Detections | Sequence[Detection]) -> Image.Image:
         """The image (RGB, original size) with each box drawn and labelled with its class and score.
 

@@ -53,13 +53,13 @@ class SegmentationResult:
         return [(self.classes[i], i, self.fractions[i]) for i in order]
 
     def to_dict(self, include_mask: bool = False) -> dict[str, Any]:
-        """JSON-able: the mask size and the classes present with their pixel shares (and the
-        mask itself as nested lists when asked)."""
-        out: dict[str, Any] = {"mask": {"width": self.width, "height": self.height, "classes": [
-            {"label": label, "index": index, "fraction": round(frac, 6)} for label, index, frac in self.present()]}}
+        """JSON-able: ``{"segmentation": {width, height, classes: [{label, index, fraction}]}}``,
+        the classes present largest share first (and the ``mask`` itself as nested lists when asked)."""
+        out: dict[str, Any] = {"width": self.width, "height": self.height, "classes": [
+            {"label": label, "index": index, "fraction": round(frac, 6)} for label, index, frac in self.present()]}
         if include_mask:
-            out["mask"]["values"] = self.mask.tolist()
-        return out
+            out["mask"] = self.mask.tolist()
+        return {"segmentation": out}
 
 
 def class_axis(shape: Sequence[int], num_classes: int, layout: str) -> int | None:
@@ -216,6 +216,10 @@ class Segmenter(InferenceModel):
         card = self.card
         return postprocess_segmentation(out, fits, card.class_names, input_size=card.input_size, layout=card.layout,
                                         output_kind=card.output_kind)
+
+    def result_dict(self, result: SegmentationResult) -> dict[str, Any]:
+        """One image's result as in ``predict --json`` and the server's answers (no pixel values)."""
+        return result.to_dict()
 
     def annotate(self, image: ImageLike, result: SegmentationResult, alpha: float = 0.5) -> Image.Image:
         """The image (RGB, original size) with the class map overlaid in one colour per class.
