@@ -42,7 +42,7 @@ import numpy as np
 
 from edgecnn._optional import require
 from edgecnn.card import ModelCard
-from edgecnn.errors import AccuracyDropError, ConfigError
+from edgecnn.errors import AccuracyDropError, ArtifactError, ConfigError, EdgecnnError
 from edgecnn.export.quantize import QuantizeConfig, pre_process_for_quantization, quantize_model
 from edgecnn.runtime.preprocess import normalize_batch
 
@@ -549,7 +549,7 @@ def accuracy_aware_for_export(fp32_path: Path, out_path: Path, *, card: ModelCar
     Raises:
         ConfigError: the model's task has no metric to judge int8 by yet.
     """
-    from edgecnn.export.verify import OnnxPredictor, accuracy, predict_outputs, task_agreement
+    from edgecnn.export.verify import OnnxPredictor, accuracy, ort_error, predict_outputs, task_agreement
 
     if test_labels is None and task_agreement(card.task, fp32_outputs, fp32_outputs, card) is None:
         raise ConfigError(f"--accuracy-aware needs a task metric to compare int8 with fp32, and task {card.task!r} "
@@ -564,8 +564,14 @@ def accuracy_aware_for_export(fp32_path: Path, out_path: Path, *, card: ModelCar
     labelled = test_labels is not None and fp32_accuracy is not None
     name = "accuracy" if labelled else task_agreement(card.task, fp32_outputs, fp32_outputs, card).name
     config = AccuracyAwareConfig(max_drop=max_drop_pp / 100, metric_name=name)
-    return accuracy_aware_quantize(fp32_path, out_path, card=card, quant=quant, calibration_images=calibration_images,
-                                   evaluate=evaluate, baseline=fp32_accuracy if labelled else 1.0, config=config)
+    try:
+        return accuracy_aware_quantize(fp32_path, out_path, card=card, quant=quant,
+                                       calibration_images=calibration_images, evaluate=evaluate,
+                                       baseline=fp32_accuracy if labelled else 1.0, config=config)
+    except EdgecnnError:
+        raise
+    except Exception as err:  # onnxruntime.quantization raises whatever its passes raise
+        raise ArtifactError(f"onnxruntime could not quantize the model to int8 ({ort_error(err)}).") from err
 
 
 def guard_hints(quant: QuantizeConfig, *, accuracy_aware: bool, int8_failed: bool) -> str:

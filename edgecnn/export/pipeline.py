@@ -27,6 +27,7 @@ from edgecnn._optional import require
 from edgecnn.card import ModelCard
 from edgecnn.errors import AccuracyDropError, ArtifactError, ConfigError, DataError, EdgecnnError
 from edgecnn.export import onnx as onnx_io
+from edgecnn.export.accuracy_aware import accuracy_aware_for_export, guard_hints
 from edgecnn.export.quantize import QUANTIZE_MODES, QuantizeConfig, quantize_model
 from edgecnn.export.report import ExportReport, VariantResult
 from edgecnn.export.sources import ModelSource, load_source
@@ -64,6 +65,7 @@ class ExportConfig:
     triton_dir: Path | None = None
     triton_max_batch_size: int = 64
     check_chance: bool = True
+    accuracy_aware: bool = False  # int8: keep the worst-quantized nodes in float until the guard passes
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.quantize if m not in QUANTIZE_MODES]
@@ -352,8 +354,8 @@ def _export_staged(proto, card, reference, data, config, *, src, out_dir, stagin
     if failures:
         raise AccuracyDropError("Quantized variant failed the accuracy guard: " + "; ".join(failures)
                                 + f". Report: {out_dir / 'export_report.md'}; passing files were written. "
-                                  "Try --calibration-method entropy or percentile, more --calibration-samples, "
-                                  "--exclude-node for sensitive layers, or raise --max-accuracy-drop.")
+                                + guard_hints(config.quant, accuracy_aware=config.accuracy_aware,
+                                              int8_failed=any(f.startswith("int8:") for f in failures)))
     return report
 
 
@@ -451,8 +453,11 @@ def _variant(mode: str, fp32_path: Path, card: ModelCard, fp32_out: list[np.ndar
              data: _Data, config: ExportConfig, staging: Path) -> VariantResult:
     started = time.perf_counter()
     path = staging / variant_filename(mode)
-    proto = _quantize(mode, fp32_path, path, card, data, config)
+    aa = _accuracy_aware(fp32_path, path, card, fp32_out, fp32, data, config) if mode == "int8" else None
+    proto = aa.proto if aa else _quantize(mode, fp32_path, path, card, data, config)
     settings = {**config.quant.describe(mode), "opset": onnx_io.opset_of(proto)}
+    if aa:  # the card says which nodes stayed float
+        settings.update(exclude_nodes=[*settings["exclude_nodes"], *aa.excluded_nodes], accuracy_aware=True)
     vcard = card.replace(precision=mode, metrics=dict(card.metrics),
                          export={**card.export, "opset": settings["opset"], "quantization": {"mode": mode, **settings}})
     out = _predict(OnnxPredictor(path, vcard).outputs, data.test)
@@ -460,6 +465,7 @@ def _variant(mode: str, fp32_path: Path, card: ModelCard, fp32_out: list[np.ndar
     metric = task_agreement(card.task, fp32_out, out, card)
     acc = accuracy(out[0], data.test_labels) if data.test_labels is not None else None
     delta, passed, guard = _judge(mode, acc, fp32.accuracy, metric, out, par, data, config)
+    guard = f"{guard}; {aa.message}" if aa else guard
     vcard.metrics.update(_metrics(acc, len(data.test)))
     if delta is not None:
         vcard.metrics["accuracy_delta_pp"] = round(delta, 4)
@@ -471,7 +477,17 @@ def _variant(mode: str, fp32_path: Path, card: ModelCard, fp32_out: list[np.ndar
                          par.top1_agreement, par.max_abs_diff, par.mean_abs_diff, par.images,
                          round(time.perf_counter() - started, 2), passed, settings, onnx_io.op_type_counts(proto),
                          metric=None if metric is None else metric.name,
-                         metric_value=None if metric is None else round(metric.value, 6), guard=guard)
+                         metric_value=None if metric is None else round(metric.value, 6), guard=guard,
+                         accuracy_aware=aa.to_dict() if aa else None)
+
+
+def _accuracy_aware(fp32_path, path, card, fp32_out, fp32, data, config) -> Any:
+    """``--accuracy-aware`` int8 (edgecnn.export.accuracy_aware), judged by the guard's own metric."""
+    if not config.accuracy_aware:
+        return None
+    return accuracy_aware_for_export(fp32_path, path, card=card, quant=config.quant, calibration_images=data.calibration,
+                                     test_images=data.test, test_labels=data.test_labels, fp32_outputs=fp32_out,
+                                     fp32_accuracy=fp32.accuracy, max_drop_pp=config.max_accuracy_drop)
 
 
 def _judge(mode, acc, fp32_acc, metric, out, par, data, config) -> tuple[float | None, bool, str]:

@@ -37,6 +37,7 @@ class VariantResult:
     metric: str | None = None  # the task metric vs fp32 (edgecnn.export.verify.task_agreement), e.g. top1_agreement
     metric_value: float | None = None
     guard: str = ""  # how the variant was judged, in words
+    accuracy_aware: dict[str, Any] | None = None  # --accuracy-aware: nodes kept in float, metrics, size, latency
 
 
 @dataclass
@@ -89,6 +90,11 @@ class ExportReport:
                      "top-1 agreement with fp32 (no labels)" if self.task == "classify" else "the task metric vs fp32")
             lines += [f"Accuracy guard: a variant may lose at most {self.max_accuracy_drop_pp:g} pp of {basis}.", ""]
         lines += _table(self.variants)
+        for v in self.variants:
+            if v.accuracy_aware:
+                from edgecnn.export.accuracy_aware import markdown_lines
+
+                lines += ["", f"## Accuracy-aware {v.precision}", ""] + markdown_lines(v.accuracy_aware)
         if self.errors:
             lines += ["", "## Errors", ""] + [f"- {e}" for e in self.errors]
         if self.triton:
