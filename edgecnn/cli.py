@@ -301,6 +301,7 @@ Examples:
   edgecnn export runs/seed                               # model.onnx + export_report.{json,md}
   edgecnn export runs/seed -q int8 -q fp16 --layout nchw --triton triton_repo
   edgecnn export runs/seed -q int8 --calibration-method percentile --max-accuracy-drop 0.5
+  edgecnn export runs/seed -q int8 --accuracy-aware         # keep the worst-quantized nodes in float if needed
   edgecnn export mine.keras -q int8 --calibration-data photos/ --preprocess tf --labels labels.txt
   edgecnn export saved_model_dir/ -q int8 --calibration-data photos/ --preprocess imagenet
   edgecnn export model.tflite --calibration-data photos/          # photos without class folders: agreement
@@ -328,6 +329,9 @@ Examples:
 @click.option("--exclude-node", multiple=True, help="ONNX node name to keep in float (repeatable).")
 @click.option("--max-accuracy-drop", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Fail if a variant loses more accuracy (percentage points) than fp32.")
+@click.option("--accuracy-aware", is_flag=True,
+              help="int8: if plain int8 misses --max-accuracy-drop, keep the nodes that quantize worst in float and "
+                   "retry until it passes (the report lists them, with the size and latency cost).")
 @click.option("--atol", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True,
               help="Max |source - ONNX| allowed for fp32 (relative to outputs larger than 1).")
 @click.option("--test-images", type=click.IntRange(min=2), default=None, help="Evaluate on the first N test images only.")
@@ -339,7 +343,7 @@ Examples:
 def export(source: Path, out_dir: Path | None, quantize: tuple[str, ...], opset: int | None,
            calibration_data: Path | None, calibration_samples: int, calibration_method: str, cpu_target: str,
            exclude_node: tuple[str, ...], max_accuracy_drop: float, atol: float, test_images: int | None,
-           no_simplify: bool, triton_dir: Path | None, **flags: Any) -> None:
+           no_simplify: bool, triton_dir: Path | None, accuracy_aware: bool, **flags: Any) -> None:
     """Export SOURCE to verified ONNX, with quantized variants.
 
     SOURCE: a run directory, a .keras/.h5 file, a TensorFlow SavedModel directory, a .tflite or an
@@ -352,13 +356,17 @@ def export(source: Path, out_dir: Path | None, quantize: tuple[str, ...], opset:
                                       calibration_samples=calibration_samples, exclude_nodes=exclude_node)
     overrides = model_overrides(flags)
     config = ExportConfig(opset=opset, quantize=quantize, simplify=not no_simplify, atol=atol, test_images=test_images,
-                          max_accuracy_drop=max_accuracy_drop, quant=quant, triton_dir=triton_dir)
+                          max_accuracy_drop=max_accuracy_drop, quant=quant, triton_dir=triton_dir,
+                          accuracy_aware=accuracy_aware)
     report = export_model(source, out_dir=out_dir, config=config, calibration_data=calibration_data, overrides=overrides)
     _echo_table(f"{report.card_name} ({report.task}) -> {report.out_dir}",
                 ["precision", "file", "KiB", "accuracy", "delta pp", "vs fp32"],
                 [[v.precision, v.file or "-", f"{v.size_bytes / 1024:.1f}", "-" if v.accuracy is None else f"{100 * v.accuracy:.2f}%",
                   "-" if v.accuracy_delta_pp is None else f"{v.accuracy_delta_pp:+.2f}", metric_text(v)]
                  for v in report.variants])
+    for v in report.variants:
+        if v.accuracy_aware:
+            click.echo(f"accuracy-aware {v.precision}: {v.accuracy_aware['message']}")
     for note in report.notes:  # the assumptions, if any, were logged as a warning before the export ran
         click.echo(f"note: {note}")
 

@@ -159,7 +159,7 @@ class AccuracyAwareResult:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary for the export report (worst 10 ranked tensors)."""
         return {
-            "metric_name": self.metric_name, "baseline": self.baseline, "required": self.required,
+            "message": self.message, "metric_name": self.metric_name, "baseline": self.baseline, "required": self.required,
             "plain_metric": self.plain_metric, "metric": self.metric, "passed": self.passed,
             "nodes_kept_float": list(self.excluded_nodes), "nodes_kept_float_count": len(self.excluded_nodes),
             "quantized_nodes": self.quantized_nodes, "fp32_size_bytes": self.fp32_size_bytes,
@@ -602,7 +602,7 @@ def markdown_lines(summary: dict[str, Any]) -> list[str]:
              f"- nodes kept in float: {len(nodes)} of {summary['quantized_nodes']} quantized"
              + (f": {', '.join(f'`{n}`' for n in nodes)}" if nodes else ""),
              f"- size: fp32 {summary['fp32_size_bytes'] / 1024:.1f} KiB, plain int8 {summary['plain_size_bytes'] / 1024:.1f} "
-             f"KiB, accuracy-aware int8 {summary['size_bytes'] / 1024:.1f} KiB"]
+             f"KiB, accuracy-aware int8 {summary['size_bytes'] / 1024:.1f} KiB (before the card is embedded)"]
     if lat:
         lines.append("- batch-1 latency (median, same session options): "
                      + ", ".join(f"{k} {v:.3f} ms" for k, v in lat.items()))

@@ -171,3 +171,36 @@ def test_config_rejects_impossible_values():
                 {"max_drop": 0.01, "ranking_images": 0}):
         with pytest.raises(ConfigError):
             AccuracyAwareConfig(**bad)
+
+
+def test_export_cli_accuracy_aware_recovers_what_plain_int8_fails(outlier, tmp_path):
+    """`edgecnn export MODEL -q int8` fails the guard and names --accuracy-aware; with it, it passes."""
+    import json
+
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from edgecnn.cli import main
+
+    path, _, images, _ = outlier
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, image in enumerate(images[:48]):
+        Image.fromarray(image).save(folder / f"{i:02d}.png")
+    args = ["export", str(path), "-q", "int8", "--calibration-data", str(folder), "--preprocess", "unit",
+            "--cpu-target", "vnni", "--labels", "a,b,c"]
+    plain = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "plain")])
+    assert plain.exit_code == 1 and "Traceback" not in plain.output
+    assert "--accuracy-aware" in plain.output and "--calibration-method entropy or percentile" in plain.output
+    assert not (tmp_path / "plain" / "model.int8.onnx").exists()
+    run = CliRunner().invoke(main, [*args, "--accuracy-aware", "--out", str(tmp_path / "aa")])
+    assert run.exit_code == 0, run.output
+    assert "kept 2 node(s) in float (conv2_outlier, conv3)" in run.output
+    report = json.loads((tmp_path / "aa" / "export_report.json").read_text())
+    int8 = next(v for v in report["variants"] if v["precision"] == "int8")
+    aa = int8["accuracy_aware"]
+    assert int8["passed"] and aa["nodes_kept_float"] == ["conv2_outlier", "conv3"] and aa["nodes_kept_float_count"] == 2
+    assert aa["plain_metric"] < 0.9 <= aa["metric"] and aa["size_bytes"] < int8["size_bytes"]  # + the card
+    assert {"conv2_outlier", "conv3"} <= set(int8["settings"]["exclude_nodes"])  # the card says so too
+    md = (tmp_path / "aa" / "export_report.md").read_text()
+    assert "## Accuracy-aware int8" in md and "`conv2_outlier`, `conv3`" in md
