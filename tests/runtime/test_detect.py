@@ -75,6 +75,13 @@ def test_nms(boxes, scores, classes, iou, kept):
     assert nms(np.array(boxes, float), np.array(scores, float), iou, classes).tolist() == kept
 
 
+def test_nms_stops_after_max_keep():
+    boxes = np.array([[0, 0, 1, 1], [5, 5, 6, 6], [9, 9, 10, 10], [0, 0, 1, 0.9]], float)
+    scores = np.array([0.2, 0.9, 0.5, 0.95])
+    assert nms(boxes, scores, 0.45, max_keep=2).tolist() == [3, 1]
+    assert nms(boxes, scores, 0.45).tolist() == [3, 1, 2]  # box 0 is suppressed by box 3
+
+
 def test_nms_class_offsets_work_for_large_coordinates():
     boxes = np.array([[3000, 3000, 4000, 4000], [3000, 3000, 4000, 4000]], float)
     assert sorted(nms(boxes, np.array([0.9, 0.8]), 0.5, np.array([0, 1])).tolist()) == [0, 1]

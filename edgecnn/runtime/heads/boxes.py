@@ -30,26 +30,34 @@ def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
     return np.concatenate([b[..., 0:2] - half, b[..., 0:2] + half], axis=-1)
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, classes: np.ndarray | None = None) -> np.ndarray:
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, classes: np.ndarray | None = None, *,
+        max_keep: int | None = None) -> np.ndarray:
     """Greedy non-maximum suppression; indices of the kept boxes, highest score first.
 
     A box is dropped when its IoU with an already kept box is above ``iou_threshold``. With
     ``classes``, only boxes of the same class suppress each other: every class's boxes are moved
     to their own region of the plane (offset by ``class * (largest coordinate + 1)``), so one
     pass over all classes equals one pass per class (torchvision's ``batched_nms`` trick). Each
-    step compares the kept box with all remaining ones at once.
+    step compares the kept box with all remaining ones at once, and the pass stops after
+    ``max_keep`` boxes (the rest could only come later in the result).
     """
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
     if classes is not None and len(b):
         b = b + (np.asarray(classes, dtype=np.float64).reshape(-1, 1) * (np.abs(b).max() + 1.0))
+    x1, y1, x2, y2 = b.T
+    area = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
     order = np.argsort(-s, kind="stable")
+    limit = len(order) if max_keep is None else max_keep
     keep: list[int] = []
-    while order.size:
+    while order.size and len(keep) < limit:
         i = int(order[0])
         keep.append(i)
         rest = order[1:]
-        if not rest.size:
-            break
-        order = rest[box_iou(b[i:i + 1], b[rest])[0] <= iou_threshold]
+        w = np.clip(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0, None)
+        h = np.clip(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0, None)
+        inter = w * h
+        union = area[i] + area[rest] - inter
+        iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+        order = rest[iou <= iou_threshold]
     return np.asarray(keep, dtype=np.int64)

@@ -114,7 +114,7 @@ def select_boxes(boxes: np.ndarray, scores: np.ndarray, *, conf: float, iou: flo
     if len(best) > max_nms:
         top = np.argsort(-best, kind="stable")[:max_nms]
         boxes, best, cls = boxes[top], best[top], cls[top]
-    keep = nms(boxes, best, iou, cls)[:max_det]
+    keep = nms(boxes, best, iou, cls, max_keep=max_det)
     return boxes[keep], best[keep], cls[keep]
 
 
