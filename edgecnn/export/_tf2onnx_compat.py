@@ -9,6 +9,10 @@
    unconvertible op is only *logged* (``Tensorflow op [...] is not supported``) while the TF node
    stays in the graph. We rename the output and turn those log records into an error that names
    the op. Keep this for as long as tf2onnx exposes no ``unsupported_ops`` result.
+3. ``tf2onnx.convert.from_tflite`` reads the flatbuffer with ``tf.lite.Interpreter``, which warns on
+   every use that it is deprecated in favour of ``ai_edge_litert`` (TensorFlow >= 2.18); the
+   warning is about tf2onnx's code, not the user's model, so it is silenced for that call.
+   Remove once tf2onnx uses ``ai_edge_litert`` (tf2onnx 1.17 does not).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import warnings
 from typing import Any, Callable
 
 from edgecnn._optional import require
@@ -118,7 +123,8 @@ def tflite_to_onnx(path: str, *, opset: int, nchw_input: str | None = None) -> A
         ArtifactError: if an op cannot be converted (named in the message) or the file is unusable.
     """
     tf2onnx = require("tf2onnx", "export")
-    with _collect_unsupported() as collector:
+    with _collect_unsupported() as collector, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*tf\.lite\.Interpreter is deprecated", category=UserWarning)
         try:
             proto, _ = tf2onnx.convert.from_tflite(path, opset=opset,
                                                    inputs_as_nchw=[nchw_input] if nchw_input else None)

@@ -229,8 +229,12 @@ def _static(pre: Path, out_path: Path, card: ModelCard, config: QuantizeConfig, 
     rng = np.random.default_rng(config.seed)
     pick = rng.permutation(len(images))[: config.calibration_samples]
     x = normalize_batch(images[np.sort(pick)], card)
-    batches = [x[i:i + _CALIBRATION_BATCH] for i in range(0, len(x), _CALIBRATION_BATCH)]
     model = onnx.load(str(pre))
+    batch = _fixed_batch(model, card.input_name)
+    if batch and len(x) >= batch:  # a static batch axis takes whole batches of exactly that size
+        x = x[: len(x) - len(x) % batch]
+    step = batch or _CALIBRATION_BATCH
+    batches = [x[i:i + step] for i in range(0, len(x), step)]
     excluded = list(config.exclude_nodes) + [n.name for n in model.graph.node if n.op_type in config.exclude_op_types]
     unknown = sorted(set(config.exclude_nodes) - {n.name for n in model.graph.node})
     if unknown:
@@ -254,6 +258,13 @@ def _static(pre: Path, out_path: Path, card: ModelCard, config: QuantizeConfig, 
         calibration_providers=["CPUExecutionProvider"], extra_options=extra,
     )
     return onnx.load(str(out_path))
+
+
+def _fixed_batch(model: Any, input_name: str) -> int | None:
+    """The input's batch size when the graph fixes it (e.g. 1 in many exported detectors)."""
+    value = next((v for v in model.graph.input if v.name == input_name), None)
+    dims = value.type.tensor_type.shape.dim if value is not None else []
+    return dims[0].dim_value if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else None
 
 
 def _entropy_ranges(pre: Path, reader: _ArrayReader) -> Path:

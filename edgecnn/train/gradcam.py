@@ -51,16 +51,15 @@ def gradcam(model: keras.Model, x: np.ndarray, *, class_index: Sequence[int] | i
         # (seen on AVX2 CPUs); a duplicated image gives the same heatmap. Remove once fixed upstream.
         x = np.concatenate([x, x])
     conv_layer = target_layer(model, layer)
-    scores = _logits_output(model)
-    grad_model = keras.Model(model.inputs, [conv_layer.output, scores, model.outputs[0]])
+    grad_model, from_output = _grad_model(model, conv_layer)
     x = tf.convert_to_tensor(x, tf.float32)
     with tf.GradientTape() as tape:
         conv, logits, probs = grad_model(x, training=False)
-        if scores is model.outputs[0] and _ends_in_softmax(model):
+        if from_output and _ends_in_softmax(model):
             # No separate logits layer (a model from elsewhere): the log-probability's gradient is the
             # class logit's minus the probability-weighted mean of all logits' gradients.
             logits = tf.math.log(tf.maximum(logits, 1e-12))
-        elif scores is model.outputs[0]:
+        elif from_output:
             probs = tf.nn.softmax(logits)
         if class_index is None:
             cls = tf.argmax(logits, axis=1, output_type=tf.int32)
@@ -76,17 +75,31 @@ def gradcam(model: keras.Model, x: np.ndarray, *, class_index: Sequence[int] | i
     return (cam[:1], cls[:1], probs[:1]) if single else (cam, cls, probs)
 
 
+def _grad_model(model: keras.Model, conv_layer: keras.layers.Layer) -> tuple[keras.Model, bool]:
+    """A model returning (feature map, class scores, model output), and whether the scores are the
+    model output itself (no separate ``logits`` layer, as in models from elsewhere).
+
+    A loaded Keras 3 ``Sequential`` gives its layers' ``output`` tensors and its ``outputs`` from
+    separate traces, so a ``keras.Model`` spanning both has no gradient path between them (the
+    tape returns None); calling its layers once on a fresh input joins them in one graph.
+    """
+    if isinstance(model, keras.Sequential):
+        x = inputs = keras.Input(model.inputs[0].shape[1:])
+        feats = logits = None
+        for lyr in model.layers:
+            x = lyr(x)
+            feats = x if lyr is conv_layer else feats
+            logits = x if lyr.name == "logits" else logits
+        return keras.Model(inputs, [feats, x if logits is None else logits, x]), logits is None
+    try:
+        return keras.Model(model.inputs, [conv_layer.output, model.get_layer("logits").output, model.outputs[0]]), False
+    except ValueError:
+        return keras.Model(model.inputs, [conv_layer.output, model.outputs[0], model.outputs[0]]), True
+
+
 def _ends_in_softmax(model: keras.Model) -> bool:
     last = model.layers[-1]
     return getattr(getattr(last, "activation", None), "__name__", "") == "softmax" or isinstance(last, keras.layers.Softmax)
-
-
-def _logits_output(model: keras.Model):
-    """The class scores before softmax: the zoo's ``logits`` layer, else the model output."""
-    try:
-        return model.get_layer("logits").output
-    except ValueError:
-        return model.outputs[0]
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.45, min_side: int = 256) -> Image.Image:
