@@ -581,7 +581,10 @@ Examples:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (0.0.0.0: every one).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="TCP port.")
 @click.option("--token", envvar="EDGECNN_TOKEN", default=None, show_envvar=True,
-              help="Bearer token required on every endpoint but /healthz and /readyz.")
+              help="Bearer token required on every endpoint but /healthz and /readyz (visible in `ps`: prefer "
+                   "the environment variable or --token-file).")
+@click.option("--token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Read the bearer token from this file (its first line).")
 @click.option("--max-batch", default=32, show_default=True, type=click.IntRange(min=1),
               help="Most images per batched session call (1: no batching).")
 @click.option("--max-delay-ms", default=5.0, show_default=True, type=click.FloatRange(0, 10_000),
@@ -590,6 +593,8 @@ Examples:
               help="Requests admitted per model at once; more get 503 with Retry-After.")
 @click.option("--timeout", "timeout_s", default=10.0, show_default=True, type=click.FloatRange(0, min_open=True),
               help="Seconds before an unanswered request gets 503.")
+@click.option("--body-timeout", "body_timeout_s", default=10.0, show_default=True,
+              type=click.FloatRange(0, min_open=True), help="Seconds a request body may take to arrive; then 408.")
 @click.option("--max-body-mb", default=8.0, show_default=True, type=click.FloatRange(0, min_open=True),
               help="Largest request body (MiB); larger gets 413.")
 @click.option("--max-pixels", default=25_000_000, show_default=True, type=click.IntRange(min=1),
@@ -600,9 +605,9 @@ Examples:
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Intra-op threads (default: all cores but one, which stays with HTTP and decoding).")
 @model_options()
-def serve(model_or_dir: Path | None, host: str, port: int, token: str | None, max_batch: int, max_delay_ms: float,
-          queue_size: int, timeout_s: float, max_body_mb: float, max_pixels: int, provider: str,
-          allow_fallback: bool, threads: int | None, **flags: Any) -> None:
+def serve(model_or_dir: Path | None, host: str, port: int, token: str | None, token_file: Path | None, max_batch: int,
+          max_delay_ms: float, queue_size: int, timeout_s: float, body_timeout_s: float, max_body_mb: float,
+          max_pixels: int, provider: str, allow_fallback: bool, threads: int | None, **flags: Any) -> None:
     """Serve MODEL_OR_DIR (an .onnx file, or every .onnx of a directory by name) over HTTP.
 
     Without MODEL_OR_DIR, serves the packaged reference model. Endpoints: POST /v1/models/NAME:predict,
@@ -611,8 +616,14 @@ def serve(model_or_dir: Path | None, host: str, port: int, token: str | None, ma
     from edgecnn.serve import ServeConfig
     from edgecnn.serve import serve as run_server
 
+    if token_file is not None:
+        lines = token_file.read_text(encoding="utf-8", errors="replace").splitlines()
+        token = lines[0].strip() if lines else ""
+        if not token:
+            raise click.BadParameter(f"{token_file} is empty; put the token on its first line.", param_hint="--token-file")
     config = ServeConfig(host=host, port=port, token=token or None, max_batch=max_batch, max_delay_ms=max_delay_ms,
-                         queue_size=queue_size, timeout_s=timeout_s, max_body_bytes=int(max_body_mb * 1024 * 1024),
+                         queue_size=queue_size, timeout_s=timeout_s, body_timeout_s=body_timeout_s,
+                         max_body_bytes=int(max_body_mb * 1024 * 1024),
                          max_pixels=max_pixels, provider=provider, threads=threads, allow_fallback=allow_fallback,
                          overrides=model_overrides(flags))
     run_server(model_or_dir, config)

@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from python_multipart.multipart import parse_options_header
-from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgecnn import __version__
@@ -32,6 +33,7 @@ __all__ = ["create_app"]
 _IMAGE_TYPES = ("application/octet-stream", "image/")
 _ERRORS = {400: "Undecodable, truncated, empty or oversized image; malformed JSON or multipart.",
            401: "Missing or wrong bearer token.", 404: "No model of that name.",
+           408: "The request body did not fully arrive in time.",
            413: "Body over the size limit, or too many JSON instances.",
            415: "Unsupported Content-Type.", 422: "Wrong tensor shape, dtype or values, or a bad query parameter.",
            503: "Overloaded (queue full), timed out, not ready or shutting down; see Retry-After."}
@@ -65,13 +67,17 @@ def create_app(models: dict[str, ServedModel], config: ServeConfig) -> Any:
         yield
         state["ready"] = False  # uvicorn has already waited for in-flight requests; drain what is queued
         await asyncio.gather(*(b.stop(config.shutdown_timeout_s) for b in batchers.values()))
+        app.state.decode_pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="edgecnn serve", version=__version__, lifespan=lifespan,
                   description="Image classification with ONNX Runtime: dynamic micro-batching, bounded queue, "
                               "Prometheus metrics. Every error is a JSON body `{\"error\": {status, code, message}}`.")
     app.state.metrics, app.state.batchers, app.state.models = metrics, batchers, models
     _add_error_handlers(app, metrics)
-    _add_routes(app, models, batchers, metrics, config, state)
+    # Decoding and JSON parsing, per request (Pillow and json release the GIL for the heavy parts).
+    decode_pool = ThreadPoolExecutor(max_workers=config.decode_workers, thread_name_prefix="edgecnn-decode")
+    app.state.decode_pool = decode_pool
+    _add_routes(app, models, batchers, metrics, config, state, decode_pool)
     _customize_openapi(app, config, sorted(models))
 
     asgi: Any = BodyLimitMiddleware(app, config.max_body_bytes, on_error=_count(metrics))
@@ -136,29 +142,54 @@ def _media_kind(content_type: str | None) -> tuple[str, dict[bytes, bytes]]:
                      "application/json tensors.")
 
 
-async def _run(batcher: MicroBatcher, kind: str, params: dict[bytes, bytes], body: bytes, top_k: int,
-               max_instances: int) -> list[Any]:
-    """Request body -> top-k predictions per image or tensor.
+def _decode(model: ServedModel, kind: str, params: dict[bytes, bytes], body: bytes,
+            max_instances: int) -> tuple[Any, list[Any]]:
+    """Request body -> (model input, fit info per row); runs on the decode pool, never the event loop."""
+    if kind == "json":
+        x = model.prepare_json(body, max_instances)
+        return x, [model.tensor_fit()] * int(x.shape[0])
+    image = multipart_file(body, params[b"boundary"]) if kind == "multipart" else body
+    x, fit = model.prepare_image(image)
+    return x, [fit]
 
-    Images are decoded in the batch's thread (one thread hop per batch); JSON tensors and
-    multipart bodies are parsed in a worker thread first, so the event loop never parses.
+
+async def _run(batcher: MicroBatcher, pool: ThreadPoolExecutor, kind: str, params: dict[bytes, bytes], body: bytes,
+               top_k: int, max_instances: int) -> list[Any]:
+    """Request body -> one result per image or tensor.
+
+    Each request is decoded (image) or parsed (JSON, multipart) on its own in the decode pool, so
+    an image that is slow or fails to decode costs its own request and one decode thread, never
+    the batch; the batcher only ever sees model inputs.
     """
-    if kind == "image":
-        return await batcher.submit(top_k=top_k, image=body)
-    if kind == "multipart":
-        image = await run_in_threadpool(multipart_file, body, params[b"boundary"])
-        return await batcher.submit(top_k=top_k, image=image)
-    x = await run_in_threadpool(batcher.model.prepare_json, body, max_instances)
-    return await batcher.submit(top_k=top_k, x=x)
+    loop = asyncio.get_running_loop()
+    x, fits = await loop.run_in_executor(pool, _decode, batcher.model, kind, params, body, max_instances)
+    return await batcher.submit(x, fits, top_k=top_k)
+
+
+async def _read_body(request: Request, timeout_s: float) -> bytes:
+    """The whole request body, or 408 when it stalls (a slow-body client holds no queue place).
+
+    Raises:
+        ServeError: 408 when the body does not arrive within ``timeout_s``; 499 (nginx's "client
+            closed request") when the client disconnects mid-body, so it is not counted as a 5xx.
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await request.body()
+    except TimeoutError:
+        raise ServeError(408, "body_timeout", f"The request body did not arrive within {timeout_s:g} s; send the "
+                         "whole body at once.", {"Connection": "close"}) from None
+    except ClientDisconnect:
+        raise ServeError(499, "client_closed", "The client closed the connection before sending its body.") from None
 
 
 def _add_routes(app: FastAPI, models: dict[str, ServedModel], batchers: dict[str, MicroBatcher], metrics: Metrics,
-                config: ServeConfig, state: dict[str, bool]) -> None:
+                config: ServeConfig, state: dict[str, bool], decode_pool: ThreadPoolExecutor) -> None:
     wait = str(retry_after(config.timeout_s))
 
     # The busiest route first: Starlette tries routes in order.
     @app.post("/v1/models/{name}:predict", response_model=PredictResponse, tags=["models"],
-              responses=_responses(400, 401, 404, 413, 415, 422, 503),
+              responses=_responses(400, 401, 404, 408, 413, 415, 422, 503),
               openapi_extra={"requestBody": PREDICT_REQUEST_BODY},
               summary="Classify an image (raw bytes or multipart upload) or a batch of JSON tensors.")
     async def predict(name: str, request: Request, top_k: int = Query(
@@ -166,10 +197,10 @@ def _add_routes(app: FastAPI, models: dict[str, ServedModel], batchers: dict[str
         model = lookup(models, name)
         kind, params = _media_kind(request.headers.get("content-type"))
         batcher = batchers[name]
+        body = await _read_body(request, config.body_timeout_s)  # a queue place only for a complete body
         try:
             async with asyncio.timeout(config.timeout_s), batcher.admit():
-                body = await request.body()
-                preds = await _run(batcher, kind, params, body, top_k, config.max_instances)
+                preds = await _run(batcher, decode_pool, kind, params, body, top_k, config.max_instances)
         except TimeoutError:
             raise ServeError(503, "timeout", f"No answer within {config.timeout_s:g} s; the server is busy, retry "
                              "later.", {"Retry-After": wait}) from None

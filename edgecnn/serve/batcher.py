@@ -2,10 +2,12 @@
 
 A worker task per model takes the first queued request, then gathers more until the batch holds
 ``max_batch`` rows or ``max_delay_ms`` has passed (it does not wait when no other request is
-being read or decoded, so a lone client pays no delay), runs the batch in the model's own thread and
-hands each request back its own rows. Admission is bounded: past ``queue_size`` requests in the
-system (queued, decoding or running) a new one is refused with 503 and ``Retry-After`` instead of
-waiting without end.
+being decoded, so a lone client pays no delay), runs the batch in the model's own thread and
+hands each request back its own rows. Requests arrive decoded: images are decoded per request on
+the server's decode pool, so a slow or hostile image costs its own request only, never the
+batch it would have joined. Admission is bounded: past ``queue_size`` requests in the system
+(decoding, queued or running; a request is admitted once its body has fully arrived) a new one is
+refused with 503 and ``Retry-After`` instead of waiting without end.
 """
 
 from __future__ import annotations
@@ -31,16 +33,16 @@ __all__ = ["MicroBatcher"]
 
 @dataclass
 class _Job:
-    """One request: an encoded image (decoded in the batch's thread) or a preprocessed tensor."""
+    """One request: its preprocessed (N, ...) tensor and how each row's image was fitted to it."""
 
     future: asyncio.Future
     top_k: int
-    image: bytes | None = None
-    x: np.ndarray | None = None
+    x: np.ndarray
+    fits: list[Any]
 
     @property
     def rows(self) -> int:
-        return 1 if self.x is None else int(self.x.shape[0])
+        return int(self.x.shape[0])
 
 
 class MicroBatcher:
@@ -107,17 +109,17 @@ class MicroBatcher:
         finally:
             self._admitted -= 1
 
-    async def submit(self, *, top_k: int, image: bytes | None = None, x: np.ndarray | None = None) -> list[Any]:
-        """Queue an encoded image or a preprocessed (N, ...) tensor; returns top-k predictions per row.
+    async def submit(self, x: np.ndarray, fits: list[Any], *, top_k: int) -> list[Any]:
+        """Queue a preprocessed (N, ...) tensor; returns one result per row (the task's answer).
 
         Raises:
-            ServeError: 400 for an image that cannot be decoded, 503 when the model is not running.
+            ServeError: 503 when the model is not running.
         """
         if self._worker is None or self._worker.done():
             raise ServeError(503, "not_ready", "The model is not ready yet; retry shortly.",
                              {"Retry-After": str(self.retry_after_s)})
         future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Job(future, top_k, image, x))
+        self._queue.put_nowait(_Job(future, top_k, x, fits))
         return await future  # cancelled by the request's timeout: the worker then skips the job
 
     async def stop(self, timeout_s: float) -> None:
@@ -198,37 +200,23 @@ class MicroBatcher:
                 job.future.set_result(result)
 
     def _compute(self, batch: list[_Job]) -> list[Any]:
-        """Decode the images, run one session call on every good row, split top-k per request.
-
-        Runs in the model's thread: decoding a batch here costs one thread hop per batch, not
-        one per request, and keeps the event loop free for HTTP.
-        """
-        results: list[Any] = [None] * len(batch)
-        inputs, fits, owners = [], [], []
-        for i, job in enumerate(batch):
-            try:
-                if job.x is not None:
-                    x_i, fit = job.x, [self.model.tensor_fit()] * int(job.x.shape[0])
-                else:
-                    x_i, one = self.model.prepare_image(job.image or b"")
-                    fit = [one]
-                inputs.append(x_i)
-                fits.append(fit)
-                owners.append(i)
-            except ServeError as err:  # this request's bad image: the others still run
-                results[i] = err
-        if not inputs:
-            return results
-        x = inputs[0] if len(inputs) == 1 else np.concatenate(inputs)
+        """Run one session call on every job's rows, split the results per request."""
+        x = batch[0].x if len(batch) == 1 else np.concatenate([j.x for j in batch])
         t0 = time.perf_counter()
         outputs = self.model.infer(x)
         self._on_batch(int(x.shape[0]), time.perf_counter() - t0)
+        results: list[Any] = []
         start = 0
-        for i, x_i, fit in zip(owners, inputs, fits):
-            n = int(x_i.shape[0])
-            results[i] = self.model.results([o[start:start + n] for o in outputs], fit, batch[i].top_k)
+        for job in batch:
+            n = job.rows
+            results.append(self.model.results([_rows(o, start, n, x.shape[0]) for o in outputs], job.fits, job.top_k))
             start += n
         return results
+
+
+def _rows(output: np.ndarray, start: int, n: int, total: int) -> np.ndarray:
+    """A job's rows of a batched output (an output without a batch axis is shared as it is)."""
+    return output[start:start + n] if output.ndim and output.shape[0] == total else output
 
 
 def retry_after(timeout_s: float) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import dataclass
 
 from edgecnn.errors import ConfigError
@@ -33,6 +34,12 @@ class ServeConfig:
             ``threads=None`` means every core but one (see :func:`edgecnn.serve.models.server_threads`).
         default_top_k: classes returned when the request does not say.
         shutdown_timeout_s: how long a stopping server waits for in-flight requests.
+        body_timeout_s: a request body that has not fully arrived after this long gets 408 (it holds
+            no queue place meanwhile: requests are admitted once their body is complete).
+        decode_workers: threads decoding images and parsing JSON, one request each at a time.
+        max_header_bytes: a request line plus headers over this many bytes gets 431 and a close.
+        header_timeout_s: a connection whose request headers are not complete this long after they
+            began gets 408 and is closed (slowloris); one that never sends anything is closed.
         overrides: what the model flags say (``--task``, ``--input-size``, ``--preprocess``, ...;
             :func:`edgecnn.presets.parse_overrides`), for models without a card or to override theirs.
     """
@@ -52,14 +59,19 @@ class ServeConfig:
     allow_fallback: bool = False
     default_top_k: int = 5
     shutdown_timeout_s: float = 30.0
+    body_timeout_s: float = 10.0
+    max_header_bytes: int = 16 * 1024
+    header_timeout_s: float = 10.0
+    decode_workers: int = max(2, os.cpu_count() or 2)
     overrides: ModelOverrides | None = None
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("max_batch", "queue_size", "max_body_bytes", "max_pixels", "max_instances", "default_top_k"):
+        for name in ("max_batch", "queue_size", "max_body_bytes", "max_pixels", "max_instances", "default_top_k",
+                     "decode_workers", "max_header_bytes"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("timeout_s", "shutdown_timeout_s"):
+        for name in ("timeout_s", "shutdown_timeout_s", "body_timeout_s", "header_timeout_s"):
             if not getattr(self, name) > 0:
                 problems.append(f"{name} must be > 0, got {getattr(self, name)}")
         if not 0 <= self.max_delay_ms <= 10_000:

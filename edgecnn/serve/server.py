@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecnn.serve.app import create_app
+from edgecnn.serve.batcher import retry_after
 from edgecnn.serve.config import ServeConfig, is_loopback
 from edgecnn.serve.models import load_models
 
@@ -35,8 +36,24 @@ def build_server(source: str | Path | None, config: ServeConfig) -> Any:
         # uvicorn stops accepting, waits for in-flight requests this long, then runs the app's
         # shutdown, which drains the batch queues.
         timeout_graceful_shutdown=int(config.shutdown_timeout_s), server_header=False,
+        http=_protocol(config, app),
+        # Longer than any Retry-After we send: a polite client that waits as told finds its
+        # connection still open instead of paying a new handshake (and a race with the close).
+        timeout_keep_alive=max(5, retry_after(config.timeout_s) + 10),
     )
     return uvicorn.Server(uv_config)
+
+
+def _protocol(config: ServeConfig, app: Any) -> Any:
+    """The HTTP protocol with header limits (httptools), or uvicorn's choice where httptools is missing."""
+    try:
+        from edgecnn.serve._protocol import protocol_class
+    except ImportError:  # pragma: no cover - httptools is part of the [serve] extra
+        log.warning("httptools is not installed: request headers are not size- or time-limited.")
+        return "auto"
+    errors = app.fastapi.state.metrics.errors
+    return protocol_class(max_header_bytes=config.max_header_bytes, header_timeout_s=config.header_timeout_s,
+                          on_reject=lambda status, code: errors.labels(str(status), code).inc())
 
 
 def serve(source: str | Path | None, config: ServeConfig, *, sock: socket.socket | None = None) -> None:

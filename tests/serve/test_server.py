@@ -372,3 +372,94 @@ def test_cuda_provider_is_used_when_asked(model_dir, images):
         assert httpx.get(f"{srv.url}/v1/models").json()["models"][0]["providers"][0] == "CUDAExecutionProvider"
         r = httpx.post(f"{srv.url}/v1/models/tiny_nhwc:predict", content=png(images[0]), headers=_PNG)
         assert r.status_code == 200
+
+
+def _stalled_body(url: str, path: str) -> "socket.socket":
+    """A client that sends its headers and 3 of the 1000 body bytes it announced, then stalls."""
+    import socket
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    sock = socket.create_connection((u.hostname, u.port))
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\nabc".encode())
+    return sock
+
+
+def test_stalled_body_gets_408_and_holds_no_queue_place(model_dir, images):
+    """Issue 11: slow bodies took every queue place; now a place is taken once the body is complete."""
+    with running_server(model_dir / "tiny_nhwc.onnx", queue_size=1, body_timeout_s=0.8) as srv:
+        stalled = [_stalled_body(srv.url, "/v1/models/tiny_nhwc:predict") for _ in range(4)]
+        try:
+            with httpx.Client(base_url=srv.url) as c:
+                r = c.post("/v1/models/tiny_nhwc:predict", content=png(images[0]),
+                           headers={"Content-Type": "image/png"})
+                assert r.status_code == 200, r.text  # the one queue place was free
+            stalled[0].settimeout(5)
+            answer = stalled[0].recv(4096).decode()
+            assert answer.startswith("HTTP/1.1 408") and '"body_timeout"' in answer
+        finally:
+            for s in stalled:
+                s.close()
+        assert srv.metric("edgecnn_http_errors_total", code="408") >= 1
+
+
+def test_client_disconnect_mid_body_is_not_a_server_error(model_dir):
+    with running_server(model_dir / "tiny_nhwc.onnx", body_timeout_s=5) as srv:
+        _stalled_body(srv.url, "/v1/models/tiny_nhwc:predict").close()
+        time.sleep(0.5)
+        with httpx.Client(base_url=srv.url) as c:
+            assert c.get("/healthz").status_code == 200
+        assert srv.metric("edgecnn_http_requests_total", code="500") == 0
+
+
+def test_big_jpeg_is_decoded_at_reduced_scale():
+    from edgecnn.runtime.preprocess import decode_image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (4000, 3000), (10, 200, 30)).save(buf, "JPEG")
+    img, _ = decode_image(buf.getvalue(), target=(32, 32))
+    assert img.size == (500, 375)  # libjpeg's 1/8 scale: still larger than the target
+    full, _ = decode_image(buf.getvalue())
+    assert full.size == (4000, 3000)
+
+
+def _raw(url: str, data: bytes, wait: float = 5.0) -> str:
+    import socket
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    with socket.create_connection((u.hostname, u.port)) as sock:
+        sock.settimeout(wait)
+        try:
+            sock.sendall(data)
+        except OSError:
+            pass  # the server may close before it has read everything
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except OSError:
+            pass
+        return b"".join(chunks).decode("latin-1")
+
+
+def test_header_flood_gets_431_json_before_authentication(model_dir):
+    """Issue 11: megabytes of headers were buffered before the token check; now 431 at 16 KiB."""
+    with running_server(model_dir / "tiny_nhwc.onnx", token=TOKEN, max_header_bytes=4096) as srv:
+        flood = b"GET /v1/models HTTP/1.1\r\nHost: x\r\n" + b"X-Junk: " + b"a" * 200_000 + b"\r\n\r\n"
+        answer = _raw(srv.url, flood)
+        assert answer.startswith("HTTP/1.1 431") and '"headers_too_large"' in answer
+        assert "application/json" in answer
+        with httpx.Client(base_url=srv.url) as c:
+            assert c.get("/healthz").status_code == 200
+
+
+def test_slowloris_headers_are_closed_with_408(model_dir):
+    with running_server(model_dir / "tiny_nhwc.onnx", header_timeout_s=0.5) as srv:
+        answer = _raw(srv.url, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ", wait=5)
+        assert answer.startswith("HTTP/1.1 408") and '"header_timeout"' in answer
+
+
+def test_malformed_http_is_a_json_400(live):
+    answer = _raw(live.url, b"NOT HTTP AT ALL\r\n\r\n")
+    assert answer.startswith("HTTP/1.1 400") and "application/json" in answer and '"invalid_http"' in answer
