@@ -307,7 +307,7 @@ def infer_card(name: str, *, inputs: Sequence[TensorInfo], outputs: Sequence[Ten
         norm = {**dict(zip(("mean", "std"), PREPROCESS_PRESETS[preset].for_channels(channels))),
                 "normalization": "ultralytics" if ultra else "assumed"}
         if not ultra:
-            got.assumed.append("x / 255 (pass --preprocess or --mean/--std if it was trained otherwise)")
+            got.assumed.insert(0, "x / 255 (pass --preprocess or --mean/--std if it was trained otherwise)")
     got.values.update(norm)
     card = ModelCard(name=name, architecture=architecture, **got.values)
     if not got.assumed:

@@ -33,7 +33,7 @@ from edgecnn.export.report import ExportReport, VariantResult
 from edgecnn.export.sources import ModelSource, load_source
 from edgecnn.export.verify import (OnnxPredictor, accuracy, compare_outputs, ort_error, predict_outputs,
                                    task_agreement)
-from edgecnn.presets import PREPROCESSING_FLAGS, ModelOverrides
+from edgecnn.presets import PREPROCESSING_FLAGS, ModelOverrides, short_list
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +123,12 @@ def export_model(source: str | Path, *, out_dir: str | Path | None = None, confi
     if src.assumed:
         log.warning("%s", src.assumed)
     data, card = _load_data(src.card, calibration_data, config)
+    notes = []
+    if card.class_names != src.card.class_names:
+        notes.append(f"Labels taken from the class folders of {calibration_data}: {short_list(list(card.class_names))}.")
     out_card = _export_card(card, src)
     return _export(src.proto, out_card, src.reference, data, config, src=src,
-                   out_dir=Path(out_dir) if out_dir else src.default_out, started=started)
+                   out_dir=Path(out_dir) if out_dir else src.default_out, started=started, notes=notes)
 
 
 def export_run(run_dir: str | Path, *, out_dir: str | Path | None = None, config: ExportConfig | None = None,
@@ -279,7 +282,8 @@ def _predict(fn: Callable[[np.ndarray], list[np.ndarray]], images: np.ndarray) -
 
 
 def _export(proto: Any, card: ModelCard, reference: Callable[[np.ndarray], list[np.ndarray]], data: _Data,
-            config: ExportConfig, *, src: ModelSource, out_dir: Path, started: float) -> ExportReport:
+            config: ExportConfig, *, src: ModelSource, out_dir: Path, started: float,
+            notes: list[str] | None = None) -> ExportReport:
     h, w = card.input_size
     if data.test.ndim != 4 or data.test.shape[1:] != (h, w, card.channels) or len(data.test) < 2:
         raise DataError(f"Held-out images must be (N >= 2, {h}, {w}, {card.channels}), got {data.test.shape}.")
@@ -291,15 +295,16 @@ def _export(proto: Any, card: ModelCard, reference: Callable[[np.ndarray], list[
     staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=".export-staging-"))
     try:
         return _export_staged(proto, card, reference, data, config, src=src, out_dir=out_dir,
-                              staging=staging, started=started)
+                              staging=staging, started=started, notes=notes or [])
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         if created and out_dir.is_dir() and not any(out_dir.iterdir()):
             out_dir.rmdir()  # a failure before anything was written leaves no empty folder behind
 
 
-def _new_report(card: ModelCard, data: _Data, config: ExportConfig, src: ModelSource, out_dir: Path) -> ExportReport:
-    notes = []
+def _new_report(card: ModelCard, data: _Data, config: ExportConfig, src: ModelSource, out_dir: Path,
+                notes: list[str]) -> ExportReport:
+    notes = list(notes)
     if data.shared:
         notes.append(f"No labels: calibration and evaluation share the same {len(data.test)} images, and each "
                      "variant is judged by its agreement with fp32, not by accuracy.")
@@ -315,8 +320,8 @@ def _new_report(card: ModelCard, data: _Data, config: ExportConfig, src: ModelSo
                         task=card.task, notes=notes, assumed=src.assumed)
 
 
-def _export_staged(proto, card, reference, data, config, *, src, out_dir, staging, started) -> ExportReport:
-    report = _new_report(card, data, config, src, out_dir)
+def _export_staged(proto, card, reference, data, config, *, src, out_dir, staging, started, notes) -> ExportReport:
+    report = _new_report(card, data, config, src, out_dir, notes)
     if config.simplify:
         proto, report.simplify = onnx_io.simplify(proto)
     par_images = data.test[: config.parity_images]
