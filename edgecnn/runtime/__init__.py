@@ -17,21 +17,15 @@ from edgecnn.runtime.core import InferenceModel, read_card
 from edgecnn.runtime.preprocess import FitInfo, load_image, normalize_batch
 from edgecnn.runtime.session import create_session
 
-__all__ = ["Classifier", "InferenceModel", "Prediction", "FitInfo", "default_model_path", "read_card",
-           "load_image", "normalize_batch", "create_session", "load_model", "HEADS"]
+from edgecnn.runtime.heads import Detection, Detections, Detector, SegmentationResult, Segmenter
 
+__all__ = ["Classifier", "Detector", "Segmenter", "InferenceModel", "Prediction", "Detection", "Detections",
+           "SegmentationResult", "FitInfo", "default_model_path", "read_card", "load_image", "normalize_batch",
+           "create_session", "load_model", "HEADS"]
 
-def _head(task: str) -> type[InferenceModel]:
-    if task == "classify":
-        return Classifier
-    if task == "raw":
-        return InferenceModel
-    from edgecnn.runtime.heads import Detector, Segmenter
-
-    return Detector if task == "detect" else Segmenter
-
-
-HEADS = ("classify", "detect", "segment", "raw")
+# The head of each task; a "raw" model is run by the core itself.
+HEADS: dict[str, type[InferenceModel]] = {"classify": Classifier, "detect": Detector, "segment": Segmenter,
+                                          "raw": InferenceModel}
 
 
 def load_model(model: str | Path | bytes, provider: str = "cpu", threads: int | None = None,
@@ -46,4 +40,4 @@ def load_model(model: str | Path | bytes, provider: str = "cpu", threads: int | 
         ArtifactError, ProviderError, ConfigError: as :class:`InferenceModel`.
     """
     probe = InferenceModel(model, provider, threads, allow_fallback, **kwargs)
-    return _head(probe.card.task).adopt(probe)
+    return HEADS[probe.card.task].adopt(probe)
