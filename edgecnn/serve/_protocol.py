@@ -39,8 +39,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         self._head_timer: asyncio.TimerHandle | None = None
 
-    # A request's head starts with the connection (or, on keep-alive, with the first byte of the
-    # next request) and ends at on_headers_complete.
+    # A request's head starts with the connection (or, on keep-alive, when the parser sees the
+    # next request begin) and ends at on_headers_complete.
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._start_head()
@@ -50,8 +50,6 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if not self._in_head and self.cycle is not None and self.cycle.response_complete:
-            self._start_head()  # keep-alive: the next request's head begins
         super().data_received(data)
         # Still inside the head after parsing this chunk: all of it was head (a chunk that completes
         # the head may carry body bytes too; those are the body limit's business).
@@ -60,6 +58,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             if self._head_bytes > self.max_header_bytes:
                 self._reject(431, "headers_too_large", f"The request line and headers are over "
                              f"{self.max_header_bytes} bytes; send fewer or shorter headers.")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if not self._in_head:  # keep-alive: the next request's head begins
+            self._start_head()
 
     def on_headers_complete(self) -> None:
         self._in_head = False
