@@ -275,3 +275,35 @@ def test_gradcam_on_a_plain_keras_file(tmp_path, foreign, model):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "000.gradcam.png").is_file()
     assert result.output.split(":")[1].split()[0] in LABELS.split(",")
+
+
+def _two_output_onnx(path):
+    """A face-detector-shaped graph: boxes [1, A, 4] and scores [1, A, 2] from one backbone conv."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(1)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.05, (6, 3, 8, 8)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array([1, 6, -1], np.int64), "shape"),
+             numpy_helper.from_array(np.array([4, 2], np.int64), "split")]
+    nodes = [helper.make_node("Conv", ["images", "w"], ["c"], strides=[8, 8]),
+             helper.make_node("Reshape", ["c", "shape"], ["r"]),
+             helper.make_node("Transpose", ["r"], ["t"], perm=[0, 2, 1]),
+             helper.make_node("Split", ["t", "split"], ["boxes", "logits"], axis=2),
+             helper.make_node("Softmax", ["logits"], ["scores"], axis=2)]
+    graph = helper.make_graph(nodes, "faces", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 64, 64])],
+                              [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, 64, 4]),
+                               helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 64, 2])], inits)
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_two_output_model_is_verified_output_by_output(tmp_path, foreign):
+    src = _two_output_onnx(tmp_path / "faces.onnx")
+    out = tmp_path / "out"
+    _ok(_run(src, "--out", out, "--calibration-data", foreign["photos"], "--preprocess", "imagenet", "-q", "int8"))
+    report = _report(out)
+    assert report["task"] == "raw" and report["parity"]["outputs"] == 2 and report["parity"]["top1_agreement"] is None
+    int8 = report["variants"][1]
+    assert int8["passed"] and int8["metric"] is None and "not judged by a task metric" in int8["guard"]
+    assert _card(out / "model.int8.onnx").task == "raw"
