@@ -25,7 +25,8 @@ from edgecnn.errors import ArtifactError, ConfigError
 log = logging.getLogger(__name__)
 
 __all__ = ["Preset", "PREPROCESS_PRESETS", "LAYOUTS", "TASKS", "ModelOverrides", "TensorInfo", "parse_overrides",
-           "parse_input_size", "parse_floats", "parse_labels", "infer_card", "input_geometry", "ultralytics_metadata", "short_list",
+           "parse_input_size", "parse_floats", "parse_labels", "infer_card", "input_geometry", "ultralytics_metadata",
+           "short_list",
            "PREPROCESSING_FLAGS"]
 
 LAYOUTS = ("nchw", "nhwc")
@@ -100,7 +101,8 @@ class ModelOverrides:
             raise ConfigError(f"--task must be one of {'|'.join(TASKS)}, got {self.task!r}.")
         if self.mean is not None and self.std is not None:
             if len(self.mean) != len(self.std) or len(self.mean) not in (1, 3):
-                raise ConfigError(f"--mean and --std need 1 or 3 values each, got {len(self.mean)} and {len(self.std)}.")
+                raise ConfigError(f"--mean and --std need 1 or 3 values each, got {len(self.mean)} and "
+                                  f"{len(self.std)}.")
             if self.channels is not None and len(self.mean) != self.channels:
                 raise ConfigError(f"--mean/--std have {len(self.mean)} values but --channels is {self.channels}.")
             if any(s <= 0 for s in self.std):

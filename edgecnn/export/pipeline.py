@@ -125,7 +125,8 @@ def export_model(source: str | Path, *, out_dir: str | Path | None = None, confi
     data, card = _load_data(src.card, calibration_data, config)
     notes = []
     if card.class_names != src.card.class_names:
-        notes.append(f"Labels taken from the class folders of {calibration_data}: {short_list(list(card.class_names))}.")
+        names = short_list(list(card.class_names))
+        notes.append(f"Labels taken from the class folders of {calibration_data}: {names}.")
     out_card = _export_card(card, src)
     return _export(src.proto, out_card, src.reference, data, config, src=src,
                    out_dir=Path(out_dir) if out_dir else src.default_out, started=started, notes=notes)
@@ -388,7 +389,8 @@ def _check_not_chance(acc: float, card: ModelCard, n: int) -> None:
     if acc <= chance + margin:
         raise ArtifactError(
             f"fp32 accuracy is {100 * acc:.1f}% on {n} labelled images, at chance level ({100 * chance:.1f}% for "
-            f"{card.num_classes} classes): the preprocessing is probably wrong (used: {card.describe_preprocessing()}); "
+            f"{card.num_classes} classes): the preprocessing is probably wrong "
+            f"(used: {card.describe_preprocessing()}); "
             f"check {PREPROCESSING_FLAGS} and the --labels order. No model was written.")
 
 

@@ -302,7 +302,8 @@ def _card(path: Path, proto: Any, overrides: ModelOverrides, *, architecture: st
     """Card of a converted TensorFlow model, from the ONNX graph it became (layout read from it)."""
     inputs, outputs = onnx_io.tensor_infos(proto)
     return infer_card(path.stem if path.is_file() else path.name, inputs=inputs, outputs=outputs,
-                      overrides=dataclasses.replace(overrides, layout=None), softmax_output=onnx_io.feeds_softmax(proto),
+                      overrides=dataclasses.replace(overrides, layout=None),
+                      softmax_output=onnx_io.feeds_softmax(proto),
                       architecture=architecture)
 
 

@@ -99,7 +99,8 @@ def _grad_model(model: keras.Model, conv_layer: keras.layers.Layer) -> tuple[ker
 
 def _ends_in_softmax(model: keras.Model) -> bool:
     last = model.layers[-1]
-    return getattr(getattr(last, "activation", None), "__name__", "") == "softmax" or isinstance(last, keras.layers.Softmax)
+    activation = getattr(getattr(last, "activation", None), "__name__", "")
+    return activation == "softmax" or isinstance(last, keras.layers.Softmax)
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.45, min_side: int = 256) -> Image.Image:

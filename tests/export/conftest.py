@@ -149,7 +149,8 @@ def yolo_like_onnx(path: Path, *, size: int = 64, classes: int = 2, metadata: di
         parts.append(f"r{s}")
     nodes += [helper.make_node("Concat", parts, ["cat"], axis=2), helper.make_node("Sigmoid", ["cat"], ["output0"])]
     anchors = sum((size // s) ** 2 for s in strides)
-    graph = helper.make_graph(nodes, "yolo_like", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, size, size])],
+    image = helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, size, size])
+    graph = helper.make_graph(nodes, "yolo_like", [image],
                               [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, ch, anchors])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     for key, value in (metadata or {}).items():

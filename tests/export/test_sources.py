@@ -291,7 +291,8 @@ def _two_output_onnx(path):
              helper.make_node("Transpose", ["r"], ["t"], perm=[0, 2, 1]),
              helper.make_node("Split", ["t", "split"], ["boxes", "logits"], axis=2),
              helper.make_node("Softmax", ["logits"], ["scores"], axis=2)]
-    graph = helper.make_graph(nodes, "faces", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 64, 64])],
+    image = helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 64, 64])
+    graph = helper.make_graph(nodes, "faces", [image],
                               [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, 64, 4]),
                                helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 64, 2])], inits)
     onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
