@@ -278,6 +278,17 @@ def _export_card(card: ModelCard, src: ModelSource) -> ModelCard:
 # ------------------------------------------------------------------------------------- export
 
 
+def _open(path: Path, card: ModelCard) -> OnnxPredictor:
+    """The staged file in onnxruntime; if it cannot load, the one-line error carries onnxruntime's cause."""
+    try:
+        return OnnxPredictor(path, card)
+    except ArtifactError as err:
+        if err.__cause__ is None:
+            raise
+        raise ArtifactError(f"onnxruntime cannot load the {card.precision} model (opset "
+                            f"{card.export.get('opset')}): {ort_error(err.__cause__)}.") from err
+
+
 def _predict(fn: Callable[[np.ndarray], list[np.ndarray]], images: np.ndarray) -> list[np.ndarray]:
     return predict_outputs(fn, images, batch_size=256)
 
@@ -398,7 +409,7 @@ def _verify_fp32(proto, card, reference, images, data, config, staging, report, 
     """Parity of the fp32 ONNX with the source (all outputs) at batch N and batch 1."""
     onnx_io.embed_card(proto, card)
     tmp = onnx_io.save_onnx(proto, staging / variant_filename("fp32"))
-    predictor = OnnxPredictor(tmp, card)
+    predictor = _open(tmp, card)
     ref = _predict(reference, images)
     got = _predict(predictor.outputs, images)
     parity = compare_outputs(ref, got, task=card.task)
@@ -467,7 +478,7 @@ def _variant(mode: str, fp32_path: Path, card: ModelCard, fp32_out: list[np.ndar
         settings.update(exclude_nodes=[*settings["exclude_nodes"], *aa.excluded_nodes], accuracy_aware=True)
     vcard = card.replace(precision=mode, metrics=dict(card.metrics),
                          export={**card.export, "opset": settings["opset"], "quantization": {"mode": mode, **settings}})
-    out = _predict(OnnxPredictor(path, vcard).outputs, data.test)
+    out = _predict(_open(path, vcard).outputs, data.test)
     par = compare_outputs(fp32_out, out, task=card.task)
     metric = task_agreement(card.task, fp32_out, out, card)
     acc = accuracy(out[0], data.test_labels) if data.test_labels is not None else None

@@ -109,9 +109,18 @@ def accuracy(outputs: np.ndarray, labels: np.ndarray) -> float:
 _ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*")
 
 
-def ort_error(err: Exception) -> str:
-    """onnxruntime's own message without its status prefix, on one line (the real cause shows)."""
-    text = _ORT_PREFIX.sub("", " ".join(str(err).split()))
+_ORT_LOAD = re.compile(r"^Load model from .*? failed:\s*(This is an invalid model\.\s*)?")
+_ORT_NODE = re.compile(r'In Node, \("(?P<node>[^"]*)", (?P<op>\w+),.*, Error (?P<why>.*)$')
+
+
+def ort_error(err: BaseException) -> str:
+    """onnxruntime's own message on one line, cut to its cause: without the status prefix and the
+    file path, and for a node the graph checker refused, just the node, its op and the reason
+    (``node conv/DequantizeLinear (DequantizeLinear): Unrecognized attribute: axis ...``)."""
+    text = _ORT_LOAD.sub("", _ORT_PREFIX.sub("", " ".join(str(err).split())))
+    node = _ORT_NODE.search(text)
+    if node:
+        text = f"node {node['node']} ({node['op']}): {node['why']}"
     return f"{type(err).__name__}: {text[:400]}"
 
 

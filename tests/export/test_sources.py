@@ -308,3 +308,17 @@ def test_two_output_model_is_verified_output_by_output(tmp_path, foreign):
     int8 = report["variants"][1]
     assert int8["passed"] and int8["metric"] is None and "not judged by a task metric" in int8["guard"]
     assert _card(out / "model.int8.onnx").task == "raw"
+
+
+def test_onnxruntime_load_error_shows_its_cause_in_one_line(tmp_path, foreign, monkeypatch):
+    """Without the opset upgrade, a per-channel int8 model at opset 11 cannot load: the one-line
+    error carries onnxruntime's own reason, not only with --debug."""
+    from edgecnn.export import quantize
+
+    monkeypatch.setattr(quantize, "_per_channel_opset", lambda path, tmp, config: path)
+    out = tmp_path / "out"
+    result = _run(foreign["mine_opset11.onnx"], "--out", out, "--calibration-data", foreign["photos"],
+                  "--preprocess", "unit", "-q", "int8")
+    _one_line_error(result, "Unrecognized attribute: axis for operator DequantizeLinear")
+    assert "onnxruntime cannot load the int8 model (opset 11)" in result.output
+    assert not (out / "model.int8.onnx").exists()
