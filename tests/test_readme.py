@@ -1,0 +1,130 @@
+"""The README's quickstart and serve examples, run as written (so the README cannot drift again).
+
+The commands come out of README.md itself. The only changes: the install step is skipped (the
+test runs inside the installed environment), and the serve examples get a free port instead of
+8000/8080. The files the examples name (cat.png, yolov8n.onnx, unet.onnx, classes.txt) are put
+in the working folder first: real files, from the packaged sample and tests/data/foreign.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+FOREIGN = ROOT / "tests" / "data" / "foreign"
+
+pytestmark = [pytest.mark.slow, pytest.mark.tf, pytest.mark.export]
+
+
+def _section(title: str) -> str:
+    start = README.index(f"## {title}")
+    end = README.find("\n## ", start + 1)
+    return README[start:end if end > 0 else None]
+
+
+def _bash_lines(section: str) -> list[str]:
+    blocks = re.findall(r"```bash\n(.*?)```", _section(section), flags=re.S)
+    return [line for block in blocks for line in block.splitlines() if line.strip()]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def _run(command: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    result = subprocess.run(["bash", "-c", command], cwd=cwd, env=_env(), capture_output=True, text=True,
+                            timeout=timeout)
+    assert result.returncode == 0, f"README command failed: {command}\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Server:
+    """A README `edgecnn serve` line started in the background on a free port."""
+
+    def __init__(self, command: str, cwd: Path) -> None:
+        self.port = _free_port()
+        command = re.sub(r"--port \d+", "", command.split("#")[0]).replace("--host 0.0.0.0", "")
+        # Its own process group: SIGTERM reaches the server, not just the shell that started it.
+        self.proc = subprocess.Popen(["bash", "-c", f"{command.strip()} --port {self.port}"], cwd=cwd, env=_env(),
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     start_new_session=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{command} exited: {self.proc.stdout.read()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise AssertionError(f"{command} did not start")
+
+    def stop(self) -> str:
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        out, _ = self.proc.communicate(timeout=30)
+        return out
+
+
+def test_quickstart_and_serve_examples_as_written(tmp_path):
+    quickstart, test_command = _bash_lines("Set up and run")
+    assert test_command == "python -m pytest"
+    steps = [s.strip() for s in quickstart.split("&&")]
+    assert steps[0].startswith("pip install")
+    bench = _run(" && ".join(steps[1:]), tmp_path)
+    assert "p50" in bench.stdout or "p50" in bench.stderr
+    export = tmp_path / "runs" / "quickstart" / "export"
+    assert (export / "model.onnx").is_file() and (export / "export_report.json").is_file()
+
+    # The files the serve examples name.
+    test_px = np.asarray(Image.open(ROOT / "edgecnn" / "assets" / "cifar10_sample" / "test.webp"))
+    Image.fromarray(test_px[:32, :32]).save(tmp_path / "cat.png")
+    shutil.copy(FOREIGN / "yolov8_shapes.onnx", tmp_path / "yolov8n.onnx")
+    shutil.copy(FOREIGN / "lraspp_shapes.onnx", tmp_path / "unet.onnx")
+    (tmp_path / "classes.txt").write_text("background\nred\ngreen\nblue\n")
+
+    lines = _bash_lines("Serve over HTTP")
+    serves = [line for line in lines if "edgecnn serve" in line]
+    curls = [line for line in lines if line.startswith("curl")]
+    assert len(serves) == 4 and len(curls) == 2
+    server = _Server(serves[0], tmp_path)  # the packaged reference model
+    try:
+        for curl in curls:
+            out = _run(curl.replace("localhost:8000", f"127.0.0.1:{server.port}") + " --fail-with-body -sS", tmp_path)
+            assert '"top_k"' in out.stdout and '"label"' in out.stdout, out.stdout
+    finally:
+        server.stop()
+    expected = {"runs/quickstart/export/": ("200", '"model.int8"' if (export / "model.int8.onnx").exists() else '"model"'),
+                "yolov8n.onnx": ("401", None),  # the token is random: a client without it is refused
+                "unet.onnx": ("200", '"task": "segment"')}
+    for line in serves[1:]:
+        (status, text), = [v for k, v in expected.items() if k in line]
+        server = _Server(line, tmp_path)
+        try:
+            r = subprocess.run(["curl", "-s", "-w", "\n%{http_code}", f"127.0.0.1:{server.port}/v1/models"],
+                               capture_output=True, text=True, timeout=30)
+            body, code = r.stdout.rsplit("\n", 1)
+            assert code == status, (line, r.stdout)
+            assert text is None or text in body, (line, body[:500])
+        finally:
+            server.stop()
