@@ -34,7 +34,7 @@ import shutil
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -63,13 +63,15 @@ class AccuracyAwareConfig:
 
     ``max_drop`` is in the metric's own units (0.01 for 1 pp of a 0-1 accuracy). ``max_retries``
     bounds the quantize-and-evaluate rounds after the plain one; ``ranking_images`` calibration
-    images feed the error ranking; ``timing_runs`` batch-1 runs per model time fp32, plain int8
+    images feed the error ranking, whose worst ``sensitivity_candidates`` tensors are re-ordered by
+    the model's output error with that tensor alone quantized (0: SQNR order only); ``timing_runs`` batch-1 runs per model time fp32, plain int8
     and the result (0: no timing) on ``timing_threads`` intra-op threads.
     """
 
     max_drop: float
     max_retries: int = 10
     ranking_images: int = 32
+    sensitivity_candidates: int = 32
     trim: bool = True
     timing_runs: int = 30
     timing_threads: int = 1
@@ -80,7 +82,7 @@ class AccuracyAwareConfig:
             raise ConfigError(f"max_drop must be a finite number >= 0, got {self.max_drop}.")
         if self.max_retries < 1:
             raise ConfigError(f"max_retries must be >= 1, got {self.max_retries}.")
-        if self.ranking_images < 1 or self.timing_runs < 0 or self.timing_threads < 1:
+        if self.ranking_images < 1 or self.timing_runs < 0 or self.timing_threads < 1 or self.sensitivity_candidates < 0:
             raise ConfigError("ranking_images and timing_threads must be >= 1 and timing_runs >= 0, got "
                               f"{self.ranking_images}, {self.timing_threads}, {self.timing_runs}.")
 
@@ -93,6 +95,7 @@ class QuantError:
     kind: str  # "activation" or "weight"
     sqnr_db: float  # channel-averaged signal-to-quantization-noise ratio; lower is worse
     nodes: tuple[str, ...]  # keeping these in float keeps the tensor in float
+    output_error: float | None = None  # relative output error vs fp32 with only this tensor quantized
 
 
 @dataclass(frozen=True)
@@ -166,7 +169,9 @@ class AccuracyAwareResult:
             "plain_size_bytes": self.plain_size_bytes, "size_bytes": self.size_bytes, "latency_ms": dict(self.latency_ms),
             "retries": len(self.attempts), "attempts": [asdict(a) | {"excluded": list(a.excluded)} for a in self.attempts],
             "worst_tensors": [asdict(e) | {"nodes": list(e.nodes),
-                                           "sqnr_db": round(e.sqnr_db, 2) if math.isfinite(e.sqnr_db) else None}
+                                           "sqnr_db": round(e.sqnr_db, 2) if math.isfinite(e.sqnr_db) else None,
+                                           "output_error": None if e.output_error is None else float(
+                                               f"{e.output_error:.4g}")}
                               for e in self.ranking[:10]],
         }
 
@@ -210,7 +215,8 @@ def accuracy_aware_quantize(fp32_path: Path, out_path: Path, *, card: ModelCard,
         best = (plain_metric, (), plain)
         if plain_metric < required:
             ranking = rank_quantization_errors(fp32_path, plain, card=card,
-                                               images=calibration_images[: config.ranking_images])
+                                               images=calibration_images[: config.ranking_images],
+                                               candidates=config.sensitivity_candidates)
             best = search.run(ranking, trim=config.trim) or best
         metric, excluded, chosen = best
         shutil.copyfile(chosen, out_path)
@@ -325,13 +331,16 @@ def _union(groups) -> tuple[str, ...]:
 # -------------------------------------------------------------------------------- the ranking
 
 
-def rank_quantization_errors(fp32_path: Path, qdq_path: Path, *, card: ModelCard,
-                             images: np.ndarray) -> tuple[QuantError, ...]:
-    """Every quantized tensor of ``qdq_path``, worst (lowest channel-averaged SQNR) first.
+def rank_quantization_errors(fp32_path: Path, qdq_path: Path, *, card: ModelCard, images: np.ndarray,
+                             candidates: int = 32) -> tuple[QuantError, ...]:
+    """Every quantized tensor of ``qdq_path``, worst first.
 
-    Activations come from onnxruntime's ``qdq_loss_debug`` helpers run on ``images`` (uint8 NHWC,
-    normalized with ``card``); weights from its weight matching of the float and QDQ graphs.
-    ``fp32_path`` is pre-processed as :func:`quantize_model` does, so names match the QDQ model.
+    First by channel-averaged SQNR: activations from onnxruntime's ``qdq_loss_debug`` helpers run
+    on ``images`` (uint8 NHWC, normalized with ``card``), weights from its weight matching of the
+    float and QDQ graphs. SQNR says how badly a tensor is represented, not how much the model's
+    answer cares; so the worst ``candidates`` are re-ordered by the float model's output error
+    when only that tensor is quantized (largest first). ``fp32_path``
+    is pre-processed as :func:`quantize_model` does, so names match the QDQ model.
     """
     onnx = require("onnx", "export")
     dbg = require("onnxruntime.quantization.qdq_loss_debug", "export")
@@ -357,15 +366,87 @@ def rank_quantization_errors(fp32_path: Path, qdq_path: Path, *, card: ModelCard
                              _nodes(users[t], float_node_names))
                   for t, m in matching.items() if t in users and m.get("pre_qdq") and m.get("post_qdq")]
         weights = dbg.create_weight_matching(str(pre), str(qdq_path))
-    for name, w in weights.items():
-        if name in users and w["float"].ndim >= 2:  # biases (1-D, int32 at in*w scale) are exact enough
-            axis = _weight_axis(qdq, name, w["float"].ndim)
-            ranked.append(QuantError(name, "weight", _channel_sqnr([w["float"]], [w["dequantized"]],
-                                                                   w["float"].shape, axis=axis, batched=False),
-                                     _nodes(users[name], float_node_names)))
-    ranked = [e for e in ranked if e.nodes]
-    ranked.sort(key=lambda e: e.sqnr_db)
+        for name, w in weights.items():
+            if name in users and w["float"].ndim >= 2:  # biases (1-D, int32 at in*w scale) are exact enough
+                axis = _weight_axis(qdq, name, w["float"].ndim)
+                ranked.append(QuantError(name, "weight", _channel_sqnr([w["float"]], [w["dequantized"]],
+                                                                       w["float"].shape, axis=axis, batched=False),
+                                         _nodes(users[name], float_node_names)))
+        ranked = [e for e in ranked if e.nodes]
+        ranked.sort(key=lambda e: e.sqnr_db)
+        if candidates and len(ranked) > 1:
+            feeds = list(_Batches(card.input_name, x, _fixed_batch(qdq)))
+            head = _by_sensitivity(qdq, pre, ranked[:candidates], weights, feeds)
+            ranked = head + ranked[candidates:]
     return tuple(ranked)
+
+
+def _by_sensitivity(qdq: Any, pre: Path, entries: list[QuantError], weights: dict[str, dict[str, np.ndarray]],
+                    feeds: list[dict[str, np.ndarray]]) -> list[QuantError]:
+    """``entries`` ordered by the output error vs fp32 when *only* that tensor is quantized.
+
+    Layer-wise sensitivity: the float graph gets the QDQ model's QuantizeLinear/DequantizeLinear
+    pair on one activation (same scale and zero point) or the dequantized values of one weight.
+    Measured alone, a tensor's damage is not drowned by the noise of all the others, as it is when
+    one tensor is taken out of the full QDQ model. One onnxruntime session per candidate, no
+    re-quantization.
+    """
+    onnx = require("onnx", "export")
+    ort = require("onnxruntime", "export")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+
+    def outputs(model: Any) -> list[np.ndarray]:
+        session = ort.InferenceSession(model.SerializeToString(), sess_options=options,
+                                       providers=["CPUExecutionProvider"])
+        return [np.concatenate(o) for o in zip(*(session.run(None, f) for f in feeds))]
+
+    float_model = onnx.load(str(pre))
+    reference = outputs(float_model)
+
+    def error(got: list[np.ndarray]) -> float:
+        return float(np.mean([np.sum((g - r) ** 2) / max(float(np.sum(r * r)), _EPS) for g, r in zip(got, reference)]))
+
+    scored = []
+    for e in entries:
+        model = _quantize_one(float_model, qdq, e.tensor, weights.get(e.tensor, {}).get("dequantized"))
+        scored.append(replace(e, output_error=error(outputs(model))) if model is not None else e)
+    # Largest error first; entries that could not be isolated keep their SQNR order behind them.
+    return sorted(scored, key=lambda e: (e.output_error is None, -(e.output_error or 0.0), e.sqnr_db))
+
+
+def _quantize_one(float_model: Any, qdq: Any, tensor: str, dequantized: np.ndarray | None) -> Any:
+    """A copy of the float graph in which only ``tensor`` is quantized as in ``qdq``; None if it cannot."""
+    onnx = require("onnx", "export")
+    numpy_helper = require("onnx.numpy_helper", "export")
+    model = onnx.ModelProto()
+    model.CopyFrom(float_model)
+    graph = model.graph
+    if dequantized is not None:
+        for i, init in enumerate(graph.initializer):
+            if init.name == tensor:
+                graph.initializer[i].CopyFrom(numpy_helper.from_array(dequantized.astype(np.float32), tensor))
+                return model
+        return None
+    q = next((n for n in qdq.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == tensor), None)
+    if q is None or tensor in {o.name for o in graph.output}:
+        return None
+    inits = {i.name: i for i in qdq.graph.initializer}
+    names = [f"{tensor}_edgecnn_{k}" for k in ("scale", "zero_point", "q", "dq")]
+    for src, dst in zip(q.input[1:3], names[:2]):
+        if src not in inits:
+            return None
+        graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(inits[src]), dst))
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name == tensor:
+                node.input[i] = names[3]
+    pair = [onnx.helper.make_node("QuantizeLinear", [tensor, names[0], names[1]], [names[2]], name=names[2]),
+            onnx.helper.make_node("DequantizeLinear", [names[2], names[0], names[1]], [names[3]], name=names[3])]
+    at = next((k + 1 for k, n in enumerate(graph.node) if tensor in n.output), 0)  # keep topological order
+    for k, node in enumerate(pair):
+        graph.node.insert(at + k, node)
+    return model
 
 
 class _Batches:
