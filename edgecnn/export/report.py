@@ -90,6 +90,8 @@ class ExportReport:
                      "top-1 agreement with fp32 (no labels)" if self.task == "classify" else "the task metric vs fp32")
             lines += [f"Accuracy guard: a variant may lose at most {self.max_accuracy_drop_pp:g} pp of {basis}.", ""]
         lines += _table(self.variants)
+        judged = [f"- {v.precision}: {v.guard}" for v in self.variants if v.precision != "fp32" and v.guard]
+        lines += ["", "How each variant was judged:", ""] + judged if judged else []
         for v in self.variants:
             if v.accuracy_aware:
                 from edgecnn.export.accuracy_aware import markdown_lines
