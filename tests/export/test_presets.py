@@ -142,3 +142,10 @@ def test_presets_is_stdlib_only():
     code = "import sys, edgecnn.presets; print(sorted({'numpy', 'onnx', 'onnxruntime', 'PIL'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_segmentation_by_flag():
+    card, _ = _infer(["n", 3, 64, 64], [["n", 21, 64, 64]], overrides=parse_overrides(task="segment"))
+    assert (card.task, card.output_kind, card.num_classes, card.resize) == ("segment", "logits", 21, "bilinear")
+    card, assumed = _infer(["n", 3, 64, 64], [["n", 21, 64, 64]])
+    assert card.task == "raw" and "pass --task classify|detect|segment" in assumed
