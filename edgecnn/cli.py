@@ -328,7 +328,8 @@ Examples:
               help="CPU the int8 model runs on: avx2 uses 7-bit weights (no U8S8 saturation without VNNI).")
 @click.option("--exclude-node", multiple=True, help="ONNX node name to keep in float (repeatable).")
 @click.option("--max-accuracy-drop", type=click.FloatRange(min=0), default=1.0, show_default=True,
-              help="Fail if a variant loses more accuracy than fp32 (percentage points; of top-1 agreement with fp32 when the data has no labels).")
+              help="Fail if a variant loses more accuracy than fp32 (percentage points; of top-1 agreement "
+                   "with fp32 when the data has no labels).")
 @click.option("--accuracy-aware", is_flag=True,
               help="int8: if plain int8 misses --max-accuracy-drop, keep the nodes that quantize worst in float and "
                    "retry until it passes (the report lists them, with the size and latency cost).")
