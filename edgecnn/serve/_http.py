@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from typing import Any, Callable
 
+from starlette.requests import ClientDisconnect, Request
+
 from edgecnn.serve.errors import ServeError, error_body
 
-__all__ = ["AuthMiddleware", "BodyLimitMiddleware", "send_error", "multipart_file", "PUBLIC_PATHS"]
+__all__ = ["AuthMiddleware", "BodyLimitMiddleware", "send_error", "multipart_file", "read_body", "PUBLIC_PATHS"]
 
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})  # what an orchestrator probes without a token
+# What an orchestrator probes without a token (ours, and the Open Inference Protocol's).
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
 
 
-async def send_error(send: Callable, err: ServeError, on_error: Callable[[ServeError], None] | None = None) -> None:
-    """Answer a request with ``err`` as a JSON error body, straight from ASGI."""
+async def send_error(send: Callable, err: ServeError, on_error: Callable[[ServeError], None] | None = None,
+                     *, path: str = "") -> None:
+    """Answer a request with ``err`` as a JSON error body, straight from ASGI (v2 format under /v2)."""
     if on_error is not None:
         on_error(err)
-    body = error_body(err.status, err.code, err.message)
+    body = error_body(err.status, err.code, err.message, v2=path.startswith("/v2"))
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.lower().encode(), v.encode()) for k, v in err.headers.items()]
     await send({"type": "http.response.start", "status": err.status, "headers": headers})
@@ -38,7 +43,8 @@ class AuthMiddleware:
             if not hmac.compare_digest(given, self.expected):
                 code, what = ("missing_token", "requires") if not given else ("invalid_token", "rejected the")
                 msg = f"This server {what} a bearer token: send `Authorization: Bearer <token>`."
-                await send_error(send, ServeError(401, code, msg, {"WWW-Authenticate": "Bearer"}), self.on_error)
+                await send_error(send, ServeError(401, code, msg, {"WWW-Authenticate": "Bearer"}), self.on_error,
+                                 path=scope["path"])
                 return
         await self.app(scope, receive, send)
 
@@ -67,10 +73,11 @@ class BodyLimitMiddleware:
             except ValueError:
                 declared = -1
             if declared < 0:
-                await send_error(send, ServeError(400, "bad_request", "Invalid Content-Length header."), self.on_error)
+                await send_error(send, ServeError(400, "bad_request", "Invalid Content-Length header."), self.on_error,
+                                 path=scope["path"])
                 return
             if declared > self.max_bytes:
-                await send_error(send, self._too_large(f"{declared:,} bytes"), self.on_error)
+                await send_error(send, self._too_large(f"{declared:,} bytes"), self.on_error, path=scope["path"])
                 return
         seen = 0
 
@@ -84,6 +91,23 @@ class BodyLimitMiddleware:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+async def read_body(request: Request, timeout_s: float) -> bytes:
+    """The whole request body, or 408 when it stalls (a slow-body client holds no queue place).
+
+    Raises:
+        ServeError: 408 when the body does not arrive within ``timeout_s``; 499 (nginx's "client
+            closed request") when the client disconnects mid-body, so it is not counted as a 5xx.
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await request.body()
+    except TimeoutError:
+        raise ServeError(408, "body_timeout", f"The request body did not arrive within {timeout_s:g} s; send the "
+                         "whole body at once.", {"Connection": "close"}) from None
+    except ClientDisconnect:
+        raise ServeError(499, "client_closed", "The client closed the connection before sending its body.") from None
 
 
 def multipart_file(body: bytes, boundary: bytes, field: str = "file") -> bytes:

@@ -103,3 +103,69 @@ PREDICT_REQUEST_BODY: dict[str, Any] = {
         "application/json": {"schema": PredictJSON.model_json_schema()},
     },
 }
+
+
+# ------------------------------------------------------------------- Open Inference Protocol (v2)
+
+class V2Error(BaseModel):
+    error: str = Field(description="What was wrong (the Open Inference Protocol's error format).")
+
+
+class V2Tensor(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str = Field(description="FP32, FP16, FP64, UINT8, INT64, BYTES, ...")
+    parameters: dict[str, Any] | None = Field(None, description="binary_data_size when the data follows the JSON.")
+    data: list[Any] | None = Field(None, description="The values, flat or nested, in row-major order.")
+
+
+class V2RequestedOutput(BaseModel):
+    name: str
+    parameters: dict[str, Any] | None = Field(None, description="binary_data (bool), classification (top k).")
+
+
+class V2InferRequest(BaseModel):
+    id: str | None = None
+    parameters: dict[str, Any] | None = Field(None, description="binary_data_output (bool).")
+    inputs: list[V2Tensor] = Field(min_length=1, max_length=1)
+    outputs: list[V2RequestedOutput] | None = None
+
+
+class V2InferResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    outputs: list[V2Tensor]
+
+
+class V2ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class V2ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[V2Tensor]
+    outputs: list[V2Tensor]
+    parameters: dict[str, Any] | None = None
+
+
+class V2Live(BaseModel):
+    live: bool
+
+
+class V2Ready(BaseModel):
+    ready: bool
+    name: str | None = None
+
+
+V2_INFER_BODY: dict[str, Any] = {
+    "required": True,
+    "description": "JSON, or with the binary tensor data extension a JSON header of Inference-Header-Content-Length "
+                   "bytes followed by the tensors' bytes.",
+    "content": {"application/json": {"schema": V2InferRequest.model_json_schema()},
+                "application/octet-stream": _BINARY},
+}

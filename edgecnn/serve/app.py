@@ -13,18 +13,18 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from python_multipart.multipart import parse_options_header
-from starlette.requests import ClientDisconnect
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgecnn import __version__
 from edgecnn.errors import EdgecnnError
-from edgecnn.serve._http import PUBLIC_PATHS, AuthMiddleware, BodyLimitMiddleware, multipart_file
+from edgecnn.serve._http import PUBLIC_PATHS, AuthMiddleware, BodyLimitMiddleware, multipart_file, read_body
 from edgecnn.serve._schemas import PREDICT_REQUEST_BODY, ErrorResponse, Health, ModelInfo, ModelList, PredictResponse
 from edgecnn.serve.batcher import MicroBatcher, retry_after
 from edgecnn.serve.config import ServeConfig
 from edgecnn.serve.errors import ServeError, error_body, from_edgecnn_error
 from edgecnn.serve.metrics import Metrics, MetricsMiddleware
 from edgecnn.serve.models import ServedModel, lookup
+from edgecnn.serve.v2 import add_v2_routes
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,7 @@ def create_app(models: dict[str, ServedModel], config: ServeConfig) -> Any:
     decode_pool = ThreadPoolExecutor(max_workers=config.decode_workers, thread_name_prefix="edgecnn-decode")
     app.state.decode_pool = decode_pool
     _add_routes(app, models, batchers, metrics, config, state, decode_pool)
+    add_v2_routes(app, models, batchers, config, state, decode_pool)
     _customize_openapi(app, config, sorted(models))
 
     asgi: Any = BodyLimitMiddleware(app, config.max_body_bytes, on_error=_count(metrics))
@@ -99,31 +100,32 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
 def _add_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     count = _count(metrics)
 
-    def respond(err: ServeError) -> Response:
+    def respond(request: Request, err: ServeError) -> Response:
         count(err)
         if err.status >= 500 and err.code == "internal_error":
             log.error("%s", err.message)
-        return Response(error_body(err.status, err.code, err.message), status_code=err.status,
-                        media_type="application/json", headers=err.headers)
+        body = error_body(err.status, err.code, err.message, v2=request.url.path.startswith("/v2"))
+        return Response(body, status_code=err.status, media_type="application/json", headers=err.headers)
 
     @app.exception_handler(EdgecnnError)
-    async def edgecnn_error(_: Request, err: EdgecnnError) -> Response:
-        return respond(from_edgecnn_error(err))
+    async def edgecnn_error(request: Request, err: EdgecnnError) -> Response:
+        return respond(request, from_edgecnn_error(err))
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, err: RequestValidationError) -> Response:
+    async def validation_error(request: Request, err: RequestValidationError) -> Response:
         where = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}" for e in err.errors()[:5])
-        return respond(ServeError(422, "invalid_parameter", f"Invalid request parameter ({where})."))
+        return respond(request, ServeError(422, "invalid_parameter", f"Invalid request parameter ({where})."))
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, err: StarletteHTTPException) -> Response:
+    async def http_error(request: Request, err: StarletteHTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code, "http_error")
-        return respond(ServeError(err.status_code, code, str(err.detail), dict(err.headers or {})))
+        return respond(request, ServeError(err.status_code, code, str(err.detail), dict(err.headers or {})))
 
     @app.exception_handler(Exception)
-    async def unexpected(_: Request, err: Exception) -> Response:  # a bug: logged with its traceback
+    async def unexpected(request: Request, err: Exception) -> Response:  # a bug: logged with its traceback
         log.exception("Unhandled error")
-        return respond(ServeError(500, "internal_error", f"Internal error ({type(err).__name__}); see the server log."))
+        return respond(request, ServeError(500, "internal_error",
+                                           f"Internal error ({type(err).__name__}); see the server log."))
 
 
 def _media_kind(content_type: str | None) -> tuple[str, dict[bytes, bytes]]:
@@ -166,23 +168,6 @@ async def _run(batcher: MicroBatcher, pool: ThreadPoolExecutor, kind: str, param
     return await batcher.submit(x, fits, top_k=top_k)
 
 
-async def _read_body(request: Request, timeout_s: float) -> bytes:
-    """The whole request body, or 408 when it stalls (a slow-body client holds no queue place).
-
-    Raises:
-        ServeError: 408 when the body does not arrive within ``timeout_s``; 499 (nginx's "client
-            closed request") when the client disconnects mid-body, so it is not counted as a 5xx.
-    """
-    try:
-        async with asyncio.timeout(timeout_s):
-            return await request.body()
-    except TimeoutError:
-        raise ServeError(408, "body_timeout", f"The request body did not arrive within {timeout_s:g} s; send the "
-                         "whole body at once.", {"Connection": "close"}) from None
-    except ClientDisconnect:
-        raise ServeError(499, "client_closed", "The client closed the connection before sending its body.") from None
-
-
 def _add_routes(app: FastAPI, models: dict[str, ServedModel], batchers: dict[str, MicroBatcher], metrics: Metrics,
                 config: ServeConfig, state: dict[str, bool], decode_pool: ThreadPoolExecutor) -> None:
     wait = str(retry_after(config.timeout_s))
@@ -197,7 +182,7 @@ def _add_routes(app: FastAPI, models: dict[str, ServedModel], batchers: dict[str
         model = lookup(models, name)
         kind, params = _media_kind(request.headers.get("content-type"))
         batcher = batchers[name]
-        body = await _read_body(request, config.body_timeout_s)  # a queue place only for a complete body
+        body = await read_body(request, config.body_timeout_s)  # a queue place only for a complete body
         try:
             async with asyncio.timeout(config.timeout_s), batcher.admit():
                 preds = await _run(batcher, decode_pool, kind, params, body, top_k, config.max_instances)

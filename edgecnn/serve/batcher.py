@@ -39,6 +39,7 @@ class _Job:
     top_k: int
     x: np.ndarray
     fits: list[Any]
+    raw: bool = False  # the model's own output tensors (v2) instead of the task's answer
 
     @property
     def rows(self) -> int:
@@ -109,8 +110,9 @@ class MicroBatcher:
         finally:
             self._admitted -= 1
 
-    async def submit(self, x: np.ndarray, fits: list[Any], *, top_k: int) -> list[Any]:
-        """Queue a preprocessed (N, ...) tensor; returns one result per row (the task's answer).
+    async def submit(self, x: np.ndarray, fits: list[Any], *, top_k: int, raw: bool = False) -> list[Any]:
+        """Queue a preprocessed (N, ...) tensor; returns one result per row (the task's answer), or
+        with ``raw`` the model's output tensors cut to this request's rows.
 
         Raises:
             ServeError: 503 when the model is not running.
@@ -119,7 +121,7 @@ class MicroBatcher:
             raise ServeError(503, "not_ready", "The model is not ready yet; retry shortly.",
                              {"Retry-After": str(self.retry_after_s)})
         future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Job(future, top_k, x, fits))
+        self._queue.put_nowait(_Job(future, top_k, x, fits, raw))
         return await future  # cancelled by the request's timeout: the worker then skips the job
 
     async def stop(self, timeout_s: float) -> None:
@@ -209,7 +211,8 @@ class MicroBatcher:
         start = 0
         for job in batch:
             n = job.rows
-            results.append(self.model.results([_rows(o, start, n, x.shape[0]) for o in outputs], job.fits, job.top_k))
+            mine = [_rows(o, start, n, x.shape[0]) for o in outputs]
+            results.append(mine if job.raw else self.model.results(mine, job.fits, job.top_k))
             start += n
         return results
 

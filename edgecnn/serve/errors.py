@@ -24,7 +24,11 @@ class ServeError(EdgecnnError):
         self.headers = dict(headers or {})
 
 
-def error_body(status: int, code: str, message: str) -> bytes:
+def error_body(status: int, code: str, message: str, *, v2: bool = False) -> bytes:
+    """``{"error": {"status", "code", "message"}}``; under ``/v2`` the Open Inference Protocol's
+    ``{"error": "<message>"}``, which Triton clients read."""
+    if v2:
+        return json.dumps({"error": message}).encode()
     return json.dumps({"error": {"status": status, "code": code, "message": message}}).encode()
 
 

@@ -1,0 +1,119 @@
+"""The Open Inference Protocol, driven by Triton's own Python client (tritonclient.http) unchanged."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgecnn.runtime import Classifier, default_model_path
+from tests.serve.conftest import TOKEN, running_server
+
+httpclient = pytest.importorskip("tritonclient.http")
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+NAME = "seed_cnn_cifar10"
+
+
+@pytest.fixture(scope="module")
+def server():
+    with running_server(None, max_batch=16, max_delay_ms=2) as srv:
+        yield srv
+
+
+@pytest.fixture()
+def client(server):
+    c = httpclient.InferenceServerClient(server.url.removeprefix("http://"))
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def pixels() -> np.ndarray:
+    test = np.asarray(Image.open(default_model_path().parents[1] / "cifar10_sample" / "test.webp"))
+    return np.stack([test[:32, 32 * i:32 * (i + 1)] for i in range(4)])  # four real test images
+
+
+@pytest.fixture(scope="module")
+def reference(pixels) -> tuple[Classifier, np.ndarray]:
+    clf = Classifier(default_model_path())
+    return clf, clf.predict_proba(pixels)
+
+
+def _infer(client, x: np.ndarray, datatype: str, *, binary: bool = True, outputs=None):
+    inp = httpclient.InferInput("images", list(x.shape), datatype)
+    inp.set_data_from_numpy(x, binary_data=binary)
+    return client.infer(NAME, [inp], outputs=outputs)
+
+
+def test_health_and_metadata(client):
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(NAME)
+    meta = client.get_model_metadata(NAME)
+    assert meta["name"] == NAME and meta["platform"] == "onnxruntime_onnx"
+    assert meta["inputs"] == [{"name": "images", "datatype": "FP32", "shape": [-1, 32, 32, 3]}]
+    assert meta["outputs"][0]["shape"] == [-1, 10]
+    server = client.get_server_metadata()
+    assert server["name"] == "edgecnn" and "binary_tensor_data" in server["extensions"]
+    assert not client.is_model_ready("nope")
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_fp32_tensors_match_the_runtime(client, pixels, reference, binary):
+    clf, proba = reference
+    result = _infer(client, clf.preprocess(pixels), "FP32", binary=binary)
+    np.testing.assert_allclose(result.as_numpy("probabilities"), proba, rtol=1e-5, atol=1e-6)
+    assert result.get_response()["model_name"] == NAME
+
+
+def test_uint8_pixels_and_bytes_images(client, pixels, reference):
+    _, proba = reference
+    np.testing.assert_allclose(_infer(client, pixels, "UINT8").as_numpy("probabilities"), proba, rtol=1e-5,
+                               atol=1e-6)
+    pngs = []
+    for px in pixels:
+        buf = io.BytesIO()
+        Image.fromarray(px).save(buf, "PNG")
+        pngs.append(buf.getvalue())
+    images = np.array(pngs, dtype=np.object_)
+    np.testing.assert_allclose(_infer(client, images, "BYTES").as_numpy("probabilities"), proba, rtol=1e-5, atol=1e-6)
+
+
+def test_classification_extension(client, pixels, reference):
+    clf, proba = reference
+    out = httpclient.InferRequestedOutput("probabilities", binary_data=True, class_count=3)
+    top = _infer(client, clf.preprocess(pixels), "FP32", outputs=[out]).as_numpy("probabilities")
+    assert top.shape == (4, 3)
+    score, index, label = top[0][0].decode().split(":")
+    best = int(proba[0].argmax())
+    assert int(index) == best and label == clf.labels[best] and abs(float(score) - proba[0, best]) < 1e-5
+
+
+def test_errors_are_v2_json_4xx(client, reference, pixels):
+    clf, _ = reference
+    x = clf.preprocess(pixels)
+    with pytest.raises(InferenceServerException, match="has the input 'images', not 'x'") as err:
+        inp = httpclient.InferInput("x", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        client.infer(NAME, [inp])
+    assert err.value.status() == "422"
+    with pytest.raises(InferenceServerException, match="takes FP32") as err:
+        _infer(client, x[:, :16], "FP32")
+    assert err.value.status() == "422"
+    with pytest.raises(InferenceServerException, match="No model named") as err:
+        client.infer("nope", [httpclient.InferInput("images", [1, 32, 32, 3], "FP32")])
+    assert err.value.status() == "404"
+
+
+def test_token_protects_v2_but_not_its_probes(model_dir):
+    with running_server(model_dir / "tiny_nhwc.onnx", token=TOKEN) as srv:
+        anon = httpclient.InferenceServerClient(srv.url.removeprefix("http://"))
+        assert anon.is_server_live() and anon.is_server_ready()
+        with pytest.raises(InferenceServerException, match="bearer token"):
+            anon.get_model_metadata("tiny_nhwc")
+        authed = httpclient.InferenceServerClient(srv.url.removeprefix("http://"))
+        meta = authed.get_model_metadata("tiny_nhwc", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert meta["inputs"][0]["shape"] == [-1, 8, 8, 3]
+        anon.close()
+        authed.close()
