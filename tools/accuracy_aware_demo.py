@@ -158,7 +158,8 @@ def main() -> None:
     print(f"budget: {metric} may drop {args.budget:g} pp -> needs >= {100 * result.required:.2f}%; {result.message}")
     print(f"nodes kept in float ({len(result.excluded_nodes)} of {result.quantized_nodes} quantized): "
           f"{', '.join(result.excluded_nodes) or '-'}")
-    print("worst-ranked tensors: " + ", ".join(f"{e.tensor} ({e.kind}, {e.sqnr_db:.1f} dB)" for e in result.ranking[:5]))
+    worst = ", ".join(f"{e.tensor} ({e.kind}, {e.sqnr_db:.1f} dB)" for e in result.ranking[:5])
+    print(f"worst-ranked tensors: {worst}")
     print(f"search: {len(result.attempts)} retries after the plain int8, {seconds:.0f} s; latency: median of "
           f"{args.timing_runs} batch-1 runs, 1 intra-op thread, same session options, round-robin")
 

@@ -64,8 +64,9 @@ class AccuracyAwareConfig:
     ``max_drop`` is in the metric's own units (0.01 for 1 pp of a 0-1 accuracy). ``max_retries``
     bounds the quantize-and-evaluate rounds after the plain one; ``ranking_images`` calibration
     images feed the error ranking, whose worst ``sensitivity_candidates`` tensors are re-ordered by
-    the model's output error with that tensor alone quantized (0: SQNR order only); ``timing_runs`` batch-1 runs per model time fp32, plain int8
-    and the result (0: no timing) on ``timing_threads`` intra-op threads.
+    the model's output error with that tensor alone quantized (0: SQNR order only);
+    ``timing_runs`` batch-1 runs per model time fp32, plain int8 and the result (0: no timing) on
+    ``timing_threads`` intra-op threads.
     """
 
     max_drop: float
@@ -82,9 +83,10 @@ class AccuracyAwareConfig:
             raise ConfigError(f"max_drop must be a finite number >= 0, got {self.max_drop}.")
         if self.max_retries < 1:
             raise ConfigError(f"max_retries must be >= 1, got {self.max_retries}.")
-        if self.ranking_images < 1 or self.timing_runs < 0 or self.timing_threads < 1 or self.sensitivity_candidates < 0:
-            raise ConfigError("ranking_images and timing_threads must be >= 1 and timing_runs >= 0, got "
-                              f"{self.ranking_images}, {self.timing_threads}, {self.timing_runs}.")
+        if min(self.ranking_images, self.timing_threads) < 1 or min(self.timing_runs, self.sensitivity_candidates) < 0:
+            raise ConfigError("ranking_images and timing_threads must be >= 1, timing_runs and sensitivity_candidates "
+                              f">= 0, got {self.ranking_images}, {self.timing_threads}, {self.timing_runs}, "
+                              f"{self.sensitivity_candidates}.")
 
 
 @dataclass(frozen=True)
@@ -141,18 +143,18 @@ class AccuracyAwareResult:
     @property
     def message(self) -> str:
         """One line: what happened, and what to try when the budget was not met."""
-        m = self.metric_name
-        if self.passed and not self.excluded_nodes:
-            return f"plain int8 met the budget ({m} {self.plain_metric:.4f} >= {self.required:.4f}); no node kept in float."
+        m, need, nodes = self.metric_name, f"{self.required:.4f}", self.excluded_nodes
+        if self.passed and not nodes:
+            return f"plain int8 met the budget ({m} {self.plain_metric:.4f} >= {need}); no node kept in float."
         if self.passed:
-            return (f"kept {len(self.excluded_nodes)} node(s) in float ({', '.join(self.excluded_nodes[:6])}"
-                    f"{', ...' if len(self.excluded_nodes) > 6 else ''}): {m} {self.plain_metric:.4f} -> {self.metric:.4f} "
-                    f"(needs >= {self.required:.4f}) after {len(self.attempts)} retries.")
+            shown = ", ".join(nodes[:6]) + (", ..." if len(nodes) > 6 else "")
+            return (f"kept {len(nodes)} node(s) in float ({shown}): {m} {self.plain_metric:.4f} -> "
+                    f"{self.metric:.4f} (needs >= {need}) after {len(self.attempts)} retries.")
         largest = max((len(a.excluded) for a in self.attempts), default=0)
         return (f"accuracy-aware int8 could not meet the budget: {m} {self.metric:.4f} at best (plain int8 "
-                f"{self.plain_metric:.4f}, needs >= {self.required:.4f}) with up to {largest} of {self.quantized_nodes} "
-                f"quantized nodes kept in float, in {len(self.attempts)} retries; keep this model in fp32 or fp16, "
-                "or try another --calibration-method or --cpu-target.")
+                f"{self.plain_metric:.4f}, needs >= {need}) with up to {largest} of {self.quantized_nodes} quantized "
+                f"nodes kept in float, in {len(self.attempts)} retries; keep this model in fp32 or fp16, or try "
+                "another --calibration-method or --cpu-target.")
 
     def raise_for_status(self) -> None:
         """Raise AccuracyDropError with :attr:`message` unless the budget was met."""
@@ -162,18 +164,20 @@ class AccuracyAwareResult:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary for the export report (worst 10 ranked tensors)."""
         return {
-            "message": self.message, "metric_name": self.metric_name, "baseline": self.baseline, "required": self.required,
-            "plain_metric": self.plain_metric, "metric": self.metric, "passed": self.passed,
+            "message": self.message, "metric_name": self.metric_name, "baseline": self.baseline,
+            "required": self.required, "plain_metric": self.plain_metric, "metric": self.metric, "passed": self.passed,
             "nodes_kept_float": list(self.excluded_nodes), "nodes_kept_float_count": len(self.excluded_nodes),
             "quantized_nodes": self.quantized_nodes, "fp32_size_bytes": self.fp32_size_bytes,
-            "plain_size_bytes": self.plain_size_bytes, "size_bytes": self.size_bytes, "latency_ms": dict(self.latency_ms),
-            "retries": len(self.attempts), "attempts": [asdict(a) | {"excluded": list(a.excluded)} for a in self.attempts],
-            "worst_tensors": [asdict(e) | {"nodes": list(e.nodes),
-                                           "sqnr_db": round(e.sqnr_db, 2) if math.isfinite(e.sqnr_db) else None,
-                                           "output_error": None if e.output_error is None else float(
-                                               f"{e.output_error:.4g}")}
-                              for e in self.ranking[:10]],
+            "plain_size_bytes": self.plain_size_bytes, "size_bytes": self.size_bytes,
+            "latency_ms": dict(self.latency_ms), "retries": len(self.attempts),
+            "attempts": [asdict(a) | {"excluded": list(a.excluded)} for a in self.attempts],
+            "worst_tensors": [_entry_dict(e) for e in self.ranking[:10]],
         }
+
+
+def _entry_dict(e: QuantError) -> dict[str, Any]:
+    return asdict(e) | {"nodes": list(e.nodes), "sqnr_db": round(e.sqnr_db, 2) if math.isfinite(e.sqnr_db) else None,
+                        "output_error": None if e.output_error is None else float(f"{e.output_error:.4g}")}
 
 
 # --------------------------------------------------------------------------------- the search
@@ -596,6 +600,8 @@ def time_models(models: dict[str, Path], *, card: ModelCard, images: np.ndarray,
                 threads: int = 1) -> dict[str, float]:
     """Median batch-1 latency (ms) of each model with the same onnxruntime session options.
 
+    A fixed-batch model runs at its own batch size.
+
     The models run round-robin, one call each per round, so a load change on a shared machine
     hits all of them alike.
     """
@@ -604,9 +610,10 @@ def time_models(models: dict[str, Path], *, card: ModelCard, images: np.ndarray,
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    x = normalize_batch(images[:1], card)
     sessions = {k: ort.InferenceSession(str(p), sess_options=options, providers=["CPUExecutionProvider"])
                 for k, p in models.items()}
+    batch = next(iter(sessions.values())).get_inputs()[0].shape[0]
+    x = normalize_batch(np.repeat(images[:1], batch if isinstance(batch, int) and batch > 1 else 1, axis=0), card)
     times: dict[str, list[float]] = {k: [] for k in models}
     for r in range(runs + 3):  # 3 warm-up rounds
         for k, s in sessions.items():
@@ -682,8 +689,9 @@ def markdown_lines(summary: dict[str, Any]) -> list[str]:
              f"{'met' if summary['passed'] else 'NOT met'}) after {summary['retries']} retries",
              f"- nodes kept in float: {len(nodes)} of {summary['quantized_nodes']} quantized"
              + (f": {', '.join(f'`{n}`' for n in nodes)}" if nodes else ""),
-             f"- size: fp32 {summary['fp32_size_bytes'] / 1024:.1f} KiB, plain int8 {summary['plain_size_bytes'] / 1024:.1f} "
-             f"KiB, accuracy-aware int8 {summary['size_bytes'] / 1024:.1f} KiB (before the card is embedded)"]
+             f"- size: fp32 {summary['fp32_size_bytes'] / 1024:.1f} KiB, plain int8 "
+             f"{summary['plain_size_bytes'] / 1024:.1f} KiB, accuracy-aware int8 "
+             f"{summary['size_bytes'] / 1024:.1f} KiB (before the card is embedded)"]
     if lat:
         lines.append("- batch-1 latency (median, same session options): "
                      + ", ".join(f"{k} {v:.3f} ms" for k, v in lat.items()))
