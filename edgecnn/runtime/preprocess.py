@@ -9,6 +9,7 @@ maps coordinates on the model input back to the original image.
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -179,7 +180,9 @@ def decode_image(image: ImageLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, mode
         # Pillow's plugins raise OSError, ValueError and SyntaxError, but also NotImplementedError,
         # BLPFormatError, AttributeError, IndexError, struct.error ... on mutated files: every one
         # of them means this one file is unusable, never that the process is.
-        detail = str(err)[:200] or type(err).__name__
+        # Pillow names its file object ("cannot identify image file <_io.BytesIO object at 0x7f...>"):
+        # an address means nothing to a client, and a path is already in ``name``.
+        detail = re.sub(r"\s*(<_io\.\w+ object at 0x[0-9a-f]+>|'[^']*')", "", str(err))[:200] or type(err).__name__
         raise InputError(f"Cannot read {name} as an image ({detail}); expected a PNG, JPEG, WebP, ... file.") from err
 
 

@@ -219,3 +219,9 @@ def test_bench_interrupt_keeps_measured_points(tmp_path):
     report = run_benchmark([_pool_classifier(tmp_path / "m.onnx")], config, on_result=stop_after_two)
     assert report.interrupted and len(report.results) == 2
     assert any("Interrupted" in n for n in report.notes)
+
+
+def test_unreadable_bytes_message_has_no_object_address():
+    with pytest.raises(InputError) as err:
+        load_image(b"not an image", (8, 8))
+    assert "the 12 bytes given" in str(err.value) and "0x" not in str(err.value) and "BytesIO" not in str(err.value)
