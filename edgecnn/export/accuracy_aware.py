@@ -272,8 +272,10 @@ class _Search:
     def run(self, ranking: tuple[QuantError, ...], *, trim: bool) -> tuple[float, tuple[str, ...], Path] | None:
         if len(ranking) < 2:  # nothing to keep quantized once the only candidate is in float
             return None
+
         def prefix(k: int) -> tuple[str, ...]:
             return _union(e.nodes for e in ranking[:k])
+
         sizes = _schedule(len(ranking) - 1, self.max_retries)
         lo, hi = 0, None  # largest failing / smallest passing prefix size
         for k in sizes:
