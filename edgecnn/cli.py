@@ -27,6 +27,12 @@ class _Group(click.Group):
             if ctx.obj and ctx.obj.get("debug"):
                 raise
             raise click.ClickException(str(err)) from None
+        except OSError as err:  # a read-only folder, a full disk, a vanished file: the user's to fix
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+            raise click.ClickException(f"{err.strerror or err}{where}; check the path, its permissions and the "
+                                       "free disk space.") from None
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             sys.exit(130)

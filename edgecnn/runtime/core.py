@@ -129,6 +129,11 @@ class InferenceModel:
         extra = {k: v for k, v in {"output_kind": output_kind, "resize": resize}.items() if v is not None}
         if extra:
             self.card = self.card.replace(**extra)
+        h, w = self.card.input_size
+        if h * w > max_pixels:  # a model declaring 1x3x100000x100000 must not cost 112 GiB per image
+            raise ArtifactError(f"{self.model_path.name} takes {h}x{w} = {h * w:,} pixels per image, over the limit of "
+                                f"{max_pixels:,}; pass --input-size HxW if its input size is dynamic (or raise "
+                                "max_pixels).")
         self._input = self._check_input()
         self.input_name = self._input.name
         self.input_dtype = _ORT_DTYPES.get(self._input.type, np.float32)

@@ -225,3 +225,19 @@ def test_unreadable_bytes_message_has_no_object_address():
     with pytest.raises(InputError) as err:
         load_image(b"not an image", (8, 8))
     assert "the 12 bytes given" in str(err.value) and "0x" not in str(err.value) and "BytesIO" not in str(err.value)
+
+
+def test_file_system_errors_are_one_line(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    res = CliRunner().invoke(main, ["predict", str(_png(tmp_path, "a.png")), "--save", str(blocker / "out")])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "check the path" in res.output and str(blocker) in res.output
+
+
+def test_model_declaring_a_huge_input_is_refused_before_allocating(tmp_path):
+    path = _pool_classifier(tmp_path / "huge.onnx", hw=(100_000, 100_000))
+    with pytest.raises(ArtifactError, match="100000x100000 = 10,000,000,000 pixels"):
+        InferenceModel(path)
+    res = CliRunner().invoke(main, ["bench", str(path)])
+    assert res.exit_code == 1 and "Traceback" not in res.output and "over the limit" in res.output
