@@ -33,19 +33,35 @@ __all__ = ["train", "resume", "load_run_model", "RunFiles"]
 
 
 class RunFiles:
-    """Names of the files in a run directory."""
+    """Names of the files in a run directory.
+
+    Checkpoints are ``checkpoint-eNNNN.keras``, one name per epoch, and ``state.json`` names the
+    current one: a checkpoint only counts once the state file that names it has been written (an
+    atomic replace), so a kill between the two leaves the previous epoch's pair intact instead of
+    a new model with an old state (issue 11: a hidden extra epoch of optimizer steps).
+    """
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.model = self.root / "model.keras"
         self.card = self.root / "card.json"
         self.config = self.root / "config.json"
-        self.checkpoint = self.root / "checkpoint.keras"
+        self.checkpoint = self.root / "checkpoint.keras"  # runs of edgecnn 0.1; read on resume only
         self.state = self.root / "state.json"
         self.history_json = self.root / "history.json"
         self.history_csv = self.root / "history.csv"
         self.curves = self.root / "curves.png"
         self.metrics = self.root / "metrics.json"
+
+    def checkpoint_for(self, epoch: int) -> Path:
+        return self.root / f"checkpoint-e{epoch:04d}.keras"
+
+    def checkpoints(self) -> list[Path]:
+        return sorted(self.root.glob("checkpoint-e*.keras")) + ([self.checkpoint] if self.checkpoint.exists() else [])
+
+    def current_checkpoint(self, state: dict[str, Any]) -> Path:
+        """The checkpoint ``state`` names (``checkpoint.keras`` for runs written before it named one)."""
+        return self.root / state["checkpoint"] if state.get("checkpoint") else self.checkpoint
 
 
 def load_run_model(run: str | Path, *, checkpoint: bool = False) -> keras.Model:
@@ -56,13 +72,32 @@ def load_run_model(run: str | Path, *, checkpoint: bool = False) -> keras.Model:
     """
     path = Path(run)
     if path.is_dir():
-        path = RunFiles(path).checkpoint if checkpoint else RunFiles(path).model
+        files = RunFiles(path)
+        path = files.current_checkpoint(_read_state(files)) if checkpoint else files.model
     if not path.is_file():
         raise ArtifactError(f"No model at {path}; train one with `edgecnn train --out {Path(run)}`.")
     try:
         return keras.models.load_model(path, compile=checkpoint)
     except Exception as err:  # zip, h5, json and deserialization errors all mean: corrupt
         raise ArtifactError(f"Cannot load {path}: corrupt or not a Keras 3 model ({type(err).__name__}).") from err
+
+
+def _read_state(files: RunFiles) -> dict[str, Any]:
+    """The run's ``state.json``.
+
+    Raises:
+        ArtifactError: if it is missing or corrupt.
+    """
+    try:
+        state = json.loads(files.state.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArtifactError(f"{files.root} has no state.json: it is not a run that can be resumed.") from None
+    except (ValueError, OSError) as err:
+        raise ArtifactError(f"{files.state} is corrupt ({type(err).__name__}); the run cannot be resumed: start it "
+                            "again with --overwrite.") from err
+    if not isinstance(state, dict) or not isinstance(state.get("epoch"), int) or "history" not in state:
+        raise ArtifactError(f"{files.state} is not an edgecnn training state; start the run again with --overwrite.")
+    return state
 
 
 def _save_model_atomic(model: keras.Model, path: Path) -> None:
@@ -164,8 +199,14 @@ class _Checkpoint(keras.callbacks.Callback):
         self.state["history"].setdefault("phase", []).append(self.state["phase"])
         self.state["history"].setdefault("time_s", []).append(round(time.time() - self.state["_t0"], 2))
         self.state["epoch"] = epoch + 1
-        _save_model_atomic(self.model, self.files.checkpoint)
+        path = self.files.checkpoint_for(epoch + 1)
+        _save_model_atomic(self.model, path)
+        self.state["checkpoint"] = path.name
+        # The commit point: from here on the new checkpoint is the run's; older ones can go.
         _write_json(self.files.state, {k: v for k, v in self.state.items() if not k.startswith("_")})
+        for old in self.files.checkpoints():
+            if old != path:
+                old.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------------ running
@@ -206,7 +247,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, verbose: int | None = No
     try:
         return _run(model, cfg, data, files, state, verbose=verbose)
     except BaseException:
-        if created and not files.checkpoint.exists():
+        if created and not files.checkpoints():
             shutil.rmtree(run, ignore_errors=True)
         raise
 
@@ -220,16 +261,25 @@ def resume(run_dir: str | Path, *, verbose: int | None = None) -> Path:
     files = RunFiles(run_dir)
     if not files.config.is_file() or not files.state.is_file():
         raise ArtifactError(f"{run_dir} is not a run directory that can be resumed (no config.json/state.json).")
-    cfg = TrainConfig.from_dict(json.loads(files.config.read_text()))
-    state = json.loads(files.state.read_text())
+    try:
+        cfg = TrainConfig.from_dict(json.loads(files.config.read_text(encoding="utf-8")))
+    except ValueError as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ArtifactError(f"{files.config} is corrupt ({type(err).__name__}); start the run again with "
+                            "--overwrite.") from err
+    state = _read_state(files)
     if state.get("done"):
         raise ArtifactError(f"{run_dir} already finished ({state['epoch']} epochs); start a new run with --out.")
     keras.utils.set_random_seed(cfg.seed + state["epoch"])
     size = cfg.input_size or (get_model_spec(cfg.model).input_size if not cfg.backbone else (32, 32))
     data = load_dataset(cfg.data, input_size=size, val_split=cfg.val_split, seed=cfg.seed,
                         classes=cfg.classes, limit=cfg.limit)
-    if not files.checkpoint.is_file():
+    if not files.current_checkpoint(state).is_file():
         raise ArtifactError(f"{run_dir} has no checkpoint yet; start it again with --overwrite.")
+    for stray in files.checkpoints():  # written by an epoch whose state never was: not part of the run
+        if stray != files.current_checkpoint(state):
+            stray.unlink(missing_ok=True)
     model = load_run_model(run_dir, checkpoint=True)
     log.info("Resuming %s at epoch %d (%s phase).", run_dir, state["epoch"] + 1, state["phase"])
     return _run(model, cfg, data, files, state, verbose=verbose, resumed=True)

@@ -119,3 +119,43 @@ def test_resume_keeps_optimizer_state(tmp_path):
     run = train(cfg, verbose=0)
     model = load_run_model(run, checkpoint=True)
     assert int(model.optimizer.iterations.numpy()) == 2  # 64 images / 32 per step
+
+
+def test_kill_between_checkpoint_and_state_adds_no_hidden_epoch(tmp_path, monkeypatch):
+    """Issue 11: a kill after the model file was replaced but before state.json was written used to
+    resume from the new weights with the old epoch count: one optimizer epoch more than the history."""
+    from edgecnn.train import loop
+    from edgecnn.train.config import TrainConfig
+
+    cfg = TrainConfig(model="seed_cnn_tiny", data="sample", epochs=3, limit=64, batch_size=32, optimizer="adam",
+                      out=str(tmp_path / "r"))
+    real = loop._write_json
+
+    def die_on_second_state(path, data):
+        if path.name == "state.json" and data.get("epoch") == 2:
+            raise KeyboardInterrupt  # as a SIGKILL would: the epoch-2 checkpoint exists, its state does not
+        real(path, data)
+
+    monkeypatch.setattr(loop, "_write_json", die_on_second_state)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(cfg, verbose=0)
+    run = tmp_path / "r"
+    assert json.loads((run / "state.json").read_text())["epoch"] == 1
+    assert (run / "checkpoint-e0002.keras").exists()  # written, but never committed
+    monkeypatch.setattr(loop, "_write_json", real)
+    loop.resume(run, verbose=0)
+    hist = json.loads((run / "history.json").read_text())
+    assert hist["epoch"] == [1, 2, 3]
+    model = loop.load_run_model(run, checkpoint=True)
+    assert int(model.optimizer.iterations.numpy()) == 3 * 2  # 3 epochs x (64 images / 32), not 4 epochs
+    assert [p.name for p in run.glob("checkpoint*.keras")] == ["checkpoint-e0003.keras"]
+
+
+def test_corrupt_state_on_resume_is_one_line(tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"model": "seed_cnn_tiny", "data": "sample"}))
+    (run / "state.json").write_text("{not json")
+    res = subprocess.run([sys.executable, "-m", "edgecnn.cli", "train", "--resume", str(run)], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 1 and "Traceback" not in res.stderr and "state.json is corrupt" in res.stderr
