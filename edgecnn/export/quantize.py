@@ -25,7 +25,7 @@ import numpy as np
 
 from edgecnn._optional import require
 from edgecnn.card import ModelCard
-from edgecnn.errors import ConfigError, DataError
+from edgecnn.errors import ArtifactError, ConfigError, DataError
 from edgecnn.runtime.preprocess import normalize_batch
 
 log = logging.getLogger(__name__)
@@ -126,9 +126,31 @@ def quantize_model(fp32_path: Path, out_path: Path, *, mode: str, card: ModelCar
         pre = Path(tmp) / "pre.onnx"
         _pre_process(_per_channel_opset(fp32_path, Path(tmp), config), pre)
         if mode == "int8-dynamic":
-            return _dynamic(pre, out_path, config)
+            return _check_quantized(_dynamic(pre, out_path, config), mode, config)
         check_calibration_images(calibration_images, card, config.calibration_samples)
-        return _static(pre, out_path, card, config, calibration_images)
+        return _check_quantized(_static(pre, out_path, card, config, calibration_images), mode, config)
+
+
+_INT8_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
+             "QLinearConv", "QLinearMatMul"}
+
+
+def _check_quantized(model: Any, mode: str, config: QuantizeConfig) -> Any:
+    """onnxruntime.quantization leaves a graph it cannot handle unchanged, without an error; a file
+    named int8 that is the float model must not pass for one (unless nodes were excluded on
+    purpose, as accuracy-aware int8 does until, at worst, none is left).
+
+    Raises:
+        ArtifactError: if no node was quantized and none was excluded.
+    """
+    if config.exclude_nodes or _INT8_OPS & {n.op_type for n in model.graph.node}:
+        return model
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    ops = ", ".join(f"{k} x{v}" for k, v in sorted(counts.items()))
+    raise ArtifactError(f"onnxruntime.quantization quantized no node of this model to {mode} (its ops: {ops}); "
+                        f"drop -q {mode} or try the other int8 mode.")
 
 
 def check_calibration_images(images: np.ndarray | None, card: ModelCard, needed: int) -> None:
