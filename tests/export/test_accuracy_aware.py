@@ -204,3 +204,31 @@ def test_export_cli_accuracy_aware_recovers_what_plain_int8_fails(outlier, tmp_p
     assert {"conv2_outlier", "conv3"} <= set(int8["settings"]["exclude_nodes"])  # the card says so too
     md = (tmp_path / "aa" / "export_report.md").read_text()
     assert "## Accuracy-aware int8" in md and "`conv2_outlier`, `conv3`" in md
+
+
+def test_export_fails_in_one_line_when_the_search_cannot_meet_the_budget(outlier, tmp_path, monkeypatch):
+    """A ranking that misses the culprit: the search gives up within its cap, nothing int8 is written."""
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from edgecnn.cli import main
+    from edgecnn.export import accuracy_aware
+
+    def useless_ranking(fp32_path, qdq_path, *, card, images, candidates=32):
+        return (accuracy_aware.QuantError("w1", "weight", 10.0, ("conv1",)),
+                accuracy_aware.QuantError("wfc", "weight", 20.0, ("fc",)))
+
+    monkeypatch.setattr(accuracy_aware, "rank_quantization_errors", useless_ranking)
+    path, _, images, _ = outlier
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, image in enumerate(images[:32]):
+        Image.fromarray(image).save(folder / f"{i:02d}.png")
+    run = CliRunner().invoke(main, ["export", str(path), "-q", "int8", "--accuracy-aware", "--calibration-data",
+                                    str(folder), "--preprocess", "unit", "--labels", "a,b,c", "--out",
+                                    str(tmp_path / "out")])
+    assert run.exit_code == 1 and "Traceback" not in run.output
+    error = next(line for line in run.output.splitlines() if line.startswith("Error:"))
+    assert "accuracy-aware int8 could not meet the budget" in error and "with up to 1 of" in error
+    assert "--calibration-method" in error and "Try --accuracy-aware" not in error  # it was on already
+    assert not (tmp_path / "out" / "model.int8.onnx").exists() and (tmp_path / "out" / "model.onnx").is_file()
