@@ -213,7 +213,9 @@ def train(config_path, resume_dir, overwrite, quiet, augment, rotation, translat
 
     card = ModelCard.load(run)
     m = card.metrics
-    click.echo(f"Saved {run}/model.keras: test accuracy {m['test_accuracy']:.2%}"
+    split = ("validation accuracy (the image folder has no test/ split)" if card.dataset.get("test_split") == "val"
+             else "test accuracy")
+    click.echo(f"Saved {run}/model.keras: {split} {m['test_accuracy']:.2%}"
                + (f", top-5 {m['test_top5']:.2%}" if "test_top5" in m else "")
                + f" after {m['epochs']} epochs ({m['train_time_s']:.0f} s).")
 

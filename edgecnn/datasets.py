@@ -86,6 +86,29 @@ def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
             to_uint8(x_test, path), y_test.reshape(-1).astype(np.int32))
 
 
+def _check_labels(path: Path, y_train: np.ndarray, y_test: np.ndarray) -> int:
+    """The class count of an .npz dataset: its training labels must be 0..K-1, each present, and
+    its test labels within them (one stray label must not make a 51-class or 100001-class model).
+
+    Raises:
+        DataError: naming the labels that do not fit.
+    """
+    counts = np.bincount(y_train, minlength=1) if int(y_train.max()) < 1_000_000 else None
+    n = int(y_train.max()) + 1
+    missing = [] if counts is None else np.flatnonzero(counts == 0).tolist()
+    if counts is None or missing:
+        present = np.unique(y_train)
+        raise DataError(f"{path}: y_train must use the labels 0..K-1 with every class present; it has "
+                        f"{len(present)} distinct labels up to {n - 1}"
+                        + (f" (none of {missing[:5]}{'...' if len(missing) > 5 else ''})" if missing else "")
+                        + ". Renumber the classes 0..K-1.")
+    stray = np.unique(y_test[y_test >= n])
+    if stray.size:
+        raise DataError(f"{path}: y_test has labels {stray[:5].tolist()} that y_train never uses (0..{n - 1}); "
+                        "the test split must use the training classes.")
+    return n
+
+
 def _check_split(path: Path, name: str, x: np.ndarray, y: np.ndarray) -> None:
     if x.ndim != 4 or x.shape[-1] != 3:
         raise DataError(f"{path}: x_{name} must be (N, height, width, 3) RGB images, got shape {x.shape}.")
@@ -107,6 +130,9 @@ def to_uint8(x: np.ndarray, path: str | Path) -> np.ndarray:
     """
     if x.dtype == np.uint8:
         return x
+    if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+        bad = int(np.count_nonzero(~np.isfinite(x)))
+        raise DataError(f"{path}: {bad:,} pixel values are NaN or infinite; fix the array (pixels are 0-255 numbers).")
     lo, hi = float(x.min()), float(x.max())
     if lo < 0 or hi > 255:
         raise DataError(f"{path}: pixel values must lie in 0-255, got {lo:g}..{hi:g}.")
@@ -146,12 +172,18 @@ def download_cifar10() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         (x_train, y_train), (x_test, y_test) = keras.datasets.cifar10.load_data()
     except Exception as err:  # urllib, socket and archive errors all mean: no usable download
         raise DataError(
-            f"Could not download CIFAR-10 ({type(err).__name__}: {str(err)[:120]}); "
+            f"Could not download CIFAR-10 ({type(err).__name__}: {_short(err)}); "
             "pass --data PATH.npz (keras layout) or --data sample for the embedded sample."
         ) from err
     finally:
         socket.setdefaulttimeout(old)
     return x_train, y_train.reshape(-1).astype(np.int32), x_test, y_test.reshape(-1).astype(np.int32)
+
+
+def _short(err: BaseException, limit: int = 160) -> str:
+    """An error's text on one line, cut at a word boundary (never mid-word) when long."""
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " ..."
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -167,15 +199,14 @@ def read_image(path: str | Path, size: tuple[int, int] | None) -> np.ndarray:
     """
     from edgecnn.runtime.preprocess import load_image
 
+    from edgecnn.runtime.preprocess import decode_image
+
     try:
         if size is None:
-            with Image.open(path) as img:
-                size = (img.height, img.width)
+            return np.asarray(decode_image(Path(path))[0], dtype=np.uint8)
         return load_image(Path(path), size)
-    except InputError as err:
+    except InputError as err:  # every decoding failure, whatever Pillow raised
         raise DataError(f"{err} Remove or replace {path}.") from err
-    except (OSError, ValueError, SyntaxError) as err:
-        raise DataError(f"Cannot read image {path} ({err}); remove or replace the file.") from err
 
 
 def _read_class_tree(root: Path, size: tuple[int, int], class_names: list[str] | None):
@@ -300,7 +331,7 @@ def load_dataset(
         path = Path(data).expanduser()
         if path.suffix == ".npz" or path.is_file():
             x_tr, y_tr, x_te, y_te = load_npz(path)
-            n = int(max(y_tr.max(), y_te.max())) + 1
+            n = _check_labels(path, y_tr, y_te)
             class_names = list(CIFAR10_CLASSES) if n == 10 and "cifar" in path.name.lower() else [str(i) for i in range(n)]
             name, source = path.stem, {"path": str(path.resolve())}
         elif path.is_dir():
@@ -323,6 +354,8 @@ def load_dataset(
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(x_tr))
     x_tr, y_tr = x_tr[order], y_tr[order]
+    if limit and x_val is None:  # --limit caps the images drawn from, validation split included
+        x_tr, y_tr = x_tr[:limit], y_tr[:limit]
     if x_val is None and val_split > 0:
         n_val = max(1, int(round(len(x_tr) * val_split)))
         if n_val >= len(x_tr):
@@ -330,6 +363,8 @@ def load_dataset(
         x_val, y_val, x_tr, y_tr = x_tr[:n_val], y_tr[:n_val], x_tr[n_val:], y_tr[n_val:]
     if limit:
         x_tr, y_tr = x_tr[:limit], y_tr[:limit]
+        if x_val is not None:
+            x_val, y_val = x_val[:limit], y_val[:limit]
         source["limit"] = int(limit)
     if x_te is None:  # an image folder without test/: evaluate on the validation split
         x_te, y_te = x_val, y_val

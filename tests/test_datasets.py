@@ -106,3 +106,37 @@ def test_bad_image_folders(tmp_path, breakage, message):
 def test_unknown_dataset_spec():
     with pytest.raises(DataError, match="not found"):
         load_dataset("/nonexistent/place")
+
+
+def _npz(tmp_path, **arrays):
+    rng = np.random.default_rng(0)
+    data = {"x_train": rng.integers(0, 256, (20, 8, 8, 3)).astype(np.uint8), "y_train": np.arange(20) % 4,
+            "x_test": rng.integers(0, 256, (8, 8, 8, 3)).astype(np.uint8), "y_test": np.arange(8) % 4}
+    data.update(arrays)
+    path = tmp_path / "d.npz"
+    np.savez(path, **data)
+    return path
+
+
+def test_nan_pixels_are_refused(tmp_path):
+    x = np.full((20, 8, 8, 3), 100.0, np.float32)
+    x[3, 2, 2, 1] = np.nan
+    with pytest.raises(DataError, match="1 pixel values are NaN or infinite"):
+        load_dataset(str(_npz(tmp_path, x_train=x)), input_size=(8, 8))
+
+
+def test_a_stray_test_label_does_not_add_a_class(tmp_path):
+    with pytest.raises(DataError, match=r"y_test has labels \[50\] that y_train never uses \(0..3\)"):
+        load_dataset(str(_npz(tmp_path, y_test=np.array([0, 1, 2, 3, 50, 1, 2, 3]))), input_size=(8, 8))
+
+
+def test_a_huge_train_label_is_refused_before_anything_is_allocated(tmp_path):
+    y = np.arange(20) % 4
+    y[5] = 100_000
+    with pytest.raises(DataError, match="labels 0..K-1 with every class present"):
+        load_dataset(str(_npz(tmp_path, y_train=y)), input_size=(8, 8))
+
+
+def test_limit_caps_the_validation_split_too(tmp_path):
+    ds = load_dataset("sample", input_size=(32, 32), limit=50, val_split=0.2)
+    assert len(ds.x_train) == 40 and len(ds.x_val) == 10
