@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgecnn import __version__
 from edgecnn.errors import EdgecnnError
+from edgecnn.serve._memory import TrimMiddleware
 from edgecnn.serve._http import PUBLIC_PATHS, AuthMiddleware, BodyLimitMiddleware, multipart_file, read_body
 from edgecnn.serve._schemas import PREDICT_REQUEST_BODY, ErrorResponse, Health, ModelInfo, ModelList, PredictResponse
 from edgecnn.serve.batcher import MicroBatcher, retry_after
@@ -84,7 +85,7 @@ def create_app(models: dict[str, ServedModel], config: ServeConfig) -> Any:
     asgi: Any = BodyLimitMiddleware(app, config.max_body_bytes, on_error=_count(metrics))
     if config.token:
         asgi = AuthMiddleware(asgi, config.token, on_error=_count(metrics))
-    asgi = MetricsMiddleware(asgi, metrics)
+    asgi = TrimMiddleware(MetricsMiddleware(asgi, metrics))
     asgi.fastapi = app
     return asgi
 

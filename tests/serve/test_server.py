@@ -508,3 +508,22 @@ def test_serves_a_segmenter_with_the_model_flags():
     assert (seg["width"], seg["height"]) == (240, 160)
     shares = {c["label"]: c["fraction"] for c in seg["classes"]}
     assert shares["background"] > 0.5 and 0.1 < shares["red"] < 0.25 and 0.05 < shares["blue"] < 0.2
+
+
+def test_heap_is_trimmed_once_idle_after_big_bodies(model_dir, images, monkeypatch):
+    from edgecnn.serve import _memory
+
+    if _memory._TRIM is None:
+        pytest.skip("no malloc_trim in this C library")
+    calls = []
+    monkeypatch.setattr(_memory, "malloc_trim", lambda: calls.append(1) or True)
+    with running_server(model_dir / "tiny_nhwc.onnx", max_body_bytes=4 * 1024 * 1024) as srv:
+        trimmer = srv.server.config.app
+        trimmer.threshold = 1024 * 1024
+        with httpx.Client(base_url=srv.url) as c:
+            big = png(np.random.default_rng(0).integers(0, 256, (600, 600, 3), dtype=np.uint8))
+            for _ in range(2):
+                assert c.post("/v1/models/tiny_nhwc:predict", content=big,
+                              headers={"Content-Type": "image/png"}).status_code == 200
+        time.sleep(0.3)
+    assert trimmer.trims >= 1 and calls
