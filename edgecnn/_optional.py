@@ -9,7 +9,13 @@ from types import ModuleType
 
 from edgecnn.errors import MissingDependencyError
 
-__all__ = ["require", "import_tensorflow_quietly"]
+__all__ = ["require", "import_tensorflow_quietly", "pyplot", "EXTRA_OF", "missing_module_message"]
+
+# Which extra installs a module edgecnn imports lazily (the CLI names it when one is missing).
+EXTRA_OF = {"tensorflow": "train", "keras": "train", "yaml": "train", "ai_edge_litert": "train",
+            "matplotlib": "plot", "tf2onnx": "export", "onnx": "export", "onnxslim": "export", "sympy": "export",
+            "fastapi": "serve", "uvicorn": "serve", "prometheus_client": "serve", "python_multipart": "serve",
+            "httptools": "serve", "openvino": "openvino"}
 
 _TF_MODULES = ("tensorflow", "keras", "tf2onnx")
 
@@ -39,6 +45,26 @@ def import_tensorflow_quietly() -> None:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+def missing_module_message(module: str) -> str | None:
+    """``keras is required here; install it with ...`` for a module of an extra, else None."""
+    extra = EXTRA_OF.get(module.split(".")[0])
+    return None if extra is None else (f"{module.split('.')[0]} is required here; install it with "
+                                       f"`pip install 'edgecnn[{extra}]'`.")
+
+
+def pyplot() -> ModuleType:
+    """``matplotlib.pyplot`` on the file-only Agg backend (the ``plot`` extra).
+
+    Raises:
+        MissingDependencyError: if matplotlib is not installed.
+    """
+    matplotlib = require("matplotlib", "plot")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def require(module: str, extra: str) -> ModuleType:

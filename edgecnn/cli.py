@@ -14,6 +14,7 @@ from typing import Any, Callable
 import click
 
 from edgecnn import __version__
+from edgecnn._optional import missing_module_message
 from edgecnn.errors import EdgecnnError
 
 
@@ -27,6 +28,11 @@ class _Group(click.Group):
             if ctx.obj and ctx.obj.get("debug"):
                 raise
             raise click.ClickException(str(err)) from None
+        except ModuleNotFoundError as err:  # a command of an extra that is not installed
+            message = missing_module_message(err.name or "")
+            if message is None or (ctx.obj and ctx.obj.get("debug")):
+                raise
+            raise click.ClickException(message) from None
         except OSError as err:  # a read-only folder, a full disk, a vanished file: the user's to fix
             if ctx.obj and ctx.obj.get("debug"):
                 raise
@@ -548,6 +554,10 @@ def bench(models: tuple[Path, ...], batch: str, threads: str, provider: str, all
     from edgecnn.baselines import run_baselines
 
     overrides = model_overrides(flags)
+    if plot_path is not None:  # before minutes of measuring, not after
+        from edgecnn._optional import require
+
+        require("matplotlib", "plot")
     if not models:
         click.echo(f"Benchmarking the packaged reference model {default_model_path().name}.", err=True)
 

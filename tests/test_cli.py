@@ -69,3 +69,21 @@ def test_train_then_evaluate_through_the_cli(tmp_path):
     assert data["num_test"] == 500 and len(data["confusion_matrix"]) == 10
     r = CliRunner().invoke(main, ["evaluate", str(tmp_path / "missing")])
     assert r.exit_code == 1 and "does not exist" in r.output
+
+
+@pytest.mark.parametrize("args, missing, extra", [
+    (["train", "--data", "sample", "--epochs", "1"], ("keras", "tensorflow"), "train"),
+    (["gradcam", "x.keras", "y.png"], ("keras", "tensorflow"), "train"),
+    (["bench", "--plot", "b.png", "--runs", "1"], ("matplotlib",), "plot"),
+    (["serve"], ("fastapi",), "serve"),
+])
+def test_base_install_names_the_extra_in_one_line(tmp_path, args, missing, extra):
+    """Without an extra (simulated: its modules made unimportable), a command says what to install."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in missing)
+            + "from edgecnn.cli import main\nmain(" + repr(args) + ")\n")
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert f"pip install 'edgecnn[{extra}]'" in res.stderr

@@ -172,14 +172,9 @@ class BenchReport:
 
     def plot(self, path: str | Path) -> Path:
         """PNG of p50 latency by batch size, one line per variant/runner/threads (needs matplotlib)."""
-        from edgecnn._optional import require
+        from edgecnn._optional import pyplot
 
-        require("matplotlib", "train")
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         fig, ax = plt.subplots(figsize=(7, 4.5))
         series: dict[str, list[tuple[int, float]]] = {}
         for r in self.results:
@@ -194,7 +189,9 @@ class BenchReport:
         fig.tight_layout()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
+        tmp = path.with_name(f".{path.stem}.tmp.png")
+        fig.savefig(tmp, dpi=120)
+        tmp.replace(path)
         plt.close(fig)
         return path
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from edgecnn.card import ModelCard, atomic_write_text
-from edgecnn.errors import ArtifactError, DataError
+from edgecnn.errors import ArtifactError, DataError, MissingDependencyError
 from edgecnn.presets import ModelOverrides
 
 log = logging.getLogger(__name__)
@@ -191,6 +191,10 @@ def evaluate(model_path: str | Path, *, data: str | None = None, out: str | Path
                               [str(out_dir / f"{stem}.json"), str(out_dir / f"{stem}.confusion.png")])
     atomic_write_text(Path(report.files[0]), json.dumps({"model": str(path), "dataset": ds.describe(),
                                                          "class_names": card.class_names, **metrics}, indent=2) + "\n")
-    plot_confusion(np.asarray(metrics["confusion_matrix"]), card.class_names, report.files[1],
-                   title=f"{card.name}: top-1 {metrics['test_accuracy']:.2%}")
+    try:
+        plot_confusion(np.asarray(metrics["confusion_matrix"]), card.class_names, report.files[1],
+                       title=f"{card.name}: top-1 {metrics['test_accuracy']:.2%}")
+    except MissingDependencyError as err:  # the numbers do not need matplotlib; the picture does
+        log.warning("No confusion PNG: %s", err)
+        report.files.pop()
     return report

@@ -11,12 +11,9 @@ __all__ = ["plot_history", "plot_confusion"]
 
 
 def _pyplot():
-    import matplotlib
+    from edgecnn._optional import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return pyplot()
 
 
 def _save(fig, path: Path) -> None:
