@@ -279,13 +279,35 @@ def check(paths: list[Path]) -> None:
               f"outputs {[(o.name, o.shape) for o in sess.get_outputs()]}, metadata {json.dumps(meta)[:300]}")
 
 
+def write_scenes(folder: Path, count: int, size: int, seed: int = 0) -> list[Path]:
+    """``count`` unlabelled scenes (PNG) of the kind the models were trained on: calibration and
+    evaluation images for exporting them (numpy + Pillow only; no torch needed)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(count):
+        img, _, _ = draw_scene(rng, size)
+        paths.append(folder / f"scene{i:04d}.png")
+        Image.fromarray(img).save(paths[-1])
+    return paths
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("tests/data/foreign"))
+    parser.add_argument("--scenes", type=Path, default=None,
+                        help="Only write --count unlabelled scene PNGs of --size into this folder (no torch needed).")
+    parser.add_argument("--count", type=int, default=64)
+    parser.add_argument("--size", type=int, default=DET_SIZE)
     parser.add_argument("--epochs", type=int, default=30, help="YOLOv8 training epochs")
     parser.add_argument("--seg-steps", type=int, default=300, help="LR-ASPP training steps")
     parser.add_argument("--only", choices=["detect", "segment"], default=None)
     args = parser.parse_args()
+    if args.scenes is not None:
+        print(f"wrote {len(write_scenes(args.scenes, args.count, args.size))} scenes to {args.scenes}")
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     torch_threads = os.environ.get("OMP_NUM_THREADS")
     print(f"OMP_NUM_THREADS={torch_threads}")

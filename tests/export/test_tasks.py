@@ -1,0 +1,82 @@
+"""Export -> int8 -> predict for detectors and segmenters made by other tools, judged by their
+task metric against fp32 (mAP@0.5 of the boxes, mIoU of the masks) on unlabelled images."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgecnn.cli import main
+
+pytestmark = pytest.mark.export
+pytest.importorskip("onnx")
+
+ROOT = Path(__file__).resolve().parents[2]
+FOREIGN = ROOT / "tests" / "data" / "foreign"
+
+
+def _scenes(folder: Path, size: int, count: int = 40) -> Path:
+    spec = importlib.util.spec_from_file_location("make_foreign_models", ROOT / "tools" / "make_foreign_models.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)  # numpy + Pillow only at import; torch is imported by its makers
+    tool.write_scenes(folder, count, size, seed=7)
+    return folder
+
+
+def _export(args: list[str]) -> dict:
+    res = CliRunner().invoke(main, ["export", *args])
+    assert res.exit_code == 0, res.output
+    out = Path(args[args.index("--out") + 1])
+    return json.loads((out / "export_report.json").read_text())
+
+
+def test_detector_int8_keeps_the_fp32_boxes(tmp_path):
+    report = _export([str(FOREIGN / "yolov8_shapes.onnx"), "-q", "int8", "--calibration-data",
+                      str(_scenes(tmp_path / "scenes", 160)), "--out", str(tmp_path / "det")])
+    int8 = next(v for v in report["variants"] if v["precision"] == "int8")
+    assert int8["metric"] == "map50" and int8["metric_value"] >= 0.95 and int8["passed"]
+    assert int8["settings"]["op_types"] == ["Conv", "MatMul", "Gemm"] and int8["settings"]["float_tail"]
+    fp32 = next(v for v in report["variants"] if v["precision"] == "fp32")
+    assert int8["size_bytes"] < 0.5 * fp32["size_bytes"]
+    res = CliRunner().invoke(main, ["predict", str(tmp_path / "det" / "model.int8.onnx"),
+                                    str(tmp_path / "scenes" / "scene0000.png"), "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["task"] == "detect" and data["predictions"][0]["detections"]
+
+
+def test_segmenter_int8_keeps_the_fp32_masks(tmp_path):
+    report = _export([str(FOREIGN / "lraspp_shapes.onnx"), "--task", "segment", "--preprocess", "imagenet",
+                      "--labels", "background,red,green,blue", "-q", "int8", "--calibration-data",
+                      str(_scenes(tmp_path / "scenes", 128)), "--out", str(tmp_path / "seg")])
+    int8 = next(v for v in report["variants"] if v["precision"] == "int8")
+    assert int8["metric"] == "miou" and int8["metric_value"] >= 0.95 and int8["passed"]
+    res = CliRunner().invoke(main, ["predict", str(tmp_path / "seg" / "model.int8.onnx"),
+                                    str(tmp_path / "scenes" / "scene0001.png"), "--json"])
+    assert res.exit_code == 0, res.output
+    seg = json.loads(res.stdout)["predictions"][0]["segmentation"]
+    assert seg["width"] == 128 and {c["label"] for c in seg["classes"]} <= {"background", "red", "green", "blue"}
+
+
+def test_task_metrics_of_the_guard():
+    from edgecnn.card import ModelCard
+    from edgecnn.export.verify import task_agreement
+
+    rng = np.random.default_rng(0)
+    det = ModelCard(name="d", task="detect", class_names=("a", "b"), input_size=(64, 64))
+    out = np.zeros((2, 6, 84), np.float32)
+    out[:, :4, 0] = [[20, 20, 10, 10]] * 2  # cx, cy, w, h
+    out[:, 4, 0] = 0.9
+    assert task_agreement("detect", [out], [out], det).value == 1.0
+    moved = out.copy()
+    moved[:, 0, 0] = 40  # the box went elsewhere: no overlap with the fp32 box
+    assert task_agreement("detect", [out], [moved], det).value == 0.0
+    seg = ModelCard(name="s", task="segment", class_names=("bg", "fg"), input_size=(8, 8), layout="nchw")
+    logits = rng.normal(size=(2, 2, 8, 8)).astype(np.float32)
+    assert task_agreement("segment", [logits], [logits], seg).value == 1.0
+    assert task_agreement("segment", [logits], [-logits], seg).value == 0.0
