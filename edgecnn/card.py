@@ -75,7 +75,9 @@ class ModelCard:
     output_kind: str = ""
     resize: str = "bilinear"
     pad_value: int = 114  # letterbox border, 0-255 (Ultralytics' grey)
-    normalization: str = "scale"  # how mean/std were chosen: scale, dataset, backbone:<name>, given, preset:<name>
+    # how mean/std were chosen: scale, dataset, backbone:<name> (training); given, preset:<name>, assumed,
+    # ultralytics (models from elsewhere)
+    normalization: str = "scale"
     precision: str = "fp32"
     task: str = "classify"
     stride: int | None = None  # detectors: the largest feature stride (input sides are multiples of it)

@@ -341,6 +341,9 @@ Examples:
 @click.option("--cpu-target", type=click.Choice(["avx2", "vnni", "arm64"]), default="avx2", show_default=True,
               help="CPU the int8 model runs on: avx2 uses 7-bit weights (no U8S8 saturation without VNNI).")
 @click.option("--exclude-node", multiple=True, help="ONNX node name to keep in float (repeatable).")
+@click.option("--per-tensor", is_flag=True,
+              help="int8: one weight scale per tensor instead of per output channel (for runtimes without "
+                   "per-channel support; usually less accurate).")
 @click.option("--max-accuracy-drop", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Fail if a variant loses more accuracy than fp32 (percentage points; of top-1 agreement "
                    "with fp32 when the data has no labels).")
@@ -358,7 +361,7 @@ Examples:
 def export(source: Path, out_dir: Path | None, quantize: tuple[str, ...], opset: int | None,
            calibration_data: Path | None, calibration_samples: int, calibration_method: str, cpu_target: str,
            exclude_node: tuple[str, ...], max_accuracy_drop: float, atol: float, test_images: int | None,
-           no_simplify: bool, triton_dir: Path | None, accuracy_aware: bool, **flags: Any) -> None:
+           no_simplify: bool, triton_dir: Path | None, accuracy_aware: bool, per_tensor: bool, **flags: Any) -> None:
     """Export SOURCE to verified ONNX, with quantized variants.
 
     SOURCE: a run directory, a .keras/.h5 file, a TensorFlow SavedModel directory, a .tflite or an
@@ -368,7 +371,8 @@ def export(source: Path, out_dir: Path | None, quantize: tuple[str, ...], opset:
     from edgecnn.export.report import metric_text
 
     quant = QuantizeConfig.for_target(cpu_target, calibration_method=calibration_method,
-                                      calibration_samples=calibration_samples, exclude_nodes=exclude_node)
+                                      calibration_samples=calibration_samples, exclude_nodes=exclude_node,
+                                      per_channel=not per_tensor)
     overrides = model_overrides(flags)
     config = ExportConfig(opset=opset, quantize=quantize, simplify=not no_simplify, atol=atol, test_images=test_images,
                           max_accuracy_drop=max_accuracy_drop, quant=quant, triton_dir=triton_dir,

@@ -525,7 +525,7 @@ def _judge(mode, acc, fp32_acc, metric, out, par, data, config) -> tuple[float |
         verdict = "within" if drop <= budget + 1e-9 else "more than"
         return None, drop <= budget + 1e-9, (f"{metric.label} {100 * metric.value:.2f}% on {len(data.test)} images "
                                              f"({drop:.2f} pp below identical behaviour), {verdict} the allowed "
-                                             f"{budget:g} pp (compared with fp32, not with labels)")
+                                             f"{budget:g} pp (agreement, not accuracy: judged against fp32)")
     log.warning("%s: no task metric for this model's task yet; compared with fp32 by output difference only "
                 "(max |diff| %.3g).", mode, par.max_abs_diff)
     return None, True, f"not judged by a task metric (max |diff| vs fp32 {par.max_abs_diff:.3g})"

@@ -117,6 +117,8 @@ def load_source(path: str | Path, *, overrides: ModelOverrides | None = None, op
     loaders = {"run": _run, "keras": _keras_file, "savedmodel": _saved_model, "tflite": _tflite, "onnx": _onnx}
     if kind != "onnx":
         layout = layout or overrides.layout or "nhwc"
+    if kind == "run" and not (path / "card.json").is_file():  # a folder with a user's model.keras, no card
+        return _keras_file(path / "model.keras", overrides, opset, layout)
     return loaders[kind](path, overrides, opset, layout)
 
 

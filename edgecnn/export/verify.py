@@ -7,7 +7,6 @@ Everything runs on onnxruntime's CPU execution provider, on images normalized by
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -17,6 +16,7 @@ import numpy as np
 from edgecnn.card import ModelCard
 from edgecnn.errors import ArtifactError
 from edgecnn.runtime.core import InferenceModel
+from edgecnn.runtime.session import ort_error
 from edgecnn.runtime.preprocess import normalize_batch
 
 __all__ = ["Parity", "TaskMetric", "compare", "compare_outputs", "task_agreement", "OnnxPredictor",
@@ -131,24 +131,6 @@ def _primary(outputs: Sequence[np.ndarray], rank: int) -> int:
 def accuracy(outputs: np.ndarray, labels: np.ndarray) -> float:
     """Top-1 accuracy of (N, classes) outputs against integer labels."""
     return float(np.mean(outputs.argmax(axis=1) == np.asarray(labels).reshape(-1)))
-
-
-_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*")
-
-
-_ORT_LOAD = re.compile(r"^Load model from .*? failed:\s*(This is an invalid model\.\s*)?")
-_ORT_NODE = re.compile(r'In Node, \("(?P<node>[^"]*)", (?P<op>\w+),.*, Error (?P<why>.*)$')
-
-
-def ort_error(err: BaseException) -> str:
-    """onnxruntime's own message on one line, cut to its cause: without the status prefix and the
-    file path, and for a node the graph checker refused, just the node, its op and the reason
-    (``node conv/DequantizeLinear (DequantizeLinear): Unrecognized attribute: axis ...``)."""
-    text = _ORT_LOAD.sub("", _ORT_PREFIX.sub("", " ".join(str(err).split())))
-    node = _ORT_NODE.search(text)
-    if node:
-        text = f"node {node['node']} ({node['op']}): {node['why']}"
-    return f"{type(err).__name__}: {text[:400]}"
 
 
 class OnnxPredictor(InferenceModel):

@@ -17,6 +17,7 @@ import contextlib
 import io
 import json
 import logging
+import re
 import tempfile
 import time
 import warnings
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["PROVIDERS", "CONV_ALGO_SEARCH", "CudaOptions", "NodePlacement", "SessionInfo", "create_session",
            "resolve_providers", "node_placement", "parse_profile", "preload_cuda_libraries", "onnxruntime_conflict",
-           "GPU_INSTALL"]
+           "GPU_INSTALL", "ort_error"]
 
 # The one documented way to get the CUDA build (README "GPU install"): both wheels install into the
 # same `onnxruntime` import package, so whichever was installed last wins, file by file.
@@ -163,6 +164,24 @@ def preload_cuda_libraries() -> bool:
     return True
 
 
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*")
+
+
+_ORT_LOAD = re.compile(r"^Load model from .*? failed:\s*(This is an invalid model\.\s*)?")
+_ORT_NODE = re.compile(r'In Node, \("(?P<node>[^"]*)", (?P<op>\w+),.*, Error (?P<why>.*)$')
+
+
+def ort_error(err: BaseException) -> str:
+    """onnxruntime's own message on one line, cut to its cause: without the status prefix and the
+    file path, and for a node the graph checker refused, just the node, its op and the reason
+    (``node conv/DequantizeLinear (DequantizeLinear): Unrecognized attribute: axis ...``)."""
+    text = _ORT_LOAD.sub("", _ORT_PREFIX.sub("", " ".join(str(err).split())))
+    node = _ORT_NODE.search(text)
+    if node:
+        text = f"node {node['node']} ({node['op']}): {node['why']}"
+    return f"{type(err).__name__}: {text[:400]}"
+
+
 def onnxruntime_conflict(distributions: dict[str, str] | None = None) -> str | None:
     """A one-line fix when the CPU and GPU builds of onnxruntime are installed side by side.
 
@@ -273,8 +292,7 @@ def create_session(
                 "prefer_nhwc needs an onnxruntime-gpu built with its NHWC kernels."
             ) from err
         raise ArtifactError(
-            f"Cannot load {name} as an ONNX model ({type(err).__name__}: {str(err).strip()[:300]}); "
-            "re-export it with `edgecnn export`."
+            f"Cannot load {name} as an ONNX model ({ort_error(err)}); re-export it with `edgecnn export`."
         ) from err
     creation_s = time.perf_counter() - t0
     actual = list(session.get_providers())

@@ -167,7 +167,9 @@ def test_ultralytics_metadata_detector_is_not_verified_as_a_classifier(tmp_path,
     src = yolo_like_onnx(tmp_path / "yolo.onnx", metadata={"imgsz": "[64, 64]", "names": "{0: 'cat', 1: 'dog'}",
                                                             "task": "detect", "stride": "32", "author": "Ultralytics"})
     out = tmp_path / "out"
-    result = _ok(_run(src, "--out", out, "--calibration-data", foreign["photos"], "-q", "int8"))
+    # Random weights: its int8 boxes are judged by mAP@0.5 against fp32 with a loose budget.
+    result = _ok(_run(src, "--out", out, "--calibration-data", foreign["photos"], "-q", "int8",
+                      "--max-accuracy-drop", "5"))
     assert "assuming" not in result.output  # everything came from the metadata
     card = _card(out / "model.int8.onnx")
     assert (card.task, card.output_kind, card.class_names) == ("detect", "yolov8", ("cat", "dog"))
