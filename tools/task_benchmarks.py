@@ -36,7 +36,8 @@ def _tool():
 
 
 def _export(source: Path, out: Path, scenes: Path, *flags: str) -> dict:
-    cmd = [sys.executable, "-m", "edgecnn.cli", "export", str(source), "-q", "int8", "--calibration-data", str(scenes),
+    cmd = [sys.executable, "-m", "edgecnn.cli", "export", str(source), "-q", "int8", "--accuracy-aware",
+           "--calibration-data", str(scenes),
            "--out", str(out), *flags]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads((out / "export_report.json").read_text())
