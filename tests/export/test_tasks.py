@@ -80,3 +80,25 @@ def test_task_metrics_of_the_guard():
     logits = rng.normal(size=(2, 2, 8, 8)).astype(np.float32)
     assert task_agreement("segment", [logits], [logits], seg).value == 1.0
     assert task_agreement("segment", [logits], [-logits], seg).value == 0.0
+
+
+@pytest.mark.slow
+@pytest.mark.tf
+def test_keras_applications_model_exports_with_its_preset(tmp_path):
+    """A keras.applications MobileNetV2 (random weights: nothing can be downloaded here), saved by
+    Keras as a user would, exported with the preprocessing preset of that family."""
+    from edgecnn._optional import require
+
+    keras = require("keras", "train")
+    model = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=3)
+    model.save(tmp_path / "mnv2.keras")
+    scenes = _scenes(tmp_path / "photos", 32, count=24)
+    report = _export([str(tmp_path / "mnv2.keras"), "--preprocess", "tf", "--labels", "a,b,c", "-q", "fp16",
+                      "--calibration-data", str(scenes), "--out", str(tmp_path / "out")])
+    fp32 = report["variants"][0]
+    assert report["task"] == "classify" and fp32["max_abs_diff"] < 1e-4
+    from edgecnn.runtime import Classifier
+
+    clf = Classifier(tmp_path / "out" / "model.onnx")
+    assert clf.card.normalization == "preset:tf" and clf.card.mean == (127.5, 127.5, 127.5)
+    assert clf.labels == ["a", "b", "c"]
