@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import platform
+import re
 import shutil
 import tempfile
 import time
@@ -304,7 +305,9 @@ def _export(proto: Any, card: ModelCard, reference: Callable[[np.ndarray], list[
                         f"classes ({', '.join(card.class_names[:5])}...): the data does not belong to this model.")
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=".export-staging-"))
+    _sweep_staging(out_dir)
+    # The pid in the name lets a later export tell a killed run's leftovers from a running one.
+    staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".export-staging-{os.getpid()}-"))
     try:
         return _export_staged(proto, card, reference, data, config, src=src, out_dir=out_dir,
                               staging=staging, started=started, notes=notes or [])
@@ -312,6 +315,37 @@ def _export(proto: Any, card: ModelCard, reference: Callable[[np.ndarray], list[
         shutil.rmtree(staging, ignore_errors=True)
         if created and out_dir.is_dir() and not any(out_dir.iterdir()):
             out_dir.rmdir()  # a failure before anything was written leaves no empty folder behind
+
+
+def _sweep_staging(out_dir: Path) -> None:
+    """Remove the staging folders of exports that were killed (their process is gone)."""
+    for folder in out_dir.glob(".export-staging-*"):
+        pid = folder.name.removeprefix(".export-staging-").split("-", 1)[0]
+        if not pid.isdigit() or not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            log.info("Removed %s, left by an interrupted export.", folder)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+_MODEL_FILE = re.compile(r"^model(\.[A-Za-z0-9_-]+)*\.onnx$")
+
+
+def _remove_stale_models(out_dir: Path, keep: set[str]) -> None:
+    """Model files of an earlier export into the same folder that this one did not write (a runA
+    ``model.int8.onnx`` must not sit beside runB's ``model.onnx`` as if it were runB's)."""
+    for path in out_dir.iterdir():
+        if path.is_file() and _MODEL_FILE.match(path.name) and path.name not in keep:
+            path.unlink(missing_ok=True)
+            log.warning("Removed %s: an earlier export's file, not produced by this one.", path)
 
 
 def _new_report(card: ModelCard, data: _Data, config: ExportConfig, src: ModelSource, out_dir: Path,
@@ -362,7 +396,7 @@ def _export_staged(proto, card, reference, data, config, *, src, out_dir, stagin
             os.replace(staging / v.file, out_dir / v.file)
         else:
             v.file = None
-            (out_dir / variant_filename(v.precision)).unlink(missing_ok=True)
+    _remove_stale_models(out_dir, {v.file for v in report.variants if v.file})
     if config.triton_dir:
         report.triton = str(_write_triton(config, out_dir, report, card))
     if failures:

@@ -102,3 +102,19 @@ def test_keras_applications_model_exports_with_its_preset(tmp_path):
     clf = Classifier(tmp_path / "out" / "model.onnx")
     assert clf.card.normalization == "preset:tf" and clf.card.mean == (127.5, 127.5, 127.5)
     assert clf.labels == ["a", "b", "c"]
+
+
+def test_reexport_into_the_same_folder_leaves_no_stale_variant(tmp_path):
+    """Issue 11: export A -q int8 --out X, then export B --out X, left A's int8 beside B's model;
+    a killed export's staging folder stayed forever."""
+    scenes = _scenes(tmp_path / "photos", 160, count=16)
+    out = tmp_path / "X"
+    _export([str(FOREIGN / "yolov8_shapes.onnx"), "-q", "int8", "--max-accuracy-drop", "50", "--calibration-data",
+             str(scenes), "--out", str(out)])
+    assert (out / "model.int8.onnx").is_file()
+    dead = out / ".export-staging-999999999-abc"  # no such process
+    dead.mkdir()
+    (dead / "model.onnx").write_bytes(b"half")
+    _export([str(FOREIGN / "lraspp_shapes.onnx"), "--task", "segment", "--calibration-data",
+             str(_scenes(tmp_path / "seg", 128, count=8)), "--out", str(out)])
+    assert sorted(p.name for p in out.iterdir()) == ["export_report.json", "export_report.md", "model.onnx"]
