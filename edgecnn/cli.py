@@ -618,6 +618,9 @@ Examples:
               help="Seconds before an unanswered request gets 503.")
 @click.option("--body-timeout", "body_timeout_s", default=10.0, show_default=True,
               type=click.FloatRange(0, min_open=True), help="Seconds a request body may take to arrive; then 408.")
+@click.option("--header-timeout", "header_timeout_s", default=10.0, show_default=True,
+              type=click.FloatRange(0, min_open=True),
+              help="Seconds a request's headers may take to arrive (slowloris); then 408 and the connection closes.")
 @click.option("--max-body-mb", default=8.0, show_default=True, type=click.FloatRange(0, min_open=True),
               help="Largest request body (MiB); larger gets 413.")
 @click.option("--max-pixels", default=25_000_000, show_default=True, type=click.IntRange(min=1),
@@ -629,7 +632,8 @@ Examples:
               help="Intra-op threads (default: all cores but one, which stays with HTTP and decoding).")
 @model_options()
 def serve(model_or_dir: Path | None, host: str, port: int, token: str | None, token_file: Path | None, max_batch: int,
-          max_delay_ms: float, queue_size: int, timeout_s: float, body_timeout_s: float, max_body_mb: float,
+          max_delay_ms: float, queue_size: int, timeout_s: float, body_timeout_s: float, header_timeout_s: float,
+          max_body_mb: float,
           max_pixels: int, provider: str, allow_fallback: bool, threads: int | None, **flags: Any) -> None:
     """Serve MODEL_OR_DIR (an .onnx file, or every .onnx of a directory by name) over HTTP.
 
@@ -646,6 +650,7 @@ def serve(model_or_dir: Path | None, host: str, port: int, token: str | None, to
             raise click.BadParameter(f"{token_file} is empty; put the token on its first line.", param_hint="--token-file")
     config = ServeConfig(host=host, port=port, token=token or None, max_batch=max_batch, max_delay_ms=max_delay_ms,
                          queue_size=queue_size, timeout_s=timeout_s, body_timeout_s=body_timeout_s,
+                         header_timeout_s=header_timeout_s,
                          max_body_bytes=int(max_body_mb * 1024 * 1024),
                          max_pixels=max_pixels, provider=provider, threads=threads, allow_fallback=allow_fallback,
                          overrides=model_overrides(flags))

@@ -20,7 +20,7 @@ from PIL import Image
 from edgecnn.card import ModelCard
 from edgecnn.errors import InputError
 
-__all__ = ["normalize_batch", "load_image", "fit_image", "decode_image", "check_pixels", "FitInfo",
+__all__ = ["normalize_batch", "load_image", "fit_image", "decode_image", "declared_pixels", "check_pixels", "FitInfo",
            "DEFAULT_MAX_PIXELS", "ImageLike"]
 
 
@@ -184,6 +184,16 @@ def decode_image(image: ImageLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, mode
         # an address means nothing to a client, and a path is already in ``name``.
         detail = re.sub(r"\s*(<_io\.\w+ object at 0x[0-9a-f]+>|'[^']*')", "", str(err))[:200] or type(err).__name__
         raise InputError(f"Cannot read {name} as an image ({detail}); expected a PNG, JPEG, WebP, ... file.") from err
+
+
+def declared_pixels(data: bytes) -> int:
+    """Width x height an encoded image's header declares (0 when the header cannot be read: the
+    decode proper then says why). Reads the header only."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return int(img.width) * int(img.height)
+    except Exception:  # noqa: BLE001 - any unreadable header: the real decode reports it
+        return 0
 
 
 def _convert(img: Image.Image, mode: str, name: str) -> Image.Image:

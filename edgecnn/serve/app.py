@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Query, Request
@@ -17,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgecnn import __version__
 from edgecnn.errors import EdgecnnError
+from edgecnn.serve._decode import DecodePools
 from edgecnn.serve._memory import TrimMiddleware
 from edgecnn.serve._http import PUBLIC_PATHS, AuthMiddleware, BodyLimitMiddleware, multipart_file, read_body
 from edgecnn.serve._schemas import PREDICT_REQUEST_BODY, ErrorResponse, Health, ModelInfo, ModelList, PredictResponse
@@ -68,7 +68,7 @@ def create_app(models: dict[str, ServedModel], config: ServeConfig) -> Any:
         yield
         state["ready"] = False  # uvicorn has already waited for in-flight requests; drain what is queued
         await asyncio.gather(*(b.stop(config.shutdown_timeout_s) for b in batchers.values()))
-        app.state.decode_pool.shutdown(wait=False, cancel_futures=True)
+        app.state.decode_pool.shutdown()
 
     app = FastAPI(title="edgecnn serve", version=__version__, lifespan=lifespan,
                   description="Image classification with ONNX Runtime: dynamic micro-batching, bounded queue, "
@@ -76,7 +76,7 @@ def create_app(models: dict[str, ServedModel], config: ServeConfig) -> Any:
     app.state.metrics, app.state.batchers, app.state.models = metrics, batchers, models
     _add_error_handlers(app, metrics)
     # Decoding and JSON parsing, per request (Pillow and json release the GIL for the heavy parts).
-    decode_pool = ThreadPoolExecutor(max_workers=config.decode_workers, thread_name_prefix="edgecnn-decode")
+    decode_pool = DecodePools(config.decode_workers)
     app.state.decode_pool = decode_pool
     _add_routes(app, models, batchers, metrics, config, state, decode_pool)
     add_v2_routes(app, models, batchers, config, state, decode_pool)
@@ -145,32 +145,30 @@ def _media_kind(content_type: str | None) -> tuple[str, dict[bytes, bytes]]:
                      "application/json tensors.")
 
 
-def _decode(model: ServedModel, kind: str, params: dict[bytes, bytes], body: bytes,
-            max_instances: int) -> tuple[Any, list[Any]]:
-    """Request body -> (model input, fit info per row); runs on the decode pool, never the event loop."""
-    if kind == "json":
-        x = model.prepare_json(body, max_instances)
-        return x, [model.tensor_fit()] * int(x.shape[0])
-    image = multipart_file(body, params[b"boundary"]) if kind == "multipart" else body
-    x, fit = model.prepare_image(image)
-    return x, [fit]
+def _parse_json(model: ServedModel, body: bytes, max_instances: int) -> tuple[Any, list[Any]]:
+    x = model.prepare_json(body, max_instances)
+    return x, [model.tensor_fit()] * int(x.shape[0])
 
 
-async def _run(batcher: MicroBatcher, pool: ThreadPoolExecutor, kind: str, params: dict[bytes, bytes], body: bytes,
+async def _run(batcher: MicroBatcher, pools: DecodePools, kind: str, params: dict[bytes, bytes], body: bytes,
                top_k: int, max_instances: int) -> list[Any]:
     """Request body -> one result per image or tensor.
 
-    Each request is decoded (image) or parsed (JSON, multipart) on its own in the decode pool, so
-    an image that is slow or fails to decode costs its own request and one decode thread, never
-    the batch; the batcher only ever sees model inputs.
+    Each request is decoded (image) or parsed (JSON, multipart) on its own in the decode pools, so
+    an image that is slow or fails to decode costs its own request, never the batch; the batcher
+    only ever sees model inputs.
     """
-    loop = asyncio.get_running_loop()
-    x, fits = await loop.run_in_executor(pool, _decode, batcher.model, kind, params, body, max_instances)
+    if kind == "json":
+        x, fits = await pools.call(_parse_json, batcher.model, body, max_instances)
+    else:
+        image = await pools.call(multipart_file, body, params[b"boundary"]) if kind == "multipart" else body
+        x, fit = await pools.image(batcher.model.prepare_image, image)
+        fits = [fit]
     return await batcher.submit(x, fits, top_k=top_k)
 
 
 def _add_routes(app: FastAPI, models: dict[str, ServedModel], batchers: dict[str, MicroBatcher], metrics: Metrics,
-                config: ServeConfig, state: dict[str, bool], decode_pool: ThreadPoolExecutor) -> None:
+                config: ServeConfig, state: dict[str, bool], decode_pool: DecodePools) -> None:
     wait = str(retry_after(config.timeout_s))
 
     # The busiest route first: Starlette tries routes in order.

@@ -20,7 +20,8 @@ import numpy as np
 
 from edgecnn.errors import ArtifactError, InputError, ModelNotFoundError
 from edgecnn.runtime import InferenceModel, default_model_path, load_model
-from edgecnn.runtime.preprocess import FitInfo, normalize_batch
+from edgecnn.runtime.preprocess import FitInfo, declared_pixels, normalize_batch
+from edgecnn.serve._decode import HeavyImage
 from edgecnn.serve.config import ServeConfig
 from edgecnn.serve.errors import ServeError
 
@@ -52,14 +53,21 @@ class ServedModel:
         return self.model.fixed_batch
 
     # ----------------------------------------------------------------------------- requests
-    def prepare_image(self, data: bytes) -> tuple[np.ndarray, FitInfo]:
+    def prepare_image(self, data: bytes, light_pixels: int | None = None) -> tuple[np.ndarray, FitInfo]:
         """Encoded image bytes -> a (1, ...) model input and how the image was fitted to it.
+
+        Args:
+            data: the encoded image.
+            light_pixels: raise :class:`~edgecnn.serve._decode.HeavyImage` before decoding when
+                the header declares more pixels than this (the caller moves it to the heavy pool).
 
         Raises:
             ServeError: 400 for an empty, undecodable, truncated or oversized image.
         """
         if not data:
             raise ServeError(400, "empty_body", "The request has no image data; send PNG, JPEG, WebP, ... bytes.")
+        if light_pixels is not None and declared_pixels(data) > light_pixels:
+            raise HeavyImage
         try:
             pixels, info = self.model.fit(data)
         except InputError as err:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -32,6 +31,7 @@ from fastapi.responses import Response
 
 from edgecnn import __version__
 from edgecnn.errors import InputError
+from edgecnn.serve._decode import DecodePools
 from edgecnn.serve._http import read_body
 from edgecnn.serve._schemas import (
     V2_INFER_BODY,
@@ -281,7 +281,7 @@ def _metadata(model: ServedModel) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------- routes
 
 def add_v2_routes(app: FastAPI, models: dict[str, ServedModel], batchers: dict[str, MicroBatcher],
-                  config: ServeConfig, state: dict[str, bool], decode_pool: ThreadPoolExecutor) -> None:
+                  config: ServeConfig, state: dict[str, bool], decode_pool: DecodePools) -> None:
     """Register the Open Inference Protocol routes on ``app``."""
 
     def _json(data: Any) -> Response:
@@ -344,9 +344,7 @@ def add_v2_routes(app: FastAPI, models: dict[str, ServedModel], batchers: dict[s
         header = request.headers.get(HEADER_LENGTH)
         try:
             async with asyncio.timeout(config.timeout_s), batcher.admit():
-                loop = asyncio.get_running_loop()
-                x, fits, answer = await loop.run_in_executor(decode_pool, parse_infer_request, model, body, header,
-                                                             config.max_instances)
+                x, fits, answer = await decode_pool.call(parse_infer_request, model, body, header, config.max_instances)
                 outputs = await batcher.submit(x, fits, top_k=0, raw=True)
         except TimeoutError:
             raise ServeError(503, "timeout", f"No answer within {config.timeout_s:g} s; the server is busy.",

@@ -527,3 +527,18 @@ def test_heap_is_trimmed_once_idle_after_big_bodies(model_dir, images, monkeypat
                               headers={"Content-Type": "image/png"}).status_code == 200
         time.sleep(0.3)
     assert trimmer.trims >= 1 and calls
+
+
+def test_big_images_decode_on_the_low_priority_pool(model_dir, images):
+    """A 2500x2000 upload (over 4 MP declared) is decoded on the heavy pool; small ones never are."""
+    with running_server(model_dir / "tiny_nhwc.onnx", max_body_bytes=8 * 1024 * 1024) as srv:
+        pools = srv.server.config.app.fastapi.state.decode_pool
+        with httpx.Client(base_url=srv.url) as c:
+            assert c.post("/v1/models/tiny_nhwc:predict", content=png(images[0]),
+                          headers={"Content-Type": "image/png"}).status_code == 200
+            assert not pools.heavy._threads
+            big = png(np.zeros((2000, 2500, 3), np.uint8))
+            r = c.post("/v1/models/tiny_nhwc:predict", content=big, headers={"Content-Type": "image/png"},
+                       params={"top_k": 1})
+            assert r.status_code == 200, r.text
+        assert len(pools.heavy._threads) == 1

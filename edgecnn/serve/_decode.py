@@ -1,0 +1,62 @@
+"""Where request bodies are decoded: a light pool, and a low-priority heavy pool for big images.
+
+Every request is decoded on its own (never in the batch it joins), so an image that fails costs
+its own request only. Cost is the other half: a PNG declaring 5000x5000 pixels inflates 75 MB
+whatever scale the model wants. Such images (over ``heavy_pixels`` declared in their header) go
+to a small pool of their own whose threads run at a lower OS priority (Linux thread nice +10), so
+a client sending decode bombs queues behind itself and yields the CPU to everyone else's small
+images, the event loop and the model, instead of taking the light pool's threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DecodePools", "HeavyImage", "HEAVY_PIXELS"]
+
+HEAVY_PIXELS = 4_000_000  # 2000x2000: any camera photo; far above what a CNN's input needs
+
+
+class HeavyImage(Exception):
+    """Raised by a light-pool decode that found a header declaring more than ``HEAVY_PIXELS``."""
+
+
+def _lower_priority() -> None:
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)  # Linux: per-thread nice
+    except (AttributeError, OSError):  # other systems, or not allowed: same priority as the rest
+        log.debug("Could not lower the heavy decode threads' priority.")
+
+
+class DecodePools:
+    """The light pool (``workers`` threads) and the heavy pool (``heavy_workers``, nice +10)."""
+
+    def __init__(self, workers: int, heavy_workers: int = 1, heavy_pixels: int = HEAVY_PIXELS) -> None:
+        self.heavy_pixels = heavy_pixels
+        self.light = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edgecnn-decode")
+        self.heavy = ThreadPoolExecutor(max_workers=heavy_workers, thread_name_prefix="edgecnn-decode-heavy",
+                                        initializer=_lower_priority)
+
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` on the light pool (JSON parsing, multipart splitting)."""
+        return await asyncio.get_running_loop().run_in_executor(self.light, fn, *args)
+
+    async def image(self, prepare: Callable[..., Any], data: bytes) -> Any:
+        """``prepare(data, light_pixels)`` on the light pool, or on the heavy one when it raises
+        :class:`HeavyImage` (then called with ``None``: no limit but the server's max pixels)."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self.light, prepare, data, self.heavy_pixels)
+        except HeavyImage:
+            return await loop.run_in_executor(self.heavy, prepare, data, None)
+
+    def shutdown(self) -> None:
+        for pool in (self.light, self.heavy):
+            pool.shutdown(wait=False, cancel_futures=True)
