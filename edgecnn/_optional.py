@@ -14,7 +14,7 @@ __all__ = ["require", "import_tensorflow_quietly", "pyplot", "EXTRA_OF", "missin
 # Which extra installs a module edgecnn imports lazily (the CLI names it when one is missing).
 EXTRA_OF = {"tensorflow": "train", "keras": "train", "yaml": "train", "ai_edge_litert": "train",
             "matplotlib": "plot", "tf2onnx": "export", "onnx": "export", "onnxslim": "export", "sympy": "export",
-            "fastapi": "serve", "uvicorn": "serve", "prometheus_client": "serve", "python_multipart": "serve",
+            "fastapi": "serve", "uvicorn": "serve", "prometheus_client": "serve", "python_multipart": "serve", "orjson": "serve",
             "httptools": "serve", "openvino": "openvino"}
 
 _TF_MODULES = ("tensorflow", "keras", "tf2onnx")

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-EPOCHS, LIMIT, BATCH = 4, 256, 32
+EPOCHS, LIMIT, BATCH = 6, 1024, 32
 
 
 def _train(args: list[str]) -> subprocess.Popen:
@@ -81,7 +81,7 @@ def main() -> None:
         trials = []
         for i in range(args.kills):
             run = work / f"run{i}"
-            at = rng.uniform(0.3 * life, 0.98 * life)
+            at = rng.uniform(0.15 * life, 0.9 * life)
             proc = _train(_fresh(run))
             time.sleep(at)
             proc.send_signal(signal.SIGKILL)

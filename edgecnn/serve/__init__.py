@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from edgecnn._optional import require
 
-for _module in ("fastapi", "uvicorn", "prometheus_client", "python_multipart"):
+for _module in ("fastapi", "uvicorn", "prometheus_client", "python_multipart", "orjson"):
     require(_module, "serve")
 
 from edgecnn.serve.app import create_app  # noqa: E402

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from typing import Any, AsyncIterator
 
@@ -18,7 +17,7 @@ from edgecnn import __version__
 from edgecnn.errors import EdgecnnError
 from edgecnn.serve._decode import DecodePools
 from edgecnn.serve._memory import TrimMiddleware
-from edgecnn.serve._http import PUBLIC_PATHS, AuthMiddleware, BodyLimitMiddleware, multipart_file, read_body
+from edgecnn.serve._http import PUBLIC_PATHS, AuthMiddleware, BodyLimitMiddleware, dump_json, multipart_file, read_body
 from edgecnn.serve._schemas import PREDICT_REQUEST_BODY, ErrorResponse, Health, ModelInfo, ModelList, PredictResponse
 from edgecnn.serve.batcher import MicroBatcher, retry_after
 from edgecnn.serve.config import ServeConfig
@@ -95,7 +94,7 @@ def _count(metrics: Metrics) -> Any:
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(json.dumps(data), status_code=status, media_type="application/json", headers=headers)
+    return Response(dump_json(data), status_code=status, media_type="application/json", headers=headers)
 
 
 def _add_error_handlers(app: FastAPI, metrics: Metrics) -> None:

@@ -8,7 +8,6 @@ make the server open another file.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
@@ -22,6 +21,7 @@ from edgecnn.errors import ArtifactError, InputError, ModelNotFoundError
 from edgecnn.runtime import InferenceModel, default_model_path, load_model
 from edgecnn.runtime.preprocess import FitInfo, declared_pixels, normalize_batch
 from edgecnn.serve._decode import HeavyImage
+from edgecnn.serve._http import parse_json
 from edgecnn.serve.config import ServeConfig
 from edgecnn.serve.errors import ServeError
 
@@ -85,7 +85,7 @@ class ServedModel:
                 422 for a wrong structure, shape, dtype or values.
         """
         try:
-            body = json.loads(data)
+            body = parse_json(data)
         except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
             raise ServeError(400, "invalid_json", f"The body is not valid JSON ({str(err)[:200]}).") from err
         instances, kind = _parse_body(body)

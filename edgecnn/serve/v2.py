@@ -21,7 +21,6 @@ errors are ``{"error": "<message>"}`` with a 4xx status, as the protocol specifi
 from __future__ import annotations
 
 import asyncio
-import json
 import struct
 from typing import Any
 
@@ -32,7 +31,7 @@ from fastapi.responses import Response
 from edgecnn import __version__
 from edgecnn.errors import InputError
 from edgecnn.serve._decode import DecodePools
-from edgecnn.serve._http import read_body
+from edgecnn.serve._http import dump_json, parse_json, read_body
 from edgecnn.serve._schemas import (
     V2_INFER_BODY,
     V2Error,
@@ -75,7 +74,7 @@ def parse_infer_request(model: ServedModel, body: bytes, header_length: str | No
     """
     head, binary = _split(body, header_length)
     try:
-        request = json.loads(head)
+        request = parse_json(head)
     except (ValueError, RecursionError) as err:
         raise _bad(f"The request header is not valid JSON ({str(err)[:200]}).") from err
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
@@ -254,7 +253,7 @@ def encode_infer_response(model: ServedModel, outputs: list[np.ndarray], answer:
     head = {"model_name": model.name, "model_version": model.version, "outputs": tensors}
     if answer.get("id") is not None:
         head["id"] = answer["id"]
-    text = json.dumps(head).encode()
+    text = dump_json(head)
     return (text + b"".join(chunks), len(text)) if chunks else (text, None)
 
 
@@ -285,7 +284,7 @@ def add_v2_routes(app: FastAPI, models: dict[str, ServedModel], batchers: dict[s
     """Register the Open Inference Protocol routes on ``app``."""
 
     def _json(data: Any) -> Response:
-        return Response(json.dumps(data), media_type="application/json")
+        return Response(dump_json(data), media_type="application/json")
 
     def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         return {c: {"model": V2Error, "description": "An Open Inference Protocol error."} for c in codes}
