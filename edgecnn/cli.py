@@ -629,12 +629,16 @@ Examples:
               help="Execution provider.")
 @click.option("--allow-fallback", is_flag=True, help="Run on the CPU (with a warning) if the provider is unusable.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="Intra-op threads (default: all cores but one, which stays with HTTP and decoding).")
+              help="Intra-op threads per worker (default: all cores but one, which stays with HTTP and decoding, "
+                   "shared by the workers).")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Server processes sharing the port (each loads the models; /metrics is per process).")
 @model_options()
 def serve(model_or_dir: Path | None, host: str, port: int, token: str | None, token_file: Path | None, max_batch: int,
           max_delay_ms: float, queue_size: int, timeout_s: float, body_timeout_s: float, header_timeout_s: float,
           max_body_mb: float,
-          max_pixels: int, provider: str, allow_fallback: bool, threads: int | None, **flags: Any) -> None:
+          max_pixels: int, provider: str, allow_fallback: bool, threads: int | None, workers: int,
+          **flags: Any) -> None:
     """Serve MODEL_OR_DIR (an .onnx file, or every .onnx of a directory by name) over HTTP.
 
     Without MODEL_OR_DIR, serves the packaged reference model. Endpoints: POST /v1/models/NAME:predict,
@@ -650,7 +654,7 @@ def serve(model_or_dir: Path | None, host: str, port: int, token: str | None, to
             raise click.BadParameter(f"{token_file} is empty; put the token on its first line.", param_hint="--token-file")
     config = ServeConfig(host=host, port=port, token=token or None, max_batch=max_batch, max_delay_ms=max_delay_ms,
                          queue_size=queue_size, timeout_s=timeout_s, body_timeout_s=body_timeout_s,
-                         header_timeout_s=header_timeout_s,
+                         header_timeout_s=header_timeout_s, workers=workers,
                          max_body_bytes=int(max_body_mb * 1024 * 1024),
                          max_pixels=max_pixels, provider=provider, threads=threads, allow_fallback=allow_fallback,
                          overrides=model_overrides(flags))

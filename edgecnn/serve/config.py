@@ -37,6 +37,7 @@ class ServeConfig:
         body_timeout_s: a request body that has not fully arrived after this long gets 408 (it holds
             no queue place meanwhile: requests are admitted once their body is complete).
         decode_workers: threads decoding images and parsing JSON, one request each at a time.
+        workers: server processes sharing the listening socket (each with its own models).
         max_header_bytes: a request line plus headers over this many bytes gets 431 and a close.
         header_timeout_s: a connection whose request headers are not complete this long after they
             began gets 408 and is closed (slowloris); one that never sends anything is closed.
@@ -60,6 +61,7 @@ class ServeConfig:
     default_top_k: int = 5
     shutdown_timeout_s: float = 30.0
     body_timeout_s: float = 10.0
+    workers: int = 1
     max_header_bytes: int = 16 * 1024
     header_timeout_s: float = 10.0
     decode_workers: int = max(2, os.cpu_count() or 2)
@@ -68,7 +70,7 @@ class ServeConfig:
     def __post_init__(self) -> None:
         problems = []
         for name in ("max_batch", "queue_size", "max_body_bytes", "max_pixels", "max_instances", "default_top_k",
-                     "decode_workers", "max_header_bytes"):
+                     "decode_workers", "max_header_bytes", "workers"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("timeout_s", "shutdown_timeout_s", "body_timeout_s", "header_timeout_s"):

@@ -203,7 +203,9 @@ def server_threads(config: ServeConfig) -> int:
     a 2-core box, letting onnxruntime spin on both cut seed_cnn's served throughput by a third
     and tripled its p99 (docs/benchmarks.md).
     """
-    return config.threads if config.threads is not None else max(1, (os.cpu_count() or 2) - 1)
+    if config.threads is not None:
+        return config.threads
+    return max(1, ((os.cpu_count() or 2) - 1) // config.workers)
 
 
 def _open(path: Path, config: ServeConfig) -> ServedModel:

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
+import signal
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
+from edgecnn.errors import EdgecnnError
 from edgecnn.serve.app import create_app
 from edgecnn.serve.batcher import retry_after
 from edgecnn.serve.config import ServeConfig, is_loopback
+from edgecnn.serve.errors import ServeError
 from edgecnn.serve.models import load_models
 
 log = logging.getLogger(__name__)
@@ -57,6 +63,75 @@ def _protocol(config: ServeConfig, app: Any) -> Any:
 
 
 def serve(source: str | Path | None, config: ServeConfig, *, sock: socket.socket | None = None) -> None:
-    """Serve until interrupted (SIGINT/SIGTERM finish in-flight requests first)."""
-    server = build_server(source, config)
-    server.run(sockets=[sock] if sock is not None else None)
+    """Serve until interrupted (SIGINT/SIGTERM finish in-flight requests first).
+
+    With ``config.workers`` > 1, that many processes share one listening socket (the kernel hands
+    each new connection to one of them), each with its own copy of the models, batcher and
+    metrics: one Python process parses HTTP under one GIL, and for a model of microseconds that,
+    not the model, caps the requests per second.
+
+    Raises:
+        ArtifactError, ProviderError: when a model cannot be served as asked.
+        ServeError: when a worker process fails.
+    """
+    if config.workers == 1:
+        server = build_server(source, config)
+        server.run(sockets=[sock] if sock is not None else None)
+        return
+    _serve_workers(source, config, sock or _listen(config.host, config.port))
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise ServeError(500, "bind_failed", f"Cannot listen on {host}:{port} ({err.strerror}); pick another "
+                         "--port or --host.") from None
+    sock.listen(2048)
+    return sock
+
+
+def _worker(source: str | Path | None, config: ServeConfig, sock: socket.socket) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        build_server(source, config).run(sockets=[sock])
+    except EdgecnnError as err:
+        log.error("%s", err)
+        sys.exit(1)
+
+
+def _serve_workers(source: str | Path | None, config: ServeConfig, sock: socket.socket) -> None:
+    # fork: this process has loaded no model (onnxruntime's threads must not cross a fork); each
+    # worker loads its own after it.
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_worker, args=(source, config, sock), name=f"edgecnn-worker-{i}", daemon=False)
+             for i in range(config.workers)]
+    for p in procs:
+        p.start()
+    log.info("%d worker processes share %s:%d.", len(procs), config.host, sock.getsockname()[1])
+
+    def stop(signum: int, _frame: Any) -> None:
+        for p in procs:
+            if p.is_alive() and p.pid is not None:
+                os.kill(p.pid, signal.SIGTERM)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while any(p.is_alive() for p in procs):
+            for p in procs:
+                p.join(0.2)
+                if p.exitcode not in (None, 0, -signal.SIGTERM):
+                    stop(signal.SIGTERM, None)
+                    for q in procs:
+                        q.join(config.shutdown_timeout_s)
+                    raise ServeError(500, "worker_failed", f"{p.name} exited with status {p.exitcode} (its message "
+                                     "is above); the server stopped.")
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        sock.close()

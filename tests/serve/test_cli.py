@@ -116,3 +116,49 @@ def test_sigterm_lets_in_flight_requests_finish():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_workers_share_the_port_and_stop_on_sigterm(tmp_path):
+    """--workers 2: two processes answer on one port; SIGTERM to the parent stops them all."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "edgecnn.cli", "serve", "--workers", "2", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert len(children) == 2
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=5).json()["models"][0]["name"] == \
+            "seed_cnn_cifar10"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert all(subprocess.run(["kill", "-0", c], capture_output=True).returncode != 0 for c in children)
+
+
+def test_a_failing_worker_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    res = subprocess.run([sys.executable, "-m", "edgecnn.cli", "serve", str(bad), "--workers", "2", "--port", "0"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "Cannot load" in res.stderr and "exited with status 1" in res.stderr
