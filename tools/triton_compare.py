@@ -185,6 +185,8 @@ def main() -> None:
     parser.add_argument("-c", "--concurrency", default="8,32,64")
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--edgecnn-args", default="", help="extra `edgecnn serve` arguments, e.g. '--workers 2'")
+    parser.add_argument("--only", choices=["edgecnn", "triton"], default=None, help="measure one server only")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     threads = str(max(1, (os.cpu_count() or 2) - 1))
@@ -193,10 +195,11 @@ def main() -> None:
     script.write_text(TRITON_SERVER)
     for model in args.models:
         reqs = requests_for(model)
-        for server in ("edgecnn", "triton"):
+        for server in [s for s in ("edgecnn", "triton") if args.only in (None, s)]:
             port = _free_port()
             if server == "edgecnn":
-                cmd = [sys.executable, "-m", "edgecnn.cli", "serve", str(model), "--port", str(port)]
+                cmd = [sys.executable, "-m", "edgecnn.cli", "serve", str(model), "--port", str(port),
+                       *args.edgecnn_args.split()]
                 ready = "/readyz"
             else:
                 cmd = [args.triton_python, str(script), str(model.resolve()), str(port), str(_free_port()),

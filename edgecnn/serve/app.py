@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from typing import Any, AsyncIterator
 
@@ -62,6 +63,9 @@ def create_app(models: dict[str, ServedModel], config: ServeConfig) -> Any:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await asyncio.gather(*(b.start() for b in batchers.values()))
+        # Everything loaded so far (models, FastAPI, the libraries) lives as long as the server:
+        # out of the collector's sight, a full collection no longer walks it mid-request.
+        gc.freeze()
         state["ready"] = True
         log.info("Ready: %s (max batch %d, max delay %g ms).", ", ".join(models), config.max_batch, config.max_delay_ms)
         yield
