@@ -45,10 +45,12 @@ TRITON_SERVER = textwrap.dedent('''
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
     from pytriton.triton import Triton, TritonConfig
 
-    path, http_port, grpc_port, metrics_port, threads = sys.argv[1], *map(int, sys.argv[2:6])
+    path, http_port, grpc_port, metrics_port, threads, instances = sys.argv[1], *map(int, sys.argv[2:7])
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
+    sessions = [ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
+                for _ in range(instances)]
+    sess = sessions[0]
     card = json.loads(sess.get_modelmeta().custom_metadata_map["edgecnn.card"])
     h, w = card["input_size"]
     mean = np.asarray(card["mean"], np.float32)
@@ -56,22 +58,27 @@ TRITON_SERVER = textwrap.dedent('''
     inp, out = sess.get_inputs()[0].name, sess.get_outputs()[0].name
     classes = sess.get_outputs()[0].shape[-1]
 
-    @batch
-    def tensors(images):
-        return {out: sess.run([out], {inp: images})[0]}
+    def tensors_on(s):
+        @batch
+        def tensors(images):
+            return {out: s.run([out], {inp: images})[0]}
+        return tensors
 
-    @batch
-    def pngs(image_bytes):
-        px = [np.asarray(Image.open(io.BytesIO(bytes(b[0]))).convert("RGB").resize((w, h), Image.BILINEAR),
-                         np.float32) for b in image_bytes]
-        return {out: sess.run([out], {inp: (np.stack(px) - mean) * inv_std})[0]}
+    def pngs_on(s):
+        @batch
+        def pngs(image_bytes):
+            px = [np.asarray(Image.open(io.BytesIO(bytes(b[0]))).convert("RGB").resize((w, h), Image.BILINEAR),
+                             np.float32) for b in image_bytes]
+            return {out: s.run([out], {inp: (np.stack(px) - mean) * inv_std})[0]}
+        return pngs
 
     cfg = ModelConfig(max_batch_size=32, batcher=DynamicBatcher(max_queue_delay_microseconds=5000))
     with Triton(config=TritonConfig(http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
                                     log_verbose=0)) as triton:
-        triton.bind("model", tensors, inputs=[Tensor(name=inp, dtype=np.float32, shape=(h, w, 3))],
+        # One model instance per session (a list of callables: Triton's instance_group count).
+        triton.bind("model", [tensors_on(x) for x in sessions], inputs=[Tensor(name=inp, dtype=np.float32, shape=(h, w, 3))],
                     outputs=[Tensor(name=out, dtype=np.float32, shape=(classes,))], config=cfg, strict=False)
-        triton.bind("model_png", pngs, inputs=[Tensor(name="image_bytes", dtype=bytes, shape=(1,))],
+        triton.bind("model_png", [pngs_on(x) for x in sessions], inputs=[Tensor(name="image_bytes", dtype=bytes, shape=(1,))],
                     outputs=[Tensor(name=out, dtype=np.float32, shape=(classes,))], config=cfg, strict=False)
         triton.serve()
 ''')
@@ -187,9 +194,11 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--edgecnn-args", default="", help="extra `edgecnn serve` arguments, e.g. '--workers 2'")
     parser.add_argument("--only", choices=["edgecnn", "triton"], default=None, help="measure one server only")
+    parser.add_argument("--instances", type=int, default=1,
+                        help="Triton model instances (one onnxruntime session each): match edgecnn's --workers")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
-    threads = str(max(1, (os.cpu_count() or 2) - 1))
+    threads = str(max(1, ((os.cpu_count() or 2) - 1) // args.instances))
     rows = []
     script = Path(tempfile.mkdtemp(prefix="triton-compare-")) / "triton_server.py"
     script.write_text(TRITON_SERVER)
@@ -203,7 +212,7 @@ def main() -> None:
                 ready = "/readyz"
             else:
                 cmd = [args.triton_python, str(script), str(model.resolve()), str(port), str(_free_port()),
-                       str(_free_port()), threads]
+                       str(_free_port()), threads, str(args.instances)]
                 ready = "/v2/models/model/ready"  # pytriton loads its models after the server is up
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             try:

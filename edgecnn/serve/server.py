@@ -78,39 +78,52 @@ def serve(source: str | Path | None, config: ServeConfig, *, sock: socket.socket
         server = build_server(source, config)
         server.run(sockets=[sock] if sock is not None else None)
         return
-    _serve_workers(source, config, sock or _listen(config.host, config.port))
+    if sock is None and hasattr(socket, "SO_REUSEPORT"):
+        # Each worker listens on its own socket of one SO_REUSEPORT group: the kernel spreads
+        # connections over them evenly (one shared socket lets whichever worker wakes first take
+        # a burst of new connections). This socket only holds the port, it never listens.
+        holder = _bind(config.host, config.port, reuse_port=True)
+        _serve_workers(source, config, holder, own_sockets=True)
+    else:
+        listener = sock or _bind(config.host, config.port)
+        listener.listen(2048)
+        _serve_workers(source, config, listener, own_sockets=False)
 
 
-def _listen(host: str, port: int) -> socket.socket:
+def _bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as err:
         sock.close()
         raise ServeError(500, "bind_failed", f"Cannot listen on {host}:{port} ({err.strerror}); pick another "
                          "--port or --host.") from None
-    sock.listen(2048)
     return sock
 
 
-def _worker(source: str | Path | None, config: ServeConfig, sock: socket.socket) -> None:
+def _worker(source: str | Path | None, config: ServeConfig, sock: socket.socket, own_socket: bool) -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
+        if own_socket:
+            sock = _bind(config.host, sock.getsockname()[1], reuse_port=True)
+            sock.listen(2048)
         build_server(source, config).run(sockets=[sock])
     except EdgecnnError as err:
         log.error("%s", err)
         sys.exit(1)
 
 
-def _serve_workers(source: str | Path | None, config: ServeConfig, sock: socket.socket) -> None:
+def _serve_workers(source: str | Path | None, config: ServeConfig, sock: socket.socket, *, own_sockets: bool) -> None:
     # fork: this process has loaded no model (onnxruntime's threads must not cross a fork); each
     # worker loads its own after it.
     ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_worker, args=(source, config, sock), name=f"edgecnn-worker-{i}", daemon=False)
-             for i in range(config.workers)]
+    procs = [ctx.Process(target=_worker, args=(source, config, sock, own_sockets), name=f"edgecnn-worker-{i}",
+                         daemon=False) for i in range(config.workers)]
     for p in procs:
         p.start()
     log.info("%d worker processes share %s:%d.", len(procs), config.host, sock.getsockname()[1])
