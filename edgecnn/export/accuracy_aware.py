@@ -398,13 +398,10 @@ def _by_sensitivity(qdq: Any, pre: Path, entries: list[QuantError], weights: dic
     re-quantization.
     """
     onnx = require("onnx", "export")
-    ort = require("onnxruntime", "export")
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
+    from edgecnn.runtime.session import create_session
 
     def outputs(model: Any) -> list[np.ndarray]:
-        session = ort.InferenceSession(model.SerializeToString(), sess_options=options,
-                                       providers=["CPUExecutionProvider"])
+        session, _ = create_session(model.SerializeToString(), provider="cpu")
         return [np.concatenate(o) for o in zip(*(session.run(None, f) for f in feeds))]
 
     float_model = onnx.load(str(pre))
@@ -607,13 +604,10 @@ def time_models(models: dict[str, Path], *, card: ModelCard, images: np.ndarray,
     The models run round-robin, one call each per round, so a load change on a shared machine
     hits all of them alike.
     """
-    ort = require("onnxruntime", "export")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    sessions = {k: ort.InferenceSession(str(p), sess_options=options, providers=["CPUExecutionProvider"])
-                for k, p in models.items()}
+    from edgecnn.runtime.session import create_session
+
+    # The runtime's own session options (all graph optimizations, one sequential inter-op thread).
+    sessions = {k: create_session(p, provider="cpu", threads=threads)[0] for k, p in models.items()}
     batch = next(iter(sessions.values())).get_inputs()[0].shape[0]
     x = normalize_batch(np.repeat(images[:1], batch if isinstance(batch, int) and batch > 1 else 1, axis=0), card)
     times: dict[str, list[float]] = {k: [] for k in models}
