@@ -184,6 +184,7 @@ def _add_routes(app: FastAPI, models: dict[str, ServedModel], batchers: dict[str
         model = lookup(models, name)
         kind, params = _media_kind(request.headers.get("content-type"))
         batcher = batchers[name]
+        batcher.check_capacity()  # full: 503 before the upload is read
         body = await read_body(request, config.body_timeout_s)  # a queue place only for a complete body
         try:
             async with asyncio.timeout(config.timeout_s), batcher.admit():

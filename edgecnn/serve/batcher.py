@@ -90,9 +90,10 @@ class MicroBatcher:
         await asyncio.get_running_loop().run_in_executor(self._executor, self.model.infer, x)
         self._worker = asyncio.create_task(self._run(), name=f"edgecnn-batcher-{self.model.name}")
 
-    @contextlib.asynccontextmanager
-    async def admit(self) -> AsyncIterator[None]:
-        """Hold one of the ``queue_size`` places for the duration of a request.
+    def check_capacity(self) -> None:
+        """Refuse at once when every place is taken: called before a body is read too, so that an
+        overloaded server answers a fast-retrying client for the price of its headers, not of its
+        upload (retry storms had cut useful throughput 18-fold).
 
         Raises:
             ServeError: 503 with Retry-After when every place is taken or the server is stopping.
@@ -104,6 +105,15 @@ class MicroBatcher:
             raise ServeError(503, "overloaded", f"Model {self.model.name!r} has {self._admitted} requests in "
                              f"flight (the limit is {self.queue_size}); retry after {self.retry_after_s} s.",
                              {"Retry-After": str(self.retry_after_s)})
+
+    @contextlib.asynccontextmanager
+    async def admit(self) -> AsyncIterator[None]:
+        """Hold one of the ``queue_size`` places for the duration of a request.
+
+        Raises:
+            ServeError: 503 with Retry-After when every place is taken or the server is stopping.
+        """
+        self.check_capacity()
         self._admitted += 1
         try:
             yield

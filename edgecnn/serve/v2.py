@@ -339,6 +339,7 @@ def add_v2_routes(app: FastAPI, models: dict[str, ServedModel], batchers: dict[s
     async def infer(name: str, version: str | None, request: Request) -> Response:
         model = _model(name, version)
         batcher = batchers[name]
+        batcher.check_capacity()
         body = await read_body(request, config.body_timeout_s)
         header = request.headers.get(HEADER_LENGTH)
         try:

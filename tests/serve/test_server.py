@@ -298,6 +298,29 @@ def test_overload_is_503_with_retry_after_then_recovers(model_dir, images, slow_
         assert srv.metric("edgecnn_http_requests_total", code="503") == codes.count(503)
 
 
+def test_full_server_refuses_before_reading_the_upload(model_dir, images, slow_inference):
+    """A fast-retrying client against a full queue costs its headers only: the 503 comes back
+    although the announced body was never sent (and the body timeout is far away)."""
+    import threading
+
+    slow_inference(1.0)
+    with running_server(model_dir / "tiny_nhwc.onnx", queue_size=1, body_timeout_s=30) as srv:
+        busy = threading.Thread(target=lambda: httpx.post(f"{srv.url}/v1/models/tiny_nhwc:predict",
+                                                          content=png(images[0]), headers=_PNG, timeout=10))
+        busy.start()
+        time.sleep(0.3)  # the one place is taken
+        import socket
+        from urllib.parse import urlparse
+
+        u = urlparse(srv.url)
+        with socket.create_connection((u.hostname, u.port), timeout=5) as sock:
+            sock.sendall(b"POST /v1/models/tiny_nhwc:predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png"
+                         b"\r\nContent-Length: 1000000\r\n\r\n")  # and no body at all
+            answer = sock.recv(4096).decode()  # within the 5 s timeout, the body timeout being 30 s
+        assert answer.startswith("HTTP/1.1 503") and '"overloaded"' in answer
+        busy.join()
+
+
 def test_request_timeout_is_503(model_dir, slow_inference):
     slow_inference(0.6)
     with running_server(model_dir / "tiny_nhwc.onnx", timeout_s=0.2) as srv:
