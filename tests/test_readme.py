@@ -132,3 +132,33 @@ def test_quickstart_and_serve_examples_as_written(tmp_path):
                 assert text in served, (line, served)
         finally:
             server.stop()
+
+
+def test_python_examples_as_written(tmp_path, monkeypatch):
+    """Every ```python block of the README, run with the files and variables it names made real:
+    the packaged model under the paths it uses, CIFAR test images as cat.jpg/dog.png/a.jpg, the
+    ultralytics detector as any.onnx, a served reference model for the Triton client."""
+    from edgecnn.runtime import default_model_path
+
+    blocks = re.findall(r"```python\n(.*?)```", README, flags=re.S)
+    assert len(blocks) == 3
+    models = default_model_path().parent
+    (tmp_path / "runs" / "seed" / "export").mkdir(parents=True)
+    shutil.copy(models / "seed_cnn_cifar10.int8.onnx", tmp_path / "runs" / "seed" / "export" / "model.int8.onnx")
+    shutil.copy(models / "seed_cnn_cifar10.int8.onnx", tmp_path / "model.int8.onnx")
+    shutil.copy(FOREIGN / "yolov8_shapes.onnx", tmp_path / "any.onnx")
+    test_px = np.asarray(Image.open(ROOT / "edgecnn" / "assets" / "cifar10_sample" / "test.webp"))
+    for k, name in enumerate(("cat.jpg", "dog.png", "a.jpg", "street.jpg")):
+        Image.fromarray(test_px[:32, 32 * k:32 * (k + 1)]).save(tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    namespace = {"uint8_batch": test_px[:32, :128].reshape(32, 4, 32, 3).transpose(1, 0, 2, 3).copy(),
+                 "frame_bytes": (tmp_path / "dog.png").read_bytes()}
+    exec(compile(blocks[0], "README block 1", "exec"), dict(namespace))
+    exec(compile(blocks[2], "README block 3", "exec"), dict(namespace))
+    pytest.importorskip("tritonclient.http")
+    server = _Server("edgecnn serve", tmp_path)
+    try:
+        code = blocks[1].replace("localhost:8000", f"127.0.0.1:{server.port}")
+        exec(compile(code, "README block 2", "exec"), {})
+    finally:
+        server.stop()
