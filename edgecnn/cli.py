@@ -338,8 +338,9 @@ Examples:
 @click.option("--calibration-samples", type=click.IntRange(min=16), default=512, show_default=True)
 @click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
               show_default=True)
-@click.option("--cpu-target", type=click.Choice(["avx2", "vnni", "arm64"]), default="avx2", show_default=True,
-              help="CPU the int8 model runs on: avx2 uses 7-bit weights (no U8S8 saturation without VNNI).")
+@click.option("--cpu-target", type=click.Choice(["auto", "avx2", "vnni", "arm64"]), default="auto", show_default=True,
+              help="CPU the int8 model runs on: avx2 uses 7-bit weights (no U8S8 saturation without VNNI); vnni and "
+                   "arm64 all 8 bits; auto: this machine's (VNNI or AMX -> vnni).")
 @click.option("--exclude-node", multiple=True, help="ONNX node name to keep in float (repeatable).")
 @click.option("--per-tensor", is_flag=True,
               help="int8: one weight scale per tensor instead of per output channel (for runtimes without "

@@ -30,12 +30,14 @@ from edgecnn.runtime.preprocess import normalize_batch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["QUANTIZE_MODES", "CALIBRATION_METHODS", "CPU_TARGETS", "QuantizeConfig", "quantize_model",
+__all__ = ["QUANTIZE_MODES", "CALIBRATION_METHODS", "CPU_TARGETS", "CPU_TARGET_CHOICES", "QuantizeConfig",
+           "quantize_model",
            "pre_process_for_quantization"]
 
 QUANTIZE_MODES = ("int8", "int8-dynamic", "fp16")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 CPU_TARGETS = ("avx2", "vnni", "arm64")
+CPU_TARGET_CHOICES = ("auto", *CPU_TARGETS)  # auto: this machine's (edgecnn.runtime.cpu.int8_target)
 MIN_CALIBRATION_IMAGES = 16
 _CALIBRATION_BATCH = 32
 
@@ -83,9 +85,19 @@ class QuantizeConfig:
 
     @classmethod
     def for_target(cls, target: str = "avx2", **overrides: Any) -> QuantizeConfig:
-        """U8S8 for every target; 7-bit weights (``reduce_range``) only for AVX2 without VNNI."""
+        """U8S8 for every target; 7-bit weights (``reduce_range``) only for AVX2 without VNNI.
+
+        ``auto`` is the exporting machine's own: VNNI or AMX -> ``vnni``, ARM64 -> ``arm64``,
+        else ``avx2`` (the card records the target, and the runtime warns when a ``vnni`` file
+        runs on a CPU without VNNI).
+        """
+        if target == "auto":
+            from edgecnn.runtime.cpu import int8_target
+
+            target = int8_target()
+            log.info("int8 for this machine's CPU: --cpu-target %s.", target)
         if target not in CPU_TARGETS:
-            raise ConfigError(f"Unknown CPU target {target!r}; choose one of {', '.join(CPU_TARGETS)}.")
+            raise ConfigError(f"Unknown CPU target {target!r}; choose one of {', '.join(CPU_TARGET_CHOICES)}.")
         return cls(**{"target": target, "reduce_range": target == "avx2", **overrides})
 
     def describe(self, mode: str) -> dict[str, Any]:

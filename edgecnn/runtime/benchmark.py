@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import platform
-import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -295,15 +294,9 @@ def machine_fingerprint() -> dict[str, Any]:
     """CPU model, SIMD flags, cores and library versions of this machine."""
     import onnxruntime as ort
 
-    cpu, flags = platform.processor() or platform.machine(), set()
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        m = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
-        cpu = m.group(1).strip() if m else cpu
-        m = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
-        flags = set(m.group(1).split()) if m else set()
-    except OSError:
-        pass
+    from edgecnn.runtime.cpu import cpu_model_and_flags
+
+    cpu, flags = cpu_model_and_flags()
     simd = ["avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
             "amx_int8", "amx_bf16", "neon", "asimd"]
     try:

@@ -27,6 +27,7 @@ import onnxruntime as ort
 from edgecnn.card import ONNX_METADATA_KEY, ModelCard
 from edgecnn.errors import ArtifactError, ConfigError, InputError
 from edgecnn.presets import ModelOverrides, TensorInfo, infer_card
+from edgecnn.runtime.cpu import check_int8_target
 from edgecnn.runtime.preprocess import DEFAULT_MAX_PIXELS, FitInfo, ImageLike, check_pixels, fit_image, normalize_batch
 from edgecnn.runtime.session import CudaOptions, NodePlacement, create_session, node_placement
 
@@ -134,6 +135,7 @@ class InferenceModel:
             raise ArtifactError(f"{self.model_path.name} takes {h}x{w} = {h * w:,} pixels per image, over the limit of "
                                 f"{max_pixels:,}; pass --input-size HxW if its input size is dynamic (or raise "
                                 "max_pixels).")
+        check_int8_target(self.card, self.model_path.name)
         self._input = self._check_input()
         self.input_name = self._input.name
         self.input_dtype = _ORT_DTYPES.get(self._input.type, np.float32)
