@@ -332,6 +332,7 @@ def run(seconds: float, short: bool, extra: list[str]) -> dict:
         base = legit.run(seconds)
         results = []
         for attack in attacks(port, short):
+            rss_before = _rss_mb(server.pid)
             attack.start()
             time.sleep(0.3 if short else 1.0)  # let the attack take hold before measuring
             under = legit.run(seconds)
@@ -341,7 +342,8 @@ def run(seconds: float, short: bool, extra: list[str]) -> dict:
                    "attacker_5xx": sum(v for k, v in codes.items() if k.startswith("5"))}
             if attack.name == "upload burst":
                 time.sleep(3.0)
-                row["rss_start_mb"], row["rss_after_mb"] = rss_start, _rss_mb(server.pid)
+                row["rss_start_mb"], row["rss_after_mb"] = rss_before, _rss_mb(server.pid)
+                row["rss_run_start_mb"] = rss_start
             results.append(row)
         distinct = len(hostile_inputs(160 if not short else 40))
         return {"baseline": base, "attacks": results, "distinct_hostile_inputs": distinct,
