@@ -50,7 +50,7 @@ class _Group(click.Group):
 @click.option("-v", "--verbose", is_flag=True, help="Log more detail.")
 @click.pass_context
 def main(ctx: click.Context, debug: bool, verbose: bool) -> None:
-    """edgecnn: CNN image classifiers from Keras training to ONNX on the edge.
+    """edgecnn: CNN image models (classify, detect, segment) from Keras training or any ONNX to the edge.
 
     \b
     Pipeline:

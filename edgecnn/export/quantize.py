@@ -95,7 +95,7 @@ class QuantizeConfig:
             from edgecnn.runtime.cpu import int8_target
 
             target = int8_target()
-            log.info("int8 for this machine's CPU: --cpu-target %s.", target)
+            log.debug("int8 for this machine's CPU: --cpu-target %s.", target)
         if target not in CPU_TARGETS:
             raise ConfigError(f"Unknown CPU target {target!r}; choose one of {', '.join(CPU_TARGET_CHOICES)}.")
         return cls(**{"target": target, "reduce_range": target == "avx2", **overrides})
