@@ -114,6 +114,26 @@ def model_options(*, layout_help: str = "Input layout of the model: nchw or nhwc
     return decorate
 
 
+def backend_options(*, several: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Add --backend, --device and --precision (OpenVINO's) to a command."""
+    options = [
+        click.option("--backend", default="onnxruntime", show_default=True,
+                     type=str if several else click.Choice(["onnxruntime", "openvino"]),
+                     help="Runtime: onnxruntime or openvino (the [openvino] extra)"
+                          + ("; comma-separated to measure both side by side." if several else ".")),
+        click.option("--device", default="CPU", show_default=True, help="OpenVINO device: CPU, GPU or NPU."),
+        click.option("--precision", type=click.Choice(["f32", "bf16"]), default=None,
+                     help="OpenVINO execution precision (default f32: the same results as onnxruntime)."),
+    ]
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
+
+
 def model_overrides(flags: dict[str, Any]) -> Any:
     """Pop the model flags out of a command's keyword arguments -> ``edgecnn.presets.ModelOverrides``.
 
@@ -432,9 +452,11 @@ Examples:
 @click.option("--allow-fallback", is_flag=True, help="Run on the CPU (with a warning) if the provider is unusable.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads (default: all cores).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@backend_options()
 @model_options()
 def predict(paths: tuple[Path, ...], top_k: int, conf: float, iou: float, save_dir: Path | None, provider: str,
-            allow_fallback: bool, threads: int | None, as_json: bool, **flags: Any) -> None:
+            allow_fallback: bool, threads: int | None, as_json: bool, backend: str, device: str,
+            precision: str | None, **flags: Any) -> None:
     """Run the ONNX MODEL (default: the packaged reference model) on IMAGES: top-k classes, boxes,
     mask statistics or raw output summaries, by the model's task."""
     import json
@@ -449,7 +471,8 @@ def predict(paths: tuple[Path, ...], top_k: int, conf: float, iou: float, save_d
         model_path = default_model_path()
         click.echo(f"Using the packaged reference model {model_path.name} (pass a MODEL.onnx first for another).",
                    err=True)
-    model = load_model(model_path, provider, threads, allow_fallback, overrides=model_overrides(flags))
+    model = load_model(model_path, provider, threads, allow_fallback, overrides=model_overrides(flags),
+                       backend=backend, device=device, precision=precision)
     if model.assumptions():
         click.echo(f"note: {model.assumptions()}", err=True)
     params = {"classify": {"top_k": top_k}, "detect": {"conf": conf, "iou": iou}}.get(model.card.task, {})
@@ -540,12 +563,13 @@ Examples:
 @click.option("--device-id", default=0, show_default=True, type=click.IntRange(min=0), help="CUDA device.")
 @click.option("--placement/--no-placement", default=True, show_default=True,
               help="Report the nodes on each provider ('nodes on CPU: N of M', one profiled run per model).")
+@backend_options(several=True)
 @model_options()
 def bench(models: tuple[Path, ...], batch: str, threads: str, provider: str, allow_fallback: bool, warmup: int,
           runs: int, duration: float | None, compare: tuple[str, ...], keras_path: Path | None,
           calibration: Path | None, json_path: Path | None, csv_path: Path | None, plot_path: Path | None,
           io_binding: bool | None, cuda_graph: bool, cudnn_conv_algo_search: str, prefer_nhwc: bool | None,
-          device_id: int, placement: bool, **flags: Any) -> None:
+          device_id: int, placement: bool, backend: str, device: str, precision: str | None, **flags: Any) -> None:
     """Benchmark ONNX MODELS (default: the packaged reference model) across batches, threads, providers."""
     from edgecnn.card import atomic_write_text
     from edgecnn.runtime import default_model_path
@@ -554,7 +578,9 @@ def bench(models: tuple[Path, ...], batch: str, threads: str, provider: str, all
     config = BenchConfig(batch_sizes=parse_int_list(batch, "--batch"), threads=parse_int_list(threads, "--threads"),
                          provider=provider, warmup=warmup, runs=runs, duration_s=duration, allow_fallback=allow_fallback,
                          io_binding=io_binding, cuda_graph=cuda_graph, cudnn_conv_algo_search=cudnn_conv_algo_search.upper(),
-                         prefer_nhwc=prefer_nhwc, device_id=device_id, placement=placement)
+                         prefer_nhwc=prefer_nhwc, device_id=device_id, placement=placement,
+                         backends=tuple(b.strip() for b in backend.split(",") if b.strip()), device=device,
+                         precision=precision)
     # The Keras/LiteRT baselines import TensorFlow in their own processes: handed to the runtime, never imported by it.
     from edgecnn.baselines import run_baselines
 
@@ -634,12 +660,13 @@ Examples:
                    "shared by the workers).")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Server processes sharing the port (each loads the models; /metrics is per process).")
+@backend_options()
 @model_options()
 def serve(model_or_dir: Path | None, host: str, port: int, token: str | None, token_file: Path | None, max_batch: int,
           max_delay_ms: float, queue_size: int, timeout_s: float, body_timeout_s: float, header_timeout_s: float,
           max_body_mb: float,
-          max_pixels: int, provider: str, allow_fallback: bool, threads: int | None, workers: int,
-          **flags: Any) -> None:
+          max_pixels: int, provider: str, allow_fallback: bool, threads: int | None, workers: int, backend: str,
+          device: str, precision: str | None, **flags: Any) -> None:
     """Serve MODEL_OR_DIR (an .onnx file, or every .onnx of a directory by name) over HTTP.
 
     Without MODEL_OR_DIR, serves the packaged reference model. Endpoints: POST /v1/models/NAME:predict,
@@ -655,7 +682,8 @@ def serve(model_or_dir: Path | None, host: str, port: int, token: str | None, to
             raise click.BadParameter(f"{token_file} is empty; put the token on its first line.", param_hint="--token-file")
     config = ServeConfig(host=host, port=port, token=token or None, max_batch=max_batch, max_delay_ms=max_delay_ms,
                          queue_size=queue_size, timeout_s=timeout_s, body_timeout_s=body_timeout_s,
-                         header_timeout_s=header_timeout_s, workers=workers,
+                         header_timeout_s=header_timeout_s, workers=workers, backend=backend, device=device,
+                         precision=precision,
                          max_body_bytes=int(max_body_mb * 1024 * 1024),
                          max_pixels=max_pixels, provider=provider, threads=threads, allow_fallback=allow_fallback,
                          overrides=model_overrides(flags))

@@ -70,8 +70,16 @@ class BenchConfig:
     prefer_nhwc: bool | None = None
     device_id: int = 0
     placement: bool = True  # report the share of nodes on each provider (one profiled run per model)
+    backends: tuple[str, ...] = ("onnxruntime",)  # each model is measured on each, side by side
+    device: str = "CPU"  # OpenVINO's device
+    precision: str | None = None  # OpenVINO's execution precision (f32 when None)
 
     def __post_init__(self) -> None:
+        from edgecnn.runtime.session import BACKENDS
+
+        unknown = [b for b in self.backends if b not in BACKENDS]
+        if not self.backends or unknown:
+            raise ConfigError(f"--backend takes {', '.join(BACKENDS)} (comma-separated); got {list(self.backends)}.")
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             raise ConfigError(f"Batch sizes must be >= 1, got {self.batch_sizes}.")
         if not self.threads or min(self.threads) < 1:
@@ -360,7 +368,8 @@ def _batches_for(model: Any, config: BenchConfig) -> tuple[list[int], list[str]]
 
 
 def bench_onnx(model: str | Path, config: BenchConfig, *, pixels: np.ndarray | None = None,
-               overrides: Any = None, on_result: Callable[[BenchResult], None] | None = None) -> list[BenchResult]:
+               overrides: Any = None, on_result: Callable[[BenchResult], None] | None = None,
+               backend: str = "onnxruntime") -> list[BenchResult]:
     """Benchmark one ONNX model over the config's thread counts and batch sizes.
 
     A fresh session is created per thread count (its creation time is reported); the input is a
@@ -385,9 +394,12 @@ def bench_onnx(model: str | Path, config: BenchConfig, *, pixels: np.ndarray | N
         for i, batch in enumerate(list(batches)):
             if core is None or (config.cuda_graph and i > 0):
                 # A CUDA graph is captured for one input shape: a fresh session per batch size.
+                ov = backend == "openvino"
                 core = InferenceModel(model, provider=config.provider, threads=threads,
-                                      allow_fallback=config.allow_fallback, cuda=cuda, io_binding=config.io_binding,
-                                      overrides=overrides)
+                                      allow_fallback=config.allow_fallback, cuda=None if ov else cuda,
+                                      io_binding=None if ov else config.io_binding, overrides=overrides,
+                                      backend=backend, device=config.device,
+                                      precision=config.precision if ov else None)
                 if i == 0:
                     batches, skipped = _batches_for(core, config)
                     if core.assumptions() and threads == config.threads[0]:
@@ -396,11 +408,13 @@ def bench_onnx(model: str | Path, config: BenchConfig, *, pixels: np.ndarray | N
                 continue
             card = core.card
             variant = _variant_name(Path(model), card)
-            if config.placement and placement is None:
+            if config.placement and placement is None and backend == "onnxruntime":
                 placement = _placement(core)
             px = pixels[:batch] if pixels is not None and len(pixels) >= batch else _synthetic_pixels(card, batch, config.seed)
             x = core._check_tensor(core.preprocess(px))
             runner, run = core.timed_call(x)
+            if backend != "onnxruntime":
+                runner = f"openvino.{(config.precision or 'f32')}"
             times = time_callable(run, warmup=config.warmup, runs=config.runs, duration_s=config.duration_s,
                                   min_runs=config.min_runs)
             notes = ([core.info.fallback] if core.info.fallback else []) + skipped
@@ -463,7 +477,8 @@ def run_benchmark(
                 if on_result is not None:
                     on_result(result)
 
-            bench_onnx(model, config, overrides=overrides, on_result=keep)
+            for backend in config.backends:
+                bench_onnx(model, config, overrides=overrides, on_result=keep, backend=backend)
         _disambiguate(per_model, models)
         results = [r for rows in per_model for r in rows]
         if compare:

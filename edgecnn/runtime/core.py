@@ -71,6 +71,8 @@ class InferenceModel:
         io_binding: run through IO binding with input and output buffers on the session's device,
             reused while the input shape stays the same. None: on for a GPU session, off on the
             CPU. CUDA graphs always use it, and then accept only the shape of the first call.
+        backend: ``onnxruntime`` or ``openvino`` (the ``[openvino]`` extra), with OpenVINO's
+            ``device`` (``CPU``, ``GPU``, ``NPU``) and ``precision`` (``f32``, ``bf16``).
 
     Raises:
         ArtifactError: for a missing or corrupt file, or a card that does not match the model.
@@ -99,6 +101,9 @@ class InferenceModel:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         cuda: CudaOptions | None = None,
         io_binding: bool | None = None,
+        backend: str = "onnxruntime",
+        device: str = "CPU",
+        precision: str | None = None,
     ) -> None:
         self.model_path = Path("<bytes>") if isinstance(model, bytes) else Path(model)
         if cuda is not None and cuda.cuda_graph:
@@ -108,8 +113,12 @@ class InferenceModel:
                 raise ConfigError("CUDA graphs replay fixed device buffers: they need IO binding (drop --no-io-binding).")
         self.cuda = cuda
         self.allow_fallback = allow_fallback
+        if backend == "openvino" and io_binding:
+            raise ConfigError("IO binding is onnxruntime's; drop --io-binding with --backend openvino.")
+        self.backend = backend
         self.session, self.info = create_session(model, provider=provider, threads=threads,
-                                                 allow_fallback=allow_fallback, cuda=cuda)
+                                                 allow_fallback=allow_fallback, cuda=cuda, backend=backend,
+                                                 device=device, precision=precision)
         given = {"mean": mean, "std": std, "layout": layout, "class_names": labels, "input_size": input_size,
                  "channels": channels, "task": task}
         given = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in given.items() if v is not None}
@@ -355,7 +364,13 @@ class InferenceModel:
 
     def node_placement(self) -> NodePlacement:
         """Where each node of this model runs with this provider and CUDA options (one profiled run
-        of a separate session; see :func:`~edgecnn.runtime.session.node_placement`)."""
+        of a separate session; see :func:`~edgecnn.runtime.session.node_placement`).
+
+        Raises:
+            ConfigError: for the OpenVINO backend, which has no per-node placement report here.
+        """
+        if self.backend != "onnxruntime":
+            raise ConfigError("Node placement is reported for onnxruntime sessions only.")
         return node_placement(self.model_path, provider=self.info.requested, cuda=self.cuda,
                               allow_fallback=self.allow_fallback)
 

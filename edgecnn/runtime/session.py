@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["PROVIDERS", "CONV_ALGO_SEARCH", "CudaOptions", "NodePlacement", "SessionInfo", "create_session",
            "resolve_providers", "node_placement", "parse_profile", "preload_cuda_libraries", "onnxruntime_conflict",
-           "GPU_INSTALL", "ort_error"]
+           "GPU_INSTALL", "ort_error", "BACKENDS"]
 
 # The one documented way to get the CUDA build (README "GPU install"): both wheels install into the
 # same `onnxruntime` import package, so whichever was installed last wins, file by file.
@@ -50,6 +50,7 @@ PROVIDERS: dict[str, list[str]] = {
 }
 
 _GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+BACKENDS = ("onnxruntime", "openvino")
 CONV_ALGO_SEARCH = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
 
 
@@ -247,8 +248,16 @@ def create_session(
     allow_fallback: bool = False,
     cuda: CudaOptions | None = None,
     profile_dir: str | Path | None = None,
-) -> tuple[ort.InferenceSession, SessionInfo]:
+    backend: str = "onnxruntime",
+    device: str = "CPU",
+    precision: str | None = None,
+) -> tuple[Any, SessionInfo]:
     """Open an ONNX model on the requested provider and check that onnxruntime honoured it.
+
+    ``backend="openvino"`` opens it with OpenVINO on ``device`` (``CPU``, ``GPU``, ``NPU``) at
+    ``precision`` (``f32``/``bf16``) instead, behind the same interface
+    (:class:`~edgecnn.runtime.openvino_backend.OpenVinoSession`); ``provider`` and ``cuda`` are
+    onnxruntime's and must stay at their defaults then.
 
     Args:
         model: an ``.onnx`` path or the serialized model.
@@ -264,6 +273,14 @@ def create_session(
         ProviderError: if the session runs on another provider than requested and
             ``allow_fallback`` is false, or the CUDA provider rejects its options.
     """
+    if backend not in BACKENDS:
+        raise ProviderError(f"Unknown backend {backend!r}; choose {' or '.join(BACKENDS)}.")
+    if backend == "openvino":
+        return _openvino_session(model, provider=provider, threads=threads, cuda=cuda, device=device,
+                                 precision=precision)
+    if precision is not None:
+        raise ProviderError("--precision selects OpenVINO's execution precision; use it with --backend openvino "
+                            "(onnxruntime runs a file's own precision: export an fp16 variant instead).")
     wanted = resolve_providers(provider)
     _warn_conflict_once()
     if "CUDAExecutionProvider" in wanted:
@@ -314,6 +331,21 @@ def create_session(
             )
         log.warning("%sFalling back as allowed.", fallback)
     return session, SessionInfo(provider, actual, fallback, creation_s)
+
+
+def _openvino_session(model: str | Path | bytes, *, provider: str, threads: int | None, cuda: CudaOptions | None,
+                      device: str, precision: str | None) -> tuple[Any, SessionInfo]:
+    from edgecnn.runtime.openvino_backend import OpenVinoSession
+
+    if provider not in ("cpu", "auto") or cuda is not None:
+        raise ProviderError(f"--provider {provider} and the CUDA options are onnxruntime's; with --backend openvino "
+                            "pick the device with --device CPU|GPU|NPU.")
+    if not isinstance(model, bytes) and not Path(model).is_file():
+        raise ArtifactError(f"ONNX model {model} does not exist; pass the path of a .onnx file.")
+    t0 = time.perf_counter()
+    session = OpenVinoSession(model, device=device, threads=threads, precision=precision)
+    label = f"openvino:{device}" + (f":{precision}" if precision else "")
+    return session, SessionInfo(label, session.get_providers(), None, time.perf_counter() - t0)
 
 
 # --------------------------------------------------------------------------------- node placement

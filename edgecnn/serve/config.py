@@ -38,6 +38,8 @@ class ServeConfig:
             no queue place meanwhile: requests are admitted once their body is complete).
         decode_workers: threads decoding images and parsing JSON, one request each at a time.
         workers: server processes sharing the listening socket (each with its own models).
+        backend, device, precision: ``onnxruntime`` or ``openvino`` with OpenVINO's device and
+            execution precision (see :class:`edgecnn.runtime.InferenceModel`).
         max_header_bytes: a request line plus headers over this many bytes gets 431 and a close.
         header_timeout_s: a connection whose request headers are not complete this long after they
             began gets 408 and is closed (slowloris); one that never sends anything is closed.
@@ -62,6 +64,9 @@ class ServeConfig:
     shutdown_timeout_s: float = 30.0
     body_timeout_s: float = 10.0
     workers: int = 1
+    backend: str = "onnxruntime"
+    device: str = "CPU"
+    precision: str | None = None
     max_header_bytes: int = 16 * 1024
     header_timeout_s: float = 10.0
     decode_workers: int = max(2, os.cpu_count() or 2)

@@ -210,7 +210,8 @@ def server_threads(config: ServeConfig) -> int:
 
 def _open(path: Path, config: ServeConfig) -> ServedModel:
     model = load_model(path, provider=config.provider, threads=server_threads(config),
-                       allow_fallback=config.allow_fallback, max_pixels=config.max_pixels, overrides=config.overrides)
+                       allow_fallback=config.allow_fallback, max_pixels=config.max_pixels, overrides=config.overrides,
+                       backend=config.backend, device=config.device, precision=config.precision)
     if model.assumptions():
         log.warning("%s", model.assumptions())
     fixed = model.fixed_batch

@@ -1,0 +1,124 @@
+"""OpenVINO as a second backend of the runtime core (the ``[openvino]`` extra).
+
+:class:`OpenVinoSession` reads the same ``.onnx`` file (fp32 or int8 QDQ) with OpenVINO and
+offers the part of onnxruntime's ``InferenceSession`` interface the core uses (inputs, outputs,
+the file's metadata, ``run``), so the card, the image loader, batching and the task heads are
+the same whichever backend runs the graph. OpenVINO keeps an ONNX file's ``metadata_props`` in
+its ``rt_info["framework"]``: the edgecnn card travels unchanged.
+
+A device or an inference precision that is not there is an error, never a silent substitute:
+OpenVINO falls back from ``bf16`` to ``f32`` on CPUs without bf16 support, and that fallback is
+checked after compiling.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgecnn._optional import require
+from edgecnn.errors import ArtifactError, ProviderError
+
+__all__ = ["OpenVinoSession", "OV_PRECISIONS", "OV_DEVICES"]
+
+OV_PRECISIONS = ("f32", "bf16")
+OV_DEVICES = ("CPU", "GPU", "NPU")
+_TYPES = {"f32": "tensor(float)", "f16": "tensor(float16)", "f64": "tensor(double)", "u8": "tensor(uint8)",
+          "i64": "tensor(int64)", "i32": "tensor(int32)"}
+
+
+@dataclass(frozen=True)
+class _Arg:
+    name: str
+    shape: list[Any]
+    type: str
+
+
+@dataclass(frozen=True)
+class _Meta:
+    custom_metadata_map: dict[str, str] = field(default_factory=dict)
+
+
+class OpenVinoSession:
+    """An ONNX file compiled by OpenVINO for ``device``, behind the core's session interface.
+
+    Args:
+        model: the ``.onnx`` path.
+        device: ``CPU``, ``GPU``, ``NPU`` (or ``GPU.1`` ...), as OpenVINO names them.
+        threads: inference threads (None: OpenVINO's choice).
+        precision: ``f32`` (the default: results match onnxruntime's) or ``bf16`` execution (OpenVINO's
+            own default on CPUs with bf16, a variant to choose: faster, less exact).
+
+    Raises:
+        MissingDependencyError: without the ``[openvino]`` extra.
+        ProviderError: for a device OpenVINO does not see here, or a precision it would not honour.
+        ArtifactError: for a file OpenVINO cannot read or compile.
+    """
+
+    def __init__(self, model: str | Path, *, device: str = "CPU", threads: int | None = None,
+                 precision: str | None = None) -> None:
+        ov = require("openvino", "openvino")
+        if isinstance(model, (bytes, bytearray)):
+            raise ArtifactError("The OpenVINO backend reads .onnx files; write the model to a file first.")
+        if precision is not None and precision not in OV_PRECISIONS:
+            raise ProviderError(f"OpenVINO precision must be one of {', '.join(OV_PRECISIONS)}; got {precision!r}.")
+        core = ov.Core()
+        available = list(core.available_devices)
+        if not any(d == device or d.split(".")[0] == device for d in available):
+            raise ProviderError(f"OpenVINO has no {device} device here (it sees {', '.join(available) or 'none'}); "
+                                "pass --device CPU, or --backend onnxruntime.")
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+        if threads is not None:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        precision = precision or "f32"
+        config["INFERENCE_PRECISION_HINT"] = precision
+        try:
+            read = core.read_model(str(model))
+            self._compiled = core.compile_model(read, device, config)
+        except Exception as err:  # OpenVINO raises RuntimeError for unreadable or unsupported graphs
+            raise ArtifactError(f"OpenVINO cannot load {Path(model).name} ({' '.join(str(err).split())[:300]}).") \
+                from err
+        got = str(self._compiled.get_property("INFERENCE_PRECISION_HINT")).lower()
+        if precision not in got.replace("bfloat16", "bf16").replace("float32", "f32"):
+            raise ProviderError(f"OpenVINO on {device} runs this model in {got}, not {precision}: the device lacks "
+                                f"{precision} support; pass --precision f32.")
+        self.device, self.precision = device, precision
+        self._request = self._compiled.create_infer_request()
+        self._lock = threading.Lock()
+        try:
+            framework = read.get_rt_info()["framework"]
+            meta = {str(k): v.astype(str) if hasattr(v, "astype") else str(v) for k, v in dict(framework).items()}
+        except (KeyError, TypeError, RuntimeError):
+            meta = {}
+        self._meta = _Meta(meta)
+        self._inputs = [self._arg(p) for p in read.inputs]
+        self._outputs = [self._arg(p) for p in read.outputs]
+
+    @staticmethod
+    def _arg(port: Any) -> _Arg:
+        shape = [d.get_length() if d.is_static else f"d{i}" for i, d in enumerate(port.get_partial_shape())]
+        return _Arg(port.get_any_name(), shape, _TYPES.get(port.get_element_type().get_type_name(), "tensor(float)"))
+
+    def get_inputs(self) -> list[_Arg]:
+        return list(self._inputs)
+
+    def get_outputs(self) -> list[_Arg]:
+        return list(self._outputs)
+
+    def get_modelmeta(self) -> _Meta:
+        return self._meta
+
+    def get_providers(self) -> list[str]:
+        return [f"OpenVINO:{self.device}"]
+
+    def run(self, output_names: list[str] | None, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Outputs in graph order (or ``output_names``' order), as numpy arrays that own their memory."""
+        with self._lock:  # one infer request: calls are serialized, as onnxruntime's are per session
+            result = self._request.infer(feed)
+            by_name = {port.get_any_name(): np.array(value, copy=True) for port, value in result.items()}
+        names = output_names or [o.name for o in self._outputs]
+        return [by_name[n] for n in names]
