@@ -414,7 +414,7 @@ def bench_onnx(model: str | Path, config: BenchConfig, *, pixels: np.ndarray | N
             x = core._check_tensor(core.preprocess(px))
             runner, run = core.timed_call(x)
             if backend != "onnxruntime":
-                runner = f"openvino.{(config.precision or 'f32')}"
+                runner = "openvino" if config.precision is None else f"openvino.{config.precision}"
             times = time_callable(run, warmup=config.warmup, runs=config.runs, duration_s=config.duration_s,
                                   min_runs=config.min_runs)
             notes = ([core.info.fallback] if core.info.fallback else []) + skipped
