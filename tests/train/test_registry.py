@@ -3,8 +3,8 @@ import pytest
 
 pytestmark = pytest.mark.tf
 
-REQUIRED = {"seed_cnn", "lenet5", "vgg_small", "resnet20", "resnet56", "mobilenet_v2", "mobilenet_v2_224",
-            "shufflenet_v2", "shufflenet_v2_224"}
+REQUIRED = {"seed_cnn", "lenet5", "alexnet", "alexnet_224", "vgg_small", "resnet20", "resnet56", "mobilenet_v2",
+            "mobilenet_v2_224", "shufflenet_v2", "shufflenet_v2_224"}
 
 
 def test_zoo_has_the_required_models_and_a_tiny_variant_per_family():
@@ -42,7 +42,8 @@ def test_seed_cnn_is_the_tutorial_network():
     assert m.count_params() == 122_570  # the tutorial's model.summary() total
 
 
-@pytest.mark.parametrize("name", ["seed_cnn_tiny", "lenet5_tiny", "vgg_tiny", "resnet_tiny", "mobilenet_v2_tiny", "shufflenet_v2_tiny"])
+@pytest.mark.parametrize("name", ["seed_cnn_tiny", "lenet5_tiny", "alexnet_tiny", "vgg_tiny", "resnet_tiny",
+                                  "mobilenet_v2_tiny", "shufflenet_v2_tiny"])
 def test_tiny_models_output_probabilities(name):
     from edgecnn.train.registry import build_model
 
