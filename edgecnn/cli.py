@@ -441,8 +441,8 @@ Examples:
 
 
 @main.command(epilog=_PREDICT_EPILOG)
-@click.argument("paths", nargs=-1, required=True, metavar="[MODEL.onnx] IMAGES...",
-                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("paths", nargs=-1, required=True, metavar="[MODEL.onnx|EXPORT_DIR] IMAGES...",
+                type=click.Path(exists=True, path_type=Path))
 @click.option("--top-k", "-k", default=5, show_default=True, type=click.IntRange(min=1), help="classify: classes per image.")
 @click.option("--conf", default=0.25, show_default=True, type=click.FloatRange(0, 1), help="detect: score threshold.")
 @click.option("--iou", default=0.45, show_default=True, type=click.FloatRange(0, 1), help="detect: NMS IoU threshold.")
@@ -458,21 +458,29 @@ def predict(paths: tuple[Path, ...], top_k: int, conf: float, iou: float, save_d
             allow_fallback: bool, threads: int | None, as_json: bool, backend: str, device: str,
             precision: str | None, **flags: Any) -> None:
     """Run the ONNX MODEL (default: the packaged reference model) on IMAGES: top-k classes, boxes,
-    mask statistics or raw output summaries, by the model's task."""
+    mask statistics or raw output summaries, by the model's task. An export directory runs the
+    file and settings its deploy.json names (`edgecnn tune`), else its model.onnx."""
     import json
 
     from edgecnn.card import atomic_write_bytes
     from edgecnn.runtime import default_model_path, load_model
 
-    model_path, images = (paths[0], paths[1:]) if paths[0].suffix.lower() == ".onnx" else (None, paths)
+    first = paths[0]
+    model_path, images = (first, paths[1:]) if first.suffix.lower() == ".onnx" or first.is_dir() else (None, paths)
+    folders = [str(p) for p in images if p.is_dir()]
+    if folders:
+        raise click.BadParameter(f"{folders[0]} is a folder; pass image files (a shell glob such as "
+                                 f"{folders[0]}/*.jpg), or the export directory first.", param_hint="IMAGES")
     if not images:
         raise click.UsageError("No IMAGES given: pass the images after the model.")
     if model_path is None:
         model_path = default_model_path()
         click.echo(f"Using the packaged reference model {model_path.name} (pass a MODEL.onnx first for another).",
                    err=True)
-    model = load_model(model_path, provider, threads, allow_fallback, overrides=model_overrides(flags),
-                       backend=backend, device=device, precision=precision)
+    session = _given(click.get_current_context(), backend=backend, device=device, precision=precision)
+    model = load_model(model_path, provider, threads, allow_fallback, overrides=model_overrides(flags), **session)
+    if model.deploy_note:
+        click.echo(model.deploy_note, err=True)
     if model.assumptions():
         click.echo(f"note: {model.assumptions()}", err=True)
     params = {"classify": {"top_k": top_k}, "detect": {"conf": conf, "iou": iou}}.get(model.card.task, {})
@@ -489,6 +497,15 @@ def predict(paths: tuple[Path, ...], top_k: int, conf: float, iou: float, save_d
         return
     title = f"{model.card.name} ({model.card.task}, {model.card.precision}) on {model.providers[0]}"
     _echo_table(title, *_result_rows(model.card.task, images, [model.result_dict(r) for r in results]))
+
+
+def _given(ctx: click.Context, **values: Any) -> dict[str, Any]:
+    """The options the user set (on the command line or by environment), not click's defaults:
+    an export directory's deploy.json supplies the rest."""
+    from click.core import ParameterSource
+
+    return {k: v for k, v in values.items()
+            if ctx.get_parameter_source(k) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None)}
 
 
 def _png_bytes(image: Any) -> bytes:
@@ -614,6 +631,58 @@ def bench(models: tuple[Path, ...], batch: str, threads: str, provider: str, all
         click.echo(f"wrote {report.plot(plot_path)}")
 
 
+@main.command(epilog="\b\nExamples:\n  edgecnn tune runs/seed/export\n  edgecnn tune runs/mnv2/export --batch 1,32 "
+                    "--objective throughput --max-drop 0.5\n  edgecnn predict runs/seed/export cat.jpg   # follows deploy.json")
+@click.argument("export_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--batch", default="1", show_default=True, help="Batch sizes, comma-separated.")
+@click.option("--threads", default=None, help="Thread counts, comma-separated.  [default: 1, 2, 4, ... up to the cores]")
+@click.option("--backend", default=None, help="Backends to try, comma-separated.  [default: onnxruntime, and openvino "
+              "when installed]")
+@click.option("--device", default="CPU", show_default=True, help="OpenVINO device: CPU, GPU or NPU.")
+@click.option("--objective", type=click.Choice(["latency", "throughput"]), default="latency", show_default=True,
+              help="latency: p50 at the smallest batch; throughput: images/s at the largest.")
+@click.option("--max-drop", default=1.0, show_default=True, type=click.FloatRange(min=0),
+              help="Accuracy budget: percentage points below fp32 (of agreement with fp32 without labels).")
+@click.option("--seconds", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Measuring time per configuration, thread count and batch size.")
+@click.option("--images", default=2000, show_default=True, type=click.IntRange(min=1),
+              help="Held-out images for the accuracy check.")
+@click.option("--data", help="Images to judge accuracy on (.npz or folder) when the model's own dataset is not here.")
+@click.option("--confirm", default=3, show_default=True, type=click.IntRange(min=1),
+              help="Re-measure this many of the fastest, interleaved, before picking.")
+@click.option("--no-write", is_flag=True, help="Measure and print; leave deploy.json as it is.")
+@click.option("--json", "as_json", is_flag=True, help="Print the tune report as JSON instead of the table.")
+def tune(export_dir: Path, batch: str, threads: str | None, backend: str | None, device: str, objective: str,
+         max_drop: float, seconds: float, images: int, data: str | None, confirm: int, no_write: bool,
+         as_json: bool) -> None:
+    """Measure every variant x backend x threads x batch of EXPORT_DIR here, join accuracy and size,
+    print the Pareto front and write deploy.json (which predict, serve and Classifier.from_dir follow)."""
+    import json
+
+    from edgecnn.export.tune import TuneConfig
+    from edgecnn.export.tune import tune as run_tune
+    from edgecnn.runtime.benchmark import parse_int_list
+
+    config = TuneConfig(batch_sizes=parse_int_list(batch, "--batch"),
+                        threads=parse_int_list(threads, "--threads") if threads else None,
+                        backends=tuple(b.strip() for b in backend.split(",") if b.strip()) if backend else None,
+                        device=device, objective=objective, max_drop_pp=max_drop, seconds=seconds, images=images,
+                        data=data, confirm=confirm)
+    report = run_tune(export_dir, config, write=not no_write, progress=lambda line: click.echo(line, err=True))
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2, default=float))
+        return
+    m = report.machine
+    _echo_wide_table(f"edgecnn tune {export_dir} - {m['cpu']} ({m['usable_cpus']} cpus, {' '.join(m['simd'])}); "
+                     f"{objective}, budget {max_drop} pp", *report.table())
+    click.echo("* the pick   P Pareto front (latency, accuracy drop, size)   x over the accuracy budget")
+    for note in report.notes:
+        click.echo(f"note: {note}")
+    click.echo(report.recommendation)
+    if not no_write:
+        click.echo(f"wrote {export_dir / 'deploy.json'} and {export_dir / 'tune_report.json'}")
+
+
 # ---------------------------------------------------------------------------------- serve stage
 # (commands of the serve stage are defined below this line)
 
@@ -667,7 +736,8 @@ def serve(model_or_dir: Path | None, host: str, port: int, token: str | None, to
           max_body_mb: float,
           max_pixels: int, provider: str, allow_fallback: bool, threads: int | None, workers: int, backend: str,
           device: str, precision: str | None, **flags: Any) -> None:
-    """Serve MODEL_OR_DIR (an .onnx file, or every .onnx of a directory by name) over HTTP.
+    """Serve MODEL_OR_DIR (an .onnx file, or every .onnx of a directory by name) over HTTP; an
+    export directory with a deploy.json (`edgecnn tune`) serves the file and settings it names.
 
     Without MODEL_OR_DIR, serves the packaged reference model. Endpoints: POST /v1/models/NAME:predict,
     GET /v1/models, /healthz, /readyz, /metrics; the OpenAPI spec is at /openapi.json.
@@ -680,10 +750,11 @@ def serve(model_or_dir: Path | None, host: str, port: int, token: str | None, to
         token = lines[0].strip() if lines else ""
         if not token:
             raise click.BadParameter(f"{token_file} is empty; put the token on its first line.", param_hint="--token-file")
+    given = _given(click.get_current_context(), backend=backend, device=device)
     config = ServeConfig(host=host, port=port, token=token or None, max_batch=max_batch, max_delay_ms=max_delay_ms,
                          queue_size=queue_size, timeout_s=timeout_s, body_timeout_s=body_timeout_s,
-                         header_timeout_s=header_timeout_s, workers=workers, backend=backend, device=device,
-                         precision=precision,
+                         header_timeout_s=header_timeout_s, workers=workers, backend=given.get("backend"),
+                         device=given.get("device"), precision=precision,
                          max_body_bytes=int(max_body_mb * 1024 * 1024),
                          max_pixels=max_pixels, provider=provider, threads=threads, allow_fallback=allow_fallback,
                          overrides=model_overrides(flags))

@@ -31,6 +31,7 @@ from edgecnn.export import onnx as onnx_io
 from edgecnn.export.accuracy_aware import accuracy_aware_for_export, guard_hints
 from edgecnn.export.quantize import QUANTIZE_MODES, QuantizeConfig, quantize_model
 from edgecnn.export.report import ExportReport, VariantResult
+from edgecnn.runtime.deploy import DEPLOY_FILE, TUNE_REPORT
 from edgecnn.export.sources import ModelSource, load_source
 from edgecnn.export.verify import (OnnxPredictor, accuracy, compare_outputs, ort_error, predict_outputs,
                                    task_agreement)
@@ -38,7 +39,7 @@ from edgecnn.presets import PREPROCESSING_FLAGS, ModelOverrides, short_list
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ExportConfig", "export_model", "export_run", "export_onnx_file", "variant_filename"]
+__all__ = ["ExportConfig", "export_model", "export_run", "export_onnx_file", "variant_filename", "load_test_data"]
 
 
 @dataclass(frozen=True)
@@ -179,6 +180,19 @@ def _load_keras(path: Path) -> Any:
     except Exception as err:  # zipfile, h5py, deserialization errors
         raise ArtifactError(f"Cannot load {path} ({type(err).__name__}: {str(err)[:200]}); "
                             "the file is corrupt or was not saved by keras.Model.save.") from err
+
+
+def load_test_data(card: ModelCard, data: str | Path | None = None, *,
+                   limit: int | None = None) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """The held-out images an export of ``card`` is judged on (labels for a classifier when known)
+    and their description: the card's dataset's test split, or the held-out part of ``data``
+    (an .npz or an image folder) when given or when the card names no dataset.
+
+    Raises:
+        DataError: without a usable dataset.
+    """
+    found, _ = _load_data(card, data, ExportConfig(test_images=limit))
+    return found.test, found.test_labels, found.description
 
 
 def _limit(x: np.ndarray | None, n: int | None) -> np.ndarray | None:
@@ -341,11 +355,17 @@ _MODEL_FILE = re.compile(r"^model(\.[A-Za-z0-9_-]+)*\.onnx$")
 
 def _remove_stale_models(out_dir: Path, keep: set[str]) -> None:
     """Model files of an earlier export into the same folder that this one did not write (a runA
-    ``model.int8.onnx`` must not sit beside runB's ``model.onnx`` as if it were runB's)."""
+    ``model.int8.onnx`` must not sit beside runB's ``model.onnx`` as if it were runB's), and the
+    earlier ``edgecnn tune`` results, which measured the replaced files."""
     for path in out_dir.iterdir():
         if path.is_file() and _MODEL_FILE.match(path.name) and path.name not in keep:
             path.unlink(missing_ok=True)
             log.warning("Removed %s: an earlier export's file, not produced by this one.", path)
+    for name in (DEPLOY_FILE, TUNE_REPORT):  # measured on the files this export replaced
+        if (out_dir / name).is_file():
+            (out_dir / name).unlink(missing_ok=True)
+            log.warning("Removed %s: it was tuned on the earlier export; run `edgecnn tune %s` again.",
+                        out_dir / name, out_dir)
 
 
 def _new_report(card: ModelCard, data: _Data, config: ExportConfig, src: ModelSource, out_dir: Path,

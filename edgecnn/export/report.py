@@ -10,7 +10,9 @@ from typing import Any
 
 from edgecnn.card import atomic_write_text
 
-__all__ = ["VariantResult", "ExportReport", "metric_text"]
+__all__ = ["VariantResult", "ExportReport", "metric_text", "REPORT_JSON"]
+
+REPORT_JSON = "export_report.json"
 
 _umask = os.umask(0)
 os.umask(_umask)
@@ -106,7 +108,7 @@ class ExportReport:
     def save(self, out_dir: Path) -> tuple[Path, Path]:
         """Write ``export_report.json`` and ``export_report.md`` into ``out_dir`` (atomically)."""
         out_dir = Path(out_dir)
-        j = atomic_write_text(out_dir / "export_report.json", json.dumps(self.to_dict(), indent=2) + "\n")
+        j = atomic_write_text(out_dir / REPORT_JSON, json.dumps(self.to_dict(), indent=2) + "\n")
         m = atomic_write_text(out_dir / "export_report.md", self.to_markdown())
         for p in (j, m):
             os.chmod(p, _FILE_MODE)  # atomic_write_text's mkstemp leaves 0600

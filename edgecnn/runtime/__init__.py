@@ -33,11 +33,15 @@ def load_model(model: str | Path | bytes, provider: str = "cpu", threads: int | 
     """Open an ONNX model with the head its task needs: :class:`Classifier`, ``Detector``,
     ``Segmenter``, or the plain :class:`InferenceModel` for ``raw`` models.
 
-    The task comes from ``task=`` when given, else from the model card, else from the graph and
+    An export directory opens as :meth:`InferenceModel.from_dir` does (``deploy.json``, else
+    ``model.onnx``). The task comes from ``task=`` when given, else from the model card, else from the graph and
     the file's metadata (see :func:`edgecnn.presets.infer_card`). Takes :class:`InferenceModel`'s arguments.
 
     Raises:
         ArtifactError, ProviderError, ConfigError: as :class:`InferenceModel`.
     """
-    probe = InferenceModel(model, provider, threads, allow_fallback, **kwargs)
+    if not isinstance(model, bytes) and Path(model).is_dir():
+        probe = InferenceModel.from_dir(model, provider, threads, allow_fallback, **kwargs)
+    else:
+        probe = InferenceModel(model, provider, threads, allow_fallback, **kwargs)
     return HEADS[probe.card.task].adopt(probe)

@@ -80,6 +80,8 @@ class InferenceModel:
         ConfigError: for CUDA graphs without a CUDA provider or without IO binding.
     """
 
+    deploy_note: str | None = None  # from_dir: which file and settings were chosen, and why
+
     def __init__(
         self,
         model: str | Path | bytes,
@@ -160,6 +162,27 @@ class InferenceModel:
                                      device="cuda" if on_gpu else "cpu", device_id=cuda.device_id if cuda else 0,
                                      fixed_shape=self.cuda_graph)
         self._check_task()
+
+    @classmethod
+    def from_dir(cls, export_dir: str | Path, provider: str = "cpu", threads: int | None = None,
+                 allow_fallback: bool = False, **kwargs: Any) -> InferenceModel:
+        """Open an export directory the way ``edgecnn tune`` left it: the file and session options
+        its ``deploy.json`` names, else its fp32 ``model.onnx`` (``deploy_note`` says which, and why). Arguments given
+        here (``threads``, ``backend``, ``precision``, ...) win over ``deploy.json``.
+
+        Raises:
+            ArtifactError: for a directory without ``model.onnx`` or a usable ``deploy.json``;
+                otherwise as the constructor.
+        """
+        from edgecnn.runtime.deploy import SESSION_KEYS, resolve_dir
+
+        explicit = {k: kwargs.pop(k) for k in SESSION_KEYS if k in kwargs}
+        explicit["threads"] = threads
+        path, chosen, message = resolve_dir(export_dir, explicit)
+        log.debug("%s", message)
+        model = cls(path, provider, chosen.pop("threads", None), allow_fallback, **chosen, **kwargs)
+        model.deploy_note = message
+        return model
 
     @classmethod
     def adopt(cls, model: InferenceModel) -> InferenceModel:

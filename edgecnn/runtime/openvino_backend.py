@@ -119,6 +119,10 @@ class OpenVinoSession:
         """Outputs in graph order (or ``output_names``' order), as numpy arrays that own their memory."""
         with self._lock:  # one infer request: calls are serialized, as onnxruntime's are per session
             result = self._request.infer(feed)
-            by_name = {port.get_any_name(): np.array(value, copy=True) for port, value in result.items()}
-        names = output_names or [o.name for o in self._outputs]
-        return [by_name[n] for n in names]
+            # By position: compiling may rename an output port (a Cast fused into it keeps the
+            # Cast's input name, as in an fp16 file with float32 outputs).
+            values = [np.array(result[port], copy=True) for port in self._compiled.outputs]
+        if output_names is None:
+            return values
+        index = {o.name: i for i, o in enumerate(self._outputs)}
+        return [values[index[n]] for n in output_names]

@@ -39,7 +39,8 @@ class ServeConfig:
         decode_workers: threads decoding images and parsing JSON, one request each at a time.
         workers: server processes sharing the listening socket (each with its own models).
         backend, device, precision: ``onnxruntime`` or ``openvino`` with OpenVINO's device and
-            execution precision (see :class:`edgecnn.runtime.InferenceModel`).
+            execution precision (see :class:`edgecnn.runtime.InferenceModel`). None: what the
+            served export directory's ``deploy.json`` says, else onnxruntime on the CPU.
         max_header_bytes: a request line plus headers over this many bytes gets 431 and a close.
         header_timeout_s: a connection whose request headers are not complete this long after they
             began gets 408 and is closed (slowloris); one that never sends anything is closed.
@@ -64,8 +65,8 @@ class ServeConfig:
     shutdown_timeout_s: float = 30.0
     body_timeout_s: float = 10.0
     workers: int = 1
-    backend: str = "onnxruntime"
-    device: str = "CPU"
+    backend: str | None = None  # None: onnxruntime, or what an export directory's deploy.json names
+    device: str | None = None  # None: CPU, or deploy.json's
     precision: str | None = None
     max_header_bytes: int = 16 * 1024
     header_timeout_s: float = 10.0

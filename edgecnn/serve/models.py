@@ -19,6 +19,7 @@ import numpy as np
 
 from edgecnn.errors import ArtifactError, InputError, ModelNotFoundError
 from edgecnn.runtime import InferenceModel, default_model_path, load_model
+from edgecnn.runtime.deploy import current_deployment, resolve_dir
 from edgecnn.runtime.preprocess import FitInfo, declared_pixels, normalize_batch
 from edgecnn.serve._decode import HeavyImage
 from edgecnn.serve._http import parse_json
@@ -167,13 +168,21 @@ def _invalid_tensor(message: str) -> ServeError:
 def load_models(source: str | Path | None, config: ServeConfig) -> dict[str, ServedModel]:
     """Open the model file, or every ``*.onnx`` directly inside a directory, by name (file stem).
 
-    ``None`` serves the packaged reference model.
+    ``None`` serves the packaged reference model. An export directory with a current
+    ``deploy.json`` (``edgecnn tune``) serves the one file it names, run as it says (backend,
+    threads, ...; the options set in ``config`` win).
 
     Raises:
         ArtifactError: for a missing path, an empty directory or an unloadable model.
         ProviderError: when the requested provider cannot run a model.
     """
     path = default_model_path() if source is None else Path(source)
+    if path.is_dir() and current_deployment(path) is not None:
+        explicit = {"backend": config.backend, "device": config.device, "precision": config.precision,
+                    "threads": config.threads}
+        file, session, note = resolve_dir(path, explicit)
+        log.info("%s Serving it alone (pass a file to serve another).", note)
+        return {file.stem: _open(file.resolve(), config, session)}
     if path.is_dir():
         root = path.resolve()
         files = []
@@ -208,10 +217,14 @@ def server_threads(config: ServeConfig) -> int:
     return max(1, ((os.cpu_count() or 2) - 1) // config.workers)
 
 
-def _open(path: Path, config: ServeConfig) -> ServedModel:
-    model = load_model(path, provider=config.provider, threads=server_threads(config),
-                       allow_fallback=config.allow_fallback, max_pixels=config.max_pixels, overrides=config.overrides,
-                       backend=config.backend, device=config.device, precision=config.precision)
+def _open(path: Path, config: ServeConfig, session: dict[str, Any] | None = None) -> ServedModel:
+    """Open one served model; ``session``: the backend, threads, ... an export's deploy.json chose."""
+    if session is None:
+        session = {"backend": config.backend or "onnxruntime", "device": config.device or "CPU",
+                   "precision": config.precision, "threads": server_threads(config)}
+    session = {**session, "threads": session.get("threads") or server_threads(config)}
+    model = load_model(path, provider=config.provider, allow_fallback=config.allow_fallback,
+                       max_pixels=config.max_pixels, overrides=config.overrides, **session)
     if model.assumptions():
         log.warning("%s", model.assumptions())
     fixed = model.fixed_batch

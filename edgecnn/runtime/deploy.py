@@ -1,0 +1,199 @@
+"""``deploy.json``: the configuration ``edgecnn tune`` picked for an export directory.
+
+An export directory holds one ``.onnx`` file per variant (``model.onnx``, ``model.int8.onnx``,
+...). ``edgecnn tune`` measures them on this machine and writes ``deploy.json`` naming the file
+and how to run it: backend, OpenVINO device and precision, threads, IO binding.
+:meth:`InferenceModel.from_dir <edgecnn.runtime.InferenceModel.from_dir>`, ``edgecnn predict``
+and ``edgecnn serve`` open an export directory through :func:`resolve_dir`, which follows
+``deploy.json`` when it is there (and says so), and otherwise takes the fp32 ``model.onnx``.
+
+A ``deploy.json`` is only followed while it still describes the directory: the file it names
+must exist with the SHA-256 it was tuned on (a re-export removes ``deploy.json``, and a
+replaced file makes it stale). Tuned on another CPU, it is followed with a warning: the ranking
+of backends and thread counts is a property of the machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from edgecnn.errors import ArtifactError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DEPLOY_FILE", "TUNE_REPORT", "DEPLOY_SCHEMA", "FP32_FILE", "Deployment", "read_deployment",
+           "current_deployment", "resolve_dir", "file_sha256"]
+
+DEPLOY_FILE = "deploy.json"
+TUNE_REPORT = "tune_report.json"  # everything edgecnn tune measured, beside deploy.json
+DEPLOY_SCHEMA = "edgecnn.deploy/1"
+FP32_FILE = "model.onnx"
+# The keyword arguments of InferenceModel that deploy.json sets (a caller's own value wins).
+SESSION_KEYS = ("backend", "device", "precision", "threads", "io_binding")
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One tuned configuration: which file of the directory, and how to run it."""
+
+    file: str
+    variant: str
+    backend: str = "onnxruntime"
+    device: str = "CPU"
+    precision: str | None = None  # OpenVINO's execution precision (None: f32 / onnxruntime)
+    threads: int | None = None
+    io_binding: bool = False
+    batch: int = 1
+    objective: str = "latency"
+    sha256: str = ""
+    measured: dict[str, Any] = field(default_factory=dict)  # p50_ms, throughput_ips, accuracy, drop_pp, size_bytes
+    machine: dict[str, Any] = field(default_factory=dict)  # cpu model and SIMD flags of the tuning machine
+    created: str = ""
+    schema: str = DEPLOY_SCHEMA
+
+    def session_kwargs(self) -> dict[str, Any]:
+        """The :class:`~edgecnn.runtime.InferenceModel` keyword arguments this configuration sets."""
+        return {"backend": self.backend, "device": self.device, "precision": self.precision,
+                "threads": self.threads, "io_binding": True if self.io_binding else None}
+
+    def describe(self) -> str:
+        """``model.int8.onnx on openvino (f32, CPU), 1 thread``: for log lines."""
+        how = self.backend
+        if self.backend == "openvino":
+            how += f" ({self.precision or 'f32'}, {self.device})"
+        elif self.io_binding:
+            how += " with IO binding"
+        threads = "default threads" if self.threads is None else f"{self.threads} thread{'s' * (self.threads != 1)}"
+        return f"{self.file} on {how}, {threads}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, where: str = DEPLOY_FILE) -> Deployment:
+        """Raises: ArtifactError for another schema, a missing field or a value of the wrong type."""
+        if not isinstance(data, Mapping) or data.get("schema") != DEPLOY_SCHEMA:
+            raise ArtifactError(f"{where} is not an {DEPLOY_SCHEMA} file; run `edgecnn tune` on the directory again.")
+        known = {f.name for f in fields(cls)}
+        try:
+            dep = cls(**{k: v for k, v in data.items() if k in known})
+        except TypeError as err:
+            raise ArtifactError(f"{where} is incomplete ({err}); run `edgecnn tune` on the directory again.") from None
+        name = dep.file
+        if not isinstance(name, str) or not name.endswith(".onnx") or Path(name).name != name:
+            raise ArtifactError(f"{where} names {name!r}, not an .onnx file of its directory; run `edgecnn tune` again.")
+        if dep.threads is not None and (not isinstance(dep.threads, int) or dep.threads < 1):
+            raise ArtifactError(f"{where} has threads={dep.threads!r}; run `edgecnn tune` again.")
+        return dep
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_deployment(directory: str | Path) -> Deployment | None:
+    """The directory's ``deploy.json``, or None when it has none.
+
+    Raises:
+        ArtifactError: if it is there but unreadable or not a deploy file.
+    """
+    path = Path(directory) / DEPLOY_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise ArtifactError(f"Cannot read {path}: {err.strerror or err}.") from None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise ArtifactError(f"{path} is not valid JSON; delete it or run `edgecnn tune {directory}` again.") from None
+    return Deployment.from_dict(data, where=str(path))
+
+
+def _machine_differs(dep: Deployment) -> str | None:
+    from edgecnn.runtime.cpu import cpu_model_and_flags
+
+    cpu, flags = cpu_model_and_flags()
+    tuned_cpu, tuned_simd = dep.machine.get("cpu"), set(dep.machine.get("simd") or ())
+    here_simd = {f for f in flags if f in _RANKING_FLAGS}
+    if tuned_cpu and (tuned_cpu != cpu or {f for f in tuned_simd if f in _RANKING_FLAGS} != here_simd):
+        return f"tuned on {tuned_cpu}, running on {cpu}"
+    return None
+
+
+# CPU features that change which variant or backend is fastest.
+_RANKING_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16", "asimd")
+
+
+def current_deployment(directory: str | Path) -> Deployment | None:
+    """The directory's ``deploy.json`` when it still describes the directory; None when there is
+    none, or (with a warning) when the file it names is gone or changed since it was tuned.
+
+    Raises:
+        ArtifactError: for an unreadable ``deploy.json``.
+    """
+    root = Path(directory)
+    dep = read_deployment(root)
+    if dep is None:
+        return None
+    path = root / dep.file
+    stale = None
+    if not path.is_file():
+        stale = f"it names {dep.file}, which is not there"
+    elif dep.sha256 and file_sha256(path) != dep.sha256:
+        stale = f"{dep.file} changed since it was tuned"
+    if stale:
+        log.warning("Ignoring %s: %s; run `edgecnn tune %s` again.", root / DEPLOY_FILE, stale, root)
+        return None
+    return dep
+
+
+def resolve_dir(directory: str | Path, explicit: Mapping[str, Any] | None = None) -> tuple[Path, dict[str, Any], str]:
+    """The model file of an export directory, the session options to open it with, and one line
+    saying what was chosen and why.
+
+    ``explicit`` holds what the caller asked for itself (``backend``, ``threads``, ...): it wins
+    over ``deploy.json``, field by field.
+
+    Raises:
+        ArtifactError: for a directory with neither a usable ``deploy.json`` nor a ``model.onnx``,
+            or an unreadable ``deploy.json``.
+    """
+    root = Path(directory)
+    explicit = {k: v for k, v in (explicit or {}).items() if v is not None}
+    dep = current_deployment(root)
+    if dep is not None:
+        path = root / dep.file
+        kwargs = {**dep.session_kwargs(), **explicit}
+        if explicit.get("backend", dep.backend) != dep.backend:  # OpenVINO's settings mean nothing elsewhere
+            kwargs["precision"] = explicit.get("precision")
+            kwargs["io_binding"] = explicit.get("io_binding")
+        if kwargs.get("backend") == "openvino":
+            kwargs["io_binding"] = None
+        other = _machine_differs(dep)
+        if other:
+            log.warning("%s was %s: run `edgecnn tune %s` on this machine for its own pick.",
+                        root / DEPLOY_FILE, other, root)
+        overridden = f" ({', '.join(sorted(explicit))} as given)" if explicit else ""
+        effective = replace(dep, **{k: kwargs.get(k) for k in ("backend", "precision", "threads")},
+                            device=kwargs.get("device") or dep.device, io_binding=bool(kwargs.get("io_binding")))
+        return path, kwargs, f"Using {root / DEPLOY_FILE}: {effective.describe()}{overridden}."
+    fp32 = root / FP32_FILE
+    if not fp32.is_file():
+        raise ArtifactError(f"{root} has no {FP32_FILE} and no usable {DEPLOY_FILE}: pass an .onnx file, or export "
+                            f"into it with `edgecnn export ... --out {root}`.")
+    return fp32, dict(explicit), (f"{root} has no {DEPLOY_FILE}: using {FP32_FILE}; `edgecnn tune {root}` measures "
+                                  "every variant and backend here and picks the fastest.")
