@@ -324,6 +324,25 @@ def gradcam(run: Path, images: tuple[Path, ...], out: Path, class_name: str | No
         click.echo(f"{rec['image']}: {rec['class']} ({rec['probability']:.1%}) -> {rec['file']}")
 
 
+@main.command(epilog="\b\nExamples:\n  edgecnn features runs/seed cat.png --out features/\n  edgecnn features runs/seed cat.png --layer conv1 --layer conv2 --layer conv3\n  edgecnn features runs/transfer cat.png --layer backbone/Conv1")
+@click.argument("run", metavar="RUN_OR_MODEL", type=click.Path(path_type=Path))
+@click.argument("image", type=click.Path(path_type=Path))
+@click.option("--layer", "layers", multiple=True,
+              help="Layer whose feature maps to draw (repeatable; a backbone's layer as backbone/NAME). "
+                   "[default: the first convolution and the last convolutional block]")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("features"), show_default=True)
+@model_options()
+def features(run: Path, image: Path, layers: tuple[str, ...], out: Path, **flags: Any) -> None:
+    """The first convolution's filters and the feature maps of IMAGE, as PNG grids.
+
+    RUN_OR_MODEL: a run directory or a .keras/.h5 file (yours too: describe it with the model flags).
+    """
+    from edgecnn.train.features import features_files
+
+    for f in features_files(run, image, out, layers=layers, overrides=model_overrides(flags)):
+        click.echo(f"wrote {f.path}: {f.describe()}")
+
+
 # --------------------------------------------------------------------------------- export stage
 # (commands of the export stage are defined below this line)
 
