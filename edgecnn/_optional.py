@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
 from types import ModuleType
+from typing import Iterator
 
 from edgecnn.errors import MissingDependencyError
 
-__all__ = ["require", "import_tensorflow_quietly", "pyplot", "EXTRA_OF", "missing_module_message"]
+__all__ = ["require", "import_tensorflow_quietly", "quiet_stderr", "pyplot", "EXTRA_OF", "missing_module_message"]
 
 # Which extra installs a module edgecnn imports lazily (the CLI names it when one is missing).
-EXTRA_OF = {"tensorflow": "train", "keras": "train", "yaml": "train", "ai_edge_litert": "train",
+EXTRA_OF = {"tensorflow": "train", "keras": "train", "yaml": "train", "ai_edge_litert": "litert",
             "matplotlib": "plot", "tf2onnx": "export", "onnx": "export", "onnxslim": "export", "sympy": "export",
             "fastapi": "serve", "uvicorn": "serve", "prometheus_client": "serve", "python_multipart": "serve", "orjson": "serve",
             "httptools": "serve", "openvino": "openvino"}
@@ -34,13 +36,26 @@ def import_tensorflow_quietly() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if "tensorflow" in sys.modules or os.environ.get("EDGECNN_TF_LOGS"):
         return
+    try:
+        with quiet_stderr():
+            import tensorflow  # noqa: F401
+    except ImportError:
+        pass  # the real import, with its message, happens where TensorFlow is used
+
+
+@contextlib.contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """File descriptor 2 on /dev/null for the block: C++ libraries' start-up lines (TensorFlow's
+    oneDNN notice, LiteRT's "Created TensorFlow Lite XNNPACK delegate") that no log level
+    reaches; their errors still arrive as Python exceptions. ``EDGECNN_TF_LOGS=1`` keeps them."""
+    if os.environ.get("EDGECNN_TF_LOGS"):
+        yield
+        return
     sys.stderr.flush()
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 2)
-        import tensorflow  # noqa: F401
-    except ImportError:
-        pass  # the real import, with its message, happens where TensorFlow is used
+        yield
     finally:
         os.dup2(saved, 2)
         os.close(saved)

@@ -346,7 +346,7 @@ def features(run: Path, image: Path, layers: tuple[str, ...], out: Path, **flags
 # --------------------------------------------------------------------------------- export stage
 # (commands of the export stage are defined below this line)
 
-_QUANT_MODES = ("int8", "int8-dynamic", "fp16")  # == edgecnn.export.QUANTIZE_MODES (not imported: cheap --help)
+_QUANT_MODES = ("int8", "int8-dynamic", "fp16", "litert-int8")  # == edgecnn.export.EXPORT_MODES (cheap --help)
 
 
 _EXPORT_EPILOG = """\b
@@ -368,7 +368,8 @@ Examples:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder (default: RUN/export, or <stem>-export/ next to a model file).")
 @click.option("--quantize", "-q", multiple=True, type=click.Choice(_QUANT_MODES),
-              help="Add a variant (repeatable): int8 (static, QDQ), int8-dynamic, fp16.")
+              help="Add a variant (repeatable): int8 (static, QDQ), int8-dynamic, fp16; litert-int8: a .tflite "
+                   "for LiteRT (XNNPack) from a Keras source.")
 @click.option("--opset", type=click.IntRange(7, 23), default=None,
               help="ONNX opset (default: 17 for converted models; an .onnx source keeps its own unless given).")
 @click.option("--calibration-data", type=click.Path(exists=True, path_type=Path), default=None,
@@ -485,7 +486,8 @@ def predict(paths: tuple[Path, ...], top_k: int, conf: float, iou: float, save_d
     from edgecnn.runtime import default_model_path, load_model
 
     first = paths[0]
-    model_path, images = (first, paths[1:]) if first.suffix.lower() == ".onnx" or first.is_dir() else (None, paths)
+    is_model = first.suffix.lower() in (".onnx", ".tflite") or first.is_dir()
+    model_path, images = (first, paths[1:]) if is_model else (None, paths)
     folders = [str(p) for p in images if p.is_dir()]
     if folders:
         raise click.BadParameter(f"{folders[0]} is a folder; pass image files (a shell glob such as "

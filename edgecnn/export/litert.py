@@ -17,10 +17,11 @@ from edgecnn._optional import require
 from edgecnn.card import ModelCard
 from edgecnn.errors import ArtifactError
 
-__all__ = ["convert_litert_int8"]
+__all__ = ["convert_litert_int8", "embed_card_tflite"]
 
 
-def convert_litert_int8(model: Any, card: ModelCard, calibration: np.ndarray, *, source: str = "the model") -> bytes:
+def convert_litert_int8(model: Any, card: ModelCard, calibration: np.ndarray, *, source: str = "the model",
+                        float_io: bool = False) -> bytes:
     """``model`` (a ``keras.Model``) as a full-int8 TFLite flatbuffer, calibrated on ``calibration``.
 
     Args:
@@ -28,6 +29,8 @@ def convert_litert_int8(model: Any, card: ModelCard, calibration: np.ndarray, *,
         card: Its card: input size, name and the normalization applied to ``calibration``.
         calibration: uint8 NHWC pixels at the card's size.
         source: How error messages name the model (its file, say).
+        float_io: float32 input and output (the converter adds the quantize and dequantize ops
+            to the graph), as the runtime core feeds every model; else int8 input and output.
 
     Raises:
         ArtifactError: if the converter fails.
@@ -48,9 +51,34 @@ def convert_litert_int8(model: Any, card: ModelCard, calibration: np.ndarray, *,
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = lambda: ([xs[i : i + 1]] for i in range(len(xs)))
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
+        if not float_io:
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
         try:
             return converter.convert()
         except Exception as err:  # the converter raises ConverterError, RuntimeError, ... for one cause
             raise ArtifactError(f"TFLite int8 conversion of {source} failed ({type(err).__name__}: {err}).") from err
+
+
+def embed_card_tflite(tflite: bytes, card: ModelCard) -> bytes:
+    """The flatbuffer with ``card`` as a ``metadata`` entry under :data:`~edgecnn.card.ONNX_METADATA_KEY`
+    (read back by :func:`edgecnn.runtime.litert_backend.read_tflite_metadata`); an older card is replaced."""
+    require("ai_edge_litert", "litert")
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    from edgecnn.card import ONNX_METADATA_KEY
+
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(tflite, 0))
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(card.to_json().encode("utf-8"), dtype=np.uint8)
+    model.buffers = [*(model.buffers or []), buffer]
+    entry = schema.MetadataT()
+    entry.name = ONNX_METADATA_KEY
+    entry.buffer = len(model.buffers) - 1
+    keep = [m for m in (model.metadata or []) if (m.name.decode() if isinstance(m.name, bytes) else m.name)
+            != ONNX_METADATA_KEY]
+    model.metadata = [*keep, entry]
+    builder = flatbuffers.Builder(len(tflite) + 4096)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())

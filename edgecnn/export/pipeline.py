@@ -39,7 +39,8 @@ from edgecnn.presets import PREPROCESSING_FLAGS, ModelOverrides, short_list
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ExportConfig", "export_model", "export_run", "export_onnx_file", "variant_filename", "load_test_data"]
+__all__ = ["ExportConfig", "export_model", "export_run", "export_onnx_file", "variant_filename", "load_test_data",
+           "EXPORT_MODES", "LITERT_MODE"]
 
 
 @dataclass(frozen=True)
@@ -70,9 +71,9 @@ class ExportConfig:
     accuracy_aware: bool = False  # int8: keep the worst-quantized nodes in float until the guard passes
 
     def __post_init__(self) -> None:
-        unknown = [m for m in self.quantize if m not in QUANTIZE_MODES]
+        unknown = [m for m in self.quantize if m not in EXPORT_MODES]
         if unknown:
-            raise ConfigError(f"Unknown quantization mode {unknown[0]!r}; choose from {', '.join(QUANTIZE_MODES)}.")
+            raise ConfigError(f"Unknown quantization mode {unknown[0]!r}; choose from {', '.join(EXPORT_MODES)}.")
         if self.layout not in (None, "nhwc", "nchw"):
             raise ConfigError(f"layout must be 'nhwc' or 'nchw', got {self.layout!r}.")
         if self.opset is not None and not 7 <= self.opset <= 23:
@@ -83,8 +84,15 @@ class ExportConfig:
         object.__setattr__(self, "quantize", tuple(dict.fromkeys(self.quantize)))  # dedupe, keep order
 
 
+# The LiteRT variant: the Keras model through the TFLite converter (int8 inside, float32 I/O).
+LITERT_MODE = "litert-int8"
+EXPORT_MODES = (*QUANTIZE_MODES, LITERT_MODE)
+
+
 def variant_filename(precision: str) -> str:
-    """``model.onnx`` for fp32, ``model.<precision>.onnx`` for a variant."""
+    """``model.onnx`` for fp32, ``model.<precision>.onnx`` for a variant, ``model.int8.tflite`` for LiteRT's."""
+    if precision == LITERT_MODE:
+        return "model.int8.tflite"
     return "model.onnx" if precision == "fp32" else f"model.{precision}.onnx"
 
 
@@ -122,6 +130,7 @@ def export_model(source: str | Path, *, out_dir: str | Path | None = None, confi
     config = config or ExportConfig()
     started = time.perf_counter()
     src = load_source(source, overrides=overrides, opset=config.opset, layout=config.layout)
+    _check_litert_source(src, config)
     if src.assumed:
         log.warning("%s", src.assumed)
     data, card = _load_data(src.card, calibration_data, config)
@@ -229,7 +238,8 @@ def _read_data(card: ModelCard, calibration_data: str | Path | None,
     ds, missing = None, None
     try:
         if spec:
-            ds = load_dataset(spec, input_size=card.input_size, classes=card.dataset.get("classes"))
+            ds = load_dataset(spec, input_size=card.input_size, classes=card.dataset.get("classes"),
+                              max_train=config.quant.calibration_samples)
     except DataError as err:
         if calibration_data is None:
             raise DataError(f"{err} Pass --calibration-data DIR_OR_NPZ with real images for this model.") from err
@@ -350,7 +360,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-_MODEL_FILE = re.compile(r"^model(\.[A-Za-z0-9_-]+)*\.onnx$")
+_MODEL_FILE = re.compile(r"^model(\.[A-Za-z0-9_-]+)*\.(onnx|tflite)$")
 
 
 def _remove_stale_models(out_dir: Path, keep: set[str]) -> None:
@@ -395,7 +405,7 @@ def _export_staged(proto, card, reference, data, config, *, src, out_dir, stagin
         fp32_out, fp32 = _verify_fp32(proto, card, reference, par_images, data, config, staging, report, started,
                                       check_chance=config.check_chance and not src.card_from_file)
     except ArtifactError as err:
-        for name in [variant_filename("fp32")] + [variant_filename(m) for m in QUANTIZE_MODES]:
+        for name in [variant_filename("fp32")] + [variant_filename(m) for m in EXPORT_MODES]:
             (out_dir / name).unlink(missing_ok=True)  # nothing stale may pass for this export's result
         report.status, report.errors = "failed", [str(err)]
         report.save(out_dir)
@@ -403,7 +413,11 @@ def _export_staged(proto, card, reference, data, config, *, src, out_dir, stagin
     failures = []
     for mode in config.quantize:
         try:
-            result = _variant(mode, staging / variant_filename("fp32"), card, fp32_out, fp32, data, config, staging)
+            if mode == LITERT_MODE:
+                result = _litert_variant(src, card, fp32_out, fp32, data, config, staging)
+            else:
+                result = _variant(mode, staging / variant_filename("fp32"), card, fp32_out, fp32, data, config,
+                                  staging)
         except EdgecnnError as err:  # bad calibration data, unknown excluded node...: report, then fail
             report.status, report.errors = "failed", [f"{mode}: {err}"]
             report.save(out_dir)
@@ -553,6 +567,52 @@ def _variant(mode: str, fp32_path: Path, card: ModelCard, fp32_out: list[np.ndar
                          accuracy_aware=aa.to_dict() if aa else None)
 
 
+def _check_litert_source(src: ModelSource, config: ExportConfig) -> None:
+    if LITERT_MODE in config.quantize and src.kind not in ("run", "keras", "h5"):
+        raise ConfigError(f"{LITERT_MODE} converts Keras models with the TFLite converter; this source is "
+                          f"{src.kind}: export from the run directory, .keras or .h5 file instead.")
+
+
+def _litert_variant(src: ModelSource, card: ModelCard, fp32_out: list[np.ndarray], fp32: VariantResult, data: _Data,
+                    config: ExportConfig, staging: Path) -> VariantResult:
+    """``model.int8.tflite``: the source Keras model through the TFLite converter, int8 weights and
+    activations calibrated on the images the ONNX int8 variant uses, float32 input and output, the
+    card in its metadata; judged by the same guard against the fp32 ONNX outputs."""
+    from edgecnn.export.litert import convert_litert_int8, embed_card_tflite
+    from edgecnn.export.quantize import check_calibration_images
+    from edgecnn.export.sources import _load_keras_model
+
+    started = time.perf_counter()
+    quant = config.quant
+    check_calibration_images(data.calibration, card, quant.calibration_samples)
+    pick = np.sort(np.random.default_rng(quant.seed).permutation(len(data.calibration))[:quant.calibration_samples])
+    nhwc = card.replace(layout="nhwc")  # the Keras model's own layout
+    blob = convert_litert_int8(_load_keras_model(src.file), nhwc, data.calibration[pick], source=str(src.path),
+                               float_io=True)
+    settings = {"converter": "tf.lite.TFLiteConverter", "optimizations": "DEFAULT", "ops": "TFLITE_BUILTINS_INT8",
+                "io": "float32", "calibration_samples": int(len(pick)), "runtime": "LiteRT (XNNPack)"}
+    vcard = nhwc.replace(precision=LITERT_MODE, metrics=dict(card.metrics),
+                         export={**card.export, "quantization": {"mode": LITERT_MODE, **settings}})
+    path = staging / variant_filename(LITERT_MODE)
+    path.write_bytes(embed_card_tflite(blob, vcard))
+    out = _predict(_open(path, vcard).outputs, data.test)
+    par = compare_outputs(fp32_out, out, task=card.task)
+    metric = task_agreement(card.task, fp32_out, out, card)
+    acc = accuracy(out[0], data.test_labels) if data.test_labels is not None and card.task == "classify" else None
+    delta, passed, guard = _judge(LITERT_MODE, acc, fp32.accuracy, metric, out, par, data, config)
+    vcard.metrics.update(_metrics(acc, len(data.test)))
+    if delta is not None:
+        vcard.metrics["accuracy_delta_pp"] = round(delta, 4)
+    if metric is not None:
+        vcard.metrics[f"{metric.name}_vs_fp32"] = round(metric.value, 6)
+    path.write_bytes(embed_card_tflite(blob, vcard))
+    return VariantResult(LITERT_MODE, path.name, path.stat().st_size, acc, None if delta is None else round(delta, 4),
+                         par.top1_agreement, par.max_abs_diff, par.mean_abs_diff, par.images,
+                         round(time.perf_counter() - started, 2), passed, settings, {},
+                         metric=None if metric is None else metric.name,
+                         metric_value=None if metric is None else round(metric.value, 6), guard=guard)
+
+
 def _accuracy_aware(fp32_path, path, card, fp32_out, fp32, data, config) -> Any:
     """``--accuracy-aware`` int8 (edgecnn.export.accuracy_aware), judged by the guard's own metric."""
     if not config.accuracy_aware:
@@ -589,7 +649,7 @@ def _write_triton(config: ExportConfig, out_dir: Path, report: ExportReport, car
     from edgecnn.export.triton import write_triton_model
 
     for v in report.variants:
-        if v.passed and v.file:
+        if v.passed and v.file and v.file.endswith(".onnx"):  # Triton's onnxruntime backend
             suffix = "" if v.precision == "fp32" else "_" + v.precision.replace("-", "_")
             write_triton_model(config.triton_dir, out_dir / v.file, card, name=f"{card.name}{suffix}",
                                max_batch_size=config.triton_max_batch_size)

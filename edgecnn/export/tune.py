@@ -2,8 +2,9 @@
 
 An export directory holds the variants ``edgecnn export`` verified (fp32, int8, fp16, ...). The
 tuner runs each of them on each backend that can (onnxruntime with and without IO binding;
-OpenVINO in f32, and in bf16 for the fp32 file where the CPU has it), at each thread count and
-batch size asked for, and joins every configuration with
+OpenVINO in f32, and in bf16 for the fp32 file where the CPU has it; LiteRT for the
+``model.int8.tflite`` of ``-q litert-int8``), at each thread count and batch size asked for, and
+joins every configuration with
 
 - its quality, measured on the same held-out images for all of them: accuracy against the
   labels and the drop in percentage points from fp32 on onnxruntime (without labels, or for
@@ -110,6 +111,8 @@ class Candidate:
     def name(self) -> str:
         if self.backend == "openvino":
             return f"{self.variant} openvino {self.precision or 'f32'}"
+        if self.backend == "litert":
+            return "int8 litert" if self.variant == "litert-int8" else f"{self.variant} litert"
         return f"{self.variant} onnxruntime" + (" iobinding" if self.io_binding else "")
 
     @property
@@ -121,8 +124,9 @@ class Candidate:
         from edgecnn.runtime.core import InferenceModel
 
         ov = self.backend == "openvino"
-        return InferenceModel(directory / self.file, threads=threads, backend=self.backend, device=device,
-                              precision=self.precision if ov else None, io_binding=None if ov else self.io_binding)
+        return InferenceModel(directory / self.file, threads=threads, backend=self.backend,
+                              device=device if ov else "CPU", precision=self.precision if ov else None,
+                              io_binding=self.io_binding if self.backend == "onnxruntime" else None)
 
 
 @dataclass
@@ -250,9 +254,11 @@ def candidates(directory: Path, report: dict[str, Any], config: TuneConfig, note
     """Every way to run every verified variant of the directory on the backends asked for."""
     backends = config.backends
     if backends is None:
-        backends = ("onnxruntime", "openvino") if _installed("openvino") else ("onnxruntime",)
-        if "openvino" not in backends:
-            notes.append("OpenVINO is not installed (pip install 'edgecnn[openvino]'): onnxruntime only.")
+        backends = ("onnxruntime", *(b for b, module in (("openvino", "openvino"), ("litert", "ai_edge_litert"))
+                                     if _installed(module)))
+        for backend, extra in (("openvino", "openvino"), ("litert", "litert")):
+            if backend not in backends:
+                notes.append(f"{backend} is not installed (pip install 'edgecnn[{extra}]'): not measured.")
     files = []
     for v in report["variants"]:
         name = v.get("file") if isinstance(v, dict) else None
@@ -267,6 +273,10 @@ def candidates(directory: Path, report: dict[str, Any], config: TuneConfig, note
                             "judged against; export again.")
     out = []
     for name, variant in files:
+        if name.endswith(".tflite"):
+            if "litert" in backends:
+                out.append(Candidate(name, variant, "litert"))
+            continue
         if "onnxruntime" in backends:
             out += [Candidate(name, variant), Candidate(name, variant, io_binding=True)]
         if "openvino" in backends:

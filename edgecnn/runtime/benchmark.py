@@ -408,13 +408,15 @@ def bench_onnx(model: str | Path, config: BenchConfig, *, pixels: np.ndarray | N
                 continue
             card = core.card
             variant = _variant_name(Path(model), card)
-            if config.placement and placement is None and backend == "onnxruntime":
+            if config.placement and placement is None and core.backend == "onnxruntime":
                 placement = _placement(core)
             px = pixels[:batch] if pixels is not None and len(pixels) >= batch else _synthetic_pixels(card, batch, config.seed)
             x = core._check_tensor(core.preprocess(px))
             runner, run = core.timed_call(x)
-            if backend != "onnxruntime":
+            if core.backend == "openvino":
                 runner = "openvino" if config.precision is None else f"openvino.{config.precision}"
+            elif core.backend != "onnxruntime":
+                runner = core.backend  # a .tflite file runs on LiteRT
             times = time_callable(run, warmup=config.warmup, runs=config.runs, duration_s=config.duration_s,
                                   min_runs=config.min_runs)
             notes = ([core.info.fallback] if core.info.fallback else []) + skipped

@@ -72,7 +72,9 @@ class InferenceModel:
             reused while the input shape stays the same. None: on for a GPU session, off on the
             CPU. CUDA graphs always use it, and then accept only the shape of the first call.
         backend: ``onnxruntime`` or ``openvino`` (the ``[openvino]`` extra), with OpenVINO's
-            ``device`` (``CPU``, ``GPU``, ``NPU``) and ``precision`` (``f32``, ``bf16``).
+            ``device`` (``CPU``, ``GPU``, ``NPU``) and ``precision`` (``f32``, ``bf16``), for
+            ``.onnx`` files; ``litert`` (the ``[litert]`` extra) for ``.tflite`` files, the
+            default for them (``edgecnn export -q litert-int8`` writes one).
 
     Raises:
         ArtifactError: for a missing or corrupt file, or a card that does not match the model.
@@ -108,6 +110,8 @@ class InferenceModel:
         precision: str | None = None,
     ) -> None:
         self.model_path = Path("<bytes>") if isinstance(model, bytes) else Path(model)
+        if self.model_path.suffix.lower() == ".tflite" and backend == "onnxruntime":
+            backend = "litert"  # the one runtime that reads the file (an explicit other backend is refused)
         if cuda is not None and cuda.cuda_graph:
             if provider == "cpu":
                 raise ConfigError("CUDA graphs (cuda_graph=True, --cuda-graph) need provider='cuda' (--provider cuda).")
@@ -115,8 +119,8 @@ class InferenceModel:
                 raise ConfigError("CUDA graphs replay fixed device buffers: they need IO binding (drop --no-io-binding).")
         self.cuda = cuda
         self.allow_fallback = allow_fallback
-        if backend == "openvino" and io_binding:
-            raise ConfigError("IO binding is onnxruntime's; drop --io-binding with --backend openvino.")
+        if backend != "onnxruntime" and io_binding:
+            raise ConfigError(f"IO binding is onnxruntime's; drop --io-binding with --backend {backend}.")
         self.backend = backend
         self.session, self.info = create_session(model, provider=provider, threads=threads,
                                                  allow_fallback=allow_fallback, cuda=cuda, backend=backend,

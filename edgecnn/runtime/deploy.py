@@ -88,8 +88,8 @@ class Deployment:
         except TypeError as err:
             raise ArtifactError(f"{where} is incomplete ({err}); run `edgecnn tune` on the directory again.") from None
         name = dep.file
-        if not isinstance(name, str) or not name.endswith(".onnx") or Path(name).name != name:
-            raise ArtifactError(f"{where} names {name!r}, not an .onnx file of its directory; run `edgecnn tune` again.")
+        if not isinstance(name, str) or not name.endswith((".onnx", ".tflite")) or Path(name).name != name:
+            raise ArtifactError(f"{where} names {name!r}, not a model file of its directory; run `edgecnn tune` again.")
         if dep.threads is not None and (not isinstance(dep.threads, int) or dep.threads < 1):
             raise ArtifactError(f"{where} has threads={dep.threads!r}; run `edgecnn tune` again.")
         return dep
@@ -181,7 +181,7 @@ def resolve_dir(directory: str | Path, explicit: Mapping[str, Any] | None = None
         if explicit.get("backend", dep.backend) != dep.backend:  # OpenVINO's settings mean nothing elsewhere
             kwargs["precision"] = explicit.get("precision")
             kwargs["io_binding"] = explicit.get("io_binding")
-        if kwargs.get("backend") == "openvino":
+        if kwargs.get("backend") != "onnxruntime":
             kwargs["io_binding"] = None
         other = _machine_differs(dep)
         if other:

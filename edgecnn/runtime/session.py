@@ -50,7 +50,7 @@ PROVIDERS: dict[str, list[str]] = {
 }
 
 _GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
-BACKENDS = ("onnxruntime", "openvino")
+BACKENDS = ("onnxruntime", "openvino", "litert")
 CONV_ALGO_SEARCH = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
 
 
@@ -274,7 +274,15 @@ def create_session(
             ``allow_fallback`` is false, or the CUDA provider rejects its options.
     """
     if backend not in BACKENDS:
-        raise ProviderError(f"Unknown backend {backend!r}; choose {' or '.join(BACKENDS)}.")
+        raise ProviderError(f"Unknown backend {backend!r}; choose {', '.join(BACKENDS)}.")
+    tflite = not isinstance(model, bytes) and Path(model).suffix.lower() == ".tflite"
+    if tflite != (backend == "litert"):
+        raise ProviderError(f"{Path(str(model)).name}: LiteRT runs .tflite files, {backend} runs .onnx files; pass "
+                            f"{'--backend litert' if tflite else 'a .tflite file (edgecnn export -q litert-int8)'}."
+                            if not isinstance(model, bytes) else "LiteRT reads .tflite files; pass a path.")
+    if backend == "litert":
+        return _litert_session(model, provider=provider, threads=threads, cuda=cuda, device=device,
+                               precision=precision)
     if backend == "openvino":
         return _openvino_session(model, provider=provider, threads=threads, cuda=cuda, device=device,
                                  precision=precision)
@@ -346,6 +354,19 @@ def _openvino_session(model: str | Path | bytes, *, provider: str, threads: int 
     session = OpenVinoSession(model, device=device, threads=threads, precision=precision)
     label = f"openvino:{device}" + (f":{precision}" if precision else "")
     return session, SessionInfo(label, session.get_providers(), None, time.perf_counter() - t0)
+
+
+def _litert_session(model: str | Path, *, provider: str, threads: int | None, cuda: CudaOptions | None,
+                    device: str, precision: str | None) -> tuple[Any, SessionInfo]:
+    from edgecnn.runtime.litert_backend import LiteRtSession
+
+    if provider not in ("cpu", "auto") or cuda is not None or device != "CPU" or precision is not None:
+        raise ProviderError("LiteRT runs .tflite files on the CPU here; drop --provider, --device and --precision.")
+    if not Path(model).is_file():
+        raise ArtifactError(f"TFLite model {model} does not exist; pass the path of a .tflite file.")
+    t0 = time.perf_counter()
+    session = LiteRtSession(model, threads=threads)
+    return session, SessionInfo("litert", session.get_providers(), None, time.perf_counter() - t0)
 
 
 # --------------------------------------------------------------------------------- node placement

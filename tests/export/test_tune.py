@@ -163,7 +163,7 @@ def test_stale_deploy_json_is_ignored(export_dir, caplog):
 @pytest.mark.parametrize("text, words", [
     ("{oops", "not valid JSON"),
     ('{"schema": "other/1"}', "not an edgecnn.deploy/1"),
-    ('{"schema": "edgecnn.deploy/1", "file": "../../etc/passwd.onnx", "variant": "x"}', "not an .onnx file of"),
+    ('{"schema": "edgecnn.deploy/1", "file": "../../etc/passwd.onnx", "variant": "x"}', "not a model file of"),
     ('{"schema": "edgecnn.deploy/1", "variant": "x"}', "incomplete"),
     ('{"schema": "edgecnn.deploy/1", "file": "model.onnx", "variant": "x", "threads": 0}', "threads=0"),
 ])

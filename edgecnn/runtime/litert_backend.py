@@ -1,0 +1,175 @@
+"""LiteRT (TFLite, XNNPack) as a third backend of the runtime core (``ai-edge-litert``).
+
+``edgecnn export RUN -q litert-int8`` writes ``model.int8.tflite``: the Keras model through the
+TFLite converter with int8 weights and activations (calibrated on the same training images as
+the ONNX int8 variant) and float32 input and output, so the runtime core feeds it exactly what
+it feeds an ONNX file. The edgecnn card travels inside the file, in the flatbuffer's
+``metadata`` under the same key ONNX files use (:data:`edgecnn.card.ONNX_METADATA_KEY`).
+
+:class:`LiteRtSession` offers the part of onnxruntime's ``InferenceSession`` interface the core
+uses. LiteRT's interpreter runs one call at a time: calls are serialized. On small CPU models
+its XNNPack kernels have the lowest per-call cost of the three backends (docs/benchmarks.md),
+which is why ``edgecnn tune`` measures it next to onnxruntime and OpenVINO.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgecnn._optional import quiet_stderr, require
+from edgecnn.errors import ArtifactError, ProviderError
+
+__all__ = ["LiteRtSession", "read_tflite_metadata", "TFLITE_SUFFIX"]
+
+TFLITE_SUFFIX = ".tflite"
+_TYPES = {np.dtype(np.float32): "tensor(float)", np.dtype(np.float16): "tensor(float16)",
+          np.dtype(np.int8): "tensor(int8)", np.dtype(np.uint8): "tensor(uint8)"}
+
+
+@dataclass(frozen=True)
+class _Arg:
+    name: str
+    shape: list[Any]
+    type: str
+
+
+@dataclass(frozen=True)
+class _Meta:
+    custom_metadata_map: dict[str, str] = field(default_factory=dict)
+
+
+def read_tflite_metadata(data: bytes) -> dict[str, bytes]:
+    """The ``metadata`` entries of a TFLite flatbuffer, name -> bytes.
+
+    Raises:
+        ArtifactError: if ``data`` is not a TFLite model.
+    """
+    require("ai_edge_litert", "litert")
+    from ai_edge_litert import schema_py_generated as schema
+
+    if len(data) < 8 or data[4:8] != b"TFL3":
+        raise ArtifactError("not a TFLite model (no TFL3 identifier)")
+    try:
+        model = schema.Model.GetRootAsModel(data, 0)
+        out = {}
+        for i in range(model.MetadataLength()):
+            entry = model.Metadata(i)
+            buffer = model.Buffers(entry.Buffer())
+            out[entry.Name().decode("utf-8", "replace")] = buffer.DataAsNumpy().tobytes() if buffer.DataLength() else b""
+        return out
+    except Exception as err:  # a truncated or garbled flatbuffer raises IndexError/struct.error/...
+        raise ArtifactError(f"corrupt TFLite flatbuffer ({type(err).__name__})") from err
+
+
+class LiteRtSession:
+    """A ``.tflite`` model on LiteRT's interpreter (XNNPack on the CPU), behind the core's session
+    interface.
+
+    Args:
+        model: the ``.tflite`` path.
+        threads: interpreter threads (None: LiteRT's default).
+
+    Raises:
+        MissingDependencyError: without ``ai-edge-litert``.
+        ArtifactError: for a file LiteRT cannot read.
+    """
+
+    def __init__(self, model: str | Path, *, threads: int | None = None) -> None:
+        require("ai_edge_litert", "litert")
+        from ai_edge_litert.interpreter import Interpreter
+
+        path = Path(model)
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            raise ArtifactError(f"Cannot read {path}: {err.strerror or err}.") from None
+        try:
+            meta = read_tflite_metadata(data)
+            with quiet_stderr():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." on every load
+                self._interp = Interpreter(model_content=data, num_threads=threads)
+                self._interp.allocate_tensors()
+        except ArtifactError as err:
+            raise ArtifactError(f"LiteRT cannot load {path.name}: {err}.") from None
+        except Exception as err:  # ValueError/RuntimeError from the interpreter for a bad flatbuffer
+            raise ArtifactError(f"LiteRT cannot load {path.name} ({' '.join(str(err).split())[:200]}).") from None
+        self.threads = threads
+        ins, outs = self._interp.get_input_details(), self._interp.get_output_details()
+        if len(ins) != 1:
+            raise ArtifactError(f"{path.name} has {len(ins)} inputs; edgecnn runs image models with one input.")
+        self._in = ins[0]
+        self._outs = outs
+        self._quant_in = self._in["dtype"] in (np.int8, np.uint8)
+        self._shape: tuple[int, ...] | None = tuple(int(d) for d in self._in["shape"])
+        # The per-call path is three interpreter calls and nothing else when input and outputs are
+        # float32 (the -q litert-int8 files): on a 20-microsecond model every Python step shows.
+        self._set, self._invoke, self._get = self._interp.set_tensor, self._interp.invoke, self._interp.get_tensor
+        self._in_index = self._in["index"]
+        self._out_index = [o["index"] for o in outs]
+        self._plain_out = all(np.dtype(o["dtype"]) == np.float32 for o in outs)
+        self._meta = _Meta({k: v.decode("utf-8", "replace") for k, v in meta.items()
+                            if k != "min_runtime_version" and not k.startswith("CONVERSION_METADATA")})
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _arg(detail: dict[str, Any], *, batch: bool) -> _Arg:
+        sig = list(detail.get("shape_signature", detail["shape"]))
+        shape: list[Any] = [int(d) if d > 0 else f"d{i}" for i, d in enumerate(sig)]
+        if batch and shape:
+            shape[0] = "N" if not isinstance(shape[0], int) else shape[0]
+        return _Arg(detail["name"], shape, _TYPES.get(np.dtype(detail["dtype"]), "tensor(float)"))
+
+    def get_inputs(self) -> list[_Arg]:
+        arg = self._arg(self._in, batch=True)
+        # int8-input files get float input quantized here: the core always feeds float32.
+        return [_Arg(arg.name, arg.shape, "tensor(float)")]
+
+    def get_outputs(self) -> list[_Arg]:
+        return [_Arg(a.name, a.shape, "tensor(float)") for a in (self._arg(o, batch=True) for o in self._outs)]
+
+    def get_modelmeta(self) -> _Meta:
+        return self._meta
+
+    def get_providers(self) -> list[str]:
+        return ["LiteRT:CPU"]
+
+    def run(self, output_names: list[str] | None, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Outputs in graph order (or ``output_names``' order) as float32 arrays that own their memory."""
+        (x,) = feed.values()
+        with self._lock:
+            if x.shape != self._shape:
+                self._resize(x.shape)
+            if self._quant_in:
+                scale, zero = self._in["quantization"]
+                info = np.iinfo(self._in["dtype"])
+                x = np.clip(np.rint(x / scale + zero), info.min, info.max).astype(self._in["dtype"])
+            self._set(self._in_index, x)
+            self._invoke()
+            if self._plain_out:
+                values = [self._get(i) for i in self._out_index]  # get_tensor returns a copy
+            else:
+                values = [self._dequantize(o) for o in self._outs]
+        if output_names is None:
+            return values
+        index = {o["name"]: i for i, o in enumerate(self._outs)}
+        try:
+            return [values[index[n]] for n in output_names]
+        except KeyError as err:
+            raise ProviderError(f"No output {err.args[0]!r}; the model has {list(index)}.") from None
+
+    def _resize(self, shape: tuple[int, ...]) -> None:
+        self._interp.resize_tensor_input(self._in_index, list(shape))
+        with quiet_stderr():
+            self._interp.allocate_tensors()
+        self._shape = tuple(shape)
+
+    def _dequantize(self, detail: dict[str, Any]) -> np.ndarray:
+        value = self._interp.get_tensor(detail["index"])  # a copy
+        if value.dtype in (np.int8, np.uint8):
+            scale, zero = detail["quantization"]
+            return (value.astype(np.float32) - zero) * np.float32(scale)
+        return value if value.dtype == np.float32 else value.astype(np.float32)

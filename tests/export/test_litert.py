@@ -1,0 +1,145 @@
+"""``edgecnn export -q litert-int8``: a .tflite variant with the card inside, run by the runtime
+core on LiteRT (XNNPack), judged by the same guard, measured by ``edgecnn tune``."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("ai_edge_litert")
+
+from edgecnn.card import ONNX_METADATA_KEY, ModelCard  # noqa: E402
+from edgecnn.cli import main  # noqa: E402
+from edgecnn.errors import ArtifactError, ConfigError, ProviderError  # noqa: E402
+from edgecnn.runtime import Classifier, InferenceModel  # noqa: E402
+from edgecnn.runtime.litert_backend import read_tflite_metadata  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def litert_export(tmp_path_factory, seed_run):
+    from edgecnn.export import ExportConfig, export_run
+
+    out = tmp_path_factory.mktemp("litert") / "export"
+    report = export_run(seed_run, out_dir=out, config=ExportConfig(quantize=("int8", "litert-int8"),
+                                                                   max_accuracy_drop=10.0))
+    return report, out
+
+
+def test_export_writes_a_verified_tflite_with_its_card(litert_export, sample3):
+    report, out = litert_export
+    v = report.variant("litert-int8")
+    assert v.file == "model.int8.tflite" and v.passed and (out / v.file).is_file()
+    assert v.accuracy is not None and v.top1_agreement >= 0.8 and v.size_bytes < report.variant("fp32").size_bytes
+    meta = read_tflite_metadata((out / v.file).read_bytes())
+    card = ModelCard.from_json(meta[ONNX_METADATA_KEY].decode())
+    assert card.precision == "litert-int8" and card.layout == "nhwc"
+    assert list(card.class_names) == sample3.class_names
+    assert card.metrics["onnx_test_accuracy"] == pytest.approx(v.accuracy, abs=1e-6)
+
+
+def test_runtime_runs_the_tflite_like_the_onnx(litert_export, sample3):
+    _, out = litert_export
+    lite = Classifier(out / "model.int8.tflite", threads=1)
+    fp32 = Classifier(out / "model.onnx")
+    assert lite.backend == "litert" and lite.providers == ["LiteRT:CPU"] and lite.has_card
+    x = sample3.x_test[:40]
+    p_lite, p_fp32 = lite.predict_proba(x), fp32.predict_proba(x)
+    assert p_lite.shape == p_fp32.shape and p_lite.dtype == np.float32
+    assert np.mean(p_lite.argmax(1) == p_fp32.argmax(1)) >= 0.8
+    assert np.allclose(p_lite.sum(1), 1.0, atol=0.02)
+    # batch sizes change between calls (the interpreter is resized), results stay per image
+    one = lite.predict_proba(x[:1])
+    assert np.allclose(one[0], p_lite[0], atol=1e-6)
+    top = lite.predict([x[0]], top_k=2)[0]
+    assert len(top) == 2 and top[0].label in sample3.class_names
+
+
+def test_backend_and_file_kind_must_match(litert_export):
+    _, out = litert_export
+    with pytest.raises(ProviderError, match="LiteRT runs .tflite files"):
+        InferenceModel(out / "model.int8.tflite", backend="openvino")
+    with pytest.raises(ProviderError, match="LiteRT runs .tflite files"):
+        InferenceModel(out / "model.onnx", backend="litert")
+    with pytest.raises(ConfigError, match="IO binding"):
+        InferenceModel(out / "model.int8.tflite", io_binding=True)
+
+
+def test_corrupt_tflite_is_one_line(tmp_path, litert_export):
+    _, out = litert_export
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(b"not a flatbuffer at all")
+    with pytest.raises(ArtifactError, match="LiteRT cannot load bad.tflite"):
+        InferenceModel(bad)
+    half = tmp_path / "half.tflite"
+    half.write_bytes((out / "model.int8.tflite").read_bytes()[:2000])
+    with pytest.raises(ArtifactError, match="LiteRT cannot load half.tflite"):
+        InferenceModel(half)
+
+
+def test_tflite_without_card_is_inferred(tmp_path, litert_export):
+    from edgecnn.runtime.litert_backend import LiteRtSession
+
+    _, out = litert_export
+    # A plain converter file: the same graph without edgecnn's metadata entry.
+    from ai_edge_litert import schema_py_generated as schema
+    import flatbuffers
+
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel((out / "model.int8.tflite").read_bytes(), 0))
+    model.metadata = [m for m in model.metadata if m.name not in (ONNX_METADATA_KEY, ONNX_METADATA_KEY.encode())]
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    plain = tmp_path / "plain.tflite"
+    plain.write_bytes(bytes(builder.Output()))
+    assert ONNX_METADATA_KEY not in LiteRtSession(plain).get_modelmeta().custom_metadata_map
+    m = InferenceModel(plain)
+    assert not m.has_card and m.assumptions() and m.card.input_size == (32, 32)
+
+
+def test_litert_needs_a_keras_source(tmp_path, litert_export):
+    from edgecnn.export import ExportConfig, export_onnx_file
+
+    _, out = litert_export
+    with pytest.raises(ConfigError, match="litert-int8 converts Keras models"):
+        export_onnx_file(out / "model.onnx", out_dir=tmp_path / "x",
+                         config=ExportConfig(quantize=("litert-int8",), max_accuracy_drop=10.0))
+    assert not (tmp_path / "x").exists()
+
+
+def test_tune_measures_litert_and_deploys_it(tmp_path, litert_export):
+    from edgecnn.export.tune import TuneConfig, tune
+
+    _, out = litert_export
+    d = tmp_path / "export"
+    shutil.copytree(out, d)
+    report = tune(d, TuneConfig(threads=(1,), backends=("onnxruntime", "litert"), max_drop_pp=100.0, seconds=0.05,
+                                images=40, confirm=2))
+    row = next(c for c in report.candidates if c["backend"] == "litert")
+    assert row["config"] == "int8 litert" and row["file"] == "model.int8.tflite" and row["drop_pp"] is not None
+    assert any(c.candidate.backend == "litert" for c in report.cells)
+    # whatever won, a deploy.json naming the tflite opens on LiteRT
+    from edgecnn.runtime.deploy import Deployment, file_sha256
+
+    dep = Deployment(file="model.int8.tflite", variant="litert-int8", backend="litert", threads=1,
+                     sha256=file_sha256(d / "model.int8.tflite"))
+    (d / "deploy.json").write_text(dep.to_json())
+    clf = Classifier.from_dir(d)
+    assert clf.backend == "litert" and "model.int8.tflite on litert, 1 thread" in clf.deploy_note
+
+
+def test_cli_predict_and_bench_a_tflite(tmp_path, litert_export, sample3):
+    from PIL import Image
+
+    _, out = litert_export
+    img = tmp_path / "x.png"
+    Image.fromarray(sample3.x_test[0]).save(img)
+    runner = CliRunner()
+    result = runner.invoke(main, ["predict", str(out / "model.int8.tflite"), str(img), "--json", "-k", "1"])
+    assert result.exit_code == 0, result.output
+    assert '"LiteRT:CPU"' in result.output
+    result = runner.invoke(main, ["bench", str(out / "model.int8.tflite"), "--batch", "1,2", "--runs", "5",
+                                  "--warmup", "1"])
+    assert result.exit_code == 0, result.output
+    assert "litert" in result.output

@@ -1,0 +1,229 @@
+"""edgecnn's tuned pick against its peers on the same model, in the same run (issue 12).
+
+For a run directory (model.keras + card.json) and its export directory (``edgecnn export RUN -q
+int8 -q fp16`` then ``edgecnn tune``'s ``tune_report.json``), at each thread count and batch size:
+
+- **edgecnn**: the fastest configuration ``edgecnn tune`` measured within its accuracy budget at
+  that thread count and batch size (what ``edgecnn tune --threads T --batch B`` would pick),
+  run through the runtime core as an app runs it;
+- **LiteRT** (``ai-edge-litert``, XNNPack): the Keras model converted by the TFLite converter,
+  fp32 and full-int8 (its own post-training quantization, calibrated on the same training
+  images edgecnn's int8 export uses);
+- **OpenVINO** through its own Python API (not edgecnn's backend): the fp32 ONNX at OpenVINO's
+  default precision on this CPU (bf16 where the CPU has it) and the int8 QDQ ONNX.
+
+Every runner is timed on the same preprocessed images (the timed call includes input in and
+output out), in interleaved rounds; the table gives the median of the rounds' p50s, images per
+second from it, and each runner's top-1 accuracy on the same held-out images.
+
+    python tools/peer_bench.py /work/runs/seed_cnn --threads 1,2 --batch 1
+    python tools/peer_bench.py /work/runs/mnv2_224 --threads 1,2 --batch 1,32 --out /tmp/peer_mnv2.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from edgecnn.card import ModelCard  # noqa: E402
+from edgecnn.runtime.benchmark import machine_fingerprint, time_callable  # noqa: E402
+from edgecnn.runtime.preprocess import normalize_batch  # noqa: E402
+
+
+def _p50_ms(call, seconds: float) -> float:
+    call()
+    times = time_callable(call, warmup=3, runs=0, duration_s=seconds, min_runs=5)
+    return 1e3 * float(np.median(times))
+
+
+# ------------------------------------------------------------------------------------ runners
+
+def edgecnn_runner(export_dir: Path, cell: dict, threads: int):
+    from edgecnn.export.tune import Candidate
+
+    model = Candidate(cell["file"], cell["variant"], cell["backend"], cell["precision"],
+                      cell["io_binding"]).open(export_dir, threads, "CPU")
+
+    def make(pixels: np.ndarray):
+        x = model.preprocess(pixels)
+        return lambda: model._run_once(x)
+
+    def predict(pixels: np.ndarray) -> np.ndarray:
+        return np.concatenate([model.run(model.preprocess(pixels[i:i + 64])) for i in range(0, len(pixels), 64)])
+
+    return make, predict
+
+
+def litert_runner(tflite: bytes, card: ModelCard, threads: int, batch: int):
+    from ai_edge_litert.interpreter import Interpreter
+
+    nhwc = replace(card, layout="nhwc")
+    interp = Interpreter(model_content=tflite, num_threads=threads)
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    interp.resize_tensor_input(inp["index"], [batch, *card.input_size, card.channels])
+    interp.allocate_tensors()
+    scale, zero = inp["quantization"]
+    dtype = inp["dtype"]
+
+    def to_input(pixels: np.ndarray) -> np.ndarray:
+        x = normalize_batch(pixels, nhwc)
+        if dtype == np.int8:  # full-int8: the app quantizes its input, once, outside the timed call
+            return np.clip(np.rint(x / scale + zero), -128, 127).astype(np.int8)
+        return x
+
+    def make(pixels: np.ndarray):
+        x = to_input(pixels)
+        set_tensor, invoke, get_tensor, i, o = interp.set_tensor, interp.invoke, interp.get_tensor, inp["index"], \
+            out["index"]
+
+        def call():
+            set_tensor(i, x)
+            invoke()
+            return get_tensor(o)
+
+        return call
+
+    def predict(pixels: np.ndarray) -> np.ndarray:
+        outs = []
+        for k in range(0, len(pixels) - len(pixels) % batch, batch):
+            set_tensor = interp.set_tensor
+            set_tensor(inp["index"], to_input(pixels[k:k + batch]))
+            interp.invoke()
+            outs.append(interp.get_tensor(out["index"]).astype(np.float32))
+        return np.concatenate(outs)
+
+    return make, predict
+
+
+def openvino_runner(onnx_path: Path, threads: int, card: ModelCard):
+    import openvino as ov
+
+    core = ov.Core()
+    compiled = core.compile_model(str(onnx_path), "CPU", {"PERFORMANCE_HINT": "LATENCY",
+                                                          "INFERENCE_NUM_THREADS": threads})
+    precision = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    request = compiled.create_infer_request()
+    port = compiled.outputs[0]
+
+    def make(pixels: np.ndarray):
+        x = normalize_batch(pixels, card)
+        return lambda: request.infer({0: x})[port]
+
+    def predict(pixels: np.ndarray) -> np.ndarray:
+        return np.concatenate([np.array(request.infer({0: normalize_batch(pixels[i:i + 64], card)})[port])
+                               for i in range(0, len(pixels), 64)])
+
+    return make, predict, precision
+
+
+# -------------------------------------------------------------------------------------- main
+
+def _pick(tune_report: dict, threads: int, batch: int) -> dict | None:
+    ok = {c["config"] for c in tune_report["candidates"] if c["within_budget"]}
+    cells = [c for c in tune_report["cells"] if c["config"] in ok and c["threads"] == threads and c["batch"] == batch]
+    return min(cells, key=lambda c: c["p50_ms"]) if cells else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", type=Path, help="run directory (model.keras, card.json)")
+    parser.add_argument("--export", type=Path, help="its export directory, tuned (default: RUN/export)")
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--batch", default="1")
+    parser.add_argument("--seconds", type=float, default=1.5, help="per runner, per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--images", type=int, default=2000, help="held-out images for top-1")
+    parser.add_argument("--out", type=Path, help="write the results as JSON")
+    args = parser.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+    from edgecnn.baselines import _load_keras
+    from edgecnn.export import ExportConfig
+    from edgecnn.export.litert import convert_litert_int8
+    from edgecnn.export.pipeline import _load_data
+
+    from edgecnn.runtime.core import InferenceModel
+
+    export_dir = args.export or args.run / "export"
+    tune_report = json.loads((export_dir / "tune_report.json").read_text())
+    card = InferenceModel(export_dir / "model.onnx").card  # the exported card: layout and preprocessing
+    data, _ = _load_data(card, None, ExportConfig(test_images=args.images))
+    test, labels = data.test, data.test_labels
+    # The images edgecnn's int8 export calibrated on (the same seeded pick of the training images).
+    calib = data.calibration[np.sort(np.random.default_rng(0).permutation(len(data.calibration))[:512])]
+
+    import tensorflow as tf
+
+    keras_model = _load_keras(args.run / "model.keras")
+    t0 = time.time()
+    tflite_int8 = convert_litert_int8(keras_model, card, calib, source=str(args.run))
+    with __import__("tempfile").TemporaryDirectory() as tmp:
+        h, w = card.input_size
+        keras_model.export(tmp, format="tf_saved_model", verbose=False,
+                           input_signature=[tf.TensorSpec([None, h, w, 3], tf.float32)])
+        tflite_fp32 = tf.lite.TFLiteConverter.from_saved_model(tmp).convert()
+    print(f"LiteRT conversions: {time.time() - t0:.1f} s", file=sys.stderr)
+
+    threads_list = [int(t) for t in args.threads.split(",")]
+    batches = [int(b) for b in args.batch.split(",")]
+    rows = []
+    for threads in threads_list:
+        for batch in batches:
+            pixels = np.concatenate([test] * (-(-batch // len(test))))[:batch]
+            runners = {}
+            cell = _pick(tune_report, threads, batch)
+            if cell is None:
+                print(f"tune_report has no cell at {threads} threads, batch {batch}: run edgecnn tune with them",
+                      file=sys.stderr)
+                continue
+            make, predict = edgecnn_runner(export_dir, cell, threads)
+            runners[f"edgecnn ({cell['config']})"] = ("edgecnn", make, predict)
+            for name, blob in (("int8", tflite_int8), ("fp32", tflite_fp32)):
+                make, predict = litert_runner(blob, card, threads, batch)
+                runners[f"LiteRT {name} (XNNPack)"] = ("litert", make, predict)
+            for name, file in (("fp32 file", "model.onnx"), ("int8 QDQ file", "model.int8.onnx")):
+                if (export_dir / file).is_file():
+                    make, predict, prec = openvino_runner(export_dir / file, threads, card)
+                    runners[f"OpenVINO {name} ({prec})"] = ("openvino", make, predict)
+            calls = {name: r[1](pixels) for name, r in runners.items()}
+            p50s: dict[str, list[float]] = {name: [] for name in runners}
+            for _ in range(args.rounds):
+                for name, call in calls.items():
+                    p50s[name].append(_p50_ms(call, args.seconds))
+            for name, (family, _, predict) in runners.items():
+                out = predict(test)
+                acc = float(np.mean(out.argmax(1) == labels[:len(out)])) if labels is not None else None
+                p50 = float(np.median(p50s[name]))
+                rows.append({"runner": name, "family": family, "threads": threads, "batch": batch, "p50_ms": p50,
+                             "rounds_p50_ms": p50s[name], "throughput_ips": batch * 1e3 / p50, "top1": acc,
+                             "top1_images": len(out)})
+                print(f"{threads}t b{batch} {name:45s} p50 {p50:8.3f} ms  {batch * 1e3 / p50:9.0f} img/s  "
+                      f"top-1 {'-' if acc is None else f'{100 * acc:.2f}%'}")
+            mine = next(r for r in rows[-len(runners):] if r["family"] == "edgecnn")
+            peers = [r for r in rows[-len(runners):] if r["family"] != "edgecnn"]
+            best = min(peers, key=lambda r: r["p50_ms"])
+            print(f"   edgecnn / best peer ({best['runner']}): {mine['p50_ms'] / best['p50_ms']:.2f}x p50")
+    m = machine_fingerprint()
+    result = {"run": str(args.run), "export": str(export_dir), "machine": m, "loadavg": os.getloadavg(),
+              "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "args": {k: str(v) for k, v in vars(args).items()},
+              "python": platform.python_version(), "rows": rows,
+              "fp32_top1_export": tune_report["test_set"].get("fp32_accuracy")}
+    print(f"machine: {m['cpu']} ({m['usable_cpus']} cpus, {' '.join(m['simd'])}), load average "
+          f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2, default=float) + "\n")
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
