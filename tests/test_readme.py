@@ -145,6 +145,7 @@ def test_python_examples_as_written(tmp_path, monkeypatch):
     models = default_model_path().parent
     (tmp_path / "runs" / "seed" / "export").mkdir(parents=True)
     shutil.copy(models / "seed_cnn_cifar10.int8.onnx", tmp_path / "runs" / "seed" / "export" / "model.int8.onnx")
+    shutil.copy(models / "seed_cnn_cifar10.onnx", tmp_path / "runs" / "seed" / "export" / "model.onnx")
     shutil.copy(models / "seed_cnn_cifar10.int8.onnx", tmp_path / "model.int8.onnx")
     shutil.copy(FOREIGN / "yolov8_shapes.onnx", tmp_path / "any.onnx")
     test_px = np.asarray(Image.open(ROOT / "edgecnn" / "assets" / "cifar10_sample" / "test.webp"))
