@@ -272,7 +272,8 @@ def _metadata(model: ServedModel) -> dict[str, Any]:
         return {"name": t.name, "datatype": _ORT_TYPES.get(t.type, "FP32"),
                 "shape": [d if isinstance(d, int) and d > 0 else -1 for d in t.shape]}
 
-    return {"name": model.name, "versions": [model.version], "platform": "onnxruntime_onnx",
+    platform = {"openvino": "openvino_onnx", "litert": "litert_tflite"}.get(model.model.backend, "onnxruntime_onnx")
+    return {"name": model.name, "versions": [model.version], "platform": platform,
             "inputs": [tensor(t) for t in session.get_inputs()], "outputs": [tensor(t) for t in session.get_outputs()],
             "parameters": {"task": model.card.task, "labels": len(model.card.class_names)}}
 
