@@ -37,8 +37,37 @@ BACKBONES: dict[str, _Backbone] = {
     "mobilenet_v3_small": _Backbone("MobileNetV3Small", 224, (0.0,) * 3, (1.0,) * 3,
                                     kwargs=(("include_preprocessing", True),)),
     "resnet50": _Backbone("ResNet50", 224, (103.939, 116.779, 123.68), (1.0,) * 3, "BGR"),
+    "vgg16": _Backbone("VGG16", 224, (103.939, 116.779, 123.68), (1.0,) * 3, "BGR"),
     "efficientnet_b0": _Backbone("EfficientNetB0", 224, (0.0,) * 3, (1.0,) * 3),
 }
+
+
+# What Keras's load_weights reads: the legacy .h5 that keras.applications downloads
+# ("..._no_top.h5"), save_weights' .weights.h5, and a whole .keras model's weights.
+WEIGHTS_SUFFIXES = (".h5", ".hdf5", ".keras")
+
+
+def _one_line(err: BaseException, limit: int = 160) -> str:
+    """An exception as one short line (Keras's load errors span several)."""
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
+
+
+def _weights_file(weights: str, name: str) -> str:
+    """The path of a local weights file, checked before Keras reads it.
+
+    Raises:
+        ArtifactError: for a missing file or one Keras cannot hold weights in (an .onnx, say).
+    """
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise ArtifactError(f"No weights file at {path}; pass --weights imagenet, none or the backbone's 'notop' .h5 "
+                            "file.")
+    if not path.name.lower().endswith(WEIGHTS_SUFFIXES):
+        raise ArtifactError(f"--weights {path}: a {path.suffix or 'suffix-less'} file holds no Keras weights; pass "
+                            f"{name}'s 'notop' .h5 file (as keras.applications downloads it, or written with "
+                            "save_weights as .weights.h5) or a .keras model of the same architecture.")
+    return str(path)
 
 
 def _application_backbone(name: str, size: int, weights: str) -> tuple[keras.Model, dict[str, Any]]:
@@ -46,17 +75,20 @@ def _application_backbone(name: str, size: int, weights: str) -> tuple[keras.Mod
     factory = getattr(require("keras", "train").applications, spec.application)
     w: str | None = None if weights == "none" else weights
     if w not in (None, "imagenet"):
-        w = str(Path(w).expanduser())
+        w = _weights_file(w, name)
     try:
         model = factory(input_shape=(size, size, 3), include_top=False, weights=w, **dict(spec.kwargs))
     except Exception as err:  # download (URL/socket) errors, or a weights file that does not fit
         if weights == "imagenet":
             raise ArtifactError(
-                f"Could not get ImageNet weights for {name} ({type(err).__name__}: {str(err)[:100]}); "
+                f"Could not get ImageNet weights for {name} ({_one_line(err, 100)}); "
                 "offline, pass --weights PATH to a local copy of the backbone's 'notop' .h5 file "
                 "(Keras caches downloads in ~/.keras/models/), or --weights none."
             ) from err
-        raise ArtifactError(f"Cannot load weights {weights!r} into {name}: {str(err)[:160]}") from err
+        # Keras checks every variable's shape and the layer count, so a file of another
+        # architecture or width fails here rather than loading half the backbone.
+        raise ArtifactError(f"Cannot load {w} into {name} (keras.applications.{spec.application}, include_top=False): "
+                            f"corrupt, or the weights of another architecture ({_one_line(err)}).") from err
     pre = {"mean": spec.mean, "std": spec.std, "channel_order": spec.channel_order,
            "normalization": f"backbone:{name}"}
     return model, pre
