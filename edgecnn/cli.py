@@ -157,6 +157,7 @@ Examples:
   edgecnn train --backbone mobilenet_v2 --weights ~/mnv2_notop.h5 --data photos/ \\
                 --epochs 5 --fine-tune-layers 30 --fine-tune-epochs 5
   edgecnn train --resume runs/seed                # continue after a kill
+  edgecnn train --model resnet20 --precision bf16 # mixed precision on an AMX/AVX-512 BF16 CPU
 """
 
 
@@ -210,6 +211,7 @@ def _size(value: str | None) -> list[int] | None:
 @click.option("--fine-tune-layers", type=int, help="Unfreeze this many top backbone layers in phase 2.")
 @click.option("--fine-tune-epochs", type=int)
 @click.option("--fine-tune-lr", type=float, help="[default: lr / 10]")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "auto"]), help="Mixed precision: bf16 on CPUs with AMX/AVX-512 BF16 (or Ampere+ GPUs), fp16 on GPUs, auto picks by hardware.  [default: fp32]")
 @click.option("--quiet", is_flag=True, help="One line per epoch instead of a progress bar.")
 def train(config_path, resume_dir, overwrite, quiet, augment, rotation, translate, input_size, **flags) -> None:
     """Train a CNN into a run directory (model.keras, card.json, history, curves, metrics)."""

@@ -128,7 +128,42 @@ def load_source(path: str | Path, *, overrides: ModelOverrides | None = None, op
 def _load_keras_model(path: Path) -> Any:
     from edgecnn.export.pipeline import _load_keras  # the one Keras loader (custom zoo layers)
 
-    return _load_keras(path)
+    return _as_float32(_load_keras(path), path)
+
+
+def _as_float32(model: Any, path: Path) -> Any:
+    """``model`` rebuilt in float32 with the same weights when it was trained in mixed precision.
+
+    A model trained with ``--precision bf16/fp16`` computes in bfloat16/float16 (each layer's
+    dtype policy is saved in the ``.keras`` file); its variables are float32. The export is an
+    fp32 graph of those weights, and the parity check compares it with this float32 model: the
+    conversion is what it checks, not the rounding of the training precision.
+    """
+    policies: set[str] = set()
+
+    def to_float32(node: Any) -> Any:
+        if isinstance(node, list):
+            return [to_float32(v) for v in node]
+        if not isinstance(node, dict):
+            return node
+        conf = node.get("config")
+        if (str(node.get("class_name", "")).endswith("DTypePolicy") and isinstance(conf, dict)
+                and str(conf.get("name")).startswith("mixed_")):
+            policies.add(conf["name"])
+            return {**node, "config": {**conf, "name": "float32"}}
+        return {k: to_float32(v) for k, v in node.items()}
+
+    config = to_float32(model.get_config())
+    if not policies:
+        return model
+    try:
+        clone = type(model).from_config(config)
+        clone.set_weights(model.get_weights())
+    except Exception as err:  # a custom model whose config does not rebuild
+        raise ArtifactError(f"{path} computes in {', '.join(sorted(policies))}; rebuilding it in float32 for export "
+                            f"failed ({type(err).__name__}: {str(err)[:160]}).") from err
+    log.info("%s was trained in %s: exported in float32 with the same weights.", path, ", ".join(sorted(policies)))
+    return clone
 
 
 def _run(path: Path, overrides: ModelOverrides, opset: int | None, layout: str) -> ModelSource:

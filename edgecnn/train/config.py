@@ -9,11 +9,14 @@ from typing import Any
 
 from edgecnn.errors import ConfigError
 
-__all__ = ["TrainConfig", "AugmentConfig", "OPTIMIZERS", "SCHEDULES", "NORMALIZATIONS", "load_recipe"]
+__all__ = ["TrainConfig", "AugmentConfig", "OPTIMIZERS", "SCHEDULES", "NORMALIZATIONS", "PRECISIONS", "load_recipe"]
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
 NORMALIZATIONS = ("scale", "dataset")
+# fp32 by default: a run's numbers then do not depend on the machine it ran on; bf16/fp16/auto
+# are asked for (edgecnn.train.precision says what each needs).
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,8 @@ class TrainConfig:
     fine_tune_layers: int = 0
     fine_tune_epochs: int = 0
     fine_tune_lr: float | None = None  # None: lr / 10
+    # Hardware
+    precision: str = "fp32"  # fp32 | bf16 | fp16 | auto (see edgecnn.train.precision)
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> None:
@@ -89,6 +94,8 @@ class TrainConfig:
             bad(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}.")
         if self.schedule not in SCHEDULES:
             bad(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}.")
+        if self.precision not in PRECISIONS:
+            bad(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}.")
         if self.normalization not in NORMALIZATIONS:
             bad(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {self.normalization!r}.")
         if not 0 <= self.momentum < 1:

@@ -25,6 +25,7 @@ import edgecnn._keras_layers  # noqa: F401  (registers the zoo's custom layers f
 from edgecnn.train.config import TrainConfig
 from edgecnn.datasets import Dataset, channel_stats, load_dataset
 from edgecnn.train.pipeline import make_dataset, steps_per_epoch
+from edgecnn.train.precision import precision_policy, resolve_precision
 from edgecnn.train.registry import build_model, get_model_spec
 
 log = logging.getLogger(__name__)
@@ -232,24 +233,41 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, verbose: int | None = No
     files = RunFiles(run)
     if run.exists() and any(run.iterdir()) and not overwrite:
         raise ConfigError(f"Run directory {run} exists; pass --out NEW, --overwrite, or resume with `edgecnn train --resume {run}`.")
+    cfg = cfg.replace(precision=_precision(cfg))  # the run records what it trained in, 'auto' resolved
     keras.utils.set_random_seed(cfg.seed)
+    data = _load_data(cfg)
+    with precision_policy(cfg.precision):
+        model, pre = _build(cfg, data)
+        created = not run.exists()
+        if run.exists() and overwrite:
+            shutil.rmtree(run)
+        run.mkdir(parents=True, exist_ok=True)
+        state = {"phase": "head", "epoch": 0, "done": False, "preprocessing": pre, "history": {},
+                 "dataset": data.describe(), "class_names": data.class_names}
+        _write_json(files.config, cfg.to_dict())
+        try:
+            return _run(model, cfg, data, files, state, verbose=verbose)
+        except BaseException:
+            if created and not files.checkpoints():
+                shutil.rmtree(run, ignore_errors=True)
+            raise
+
+
+def _precision(cfg: TrainConfig) -> str:
+    """The precision ``cfg`` trains in on this machine, said in one log line.
+
+    Raises:
+        ConfigError: if it was asked for by name and the hardware lacks it.
+    """
+    precision, why = resolve_precision(cfg.precision)
+    log.info("Precision: %s (%s).", precision, why)
+    return precision
+
+
+def _load_data(cfg: TrainConfig) -> Dataset:
     size = cfg.input_size or (get_model_spec(cfg.model).input_size if not cfg.backbone else (32, 32))
-    data = load_dataset(cfg.data, input_size=size, val_split=cfg.val_split, seed=cfg.seed,
+    return load_dataset(cfg.data, input_size=size, val_split=cfg.val_split, seed=cfg.seed,
                         classes=cfg.classes, limit=cfg.limit)
-    model, pre = _build(cfg, data)
-    created = not run.exists()
-    if run.exists() and overwrite:
-        shutil.rmtree(run)
-    run.mkdir(parents=True, exist_ok=True)
-    state = {"phase": "head", "epoch": 0, "done": False, "preprocessing": pre, "history": {},
-             "dataset": data.describe(), "class_names": data.class_names}
-    _write_json(files.config, cfg.to_dict())
-    try:
-        return _run(model, cfg, data, files, state, verbose=verbose)
-    except BaseException:
-        if created and not files.checkpoints():
-            shutil.rmtree(run, ignore_errors=True)
-        raise
 
 
 def resume(run_dir: str | Path, *, verbose: int | None = None) -> Path:
@@ -271,18 +289,20 @@ def resume(run_dir: str | Path, *, verbose: int | None = None) -> Path:
     state = _read_state(files)
     if state.get("done"):
         raise ArtifactError(f"{run_dir} already finished ({state['epoch']} epochs); start a new run with --out.")
+    precision = _precision(cfg)  # the run's own, as train() resolved it (fp32 for older runs); checked here
     keras.utils.set_random_seed(cfg.seed + state["epoch"])
-    size = cfg.input_size or (get_model_spec(cfg.model).input_size if not cfg.backbone else (32, 32))
-    data = load_dataset(cfg.data, input_size=size, val_split=cfg.val_split, seed=cfg.seed,
-                        classes=cfg.classes, limit=cfg.limit)
+    data = _load_data(cfg)
     if not files.current_checkpoint(state).is_file():
         raise ArtifactError(f"{run_dir} has no checkpoint yet; start it again with --overwrite.")
     for stray in files.checkpoints():  # written by an epoch whose state never was: not part of the run
         if stray != files.current_checkpoint(state):
             stray.unlink(missing_ok=True)
-    model = load_run_model(run_dir, checkpoint=True)
-    log.info("Resuming %s at epoch %d (%s phase).", run_dir, state["epoch"] + 1, state["phase"])
-    return _run(model, cfg, data, files, state, verbose=verbose, resumed=True)
+    # The policy before the checkpoint loads: its layers keep their recorded policies, and what
+    # is built anew (a fine-tuning phase's optimizer) computes in the same precision.
+    with precision_policy(precision):
+        model = load_run_model(run_dir, checkpoint=True)
+        log.info("Resuming %s at epoch %d (%s phase).", run_dir, state["epoch"] + 1, state["phase"])
+        return _run(model, cfg, data, files, state, verbose=verbose, resumed=True)
 
 
 def _fit(model, cfg, data, files, state, *, first: int, last: int, verbose) -> None:

@@ -18,13 +18,17 @@ def augmenter(cfg: AugmentConfig, seed: int) -> keras.Sequential | None:
     """Batch-level random flip / rotation / translation (translation = pad + random crop)."""
     if not cfg.enabled:
         return None
+    # float32 whatever the training precision: the pipeline's images are float32 (a layer built
+    # under a mixed_bfloat16 policy would return bfloat16 and the normalization would not add up).
+    f32 = {"dtype": "float32"}
     steps: list[keras.layers.Layer] = []
     if cfg.flip:
-        steps.append(keras.layers.RandomFlip("horizontal", seed=seed))
+        steps.append(keras.layers.RandomFlip("horizontal", seed=seed, **f32))
     if cfg.rotation_deg > 0:
-        steps.append(keras.layers.RandomRotation(cfg.rotation_deg / 360.0, fill_mode=cfg.fill_mode, seed=seed + 1))
+        steps.append(keras.layers.RandomRotation(cfg.rotation_deg / 360.0, fill_mode=cfg.fill_mode, seed=seed + 1, **f32))
     if cfg.translate > 0:
-        steps.append(keras.layers.RandomTranslation(cfg.translate, cfg.translate, fill_mode=cfg.fill_mode, seed=seed + 2))
+        steps.append(keras.layers.RandomTranslation(cfg.translate, cfg.translate, fill_mode=cfg.fill_mode, seed=seed + 2,
+                                                    **f32))
     return keras.Sequential(steps, name="augment")
 
 

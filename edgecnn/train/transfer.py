@@ -157,7 +157,7 @@ def build_transfer_model(
     if dropout > 0:
         x = layers.Dropout(dropout, name="head_dropout")(x)
     x = layers.Dense(num_classes, name="logits")(x)
-    outputs = layers.Activation("softmax", name="probabilities")(x)
+    outputs = layers.Activation("softmax", name="probabilities", dtype="float32")(x)  # float32 under mixed precision
     return keras.Model(inputs, outputs, name=f"transfer_{Path(backbone).name}"), pre
 
 

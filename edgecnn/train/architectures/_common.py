@@ -11,7 +11,7 @@ from edgecnn._optional import require
 if TYPE_CHECKING:  # Keras loads when a model is built, not when the zoo is listed
     import keras
 
-__all__ = ["BN_MOMENTUM", "classifier_head", "conv_bn_act", "keras_api", "make_divisible"]
+__all__ = ["BN_MOMENTUM", "classifier_head", "conv_bn_act", "keras_api", "make_divisible", "probabilities"]
 
 # Batch-norm moving-average momentum of the depthwise nets (PyTorch's 0.1 in Keras terms).
 # With Keras's 0.99, a MobileNetV2 trained for a few hundred steps with a one-cycle schedule kept
@@ -56,7 +56,17 @@ def classifier_head(x, num_classes: int, *, dropout: float = 0.0, pool: bool = T
     if dropout > 0:
         x = layers.Dropout(dropout, name="head_dropout")(x)
     x = layers.Dense(num_classes, name="logits")(x)
-    return layers.Activation("softmax", name="probabilities", dtype="float32")(x)
+    return probabilities(x)
+
+
+def probabilities(logits):
+    """The zoo's output layer: a softmax named ``probabilities`` computed in float32.
+
+    Under a mixed-precision policy (``edgecnn train --precision bf16``) every other layer
+    computes in bfloat16/float16; the softmax and so the loss stay float32 (Keras's mixed
+    precision guide), and the model's output is float32 whatever the policy.
+    """
+    return keras_api().layers.Activation("softmax", name="probabilities", dtype="float32")(logits)
 
 
 def functional(inputs, outputs, name: str) -> keras.Model:

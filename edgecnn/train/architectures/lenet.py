@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from edgecnn.train.architectures._common import keras_api
+from edgecnn.train.architectures._common import keras_api, probabilities
 from edgecnn.train.registry import register_model
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ def _lenet(num_classes: int, input_shape, *, width: float, dropout: float, name:
     if dropout > 0:
         x = layers.Dropout(dropout, name="head_dropout")(x)
     x = layers.Dense(num_classes, name="logits")(x)
-    return keras.Model(inputs, layers.Activation("softmax", name="probabilities")(x), name=name)
+    return keras.Model(inputs, probabilities(x), name=name)
 
 
 @register_model("lenet5", input_size=(32, 32), family="lenet")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from edgecnn.train.architectures._common import keras_api
+from edgecnn.train.architectures._common import keras_api, probabilities
 from edgecnn.train.registry import register_model
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ def seed_cnn(num_classes: int, *, input_shape=(32, 32, 3), dropout: float = 0.0,
         x = layers.Dropout(dropout, name="head_dropout")(x)
     # Dense(10, softmax) of the tutorial, split so the logits stay addressable (Grad-CAM).
     x = layers.Dense(num_classes, name="logits")(x)
-    outputs = layers.Activation("softmax", name="probabilities")(x)
+    outputs = probabilities(x)
     return keras.Model(inputs, outputs, name="seed_cnn")
 
 
