@@ -392,7 +392,9 @@ def tune(export_dir: str | Path, config: TuneConfig | None = None, *, write: boo
                 say(f"  {cand.name}: skipped ({err})")
                 qualities[cand.quality_key] = None  # type: ignore[assignment]
                 continue
-            qualities[cand.quality_key] = _quality(reference, ref_acc, _outputs(model, images), labels, card)
+            same = cand.quality_key == (FP32_FILE, "onnxruntime", None)  # the reference itself
+            qualities[cand.quality_key] = _quality(reference, ref_acc, reference if same else _outputs(model, images),
+                                                   labels, card)
             q = qualities[cand.quality_key]
             say(f"  {cand.name}: " + ("not judged" if q.drop_pp is None else f"drop {q.drop_pp:+.2f} pp"))
         if qualities[cand.quality_key] is not None:

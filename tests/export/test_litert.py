@@ -143,3 +143,30 @@ def test_cli_predict_and_bench_a_tflite(tmp_path, litert_export, sample3):
                                   "--warmup", "1"])
     assert result.exit_code == 0, result.output
     assert "litert" in result.output
+
+
+def test_peer_bench_tool_times_the_pick_against_litert_and_openvino(tmp_path, litert_export, seed_run):
+    """tools/peer_bench.py, the issue-12 harness: edgecnn's tuned pick, LiteRT int8/fp32 and
+    OpenVINO on the same images, in one run."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from edgecnn.export.tune import TuneConfig, tune
+
+    _, out = litert_export
+    d = tmp_path / "export"
+    shutil.copytree(out, d)
+    tune(d, TuneConfig(threads=(1,), max_drop_pp=100.0, seconds=0.05, images=40, confirm=1))
+    result_file = tmp_path / "peer.json"
+    tool = Path(__file__).resolve().parents[2] / "tools" / "peer_bench.py"
+    done = subprocess.run([sys.executable, str(tool), str(seed_run), "--export", str(d), "--threads", "1",
+                           "--batch", "1", "--seconds", "0.05", "--rounds", "1", "--images", "40",
+                           "--out", str(result_file)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(result_file.read_text())["rows"]
+    families = {r["family"] for r in rows}
+    assert families == {"edgecnn", "litert", "openvino"}
+    assert all(r["p50_ms"] > 0 and 0 <= r["top1"] <= 1 for r in rows)
+    assert "edgecnn / best peer" in done.stdout
