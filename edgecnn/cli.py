@@ -158,6 +158,8 @@ Examples:
                 --epochs 5 --fine-tune-layers 30 --fine-tune-epochs 5
   edgecnn train --resume runs/seed                # continue after a kill
   edgecnn train --model resnet20 --precision bf16 # mixed precision on an AMX/AVX-512 BF16 CPU
+  TF_CONFIG='{"cluster": {"worker": ["h1:2222", "h2:2222"]}, "task": {"type": "worker", "index": 0}}' \\
+  edgecnn train --config models/resnet20_cifar10.yaml --distribute multi-worker   # on every host, its own index
 """
 
 
@@ -212,6 +214,8 @@ def _size(value: str | None) -> list[int] | None:
 @click.option("--fine-tune-epochs", type=int)
 @click.option("--fine-tune-lr", type=float, help="[default: lr / 10]")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "auto"]), help="Mixed precision: bf16 on CPUs with AMX/AVX-512 BF16 (or Ampere+ GPUs), fp16 on GPUs, auto picks by hardware.  [default: fp32]")
+@click.option("--distribute", type=click.Choice(["none", "mirrored", "multi-worker"]), help="tf.distribute: mirrored = every local GPU; multi-worker = the machines of TF_CONFIG (docs/distributed.md). --batch-size is then the global batch and --lr stays tied to it (never rescaled by the worker count).  [default: none]")
+@click.option("--worker-timeout", type=float, help="multi-worker: seconds to wait for every worker of TF_CONFIG.  [default: 300]")
 @click.option("--quiet", is_flag=True, help="One line per epoch instead of a progress bar.")
 def train(config_path, resume_dir, overwrite, quiet, augment, rotation, translate, input_size, **flags) -> None:
     """Train a CNN into a run directory (model.keras, card.json, history, curves, metrics)."""
@@ -239,6 +243,9 @@ def train(config_path, resume_dir, overwrite, quiet, augment, rotation, translat
         run = run_training(TrainConfig.from_dict(recipe), overwrite=overwrite, verbose=verbose)
     from edgecnn.card import ModelCard
 
+    if not (run / "card.json").is_file():  # a multi-worker run's other workers: the chief writes the run
+        click.echo(f"Worker done; the chief worker writes {run}.")
+        return
     card = ModelCard.load(run)
     m = card.metrics
     split = ("validation accuracy (the image folder has no test/ split)" if card.dataset.get("test_split") == "val"

@@ -15,6 +15,7 @@ __all__ = [
     "ProviderError",
     "InputError",
     "AccuracyDropError",
+    "WorkerError",
 ]
 
 
@@ -52,3 +53,7 @@ class InputError(EdgecnnError, ValueError):
 
 class AccuracyDropError(EdgecnnError, RuntimeError):
     """A quantized variant lost more accuracy than allowed."""
+
+
+class WorkerError(EdgecnnError, RuntimeError):
+    """A worker of a multi-worker training run never answered, or stopped answering."""

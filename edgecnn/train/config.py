@@ -9,7 +9,8 @@ from typing import Any
 
 from edgecnn.errors import ConfigError
 
-__all__ = ["TrainConfig", "AugmentConfig", "OPTIMIZERS", "SCHEDULES", "NORMALIZATIONS", "PRECISIONS", "load_recipe"]
+__all__ = ["TrainConfig", "AugmentConfig", "OPTIMIZERS", "SCHEDULES", "NORMALIZATIONS", "PRECISIONS", "DISTRIBUTE",
+           "load_recipe"]
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
@@ -17,6 +18,7 @@ NORMALIZATIONS = ("scale", "dataset")
 # fp32 by default: a run's numbers then do not depend on the machine it ran on; bf16/fp16/auto
 # are asked for (edgecnn.train.precision says what each needs).
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+DISTRIBUTE = ("none", "mirrored", "multi-worker")  # see edgecnn.train.distribute
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,8 @@ class TrainConfig:
     fine_tune_lr: float | None = None  # None: lr / 10
     # Hardware
     precision: str = "fp32"  # fp32 | bf16 | fp16 | auto (see edgecnn.train.precision)
+    distribute: str = "none"  # none | mirrored | multi-worker; batch_size is then the global batch
+    worker_timeout: float = 300.0  # multi-worker: seconds to wait for every worker of TF_CONFIG
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> None:
@@ -96,6 +100,10 @@ class TrainConfig:
             bad(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}.")
         if self.precision not in PRECISIONS:
             bad(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}.")
+        if self.distribute not in DISTRIBUTE:
+            bad(f"distribute must be one of {', '.join(DISTRIBUTE)}, got {self.distribute!r}.")
+        if not self.worker_timeout > 0:
+            bad(f"worker_timeout must be > 0 seconds, got {self.worker_timeout}.")
         if self.normalization not in NORMALIZATIONS:
             bad(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {self.normalization!r}.")
         if not 0 <= self.momentum < 1:

@@ -24,7 +24,8 @@ from edgecnn.errors import ArtifactError, ConfigError
 import edgecnn._keras_layers  # noqa: F401  (registers the zoo's custom layers for load_model)
 from edgecnn.train.config import TrainConfig
 from edgecnn.datasets import Dataset, channel_stats, load_dataset
-from edgecnn.train.pipeline import make_dataset, steps_per_epoch
+from edgecnn.train.distribute import Distribution, cluster_for, make_distribution
+from edgecnn.train.pipeline import make_dataset
 from edgecnn.train.precision import precision_policy, resolve_precision
 from edgecnn.train.registry import build_model, get_model_spec
 
@@ -221,32 +222,44 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, verbose: int | None = No
     """Train ``cfg`` into its run directory; returns the directory.
 
     Data and model are checked before anything is written, and a run that fails before its
-    first checkpoint leaves no directory behind.
+    first checkpoint leaves no directory behind. Under ``--distribute multi-worker`` only the
+    chief writes the run directory; the other workers return its path once they are done.
 
     Raises:
         ConfigError, DataError, ModelNotFoundError, ArtifactError: for bad options or inputs.
+        WorkerError: a worker of a multi-worker run never answered or stopped answering.
     """
     name = Path(cfg.backbone).name if cfg.backbone else cfg.model
     if not cfg.backbone:
         get_model_spec(cfg.model)  # unknown names fail before the data is loaded
     run = Path(cfg.out or f"runs/{name}")
-    files = RunFiles(run)
-    if run.exists() and any(run.iterdir()) and not overwrite:
+    cluster = cluster_for(cfg.distribute)  # multi-worker: a malformed TF_CONFIG fails here
+    chief = cluster is None or cluster.is_chief
+    if chief and run.exists() and any(run.iterdir()) and not overwrite:
         raise ConfigError(f"Run directory {run} exists; pass --out NEW, --overwrite, or resume with `edgecnn train --resume {run}`.")
     cfg = cfg.replace(precision=_precision(cfg))  # the run records what it trained in, 'auto' resolved
     keras.utils.set_random_seed(cfg.seed)
     data = _load_data(cfg)
-    with precision_policy(cfg.precision):
-        model, pre = _build(cfg, data)
+    # Only now the workers meet: one that stopped on an error above would leave the others waiting.
+    dist = make_distribution(cfg.distribute, cluster=cluster, batch_size=cfg.batch_size, num_train=len(data.x_train),
+                             worker_timeout_s=cfg.worker_timeout)
+    with precision_policy(cfg.precision), dist.running(run):
+        with dist.scope():
+            model, pre = _build(cfg, data)
+        state = {"phase": "head", "epoch": 0, "done": False, "preprocessing": pre, "history": {},
+                 "dataset": data.describe(), "class_names": data.class_names}
+        if not dist.is_chief:
+            with dist.output_dir(run) as scratch:
+                _run(model, cfg, data, RunFiles(scratch), state, dist=dist, verbose=verbose)
+            return run
+        files = RunFiles(run)
         created = not run.exists()
         if run.exists() and overwrite:
             shutil.rmtree(run)
         run.mkdir(parents=True, exist_ok=True)
-        state = {"phase": "head", "epoch": 0, "done": False, "preprocessing": pre, "history": {},
-                 "dataset": data.describe(), "class_names": data.class_names}
         _write_json(files.config, cfg.to_dict())
         try:
-            return _run(model, cfg, data, files, state, verbose=verbose)
+            return _run(model, cfg, data, files, state, dist=dist, verbose=verbose)
         except BaseException:
             if created and not files.checkpoints():
                 shutil.rmtree(run, ignore_errors=True)
@@ -273,9 +286,14 @@ def _load_data(cfg: TrainConfig) -> Dataset:
 def resume(run_dir: str | Path, *, verbose: int | None = None) -> Path:
     """Continue a killed run from its last finished epoch, optimizer state included.
 
+    A multi-worker run resumes on every worker at once (each with its own ``TF_CONFIG``), all
+    reading the chief's run directory.
+
     Raises:
         ArtifactError: if the directory holds no resumable run, or it already finished.
+        WorkerError: a worker of a multi-worker run never answered or stopped answering.
     """
+    run_dir = Path(run_dir)
     files = RunFiles(run_dir)
     if not files.config.is_file() or not files.state.is_file():
         raise ArtifactError(f"{run_dir} is not a run directory that can be resumed (no config.json/state.json).")
@@ -289,28 +307,40 @@ def resume(run_dir: str | Path, *, verbose: int | None = None) -> Path:
     state = _read_state(files)
     if state.get("done"):
         raise ArtifactError(f"{run_dir} already finished ({state['epoch']} epochs); start a new run with --out.")
+    cluster = cluster_for(cfg.distribute)
     precision = _precision(cfg)  # the run's own, as train() resolved it (fp32 for older runs); checked here
     keras.utils.set_random_seed(cfg.seed + state["epoch"])
     data = _load_data(cfg)
     if not files.current_checkpoint(state).is_file():
         raise ArtifactError(f"{run_dir} has no checkpoint yet; start it again with --overwrite.")
-    for stray in files.checkpoints():  # written by an epoch whose state never was: not part of the run
-        if stray != files.current_checkpoint(state):
-            stray.unlink(missing_ok=True)
+    if cluster is None or cluster.is_chief:
+        for stray in files.checkpoints():  # written by an epoch whose state never was: not part of the run
+            if stray != files.current_checkpoint(state):
+                stray.unlink(missing_ok=True)
+    dist = make_distribution(cfg.distribute, cluster=cluster, batch_size=cfg.batch_size, num_train=len(data.x_train),
+                             worker_timeout_s=cfg.worker_timeout)
     # The policy before the checkpoint loads: its layers keep their recorded policies, and what
-    # is built anew (a fine-tuning phase's optimizer) computes in the same precision.
-    with precision_policy(precision):
-        model = load_run_model(run_dir, checkpoint=True)
+    # is built anew (a fine-tuning phase's optimizer) computes in the same precision. Loaded in
+    # the strategy's scope, the variables are the strategy's (replicated).
+    with precision_policy(precision), dist.running(run_dir):
+        with dist.scope():
+            model = load_run_model(run_dir, checkpoint=True)
         log.info("Resuming %s at epoch %d (%s phase).", run_dir, state["epoch"] + 1, state["phase"])
-        return _run(model, cfg, data, files, state, verbose=verbose, resumed=True)
+        with dist.output_dir(run_dir) as out:
+            _run(model, cfg, data, RunFiles(out), state, dist=dist, verbose=verbose, resumed=True)
+        return run_dir
 
 
-def _fit(model, cfg, data, files, state, *, first: int, last: int, verbose) -> None:
+def _fit(model, cfg, data, files, state, *, dist: Distribution, first: int, last: int, verbose) -> None:
     pre = state["preprocessing"]
-    common = dict(num_classes=data.num_classes, batch_size=cfg.batch_size, mean=pre["mean"], std=pre["std"],
+    common = dict(num_classes=data.num_classes, mean=pre["mean"], std=pre["std"],
                   channel_order=pre["channel_order"], seed=cfg.seed + first)
-    train_ds = make_dataset(data.x_train, data.y_train, training=True, augment=cfg.augment, **common)
-    val_ds = make_dataset(data.x_val, data.y_val, **common)
+
+    def train_pipeline(x, y, batch_size):
+        return make_dataset(x, y, batch_size=batch_size, training=True, augment=cfg.augment, **common)
+
+    train_ds = dist.training_data(data.x_train, data.y_train, batch_size=cfg.batch_size, make=train_pipeline)
+    val_ds = dist.validation_data(make_dataset(data.x_val, data.y_val, batch_size=cfg.batch_size, **common))
     callbacks: list[keras.callbacks.Callback] = [_Checkpoint(files, state)]
     if cfg.early_stopping:
         callbacks.append(keras.callbacks.EarlyStopping("val_accuracy", patience=cfg.early_stopping,
@@ -319,28 +349,34 @@ def _fit(model, cfg, data, files, state, *, first: int, last: int, verbose) -> N
               verbose=verbose if verbose is not None else (1 if sys.stdout.isatty() else 2))
 
 
-def _run(model, cfg: TrainConfig, data: Dataset, files: RunFiles, state: dict, *, verbose, resumed=False) -> Path:
+def _run(model, cfg: TrainConfig, data: Dataset, files: RunFiles, state: dict, *, dist: Distribution, verbose,
+         resumed=False) -> Path:
     state["_t0"] = time.time() - (state["history"].get("time_s") or [0])[-1]
-    steps = steps_per_epoch(len(data.x_train), cfg.batch_size)
+    steps = dist.steps_per_epoch(len(data.x_train), cfg.batch_size)
     if state["phase"] == "head":
         if not resumed:
-            _compile(model, cfg, cfg.lr, cfg.epochs, steps, data.num_classes)
+            with dist.scope():
+                _compile(model, cfg, cfg.lr, cfg.epochs, steps, data.num_classes)
         if state["epoch"] < cfg.epochs:
-            _fit(model, cfg, data, files, state, first=state["epoch"], last=cfg.epochs, verbose=verbose)
+            _fit(model, cfg, data, files, state, dist=dist, first=state["epoch"], last=cfg.epochs, verbose=verbose)
         if cfg.fine_tune_epochs:
             from edgecnn.train.transfer import set_fine_tune
 
             n = set_fine_tune(model, cfg.fine_tune_layers)
             log.info("Fine-tuning: %d backbone layers unfrozen (batch norm stays frozen).", n)
             state["phase"] = "finetune"
-            _compile(model, cfg, cfg.fine_tune_lr or cfg.lr / 10, cfg.fine_tune_epochs, steps, data.num_classes)
+            with dist.scope():
+                _compile(model, cfg, cfg.fine_tune_lr or cfg.lr / 10, cfg.fine_tune_epochs, steps, data.num_classes)
     total = cfg.epochs + cfg.fine_tune_epochs
     if state["phase"] == "finetune" and state["epoch"] < total:
-        _fit(model, cfg, data, files, state, first=state["epoch"], last=total, verbose=verbose)
-    return _finish(model, cfg, data, files, state)
+        _fit(model, cfg, data, files, state, dist=dist, first=state["epoch"], last=total, verbose=verbose)
+    if not dist.is_chief:  # the chief evaluates and writes the run
+        log.info("Training done on %s; the chief writes the run directory.", dist.worker)
+        return files.root
+    return _finish(model, cfg, data, files, state, dist=dist)
 
 
-def _finish(model, cfg: TrainConfig, data: Dataset, files: RunFiles, state: dict) -> Path:
+def _finish(model, cfg: TrainConfig, data: Dataset, files: RunFiles, state: dict, *, dist: Distribution) -> Path:
     from edgecnn.train.evaluate import accuracy_metrics
     from edgecnn.train.plots import plot_history
 
@@ -351,7 +387,7 @@ def _finish(model, cfg: TrainConfig, data: Dataset, files: RunFiles, state: dict
         mean=pre["mean"], std=pre["std"], channel_order=pre["channel_order"], normalization=pre["normalization"],
         dataset=data.describe(), training=cfg.to_dict(), versions=_versions(),
     )
-    probs = predict_uint8(model, data.x_test, card)
+    probs = predict_uint8(dist.local_copy(model), data.x_test, card)
     metrics = accuracy_metrics(probs, data.y_test)
     hist = state["history"]
     metrics.update({"epochs": state["epoch"], "train_time_s": hist.get("time_s", [0])[-1],
