@@ -41,12 +41,14 @@ def _bn_gelu(x, name: str):
     return keras.layers.Activation("gelu", name=f"{name}_gelu")(x)
 
 
+def _torch_init():
+    """PyTorch's default conv/linear init (uniform, bound 1/sqrt(fan_in)), as in the reference."""
+    return keras_api().initializers.VarianceScaling(1 / 3, mode="fan_in", distribution="uniform")
+
+
 def _conv(x, filters: int, name: str):
-    keras = keras_api()
-    # PyTorch's default conv init (uniform, bound 1/sqrt(fan_in)), as in the reference.
-    init = keras.initializers.VarianceScaling(1 / 3, mode="fan_in", distribution="uniform")
-    return keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer=init,
-                               name=f"{name}_conv")(x)
+    return keras_api().layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer=_torch_init(),
+                                     name=f"{name}_conv")(x)
 
 
 def _block(x, filters: int, name: str):
@@ -83,7 +85,7 @@ def _airbench(num_classes, input_shape, *, widths: tuple[int, int, int], width: 
     for i, filters in enumerate(widths, start=1):
         x = _block(x, max(4, round(filters * width)), f"block{i}")
     x = layers.GlobalMaxPooling2D(name="features")(x)
-    x = layers.Dense(num_classes, use_bias=False, name="head")(x)
+    x = layers.Dense(num_classes, use_bias=False, kernel_initializer=_torch_init(), name="head")(x)
     x = layers.Rescaling(LOGIT_SCALE, name="logits")(x)
     outputs = layers.Activation("softmax", name="probabilities", dtype="float32")(x)
     model = keras.Model(inputs, outputs, name=name)
