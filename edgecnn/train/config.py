@@ -18,7 +18,7 @@ NORMALIZATIONS = ("scale", "dataset")
 # fp32 by default: a run's numbers then do not depend on the machine it ran on; bf16/fp16/auto
 # are asked for (edgecnn.train.precision says what each needs).
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
-TTA_MODES = ("none", "flip", "flip+shift")  # == edgecnn.train.evaluate.TTA_VIEWS (stdlib here: cheap to import)
+TTA_MODES = ("none", "flip", "flip+shift")  # test-time augmentation: edgecnn.train.evaluate.tta_views
 
 
 @dataclass(frozen=True)

@@ -14,14 +14,22 @@ import numpy as np
 from edgecnn.card import ModelCard, atomic_write_text
 from edgecnn.errors import ArtifactError, DataError, MissingDependencyError
 from edgecnn.presets import ModelOverrides
+from edgecnn.train.config import TTA_MODES
 
 log = logging.getLogger(__name__)
 
 __all__ = ["accuracy_metrics", "confusion_matrix", "evaluate", "EvaluationReport", "load_keras_with_card",
            "predict_keras", "tta_predict", "tta_views", "TTA_VIEWS"]
 
-# Test-time augmentation (airbench94's levels 1 and 2): the views and their weights.
-TTA_VIEWS = {"none": 1, "flip": 2, "flip+shift": 6}
+# Test-time augmentation (airbench94's levels 1 and 2): the number of views of each mode.
+TTA_VIEWS = dict(zip(TTA_MODES, (1, 2, 6)))
+
+
+def _check_tta(mode: str) -> None:
+    if mode not in TTA_VIEWS:
+        from edgecnn.errors import ConfigError
+
+        raise ConfigError(f"Unknown test-time augmentation {mode!r}; choose one of {', '.join(TTA_VIEWS)}.")
 
 
 def tta_views(x: np.ndarray, mode: str) -> list[tuple[float, np.ndarray]]:
@@ -32,10 +40,7 @@ def tta_views(x: np.ndarray, mode: str) -> list[tuple[float, np.ndarray]]:
     Raises:
         ConfigError: for an unknown mode.
     """
-    if mode not in TTA_VIEWS:
-        from edgecnn.errors import ConfigError
-
-        raise ConfigError(f"Unknown test-time augmentation {mode!r}; choose one of {', '.join(TTA_VIEWS)}.")
+    _check_tta(mode)
     if mode == "none":
         return [(1.0, x)]
     mirrored = [(0.5, x), (0.5, x[:, :, ::-1])]
@@ -210,7 +215,7 @@ def evaluate(model_path: str | Path, *, data: str | None = None, out: str | Path
     from edgecnn.train.plots import plot_confusion
 
     path = Path(model_path)
-    tta_views(np.zeros((0, 1, 1, 3), np.uint8), tta)  # an unknown mode fails before anything loads
+    _check_tta(tta)  # before anything loads
     if not path.exists():
         raise ArtifactError(f"{path} does not exist; pass a run directory, a .keras/.h5 or an .onnx file.")
     if not path.is_dir() and path.suffix.lower() not in (".onnx", ".keras", ".h5", ".hdf5"):

@@ -190,6 +190,10 @@ def test_augment_and_lookahead_config_validation():
         TrainConfig(lookahead={"evry": 5})
     with pytest.raises(ConfigError, match="tta must be one of"):
         TrainConfig(tta="mirror")
+    from edgecnn.train.evaluate import evaluate
+
+    with pytest.raises(ConfigError, match="Unknown test-time augmentation 'mirror'"):
+        evaluate("nowhere", tta="mirror")
 
 
 # ---------------------------------------------------------------------- test-time augmentation
