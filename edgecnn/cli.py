@@ -190,7 +190,7 @@ def _size(value: str | None) -> list[int] | None:
 @click.option("--momentum", type=float)
 @click.option("--nesterov/--no-nesterov", default=None)
 @click.option("--weight-decay", type=float, help="Decoupled weight decay (L2).")
-@click.option("--schedule", type=click.Choice(["constant", "step", "cosine", "onecycle"]))
+@click.option("--schedule", type=click.Choice(["constant", "step", "cosine", "onecycle", "triangle"]))
 @click.option("--warmup-epochs", type=float)
 @click.option("--step-every", type=int, help="Step schedule: epochs between decays.")
 @click.option("--step-gamma", type=float, help="Step schedule: decay factor.")
@@ -232,7 +232,7 @@ def train(config_path, resume_dir, overwrite, quiet, augment, rotation, translat
         recipe.update({k: v for k, v in flags.items() if v is not None})
         aug = dict(recipe.get("augment") or {})
         if augment is False:
-            aug.update(flip=False, translate=0.0, rotation_deg=0.0)
+            aug.update(flip=False, translate=0.0, translate_px=0, rotation_deg=0.0)
         for key, value in (("rotation_deg", rotation), ("translate", translate)):
             if value is not None:
                 aug[key] = value
@@ -256,7 +256,7 @@ def train(config_path, resume_dir, overwrite, quiet, augment, rotation, translat
 
 
 @main.command(epilog="\b\nExamples:\n  edgecnn models\n  edgecnn models --family mobilenet --input-size 224")
-@click.option("--family", help="Only this family (seed, lenet, alexnet, vgg, resnet, mobilenet, shufflenet).")
+@click.option("--family", help="Only this family (seed, lenet, alexnet, vgg, resnet, mobilenet, shufflenet, airbench).")
 @click.option("--input-size", type=click.IntRange(min=8), help="Count MFLOPs at this square size instead of each model's default.")
 @click.option("--classes", "num_classes", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--width", type=click.FloatRange(min=0, min_open=True),
@@ -293,13 +293,16 @@ def models(family: str | None, input_size: int | None, num_classes: int, width: 
     click.echo("Transfer backbones (--backbone): " + ", ".join(BACKBONES) + ", or a run directory.")
 
 
-@main.command(epilog="\b\nExamples:\n  edgecnn evaluate runs/seed\n  edgecnn evaluate runs/seed --data cifar10.npz\n  edgecnn evaluate runs/seed/export/model.int8.onnx\n  edgecnn evaluate mine.keras --data photos/ --preprocess tf")
+@main.command(epilog="\b\nExamples:\n  edgecnn evaluate runs/seed\n  edgecnn evaluate runs/seed --data cifar10.npz\n  edgecnn evaluate runs/seed/export/model.int8.onnx\n  edgecnn evaluate runs/fast --tta flip+shift\n  edgecnn evaluate mine.keras --data photos/ --preprocess tf")
 @click.argument("model_path", metavar="RUN_OR_MODEL", type=click.Path(path_type=Path))
 @click.option("--data", help="Dataset to evaluate on (default: the run's own test split).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Where evaluation.json and the confusion PNG go.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@click.option("--tta", type=click.Choice(["none", "flip", "flip+shift"]), default="none", show_default=True,
+              help="Test-time augmentation: average the image and its mirror (2 views), or also both shifted by "
+                   "a pixel (6 views); costs that many forward passes.")
 @model_options()
-def evaluate(model_path: Path, data: str | None, out: Path | None, as_json: bool, **flags: Any) -> None:
+def evaluate(model_path: Path, data: str | None, out: Path | None, as_json: bool, tta: str, **flags: Any) -> None:
     """Top-1/top-5 accuracy, per-class precision/recall and the confusion matrix (text + PNG).
 
     RUN_OR_MODEL: a run directory, a .keras/.h5 file (yours too: describe it with the model flags)
@@ -309,7 +312,7 @@ def evaluate(model_path: Path, data: str | None, out: Path | None, as_json: bool
 
     from edgecnn.train.evaluate import evaluate as run_evaluation
 
-    report = run_evaluation(model_path, data=data, out=out, overrides=model_overrides(flags))
+    report = run_evaluation(model_path, data=data, out=out, overrides=model_overrides(flags), tta=tta)
     click.echo(json.dumps(report.metrics, indent=2) if as_json else report.to_text())
     click.echo(f"Wrote {', '.join(report.files)}", err=True)
 
@@ -404,6 +407,9 @@ Examples:
               help="Max |source - ONNX| allowed for fp32 (relative to outputs larger than 1).")
 @click.option("--test-images", type=click.IntRange(min=2), default=None, help="Evaluate on the first N test images only.")
 @click.option("--no-simplify", is_flag=True, help="Skip onnxslim graph simplification.")
+@click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True,
+              help="Keras sources: bake flip test-time augmentation into the graph (the image and its mirror, logits "
+                   "averaged); each image then costs two forward passes.")
 @click.option("--triton", "triton_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also write a Triton Inference Server model repository here.")
 @model_options(layout_help="Input layout: of the exported model for Keras/SavedModel/TFLite sources (default nhwc); "
@@ -411,7 +417,8 @@ Examples:
 def export(source: Path, out_dir: Path | None, quantize: tuple[str, ...], opset: int | None,
            calibration_data: Path | None, calibration_samples: int, calibration_method: str, cpu_target: str,
            exclude_node: tuple[str, ...], max_accuracy_drop: float, atol: float, test_images: int | None,
-           no_simplify: bool, triton_dir: Path | None, accuracy_aware: bool, per_tensor: bool, **flags: Any) -> None:
+           no_simplify: bool, triton_dir: Path | None, accuracy_aware: bool, per_tensor: bool, tta: str,
+           **flags: Any) -> None:
     """Export SOURCE to verified ONNX, with quantized variants.
 
     SOURCE: a run directory, a .keras/.h5 file, a TensorFlow SavedModel directory, a .tflite or an
@@ -426,7 +433,7 @@ def export(source: Path, out_dir: Path | None, quantize: tuple[str, ...], opset:
     overrides = model_overrides(flags)
     config = ExportConfig(opset=opset, quantize=quantize, simplify=not no_simplify, atol=atol, test_images=test_images,
                           max_accuracy_drop=max_accuracy_drop, quant=quant, triton_dir=triton_dir,
-                          accuracy_aware=accuracy_aware)
+                          accuracy_aware=accuracy_aware, tta=tta)
     report = export_model(source, out_dir=out_dir, config=config, calibration_data=calibration_data, overrides=overrides)
     _echo_table(f"{report.card_name} ({report.task}) -> {report.out_dir}",
                 ["precision", "file", "KiB", "accuracy", "delta pp", "vs fp32"],

@@ -13,6 +13,11 @@
    every use that it is deprecated in favour of ``ai_edge_litert`` (TensorFlow >= 2.18); the
    warning is about tf2onnx's code, not the user's model, so it is silenced for that call.
    Remove once tf2onnx uses ``ai_edge_litert`` (tf2onnx 1.17 does not).
+4. TensorFlow computes the exact GELU (``keras.activations.gelu``, ``tf.nn.gelu``) with ``Erfc`` since
+   tensorflow/tensorflow@456e264, and tf2onnx 1.17 has no handler for it ("Tensorflow op Erfc is not
+   supported"; https://github.com/onnx/tensorflow-onnx/issues/2347, fix proposed in
+   https://github.com/onnx/tensorflow-onnx/pull/2463). We register one: ``erfc(x) = 1 - erf(x)``
+   (ONNX ``Erf``, opset 9+). Remove once a tf2onnx release converts ``Erfc`` itself.
 """
 
 from __future__ import annotations
@@ -93,6 +98,7 @@ def function_to_onnx(
     """
     tf = require("tensorflow", "train")
     tf2onnx = require("tf2onnx", "export")
+    _register_erfc()
     spec = (tf.TensorSpec((None, *input_shape), tf.float32, name=input_name),)
     with _collect_unsupported() as collector:
         try:
@@ -135,6 +141,36 @@ def tflite_to_onnx(path: str, *, opset: int, nchw_input: str | None = None) -> A
     if collector.ops:
         raise ArtifactError(_unsupported_message(collector.ops))
     return proto
+
+
+_ERFC_REGISTERED = False
+
+
+def _register_erfc() -> None:
+    """Workaround 4: a tf2onnx handler for ``Erfc`` (the exact GELU's), as ``1 - Erf(x)``."""
+    global _ERFC_REGISTERED
+    if _ERFC_REGISTERED:
+        return
+    import numpy as np
+    import tf2onnx.onnx_opset  # noqa: F401  (registers tf2onnx's own handlers)
+    from tf2onnx import constants, utils
+    from tf2onnx.handler import tf_op
+
+    if any("Erfc" in ops for ops in tf_op.get_opsets().get(constants.ONNX_DOMAIN, [])):  # upstream has it now
+        _ERFC_REGISTERED = True
+        return
+
+    @tf_op("Erfc")
+    class _Erfc:
+        @classmethod
+        def version_9(cls, ctx: Any, node: Any, **kwargs: Any) -> None:
+            node.type = "Erf"  # the node now computes erf(x); a Sub(1, .) takes over its consumers
+            dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.output[0]))
+            one = ctx.make_const(utils.make_name(f"{node.name}_one"), np.array(1, dtype=dtype))
+            ctx.insert_new_node_on_output("Sub", node.output[0], name=utils.make_name(f"{node.name}_erfc"),
+                                          inputs=[one.output[0], node.output[0]])
+
+    _ERFC_REGISTERED = True
 
 
 @contextlib.contextmanager

@@ -33,6 +33,7 @@ from edgecnn.export.quantize import QUANTIZE_MODES, QuantizeConfig, quantize_mod
 from edgecnn.export.report import ExportReport, VariantResult
 from edgecnn.runtime.deploy import DEPLOY_FILE, TUNE_REPORT
 from edgecnn.export.sources import ModelSource, load_source
+from edgecnn.export.tta import EXPORT_TTA, tta_model
 from edgecnn.export.verify import (OnnxPredictor, accuracy, compare_outputs, ort_error, predict_outputs,
                                    task_agreement)
 from edgecnn.presets import PREPROCESSING_FLAGS, ModelOverrides, short_list
@@ -69,6 +70,7 @@ class ExportConfig:
     triton_max_batch_size: int = 64
     check_chance: bool = True
     accuracy_aware: bool = False  # int8: keep the worst-quantized nodes in float until the guard passes
+    tta: str = "none"  # "flip": flip test-time augmentation inside the graph (edgecnn.export.tta): 2x the cost
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.quantize if m not in EXPORT_MODES]
@@ -81,6 +83,8 @@ class ExportConfig:
         if self.atol <= 0 or self.max_accuracy_drop < 0 or self.parity_images < 2:
             raise ConfigError("atol must be > 0, max_accuracy_drop >= 0 and parity_images >= 2, got "
                               f"{self.atol}, {self.max_accuracy_drop}, {self.parity_images}.")
+        if self.tta not in EXPORT_TTA:
+            raise ConfigError(f"tta must be one of {', '.join(EXPORT_TTA)}, got {self.tta!r}.")
         object.__setattr__(self, "quantize", tuple(dict.fromkeys(self.quantize)))  # dedupe, keep order
 
 
@@ -129,16 +133,21 @@ def export_model(source: str | Path, *, out_dir: str | Path | None = None, confi
     """
     config = config or ExportConfig()
     started = time.perf_counter()
-    src = load_source(source, overrides=overrides, opset=config.opset, layout=config.layout)
+    src = load_source(source, overrides=overrides, opset=config.opset, layout=config.layout, tta=config.tta)
     _check_litert_source(src, config)
     if src.assumed:
         log.warning("%s", src.assumed)
     data, card = _load_data(src.card, calibration_data, config)
     notes = []
+    if config.tta != "none":
+        notes.append(f"Test-time augmentation ({config.tta}) is inside the graph: each image runs through the network "
+                     "twice, so it costs 2x the FLOPs and about 2x the latency of the plain export.")
     if card.class_names != src.card.class_names:
         names = short_list(list(card.class_names))
         notes.append(f"Labels taken from the class folders of {calibration_data}: {names}.")
     out_card = _export_card(card, src)
+    if config.tta != "none":
+        out_card.export["tta"] = config.tta
     return _export(src.proto, out_card, src.reference, data, config, src=src,
                    out_dir=Path(out_dir) if out_dir else src.default_out, started=started, notes=notes)
 
@@ -587,8 +596,8 @@ def _litert_variant(src: ModelSource, card: ModelCard, fp32_out: list[np.ndarray
     check_calibration_images(data.calibration, card, quant.calibration_samples)
     pick = np.sort(np.random.default_rng(quant.seed).permutation(len(data.calibration))[:quant.calibration_samples])
     nhwc = card.replace(layout="nhwc")  # the Keras model's own layout
-    blob = convert_litert_int8(_load_keras_model(src.file), nhwc, data.calibration[pick], source=str(src.path),
-                               float_io=True)
+    model = tta_model(_load_keras_model(src.file), config.tta)  # the same graph as the ONNX variants
+    blob = convert_litert_int8(model, nhwc, data.calibration[pick], source=str(src.path), float_io=True)
     settings = {"converter": "tf.lite.TFLiteConverter", "optimizations": "DEFAULT", "ops": "TFLITE_BUILTINS_INT8",
                 "io": "float32", "calibration_samples": int(len(pick)), "runtime": "LiteRT (XNNPack)"}
     vcard = nhwc.replace(precision=LITERT_MODE, metrics=dict(card.metrics),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -97,7 +98,7 @@ def detect_kind(path: str | Path) -> str:
 
 
 def load_source(path: str | Path, *, overrides: ModelOverrides | None = None, opset: int | None = None,
-                layout: str | None = None) -> ModelSource:
+                layout: str | None = None, tta: str = "none") -> ModelSource:
     """Load ``path`` as an export source (see :data:`SOURCE_KINDS`).
 
     Args:
@@ -106,6 +107,8 @@ def load_source(path: str | Path, *, overrides: ModelOverrides | None = None, op
         opset: the ONNX opset to produce (None: the default for conversions, the source's own for ONNX).
         layout: input layout of the exported ONNX for TensorFlow sources (default nhwc); an ONNX
             source keeps its own, described by ``overrides.layout``.
+        tta: ``flip`` wraps a Keras source in flip test-time augmentation (:mod:`edgecnn.export.tta`);
+            the reference is the wrapped model, so parity checks the whole graph.
 
     Raises:
         ArtifactError: missing, corrupt or unconvertible model, or a card that cannot be built
@@ -114,11 +117,15 @@ def load_source(path: str | Path, *, overrides: ModelOverrides | None = None, op
     path = Path(path).expanduser()
     kind = detect_kind(path)
     overrides = overrides or ModelOverrides()
-    loaders = {"run": _run, "keras": _keras_file, "savedmodel": _saved_model, "tflite": _tflite, "onnx": _onnx}
+    if tta != "none" and kind not in ("run", "keras"):
+        raise ArtifactError(f"--tta {tta} wraps a Keras model before conversion; {path} is a {kind} source: export "
+                            "the run directory or .keras file it came from.")
+    loaders = {"run": partial(_run, tta=tta), "keras": partial(_keras_file, tta=tta), "savedmodel": _saved_model,
+               "tflite": _tflite, "onnx": _onnx}
     if kind != "onnx":
         layout = layout or overrides.layout or "nhwc"
     if kind == "run" and not (path / "card.json").is_file():  # a folder with a user's model.keras, no card
-        return _keras_file(path / "model.keras", overrides, opset, layout)
+        return _keras_file(path / "model.keras", overrides, opset, layout, tta=tta)
     return loaders[kind](path, overrides, opset, layout)
 
 
@@ -166,10 +173,12 @@ def _as_float32(model: Any, path: Path) -> Any:
     return clone
 
 
-def _run(path: Path, overrides: ModelOverrides, opset: int | None, layout: str) -> ModelSource:
+def _run(path: Path, overrides: ModelOverrides, opset: int | None, layout: str, *, tta: str = "none") -> ModelSource:
+    from edgecnn.export.tta import tta_model
+
     card = ModelCard.load(path)
     keras_path = path / "model.keras"
-    model = _load_keras_model(keras_path)
+    model = tta_model(_load_keras_model(keras_path), tta)
     # A run's geometry is its card's; flags can relabel it or change its task, not reshape it.
     keep = dataclasses.replace(overrides, input_size=None, channels=None, layout=None)
     card = keep.apply(card)
@@ -179,10 +188,12 @@ def _run(path: Path, overrides: ModelOverrides, opset: int | None, layout: str) 
                        card_from_file=not overrides.normalization_given, run_dir=path, default_out=path / "export")
 
 
-def _keras_file(path: Path, overrides: ModelOverrides, opset: int | None, layout: str) -> ModelSource:
+def _keras_file(path: Path, overrides: ModelOverrides, opset: int | None, layout: str, *,
+                tta: str = "none") -> ModelSource:
     if path.name == "model.keras" and (path.parent / "card.json").is_file():
-        return _run(path.parent, overrides, opset, layout)  # a run's own model file
+        return _run(path.parent, overrides, opset, layout, tta=tta)  # a run's own model file
     from edgecnn.export._tf2onnx_compat import keras_to_onnx
+    from edgecnn.export.tta import tta_model
 
     model = _load_keras_model(path)
     if len(model.inputs) != 1:
@@ -190,6 +201,7 @@ def _keras_file(path: Path, overrides: ModelOverrides, opset: int | None, layout
     shape = tuple(model.inputs[0].shape)
     dtype = str(getattr(model.inputs[0], "dtype", "float32")).replace("tf.", "")
     src_layout, in_shape = _tf_input(path, TensorInfo("images", shape, dtype), overrides)
+    model = tta_model(model, tta, layout=src_layout)
     proto = keras_to_onnx(model, input_shape=in_shape, input_name="images", output_name="output",
                           opset=opset or onnx_io.DEFAULT_OPSET, nchw=layout == "nchw" and src_layout == "nhwc")
     onnx_io.set_batch_axis(proto)

@@ -9,28 +9,35 @@ from typing import Any
 
 from edgecnn.errors import ConfigError
 
-__all__ = ["TrainConfig", "AugmentConfig", "OPTIMIZERS", "SCHEDULES", "NORMALIZATIONS", "PRECISIONS", "DISTRIBUTE",
-           "load_recipe"]
+__all__ = ["TrainConfig", "AugmentConfig", "LookaheadConfig", "OPTIMIZERS", "SCHEDULES", "NORMALIZATIONS",
+           "PRECISIONS", "DISTRIBUTE", "TTA_MODES", "load_recipe"]
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
-SCHEDULES = ("constant", "step", "cosine", "onecycle")
+SCHEDULES = ("constant", "step", "cosine", "onecycle", "triangle")
 NORMALIZATIONS = ("scale", "dataset")
 # fp32 by default: a run's numbers then do not depend on the machine it ran on; bf16/fp16/auto
 # are asked for (edgecnn.train.precision says what each needs).
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 DISTRIBUTE = ("none", "mirrored", "multi-worker")  # see edgecnn.train.distribute
+TTA_MODES = ("none", "flip", "flip+shift")  # test-time augmentation: edgecnn.train.evaluate.tta_views
 
 
 @dataclass(frozen=True)
 class AugmentConfig:
     """Training-time augmentation, run in the tf.data pipeline (never baked into the model)."""
 
-    flip: bool = True
+    flip: bool | str = True  # True: random per image; "alternate": airbench's derandomized flip
     rotation_deg: float = 0.0
     translate: float = 0.125  # fraction of the side: 0.125 = pad 4 px + random 32x32 crop
+    translate_px: int = 0  # whole-pixel translation instead: reflect-pad N px + random crop (airbench: 2)
     fill_mode: str = "reflect"
 
     def __post_init__(self) -> None:
+        if self.flip not in (True, False, "alternate"):
+            raise ConfigError(f"flip must be true, false or alternate, got {self.flip!r}.")
+        if self.translate_px < 0 or (self.translate_px and self.translate):
+            raise ConfigError(f"translate_px must be >= 0 and is exclusive with translate, got translate_px "
+                              f"{self.translate_px} with translate {self.translate}; set translate: 0.")
         if not 0 <= self.rotation_deg <= 180:
             raise ConfigError(f"rotation_deg must be in [0, 180], got {self.rotation_deg}.")
         if not 0 <= self.translate < 0.5:
@@ -40,7 +47,26 @@ class AugmentConfig:
 
     @property
     def enabled(self) -> bool:
-        return self.flip or self.rotation_deg > 0 or self.translate > 0
+        return bool(self.flip) or self.rotation_deg > 0 or self.translate > 0 or self.translate_px > 0
+
+
+@dataclass(frozen=True)
+class LookaheadConfig:
+    """airbench's Lookahead: every ``every`` steps from epoch ``start_epoch`` on, slow weights (batch-norm
+    statistics included) move toward the fast ones by ``1 - rho`` and the fast weights jump back to
+    them; ``rho = decay**every * (step / total_steps)**power`` grows over training (move fast, then
+    average strongly). The fast weights take the slow ones at the end of every epoch, so a checkpoint
+    holds the whole state."""
+
+    every: int = 5
+    start_epoch: int = 3
+    decay: float = 0.95
+    power: float = 3.0
+
+    def __post_init__(self) -> None:
+        if self.every < 1 or self.start_epoch < 0 or not 0 < self.decay < 1 or self.power < 0:
+            raise ConfigError(f"lookahead needs every >= 1, start_epoch >= 0, decay in (0, 1) and power >= 0, got "
+                              f"{self.every}, {self.start_epoch}, {self.decay}, {self.power}.")
 
 
 @dataclass(frozen=True)
@@ -72,6 +98,9 @@ class TrainConfig:
     classes: str | None = None  # subset such as "0-4" or "cat,dog"
     limit: int | None = None  # cap on training images (quick runs)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    lookahead: LookaheadConfig | None = None
+    whiten_init: bool | None = None  # patch-whitening init of the "whiten" conv; None: if the model has one
+    tta: str = "none"  # also score the final model with test-time augmentation: flip or flip+shift
     # Transfer learning
     backbone: str | None = None  # keras.applications name or a run directory
     weights: str = "imagenet"  # imagenet | none | PATH (for keras.applications backbones)
@@ -135,6 +164,10 @@ class TrainConfig:
             object.__setattr__(self, "input_size", size)
         if isinstance(self.augment, dict):
             object.__setattr__(self, "augment", _build(AugmentConfig, self.augment, "augment"))
+        if isinstance(self.lookahead, dict):
+            object.__setattr__(self, "lookahead", _build(LookaheadConfig, self.lookahead, "lookahead"))
+        if self.tta not in TTA_MODES:
+            bad(f"tta must be one of {', '.join(TTA_MODES)}, got {self.tta!r}.")
         if self.fine_tune_epochs and not self.backbone:
             bad("fine_tune_epochs needs --backbone (it unfreezes the backbone's top layers).")
         if self.weights not in ("imagenet", "none") and not Path(self.weights).expanduser().exists():

@@ -14,11 +14,61 @@ import numpy as np
 from edgecnn.card import ModelCard, atomic_write_text
 from edgecnn.errors import ArtifactError, DataError, MissingDependencyError
 from edgecnn.presets import ModelOverrides
+from edgecnn.train.config import TTA_MODES
 
 log = logging.getLogger(__name__)
 
 __all__ = ["accuracy_metrics", "confusion_matrix", "evaluate", "EvaluationReport", "load_keras_with_card",
-           "predict_keras"]
+           "predict_keras", "tta_predict", "tta_views", "TTA_VIEWS"]
+
+# Test-time augmentation (airbench94's levels 1 and 2): the number of views of each mode.
+TTA_VIEWS = dict(zip(TTA_MODES, (1, 2, 6)))
+
+
+def _check_tta(mode: str) -> None:
+    if mode not in TTA_VIEWS:
+        from edgecnn.errors import ConfigError
+
+        raise ConfigError(f"Unknown test-time augmentation {mode!r}; choose one of {', '.join(TTA_VIEWS)}.")
+
+
+def tta_views(x: np.ndarray, mode: str) -> list[tuple[float, np.ndarray]]:
+    """``(weight, images)`` views of uint8 NHWC images: ``flip`` the image and its mirror (1/2 each);
+    ``flip+shift`` those (1/4 each) and both shifted by one pixel up-left and down-right,
+    reflect-padded (1/8 each), as in airbench94.
+
+    Raises:
+        ConfigError: for an unknown mode.
+    """
+    _check_tta(mode)
+    if mode == "none":
+        return [(1.0, x)]
+    mirrored = [(0.5, x), (0.5, x[:, :, ::-1])]
+    if mode == "flip":
+        return mirrored
+    h, w = x.shape[1:3]
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    shifted = [padded[:, dy:dy + h, dx:dx + w] for dy, dx in ((0, 0), (2, 2))]
+    return ([(0.5 * wt, v) for wt, v in mirrored]
+            + [(0.25 * wt, v) for s in shifted for wt, v in ((0.5, s), (0.5, s[:, :, ::-1]))])
+
+
+def tta_predict(predict: Any, x: np.ndarray, mode: str) -> np.ndarray:
+    """Class probabilities of ``predict`` (uint8 NHWC images -> probabilities) under test-time
+    augmentation: the softmax of the views' weighted mean log-probability, which equals the softmax
+    of their weighted mean logits (a softmax is unchanged by a per-view shift), so it matches a
+    graph that averages logits (``edgecnn export --tta flip``).
+
+    Raises:
+        ConfigError: for an unknown mode.
+    """
+    views = tta_views(x, mode)
+    if len(views) == 1:
+        return predict(x)
+    logp = sum(wt * np.log(np.maximum(np.asarray(predict(np.ascontiguousarray(v)), np.float64), 1e-30))
+               for wt, v in views)
+    e = np.exp(logp - logp.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
@@ -59,7 +109,8 @@ class EvaluationReport:
 
     def to_text(self) -> str:
         m, names = self.metrics, self.class_names
-        lines = [f"{self.model} on {self.dataset}: {m['num_test']} images",
+        tta = f", test-time augmentation {m['tta']} ({TTA_VIEWS[m['tta']]} views)" if m.get("tta", "none") != "none" else ""
+        lines = [f"{self.model} on {self.dataset}: {m['num_test']} images{tta}",
                  f"top-1 accuracy {m['test_accuracy']:.2%}" + (f", top-5 {m['test_top5']:.2%}" if "test_top5" in m else ""),
                  "", f"{'class':<14}{'precision':>10}{'recall':>10}"]
         lines += [f"{n[:13]:<14}{p:>10.3f}{r:>10.3f}" for n, p, r in zip(names, m["precision"], m["recall"])]
@@ -150,11 +201,12 @@ def _keras_predictor(path: Path, overrides: ModelOverrides | None):
 
 
 def evaluate(model_path: str | Path, *, data: str | None = None, out: str | Path | None = None,
-             overrides: ModelOverrides | None = None) -> EvaluationReport:
+             overrides: ModelOverrides | None = None, tta: str = "none") -> EvaluationReport:
     """Evaluate a run directory, a ``.keras``/``.h5`` file (a run's, or any classifier described by
-    ``overrides``) or an ``.onnx`` file.
+    ``overrides``) or an ``.onnx`` file, optionally with test-time augmentation (:func:`tta_predict`).
 
-    Writes ``evaluation.json`` and ``confusion.png`` to ``out`` (default: next to the model).
+    Writes ``evaluation.json`` and ``confusion.png`` to ``out`` (default: next to the model;
+    ``evaluation.tta-flip.json`` and so on with ``tta``).
 
     Raises:
         ArtifactError: for a missing or corrupt model; DataError: for unusable data.
@@ -163,6 +215,7 @@ def evaluate(model_path: str | Path, *, data: str | None = None, out: str | Path
     from edgecnn.train.plots import plot_confusion
 
     path = Path(model_path)
+    _check_tta(tta)  # before anything loads
     if not path.exists():
         raise ArtifactError(f"{path} does not exist; pass a run directory, a .keras/.h5 or an .onnx file.")
     if not path.is_dir() and path.suffix.lower() not in (".onnx", ".keras", ".h5", ".hdf5"):
@@ -183,10 +236,12 @@ def evaluate(model_path: str | Path, *, data: str | None = None, out: str | Path
         raise DataError(f"The data has {ds.num_classes} classes, the model {card.num_classes}; pass matching --data.")
     if all(c.isdigit() for c in card.class_names) and not all(c.isdigit() for c in ds.class_names):
         card = card.replace(class_names=tuple(ds.class_names))  # assumed 0..N-1 labels: the folders name them
-    metrics = accuracy_metrics(predict(ds.x_test), ds.y_test)
+    metrics = accuracy_metrics(tta_predict(predict, ds.x_test, tta), ds.y_test)
+    if tta != "none":
+        metrics["tta"] = tta
     out_dir = Path(out) if out else (path if path.is_dir() else path.parent)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = "evaluation" if path.suffix != ".onnx" else f"evaluation.{path.stem}"
+    stem = ("evaluation" if path.suffix != ".onnx" else f"evaluation.{path.stem}") + ("" if tta == "none" else f".tta-{tta}")
     report = EvaluationReport(str(path), ds.name, card.class_names, metrics,
                               [str(out_dir / f"{stem}.json"), str(out_dir / f"{stem}.confusion.png")])
     atomic_write_text(Path(report.files[0]), json.dumps({"model": str(path), "dataset": ds.describe(),

@@ -25,7 +25,7 @@ import edgecnn._keras_layers  # noqa: F401  (registers the zoo's custom layers f
 from edgecnn.train.config import TrainConfig
 from edgecnn.datasets import Dataset, channel_stats, load_dataset
 from edgecnn.train.distribute import Distribution, cluster_for, make_distribution
-from edgecnn.train.pipeline import make_dataset
+from edgecnn.train.pipeline import make_dataset, steps_per_epoch
 from edgecnn.train.precision import precision_policy, resolve_precision
 from edgecnn.train.registry import build_model, get_model_spec
 
@@ -142,7 +142,21 @@ def _build(cfg: TrainConfig, data: Dataset) -> tuple[keras.Model, dict[str, Any]
     else:
         pre = {"mean": (0.0, 0.0, 0.0), "std": (255.0, 255.0, 255.0), "normalization": "scale"}
     pre.setdefault("channel_order", "RGB")
+    _data_init(model, cfg, data, pre)
     return model, pre
+
+
+def _data_init(model: keras.Model, cfg: TrainConfig, data: Dataset, pre: dict[str, Any]) -> None:
+    """Data-dependent initialization, once, before the first epoch (a resumed run has it in its checkpoint)."""
+    from edgecnn.train.hooks import WHITEN_IMAGES, has_whiten_layer, whiten_init
+
+    if cfg.whiten_init or (cfg.whiten_init is None and has_whiten_layer(model)):
+        from edgecnn.runtime.preprocess import normalize_batch
+
+        card = ModelCard(name="init", architecture=cfg.model, class_names=data.class_names,
+                         input_size=tuple(data.x_train.shape[1:3]), mean=pre["mean"], std=pre["std"],
+                         channel_order=pre["channel_order"])
+        whiten_init(model, normalize_batch(data.x_train[:WHITEN_IMAGES], card))
 
 
 def _schedule(cfg: TrainConfig, lr: float, epochs: int, steps: int):
@@ -160,6 +174,10 @@ def _schedule(cfg: TrainConfig, lr: float, epochs: int, steps: int):
         warm = warm or int(0.3 * total)
         return keras.optimizers.schedules.CosineDecay(lr / 25, max(1, total - warm), alpha=1e-3,
                                                       warmup_target=lr, warmup_steps=warm)
+    if cfg.schedule == "triangle":  # airbench94: 0.2 lr -> lr at 23% (or warmup_epochs) -> 0.07 lr
+        from edgecnn._keras_layers import TriangleSchedule
+
+        return TriangleSchedule(lr, total, warm or round(0.23 * total))
     if warm:
         return keras.optimizers.schedules.CosineDecay(0.0, max(1, total - warm), warmup_target=lr, warmup_steps=warm)
     return keras.optimizers.schedules.CosineDecay(lr, total)
@@ -334,18 +352,37 @@ def resume(run_dir: str | Path, *, verbose: int | None = None) -> Path:
 def _fit(model, cfg, data, files, state, *, dist: Distribution, first: int, last: int, verbose) -> None:
     pre = state["preprocessing"]
     common = dict(num_classes=data.num_classes, mean=pre["mean"], std=pre["std"],
-                  channel_order=pre["channel_order"], seed=cfg.seed + first)
+                  channel_order=pre["channel_order"])
+    callbacks: list[keras.callbacks.Callback] = []
+    if dist.strategy is None:
+        # Epochs first..last-1 drawn from (seed, epoch) alone: a resumed run sees the same batches.
+        train_ds = make_dataset(data.x_train, data.y_train, batch_size=cfg.batch_size, training=True,
+                                augment=cfg.augment, epochs=(first, last), seed=cfg.seed, **common)
+        steps: int | None = steps_per_epoch(len(data.x_train), cfg.batch_size)
+    else:
+        if cfg.augment.flip == "alternate" or cfg.augment.translate_px:
+            raise ConfigError("Alternating flips and translate_px (the fast recipe's per-epoch augmentation) run on "
+                              "one worker only; drop --distribute, or use flip: true and translate.")
 
-    def train_pipeline(x, y, batch_size):
-        return make_dataset(x, y, batch_size=batch_size, training=True, augment=cfg.augment, **common)
+        def train_pipeline(x, y, batch_size):  # each worker's shard, reshuffled every epoch
+            return make_dataset(x, y, batch_size=batch_size, training=True, augment=cfg.augment,
+                                seed=cfg.seed + first, **common)
 
-    train_ds = dist.training_data(data.x_train, data.y_train, batch_size=cfg.batch_size, make=train_pipeline)
-    val_ds = dist.validation_data(make_dataset(data.x_val, data.y_val, batch_size=cfg.batch_size, **common))
-    callbacks: list[keras.callbacks.Callback] = [_Checkpoint(files, state)]
+        train_ds = dist.training_data(data.x_train, data.y_train, batch_size=cfg.batch_size, make=train_pipeline)
+        steps = None
+    val_ds = dist.validation_data(make_dataset(data.x_val, data.y_val, batch_size=cfg.batch_size, seed=cfg.seed,
+                                               **common))
+    if cfg.lookahead:  # before the checkpoint: an epoch ends with the model at the slow weights
+        from edgecnn.train.hooks import Lookahead
+
+        total = last * dist.steps_per_epoch(len(data.x_train), cfg.batch_size)
+        callbacks.append(Lookahead(cfg.lookahead, total_steps=total))
+    callbacks.append(_Checkpoint(files, state))
     if cfg.early_stopping:
         callbacks.append(keras.callbacks.EarlyStopping("val_accuracy", patience=cfg.early_stopping,
                                                        restore_best_weights=True, verbose=1))
-    model.fit(train_ds, validation_data=val_ds, initial_epoch=first, epochs=last, callbacks=callbacks, shuffle=False,
+    model.fit(train_ds, validation_data=val_ds, initial_epoch=first, epochs=last, steps_per_epoch=steps,
+              callbacks=callbacks, shuffle=False,
               verbose=verbose if verbose is not None else (1 if sys.stdout.isatty() else 2))
 
 
@@ -389,6 +426,11 @@ def _finish(model, cfg: TrainConfig, data: Dataset, files: RunFiles, state: dict
     )
     probs = predict_uint8(dist.local_copy(model), data.x_test, card)
     metrics = accuracy_metrics(probs, data.y_test)
+    if cfg.tta != "none":  # the evaluate command's test-time augmentation, on the same predictions path
+        from edgecnn.train.evaluate import tta_predict
+
+        tta = accuracy_metrics(tta_predict(lambda x: predict_uint8(model, x, card), data.x_test, cfg.tta), data.y_test)
+        metrics.update({"tta": cfg.tta, "test_accuracy_tta": tta["test_accuracy"]})
     hist = state["history"]
     metrics.update({"epochs": state["epoch"], "train_time_s": hist.get("time_s", [0])[-1],
                     "val_accuracy": (hist.get("val_accuracy") or [None])[-1],

@@ -54,7 +54,7 @@ def test_models_bad_width_or_family_is_one_line():
     r = CliRunner().invoke(main, ["models", "--family", "shufflenet", "--width", "0.3"])
     assert r.exit_code == 1 and "Cannot build shufflenet_v2" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(main, ["models", "--family", "transformer"])
-    assert r.exit_code == 1 and "choose one of alexnet, lenet, mobilenet" in r.output
+    assert r.exit_code == 1 and "choose one of" in r.output and "lenet, mobilenet" in r.output
 
 
 def test_unreadable_table_names_the_fix(tmp_path):
