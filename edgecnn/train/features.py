@@ -103,18 +103,10 @@ def _unknown(model: keras.Model, name: str) -> ConfigError:
                        f"{_summary(conv_layers(model)) or 'none'}.")
 
 
-# A nested model's ``input``/``output`` are the tensors of its own graph, not the ones it was called
-# on and returned in the outer model, and Keras 3 has no public handle on those: read the node of
-# its (first) call.
 def _called_on(layer: keras.layers.Layer):
-    """The tensor a layer was called on in the graph that holds it."""
+    """The tensor a layer was called on in the graph that holds it (the input side of
+    :func:`edgecnn.train.gradcam.layer_output`: a nested model's ``input`` is its own graph's)."""
     return layer._inbound_nodes[0].input_tensors[0]
-
-
-def _returned(layer: keras.layers.Layer):
-    """The tensor (or list) a layer returned in the graph that holds it."""
-    outputs = layer._inbound_nodes[0].output_tensors
-    return outputs[0] if len(outputs) == 1 else outputs
 
 
 def _graph(model: keras.Model) -> tuple[list, dict[str, object]]:
@@ -129,7 +121,9 @@ def _graph(model: keras.Model) -> tuple[list, dict[str, object]]:
         for layer in model.layers:
             x = outputs[layer.name] = layer(x)
         return [inputs], outputs
-    return model.inputs, {layer.name: _returned(layer) for layer in model.layers
+    from edgecnn.train.gradcam import layer_output
+
+    return model.inputs, {layer.name: layer_output(layer) for layer in model.layers
                           if not isinstance(layer, keras.layers.InputLayer)}
 
 

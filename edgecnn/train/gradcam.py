@@ -15,7 +15,18 @@ from PIL import Image
 from edgecnn.errors import ArtifactError, InputError
 from edgecnn.presets import ModelOverrides
 
-__all__ = ["gradcam", "target_layer", "overlay", "gradcam_files"]
+__all__ = ["gradcam", "target_layer", "layer_output", "overlay", "gradcam_files"]
+
+
+def layer_output(layer: keras.layers.Layer):
+    """The tensor (or list) a layer returned in the model that holds it.
+
+    A nested model's ``output`` (a transfer model's backbone) is the tensor of its own graph, not
+    the one it returned in the outer model, and Keras 3 has no public handle on that one: read the
+    node of its first call.
+    """
+    outputs = layer._inbound_nodes[0].output_tensors
+    return outputs[0] if len(outputs) == 1 else outputs
 
 
 def target_layer(model: keras.Model, name: str | None = None) -> keras.layers.Layer:
@@ -92,9 +103,10 @@ def _grad_model(model: keras.Model, conv_layer: keras.layers.Layer) -> tuple[ker
             logits = x if lyr.name == "logits" else logits
         return keras.Model(inputs, [feats, x if logits is None else logits, x]), logits is None
     try:
-        return keras.Model(model.inputs, [conv_layer.output, model.get_layer("logits").output, model.outputs[0]]), False
+        return keras.Model(model.inputs, [layer_output(conv_layer), model.get_layer("logits").output,
+                                          model.outputs[0]]), False
     except ValueError:
-        return keras.Model(model.inputs, [conv_layer.output, model.outputs[0], model.outputs[0]]), True
+        return keras.Model(model.inputs, [layer_output(conv_layer), model.outputs[0], model.outputs[0]]), True
 
 
 def _ends_in_softmax(model: keras.Model) -> bool:

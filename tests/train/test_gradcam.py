@@ -41,3 +41,17 @@ def test_gradcam_lights_up_the_region_that_holds_the_class_signal(tmp_path):
     rec = gradcam_files(run, [tmp_path / "img.png"], tmp_path / "cams")[0]
     assert (tmp_path / "cams" / "img.gradcam.png").stat().st_size > 1000
     assert rec["class"] in card.class_names
+
+
+def test_gradcam_explains_a_transfer_model_through_its_nested_backbone():
+    """The last 4-D layer of a transfer model is its keras.applications backbone, a nested model whose
+    own ``output`` belongs to its inner graph: the heatmap must come from the outer call."""
+    from edgecnn.train.gradcam import gradcam, target_layer
+    from edgecnn.train.transfer import build_transfer_model
+
+    model, _ = build_transfer_model("mobilenet_v2", 3, input_size=(32, 32), weights="none", backbone_input_size=64)
+    assert target_layer(model).name == "backbone"
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
+    cams, cls, probs = gradcam(model, x)
+    assert cams.shape == (2, 2, 2) and np.isfinite(cams).all() and cams.min() >= 0 and cams.max() <= 1
+    assert probs.shape == (2, 3) and cls.shape == (2,)
