@@ -2,7 +2,7 @@
 
 An export directory holds the variants ``edgecnn export`` verified (fp32, int8, fp16, ...). The
 tuner runs each of them on each backend that can (onnxruntime with and without IO binding;
-OpenVINO in f32, and in bf16 for the fp32 file where the CPU has it; LiteRT for the
+OpenVINO in f32, and in bf16 for the fp32 and int8 files where the CPU has it; LiteRT for the
 ``model.int8.tflite`` of ``-q litert-int8``), at each thread count and batch size asked for, and
 joins every configuration with
 
@@ -281,7 +281,7 @@ def candidates(directory: Path, report: dict[str, Any], config: TuneConfig, note
             out += [Candidate(name, variant), Candidate(name, variant, io_binding=True)]
         if "openvino" in backends:
             out.append(Candidate(name, variant, "openvino", "f32"))
-            if name == FP32_FILE:
+            if variant in ("fp32", "int8"):  # bf16 execution: OpenVINO's own default on CPUs that have it
                 out.append(Candidate(name, variant, "openvino", "bf16"))
     return out
 

@@ -169,4 +169,4 @@ def test_peer_bench_tool_times_the_pick_against_litert_and_openvino(tmp_path, li
     families = {r["family"] for r in rows}
     assert families == {"edgecnn", "litert", "openvino"}
     assert all(r["p50_ms"] > 0 and 0 <= r["top1"] <= 1 for r in rows)
-    assert "edgecnn / best peer" in done.stdout
+    assert "/ best peer" in done.stdout and sum(1 for r in rows if r.get("pick")) == 1
