@@ -25,6 +25,10 @@ def test_alexnet_224_is_the_papers_network():
     assert tuple(m.get_layer("pool5").output.shape[1:]) == (6, 6, 256)  # the paper's 6x6x256 grid
     assert [m.get_layer(n).units for n in ("fc6", "features", "logits")] == [4096, 4096, 1000]
     assert m.get_layer("fc6_dropout").rate == 0.5
+    # He init on every ReLU layer: with Glorot's, the default recipe stayed at chance for 5 epochs on
+    # 5,000 CIFAR-10 images (10.0% test accuracy); with He's, 35.3%.
+    relu_layers = [f"conv{i}" for i in range(1, 6)] + ["fc6", "features"]
+    assert {type(m.get_layer(n).kernel_initializer).__name__ for n in relu_layers} == {"HeNormal"}
     # Ungrouped convolutions: the paper's 60M plus what its two-GPU split saved (torchvision's is 61.1M).
     convs = 11 * 11 * 3 * 96 + 96 + 5 * 5 * 96 * 256 + 256 + 3 * 3 * 256 * 384 + 384 + 3 * 3 * 384 * 384 + 384 \
         + 3 * 3 * 384 * 256 + 256
