@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from edgecnn.train.architectures._common import keras_api
+from edgecnn.train.architectures._common import keras_api, probabilities
 from edgecnn.train.registry import register_model
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ def _alexnet(num_classes: int, input_shape, *, layout: _Layout, width: float, dr
     if dropout > 0:
         x = layers.Dropout(dropout, name="head_dropout")(x)
     x = layers.Dense(num_classes, name="logits")(x)
-    return keras.Model(inputs, layers.Activation("softmax", name="probabilities", dtype="float32")(x), name=name)
+    return keras.Model(inputs, probabilities(x), name=name)
 
 
 @register_model("alexnet", input_size=(32, 32), family="alexnet")
