@@ -13,8 +13,8 @@ joins every configuration with
 - its size on disk;
 - its latency (p50 of the whole per-call work: input in, outputs out) and throughput.
 
-Then it keeps the configurations within the accuracy budget, re-measures the fastest few
-interleaved (one noisy first pass must not decide), and writes ``deploy.json``
+Then it keeps the configurations within the accuracy budget, re-measures the fastest few and
+each backend's fastest interleaved (one noisy first pass must not decide), and writes ``deploy.json``
 (:mod:`edgecnn.runtime.deploy`) and ``tune_report.json``. The Pareto front (latency, accuracy
 drop, size) is in the report and the table.
 """
@@ -38,7 +38,7 @@ from edgecnn.runtime.deploy import DEPLOY_FILE, FP32_FILE, TUNE_REPORT, Deployme
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TuneConfig", "Candidate", "Cell", "TuneReport", "tune", "default_threads", "TUNE_REPORT"]
+__all__ = ["TuneConfig", "Candidate", "Cell", "TuneReport", "tune", "default_threads", "finalist_cells"]
 
 OBJECTIVES = ("latency", "throughput")
 _CONFIRM_ROUNDS = 3
@@ -447,8 +447,10 @@ def tune(export_dir: str | Path, config: TuneConfig | None = None, *, write: boo
     if not in_budget:
         raise ConfigError(f"No configuration of {directory} stays within {config.max_drop_pp} pp of fp32; raise "
                           "--max-drop, or export again with --accuracy-aware.")
-    say(f"Confirming the {min(config.confirm, len(in_budget))} fastest in budget, interleaved.")
-    confirmed = _confirm(in_budget[:config.confirm], directory, images, config)
+    finalists = finalist_cells(in_budget, config.confirm)
+    say(f"Confirming {len(finalists)} finalists (the {config.confirm} fastest in budget and each backend's "
+        "fastest), interleaved.")
+    confirmed = _confirm(finalists, directory, images, config)
     tune_report.confirm = [{**cell.to_dict(), "confirmed": value} for cell, value in confirmed]
     winner, value = min(confirmed, key=lambda cv: cv[1])
     tune_report.pick_vs_fastest = winner.key(config.objective) / in_budget[0].key(config.objective)
@@ -503,6 +505,16 @@ def _export_row(report: dict[str, Any], file: str) -> dict[str, Any] | None:
             return {k: v.get(k) for k in ("precision", "accuracy", "accuracy_delta_pp", "top1_agreement", "metric",
                                           "metric_value", "size_bytes")}
     return None
+
+
+def finalist_cells(ranked: list[Cell], n: int) -> list[Cell]:
+    """The ``n`` first of ``ranked`` (fastest first) and the first of each backend: a backend
+    that one noisy first pass ranked low still gets its best configuration re-measured."""
+    out = list(ranked[:n])
+    for cell in ranked:
+        if all(c.candidate.backend != cell.candidate.backend for c in out):
+            out.append(cell)
+    return out
 
 
 def _confirm(cells: list[Cell], directory: Path, images: np.ndarray, config: TuneConfig) -> list[tuple[Cell, float]]:

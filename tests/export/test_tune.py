@@ -219,3 +219,16 @@ def test_cli_tune_errors(tmp_path):
     assert "Traceback" not in result.output
     result = runner.invoke(main, ["tune", str(tmp_path), "--batch", "a"])
     assert result.exit_code != 0 and "--batch" in result.output
+
+
+def test_finalists_include_each_backends_fastest():
+    from edgecnn.export.tune import Candidate, Cell, finalist_cells
+
+    def cell(backend, p50, variant="int8"):
+        return Cell(Candidate("model.int8.onnx", variant, backend), 1, 1, p50, p50, p50, 1e3 / p50, 10)
+
+    ranked = [cell("onnxruntime", 1.0), cell("onnxruntime", 1.1), cell("openvino", 1.2), cell("openvino", 1.3),
+              cell("litert", 1.9)]  # one noisy pass ranked LiteRT last
+    finals = finalist_cells(ranked, 3)
+    assert [c.p50_ms for c in finals] == [1.0, 1.1, 1.2, 1.9]
+    assert finalist_cells(ranked, 1) == [ranked[0], ranked[2], ranked[4]]
