@@ -22,6 +22,7 @@ Required keys: ``name``, ``input_size`` ([height, width]) and, for ``classify`` 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -31,7 +32,7 @@ from typing import Any
 
 from edgecnn.errors import ArtifactError
 
-__all__ = ["ModelCard", "ONNX_METADATA_KEY", "CARD_SCHEMA_VERSION", "TASKS", "OUTPUT_KINDS", "RESIZE_MODES",
+__all__ = ["sha256_file", "ModelCard", "ONNX_METADATA_KEY", "CARD_SCHEMA_VERSION", "TASKS", "OUTPUT_KINDS", "RESIZE_MODES",
            "atomic_write_text", "atomic_write_bytes"]
 
 ONNX_METADATA_KEY = "edgecnn.card"
@@ -242,6 +243,16 @@ def _umask() -> int:
 def atomic_write_text(path: Path, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` through a temporary file and ``os.replace``."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks (a source model's checksum in the card, the
+    file a ``deploy.json`` was tuned on)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> Path:

@@ -5,7 +5,6 @@ atomic saving.
 from __future__ import annotations
 
 import collections
-import hashlib
 import logging
 import os
 import re
@@ -14,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecnn._optional import require
-from edgecnn.card import ONNX_METADATA_KEY, ModelCard
+from edgecnn.card import ONNX_METADATA_KEY, ModelCard, sha256_file
 from edgecnn.errors import ArtifactError
 
 log = logging.getLogger(__name__)
@@ -216,15 +215,6 @@ def io_signature(proto: Any) -> dict[str, Any]:
 
     return {"inputs": [describe(v) for v in proto.graph.input if v.name not in init],
             "outputs": [describe(v) for v in proto.graph.output]}
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file (the checksum of a source model in the card)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def opset_of(proto: Any) -> int | None:

@@ -328,6 +328,9 @@ class InferenceModel:
             # One host-to-device copy into a reused input buffer and one device-to-host copy per
             # output per call, nothing else (see _DeviceBinder).
             return self._binder.run(x)
+        run_array = getattr(self.session, "run_array", None)
+        if run_array is not None:  # LiteRT: one input, no feed dict (a 12-microsecond model feels each step)
+            return run_array(x)
         return self.session.run(None, {self.input_name: x})
 
     def timed_call(self, x: np.ndarray) -> tuple[str, Any]:

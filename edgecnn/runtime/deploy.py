@@ -15,13 +15,13 @@ of backends and thread counts is a property of the machine.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from edgecnn.card import sha256_file as file_sha256
 from edgecnn.errors import ArtifactError
 
 log = logging.getLogger(__name__)
@@ -93,14 +93,6 @@ class Deployment:
         if dep.threads is not None and (not isinstance(dep.threads, int) or dep.threads < 1):
             raise ArtifactError(f"{where} has threads={dep.threads!r}; run `edgecnn tune` again.")
         return dep
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_deployment(directory: str | Path) -> Deployment | None:

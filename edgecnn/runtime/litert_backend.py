@@ -15,7 +15,6 @@ which is why ``edgecnn tune`` measures it next to onnxruntime and OpenVINO.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,24 +22,13 @@ import numpy as np
 
 from edgecnn._optional import quiet_stderr, require
 from edgecnn.errors import ArtifactError, ProviderError
+from edgecnn.runtime.session import ModelMeta, TensorArg
 
 __all__ = ["LiteRtSession", "read_tflite_metadata", "TFLITE_SUFFIX"]
 
 TFLITE_SUFFIX = ".tflite"
 _TYPES = {np.dtype(np.float32): "tensor(float)", np.dtype(np.float16): "tensor(float16)",
           np.dtype(np.int8): "tensor(int8)", np.dtype(np.uint8): "tensor(uint8)"}
-
-
-@dataclass(frozen=True)
-class _Arg:
-    name: str
-    shape: list[Any]
-    type: str
-
-
-@dataclass(frozen=True)
-class _Meta:
-    custom_metadata_map: dict[str, str] = field(default_factory=dict)
 
 
 def read_tflite_metadata(data: bytes) -> dict[str, bytes]:
@@ -111,27 +99,27 @@ class LiteRtSession:
         self._in_index = self._in["index"]
         self._out_index = [o["index"] for o in outs]
         self._plain_out = all(np.dtype(o["dtype"]) == np.float32 for o in outs)
-        self._meta = _Meta({k: v.decode("utf-8", "replace") for k, v in meta.items()
+        self._meta = ModelMeta({k: v.decode("utf-8", "replace") for k, v in meta.items()
                             if k != "min_runtime_version" and not k.startswith("CONVERSION_METADATA")})
         self._lock = threading.Lock()
 
     @staticmethod
-    def _arg(detail: dict[str, Any], *, batch: bool) -> _Arg:
+    def _arg(detail: dict[str, Any], *, batch: bool) -> TensorArg:
         sig = list(detail.get("shape_signature", detail["shape"]))
         shape: list[Any] = [int(d) if d > 0 else f"d{i}" for i, d in enumerate(sig)]
         if batch and shape:
             shape[0] = "N" if not isinstance(shape[0], int) else shape[0]
-        return _Arg(detail["name"], shape, _TYPES.get(np.dtype(detail["dtype"]), "tensor(float)"))
+        return TensorArg(detail["name"], shape, _TYPES.get(np.dtype(detail["dtype"]), "tensor(float)"))
 
-    def get_inputs(self) -> list[_Arg]:
+    def get_inputs(self) -> list[TensorArg]:
         arg = self._arg(self._in, batch=True)
         # int8-input files get float input quantized here: the core always feeds float32.
-        return [_Arg(arg.name, arg.shape, "tensor(float)")]
+        return [TensorArg(arg.name, arg.shape, "tensor(float)")]
 
-    def get_outputs(self) -> list[_Arg]:
-        return [_Arg(a.name, a.shape, "tensor(float)") for a in (self._arg(o, batch=True) for o in self._outs)]
+    def get_outputs(self) -> list[TensorArg]:
+        return [TensorArg(a.name, a.shape, "tensor(float)") for a in (self._arg(o, batch=True) for o in self._outs)]
 
-    def get_modelmeta(self) -> _Meta:
+    def get_modelmeta(self) -> ModelMeta:
         return self._meta
 
     def get_providers(self) -> list[str]:
@@ -140,6 +128,17 @@ class LiteRtSession:
     def run(self, output_names: list[str] | None, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Outputs in graph order (or ``output_names``' order) as float32 arrays that own their memory."""
         (x,) = feed.values()
+        values = self.run_array(x)
+        if output_names is None:
+            return values
+        index = {o["name"]: i for i, o in enumerate(self._outs)}
+        try:
+            return [values[index[n]] for n in output_names]
+        except KeyError as err:
+            raise ProviderError(f"No output {err.args[0]!r}; the model has {list(index)}.") from None
+
+    def run_array(self, x: np.ndarray) -> list[np.ndarray]:
+        """Every output, in graph order, for the one input ``x`` (the core's per-call path)."""
         with self._lock:
             if x.shape != self._shape:
                 self._resize(x.shape)
@@ -150,16 +149,8 @@ class LiteRtSession:
             self._set(self._in_index, x)
             self._invoke()
             if self._plain_out:
-                values = [self._get(i) for i in self._out_index]  # get_tensor returns a copy
-            else:
-                values = [self._dequantize(o) for o in self._outs]
-        if output_names is None:
-            return values
-        index = {o["name"]: i for i, o in enumerate(self._outs)}
-        try:
-            return [values[index[n]] for n in output_names]
-        except KeyError as err:
-            raise ProviderError(f"No output {err.args[0]!r}; the model has {list(index)}.") from None
+                return [self._get(i) for i in self._out_index]  # get_tensor returns a copy
+            return [self._dequantize(o) for o in self._outs]
 
     def _resize(self, shape: tuple[int, ...]) -> None:
         self._interp.resize_tensor_input(self._in_index, list(shape))

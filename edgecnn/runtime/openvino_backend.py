@@ -14,7 +14,6 @@ checked after compiling.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import numpy as np
 
 from edgecnn._optional import require
 from edgecnn.errors import ArtifactError, ProviderError
+from edgecnn.runtime.session import ModelMeta, TensorArg
 
 __all__ = ["OpenVinoSession", "OV_PRECISIONS", "OV_DEVICES"]
 
@@ -29,18 +29,6 @@ OV_PRECISIONS = ("f32", "bf16")
 OV_DEVICES = ("CPU", "GPU", "NPU")
 _TYPES = {"f32": "tensor(float)", "f16": "tensor(float16)", "f64": "tensor(double)", "u8": "tensor(uint8)",
           "i64": "tensor(int64)", "i32": "tensor(int32)"}
-
-
-@dataclass(frozen=True)
-class _Arg:
-    name: str
-    shape: list[Any]
-    type: str
-
-
-@dataclass(frozen=True)
-class _Meta:
-    custom_metadata_map: dict[str, str] = field(default_factory=dict)
 
 
 class OpenVinoSession:
@@ -94,22 +82,22 @@ class OpenVinoSession:
             meta = {str(k): v.astype(str) if hasattr(v, "astype") else str(v) for k, v in dict(framework).items()}
         except (KeyError, TypeError, RuntimeError):
             meta = {}
-        self._meta = _Meta(meta)
+        self._meta = ModelMeta(meta)
         self._inputs = [self._arg(p) for p in read.inputs]
         self._outputs = [self._arg(p) for p in read.outputs]
 
     @staticmethod
-    def _arg(port: Any) -> _Arg:
+    def _arg(port: Any) -> TensorArg:
         shape = [d.get_length() if d.is_static else f"d{i}" for i, d in enumerate(port.get_partial_shape())]
-        return _Arg(port.get_any_name(), shape, _TYPES.get(port.get_element_type().get_type_name(), "tensor(float)"))
+        return TensorArg(port.get_any_name(), shape, _TYPES.get(port.get_element_type().get_type_name(), "tensor(float)"))
 
-    def get_inputs(self) -> list[_Arg]:
+    def get_inputs(self) -> list[TensorArg]:
         return list(self._inputs)
 
-    def get_outputs(self) -> list[_Arg]:
+    def get_outputs(self) -> list[TensorArg]:
         return list(self._outputs)
 
-    def get_modelmeta(self) -> _Meta:
+    def get_modelmeta(self) -> ModelMeta:
         return self._meta
 
     def get_providers(self) -> list[str]:

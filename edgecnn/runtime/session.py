@@ -96,6 +96,24 @@ class CudaOptions:
 
 
 @dataclass(frozen=True)
+class TensorArg:
+    """An input or output as ``InferenceSession.get_inputs()`` describes it (name, shape with
+    names for dynamic axes, ``tensor(float)``-style type): what the OpenVINO and LiteRT sessions
+    return, so the core reads every backend alike."""
+
+    name: str
+    shape: list[Any]
+    type: str
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """``InferenceSession.get_modelmeta()``'s part the core reads: the file's metadata map."""
+
+    custom_metadata_map: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class SessionInfo:
     """What was asked for and what onnxruntime actually runs."""
 
