@@ -112,7 +112,8 @@ def openvino_runner(onnx_path: Path, threads: int, card: ModelCard):
     core = ov.Core()
     compiled = core.compile_model(str(onnx_path), "CPU", {"PERFORMANCE_HINT": "LATENCY",
                                                           "INFERENCE_NUM_THREADS": threads})
-    precision = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    hint = compiled.get_property("INFERENCE_PRECISION_HINT")  # an ov.Type: "bf16" or "f32"
+    precision = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
     request = compiled.create_infer_request()
     port = compiled.outputs[0]
 
