@@ -555,25 +555,39 @@ def _variant(mode: str, fp32_path: Path, card: ModelCard, fp32_out: list[np.ndar
         settings.update(exclude_nodes=[*settings["exclude_nodes"], *aa.excluded_nodes], accuracy_aware=True)
     vcard = card.replace(precision=mode, metrics=dict(card.metrics),
                          export={**card.export, "opset": settings["opset"], "quantization": {"mode": mode, **settings}})
+    def save(final: ModelCard) -> None:
+        onnx_io.embed_card(proto, final)
+        onnx_io.save_onnx(proto, path)
+
+    result = _judge_staged(mode, path, vcard, fp32_out, fp32, data, config, save=save, started=started,
+                           settings=settings, ops=onnx_io.op_type_counts(proto), note=aa.message if aa else None)
+    result.accuracy_aware = aa.to_dict() if aa else None
+    return result
+
+
+def _judge_staged(mode: str, path: Path, vcard: ModelCard, fp32_out: list[np.ndarray], fp32: VariantResult,
+                  data: _Data, config: ExportConfig, *, save: Callable[[ModelCard], None], started: float,
+                  settings: dict[str, Any], ops: dict[str, int], note: str | None = None) -> VariantResult:
+    """Run the staged variant file on the test images, judge it against fp32 (the guard), put the
+    numbers into its card, ``save`` the file with that card, and report it."""
     out = _predict(_open(path, vcard).outputs, data.test)
-    par = compare_outputs(fp32_out, out, task=card.task)
-    metric = task_agreement(card.task, fp32_out, out, card)
-    acc = accuracy(out[0], data.test_labels) if data.test_labels is not None and card.task == "classify" else None
+    task = vcard.task
+    par = compare_outputs(fp32_out, out, task=task)
+    metric = task_agreement(task, fp32_out, out, vcard)
+    acc = accuracy(out[0], data.test_labels) if data.test_labels is not None and task == "classify" else None
     delta, passed, guard = _judge(mode, acc, fp32.accuracy, metric, out, par, data, config)
-    guard = f"{guard}; {aa.message}" if aa else guard
+    guard = f"{guard}; {note}" if note else guard
     vcard.metrics.update(_metrics(acc, len(data.test)))
     if delta is not None:
         vcard.metrics["accuracy_delta_pp"] = round(delta, 4)
     if metric is not None:
         vcard.metrics[f"{metric.name}_vs_fp32"] = round(metric.value, 6)
-    onnx_io.embed_card(proto, vcard)
-    onnx_io.save_onnx(proto, path)
+    save(vcard)
     return VariantResult(mode, path.name, path.stat().st_size, acc, None if delta is None else round(delta, 4),
                          par.top1_agreement, par.max_abs_diff, par.mean_abs_diff, par.images,
-                         round(time.perf_counter() - started, 2), passed, settings, onnx_io.op_type_counts(proto),
+                         round(time.perf_counter() - started, 2), passed, settings, ops,
                          metric=None if metric is None else metric.name,
-                         metric_value=None if metric is None else round(metric.value, 6), guard=guard,
-                         accuracy_aware=aa.to_dict() if aa else None)
+                         metric_value=None if metric is None else round(metric.value, 6), guard=guard)
 
 
 def _check_litert_source(src: ModelSource, config: ExportConfig) -> None:
@@ -604,22 +618,8 @@ def _litert_variant(src: ModelSource, card: ModelCard, fp32_out: list[np.ndarray
                          export={**card.export, "quantization": {"mode": LITERT_MODE, **settings}})
     path = staging / variant_filename(LITERT_MODE)
     path.write_bytes(embed_card_tflite(blob, vcard))
-    out = _predict(_open(path, vcard).outputs, data.test)
-    par = compare_outputs(fp32_out, out, task=card.task)
-    metric = task_agreement(card.task, fp32_out, out, card)
-    acc = accuracy(out[0], data.test_labels) if data.test_labels is not None and card.task == "classify" else None
-    delta, passed, guard = _judge(LITERT_MODE, acc, fp32.accuracy, metric, out, par, data, config)
-    vcard.metrics.update(_metrics(acc, len(data.test)))
-    if delta is not None:
-        vcard.metrics["accuracy_delta_pp"] = round(delta, 4)
-    if metric is not None:
-        vcard.metrics[f"{metric.name}_vs_fp32"] = round(metric.value, 6)
-    path.write_bytes(embed_card_tflite(blob, vcard))
-    return VariantResult(LITERT_MODE, path.name, path.stat().st_size, acc, None if delta is None else round(delta, 4),
-                         par.top1_agreement, par.max_abs_diff, par.mean_abs_diff, par.images,
-                         round(time.perf_counter() - started, 2), passed, settings, {},
-                         metric=None if metric is None else metric.name,
-                         metric_value=None if metric is None else round(metric.value, 6), guard=guard)
+    return _judge_staged(LITERT_MODE, path, vcard, fp32_out, fp32, data, config, started=started, settings=settings,
+                         ops={}, save=lambda final: path.write_bytes(embed_card_tflite(blob, final)))
 
 
 def _accuracy_aware(fp32_path, path, card, fp32_out, fp32, data, config) -> Any:
