@@ -100,6 +100,7 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     lookahead: LookaheadConfig | None = None
     whiten_init: bool | None = None  # patch-whitening init of the "whiten" conv; None: if the model has one
+    whiten_bias_epochs: int | None = None  # the whitening bias trains this many epochs, then stays; None: always
     tta: str = "none"  # also score the final model with test-time augmentation: flip or flip+shift
     # Transfer learning
     backbone: str | None = None  # keras.applications name or a run directory
@@ -139,6 +140,8 @@ class TrainConfig:
             bad(f"momentum must be in [0, 1), got {self.momentum}.")
         if self.weight_decay < 0:
             bad(f"weight_decay must be >= 0, got {self.weight_decay}.")
+        if self.whiten_bias_epochs is not None and self.whiten_bias_epochs < 0:
+            bad(f"whiten_bias_epochs must be >= 0, got {self.whiten_bias_epochs}.")
         if not 0 <= self.label_smoothing < 1:
             bad(f"label_smoothing must be in [0, 1), got {self.label_smoothing}.")
         if self.dropout is not None and not 0 <= self.dropout < 1:

@@ -5,6 +5,8 @@ the training loop: a data-dependent initialization run once before fit, and a Lo
   training images are decorrelated with unit variance (PCA whitening): the filters are the
   eigenvectors of the patch covariance divided by the square roots of their eigenvalues, followed
   by their negatives (so that the GELU after it passes both signs).
+- :class:`FreezeAfter` holds a layer's weights still from a given epoch on (airbench trains the
+  whitening conv's bias for 3 epochs only).
 - :class:`Lookahead` is airbench's: an exponential average of the weights (batch-norm statistics
   included) that the weights are reset to every ``every`` steps (see
   :class:`edgecnn.train.config.LookaheadConfig`).
@@ -21,12 +23,12 @@ import edgecnn.train._tf  # noqa: F401  (before keras: TensorFlow loads quietly)
 import keras
 
 from edgecnn.errors import ConfigError
-from edgecnn.train.architectures.airbench import WHITEN_LAYER
+from edgecnn.train.architectures.airbench import WHITEN_BIAS_LAYER, WHITEN_LAYER
 from edgecnn.train.config import LookaheadConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["WHITEN_LAYER", "WHITEN_IMAGES", "Lookahead", "has_whiten_layer", "patch_whitening", "whiten_init"]
+__all__ = ["WHITEN_LAYER", "WHITEN_BIAS_LAYER", "WHITEN_IMAGES", "FreezeAfter", "Lookahead", "has_whiten_layer", "patch_whitening", "whiten_init"]
 
 WHITEN_IMAGES = 5000  # airbench estimates the patch covariance on 5,000 training images
 WHITEN_EPS = 5e-4  # added to the eigenvalues: the near-null directions are not blown up
@@ -82,6 +84,30 @@ def whiten_init(model: keras.Model, images: np.ndarray) -> np.ndarray:
     log.info("Whitening init from %d images: patch eigenvalues %.3g .. %.3g.", min(len(images), WHITEN_IMAGES),
              eigenvalues[0], eigenvalues[-1])
     return eigenvalues
+
+
+class FreezeAfter(keras.callbacks.Callback):
+    """From epoch ``epoch`` on, layer ``name``'s weights keep the values they had when it began.
+
+    The compiled training step keeps updating them (Keras fixes its trainable variables at compile
+    time), so they are put back after every step, before any later callback (Lookahead) reads them.
+    A resumed run takes the values from its checkpoint, which hold them already.
+    """
+
+    def __init__(self, name: str, epoch: int) -> None:
+        super().__init__()
+        self.name, self.epoch = name, epoch
+        self.held: list[np.ndarray] | None = None
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        if epoch >= self.epoch and self.held is None:
+            self.held = [np.array(w.numpy()) for w in self.model.get_layer(self.name).weights]
+            log.info("%s is held from epoch %d on.", self.name, epoch + 1)
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if self.held is not None:
+            for w, value in zip(self.model.get_layer(self.name).weights, self.held):
+                w.assign(value)
 
 
 class Lookahead(keras.callbacks.Callback):

@@ -148,8 +148,11 @@ def _build(cfg: TrainConfig, data: Dataset) -> tuple[keras.Model, dict[str, Any]
 
 def _data_init(model: keras.Model, cfg: TrainConfig, data: Dataset, pre: dict[str, Any]) -> None:
     """Data-dependent initialization, once, before the first epoch (a resumed run has it in its checkpoint)."""
-    from edgecnn.train.hooks import WHITEN_IMAGES, has_whiten_layer, whiten_init
+    from edgecnn.train.hooks import WHITEN_BIAS_LAYER, WHITEN_IMAGES, has_whiten_layer, whiten_init
 
+    if cfg.whiten_bias_epochs is not None and not any(layer.name == WHITEN_BIAS_LAYER for layer in model.layers):
+        raise ConfigError(f"whiten_bias_epochs needs a model with a '{WHITEN_BIAS_LAYER}' layer (fast_cifar has one); "
+                          f"{model.name} has none: remove whiten_bias_epochs from the recipe.")
     if cfg.whiten_init or (cfg.whiten_init is None and has_whiten_layer(model)):
         from edgecnn.runtime.preprocess import normalize_batch
 
@@ -372,6 +375,10 @@ def _fit(model, cfg, data, files, state, *, dist: Distribution, first: int, last
         steps = None
     val_ds = dist.validation_data(make_dataset(data.x_val, data.y_val, batch_size=cfg.batch_size, seed=cfg.seed,
                                                **common))
+    if cfg.whiten_bias_epochs is not None:  # before Lookahead: it averages the held values
+        from edgecnn.train.hooks import WHITEN_BIAS_LAYER, FreezeAfter
+
+        callbacks.append(FreezeAfter(WHITEN_BIAS_LAYER, cfg.whiten_bias_epochs))
     if cfg.lookahead:  # before the checkpoint: an epoch ends with the model at the slow weights
         from edgecnn.train.hooks import Lookahead
 

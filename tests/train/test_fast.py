@@ -106,6 +106,59 @@ def test_lookahead_syncs_every_k_steps_and_at_each_epoch_end():
     assert not np.allclose(seen[-1]["after"][moving_mean], 0.0)  # batch-norm statistics are averaged too
 
 
+def test_the_whitening_bias_trains_for_its_epochs_then_holds(tmp_path):
+    """whiten_bias_epochs: 1 -> the bias moves in epoch 1 and keeps epoch 2's starting value after,
+    while the other weights go on training (airbench freezes it after 3 epochs)."""
+    import keras
+
+    from edgecnn.train.config import TrainConfig
+    from edgecnn.train.hooks import WHITEN_BIAS_LAYER
+    from edgecnn.train import loop
+
+    seen: list[tuple[int, np.ndarray, np.ndarray]] = []
+
+    class Watch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append((epoch, np.array(self.model.get_layer(WHITEN_BIAS_LAYER).weights[0]),
+                         np.array(self.model.get_layer("head").kernel)))
+
+    real_fit = keras.Model.fit
+
+    def fit(self, *args, callbacks=(), **kwargs):
+        return real_fit(self, *args, callbacks=[*callbacks, Watch()], **kwargs)
+
+    start = {}
+    real_init = loop._data_init
+
+    def data_init(model, *args):
+        real_init(model, *args)
+        start["bias"] = np.array(model.get_layer(WHITEN_BIAS_LAYER).weights[0])
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(keras.Model, "fit", fit)
+        mp.setattr(loop, "_data_init", data_init)
+        loop.train(TrainConfig.from_dict(_recipe(tmp_path, epochs=3, whiten_bias_epochs=1)), verbose=0)
+    assert [e for e, _, _ in seen] == [0, 1, 2]
+    assert not np.allclose(seen[0][1], start["bias"])  # epoch 1 trains it
+    np.testing.assert_array_equal(seen[1][1], seen[0][1])  # then it stays, Lookahead included
+    np.testing.assert_array_equal(seen[2][1], seen[0][1])
+    assert not np.allclose(seen[2][2], seen[1][2])  # while the rest trains on
+
+
+def test_whiten_bias_epochs_refuses_a_model_without_a_whitening_bias(tmp_path):
+    from edgecnn.errors import ConfigError
+    from edgecnn.train.config import TrainConfig
+    from edgecnn.train.loop import train
+
+    with pytest.raises(ConfigError, match="whiten_bias_epochs must be >= 0"):
+        TrainConfig(model="fast_cifar_tiny", whiten_bias_epochs=-1)
+    cfg = TrainConfig(model="seed_cnn_tiny", data="sample", epochs=1, limit=64, whiten_bias_epochs=3,
+                      out=str(tmp_path / "r"))
+    with pytest.raises(ConfigError, match="needs a model with a 'whiten_bias' layer"):
+        train(cfg, verbose=0)
+    assert not (tmp_path / "r").exists()
+
+
 # ------------------------------------------------------------------------------- augmentation
 
 def _id_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     import keras
 
 WHITEN_LAYER = "whiten"  # the conv that ``whiten_init`` sets (edgecnn.train.hooks)
+WHITEN_BIAS_LAYER = f"{WHITEN_LAYER}_bias"  # its bias, held after ``whiten_bias_epochs``
 BN_BIAS_SCALE = 8.0  # ScaledBias: 8**2 = airbench's 64x learning rate for batch-norm biases
 LOGIT_SCALE = 1 / 9  # airbench's output scaling
 BN_MOMENTUM = 0.6
@@ -80,7 +81,7 @@ def _airbench(num_classes, input_shape, *, widths: tuple[int, int, int], width: 
     # 2 x (2*2*3) filters: the whitening eigenvectors and their negatives (GELU keeps both signs).
     x = layers.Conv2D(2 * 2 * 2 * input_shape[-1], 2, padding="valid", use_bias=False, trainable=False,
                       name=WHITEN_LAYER)(inputs)
-    x = ScaledBias(1.0, name=f"{WHITEN_LAYER}_bias")(x)
+    x = ScaledBias(1.0, name=WHITEN_BIAS_LAYER)(x)
     x = layers.Activation("gelu", name=f"{WHITEN_LAYER}_gelu")(x)
     for i, filters in enumerate(widths, start=1):
         x = _block(x, max(4, round(filters * width)), f"block{i}")
