@@ -28,7 +28,7 @@ class AugmentConfig:
 
     flip: bool | str = True  # True: random per image; "alternate": airbench's derandomized flip
     rotation_deg: float = 0.0
-    translate: float = 0.125  # fraction of the side: 0.125 = pad 4 px + random 32x32 crop
+    translate: float = 0.125  # fraction of the side (Keras RandomTranslation: sub-pixel shifts, bilinear)
     translate_px: int = 0  # whole-pixel translation instead: reflect-pad N px + random crop (airbench: 2)
     fill_mode: str = "reflect"
 
