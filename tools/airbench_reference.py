@@ -75,7 +75,16 @@ def main() -> None:
     args = ap.parse_args()
 
     import numpy as np
+
+    import importlib.util
+
+    missing = [name for name in ("torch", "airbench") if importlib.util.find_spec(name) is None]
+    if missing:  # airbench itself imports torchvision, which _cpu_plumbing stands in for
+        sys.exit(f"airbench_reference.py needs PyTorch and the airbench package ({', '.join(missing)} missing): "
+                 "install them in a venv of their own, as this script's docstring shows.")
     import torch
+    if not os.path.isfile(args.npz):
+        sys.exit(f"No such dataset file: {args.npz} (a keras-layout CIFAR-10 .npz).")
 
     torch.set_num_threads(os.cpu_count() or 1)
     _cpu_plumbing(torch)
