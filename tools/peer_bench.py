@@ -37,6 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgecnn.card import ModelCard  # noqa: E402
+from edgecnn.export.tune import finalist_cells  # noqa: E402
 from edgecnn.runtime.benchmark import machine_fingerprint, time_callable  # noqa: E402
 from edgecnn.runtime.preprocess import normalize_batch  # noqa: E402
 
@@ -137,11 +138,7 @@ def _finalists(tune_report: dict, threads: int, batch: int, n: int = 3) -> list[
     ok = {c["config"] for c in tune_report["candidates"] if c["within_budget"]}
     cells = sorted((c for c in tune_report["cells"] if c["config"] in ok and c["threads"] == threads
                     and c["batch"] == batch), key=lambda c: c["p50_ms"])
-    out = cells[:n]
-    for c in cells:
-        if all(o["backend"] != c["backend"] for o in out):
-            out.append(c)
-    return out
+    return finalist_cells(cells, n, backend=lambda c: c["backend"])
 
 
 def main() -> None:

@@ -31,10 +31,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edgecnn.card import atomic_write_text
+from edgecnn.card import atomic_write_text, sha256_file
 from edgecnn.errors import ArtifactError, ConfigError, EdgecnnError, ProviderError
 from edgecnn.export.report import REPORT_JSON
-from edgecnn.runtime.deploy import DEPLOY_FILE, FP32_FILE, TUNE_REPORT, Deployment, file_sha256
+from edgecnn.runtime.deploy import DEPLOY_FILE, FP32_FILE, TUNE_REPORT, Deployment
 
 log = logging.getLogger(__name__)
 
@@ -463,7 +463,7 @@ def tune(export_dir: str | Path, config: TuneConfig | None = None, *, write: boo
     pick = Deployment(file=cand.file, variant=cand.variant, backend=cand.backend, device=config.device,
                       precision=cand.precision if cand.backend == "openvino" else None, threads=winner.threads,
                       io_binding=cand.io_binding, batch=winner.batch, objective=config.objective,
-                      sha256=file_sha256(directory / cand.file), measured=measured,
+                      sha256=sha256_file(directory / cand.file), measured=measured,
                       machine={"cpu": machine["cpu"], "simd": machine["simd"], "usable_cpus": machine["usable_cpus"]},
                       created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     tune_report.pick = pick
@@ -507,12 +507,15 @@ def _export_row(report: dict[str, Any], file: str) -> dict[str, Any] | None:
     return None
 
 
-def finalist_cells(ranked: list[Cell], n: int) -> list[Cell]:
-    """The ``n`` first of ``ranked`` (fastest first) and the first of each backend: a backend
-    that one noisy first pass ranked low still gets its best configuration re-measured."""
+def finalist_cells(ranked: list[Any], n: int, backend: Callable[[Any], str] = lambda c: c.candidate.backend) -> list[Any]:
+    """The ``n`` first of ``ranked`` (fastest first) and the first of each ``backend``: a backend
+    that one noisy first pass ranked low still gets its best configuration re-measured. Cells or
+    ``tune_report.json``'s cell dicts (``backend=lambda c: c["backend"]``)."""
     out = list(ranked[:n])
+    seen = {backend(c) for c in out}
     for cell in ranked:
-        if all(c.candidate.backend != cell.candidate.backend for c in out):
+        if backend(cell) not in seen:
+            seen.add(backend(cell))
             out.append(cell)
     return out
 

@@ -21,13 +21,13 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from edgecnn.card import sha256_file as file_sha256
+from edgecnn.card import sha256_file
 from edgecnn.errors import ArtifactError
 
 log = logging.getLogger(__name__)
 
 __all__ = ["DEPLOY_FILE", "TUNE_REPORT", "DEPLOY_SCHEMA", "FP32_FILE", "Deployment", "read_deployment",
-           "current_deployment", "resolve_dir", "file_sha256"]
+           "current_deployment", "resolve_dir"]
 
 DEPLOY_FILE = "deploy.json"
 TUNE_REPORT = "tune_report.json"  # everything edgecnn tune measured, beside deploy.json
@@ -145,7 +145,7 @@ def current_deployment(directory: str | Path) -> Deployment | None:
     stale = None
     if not path.is_file():
         stale = f"it names {dep.file}, which is not there"
-    elif dep.sha256 and file_sha256(path) != dep.sha256:
+    elif dep.sha256 and sha256_file(path) != dep.sha256:
         stale = f"{dep.file} changed since it was tuned"
     if stale:
         log.warning("Ignoring %s: %s; run `edgecnn tune %s` again.", root / DEPLOY_FILE, stale, root)

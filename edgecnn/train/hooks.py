@@ -28,7 +28,8 @@ from edgecnn.train.config import LookaheadConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["WHITEN_LAYER", "WHITEN_BIAS_LAYER", "WHITEN_IMAGES", "FreezeAfter", "Lookahead", "has_whiten_layer", "patch_whitening", "whiten_init"]
+__all__ = ["WHITEN_LAYER", "WHITEN_BIAS_LAYER", "WHITEN_IMAGES", "FreezeAfter", "Lookahead", "has_whiten_layer",
+           "patch_whitening", "whiten_init"]
 
 WHITEN_IMAGES = 5000  # airbench estimates the patch covariance on 5,000 training images
 WHITEN_EPS = 5e-4  # added to the eigenvalues: the near-null directions are not blown up
@@ -97,17 +98,16 @@ class FreezeAfter(keras.callbacks.Callback):
     def __init__(self, name: str, epoch: int) -> None:
         super().__init__()
         self.name, self.epoch = name, epoch
-        self.held: list[np.ndarray] | None = None
+        self.held: list[tuple[Any, np.ndarray]] | None = None  # (variable, value), looked up once
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         if epoch >= self.epoch and self.held is None:
-            self.held = [np.array(w.numpy()) for w in self.model.get_layer(self.name).weights]
+            self.held = [(w, np.array(w.numpy())) for w in self.model.get_layer(self.name).weights]
             log.info("%s is held from epoch %d on.", self.name, epoch + 1)
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        if self.held is not None:
-            for w, value in zip(self.model.get_layer(self.name).weights, self.held):
-                w.assign(value)
+        for w, value in self.held or ():
+            w.assign(value)
 
 
 class Lookahead(keras.callbacks.Callback):

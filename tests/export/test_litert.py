@@ -120,10 +120,11 @@ def test_tune_measures_litert_and_deploys_it(tmp_path, litert_export):
     assert row["config"] == "int8 litert" and row["file"] == "model.int8.tflite" and row["drop_pp"] is not None
     assert any(c.candidate.backend == "litert" for c in report.cells)
     # whatever won, a deploy.json naming the tflite opens on LiteRT
-    from edgecnn.runtime.deploy import Deployment, file_sha256
+    from edgecnn.card import sha256_file
+    from edgecnn.runtime.deploy import Deployment
 
     dep = Deployment(file="model.int8.tflite", variant="litert-int8", backend="litert", threads=1,
-                     sha256=file_sha256(d / "model.int8.tflite"))
+                     sha256=sha256_file(d / "model.int8.tflite"))
     (d / "deploy.json").write_text(dep.to_json())
     clf = Classifier.from_dir(d)
     assert clf.backend == "litert" and "model.int8.tflite on litert, 1 thread" in clf.deploy_note

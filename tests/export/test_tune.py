@@ -120,10 +120,10 @@ def test_not_an_export_directory(tmp_path):
 # ------------------------------------------------------------------ following deploy.json
 
 def _write_deploy(directory: Path, **fields) -> Deployment:
-    from edgecnn.runtime.deploy import file_sha256
+    from edgecnn.card import sha256_file
 
     file = fields.pop("file", "model.int8.onnx")
-    dep = Deployment(file=file, variant="int8", sha256=file_sha256(directory / file), **fields)
+    dep = Deployment(file=file, variant="int8", sha256=sha256_file(directory / file), **fields)
     (directory / DEPLOY_FILE).write_text(dep.to_json())
     return dep
 
