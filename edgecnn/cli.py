@@ -400,6 +400,15 @@ Examples:
 @click.option("--max-accuracy-drop", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Fail if a variant loses more accuracy than fp32 (percentage points; of top-1 agreement "
                    "with fp32 when the data has no labels).")
+@click.option("--guard", "guard_policy", type=click.Choice(["lenient", "strict"]), default="lenient", show_default=True,
+              help="What a variant gets when the 95% interval of its loss straddles --max-accuracy-drop (too few "
+                   "images to tell): lenient passes it with a note, strict refuses it.")
+@click.option("--min-sqnr", type=float, default=20.0, show_default=True,
+              help="Models without a task head (--task raw): the least signal-to-quantization-noise ratio (dB) "
+                   "every output of a variant must keep against fp32.")
+@click.option("--no-chance-check", is_flag=True,
+              help="Do not refuse an fp32 model whose accuracy on labelled data is at chance level (a check that "
+                   "catches wrong preprocessing flags).")
 @click.option("--accuracy-aware", is_flag=True,
               help="int8: if plain int8 misses --max-accuracy-drop, keep the nodes that quantize worst in float and "
                    "retry until it passes (the report lists them, with the size and latency cost).")
@@ -418,14 +427,14 @@ def export(source: Path, out_dir: Path | None, quantize: tuple[str, ...], opset:
            calibration_data: Path | None, calibration_samples: int, calibration_method: str, cpu_target: str,
            exclude_node: tuple[str, ...], max_accuracy_drop: float, atol: float, test_images: int | None,
            no_simplify: bool, triton_dir: Path | None, accuracy_aware: bool, per_tensor: bool, tta: str,
-           **flags: Any) -> None:
+           guard_policy: str, min_sqnr: float, no_chance_check: bool, **flags: Any) -> None:
     """Export SOURCE to verified ONNX, with quantized variants.
 
     SOURCE: a run directory, a .keras/.h5 file, a TensorFlow SavedModel directory, a .tflite or an
     .onnx file. What the file does not say about itself comes from the model flags.
     """
     from edgecnn.export import ExportConfig, QuantizeConfig, export_model
-    from edgecnn.export.report import metric_text
+    from edgecnn.export.report import interval_text, metric_text, status_text
 
     quant = QuantizeConfig.for_target(cpu_target, calibration_method=calibration_method,
                                       calibration_samples=calibration_samples, exclude_nodes=exclude_node,
@@ -433,13 +442,17 @@ def export(source: Path, out_dir: Path | None, quantize: tuple[str, ...], opset:
     overrides = model_overrides(flags)
     config = ExportConfig(opset=opset, quantize=quantize, simplify=not no_simplify, atol=atol, test_images=test_images,
                           max_accuracy_drop=max_accuracy_drop, quant=quant, triton_dir=triton_dir,
-                          accuracy_aware=accuracy_aware, tta=tta)
+                          accuracy_aware=accuracy_aware, tta=tta, guard=guard_policy, min_sqnr_db=min_sqnr,
+                          check_chance=not no_chance_check)
     report = export_model(source, out_dir=out_dir, config=config, calibration_data=calibration_data, overrides=overrides)
     _echo_table(f"{report.card_name} ({report.task}) -> {report.out_dir}",
-                ["precision", "file", "KiB", "accuracy", "delta pp", "vs fp32"],
+                ["precision", "file", "KiB", "accuracy", "delta pp", "vs fp32", "guard [95%]", "status"],
                 [[v.precision, v.file or "-", f"{v.size_bytes / 1024:.1f}", "-" if v.accuracy is None else f"{100 * v.accuracy:.2f}%",
-                  "-" if v.accuracy_delta_pp is None else f"{v.accuracy_delta_pp:+.2f}", metric_text(v)]
-                 for v in report.variants])
+                  "-" if v.accuracy_delta_pp is None else f"{v.accuracy_delta_pp:+.2f}", metric_text(v), interval_text(v),
+                  status_text(v)] for v in report.variants])
+    for v in report.variants:
+        if v.verdict and v.verdict["outcome"] == "unsure":
+            click.echo(f"guard {v.precision}: {v.guard}")
     for v in report.variants:
         if v.accuracy_aware:
             click.echo(f"accuracy-aware {v.precision}: {v.accuracy_aware['message']}")

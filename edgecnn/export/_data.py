@@ -5,8 +5,10 @@ folder, decoded to uint8 RGB at the model's input size with Pillow's bilinear re
 runtime does (and to gray with Pillow's ``convert("L")`` for a 1-channel model).
 
 Labelled data is split: a seeded 20% is held out from calibration to measure accuracy.
-Unlabelled data (loose images, ``images`` without ``labels``) is not: there is no accuracy to
-measure, only agreement with fp32, so calibration and evaluation use all the images.
+Unlabelled data (loose images, ``images`` without ``labels``) is split in halves once there are at
+least ``_SPLIT_UNLABELLED`` images (each half then has 32 or more): a variant is never judged on the
+images its ranges were calibrated on when the user gave enough to avoid it. Fewer images serve
+both, and the report says so.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from edgecnn.errors import DataError
 __all__ = ["EvalData", "load_eval_data", "to_channels"]
 
 _HOLDOUT_FRACTION = 0.2
+_SPLIT_UNLABELLED = 64
 
 
 @dataclass
@@ -34,6 +37,7 @@ class EvalData:
     class_names: list[str] | None
     description: str
     shared: bool = False  # calibration and evaluation are the same (unlabelled) images
+    calibration_labels: np.ndarray | None = None  # labels of the calibration images, when known
 
 
 def to_channels(images: np.ndarray, channels: int) -> np.ndarray:
@@ -66,11 +70,11 @@ def load_eval_data(path: str | Path, size: tuple[int, int], *, seed: int = 0) ->
     raise DataError(f"Calibration data {path} does not exist; pass an .npz file or an image folder.")
 
 
-def _split(x: np.ndarray, y: np.ndarray | None, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def _split(x: np.ndarray, y: np.ndarray, seed: int, names: list[str] | None, what: str) -> EvalData:
     order = np.random.default_rng(seed).permutation(len(x))
     n_test = max(1, int(len(x) * _HOLDOUT_FRACTION))
     test, calib = order[:n_test], order[n_test:]
-    return x[calib], x[test], None if y is None else y[test]
+    return EvalData(x[calib], x[test], y[test], names, what, calibration_labels=y[calib])
 
 
 def _from_npz(path: Path, size: tuple[int, int], seed: int) -> EvalData:
@@ -84,22 +88,31 @@ def _from_npz(path: Path, size: tuple[int, int], seed: int) -> EvalData:
         if "x_test" in arrays:
             test = _as_images(arrays["x_test"], path, "x_test", size)
             labels = arrays.get("y_test")
+            train_labels = arrays.get("y_train")
             return EvalData(calib, test, None if labels is None else labels.reshape(-1).astype(np.int64), None,
-                            f"{path.name} (x_train / x_test)")
-        return _unlabelled(calib, f"{path.name} (x_train)")
+                            f"{path.name} (x_train / x_test)",
+                            calibration_labels=None if train_labels is None or labels is None
+                            else train_labels.reshape(-1).astype(np.int64))
+        return _unlabelled(calib, f"{path.name} (x_train)", seed)
     key = next((k for k in ("images", "x") if k in arrays), None)
     if key is None:
         raise DataError(f"{path} has {sorted(arrays)}; expected x_train [+ x_test, y_test] or images [+ labels].")
     x = _as_images(arrays[key], path, key, size)
     y = next((arrays[k] for k in ("labels", "y") if k in arrays), None)
     if y is None:
-        return _unlabelled(x, f"{path.name} ({key})")
-    return EvalData(*_split(x, y.reshape(-1).astype(np.int64), seed), None, f"{path.name} ({key}, 20% held out)")
+        return _unlabelled(x, f"{path.name} ({key})", seed)
+    return _split(x, y.reshape(-1).astype(np.int64), seed, None, f"{path.name} ({key}, 20% held out)")
 
 
-def _unlabelled(x: np.ndarray, what: str) -> EvalData:
-    return EvalData(x, x, None, None, f"{what}: {len(x)} unlabelled images, used for both calibration and "
-                                      "evaluation", shared=True)
+def _unlabelled(x: np.ndarray, what: str, seed: int) -> EvalData:
+    if len(x) < _SPLIT_UNLABELLED:
+        return EvalData(x, x, None, None, f"{what}: {len(x)} unlabelled images, used for both calibration and "
+                                          "evaluation", shared=True)
+    order = np.random.default_rng(seed).permutation(len(x))
+    half = len(x) // 2
+    return EvalData(x[order[half:]], x[order[:half]], None, None,
+                    f"{what}: {len(x)} unlabelled images, {len(x) - half} for calibration and {half} held out "
+                    "for evaluation")
 
 
 def _as_images(x: np.ndarray, path: Path, key: str, size: tuple[int, int]) -> np.ndarray:
@@ -125,14 +138,14 @@ def _class_tree(root: Path, size: tuple[int, int], names: list[str] | None):
 
 def _from_folder(root: Path, size: tuple[int, int], seed: int) -> EvalData:
     if (root / "train").is_dir() and (root / "test").is_dir():
-        calib, _, names = _class_tree(root / "train", size, None)
+        calib, calib_labels, names = _class_tree(root / "train", size, None)
         test, labels, _ = _class_tree(root / "test", size, names)
-        return EvalData(calib, test, labels, names, f"{root.name} (train/ + test/)")
+        return EvalData(calib, test, labels, names, f"{root.name} (train/ + test/)", calibration_labels=calib_labels)
     subdirs = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")]
     if len(subdirs) >= 2:
         x, y, names = _class_tree(root, size, None)
-        return EvalData(*_split(x, y, seed), names, f"{root.name} (class folders, 20% held out)")
+        return _split(x, y, seed, names, f"{root.name} (class folders, 20% held out)")
     files = list_images(root)
     if not files:
         raise DataError(f"No images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {root}.")
-    return _unlabelled(np.stack([read_image(f, size) for f in files]), root.name)
+    return _unlabelled(np.stack([read_image(f, size) for f in files]), root.name, seed)

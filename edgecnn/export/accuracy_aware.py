@@ -55,6 +55,8 @@ __all__ = [
 ]
 
 _EPS = 1e-12
+_SIZE_GAIN = 0.8  # an accuracy-aware file at most this share of fp32's bytes is smaller enough to be worth it
+_SPEED_GAIN = 0.95  # ... or at most this share of fp32's batch-1 latency
 
 
 @dataclass(frozen=True)
@@ -141,9 +143,33 @@ class AccuracyAwareResult:
         return self.passed and bool(self.excluded_nodes)
 
     @property
+    def no_gain(self) -> str | None:
+        """Why the file is not worth having over fp32: nodes kept in float ate the gain plain int8 had,
+        so it is neither clearly smaller (at most ``_SIZE_GAIN`` of fp32's bytes) nor faster at batch 1
+        (at most ``_SPEED_GAIN`` of fp32's latency, when timed). None when it is worth it, when nothing
+        was kept in float, or when plain int8 had no gain to lose (a toy-sized graph)."""
+        if not self.excluded_nodes:
+            return None
+        lat = self.latency_ms
+        mine, plain, fp32 = lat.get("int8-accuracy-aware"), lat.get("int8"), lat.get("fp32")
+
+        def gain(size: int, ms: float | None) -> bool:
+            return size <= _SIZE_GAIN * self.fp32_size_bytes or (
+                ms is not None and fp32 is not None and ms <= _SPEED_GAIN * fp32)
+
+        if gain(self.size_bytes, mine) or not gain(self.plain_size_bytes, plain):
+            return None  # still worth it, or int8 brings nothing on this model anyway: not the fallback's doing
+        timing = "" if mine is None or fp32 is None else f", {mine:.3f} ms vs fp32 {fp32:.3f} ms at batch 1"
+        return (f"{len(self.excluded_nodes)} of {self.quantized_nodes} quantized nodes kept in float leave no gain "
+                f"over fp32 ({self.size_bytes / 1024:.1f} KiB vs fp32 {self.fp32_size_bytes / 1024:.1f} KiB{timing})")
+
+    @property
     def message(self) -> str:
         """One line: what happened, and what to try when the budget was not met."""
         m, need, nodes = self.metric_name, f"{self.required:.4f}", self.excluded_nodes
+        if self.passed and self.no_gain:
+            return (f"accuracy-aware int8 met the budget ({m} {self.metric:.4f} >= {need}) but {self.no_gain}: "
+                    "ship fp32 or fp16 instead (not written).")
         if self.passed and not nodes:
             return f"plain int8 met the budget ({m} {self.plain_metric:.4f} >= {need}); no node kept in float."
         if self.passed:
@@ -164,7 +190,7 @@ class AccuracyAwareResult:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary for the export report (worst 10 ranked tensors)."""
         return {
-            "message": self.message, "metric_name": self.metric_name, "baseline": self.baseline,
+            "message": self.message, "no_gain": self.no_gain, "metric_name": self.metric_name, "baseline": self.baseline,
             "required": self.required, "plain_metric": self.plain_metric, "metric": self.metric, "passed": self.passed,
             "nodes_kept_float": list(self.excluded_nodes), "nodes_kept_float_count": len(self.excluded_nodes),
             "quantized_nodes": self.quantized_nodes, "fp32_size_bytes": self.fp32_size_bytes,
@@ -628,16 +654,10 @@ def accuracy_aware_for_export(fp32_path: Path, out_path: Path, *, card: ModelCar
                               test_labels: np.ndarray | None, fp32_outputs: list[np.ndarray],
                               fp32_accuracy: float | None, max_drop_pp: float) -> AccuracyAwareResult:
     """The search with the export guard's own metric: accuracy with labels, else the task metric
-    against fp32 (top-1 agreement for classifiers), so "passed" means the same in both.
-
-    Raises:
-        ConfigError: the model's task has no metric to judge int8 by yet.
+    against fp32 (top-1 agreement for classifiers, output cosine similarity for raw models), as a
+    point estimate; the export's guard then judges the chosen file with its interval.
     """
     from edgecnn.export.verify import OnnxPredictor, accuracy, ort_error, predict_outputs, task_agreement
-
-    if test_labels is None and task_agreement(card.task, fp32_outputs, fp32_outputs, card) is None:
-        raise ConfigError(f"--accuracy-aware needs a task metric to compare int8 with fp32, and task {card.task!r} "
-                          "has none yet; drop --accuracy-aware or pass labelled --calibration-data.")
 
     def evaluate(path: Path) -> float:
         out = predict_outputs(OnnxPredictor(path, card).outputs, test_images)
@@ -658,11 +678,12 @@ def accuracy_aware_for_export(fp32_path: Path, out_path: Path, *, card: ModelCar
         raise ArtifactError(f"onnxruntime could not quantize the model to int8 ({ort_error(err)}).") from err
 
 
-def guard_hints(quant: QuantizeConfig, *, accuracy_aware: bool, int8_failed: bool) -> str:
+def guard_hints(quant: QuantizeConfig, *, accuracy_aware: bool, int8_failed: bool, task: str = "classify") -> str:
     """What to try after a variant failed the accuracy guard, naming the flags that could help.
 
     ``--accuracy-aware`` when a static int8 failed without it; the calibration methods not tried;
-    ``--cpu-target vnni`` (full 8-bit weights) when the avx2 target's 7-bit weights were used.
+    ``--cpu-target vnni`` (full 8-bit weights) when the avx2 target's 7-bit weights were used; the
+    budget a raw model is held to is ``--min-sqnr`` besides ``--max-accuracy-drop``.
     """
     hints = []
     if int8_failed and not accuracy_aware:
@@ -672,7 +693,8 @@ def guard_hints(quant: QuantizeConfig, *, accuracy_aware: bool, int8_failed: boo
     if quant.reduce_range:
         hints.append("--cpu-target vnni or arm64 when the target CPU has VNNI or ARM dot-product (8-bit weights "
                      "instead of avx2's 7-bit)")
-    hints += ["more --calibration-samples", "--exclude-node for sensitive layers", "or raise --max-accuracy-drop"]
+    budget = "lower --min-sqnr or raise --max-accuracy-drop" if task == "raw" else "raise --max-accuracy-drop"
+    hints += ["more --calibration-samples", "--exclude-node for sensitive layers", f"or {budget}"]
     return "Try " + ", ".join(hints) + "."
 
 

@@ -29,6 +29,7 @@ from edgecnn.card import ModelCard
 from edgecnn.errors import AccuracyDropError, ArtifactError, ConfigError, DataError, EdgecnnError
 from edgecnn.export import onnx as onnx_io
 from edgecnn.export.accuracy_aware import accuracy_aware_for_export, guard_hints
+from edgecnn.export.guard import DEFAULT_MIN_SQNR_DB, GUARD_POLICIES, Verdict, judge_variant
 from edgecnn.export.quantize import QUANTIZE_MODES, QuantizeConfig, quantize_model
 from edgecnn.export.report import ExportReport, VariantResult
 from edgecnn.runtime.deploy import DEPLOY_FILE, TUNE_REPORT
@@ -70,6 +71,8 @@ class ExportConfig:
     triton_max_batch_size: int = 64
     check_chance: bool = True
     accuracy_aware: bool = False  # int8: keep the worst-quantized nodes in float until the guard passes
+    guard: str = "lenient"  # an unsure verdict (the interval straddles the budget) passes, or "strict": fails
+    min_sqnr_db: float = DEFAULT_MIN_SQNR_DB  # raw outputs (no task head): the least SQNR a variant may have
     tta: str = "none"  # "flip": flip test-time augmentation inside the graph (edgecnn.export.tta): 2x the cost
 
     def __post_init__(self) -> None:
@@ -83,6 +86,10 @@ class ExportConfig:
         if self.atol <= 0 or self.max_accuracy_drop < 0 or self.parity_images < 2:
             raise ConfigError("atol must be > 0, max_accuracy_drop >= 0 and parity_images >= 2, got "
                               f"{self.atol}, {self.max_accuracy_drop}, {self.parity_images}.")
+        if self.guard not in GUARD_POLICIES:
+            raise ConfigError(f"guard must be one of {', '.join(GUARD_POLICIES)}, got {self.guard!r}.")
+        if not math.isfinite(self.min_sqnr_db):
+            raise ConfigError(f"min_sqnr_db must be a finite number of dB, got {self.min_sqnr_db}.")
         if self.tta not in EXPORT_TTA:
             raise ConfigError(f"tta must be one of {', '.join(EXPORT_TTA)}, got {self.tta!r}.")
         object.__setattr__(self, "quantize", tuple(dict.fromkeys(self.quantize)))  # dedupe, keep order
@@ -107,6 +114,7 @@ class _Data:
     test_labels: np.ndarray | None
     description: str
     shared: bool = False  # calibration and evaluation are the same unlabelled images
+    calibration_labels: np.ndarray | None = None  # for the chance check, which judges on every labelled image
 
 
 # --------------------------------------------------------------------------------- public entry
@@ -265,9 +273,10 @@ def _read_data(card: ModelCard, calibration_data: str | Path | None,
                      f"{ds.name} test split"), card
     if missing:
         log.warning("%s Evaluating on images of %s instead.", missing, calibration_data)
+    calib_labels, _ = _align_labels(ext.calibration_labels, ext.class_names, card)
     labels, card = _align_labels(ext.test_labels, ext.class_names, card)
     return _Data(ext.calibration, _limit(ext.test, config.test_images), _limit(labels, config.test_images),
-                 ext.description, shared=ext.shared), card
+                 ext.description, shared=ext.shared, calibration_labels=calib_labels), card
 
 
 def _align_labels(labels: np.ndarray | None, names: list[str] | None,
@@ -402,7 +411,7 @@ def _new_report(card: ModelCard, data: _Data, config: ExportConfig, src: ModelSo
                                                "shared_with_calibration": data.shared},
                         max_accuracy_drop_pp=config.max_accuracy_drop if config.quantize else None,
                         versions=card.versions, created=card.export["created"], source_kind=src.kind,
-                        task=card.task, notes=notes, assumed=src.assumed)
+                        task=card.task, notes=notes, assumed=src.assumed, guard=config.guard)
 
 
 def _export_staged(proto, card, reference, data, config, *, src, out_dir, staging, started, notes) -> ExportReport:
@@ -449,7 +458,8 @@ def _export_staged(proto, card, reference, data, config, *, src, out_dir, stagin
         raise AccuracyDropError("Quantized variant failed the accuracy guard: " + "; ".join(failures)
                                 + f". Report: {out_dir / 'export_report.md'}; passing files were written. "
                                 + guard_hints(config.quant, accuracy_aware=config.accuracy_aware,
-                                              int8_failed=any(f.startswith("int8:") for f in failures)))
+                                              int8_failed=any(f.startswith("int8:") for f in failures),
+                                              task=card.task))
     return report
 
 
@@ -459,27 +469,50 @@ def _fmt(acc: float | None) -> str:
 
 _CHANCE_MIN_IMAGES = 20
 _CHANCE_Z = 1.5
+_CHANCE_MAX_EXTRA = 2048  # labelled calibration images added to the held-out ones for the chance check
 
 
-def _check_not_chance(acc: float, card: ModelCard, n: int) -> None:
+def _check_not_chance(right: int, n: int, card: ModelCard) -> None:
     """Accuracy no better than guessing means the preprocessing (or the label order) is wrong.
 
-    "At chance" is within 1.5 standard errors of a guessing model's accuracy: wrong
+    Judged on every labelled image given (held-out and calibration alike: fp32 was fitted on
+    neither). "At chance" is within 1.5 standard errors of a guessing model's accuracy: wrong
     preprocessing typically lands on or below chance (one class for every image), while a model
-    that learned anything clears it on a few dozen images. Under 20 images nothing is judged.
+    that learned anything clears it on a few dozen images. Between that and the Wilson 95% lower
+    bound clearing chance, the images cannot tell: a warning, not a refusal. Under 20 images
+    nothing is judged; ``--no-chance-check`` skips the check.
     """
-    chance = 1.0 / card.num_classes
+    from edgecnn.export.guard import wilson
+
+    acc, chance = right / max(n, 1), 1.0 / card.num_classes
     if n < _CHANCE_MIN_IMAGES:
         log.warning("Only %d labelled images: too few to check that fp32 accuracy (%.1f%%) is above chance.",
                     n, 100 * acc)
         return
+    low, high = wilson(right, n)
     margin = _CHANCE_Z * math.sqrt(chance * (1.0 - chance) / n)
+    where = f"fp32 accuracy is {100 * acc:.1f}% on {n} labelled images (95% interval {100 * low:.1f}-{100 * high:.1f}%)"
+    level = f"({100 * chance:.1f}% for {card.num_classes} classes)"
     if acc <= chance + margin:
         raise ArtifactError(
-            f"fp32 accuracy is {100 * acc:.1f}% on {n} labelled images, at chance level ({100 * chance:.1f}% for "
-            f"{card.num_classes} classes): the preprocessing is probably wrong "
+            f"{where}, at chance level {level}: the preprocessing is probably wrong "
             f"(used: {card.describe_preprocessing()}); "
-            f"check {PREPROCESSING_FLAGS} and the --labels order. No model was written.")
+            f"check {PREPROCESSING_FLAGS} and the --labels order, or pass --no-chance-check if the model is this "
+            "weak. No model was written.")
+    if low <= chance:
+        log.warning("%s, chance is %s: these images cannot show the model beats chance; check the preprocessing "
+                    "(%s) if that is unexpected.", where, level, card.describe_preprocessing())
+
+
+def _chance_evidence(predictor: OnnxPredictor, test_outputs: list[np.ndarray], data: _Data) -> tuple[int, int]:
+    """Correct fp32 answers and images: the held-out images plus the labelled calibration images."""
+    right = int(np.sum(test_outputs[0].argmax(axis=1) == np.asarray(data.test_labels).reshape(-1)))
+    n = len(data.test)
+    if data.calibration is not None and data.calibration_labels is not None and not data.shared:
+        x, y = data.calibration[:_CHANCE_MAX_EXTRA], data.calibration_labels[:_CHANCE_MAX_EXTRA]
+        out = _predict(predictor.outputs, x)[0]
+        right, n = right + int(np.sum(out.argmax(axis=1) == y)), n + len(x)
+    return right, n
 
 
 def _verify_fp32(proto, card, reference, images, data, config, staging, report, started, *, check_chance):
@@ -506,7 +539,7 @@ def _verify_fp32(proto, card, reference, images, data, config, staging, report, 
     outputs = _predict(predictor.outputs, data.test)
     acc = accuracy(outputs[0], data.test_labels) if data.test_labels is not None and card.task == "classify" else None
     if check_chance and acc is not None and card.num_classes >= 2:
-        _check_not_chance(acc, card, len(data.test))
+        _check_not_chance(*_chance_evidence(predictor, outputs, data), card)
     card.export["verification"] = report.parity
     card.metrics.update(_metrics(acc, len(data.test)))
     card.export["simplified"] = bool(report.simplify.get("applied"))
@@ -562,6 +595,8 @@ def _variant(mode: str, fp32_path: Path, card: ModelCard, fp32_out: list[np.ndar
     result = _judge_staged(mode, path, vcard, fp32_out, fp32, data, config, save=save, started=started,
                            settings=settings, ops=onnx_io.op_type_counts(proto), note=aa.message if aa else None)
     result.accuracy_aware = aa.to_dict() if aa else None
+    if aa and aa.passed and aa.no_gain:  # every node that mattered stayed float: nothing to gain over fp32
+        result.passed, result.guard = False, aa.message
     return result
 
 
@@ -575,19 +610,21 @@ def _judge_staged(mode: str, path: Path, vcard: ModelCard, fp32_out: list[np.nda
     par = compare_outputs(fp32_out, out, task=task)
     metric = task_agreement(task, fp32_out, out, vcard)
     acc = accuracy(out[0], data.test_labels) if data.test_labels is not None and task == "classify" else None
-    delta, passed, guard = _judge(mode, acc, fp32.accuracy, metric, out, par, data, config)
+    delta = None if acc is None or fp32.accuracy is None else 100 * (acc - fp32.accuracy)
+    verdict, passed, guard = _judge(out, fp32_out, acc, fp32.accuracy, vcard, data, config)
     guard = f"{guard}; {note}" if note else guard
     vcard.metrics.update(_metrics(acc, len(data.test)))
     if delta is not None:
         vcard.metrics["accuracy_delta_pp"] = round(delta, 4)
-    if metric is not None:
-        vcard.metrics[f"{metric.name}_vs_fp32"] = round(metric.value, 6)
+    vcard.metrics[f"{metric.name}_vs_fp32"] = round(metric.value, 6)
+    if verdict is not None:
+        vcard.metrics["guard"] = {"outcome": verdict.outcome, "policy": verdict.policy, "images": verdict.images}
     save(vcard)
     return VariantResult(mode, path.name, path.stat().st_size, acc, None if delta is None else round(delta, 4),
                          par.top1_agreement, par.max_abs_diff, par.mean_abs_diff, par.images,
                          round(time.perf_counter() - started, 2), passed, settings, ops,
-                         metric=None if metric is None else metric.name,
-                         metric_value=None if metric is None else round(metric.value, 6), guard=guard)
+                         metric=metric.name, metric_value=round(metric.value, 6), guard=guard,
+                         verdict=None if verdict is None else verdict.to_dict())
 
 
 def _check_litert_source(src: ModelSource, config: ExportConfig) -> None:
@@ -632,26 +669,21 @@ def _accuracy_aware(fp32_path, path, card, fp32_out, fp32, data, config) -> Any:
                                      fp32_accuracy=fp32.accuracy, max_drop_pp=config.max_accuracy_drop)
 
 
-def _judge(mode, acc, fp32_acc, metric, out, par, data, config) -> tuple[float | None, bool, str]:
-    """The accuracy guard: accuracy vs fp32 with labels, else the task metric vs fp32."""
-    budget = config.max_accuracy_drop
+def _judge(out: list[np.ndarray], fp32_out: list[np.ndarray], acc: float | None, fp32_acc: float | None,
+           card: ModelCard, data: _Data, config: ExportConfig) -> tuple[Verdict | None, bool, str]:
+    """The accuracy guard (:mod:`edgecnn.export.guard`): the task's loss against fp32 with its 95%
+    interval on the images judged, held to the budget; the verdict, pass or fail, and its words."""
     if not all(np.isfinite(o).all() for o in out):
         return None, False, "NaN or infinite outputs"
-    if acc is not None:
-        delta = 100 * (acc - fp32_acc)
-        agree = "" if metric is None else f"; {metric.label} {100 * metric.value:.2f}%"
-        verdict = "within" if -delta <= budget + 1e-9 else "more than"
-        return delta, -delta <= budget + 1e-9, (f"accuracy {_fmt(acc)} vs fp32 {_fmt(fp32_acc)} ({delta:+.2f} pp{agree}), "
-                                                f"{verdict} the allowed {budget:g} pp drop")
-    if metric is not None:
-        drop = 100 * (1 - metric.value)
-        verdict = "within" if drop <= budget + 1e-9 else "more than"
-        return None, drop <= budget + 1e-9, (f"{metric.label} {100 * metric.value:.2f}% on {len(data.test)} images "
-                                             f"({drop:.2f} pp below identical behaviour), {verdict} the allowed "
-                                             f"{budget:g} pp (agreement, not accuracy: judged against fp32)")
-    log.warning("%s: no task metric for this model's task yet; compared with fp32 by output difference only "
-                "(max |diff| %.3g).", mode, par.max_abs_diff)
-    return None, True, f"not judged by a task metric (max |diff| vs fp32 {par.max_abs_diff:.3g})"
+    labels = data.test_labels if card.task == "classify" and acc is not None else None
+    verdict = judge_variant(card.task, fp32_out, out, card, labels=labels, budget_pp=config.max_accuracy_drop,
+                            min_sqnr_db=config.min_sqnr_db, policy=config.guard, seed=config.quant.seed)
+    words = verdict.text()
+    if labels is not None:
+        words = f"accuracy {_fmt(acc)} vs fp32 {_fmt(fp32_acc)}: {words}"
+    elif card.task == "classify":
+        words += " (agreement, not accuracy: judged against fp32)"
+    return verdict, verdict.passed, words
 
 
 def _write_triton(config: ExportConfig, out_dir: Path, report: ExportReport, card: ModelCard) -> Path:

@@ -10,7 +10,7 @@ from typing import Any
 
 from edgecnn.card import atomic_write_text
 
-__all__ = ["VariantResult", "ExportReport", "metric_text", "REPORT_JSON"]
+__all__ = ["VariantResult", "ExportReport", "metric_text", "interval_text", "status_text", "REPORT_JSON"]
 
 REPORT_JSON = "export_report.json"
 
@@ -40,6 +40,7 @@ class VariantResult:
     metric_value: float | None = None
     guard: str = ""  # how the variant was judged, in words
     accuracy_aware: dict[str, Any] | None = None  # --accuracy-aware: nodes kept in float, metrics, size, latency
+    verdict: dict[str, Any] | None = None  # the guard's checks with their 95% intervals (edgecnn.export.guard)
 
 
 @dataclass
@@ -66,6 +67,7 @@ class ExportReport:
     task: str = "classify"
     notes: list[str] = field(default_factory=list)
     assumed: str | None = None  # what was assumed about a model without a card (one line)
+    guard: str = "lenient"  # what an unsure verdict does: lenient passes it, strict refuses it
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,7 +92,9 @@ class ExportReport:
         if self.max_accuracy_drop_pp is not None:
             basis = ("accuracy" if self.test_set.get("labeled") else
                      "top-1 agreement with fp32 (no labels)" if self.task == "classify" else "the task metric vs fp32")
-            lines += [f"Accuracy guard: a variant may lose at most {self.max_accuracy_drop_pp:g} pp of {basis}.", ""]
+            lines += [f"Accuracy guard: a variant may lose at most {self.max_accuracy_drop_pp:g} pp of {basis}, judged "
+                      f"with the 95% interval of the images it ran on; a variant the images cannot settle is "
+                      f"{'passed' if self.guard == 'lenient' else 'refused'} (--guard {self.guard}).", ""]
         lines += _table(self.variants)
         judged = [f"- {v.precision}: {v.guard}" for v in self.variants if v.precision != "fp32" and v.guard]
         lines += ["", "How each variant was judged:", ""] + judged if judged else []
@@ -121,14 +125,15 @@ def _pct(v: float | None) -> str:
 
 def _table(variants: list[VariantResult]) -> list[str]:
     fp32 = next((v for v in variants if v.precision == "fp32"), None)
-    rows = ["| precision | file | size | ratio | accuracy | delta (pp) | vs fp32 | max abs diff | status |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    rows = ["| precision | file | size | ratio | accuracy | delta (pp) | vs fp32 | guard: loss [95% interval] | "
+            "max abs diff | status |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for v in variants:
         ratio = f"{fp32.size_bytes / v.size_bytes:.2f}x" if fp32 and v.size_bytes else "-"
         delta = "-" if v.accuracy_delta_pp is None else f"{v.accuracy_delta_pp:+.2f}"
         rows.append(f"| {v.precision} | {v.file or '(not written)'} | {v.size_bytes / 1024:.1f} KiB | {ratio} | "
-                    f"{_pct(v.accuracy)} | {delta} | {metric_text(v)} | {v.max_abs_diff:.2e} | "
-                    f"{'ok' if v.passed else 'FAILED'} |")
+                    f"{_pct(v.accuracy)} | {delta} | {metric_text(v)} | {interval_text(v)} | {v.max_abs_diff:.2e} | "
+                    f"{status_text(v)} |")
     return rows
 
 
@@ -139,3 +144,22 @@ def metric_text(v: VariantResult) -> str:
     if v.precision == "fp32" or v.top1_agreement is None:
         return "-"
     return f"top-1 agreement {100 * v.top1_agreement:.2f}%"
+
+
+def interval_text(v: VariantResult) -> str:
+    """``+0.12 pp [-0.30, +0.55]``: the guard's deciding check (the worst outcome) and its 95% interval."""
+    checks = (v.verdict or {}).get("checks") or []
+    if not checks:
+        return "-"
+    from edgecnn.export.guard import Check
+
+    order = ("kept", "unsure", "exceeded")
+    c = Check.from_dict(max(checks, key=lambda c: order.index(c["outcome"])))
+    return f"{c.value_text()} {c.interval_text()}"
+
+
+def status_text(v: VariantResult) -> str:
+    """``ok``, ``ok (unsure)`` when the images could not settle the budget, or ``FAILED``."""
+    if not v.passed:
+        return "FAILED"
+    return "ok (unsure)" if (v.verdict or {}).get("outcome") == "unsure" else "ok"

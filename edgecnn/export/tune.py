@@ -8,7 +8,8 @@ joins every configuration with
 
 - its quality, measured on the same held-out images for all of them: accuracy against the
   labels and the drop in percentage points from fp32 on onnxruntime (without labels, or for
-  detection and segmentation, the task's agreement with fp32: top-1 agreement, mAP@0.5, mIoU;
+  detection and segmentation, the task's agreement with fp32: top-1 agreement, mAP@0.5, mIoU,
+  and for raw models the outputs' cosine similarity;
   see :func:`edgecnn.export.verify.task_agreement`);
 - its size on disk;
 - its latency (p50 of the whole per-call work: input in, outputs out) and throughput.
@@ -301,14 +302,12 @@ def _quality(reference: list[np.ndarray], ref_accuracy: float | None, got: list[
 
     metric = task_agreement(card.task, reference, got, card)
     diff = compare_outputs(reference, got, task=card.task).max_abs_diff
-    q = Quality(drop_pp=None, metric=metric and metric.name, metric_value=metric and metric.value, max_abs_diff=diff)
+    q = Quality(drop_pp=None, metric=metric.name, metric_value=metric.value, max_abs_diff=diff)
     if labels is not None and card.task == "classify":
         q.accuracy = accuracy(got[0], labels)
         q.drop_pp = 100.0 * (ref_accuracy - q.accuracy)
-    elif metric is not None:
+    else:  # 1.0 is identical behaviour for every task (raw: the outputs' cosine similarity)
         q.drop_pp = 100.0 * (1.0 - metric.value)
-    elif diff <= 1e-3 * max(1.0, max(float(np.abs(r).max()) for r in reference)):
-        q.drop_pp = 0.0  # a raw model: only configurations computing fp32's numbers can be judged
     return q
 
 

@@ -19,7 +19,7 @@ from edgecnn.runtime.core import InferenceModel
 from edgecnn.runtime.session import ort_error
 from edgecnn.runtime.preprocess import normalize_batch
 
-__all__ = ["Parity", "TaskMetric", "compare", "compare_outputs", "task_agreement", "OnnxPredictor",
+__all__ = ["Parity", "TaskMetric", "compare", "compare_outputs", "task_agreement", "task_evidence", "cosine_similarity", "OnnxPredictor",
            "predict_in_batches", "predict_outputs", "accuracy", "ort_error"]
 
 Outputs = list[np.ndarray]
@@ -55,7 +55,7 @@ class TaskMetric:
     @property
     def label(self) -> str:
         return {"top1_agreement": "top-1 agreement", "map50": "mAP@0.5 against the fp32 boxes",
-                "miou": "mIoU against the fp32 masks"}.get(self.name, self.name.replace("_", " "))
+                "miou": "mIoU against the fp32 masks", "output_cosine": "output cosine similarity"}.get(self.name, self.name.replace("_", " "))
 
 
 def compare(reference: np.ndarray, candidate: np.ndarray) -> Parity:
@@ -87,24 +87,53 @@ def compare_outputs(reference: Sequence[np.ndarray], candidate: Sequence[np.ndar
 
 
 def task_agreement(task: str, fp32_outputs: Sequence[np.ndarray], variant_outputs: Sequence[np.ndarray],
-                   card: ModelCard) -> TaskMetric | None:
+                   card: ModelCard) -> TaskMetric:
     """How well a quantized variant keeps the fp32 model's answers, by the task's own metric.
 
-    The one hook the export's accuracy guard calls for every variant (1.0 is identical behaviour):
+    1.0 is identical behaviour, for every task (tests/export/test_guard.py checks it on every head
+    and every model file of the tests):
 
     - classify: top-1 agreement;
     - detect: mAP@0.5 of the variant's boxes with the fp32 boxes as ground truth (fp32 boxes at
       the runtime's default confidence 0.25, the variant's down to 0.001 so that its whole
-      precision-recall curve counts, as mAP is usually measured);
+      precision-recall curve counts, as mAP is usually measured; a class counts when fp32 has it
+      or the variant sees it at 0.25 or more);
     - segment: mean IoU of the variant's class maps against the fp32 ones;
-    - raw: None (the report then says the variant was compared by output differences only).
+    - raw: the lowest cosine similarity of an output with fp32's (flattened over the images).
+
+    The export's guard (:mod:`edgecnn.export.guard`) adds the uncertainty of the images judged.
     """
     if task == "classify":
         ref, got = fp32_outputs[0], variant_outputs[0]
         return TaskMetric("top1_agreement", float(np.mean(ref.argmax(axis=1) == got.argmax(axis=1))))
-    if task not in ("detect", "segment"):
-        return None
-    from edgecnn.runtime.heads import detection_map, mean_iou, postprocess_segmentation, postprocess_yolo, yolo_layout
+    if task in ("detect", "segment"):
+        score, _ = task_evidence(task, fp32_outputs, variant_outputs, card)
+        return TaskMetric("map50" if task == "detect" else "miou", score(None))
+    cos = [cosine_similarity(r, v) for r, v in zip(fp32_outputs, variant_outputs)]
+    return TaskMetric("output_cosine", float(min(cos)))
+
+
+def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two arrays, flattened (exactly 1.0 for equal arrays, two all-zero arrays included)."""
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    if np.array_equal(a, b):
+        return 1.0  # exactly, not up to rounding
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0 or nb == 0:
+        return 1.0 if na == nb else 0.0
+    return float(np.clip(np.dot(a, b) / (na * nb), -1.0, 1.0))
+
+
+_DETECT_CONF = 0.25  # the runtime's default: the fp32 boxes that count as ground truth
+_CANDIDATE_CONF = 0.001  # the variant's boxes: its whole precision-recall curve
+
+
+def task_evidence(task: str, fp32_outputs: Sequence[np.ndarray], variant_outputs: Sequence[np.ndarray],
+                  card: ModelCard) -> tuple[Callable[[np.ndarray | None], float], int]:
+    """The detect/segment metric as a function of image weights (None: each image once), and the
+    number of images: matched once, re-scored for every bootstrap resample of the guard."""
+    from edgecnn.runtime.heads import (DetectionRecords, confusion_matrices, mean_iou_of, postprocess_segmentation,
+                                       postprocess_yolo, yolo_layout)
     from edgecnn.runtime.preprocess import FitInfo
 
     index = _primary(fp32_outputs, 3 if task == "detect" else 4)
@@ -114,13 +143,19 @@ def task_agreement(task: str, fp32_outputs: Sequence[np.ndarray], variant_output
     if task == "detect":
         kind = yolo_layout(ref.shape, card.num_classes) or card.output_kind
         common = dict(input_size=card.input_size, iou=0.45, max_det=300)
-        truth = postprocess_yolo(ref, kind, fits, card.class_names, conf=0.25, **common)
-        found = postprocess_yolo(got, kind, fits, card.class_names, conf=0.001, **common)
-        return TaskMetric("map50", float(detection_map(found, truth).value))
+        truth = postprocess_yolo(ref, kind, fits, card.class_names, conf=_DETECT_CONF, **common)
+        found = postprocess_yolo(got, kind, fits, card.class_names, conf=_CANDIDATE_CONF, **common)
+        records = DetectionRecords.match(found, truth, min_score=_DETECT_CONF)
+        return (lambda weights: float(records.score(weights).value)), len(ref)
     common = dict(input_size=card.input_size, layout=card.layout, output_kind=card.output_kind)
     truth = postprocess_segmentation(ref, fits, card.class_names, **common)
     found = postprocess_segmentation(got, fits, card.class_names, **common)
-    return TaskMetric("miou", float(mean_iou([r.mask for r in found], [r.mask for r in truth])))
+    cm = confusion_matrices([r.mask for r in found], [r.mask for r in truth])
+
+    def miou(weights: np.ndarray | None) -> float:
+        return mean_iou_of(cm.sum(axis=0) if weights is None else np.tensordot(weights, cm, axes=1))
+
+    return miou, len(ref)
 
 
 def _primary(outputs: Sequence[np.ndarray], rank: int) -> int:

@@ -308,9 +308,13 @@ def test_two_output_model_is_verified_output_by_output(tmp_path, foreign):
     report = _report(out)
     assert report["task"] == "raw" and report["parity"]["outputs"] == 2 and report["parity"]["top1_agreement"] is None
     fp16 = report["variants"][1]
-    assert fp16["passed"] and fp16["metric"] is None and "not judged by a task metric" in fp16["guard"]
+    # A raw model is judged output by output: SQNR against fp32, and the softmax output's choices.
+    assert fp16["passed"] and fp16["metric"] == "output_cosine" and fp16["metric_value"] > 0.9999
+    names = [c["name"] for c in fp16["verdict"]["checks"]]
+    assert names == ["SQNR of output 0", "SQNR of output 1", "arg-max disagreement of output 1 (2 choices)"]
+    assert all(c["outcome"] == "kept" for c in fp16["verdict"]["checks"][:2])
     assert 0 < fp16["max_abs_diff"] < 1e-2 and _card(out / "model.fp16.onnx").task == "raw"
-    assert "- fp16: not judged by a task metric" in (out / "export_report.md").read_text()
+    assert "- fp16: SQNR of output 0" in (out / "export_report.md").read_text()
 
 
 def test_onnxruntime_load_error_shows_its_cause_in_one_line(tmp_path, foreign, monkeypatch):

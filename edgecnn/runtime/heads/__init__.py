@@ -16,7 +16,8 @@ from edgecnn.runtime.heads.detect import (
     yolo_layout,
 )
 from edgecnn.runtime.heads.draw import class_colour, draw_detections, overlay_mask
-from edgecnn.runtime.heads.metrics import DetectionMAP, average_precision, class_ious, detection_map, mean_iou
+from edgecnn.runtime.heads.metrics import (DetectionMAP, DetectionRecords, average_precision, class_ious,
+                                          confusion_matrices, detection_map, mean_iou, mean_iou_of)
 from edgecnn.runtime.heads.segment import (
     SegmentationResult,
     Segmenter,
@@ -30,4 +31,5 @@ from edgecnn.runtime.heads.segment import (
 __all__ = ["Detection", "Detections", "Detector", "SegmentationResult", "Segmenter", "DetectionMAP", "box_iou", "nms",
            "xywh_to_xyxy", "decode_yolo", "yolo_layout", "select_boxes", "postprocess_yolo", "class_axis",
            "class_maps", "to_original", "class_fractions", "postprocess_segmentation", "average_precision",
-           "detection_map", "class_ious", "mean_iou", "class_colour", "draw_detections", "overlay_mask"]
+           "detection_map", "DetectionRecords", "class_ious", "mean_iou", "confusion_matrices", "mean_iou_of",
+           "class_colour", "draw_detections", "overlay_mask"]
