@@ -387,6 +387,9 @@ Examples:
 @click.option("--calibration-data", type=click.Path(exists=True, path_type=Path), default=None,
               help="Real images (.npz or folder) for calibration and checks (default: the run's dataset). With class "
                    "sub-folders: accuracy; loose images: agreement with fp32.")
+@click.option("--eval-data", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Images (.npz or folder; class sub-folders add accuracy) that judge every variant, all of them: "
+                   "more evidence for the guard than the held-out part of --calibration-data.")
 @click.option("--calibration-samples", type=click.IntRange(min=16), default=512, show_default=True)
 @click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
               show_default=True)
@@ -427,7 +430,8 @@ def export(source: Path, out_dir: Path | None, quantize: tuple[str, ...], opset:
            calibration_data: Path | None, calibration_samples: int, calibration_method: str, cpu_target: str,
            exclude_node: tuple[str, ...], max_accuracy_drop: float, atol: float, test_images: int | None,
            no_simplify: bool, triton_dir: Path | None, accuracy_aware: bool, per_tensor: bool, tta: str,
-           guard_policy: str, min_sqnr: float, no_chance_check: bool, **flags: Any) -> None:
+           guard_policy: str, min_sqnr: float, no_chance_check: bool, eval_data: Path | None,
+           **flags: Any) -> None:
     """Export SOURCE to verified ONNX, with quantized variants.
 
     SOURCE: a run directory, a .keras/.h5 file, a TensorFlow SavedModel directory, a .tflite or an
@@ -443,7 +447,7 @@ def export(source: Path, out_dir: Path | None, quantize: tuple[str, ...], opset:
     config = ExportConfig(opset=opset, quantize=quantize, simplify=not no_simplify, atol=atol, test_images=test_images,
                           max_accuracy_drop=max_accuracy_drop, quant=quant, triton_dir=triton_dir,
                           accuracy_aware=accuracy_aware, tta=tta, guard=guard_policy, min_sqnr_db=min_sqnr,
-                          check_chance=not no_chance_check)
+                          check_chance=not no_chance_check, eval_data=eval_data)
     report = export_model(source, out_dir=out_dir, config=config, calibration_data=calibration_data, overrides=overrides)
     _echo_table(f"{report.card_name} ({report.task}) -> {report.out_dir}",
                 ["precision", "file", "KiB", "accuracy", "delta pp", "vs fp32", "guard [95%]", "status"],

@@ -21,7 +21,7 @@ import numpy as np
 from edgecnn.datasets import IMAGE_EXTENSIONS, list_images, read_image, resize_all, to_uint8
 from edgecnn.errors import DataError
 
-__all__ = ["EvalData", "load_eval_data", "to_channels"]
+__all__ = ["EvalData", "load_eval_data", "load_judging_data", "to_channels"]
 
 _HOLDOUT_FRACTION = 0.2
 _SPLIT_UNLABELLED = 64
@@ -53,31 +53,47 @@ def to_channels(images: np.ndarray, channels: int) -> np.ndarray:
     raise DataError(f"Cannot turn {images.shape[-1]}-channel images into {channels} channels.")
 
 
-def load_eval_data(path: str | Path, size: tuple[int, int], *, seed: int = 0) -> EvalData:
+def load_eval_data(path: str | Path, size: tuple[int, int], *, seed: int = 0, holdout: bool = True) -> EvalData:
     """Read an ``.npz`` (``x_train`` [+ ``x_test``, ``y_test``], or ``images`` [+ ``labels``]) or an
     image folder (``train/`` + ``test/`` class trees, a class tree, or loose images).
 
-    Without a separate test split, a seeded 20% of the images is held out from calibration.
+    Without a separate test split, a seeded 20% of the images is held out from calibration (half,
+    for 64 or more unlabelled images); ``holdout=False`` keeps every image in ``test`` instead.
 
     Raises:
         DataError: for a missing path, unreadable files, or images that are not RGB.
     """
     path = Path(path).expanduser()
+    seed_or_none = seed if holdout else None
     if path.is_file():
-        return _from_npz(path, size, seed)
+        return _from_npz(path, size, seed_or_none)
     if path.is_dir():
-        return _from_folder(path, size, seed)
-    raise DataError(f"Calibration data {path} does not exist; pass an .npz file or an image folder.")
+        return _from_folder(path, size, seed_or_none)
+    what = "Calibration" if holdout else "Evaluation"
+    raise DataError(f"{what} data {path} does not exist; pass an .npz file or an image folder.")
 
 
-def _split(x: np.ndarray, y: np.ndarray, seed: int, names: list[str] | None, what: str) -> EvalData:
+def load_judging_data(path: str | Path, size: tuple[int, int]) -> EvalData:
+    """Every image of ``--eval-data``, to judge variants on (``test``; none is held back for
+    calibration): an ``.npz``'s ``x_test`` [+ ``y_test``] or all its ``images``/``x`` [+ labels] or
+    ``x_train``; a folder's ``test/`` class tree, a class tree, or loose images.
+
+    Raises:
+        DataError: as :func:`load_eval_data`.
+    """
+    return load_eval_data(path, size, holdout=False)
+
+
+def _split(x: np.ndarray, y: np.ndarray, seed: int | None, names: list[str] | None, what: str) -> EvalData:
+    if seed is None:  # no holdout: every image judges
+        return EvalData(x, x, y, names, what.replace("20% held out", f"all {len(x)} images"), calibration_labels=y)
     order = np.random.default_rng(seed).permutation(len(x))
     n_test = max(1, int(len(x) * _HOLDOUT_FRACTION))
     test, calib = order[:n_test], order[n_test:]
     return EvalData(x[calib], x[test], y[test], names, what, calibration_labels=y[calib])
 
 
-def _from_npz(path: Path, size: tuple[int, int], seed: int) -> EvalData:
+def _from_npz(path: Path, size: tuple[int, int], seed: int | None) -> EvalData:
     try:
         with np.load(path, allow_pickle=False) as d:
             arrays = {k: d[k] for k in d.files}
@@ -104,7 +120,9 @@ def _from_npz(path: Path, size: tuple[int, int], seed: int) -> EvalData:
     return _split(x, y.reshape(-1).astype(np.int64), seed, None, f"{path.name} ({key}, 20% held out)")
 
 
-def _unlabelled(x: np.ndarray, what: str, seed: int) -> EvalData:
+def _unlabelled(x: np.ndarray, what: str, seed: int | None) -> EvalData:
+    if seed is None:
+        return EvalData(x, x, None, None, f"{what}: all {len(x)} unlabelled images")
     if len(x) < _SPLIT_UNLABELLED:
         return EvalData(x, x, None, None, f"{what}: {len(x)} unlabelled images, used for both calibration and "
                                           "evaluation", shared=True)
@@ -136,7 +154,7 @@ def _class_tree(root: Path, size: tuple[int, int], names: list[str] | None):
     return np.stack(xs), np.asarray(ys, dtype=np.int64), names
 
 
-def _from_folder(root: Path, size: tuple[int, int], seed: int) -> EvalData:
+def _from_folder(root: Path, size: tuple[int, int], seed: int | None) -> EvalData:
     if (root / "train").is_dir() and (root / "test").is_dir():
         calib, calib_labels, names = _class_tree(root / "train", size, None)
         test, labels, _ = _class_tree(root / "test", size, names)

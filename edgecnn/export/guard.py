@@ -164,7 +164,10 @@ class Verdict:
 
     def text(self) -> str:
         """One line: every check, then what the outcome means."""
-        parts = "; ".join(c.text() for c in self.checks)
+        shown = [c for c in self.checks if c.outcome == self.outcome] if self.outcome != "kept" else self.checks
+        parts = "; ".join(c.text() for c in shown)
+        if len(shown) < len(self.checks):
+            parts += f" ({len(shown)} of {len(self.checks)} checks; every one is in the report)"
         if self.outcome == "kept":
             return f"{parts}: kept on {self.images} images"
         if self.outcome == "exceeded":

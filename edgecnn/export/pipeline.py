@@ -72,6 +72,7 @@ class ExportConfig:
     check_chance: bool = True
     accuracy_aware: bool = False  # int8: keep the worst-quantized nodes in float until the guard passes
     guard: str = "lenient"  # an unsure verdict (the interval straddles the budget) passes, or "strict": fails
+    eval_data: Path | None = None  # images that judge every variant (all of them), instead of a held-out part
     min_sqnr_db: float = DEFAULT_MIN_SQNR_DB  # raw outputs (no task head): the least SQNR a variant may have
     tta: str = "none"  # "flip": flip test-time augmentation inside the graph (edgecnn.export.tta): 2x the cost
 
@@ -231,12 +232,25 @@ def _load_data(card: ModelCard, calibration_data: str | Path | None,
     data, card = _read_data(card, calibration_data, config)
     from edgecnn.export._data import to_channels
 
+    if config.eval_data is not None:
+        data, card = _with_eval_data(data, card, config)
     data.test = to_channels(data.test, card.channels)
     if data.calibration is not None:
         data.calibration = to_channels(data.calibration, card.channels)
     if card.task != "classify":
         data.test_labels = None  # class folders say nothing about boxes or masks
     return data, card
+
+
+def _with_eval_data(data: _Data, card: ModelCard, config: ExportConfig) -> tuple[_Data, ModelCard]:
+    """``--eval-data``: every one of its images judges the variants (labels when it has them),
+    instead of the held-out part of the calibration data or the card's test split."""
+    from edgecnn.export._data import load_judging_data
+
+    ev = load_judging_data(config.eval_data, card.input_size)
+    labels, card = _align_labels(ev.test_labels, ev.class_names, card)
+    return _Data(data.calibration, _limit(ev.test, config.test_images), _limit(labels, config.test_images),
+                 f"{ev.description} (--eval-data)", calibration_labels=data.calibration_labels), card
 
 
 def _read_data(card: ModelCard, calibration_data: str | Path | None,

