@@ -7,18 +7,22 @@ A variant is judged against the fp32 model on the same held-out images, by the t
   interval for a difference of paired proportions (1998, method 10: Wilson score intervals of the
   two accuracies combined through their correlation). Each image is one pair (fp32 right or
   wrong, variant right or wrong), so the interval narrows with the images that *disagree*;
-- classify, unlabelled: top-1 disagreement with fp32, with a Wilson interval. A flip where fp32's
-  own top-2 margin is below the variant's typical perturbation (the median over images of the
-  largest probability change it makes, at most ``NEAR_TIE_CAP``) is a *near-tie*: either answer
-  was a coin toss for fp32 too, so it costs no accuracy in expectation. Near-ties are reported and
-  not counted as a drop;
+- classify, unlabelled: the *expected* accuracy drop with fp32's own probabilities as the truth:
+  each image whose top-1 flipped costs fp32's probability of its own answer minus that of the
+  variant's answer (a confident flip costs almost a whole image, a flip between two near-equal
+  classes almost nothing: either answer was a coin toss for fp32 too). Top-1 agreement stays the
+  reported metric. The interval is Wilson's with the fractional count (conservative for a [0, 1]
+  cost, whose variance is at most p(1 - p)). A flip where fp32's top-2 margin is below the
+  variant's typical perturbation (the median over images of the largest probability change it
+  makes, at most ``NEAR_TIE_CAP``) is reported as a *near-tie*. Overconfident fp32 probabilities
+  make the estimate larger, not smaller;
 - detect: mAP@0.5 of the variant's boxes against the fp32 boxes; segment: mIoU of its class maps
   against the fp32 ones. The loss ``100 * (1 - metric)`` gets a percentile bootstrap interval over
   the images (``BOOTSTRAP`` resamples, seeded);
 - raw (no task head): the signal-to-quantization-noise ratio of every output (dB, fp32 as the
   signal, bootstrapped over images) must reach ``min_sqnr_db``, and where an output's last axis
-  is a small set of choices (2..``ARGMAX_AXIS_MAX``) its arg-max along that axis must agree with
-  fp32's as a classifier's would (disagreement within the pp budget).
+  is a softmax over a few choices (2..``ARGMAX_AXIS_MAX``), its arg-max choices are judged as an
+  unlabelled classifier's (expected cost within the pp budget, bootstrapped over images).
 
 Each check ends in one of three outcomes: ``kept`` (the whole 95% interval is within the budget),
 ``exceeded`` (the whole interval is outside it) or ``unsure`` (the interval straddles it: the images
@@ -215,18 +219,28 @@ def _accuracy_drop(ref: np.ndarray, var: np.ndarray, labels: np.ndarray, budget:
 def _disagreement(ref: np.ndarray, var: np.ndarray, kind: str, budget: float) -> Check:
     n = len(ref)
     ref_p, var_p = _probabilities(ref, kind), _probabilities(var, kind)
+    flips, cost, ties, tie = _flip_costs(ref_p, var_p)
+    low, high = wilson(float(cost.sum()), n)
+    detail = (f"top-1 agreement {100 * (1 - flips.mean()):.2f}%: {int(flips.sum())} flip(s) costing "
+              f"{float(cost.sum()):.2f} image(s) by fp32's own probabilities, {ties} of them near-ties "
+              f"(fp32 top-2 margin < {tie:.3f})")
+    return Check("expected accuracy drop", "pp", 100 * float(cost.mean()), 100 * low, 100 * high, budget,
+                 interval="Wilson, fractional", detail=detail)
+
+
+def _flip_costs(ref_p: np.ndarray, var_p: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, float]:
+    """Which rows flipped, what each costs in expected accuracy with fp32's probabilities as the
+    truth (fp32's probability of its own answer minus that of the variant's answer: a near-tie
+    costs almost nothing, a confident flip almost a whole image), the near-tie count, and the
+    near-tie threshold."""
     top_ref, top_var = ref_p.argmax(axis=1), var_p.argmax(axis=1)
     flips = top_ref != top_var
+    rows = np.arange(len(ref_p))
+    cost = np.where(flips, ref_p[rows, top_ref] - ref_p[rows, top_var], 0.0)
     ordered = np.sort(ref_p, axis=1)
-    margin = ordered[:, -1] - ordered[:, -2] if ref_p.shape[1] > 1 else np.ones(n)
+    margin = ordered[:, -1] - ordered[:, -2] if ref_p.shape[1] > 1 else np.ones(len(ref_p))
     tie = near_tie_threshold(ref_p, var_p)
-    ties = int(np.sum(flips & (margin < tie)))
-    counted = int(np.sum(flips)) - ties
-    low, high = wilson(counted, n)
-    detail = (f"top-1 agreement {100 * (1 - flips.mean()):.2f}%: {int(flips.sum())} flip(s), {ties} of them "
-              f"near-ties (fp32 top-2 margin < {tie:.3f}) not counted")
-    return Check("top-1 disagreement", "pp", 100 * counted / n, 100 * low, 100 * high, budget, interval="Wilson",
-                 detail=detail)
+    return flips, cost, int(np.sum(flips & (margin < tie))), tie
 
 
 def _task_loss(task: str, ref_out: Sequence[np.ndarray], var_out: Sequence[np.ndarray], card: ModelCard,
@@ -271,20 +285,17 @@ def _is_distribution(x: np.ndarray) -> bool:
 
 def _choice_disagreement(k: int, ref: np.ndarray, var: np.ndarray, budget: float,
                          draws: list[np.ndarray]) -> Check:
-    """Arg-max disagreement along a softmax output's last axis, near-ties not counted (as for a
-    classifier without labels), per image, bootstrapped over images."""
+    """A softmax output's choices judged as a classifier's without labels (expected accuracy cost of
+    each flipped arg-max, fp32's probabilities as the truth), per image, bootstrapped over images."""
     n, c = len(ref), np.shape(ref)[-1]
     r = np.asarray(ref, np.float64).reshape(-1, c)
     v = np.asarray(var, np.float64).reshape(-1, c)
-    flips = r.argmax(axis=1) != v.argmax(axis=1)
-    ordered = np.sort(r, axis=1)
-    tie = near_tie_threshold(r, v)
-    real = flips & (ordered[:, -1] - ordered[:, -2] >= tie)
-    counted = real.reshape(n, -1).mean(axis=1)
-    point = 100 * float(counted.mean())
-    boot = np.array([100 * (w @ counted) / n for w in draws])
-    detail = f"{int(flips.sum())} flip(s) over {len(r)} positions, {int(flips.sum() - real.sum())} of them near-ties"
-    return Check(f"arg-max disagreement of output {k} ({c} choices)", "pp", point,
+    flips, cost, ties, _ = _flip_costs(r, v)
+    per_image = cost.reshape(n, -1).mean(axis=1)
+    point = 100 * float(per_image.mean())
+    boot = np.array([100 * (w @ per_image) / n for w in draws])
+    detail = f"{int(flips.sum())} flip(s) over {len(r)} positions, {ties} of them near-ties"
+    return Check(f"expected arg-max cost of output {k} ({c} choices)", "pp", point,
                  min(point, float(np.percentile(boot, 2.5))), max(point, float(np.percentile(boot, 97.5))), budget,
                  interval=f"bootstrap x{BOOTSTRAP}", detail=detail)
 

@@ -311,7 +311,7 @@ def test_two_output_model_is_verified_output_by_output(tmp_path, foreign):
     # A raw model is judged output by output: SQNR against fp32, and the softmax output's choices.
     assert fp16["passed"] and fp16["metric"] == "output_cosine" and fp16["metric_value"] > 0.9999
     names = [c["name"] for c in fp16["verdict"]["checks"]]
-    assert names == ["SQNR of output 0", "SQNR of output 1", "arg-max disagreement of output 1 (2 choices)"]
+    assert names == ["SQNR of output 0", "SQNR of output 1", "expected arg-max cost of output 1 (2 choices)"]
     assert all(c["outcome"] == "kept" for c in fp16["verdict"]["checks"][:2])
     assert 0 < fp16["max_abs_diff"] < 1e-2 and _card(out / "model.fp16.onnx").task == "raw"
     assert "- fp16: SQNR of output 0" in (out / "export_report.md").read_text()
