@@ -387,3 +387,15 @@ def test_eval_data_that_does_not_exist_is_a_one_line_error(tmp_path, foreign):
                                        "--calibration-data", str(foreign["photos"]), "--eval-data",
                                        str(tmp_path / "nope")])
     assert result.exit_code == 2 and "does not exist" in result.output and "Traceback" not in result.output
+
+
+def test_tune_judges_the_fp32_detector_against_itself_as_no_drop():
+    """Issue 18: `edgecnn tune` reported a +66.67 pp drop for a YOLOv8n's own fp32 file and refused
+    every configuration."""
+    from edgecnn.export.tune import _quality
+    from edgecnn.runtime import load_model
+
+    model = load_model(FOREIGN / "yolov8_shapes.onnx")
+    out = _outputs(model, _photos(24, model.card.input_size))
+    q = _quality(out, None, [o.copy() for o in out], None, model.card)
+    assert (q.metric, q.metric_value, q.drop_pp) == ("map50", 1.0, 0.0)
