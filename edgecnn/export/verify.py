@@ -19,8 +19,8 @@ from edgecnn.runtime.core import InferenceModel
 from edgecnn.runtime.session import ort_error
 from edgecnn.runtime.preprocess import normalize_batch
 
-__all__ = ["Parity", "TaskMetric", "compare", "compare_outputs", "task_agreement", "task_evidence", "cosine_similarity", "OnnxPredictor",
-           "predict_in_batches", "predict_outputs", "accuracy", "ort_error"]
+__all__ = ["Parity", "TaskMetric", "compare", "compare_outputs", "task_agreement", "task_evidence", "cosine_similarity",
+           "OnnxPredictor", "predict_in_batches", "predict_outputs", "accuracy", "ort_error"]
 
 Outputs = list[np.ndarray]
 
@@ -55,7 +55,8 @@ class TaskMetric:
     @property
     def label(self) -> str:
         return {"top1_agreement": "top-1 agreement", "map50": "mAP@0.5 against the fp32 boxes",
-                "miou": "mIoU against the fp32 masks", "output_cosine": "output cosine similarity"}.get(self.name, self.name.replace("_", " "))
+                "miou": "mIoU against the fp32 masks", "output_cosine": "output cosine similarity"}.get(
+                    self.name, self.name.replace("_", " "))
 
 
 def compare(reference: np.ndarray, candidate: np.ndarray) -> Parity:
@@ -114,7 +115,7 @@ def task_agreement(task: str, fp32_outputs: Sequence[np.ndarray], variant_output
 
 
 def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
-    """Cosine similarity of two arrays, flattened (exactly 1.0 for equal arrays, two all-zero arrays included)."""
+    """Cosine similarity of two arrays, flattened (exactly 1.0 for equal arrays, all-zero ones included)."""
     a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
     if np.array_equal(a, b):
         return 1.0  # exactly, not up to rounding
