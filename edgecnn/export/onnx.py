@@ -102,13 +102,21 @@ def _unique_renames(names: list[str], short) -> dict[str, str]:
     return out
 
 
-def set_batch_axis(proto: Any, name: str = BATCH_AXIS) -> None:
-    """Name the first axis of every graph input and output ``name`` (dynamic)."""
+def set_batch_axis(proto: Any, name: str = BATCH_AXIS, *, only: set[str] | None = None) -> None:
+    """Name the first axis of every graph input and output ``name`` (dynamic), or of those named in ``only``."""
     for value in [*proto.graph.input, *proto.graph.output]:
         dims = value.type.tensor_type.shape.dim
-        if dims:
+        if dims and (only is None or value.name in only):
             dims[0].ClearField("dim_value")
             dims[0].dim_param = name
+
+
+def dynamic_batch_names(proto: Any) -> set[str]:
+    """Names of the graph inputs and outputs whose first axis is not a fixed size."""
+    return {v.name for v in [*proto.graph.input, *proto.graph.output]
+            if v.type.tensor_type.shape.dim
+            and not (v.type.tensor_type.shape.dim[0].HasField("dim_value")
+                     and v.type.tensor_type.shape.dim[0].dim_value > 0)}
 
 
 def embed_card(proto: Any, card: ModelCard) -> Any:
@@ -184,6 +192,7 @@ def simplify(proto: Any) -> tuple[Any, dict[str, Any]]:
     and the verified unsimplified graph is a correct result.
     """
     before = len(proto.graph.node)
+    dynamic = dynamic_batch_names(proto)
     try:
         onnxslim = require("onnxslim", "export")
         slim = onnxslim.slim(proto)
@@ -192,8 +201,10 @@ def simplify(proto: Any) -> tuple[Any, dict[str, Any]]:
         return proto, {"applied": False, "nodes_before": before, "reason": f"{type(err).__name__}: {err}"[:300]}
     if len(slim.graph.node) >= before:  # "when it helps": an unchanged graph stays tf2onnx's own
         return proto, {"applied": False, "nodes_before": before, "reason": "no fewer nodes"}
-    # onnxslim keeps metadata_props and I/O names; the batch axis name is re-asserted anyway.
-    set_batch_axis(slim)
+    # onnxslim keeps metadata_props and I/O names; the batch axis name is re-asserted anyway, on the
+    # inputs and outputs whose batch was dynamic before: a graph fixed to batch 1 (reshapes to
+    # [1, ...] inside) stays fixed, or a batch of N would come out as one merged sample.
+    set_batch_axis(slim, only=dynamic)
     return slim, {"applied": True, "nodes_before": before, "nodes_after": len(slim.graph.node)}
 
 

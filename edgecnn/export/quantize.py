@@ -149,9 +149,13 @@ def quantize_model(fp32_path: Path, out_path: Path, *, mode: str, card: ModelCar
         raise ConfigError(f"Unknown quantization mode {mode!r}; choose from {', '.join(QUANTIZE_MODES)}.")
     if mode == "fp16":
         return _fp16(fp32_path, out_path, config)
-    with tempfile.TemporaryDirectory(prefix="edgecnn-quant-") as tmp, _quiet_root_logger():
+    fp32_path, out_path = Path(fp32_path).resolve(), Path(out_path).resolve()
+    # onnxruntime's symbolic shape inference writes sym_shape_infer_temp.onnx and a <uuid>.data file
+    # into the current directory when it fails: run inside the temporary folder, removed on every exit.
+    with tempfile.TemporaryDirectory(prefix="edgecnn-quant-") as tmp, _quiet_root_logger(), \
+            contextlib.chdir(tmp):
         pre = Path(tmp) / "pre.onnx"
-        _pre_process(_per_channel_opset(fp32_path, Path(tmp), config), pre)
+        _pre_process(_per_channel_opset(fp32_path, Path(tmp), config), pre, card=card, work=Path(tmp))
         if mode == "int8-dynamic":
             return _check_quantized(_dynamic(pre, out_path, config), mode, config)
         check_calibration_images(calibration_images, card, config.calibration_samples)
@@ -241,20 +245,82 @@ def _quant():
     return require("onnxruntime.quantization", "export")
 
 
-def pre_process_for_quantization(src: Path, dst: Path) -> None:
+def pre_process_for_quantization(src: Path, dst: Path, *, card: ModelCard | None = None) -> None:
     """Write the graph that :func:`quantize_model` quantizes: ``src`` after ORT's pre-processing.
 
     Node and tensor names are those of the int8 model, so ``exclude_nodes`` and per-node
-    quantization errors (``edgecnn.export.accuracy_aware``) refer to this graph.
+    quantization errors (``edgecnn.export.accuracy_aware``) refer to this graph. ``card``: the
+    model's (default: the one embedded in ``src``), for the input size of a dynamic-size model.
     """
-    with _quiet_root_logger():
-        _pre_process(src, dst)
+    src, dst = Path(src).resolve(), Path(dst).resolve()
+    with tempfile.TemporaryDirectory(prefix="edgecnn-prep-") as tmp, _quiet_root_logger(), contextlib.chdir(tmp):
+        _pre_process(src, dst, card=card, work=Path(tmp))
 
 
-def _pre_process(src: Path, dst: Path) -> None:
-    """Symbolic shape inference + ORT basic optimizations (BN folding): ORT's recommended first step."""
+def _pre_process(src: Path, dst: Path, *, card: ModelCard | None, work: Path) -> None:
+    """Symbolic shape inference + ORT basic optimizations (BN folding): ORT's recommended first step.
+
+    Run with ``work``, a temporary folder, as the working directory: onnxruntime writes its
+    debugging files there when shape inference fails. A dynamic height, width or channel count is
+    fixed at the card's input size first (:func:`fix_input_size`): the runtime feeds every image at
+    that size. When symbolic
+    shape inference still fails ("Incomplete symbolic shape inference" for a ``Resize`` whose
+    sizes depend on a dynamic batch, as in PaddleOCR's text detector; an ``AssertionError`` on a
+    ``Concat`` of shapes along axis 1, as in its direction classifier), the step is run again
+    with ONNX's own shape inference (``skip_symbolic_shape``), which onnxruntime documents as the
+    usual choice for non-transformer models; an error there is the one raised.
+    """
     require("sympy", "export")  # symbolic shape inference needs it; fail with the extra's name
-    _quant().quant_pre_process(str(src), str(dst), skip_optimization=False)
+    onnx = require("onnx", "export")
+    model = onnx.load(str(src))
+    card = card or _embedded_card(model)
+    if card is not None and fix_input_size(model, card):
+        src = work / "fixed_input.onnx"
+        onnx.save_model(model, str(src))
+    try:
+        _quant().quant_pre_process(str(src), str(dst), skip_optimization=False)
+    except Exception as err:  # onnxruntime's shape inference raises bare Exception/AssertionError
+        log.info("Symbolic shape inference failed (%s: %s); using ONNX shape inference.", type(err).__name__, err)
+        _quant().quant_pre_process(str(src), str(dst), skip_optimization=False, skip_symbolic_shape=True)
+
+
+def _embedded_card(model: Any) -> ModelCard | None:
+    from edgecnn.export import onnx as onnx_io
+
+    try:
+        return onnx_io.read_card(model)
+    except Exception:  # an unreadable card only means no size to fix from
+        return None
+
+
+def fix_input_size(model: Any, card: ModelCard) -> list[int | str] | None:
+    """Fix the dynamic height, width and channel dims of the image input at the card's values, in place.
+
+    The batch axis stays as it is. A named dim is fixed everywhere the graph uses that name
+    (onnxruntime's ``make_dim_param_fixed``). Returns the new input shape (a name for a dynamic
+    batch), or None when nothing was dynamic.
+    """
+    from onnxruntime.tools.onnx_model_utils import make_dim_param_fixed
+
+    value = next((v for v in model.graph.input if v.name == card.input_name), None)
+    dims = value.type.tensor_type.shape.dim if value is not None else []
+    if len(dims) != 4:
+        return None
+    h, w = card.input_size
+    want = (card.channels, h, w) if card.layout == "nchw" else (h, w, card.channels)
+    changed = False
+    names = [d.dim_param for d in dims if d.HasField("dim_param")]
+    for dim, size in zip(list(dims)[1:], want):
+        if dim.HasField("dim_value") and dim.dim_value > 0:
+            continue
+        if dim.HasField("dim_param") and names.count(dim.dim_param) == 1 and dim.dim_param != "?":
+            make_dim_param_fixed(model.graph, dim.dim_param, int(size))
+        else:
+            dim.dim_value = int(size)
+        changed = True
+    if not changed:
+        return None
+    return [d.dim_param or d.dim_value for d in dims]
 
 
 class _ArrayReader:
@@ -282,7 +348,7 @@ def _static(pre: Path, out_path: Path, card: ModelCard, config: QuantizeConfig, 
     batch = _fixed_batch(model, card.input_name)
     if batch and len(x) >= batch:  # a static batch axis takes whole batches of exactly that size
         x = x[: len(x) - len(x) % batch]
-    step = batch or _CALIBRATION_BATCH
+    step = batch or (_CALIBRATION_BATCH if config.calibration_method == "minmax" else _equal_step(len(x)))
     batches = [x[i:i + step] for i in range(0, len(x), step)]
     excluded = list(config.exclude_nodes) + [n.name for n in model.graph.node if n.op_type in config.exclude_op_types]
     unknown = sorted(set(config.exclude_nodes) - {n.name for n in model.graph.node})
@@ -308,6 +374,16 @@ def _static(pre: Path, out_path: Path, card: ModelCard, config: QuantizeConfig, 
         calibration_providers=["CPUExecutionProvider"], extra_options=extra,
     )
     return onnx.load(str(out_path))
+
+
+def _equal_step(n: int, cap: int = _CALIBRATION_BATCH) -> int:
+    """The largest batch size up to ``cap`` that splits ``n`` images into equal batches.
+
+    onnxruntime's histogram calibrators (entropy, percentile) stack every batch's activations
+    with ``np.asarray``, which fails on a shorter last batch ("inhomogeneous shape"); MinMax
+    reduces each batch on its own and takes any sizes.
+    """
+    return max(d for d in range(1, min(cap, n) + 1) if n % d == 0)
 
 
 def _fixed_batch(model: Any, input_name: str) -> int | None:

@@ -57,6 +57,8 @@ class ModelSource:
         run_dir: the run directory of a ``run`` source.
         source_opset: the opset of an ONNX source as given.
         default_out: the output folder when ``--out`` is not given.
+        weights: how the source stores its weights when they are already quantized (a ``.tflite``
+            with int8 weights), else None: parity with such a source is not float-exact.
     """
 
     kind: str
@@ -70,6 +72,7 @@ class ModelSource:
     run_dir: Path | None = None
     source_opset: int | None = None
     default_out: Path = Path("export")
+    weights: str | None = None
 
     @property
     def uses_tensorflow(self) -> bool:
@@ -322,7 +325,18 @@ def _tflite(path: Path, overrides: ModelOverrides, opset: int | None, layout: st
         return [np.concatenate([r[k] for r in runs]) for k in range(len(order))]
 
     return ModelSource("tflite", path, path, proto, card, reference, card_from_file=False, assumed=assumed,
-                       default_out=_default_out(path))
+                       default_out=_default_out(path), weights=_quantized_weights(interp))
+
+
+def _quantized_weights(interp: Any) -> str | None:
+    """``"int8, N quantized tensors in the .tflite"`` when the .tflite stores int8 tensors with
+    quantization scales: weights quantized by the TFLite converter (dynamic range or full integer). Its kernels then compute
+    with int8, so the float ONNX tf2onnx makes of it differs by more than float rounding. Float16
+    weights (``DEQUANTIZE`` to float32 at load) compute in float32 and are not counted."""
+    count = sum(1 for t in interp.get_tensor_details()
+                if np.dtype(t["dtype"]) in (np.int8, np.uint8)
+                and len(t.get("quantization_parameters", {}).get("scales", ())) > 0)
+    return f"int8, {count} quantized tensor{'s' if count > 1 else ''} in the .tflite" if count else None
 
 
 # ----------------------------------------------------------------------------------------- ONNX

@@ -232,7 +232,7 @@ def _dynamic_hw_onnx(path):
     ("model.pt", "unknown model format '.pt'"),
     ("emptydir", "No model card (card.json) or SavedModel"),
     ("dynamic.onnx", "pass --input-size HxW"),
-    ("no-data", "pass --calibration-data DIR_OR_NPZ"),
+    ("no-data-int8", "pass --calibration-data DIR_OR_NPZ"),  # fp32 alone needs none (test_quantize_fixes)
     ("bad-labels", "3 classes but 2 labels"),
     ("bad-mean", "--mean expects 1 or 3 comma-separated numbers"),
 ])
@@ -248,7 +248,7 @@ def test_bad_sources_fail_in_one_line_and_leave_nothing(tmp_path, foreign, case,
         src = _dynamic_hw_onnx(tmp_path / case)
     else:
         src = foreign["mine.keras"]
-        args = {"no-data": [], "bad-labels": args + ["--labels", "cat,dog"],
+        args = {"no-data-int8": ["-q", "int8"], "bad-labels": args + ["--labels", "cat,dog"],
                 "bad-mean": args + ["--mean", "1,2", "--std", "1,1,1"]}[case]
     out = tmp_path / "out"
     _one_line_error(_run(src, "--out", out, *args), match)
