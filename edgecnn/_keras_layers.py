@@ -15,7 +15,17 @@ from edgecnn._optional import require
 
 keras = require("keras", "train")
 
-__all__ = ["ChannelShuffle", "ChannelSplit", "ScaledBias", "TriangleSchedule"]
+__all__ = [
+    "ChannelShuffle",
+    "ChannelSplit",
+    "FakeQuant",
+    "QATConv2D",
+    "QATDense",
+    "QATDepthwiseConv2D",
+    "ScaledBias",
+    "TriangleSchedule",
+    "fake_quant_weights",
+]
 
 
 @keras.saving.register_keras_serializable(package="edgecnn")
@@ -99,3 +109,148 @@ class TriangleSchedule(keras.optimizers.schedules.LearningRateSchedule):
     def get_config(self) -> dict[str, Any]:
         return {"lr": self.lr, "total_steps": self.total_steps, "peak_step": self.peak_step, "start": self.start,
                 "end": self.end}
+
+
+# ------------------------------------------------------------------------ quantization-aware training
+# The layers of a QAT model (edgecnn.train.qat builds it, edgecnn.export converts it): here because
+# both sides must deserialize them. The activation quantizer is TensorFlow's own
+# FakeQuantWithMinMaxVars, which tf2onnx turns into a QuantizeLinear/DequantizeLinear pair (uint8,
+# per tensor). tf2onnx converts only ``narrow_range=False``, ``num_bits=8``, constant scalar
+# min/max, and it rounds the zero point itself (numpy, half to even) where TensorFlow "nudges" it
+# (half up): :class:`FakeQuant` hands the op a range whose zero point is already a whole number,
+# so both agree (tests/train/test_qat.py checks it numerically). The weights are fake-quantized
+# with plain ops (symmetric, per output channel or per tensor, ``max|w| / qmax``): their result is a
+# constant in the traced graph, and edgecnn.export.qat stores it as int8 weights with a
+# DequantizeLinear, the QDQ form onnxruntime runs on its int8 kernels.
+
+_ACT_LEVELS = 255.0  # uint8 activations
+
+
+@keras.saving.register_keras_serializable(package="edgecnn")
+class FakeQuant(keras.layers.Layer):
+    """Fake-quantize a tensor to uint8 with a learned range (``min <= 0 <= max``).
+
+    ``lower``/``upper`` bound the range where the tensor is bounded anyway (0 after a ReLU, 6 after
+    ReLU6), so the quantizer never spends levels outside it and onnxruntime can drop the ReLU.
+    """
+
+    def __init__(self, lower: float | None = None, upper: float | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.lower = None if lower is None else float(lower)
+        self.upper = None if upper is None else float(upper)
+        self.bypass = False  # calibration reads float ranges through it (not saved)
+
+    def build(self, input_shape: tuple) -> None:
+        self.range_min = self.add_weight(shape=(), initializer="zeros", name="range_min")
+        self.range_max = self.add_weight(shape=(), initializer="ones", name="range_max")
+
+    def quant_range(self) -> tuple[Any, Any]:
+        """The (min, max) handed to the op: clipped to the bounds, zero point a whole number."""
+        ops = keras.ops
+        lo, hi = ops.minimum(self.range_min, 0.0), ops.maximum(self.range_max, 0.0)
+        if self.lower is not None:
+            lo = ops.maximum(lo, self.lower)
+        if self.upper is not None:
+            hi = ops.minimum(hi, self.upper)
+        hi = ops.maximum(hi, lo + 1e-6)
+        scale = (hi - lo) / _ACT_LEVELS
+        zero = ops.stop_gradient(ops.clip(ops.round(-lo / scale), 0.0, _ACT_LEVELS))
+        return -zero * scale, (_ACT_LEVELS - zero) * scale
+
+    def call(self, x: Any) -> Any:
+        if self.bypass:
+            return x
+        tf = require("tensorflow", "train")
+        lo, hi = self.quant_range()
+        return tf.quantization.fake_quant_with_min_max_vars(x, lo, hi, num_bits=8, narrow_range=False)
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "lower": self.lower, "upper": self.upper}
+
+
+def fake_quant_weights(kernel: Any, *, channel_axes: tuple[int, ...], qmax: int) -> Any:
+    """``kernel`` on the symmetric grid ``scale * [-qmax, qmax]``, ``scale = max|w| / qmax`` per
+    output channel (``channel_axes``: the kernel axes that index output channels; () per tensor);
+    the gradient passes straight through."""
+    ops = keras.ops
+    axes = tuple(a for a in range(len(kernel.shape)) if a not in channel_axes)
+    scale = ops.maximum(ops.max(ops.abs(kernel), axis=axes, keepdims=True) / qmax, 1e-12)
+    quantized = ops.round(kernel / scale) * scale
+    return kernel + ops.stop_gradient(quantized - kernel)
+
+
+class _QATWeights:
+    """Mixin: ``weight_bits`` (8, or 7 for AVX2 without VNNI) and ``per_channel`` of the kernel grid."""
+
+    _channel_axes: tuple[int, ...] = (-1,)
+
+    def _init_qat(self, weight_bits: int, per_channel: bool) -> None:
+        self.weight_bits, self.per_channel = int(weight_bits), bool(per_channel)
+
+    def quantized_kernel(self) -> Any:
+        rank = len(self.kernel.shape)
+        axes = tuple(a % rank for a in self._channel_axes) if self.per_channel else ()
+        return fake_quant_weights(self.kernel, channel_axes=axes, qmax=2 ** (self.weight_bits - 1) - 1)
+
+    def _qat_config(self) -> dict[str, Any]:
+        return {"weight_bits": self.weight_bits, "per_channel": self.per_channel}
+
+
+@keras.saving.register_keras_serializable(package="edgecnn")
+class QATConv2D(_QATWeights, keras.layers.Conv2D):
+    """``Conv2D`` computing with its fake-quantized kernel (per output channel: the last axis)."""
+
+    def __init__(self, *args: Any, weight_bits: int = 8, per_channel: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_qat(weight_bits, per_channel)
+
+    def call(self, inputs: Any) -> Any:
+        y = self.convolution_op(inputs, self.quantized_kernel())
+        if self.use_bias:
+            y = keras.ops.add(y, keras.ops.reshape(self.bias, (1,) * (len(y.shape) - 1) + (-1,)))
+        return self.activation(y) if self.activation is not None else y
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), **self._qat_config()}
+
+
+@keras.saving.register_keras_serializable(package="edgecnn")
+class QATDepthwiseConv2D(_QATWeights, keras.layers.DepthwiseConv2D):
+    """``DepthwiseConv2D`` with its fake-quantized kernel (``(kh, kw, C, M)``: per channel over C and M)."""
+
+    _channel_axes = (2, 3)
+
+    def __init__(self, *args: Any, weight_bits: int = 8, per_channel: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_qat(weight_bits, per_channel)
+
+    def call(self, inputs: Any) -> Any:
+        y = keras.ops.depthwise_conv(inputs, self.quantized_kernel(), strides=self.strides, padding=self.padding,
+                                     dilation_rate=self.dilation_rate, data_format=self.data_format)
+        if self.use_bias:
+            y = keras.ops.add(y, keras.ops.reshape(self.bias, (1,) * (len(y.shape) - 1) + (-1,)))
+        return self.activation(y) if self.activation is not None else y
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), **self._qat_config()}
+
+
+@keras.saving.register_keras_serializable(package="edgecnn")
+class QATDense(_QATWeights, keras.layers.Dense):
+    """``Dense`` with its fake-quantized kernel (``(in, out)``: per output unit)."""
+
+    def __init__(self, *args: Any, weight_bits: int = 8, per_channel: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_qat(weight_bits, per_channel)
+
+    def call(self, inputs: Any, training: Any = None) -> Any:
+        y = keras.ops.matmul(inputs, self.quantized_kernel())
+        if self.use_bias:
+            y = keras.ops.add(y, self.bias)
+        return self.activation(y) if self.activation is not None else y
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), **self._qat_config()}

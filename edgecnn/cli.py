@@ -6,6 +6,7 @@ Stage modules are imported inside each command body, so ``edgecnn --help``, ``pr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -367,6 +368,7 @@ Examples:
   edgecnn export runs/seed -q int8 -q fp16 --layout nchw --triton triton_repo
   edgecnn export runs/seed -q int8 --calibration-method percentile --max-accuracy-drop 0.5
   edgecnn export runs/seed -q int8 --accuracy-aware         # keep the worst-quantized nodes in float if needed
+  edgecnn export runs/mnv2 -q int8 --qat-epochs 2           # quantization-aware fine-tuning (Keras sources)
   edgecnn export mine.keras -q int8 --calibration-data photos/ --preprocess tf --labels labels.txt
   edgecnn export saved_model_dir/ -q int8 --calibration-data photos/ --preprocess imagenet
   edgecnn export model.tflite --calibration-data photos/          # photos without class folders: agreement
@@ -422,6 +424,12 @@ Examples:
 @click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True,
               help="Keras sources: bake flip test-time augmentation into the graph (the image and its mirror, logits "
                    "averaged); each image then costs two forward passes.")
+@click.option("--qat-epochs", type=click.IntRange(min=0), default=0, show_default=True,
+              help="int8 by quantization-aware training: fine-tune a fake-quantized copy of the Keras model (a run, "
+                   "or a .keras/.h5 with labelled --calibration-data) for N epochs and export that as model.int8.onnx, "
+                   "judged by the same guard; 0: post-training calibration.")
+@click.option("--qat-lr", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True,
+              help="Learning rate of --qat-epochs (Adam, cosine decay).")
 @click.option("--triton", "triton_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also write a Triton Inference Server model repository here.")
 @model_options(layout_help="Input layout: of the exported model for Keras/SavedModel/TFLite sources (default nhwc); "
@@ -431,7 +439,7 @@ def export(source: Path, out_dir: Path | None, quantize: tuple[str, ...], opset:
            exclude_node: tuple[str, ...], max_accuracy_drop: float, atol: float, test_images: int | None,
            no_simplify: bool, triton_dir: Path | None, accuracy_aware: bool, per_tensor: bool, tta: str,
            guard_policy: str, min_sqnr: float, no_chance_check: bool, eval_data: Path | None,
-           **flags: Any) -> None:
+           qat_epochs: int = 0, qat_lr: float = 1e-4, **flags: Any) -> None:
     """Export SOURCE to verified ONNX, with quantized variants.
 
     SOURCE: a run directory, a .keras/.h5 file, a TensorFlow SavedModel directory, a .tflite or an
@@ -448,7 +456,9 @@ def export(source: Path, out_dir: Path | None, quantize: tuple[str, ...], opset:
                           max_accuracy_drop=max_accuracy_drop, quant=quant, triton_dir=triton_dir,
                           accuracy_aware=accuracy_aware, tta=tta, guard=guard_policy, min_sqnr_db=min_sqnr,
                           check_chance=not no_chance_check, eval_data=eval_data)
-    report = export_model(source, out_dir=out_dir, config=config, calibration_data=calibration_data, overrides=overrides)
+    with _qat_config(config, source, epochs=qat_epochs, lr=qat_lr, data=calibration_data, overrides=overrides) as config:
+        report = export_model(source, out_dir=out_dir, config=config, calibration_data=calibration_data,
+                              overrides=overrides)
     _echo_table(f"{report.card_name} ({report.task}) -> {report.out_dir}",
                 ["precision", "file", "KiB", "accuracy", "delta pp", "vs fp32", "guard [95%]", "status"],
                 [[v.precision, v.file or "-", f"{v.size_bytes / 1024:.1f}", "-" if v.accuracy is None else f"{100 * v.accuracy:.2f}%",
@@ -462,6 +472,40 @@ def export(source: Path, out_dir: Path | None, quantize: tuple[str, ...], opset:
             click.echo(f"accuracy-aware {v.precision}: {v.accuracy_aware['message']}")
     for note in report.notes:  # the assumptions, if any, were logged as a warning before the export ran
         click.echo(f"note: {note}")
+
+
+@contextlib.contextmanager
+def _qat_config(config: Any, source: Path, *, epochs: int, lr: float, data: Path | None, overrides: Any):
+    """``config`` for ``export --qat-epochs``: the Keras model fine-tuned with fake quantization
+    (edgecnn.train.qat) into a temporary folder, handed to the export as its int8 variant."""
+    if not epochs:
+        yield config
+        return
+    import dataclasses
+    import tempfile
+
+    from edgecnn.errors import ConfigError
+    from edgecnn.export.qat import QATModel
+    from edgecnn.export.sources import detect_kind
+
+    if "int8" not in config.quantize:
+        raise ConfigError("--qat-epochs fine-tunes the model for its int8 variant: add -q int8.")
+    if config.accuracy_aware or config.tta != "none":
+        raise ConfigError("--qat-epochs cannot be combined with --accuracy-aware or --tta: drop one of them.")
+    kind = detect_kind(source)
+    if kind not in ("run", "keras"):
+        raise ConfigError(f"--qat-epochs fine-tunes a Keras model and {source} is a {kind} model: pass the run "
+                          "directory or the .keras/.h5 file it came from (with labelled training images as "
+                          "--calibration-data when it is not a run), or drop --qat-epochs.")
+    from edgecnn.train.qat import QATConfig, fine_tune_source
+
+    bits = 7 if config.quant.reduce_range else 8
+    qat = QATConfig(epochs=epochs, lr=lr, per_channel=config.quant.per_channel, weight_bits=bits)
+    with tempfile.TemporaryDirectory(prefix="edgecnn-qat-") as tmp:
+        path = Path(tmp) / "qat.keras"
+        info = fine_tune_source(source, path, overrides=overrides, data=data, config=qat,
+                                progress=lambda line: click.echo(line, err=True))
+        yield dataclasses.replace(config, qat=QATModel(path, qat.per_channel, bits, info))
 
 
 # -------------------------------------------------------------------------------- runtime stage

@@ -75,6 +75,7 @@ class ExportConfig:
     eval_data: Path | None = None  # images that judge every variant (all of them), instead of a held-out part
     min_sqnr_db: float = DEFAULT_MIN_SQNR_DB  # raw outputs (no task head): the least SQNR a variant may have
     tta: str = "none"  # "flip": flip test-time augmentation inside the graph (edgecnn.export.tta): 2x the cost
+    qat: Any = None  # edgecnn.export.qat.QATModel: the int8 variant is this fine-tuned model, not calibrated
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.quantize if m not in EXPORT_MODES]
@@ -636,9 +637,12 @@ def _variant(mode: str, fp32_path: Path, card: ModelCard, fp32_out: list[np.ndar
              data: _Data, config: ExportConfig, staging: Path) -> VariantResult:
     started = time.perf_counter()
     path = staging / variant_filename(mode)
-    aa = _accuracy_aware(fp32_path, path, card, fp32_out, fp32, data, config) if mode == "int8" else None
-    proto = aa.proto if aa else _quantize(mode, fp32_path, path, card, data, config)
-    settings = {**config.quant.for_task(card.task).describe(mode), "opset": onnx_io.opset_of(proto),
+    qat = config.qat if mode == "int8" else None  # int8 from a QAT model (edgecnn.export.qat), not calibration
+    aa = _accuracy_aware(fp32_path, path, card, fp32_out, fp32, data, config) if mode == "int8" and not qat else None
+    proto = aa.proto if aa else qat.to_onnx(fp32_path, card, path) if qat else _quantize(mode, fp32_path, path, card,
+                                                                                            data, config)
+    settings = {**(qat.describe(config.quant) if qat else config.quant.for_task(card.task).describe(mode)),
+                "opset": onnx_io.opset_of(proto),
                 **_fixed_input(mode, fp32_path, proto, card)}
     if aa:  # the card says which nodes stayed float
         settings.update(exclude_nodes=[*settings["exclude_nodes"], *aa.excluded_nodes], accuracy_aware=True)
