@@ -150,8 +150,7 @@ def export_model(source: str | Path, *, out_dir: str | Path | None = None, confi
     notes = []
     if calibration_data is None and not config.quantize and not src.card.dataset.get("path"):
         data, card = _synthetic_data(src.card), src.card  # fp32 only: nothing to calibrate, parity only
-        notes.append(_SYNTHETIC_NOTE.format(n=len(data.test)))
-        log.warning("%s", notes[-1])
+        notes.append(_SYNTHETIC_NOTE.format(n=len(data.test)))  # printed with the table, kept in the report
     else:
         data, card = _load_data(src.card, calibration_data, config)
     if config.tta != "none":
