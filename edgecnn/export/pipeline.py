@@ -149,8 +149,9 @@ def export_model(source: str | Path, *, out_dir: str | Path | None = None, confi
         log.warning("%s", src.assumed)
     notes = []
     if calibration_data is None and not config.quantize and not src.card.dataset.get("path"):
-        data, card = _synthetic_data(src.card), src.card  # fp32 only: nothing to calibrate, parity only
-        notes.append(_SYNTHETIC_NOTE.format(n=len(data.test)))  # printed with the table, kept in the report
+        data, card = _fp32_only_data(src.card, config)  # nothing to calibrate
+        if config.eval_data is None:
+            notes.append(_SYNTHETIC_NOTE.format(n=len(data.test)))  # printed with the table, kept in the report
     else:
         data, card = _load_data(src.card, calibration_data, config)
     if config.tta != "none":
@@ -249,6 +250,20 @@ def _synthetic_data(card: ModelCard, n: int = _SYNTHETIC_IMAGES) -> _Data:
 
     return _Data(calibration=None, test=to_channels(np.stack(images), card.channels), test_labels=None,
                  description=f"{n} synthetic images (parity only, no images given)")
+
+
+def _fp32_only_data(card: ModelCard, config: ExportConfig) -> tuple[_Data, ModelCard]:
+    """The images an fp32-only export without calibration data is checked on: ``--eval-data`` when
+    given (labels and all), else synthetic images for parity alone."""
+    if config.eval_data is None:
+        return _synthetic_data(card), card
+    from edgecnn.export._data import to_channels
+
+    data, card = _with_eval_data(_Data(None, np.empty((0,)), None, ""), card, config)
+    data.test = to_channels(data.test, card.channels)
+    if card.task != "classify":
+        data.test_labels = None
+    return data, card
 
 
 def _limit(x: np.ndarray | None, n: int | None) -> np.ndarray | None:

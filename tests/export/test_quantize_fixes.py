@@ -289,3 +289,17 @@ def test_fixed_batch_model_calibrates_in_batches_of_one(tmp_path, sample3, monke
     out = OnnxPredictor(tmp_path / "q.onnx", card.replace(precision="int8")).outputs(images[:3])
     assert [o.shape for o in out] == [(3, 896, 16), (3, 896, 1)]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["face", "q.onnx"]
+
+
+def test_fp32_export_with_eval_data_only_is_checked_on_it(tmp_path, sample3):
+    """fp32 only, --eval-data but no --calibration-data: parity and the report use those images."""
+    from edgecnn.export import ExportConfig, export_model
+    from edgecnn.presets import ModelOverrides
+
+    photos = _photos(tmp_path / "photos", sample3.x_test[:12])
+    report = export_model(FOREIGN / "face_detection_short_range.tflite", out_dir=tmp_path / "face",
+                          config=ExportConfig(eval_data=photos),
+                          overrides=ModelOverrides(mean=(127.5,) * 3, std=(127.5,) * 3, task="raw"))
+    assert report.status == "ok" and report.parity["images"] == 12
+    assert report.test_set["description"].endswith("(--eval-data)")
+    assert not any("synthetic" in n for n in report.notes)
