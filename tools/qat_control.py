@@ -21,11 +21,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=1e-4)
     args = parser.parse_args(argv)
 
+    import keras
     import numpy as np
 
     import edgecnn.train._tf  # noqa: F401
-    import keras
-
     from edgecnn.datasets import load_dataset
     from edgecnn.runtime.preprocess import normalize_batch
     from edgecnn.train.config import AugmentConfig
