@@ -1,15 +1,26 @@
 """Post-training quantization with onnxruntime.quantization: static int8 (QDQ), dynamic int8, fp16.
 
-Type choice (static int8): activations uint8 (asymmetric, so post-ReLU tensors use all 256
-levels), weights int8 symmetric per output channel: ORT's recommended QDQ CPU format (U8S8).
-On x86 CPUs with AVX2 but without VNNI, ORT's U8S8 kernels multiply with ``VPMADDUBSW``, which
-adds two u8*s8 products into a saturating int16: 255*127*2 = 64770 overflows int16, so a
-full-range int8 weight can silently saturate (ORT's quantization docs call this out and
-recommend ``reduce_range``). ``reduce_range`` stores weights on 7 bits (|w| <= 63, and
-255*63*2 = 32130 fits), which costs little accuracy with per-channel scales. The default
-``avx2`` target therefore sets it, so the artifact is correct on any x86-64 edge box; the
-``vnni`` and ``arm64`` targets (VNNI's ``VPDPBUSD`` and ARM's dot-product instructions
-accumulate in int32, no saturation) use the full 8 bits.
+Type choice (static int8), the same for every ``--cpu-target``: activations uint8 (asymmetric, so
+post-ReLU tensors use all 256 levels), weights int8 symmetric per output channel (U8S8); only
+``avx2`` stores 7-bit weights (``reduce_range``). Measured against S8S8, onnxruntime's documented
+first choice for QDQ, by tools/bench_int8_types.py (docs/benchmarks.md, "S8S8 vs U8S8"), with these
+findings:
+
+- On x86 onnxruntime rewrites int8 QDQ activations to uint8 before it fuses the int8 kernels
+  (``QDQS8ToU8Transformer``; ARM keeps int8), so an S8S8 file runs on the U8S8 kernels: int8
+  activations with an asymmetric range gave U8S8's accuracy exactly, the symmetric int8
+  activations of ``activation_type="int8"`` lost agreement with fp32 (half the levels for
+  post-ReLU tensors), and wherever the rewrite left int8 nodes the S8S8 file was slower (2-3x on
+  the LR-ASPP segmenter of tests/data/foreign).
+- On x86 CPUs with AVX2 but without VNNI, the U8S8 kernels multiply with ``VPMADDUBSW``, which adds
+  two u8*s8 products into a saturating int16: 255*127*2 = 64770 overflows, and full 8-bit weights
+  cost the packaged seed_cnn 10 pp of CIFAR-10 top-1 on such a CPU (S8S8 as much: same kernels).
+  ``reduce_range`` stores weights in [-64, 64] (255*64*2 = 32640 fits) and kept it within 0.2 pp,
+  so the ``avx2`` target sets it and the artifact is correct on any x86-64 edge box.
+- VNNI's ``VPDPBUSD`` and ARM's dot-product instructions accumulate in int32 without saturation:
+  ``vnni`` and ``arm64`` use all 8 bits. Their accuracy was measured with the int8 arithmetic
+  emulated exactly (the QDQ graph without onnxruntime's fusions), where U8S8 was never behind
+  S8S8; S8S8's speed on ARM (native int8 kernels there) is not measured yet.
 """
 
 from __future__ import annotations
@@ -87,9 +98,10 @@ class QuantizeConfig:
     def for_target(cls, target: str = "avx2", **overrides: Any) -> QuantizeConfig:
         """U8S8 for every target; 7-bit weights (``reduce_range``) only for AVX2 without VNNI.
 
-        ``auto`` is the exporting machine's own: VNNI or AMX -> ``vnni``, ARM64 -> ``arm64``,
-        else ``avx2`` (the card records the target, and the runtime warns when a ``vnni`` file
-        runs on a CPU without VNNI).
+        The numbers behind this choice (against S8S8, per target) are in docs/benchmarks.md,
+        "S8S8 vs U8S8" (module docstring for the summary). ``auto`` is the exporting machine's own:
+        VNNI or AMX -> ``vnni``, ARM64 -> ``arm64``, else ``avx2`` (the card records the target,
+        and the runtime warns when a ``vnni`` file runs on a CPU without VNNI).
         """
         if target == "auto":
             from edgecnn.runtime.cpu import int8_target
@@ -98,7 +110,8 @@ class QuantizeConfig:
             log.debug("int8 for this machine's CPU: --cpu-target %s.", target)
         if target not in CPU_TARGETS:
             raise ConfigError(f"Unknown CPU target {target!r}; choose one of {', '.join(CPU_TARGET_CHOICES)}.")
-        return cls(**{"target": target, "reduce_range": target == "avx2", **overrides})
+        return cls(**{"target": target, "activation_type": "uint8", "weight_type": "int8",
+                      "reduce_range": target == "avx2", **overrides})
 
     def describe(self, mode: str) -> dict[str, Any]:
         """The settings that matter for ``mode``, for the report and the card."""
