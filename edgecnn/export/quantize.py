@@ -7,11 +7,11 @@ first choice for QDQ, by tools/bench_int8_types.py (docs/benchmarks.md, "S8S8 vs
 findings:
 
 - On x86 onnxruntime rewrites int8 QDQ activations to uint8 before it fuses the int8 kernels
-  (``QDQS8ToU8Transformer``; ARM keeps int8), so an S8S8 file runs on the U8S8 kernels: int8
-  activations with an asymmetric range gave U8S8's accuracy exactly, the symmetric int8
-  activations of ``activation_type="int8"`` lost agreement with fp32 (half the levels for
-  post-ReLU tensors), and wherever the rewrite left int8 nodes the S8S8 file was slower (2-3x on
-  the LR-ASPP segmenter of tests/data/foreign).
+  (``QDQS8ToU8Transformer``; ARM keeps int8), so an S8S8 file runs mostly on the U8S8 kernels:
+  rewritten whole (seed_cnn), int8 activations with an asymmetric range gave U8S8's results
+  exactly, saturation included; wherever int8 nodes remained the file was slower (up to 3x at
+  batch 1, the LR-ASPP segmenter of tests/data/foreign). The symmetric int8 activations of
+  ``activation_type="int8"`` also lost agreement with fp32 (half the levels of a post-ReLU tensor).
 - On x86 CPUs with AVX2 but without VNNI, the U8S8 kernels multiply with ``VPMADDUBSW``, which adds
   two u8*s8 products into a saturating int16: 255*127*2 = 64770 overflows, and full 8-bit weights
   cost the packaged seed_cnn 10 pp of CIFAR-10 top-1 on such a CPU (S8S8 as much: same kernels).
@@ -19,8 +19,9 @@ findings:
   so the ``avx2`` target sets it and the artifact is correct on any x86-64 edge box.
 - VNNI's ``VPDPBUSD`` and ARM's dot-product instructions accumulate in int32 without saturation:
   ``vnni`` and ``arm64`` use all 8 bits. Their accuracy was measured with the int8 arithmetic
-  emulated exactly (the QDQ graph without onnxruntime's fusions), where U8S8 was never behind
-  S8S8; S8S8's speed on ARM (native int8 kernels there) is not measured yet.
+  emulated exactly (the QDQ graph without onnxruntime's fusions): S8S8 with asymmetric
+  activations tied U8S8, symmetric S8S8 agreed less with fp32 on every model; S8S8's speed on ARM
+  (native int8 kernels there) is not measured yet.
 """
 
 from __future__ import annotations
