@@ -30,7 +30,9 @@ against the drawn class maps.
 Variants: ``U8S8`` (uint8 asymmetric activations: edgecnn's default), ``S8S8`` (int8 activations,
 symmetric, as ``QuantizeConfig(activation_type="int8")`` makes them), ``S8S8-asym`` (int8
 asymmetric activations: ``quantize_static``'s own default for int8), each with ``-rr`` (7-bit
-weights) and without.
+weights) and without. ``--x64-precision`` adds a ``+x64prec`` row for each file with 8-bit
+weights: the same file on a session with ``session.x64quantprecision=1`` (onnxruntime's U8U8
+multiplication for x86 without VNNI).
 """
 
 from __future__ import annotations
@@ -186,6 +188,19 @@ def _exact_session(path: Path):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
+def with_x64_precision(model: Any, path: Path, threads: int) -> Any:
+    """``model`` with its onnxruntime session opened again with ``session.x64quantprecision=1``:
+    onnxruntime's own fix for U8S8 saturation on x86 without VNNI (a slower U8U8 multiplication),
+    a session option, not part of the file."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.add_session_config_entry("session.x64quantprecision", "1")
+    model.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return model
+
+
 def outputs(model: Any, exact: Any, pixels: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
     """All outputs of ``pixels`` on the runtime core (this CPU's kernels) and on ``exact``."""
     cpu: list[list[np.ndarray]] = []
@@ -266,14 +281,28 @@ def bench_model(path: Path, vs: list[Variant], args: argparse.Namespace, work: P
         log.info("%s %s quantized in %.1f s", card.name, v.name, time.perf_counter() - t0)
     models = {name: (fp32 if name == "fp32" else InferenceModel(f, threads=args.threads, card=card))
               for name, f in files.items()}
+    entries = [(v, v.name) for v in vs]
+    if args.x64_precision:  # the 8-bit-weight files again, with onnxruntime's U8U8 precision mode
+        for v in vs[1:]:
+            if not v.reduce_range:
+                name = f"{v.name}+x64prec"
+                models[name] = with_x64_precision(InferenceModel(files[v.name], threads=args.threads, card=card),
+                                                  files[v.name], args.threads)
+                files[name] = files[v.name]
+                entries.append((v, name))
     fp32_out, _ = outputs(fp32, None, data.images)
     rows = []
-    for v in vs:
-        m = models[v.name]
-        out, ref = outputs(m, None if v.activation_type is None else _exact_session(files[v.name]), data.images)
+    exact_of: dict[str, dict] = {}
+    for v, name in entries:
+        m = models[name]
+        fresh = v.activation_type is not None and v.name not in exact_of
+        out, ref = outputs(m, _exact_session(files[v.name]) if fresh else None, data.images)
         cpu = metrics(card, fp32_out, out, data.labels)
-        exact = metrics(card, fp32_out, ref, data.labels) if ref is not None else cpu
-        rows.append({"model": card.name, "file": str(path), "task": card.task, "variant": v.name,
+        if fresh:
+            exact_of[v.name] = metrics(card, fp32_out, ref, data.labels)
+        exact = exact_of.get(v.name, cpu)
+        rows.append({"model": card.name, "file": str(path), "task": card.task, "variant": name,
+                     "x64quantprecision": name.endswith("+x64prec"),
                      "type": "fp32" if v.activation_type is None else v.type_name,
                      "activation_type": v.activation_type,
                      "activation_symmetric": None if v.activation_type is None else
@@ -283,7 +312,7 @@ def bench_model(path: Path, vs: list[Variant], args: argparse.Namespace, work: P
                      "accuracy_exact": exact["accuracy"], "agreement_exact": exact["agreement"],
                      "size_kib": files[v.name].stat().st_size / 1024, "images": len(data.images),
                      "data": data.source})
-        log.info("%s %s: accuracy %s agreement %s", card.name, v.name, cpu["accuracy"], cpu["agreement"])
+        log.info("%s %s: accuracy %s agreement %s", card.name, name, cpu["accuracy"], cpu["agreement"])
     load_before = os.getloadavg()
     lat = latency(models, data.images, args.batches, args.rounds, args.runs, args.warmup)
     load_after = os.getloadavg()
@@ -379,6 +408,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--calibration-samples", type=int, default=512)
     p.add_argument("--types", default="U8S8,S8S8,S8S8-asym", help=f"comma-separated, of {', '.join(TYPES)}")
     p.add_argument("--reduce-range", choices=("both", "on", "off"), default="both")
+    p.add_argument("--x64-precision", action="store_true",
+                   help="also run each 8-bit-weight file with onnxruntime's session.x64quantprecision=1 (rows +x64prec)")
     p.add_argument("--batches", default="1,32")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=5)

@@ -54,12 +54,19 @@ def _qdq_types(path: Path) -> tuple[set[str], int]:
 def test_classifier_rows_and_the_files_behind_them(tmp_path, sample_npz):
     work = tmp_path / "work"
     report = _tool().main([str(PACKAGED), "--data", str(sample_npz), "--test-images", "48",
-                           "--calibration-samples", "32", "--types", "U8S8,S8S8", "--rounds", "1", "--runs", "1",
+                           "--calibration-samples", "32", "--types", "U8S8,S8S8", "--x64-precision",
+                           "--rounds", "1", "--runs", "1",
                            "--warmup", "0", "--work", str(work), "--json", str(tmp_path / "r.json"),
                            "--md", str(tmp_path / "r.md")])
     rows = report["rows"]
-    assert [r["variant"] for r in rows] == ["fp32", "U8S8-rr", "U8S8", "S8S8-rr", "S8S8"]
-    assert json.loads((tmp_path / "r.json").read_text())["rows"] == json.loads(json.dumps(rows))
+    assert [r["variant"] for r in rows] == ["fp32", "U8S8-rr", "U8S8", "S8S8-rr", "S8S8", "U8S8+x64prec",
+                                            "S8S8+x64prec"]
+    # the session-option rows measure the 8-bit-weight files again: same exact columns, own cpu ones
+    for base, x64 in ((rows[2], rows[5]), (rows[4], rows[6])):
+        assert x64["x64quantprecision"] and not base["x64quantprecision"] and x64["reduce_range"] is False
+        assert (x64["accuracy_exact"], x64["agreement_exact"]) == (base["accuracy_exact"], base["agreement_exact"])
+    rows = rows[:5]
+    assert json.loads((tmp_path / "r.json").read_text())["rows"] == json.loads(json.dumps(report["rows"]))
     for r in rows:
         assert r["task"] == "classify" and r["images"] == 48 and r["metric"] == "top1_agreement"
         assert 0 <= r["accuracy"] <= 1 and 0 <= r["agreement"] <= 1 and 0 <= r["accuracy_exact"] <= 1
@@ -71,7 +78,7 @@ def test_classifier_rows_and_the_files_behind_them(tmp_path, sample_npz):
     table = (tmp_path / "r.md").read_text().splitlines()
     assert "AMD" in table[0] or "Intel" in table[0] or "CPU" in table[0]
     body = [line for line in table if line.startswith("| seed_cnn") and "| `" not in line]
-    assert [line.split(" | ")[1] for line in body] == [r["variant"] for r in rows]
+    assert [line.split(" | ")[1] for line in body] == [r["variant"] for r in report["rows"]]
     # the decision view (also rendered again from the saved JSON): one row per target group and type
     here = report["machine"]["int8_target"]
     view = _tool().render([json.loads((tmp_path / "r.json").read_text())]).splitlines()
