@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from edgecnn._optional import require
+from edgecnn._optional import quiet_stderr, require
 from edgecnn.card import ModelCard
 from edgecnn.errors import ArtifactError
 
@@ -77,8 +77,12 @@ def qat_to_onnx(path: Path, fp32: Any, card: ModelCard, *, per_channel: bool, we
                             f"{len(fp32.graph.output)} outputs.")
     h, w = card.input_size
     nchw = card.layout == "nchw"
-    proto = keras_to_onnx(model, input_shape=(h, w, card.channels), input_name=fp32.graph.input[0].name,
-                          output_name=fp32.graph.output[0].name, opset=onnx_io.opset_of(fp32) or 17, nchw=nchw)
+    # After a fit, TensorFlow's C++ logging prints grappler's INFO lines during tracing (the
+    # TF_CPP_MIN_LOG_LEVEL that keeps the plain export quiet no longer applies): muted like its
+    # start-up lines; conversion errors still arrive as exceptions.
+    with quiet_stderr():
+        proto = keras_to_onnx(model, input_shape=(h, w, card.channels), input_name=fp32.graph.input[0].name,
+                              output_name=fp32.graph.output[0].name, opset=onnx_io.opset_of(fp32) or 17, nchw=nchw)
     onnx_io.set_batch_axis(proto)
     onnx_io.tidy_names(proto, prefix=getattr(model, "name", ""))
     return store_int8_weights(proto, per_channel=per_channel, qmax=2 ** (weight_bits - 1) - 1)
