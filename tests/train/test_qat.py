@@ -197,11 +197,14 @@ def tiny_run(tmp_path_factory):
     return root
 
 
-def test_export_qat_epochs_writes_an_int8_variant_that_passes_the_guard(tiny_run, tmp_path):
+def test_export_qat_epochs_writes_an_int8_variant_that_passes_the_guard(tiny_run, tmp_path, monkeypatch):
     from edgecnn.cli import main
     from edgecnn.export import read_card
 
     out = tmp_path / "export"
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
     result = CliRunner().invoke(main, ["export", str(tiny_run), "-q", "int8", "--qat-epochs", "1", "--out", str(out),
                                        "--max-accuracy-drop", "10", "--cpu-target", "vnni"])
     assert result.exit_code == 0, result.output
@@ -214,6 +217,7 @@ def test_export_qat_epochs_writes_an_int8_variant_that_passes_the_guard(tiny_run
     int8 = next(v for v in report["variants"] if v["precision"] == "int8")
     assert int8["passed"] and int8["ops"]["QuantizeLinear"] >= 10 and "Conv" in int8["ops"]
     assert int8["accuracy"] is not None and int8["top1_agreement"] >= 0.7
+    assert list(work.iterdir()) == []  # the QAT model lived in a temporary folder, now gone
 
 
 @pytest.mark.parametrize("args,message", [
