@@ -238,9 +238,10 @@ def test_qat_on_an_onnx_source_asks_for_the_keras_model(tiny_run, tmp_path, monk
 
     onnx_file = tmp_path / "src" / "m.onnx"
     onnx_file.parent.mkdir()
-    from edgecnn.export.onnx import save_onnx
-    from edgecnn.export._tf2onnx_compat import keras_to_onnx
     import keras
+
+    from edgecnn.export._tf2onnx_compat import keras_to_onnx
+    from edgecnn.export.onnx import save_onnx
 
     model = keras.models.load_model(tiny_run / "model.keras", compile=False)
     save_onnx(keras_to_onnx(model, input_shape=(32, 32, 3), input_name="images", output_name="out", opset=17),
