@@ -656,8 +656,7 @@ def _variant(mode: str, fp32_path: Path, card: ModelCard, fp32_out: list[np.ndar
     proto = aa.proto if aa else qat.to_onnx(fp32_path, card, path) if qat else _quantize(mode, fp32_path, path, card,
                                                                                             data, config)
     settings = {**(qat.describe(config.quant) if qat else config.quant.for_task(card.task).describe(mode)),
-                "opset": onnx_io.opset_of(proto),
-                **_fixed_input(mode, fp32_path, proto, card)}
+                "opset": onnx_io.opset_of(proto), **_fixed_input(mode, fp32_path, proto, card)}
     if aa:  # the card says which nodes stayed float
         settings.update(exclude_nodes=[*settings["exclude_nodes"], *aa.excluded_nodes], accuracy_aware=True)
     vcard = card.replace(precision=mode, metrics=dict(card.metrics),
