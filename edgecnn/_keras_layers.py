@@ -198,6 +198,12 @@ class _QATWeights:
     def _qat_config(self) -> dict[str, Any]:
         return {"weight_bits": self.weight_bits, "per_channel": self.per_channel}
 
+    def _bias_and_activation(self, y: Any) -> Any:
+        """The convolution's bias (channels last) and activation, as Keras's own layers add them."""
+        if self.use_bias:
+            y = keras.ops.add(y, keras.ops.reshape(self.bias, (1,) * (len(y.shape) - 1) + (-1,)))
+        return self.activation(y) if self.activation is not None else y
+
 
 @keras.saving.register_keras_serializable(package="edgecnn")
 class QATConv2D(_QATWeights, keras.layers.Conv2D):
@@ -209,9 +215,7 @@ class QATConv2D(_QATWeights, keras.layers.Conv2D):
 
     def call(self, inputs: Any) -> Any:
         y = self.convolution_op(inputs, self.quantized_kernel())
-        if self.use_bias:
-            y = keras.ops.add(y, keras.ops.reshape(self.bias, (1,) * (len(y.shape) - 1) + (-1,)))
-        return self.activation(y) if self.activation is not None else y
+        return self._bias_and_activation(y)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), **self._qat_config()}
@@ -230,9 +234,7 @@ class QATDepthwiseConv2D(_QATWeights, keras.layers.DepthwiseConv2D):
     def call(self, inputs: Any) -> Any:
         y = keras.ops.depthwise_conv(inputs, self.quantized_kernel(), strides=self.strides, padding=self.padding,
                                      dilation_rate=self.dilation_rate, data_format=self.data_format)
-        if self.use_bias:
-            y = keras.ops.add(y, keras.ops.reshape(self.bias, (1,) * (len(y.shape) - 1) + (-1,)))
-        return self.activation(y) if self.activation is not None else y
+        return self._bias_and_activation(y)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), **self._qat_config()}
