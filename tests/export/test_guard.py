@@ -399,3 +399,17 @@ def test_tune_judges_the_fp32_detector_against_itself_as_no_drop():
     out = _outputs(model, _photos(24, model.card.input_size))
     q = _quality(out, None, [o.copy() for o in out], None, model.card)
     assert (q.metric, q.metric_value, q.drop_pp) == ("map50", 1.0, 0.0)
+
+
+def test_guard_flag_decides_what_an_unsure_verdict_does(tmp_path, foreign):
+    """48 unlabelled images cannot show a 5 pp budget kept (Wilson's upper bound on no loss at all
+    is 7.4 pp): --guard lenient writes the int8 file with a note, --guard strict refuses it."""
+    args = ["export", str(foreign["mine.keras"]), "--calibration-data", str(foreign["photos"]), "--preprocess",
+            "unit", "--labels", "airplane,automobile,bird", "-q", "int8", "--max-accuracy-drop", "5"]
+    lenient = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "lenient")])
+    assert lenient.exit_code == 0, lenient.output
+    assert "ok (unsure)" in lenient.output and "passed (--guard lenient)" in lenient.output
+    assert (tmp_path / "lenient" / "model.int8.onnx").is_file()
+    strict = CliRunner().invoke(main, [*args, "--guard", "strict", "--out", str(tmp_path / "strict")])
+    assert strict.exit_code == 1 and "refused (--guard strict)" in strict.output, strict.output
+    assert not (tmp_path / "strict" / "model.int8.onnx").exists()
