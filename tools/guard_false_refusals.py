@@ -84,6 +84,8 @@ def _run(src_root: Path, model: Path, folder: Path, out: Path, budget: float) ->
 
 
 def _worktree(ref: str, where: Path) -> Path:
+    # A run killed before its cleanup leaves the worktree registered while its folder is gone.
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "prune"], check=True, capture_output=True)
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(where), ref], check=True,
                    capture_output=True)
     return where
