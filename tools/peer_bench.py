@@ -157,14 +157,14 @@ def main() -> None:
     from edgecnn.baselines import _load_keras
     from edgecnn.export import ExportConfig
     from edgecnn.export.litert import convert_litert_int8
-    from edgecnn.export.pipeline import _load_data
+    from edgecnn.export.images import select_data
 
     from edgecnn.runtime.core import InferenceModel
 
     export_dir = args.export or args.run / "export"
     tune_report = json.loads((export_dir / "tune_report.json").read_text())
     card = InferenceModel(export_dir / "model.onnx").card  # the exported card: layout and preprocessing
-    data, _ = _load_data(card, None, ExportConfig(test_images=args.images))
+    data, _ = select_data(card, None, ExportConfig(test_images=args.images))
     test, labels = data.test, data.test_labels
     # The images edgecnn's int8 export calibrated on (the same seeded pick of the training images).
     calib = data.calibration[np.sort(np.random.default_rng(0).permutation(len(data.calibration))[:512])]

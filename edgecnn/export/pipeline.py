@@ -30,6 +30,7 @@ from edgecnn.errors import AccuracyDropError, ArtifactError, ConfigError, DataEr
 from edgecnn.export import onnx as onnx_io
 from edgecnn.export.accuracy_aware import accuracy_aware_for_export, guard_hints
 from edgecnn.export.guard import DEFAULT_MIN_SQNR_DB, GUARD_POLICIES, Verdict, judge_variant
+from edgecnn.export.images import SYNTHETIC_NOTE, ExportData, fp32_only_data, select_data
 from edgecnn.export.quantize import QUANTIZE_MODES, QuantizeConfig, quantize_model
 from edgecnn.export.report import ExportReport, VariantResult
 from edgecnn.runtime.deploy import DEPLOY_FILE, TUNE_REPORT
@@ -109,16 +110,6 @@ def variant_filename(precision: str) -> str:
     return "model.onnx" if precision == "fp32" else f"model.{precision}.onnx"
 
 
-@dataclass
-class _Data:
-    calibration: np.ndarray | None
-    test: np.ndarray
-    test_labels: np.ndarray | None
-    description: str
-    shared: bool = False  # calibration and evaluation are the same unlabelled images
-    calibration_labels: np.ndarray | None = None  # for the chance check, which judges on every labelled image
-
-
 # --------------------------------------------------------------------------------- public entry
 
 
@@ -149,11 +140,11 @@ def export_model(source: str | Path, *, out_dir: str | Path | None = None, confi
         log.warning("%s", src.assumed)
     notes = []
     if calibration_data is None and not config.quantize and not src.card.dataset.get("path"):
-        data, card = _fp32_only_data(src.card, config)  # nothing to calibrate
+        data, card = fp32_only_data(src.card, config)  # nothing to calibrate
         if config.eval_data is None:
-            notes.append(_SYNTHETIC_NOTE.format(n=len(data.test)))  # printed with the table, kept in the report
+            notes.append(SYNTHETIC_NOTE.format(n=len(data.test)))  # printed with the table, kept in the report
     else:
-        data, card = _load_data(src.card, calibration_data, config)
+        data, card = select_data(src.card, calibration_data, config)
     if config.tta != "none":
         notes.append(f"Test-time augmentation ({config.tta}) is inside the graph: each image runs through the network "
                      "twice, so it costs 2x the FLOPs and about 2x the latency of the plain export.")
@@ -224,132 +215,8 @@ def load_test_data(card: ModelCard, data: str | Path | None = None, *,
     Raises:
         DataError: without a usable dataset.
     """
-    found, _ = _load_data(card, data, ExportConfig(test_images=limit))
+    found, _ = select_data(card, data, ExportConfig(test_images=limit))
     return found.test, found.test_labels, found.description
-
-
-_SYNTHETIC_IMAGES = 32
-_SYNTHETIC_NOTE = ("No images given: the fp32 file was checked for parity with its source on {n} synthetic images "
-                   "(seeded random colour fields) only; nothing was measured on real images. Pass --calibration-data "
-                   "DIR_OR_NPZ to check it on real ones.")
-
-
-def _synthetic_data(card: ModelCard, n: int = _SYNTHETIC_IMAGES) -> _Data:
-    """Seeded image-like inputs (smooth random colour fields plus noise) for an fp32-only export
-    without images: enough to compare the converted graph with its source, never to judge accuracy."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    h, w = card.input_size
-    images = []
-    for _ in range(n):
-        coarse = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
-        smooth = np.asarray(Image.fromarray(coarse).resize((w, h), Image.BILINEAR), dtype=np.float32)
-        images.append(np.clip(smooth + rng.normal(0, 12, smooth.shape), 0, 255).astype(np.uint8))
-    from edgecnn.export._data import to_channels
-
-    return _Data(calibration=None, test=to_channels(np.stack(images), card.channels), test_labels=None,
-                 description=f"{n} synthetic images (parity only, no images given)")
-
-
-def _fp32_only_data(card: ModelCard, config: ExportConfig) -> tuple[_Data, ModelCard]:
-    """The images an fp32-only export without calibration data is checked on: ``--eval-data`` when
-    given (labels and all), else synthetic images for parity alone."""
-    if config.eval_data is None:
-        return _synthetic_data(card), card
-    from edgecnn.export._data import to_channels
-
-    data, card = _with_eval_data(_Data(None, np.empty((0,)), None, ""), card, config)
-    data.test = to_channels(data.test, card.channels)
-    if card.task != "classify":
-        data.test_labels = None
-    return data, card
-
-
-def _limit(x: np.ndarray | None, n: int | None) -> np.ndarray | None:
-    return x if x is None or n is None else x[:n]
-
-
-def _load_data(card: ModelCard, calibration_data: str | Path | None,
-               config: ExportConfig) -> tuple[_Data, ModelCard]:
-    """Held-out images (and labels, for a classifier) and calibration images, as the model's channels."""
-    data, card = _read_data(card, calibration_data, config)
-    from edgecnn.export._data import to_channels
-
-    if config.eval_data is not None:
-        data, card = _with_eval_data(data, card, config)
-    data.test = to_channels(data.test, card.channels)
-    if data.calibration is not None:
-        data.calibration = to_channels(data.calibration, card.channels)
-    if card.task != "classify":
-        data.test_labels = None  # class folders say nothing about boxes or masks
-    return data, card
-
-
-def _with_eval_data(data: _Data, card: ModelCard, config: ExportConfig) -> tuple[_Data, ModelCard]:
-    """``--eval-data``: every one of its images judges the variants (labels when it has them),
-    instead of the held-out part of the calibration data or the card's test split."""
-    from edgecnn.export._data import load_judging_data
-
-    ev = load_judging_data(config.eval_data, card.input_size)
-    labels, card = _align_labels(ev.test_labels, ev.class_names, card)
-    return _Data(data.calibration, _limit(ev.test, config.test_images), _limit(labels, config.test_images),
-                 f"{ev.description} (--eval-data)", calibration_labels=data.calibration_labels), card
-
-
-def _read_data(card: ModelCard, calibration_data: str | Path | None,
-               config: ExportConfig) -> tuple[_Data, ModelCard]:
-    """Test images of the card's dataset, and calibration images: its training images, or
-    ``calibration_data`` (any .npz/folder) when given. Without a usable dataset, the held-out part
-    of ``calibration_data`` (all of it when unlabelled) serves as the test set."""
-    from edgecnn.datasets import load_dataset  # no TensorFlow import
-    from edgecnn.export._data import load_eval_data
-
-    spec = card.dataset.get("path")
-    spec = "cifar10" if spec == "keras.datasets.cifar10" else spec
-    if not spec and calibration_data is None:
-        raise DataError(f"{card.name} names no dataset of its own: pass --calibration-data DIR_OR_NPZ with real "
-                        "images (a folder of images is enough; class sub-folders add an accuracy check).")
-    ds, missing = None, None
-    try:
-        if spec:
-            ds = load_dataset(spec, input_size=card.input_size, classes=card.dataset.get("classes"),
-                              max_train=config.quant.calibration_samples)
-    except DataError as err:
-        if calibration_data is None:
-            raise DataError(f"{err} Pass --calibration-data DIR_OR_NPZ with real images for this model.") from err
-        missing = str(err)
-    if ds is not None and card.task == "classify" and ds.class_names != list(card.class_names) \
-            and ds.num_classes != card.num_classes:
-        raise DataError(f"Dataset {spec} has {ds.num_classes} classes, the model {card.num_classes}.")
-    if calibration_data is None:
-        return _Data(ds.x_train, _limit(ds.x_test, config.test_images), _limit(ds.y_test, config.test_images),
-                     f"{ds.name} test split"), card
-    ext = load_eval_data(calibration_data, card.input_size, seed=config.quant.seed)
-    if ds is not None:
-        return _Data(ext.calibration, _limit(ds.x_test, config.test_images), _limit(ds.y_test, config.test_images),
-                     f"{ds.name} test split"), card
-    if missing:
-        log.warning("%s Evaluating on images of %s instead.", missing, calibration_data)
-    calib_labels, _ = _align_labels(ext.calibration_labels, ext.class_names, card)
-    labels, card = _align_labels(ext.test_labels, ext.class_names, card)
-    return _Data(ext.calibration, _limit(ext.test, config.test_images), _limit(labels, config.test_images),
-                 ext.description, shared=ext.shared, calibration_labels=calib_labels), card
-
-
-def _align_labels(labels: np.ndarray | None, names: list[str] | None,
-                  card: ModelCard) -> tuple[np.ndarray | None, ModelCard]:
-    """Map folder-class labels onto the model's class order (by name), or adopt the folder names
-    when the model has only numeric class names."""
-    if labels is None or not names or card.task != "classify":
-        return labels, card
-    model_names = list(card.class_names)
-    if set(names) == set(model_names):
-        return np.asarray([model_names.index(names[i]) for i in labels], dtype=np.int64), card
-    if len(names) == card.num_classes and all(c.isdigit() for c in model_names):
-        return labels, card.replace(class_names=tuple(names))  # sorted folder names, the usual convention
-    raise DataError(f"Calibration data classes {names[:5]} do not match the model's {model_names[:5]}; name the "
-                    "class folders after the model's labels, or pass --labels in the model's class order.")
 
 
 def _versions(*, with_tf: bool) -> dict[str, str]:
@@ -402,7 +269,7 @@ def _predict(fn: Callable[[np.ndarray], list[np.ndarray]], images: np.ndarray) -
                             "No model was written.") from err
 
 
-def _export(proto: Any, card: ModelCard, reference: Callable[[np.ndarray], list[np.ndarray]], data: _Data,
+def _export(proto: Any, card: ModelCard, reference: Callable[[np.ndarray], list[np.ndarray]], data: ExportData,
             config: ExportConfig, *, src: ModelSource, out_dir: Path, started: float,
             notes: list[str] | None = None) -> ExportReport:
     h, w = card.input_size
@@ -462,7 +329,7 @@ def _remove_stale_models(out_dir: Path, keep: set[str]) -> None:
                         out_dir / name, out_dir)
 
 
-def _new_report(card: ModelCard, data: _Data, config: ExportConfig, src: ModelSource, out_dir: Path,
+def _new_report(card: ModelCard, data: ExportData, config: ExportConfig, src: ModelSource, out_dir: Path,
                 notes: list[str]) -> ExportReport:
     notes = list(notes)
     if data.shared:
@@ -570,7 +437,7 @@ def _check_not_chance(right: int, n: int, card: ModelCard) -> None:
                     "(%s) if that is unexpected.", where, level, card.describe_preprocessing())
 
 
-def _chance_evidence(predictor: OnnxPredictor, test_outputs: list[np.ndarray], data: _Data) -> tuple[int, int]:
+def _chance_evidence(predictor: OnnxPredictor, test_outputs: list[np.ndarray], data: ExportData) -> tuple[int, int]:
     """Correct fp32 answers and images: the held-out images plus the labelled calibration images."""
     right = int(np.sum(test_outputs[0].argmax(axis=1) == np.asarray(data.test_labels).reshape(-1)))
     n = len(data.test)
@@ -637,7 +504,7 @@ def _metrics(acc: float | None, n: int) -> dict[str, Any]:
     return {"onnx_test_images": int(n), **({"onnx_test_accuracy": round(acc, 6)} if acc is not None else {})}
 
 
-def _quantize(mode: str, fp32_path: Path, path: Path, card: ModelCard, data: _Data, config: ExportConfig) -> Any:
+def _quantize(mode: str, fp32_path: Path, path: Path, card: ModelCard, data: ExportData, config: ExportConfig) -> Any:
     try:
         return quantize_model(fp32_path, path, mode=mode, card=card, config=config.quant.for_task(card.task),
                               calibration_images=data.calibration)
@@ -648,7 +515,7 @@ def _quantize(mode: str, fp32_path: Path, path: Path, card: ModelCard, data: _Da
 
 
 def _variant(mode: str, fp32_path: Path, card: ModelCard, fp32_out: list[np.ndarray], fp32: VariantResult,
-             data: _Data, config: ExportConfig, staging: Path) -> VariantResult:
+             data: ExportData, config: ExportConfig, staging: Path) -> VariantResult:
     started = time.perf_counter()
     path = staging / variant_filename(mode)
     qat = config.qat if mode == "int8" else None  # int8 from a QAT model (edgecnn.export.qat), not calibration
@@ -687,7 +554,7 @@ def _fixed_input(mode: str, fp32_path: Path, proto: Any, card: ModelCard) -> dic
 
 
 def _judge_staged(mode: str, path: Path, vcard: ModelCard, fp32_out: list[np.ndarray], fp32: VariantResult,
-                  data: _Data, config: ExportConfig, *, save: Callable[[ModelCard], None], started: float,
+                  data: ExportData, config: ExportConfig, *, save: Callable[[ModelCard], None], started: float,
                   settings: dict[str, Any], ops: dict[str, int], note: str | None = None) -> VariantResult:
     """Run the staged variant file on the test images, judge it against fp32 (the guard), put the
     numbers into its card, ``save`` the file with that card, and report it."""
@@ -719,8 +586,8 @@ def _check_litert_source(src: ModelSource, config: ExportConfig) -> None:
                           f"{src.kind}: export from the run directory, .keras or .h5 file instead.")
 
 
-def _litert_variant(src: ModelSource, card: ModelCard, fp32_out: list[np.ndarray], fp32: VariantResult, data: _Data,
-                    config: ExportConfig, staging: Path) -> VariantResult:
+def _litert_variant(src: ModelSource, card: ModelCard, fp32_out: list[np.ndarray], fp32: VariantResult,
+                    data: ExportData, config: ExportConfig, staging: Path) -> VariantResult:
     """``model.int8.tflite``: the source Keras model through the TFLite converter, int8 weights and
     activations calibrated on the images the ONNX int8 variant uses, float32 input and output, the
     card in its metadata; judged by the same guard against the fp32 ONNX outputs."""
@@ -756,7 +623,7 @@ def _accuracy_aware(fp32_path, path, card, fp32_out, fp32, data, config) -> Any:
 
 
 def _judge(out: list[np.ndarray], fp32_out: list[np.ndarray], acc: float | None, fp32_acc: float | None,
-           card: ModelCard, data: _Data, config: ExportConfig) -> tuple[Verdict | None, bool, str]:
+           card: ModelCard, data: ExportData, config: ExportConfig) -> tuple[Verdict | None, bool, str]:
     """The accuracy guard (:mod:`edgecnn.export.guard`): the task's loss against fp32 with its 95%
     interval on the images judged, held to the budget; the verdict, pass or fail, and its words."""
     if not all(np.isfinite(o).all() for o in out):
