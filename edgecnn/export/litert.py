@@ -1,7 +1,8 @@
 """Keras -> LiteRT (TFLite) with full-int8 post-training quantization.
 
-int8 weights, activations, input and output, calibrated on representative images: the LiteRT
-twin that ``edgecnn bench --compare tflite`` times next to the ONNX int8 model. TensorFlow (the
+int8 weights, activations and input (and output, unless asked for float), calibrated on
+representative images: ``edgecnn export -q litert-int8``'s file, and the LiteRT twin that
+``edgecnn bench --compare tflite`` times next to the ONNX int8 model. TensorFlow (the
 ``[train]`` extra) is imported inside the function; importing this module is cheap.
 """
 
@@ -21,7 +22,7 @@ __all__ = ["convert_litert_int8", "embed_card_tflite"]
 
 
 def convert_litert_int8(model: Any, card: ModelCard, calibration: np.ndarray, *, source: str = "the model",
-                        float_io: bool = False) -> bytes:
+                        float_output: bool = False) -> bytes:
     """``model`` (a ``keras.Model``) as a full-int8 TFLite flatbuffer, calibrated on ``calibration``.
 
     Args:
@@ -29,8 +30,10 @@ def convert_litert_int8(model: Any, card: ModelCard, calibration: np.ndarray, *,
         card: Its card: input size, name and the normalization applied to ``calibration``.
         calibration: uint8 NHWC pixels at the card's size.
         source: How error messages name the model (its file, say).
-        float_io: float32 input and output (the converter adds the quantize and dequantize ops
-            to the graph), as the runtime core feeds every model; else int8 input and output.
+        float_output: float32 output (the converter adds a dequantize op to the graph), as
+            ``edgecnn export -q litert-int8`` writes it: exact probabilities, no 1/256 steps that
+            tie the top classes; else int8 output. The input is int8 either way: the runtime
+            maps uint8 pixels straight into it (:meth:`~edgecnn.runtime.litert_backend.LiteRtSession.pixel_session`).
 
     Raises:
         ArtifactError: if the converter fails.
@@ -51,8 +54,8 @@ def convert_litert_int8(model: Any, card: ModelCard, calibration: np.ndarray, *,
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = lambda: ([xs[i : i + 1]] for i in range(len(xs)))
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        if not float_io:
-            converter.inference_input_type = tf.int8
+        converter.inference_input_type = tf.int8
+        if not float_output:
             converter.inference_output_type = tf.int8
         try:
             return converter.convert()

@@ -589,8 +589,9 @@ def _check_litert_source(src: ModelSource, config: ExportConfig) -> None:
 def _litert_variant(src: ModelSource, card: ModelCard, fp32_out: list[np.ndarray], fp32: VariantResult,
                     data: ExportData, config: ExportConfig, staging: Path) -> VariantResult:
     """``model.int8.tflite``: the source Keras model through the TFLite converter, int8 weights and
-    activations calibrated on the images the ONNX int8 variant uses, float32 input and output, the
-    card in its metadata; judged by the same guard against the fp32 ONNX outputs."""
+    activations calibrated on the images the ONNX int8 variant uses, int8 input (the runtime maps
+    uint8 pixels into it through one lookup table) and float32 output, the card in its metadata;
+    judged by the same guard against the fp32 ONNX outputs."""
     from edgecnn.export.litert import convert_litert_int8, embed_card_tflite
     from edgecnn.export.quantize import check_calibration_images
     from edgecnn.export.sources import _load_keras_model
@@ -601,9 +602,9 @@ def _litert_variant(src: ModelSource, card: ModelCard, fp32_out: list[np.ndarray
     pick = np.sort(np.random.default_rng(quant.seed).permutation(len(data.calibration))[:quant.calibration_samples])
     nhwc = card.replace(layout="nhwc")  # the Keras model's own layout
     model = tta_model(_load_keras_model(src.file), config.tta)  # the same graph as the ONNX variants
-    blob = convert_litert_int8(model, nhwc, data.calibration[pick], source=str(src.path), float_io=True)
+    blob = convert_litert_int8(model, nhwc, data.calibration[pick], source=str(src.path), float_output=True)
     settings = {"converter": "tf.lite.TFLiteConverter", "optimizations": "DEFAULT", "ops": "TFLITE_BUILTINS_INT8",
-                "io": "float32", "calibration_samples": int(len(pick)), "runtime": "LiteRT (XNNPack)"}
+                "input": "int8", "output": "float32", "calibration_samples": int(len(pick)), "runtime": "LiteRT (XNNPack)"}
     vcard = nhwc.replace(precision=LITERT_MODE, metrics=dict(card.metrics),
                          export={**card.export, "quantization": {"mode": LITERT_MODE, **settings}})
     path = staging / variant_filename(LITERT_MODE)

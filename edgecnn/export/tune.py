@@ -291,9 +291,8 @@ def candidates(directory: Path, report: dict[str, Any], config: TuneConfig, note
 
 def _outputs(model: Any, images: np.ndarray, batch: int = 64) -> list[np.ndarray]:
     from edgecnn.export.verify import predict_outputs
-    from edgecnn.runtime.preprocess import normalize_batch
 
-    return predict_outputs(lambda px: model.run_all(normalize_batch(px, model.card)), images, batch_size=batch)
+    return predict_outputs(model.run_pixels, images, batch_size=batch)
 
 
 def _quality(reference: list[np.ndarray], ref_accuracy: float | None, got: list[np.ndarray], labels: Any,
@@ -314,16 +313,17 @@ def _quality(reference: list[np.ndarray], ref_accuracy: float | None, got: list[
 # ------------------------------------------------------------------------------------- timing
 
 def _input(model: Any, images: np.ndarray, batch: int) -> np.ndarray:
+    """``batch`` uint8 images at the input size (the test images, repeated if too few)."""
     reps = -(-batch // len(images))
-    px = np.concatenate([images] * reps)[:batch] if reps > 1 else images[:batch]
-    return model.preprocess(px)
+    return np.ascontiguousarray(np.concatenate([images] * reps)[:batch] if reps > 1 else images[:batch])
 
 
-def _time(model: Any, x: np.ndarray, seconds: float) -> list[float]:
-    """Seconds per call of the whole per-call work (input in, every output out), as an app calls it."""
+def _time(model: Any, pixels: np.ndarray, seconds: float) -> list[float]:
+    """Seconds per call of the whole per-call work an app pays, from uint8 pixels to every output
+    (the pixel mapping included: in the backend where it runs there, else numpy's)."""
     from edgecnn.runtime.benchmark import time_callable
 
-    call = lambda: model._run_once(x)  # noqa: E731
+    call = lambda: model.run_pixels(pixels)  # noqa: E731
     t0 = time.perf_counter()
     call()
     first = time.perf_counter() - t0

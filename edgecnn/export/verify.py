@@ -1,8 +1,8 @@
 """Numbers that decide whether an export ships: source-vs-ONNX parity over every output, and the
 task metric of each quantized variant against fp32.
 
-Everything runs on onnxruntime's CPU execution provider, on images normalized by
-:func:`edgecnn.runtime.preprocess.normalize_batch` from the card: exactly what the runtime runs.
+Everything runs on onnxruntime's CPU execution provider from uint8 pixels, the card's mapping
+folded into the graph (:mod:`edgecnn.runtime.pixels`): exactly what the runtime runs.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from edgecnn.card import ModelCard
 from edgecnn.errors import ArtifactError
 from edgecnn.runtime.core import InferenceModel
 from edgecnn.runtime.session import ort_error
-from edgecnn.runtime.preprocess import normalize_batch
 
 __all__ = ["Parity", "TaskMetric", "compare", "compare_outputs", "task_agreement", "task_evidence", "cosine_similarity",
            "OnnxPredictor", "predict_in_batches", "predict_outputs", "accuracy", "ort_error"]
@@ -173,18 +172,19 @@ class OnnxPredictor(InferenceModel):
     """The runtime core on onnxruntime's CPU provider, with an explicit card, fed uint8 images.
 
     Export verifies staged files against the card they are about to carry, so the card is given
-    rather than read; running, fixed-batch chunking and padding are the runtime's own.
+    rather than read; running, fixed-batch chunking and padding are the runtime's own, and so is
+    the path from pixels (the card's mapping folded into the graph, as every app's call runs it).
     """
 
     def __init__(self, model: str | Path | bytes, card: ModelCard, *, threads: int | None = None) -> None:
         super().__init__(model, "cpu", threads, card=card)
 
     def __call__(self, images_uint8: np.ndarray) -> np.ndarray:
-        return self.run(normalize_batch(images_uint8, self.card))
+        return self.run_pixels(images_uint8)[self.output_names.index(self.output_name)]
 
     def outputs(self, images_uint8: np.ndarray) -> list[np.ndarray]:
         """Every output of the model, in graph order, for a uint8 image batch."""
-        return self.run_all(normalize_batch(images_uint8, self.card))
+        return self.run_pixels(images_uint8)
 
 
 def predict_in_batches(fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray, *, batch_size: int = 256) -> np.ndarray:

@@ -73,7 +73,7 @@ class Classifier(InferenceModel):
 
     def predict_proba(self, images: ImageLike | Sequence[ImageLike] | np.ndarray) -> np.ndarray:
         """Class probabilities, (N, num_classes) float32 (softmax applied to logits models)."""
-        return self.probabilities(self.run(self.preprocess(images)))
+        return self.probabilities(self.run_pixels(self.to_pixels(images))[self.output_names.index(self.output_name)])
 
     def probabilities(self, out: np.ndarray) -> np.ndarray:
         """The model's raw primary output for a batch -> (N, num_classes) float32 probabilities."""

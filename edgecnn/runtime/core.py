@@ -75,6 +75,11 @@ class InferenceModel:
             ``device`` (``CPU``, ``GPU``, ``NPU``) and ``precision`` (``f32``, ``bf16``), for
             ``.onnx`` files; ``litert`` (the ``[litert]`` extra) for ``.tflite`` files, the
             default for them (``edgecnn export -q litert-int8`` writes one).
+        pixels_in_graph: run the card's pixel mapping (channel order, mean/std, layout) inside the
+            backend, so a call from uint8 pixels has no numpy preprocessing
+            (:mod:`edgecnn.runtime.pixels`: folded into the ONNX graph for onnxruntime, OpenVINO's
+            ``PrePostProcessor``, a lookup table into LiteRT's input); the model's answers are the
+            same. False keeps the numpy path (:func:`~edgecnn.runtime.preprocess.normalize_batch`).
 
     Raises:
         ArtifactError: for a missing or corrupt file, or a card that does not match the model.
@@ -108,8 +113,10 @@ class InferenceModel:
         backend: str = "onnxruntime",
         device: str = "CPU",
         precision: str | None = None,
+        pixels_in_graph: bool = True,
     ) -> None:
         self.model_path = Path("<bytes>") if isinstance(model, bytes) else Path(model)
+        self._source = model
         if self.model_path.suffix.lower() == ".tflite" and backend == "onnxruntime":
             backend = "litert"  # the one runtime that reads the file (an explicit other backend is refused)
         if cuda is not None and cuda.cuda_graph:
@@ -122,13 +129,16 @@ class InferenceModel:
         if backend != "onnxruntime" and io_binding:
             raise ConfigError(f"IO binding is onnxruntime's; drop --io-binding with --backend {backend}.")
         self.backend = backend
-        self.session, self.info = create_session(model, provider=provider, threads=threads,
-                                                 allow_fallback=allow_fallback, cuda=cuda, backend=backend,
-                                                 device=device, precision=precision)
+        self._open = {"provider": provider, "threads": threads, "allow_fallback": allow_fallback, "cuda": cuda,
+                      "backend": backend, "device": device, "precision": precision}
+        self._session_lock = threading.Lock()
+        self._session, self.info = create_session(model, **self._open)
+        self.inputs = self._session.get_inputs()
+        self.outputs = self._session.get_outputs()
         given = {"mean": mean, "std": std, "layout": layout, "class_names": labels, "input_size": input_size,
                  "channels": channels, "task": task}
         given = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in given.items() if v is not None}
-        embedded = card if card is not None else read_card(self.session)
+        embedded = card if card is not None else read_card(self._session)
         self.has_card = embedded is not None
         self._assumed: str | None = None
         if embedded is not None:  # flags first, then the keyword arguments, field by field
@@ -140,8 +150,8 @@ class InferenceModel:
             flags = ModelOverrides(**{**base.__dict__, **given})
             io = lambda args: [TensorInfo(a.name, tuple(a.shape), _TYPE_NAMES.get(a.type, a.type)) for a in args]  # noqa: E731
             self.card, self._assumed = infer_card(
-                self.model_path.stem, inputs=io(self.session.get_inputs()), outputs=io(self.session.get_outputs()),
-                overrides=flags, metadata=self.session.get_modelmeta().custom_metadata_map)
+                self.model_path.stem, inputs=io(self.inputs), outputs=io(self.outputs),
+                overrides=flags, metadata=self._session.get_modelmeta().custom_metadata_map)
         extra = {k: v for k, v in {"output_kind": output_kind, "resize": resize}.items() if v is not None}
         if extra:
             self.card = self.card.replace(**extra)
@@ -154,7 +164,7 @@ class InferenceModel:
         self._input = self._check_input()
         self.input_name = self._input.name
         self.input_dtype = _ORT_DTYPES.get(self._input.type, np.float32)
-        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.output_names = [o.name for o in self.outputs]
         self.output_name = self.card.output_name if self.card.output_name in self.output_names else self.output_names[0]
         batch = self._input.shape[0]
         self.fixed_batch: int | None = batch if isinstance(batch, int) and batch > 0 else None
@@ -162,11 +172,64 @@ class InferenceModel:
         on_gpu = self.info.device == "cuda"
         self.cuda_graph = bool(on_gpu and cuda is not None and cuda.cuda_graph)
         self._use_io_binding = self.cuda_graph or (on_gpu if io_binding is None else bool(io_binding))
-        self._run_array = getattr(self.session, "run_array", None)  # looked up once, not per call
-        self._binder = _DeviceBinder(self.session, self.input_name, self.output_names,
-                                     device="cuda" if on_gpu else "cpu", device_id=cuda.device_id if cuda else 0,
-                                     fixed_shape=self.cuda_graph)
+        self._binding = {"device": "cuda" if on_gpu else "cpu", "device_id": cuda.device_id if cuda else 0,
+                         "fixed_shape": self.cuda_graph}
+        self._tensor: _Runner | None = None
+        self._pixels: _Runner | None = None
+        self.pixel_note = "numpy (pixels_in_graph=False)"
+        if pixels_in_graph:
+            self._pixels, self.pixel_note = self._pixel_runner(model)
+        if self._pixels is None or self.backend == "litert":
+            self._tensor = self._runner(self._session, self.input_name)
+        else:  # the float session returns on the first preprocessed-tensor call (serve's JSON tensors, bench)
+            self._session = None
+        if self.backend == "openvino":  # compiled now, so that a device or precision error is the constructor's
+            (self._pixels or self._tensor).session.compile()  # type: ignore[union-attr]
         self._check_task()
+
+    @property
+    def session(self) -> Any:
+        """The session of the file as it is (its float input): opened again on first use where
+        the calls from pixels run on a folded session."""
+        return self._tensor_runner().session
+
+    @property
+    def pixels_in_graph(self) -> bool:
+        """Whether calls from uint8 pixels run the pixel mapping inside the backend (see ``pixel_note``)."""
+        return self._pixels is not None
+
+    def _runner(self, session: Any, input_name: str) -> _Runner:
+        binder = _DeviceBinder(session, input_name, self.output_names, **self._binding) if self._use_io_binding \
+            else None
+        return _Runner(session, input_name, binder)
+
+    def _tensor_runner(self) -> _Runner:
+        if self._tensor is None:
+            with self._session_lock:
+                if self._tensor is None:
+                    session, _ = create_session(self._source, **self._open)
+                    self._tensor = self._runner(session, self.input_name)
+        return self._tensor
+
+    def _pixel_runner(self, model: str | Path | bytes) -> tuple[_Runner | None, str]:
+        """A runner taking uint8 NHWC pixels with the card's mapping inside the backend, and one
+        line saying where the mapping runs."""
+        from edgecnn.runtime.pixels import PixelMapping, fold_onnx
+
+        if self._input.type not in ("tensor(float)", "tensor(float16)"):
+            return None, f"numpy ({self._input.type} input)"
+        mapping = PixelMapping.of(self.card)
+        if self.backend == "onnxruntime":
+            folded = fold_onnx(model, self.card, self.input_name)
+            if folded is None:
+                return None, "numpy (the file cannot carry it, or the onnx package is missing)"
+            session, _ = create_session(folded, **self._open)
+            return self._runner(session, session.get_inputs()[0].name), "onnxruntime graph (uint8 pixels in)"
+        session = self._session.pixel_session(mapping)  # OpenVINO's PrePostProcessor, LiteRT's lookup table
+        if session is None:
+            return None, f"numpy ({self.backend} cannot take this file's input as pixels)"
+        where = "OpenVINO PrePostProcessor" if self.backend == "openvino" else "LiteRT lookup table"
+        return _Runner(session, self.input_name, None), f"{where} (uint8 pixels in)"
 
     @classmethod
     def from_dir(cls, export_dir: str | Path, provider: str = "cpu", threads: int | None = None,
@@ -202,6 +265,7 @@ class InferenceModel:
             return model
         head = cls.__new__(cls)
         head.__dict__.update(model.__dict__)
+        head._session_lock = threading.Lock()
         head._check_task()
         return head
 
@@ -212,7 +276,7 @@ class InferenceModel:
     @property
     def providers(self) -> list[str]:
         """The providers the session actually runs on (``session.get_providers()``)."""
-        return list(self.session.get_providers())
+        return list(self.info.providers)
 
     @property
     def io_binding(self) -> bool:
@@ -232,7 +296,7 @@ class InferenceModel:
         return self._assumed
 
     def _check_input(self) -> Any:
-        inputs = {i.name: i for i in self.session.get_inputs()}
+        inputs = {i.name: i for i in self.inputs}
         inp = inputs.get(self.card.input_name) or (next(iter(inputs.values())) if len(inputs) == 1 else None)
         if inp is None:
             raise ArtifactError(f"{self.model_path}: the card names input {self.card.input_name!r}, the model has "
@@ -311,31 +375,49 @@ class InferenceModel:
         Raises:
             InputError: for a wrong shape, dtype or NaN values.
         """
-        x = self._check_tensor(x)
+        return self._chunked(self._tensor_runner().run, self._check_tensor(x))
+
+    def run_pixels(self, pixels: np.ndarray) -> list[np.ndarray]:
+        """Every output, in graph order, for an (N, H, W, C) batch of uint8 pixels at the input size
+        (RGB, or gray for 1 channel): the per-call path of every image the runtime answers.
+
+        The card's mapping runs inside the backend where it can (:attr:`pixels_in_graph`), else
+        in numpy; the outputs are the same either way. Pixels of another dtype (0-255 floats)
+        take the numpy path, as they always did.
+
+        Raises:
+            InputError: for a wrong shape or out-of-range values.
+        """
+        pixels = check_pixels(pixels, "The image batch") if isinstance(pixels, np.ndarray) else pixels
+        h, w = self.card.input_size
+        if not isinstance(pixels, np.ndarray) or pixels.ndim != 4 or pixels.shape[1:] != (h, w, self.card.channels) \
+                or pixels.shape[0] == 0:
+            got = list(pixels.shape) if isinstance(pixels, np.ndarray) else type(pixels).__name__
+            raise InputError(f"Expected pixels of shape (N, {h}, {w}, {self.card.channels}) (NHWC, 0-255); got {got}.")
+        if self._pixels is None or pixels.dtype != np.uint8:
+            return self._chunked(self._tensor_runner().run, self._check_tensor(normalize_batch(pixels, self.card)))
+        return self._chunked(self._pixels.run, np.ascontiguousarray(pixels))
+
+    def _chunked(self, run: Any, x: np.ndarray) -> list[np.ndarray]:
         step = self.fixed_batch
         if step is None or x.shape[0] == step:
-            return self._run_once(x)
+            return run(x)
         parts: list[list[np.ndarray]] = []
         for start in range(0, x.shape[0], step):
             chunk = x[start:start + step]
             n = chunk.shape[0]
             if n < step:
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], step - n, axis=0)])
-            parts.append([o[:n] for o in self._run_once(chunk)])
+            parts.append([o[:n] for o in run(chunk)])
         return [np.concatenate([p[i] for p in parts]) for i in range(len(self.output_names))]
 
     def _run_once(self, x: np.ndarray) -> list[np.ndarray]:
-        if self._use_io_binding:
-            # One host-to-device copy into a reused input buffer and one device-to-host copy per
-            # output per call, nothing else (see _DeviceBinder).
-            return self._binder.run(x)
-        if self._run_array is not None:  # LiteRT: one input, no feed dict (a 12-microsecond model feels each step)
-            return self._run_array(x)
-        return self.session.run(None, {self.input_name: x})
+        """One call of the float session on a checked, preprocessed input (no chunking)."""
+        return self._tensor_runner().run(x)
 
     def timed_call(self, x: np.ndarray) -> tuple[str, Any]:
         """The runner name and a no-argument call that runs the model once on ``x``, as bare as a
-        hand-written loop: for a benchmark to time.
+        hand-written loop: for a benchmark to time the model alone, its input ready.
 
         Without IO binding it is ``session.run`` on the host array. With it, ``x`` is copied once
         into the device buffer the binder keeps for its shape and the outputs go to the bound
@@ -343,12 +425,13 @@ class InferenceModel:
         the device at the end of each run).
         """
         x = self._check_tensor(x)
-        if not self._use_io_binding:
-            sess, feed = self.session, {self.input_name: x}
+        runner = self._tensor_runner()
+        if runner.binder is None:
+            sess, feed = runner.session, {self.input_name: x}
             return "onnxruntime", lambda: sess.run(None, feed)
-        self._binder.run(x)  # binds the buffers for this shape (and warms the graph up)
-        binding = self._binder._bound[x.shape][0]
-        sess = self.session
+        runner.binder.run(x)  # binds the buffers for this shape (and warms the graph up)
+        binding = runner.binder._bound[x.shape][0]
+        sess = runner.session
         return ("onnxruntime.cudagraph" if self.cuda_graph else "onnxruntime.iobinding"), \
             lambda: sess.run_with_iobinding(binding)
 
@@ -368,7 +451,7 @@ class InferenceModel:
     def predict(self, images: ImageLike | Sequence[ImageLike] | np.ndarray, **params: Any) -> list[Any]:
         """One result per image: load, preprocess, run, then the task head's :meth:`postprocess`."""
         pixels, fits = self.load(images)
-        return self.postprocess(self.run_all(normalize_batch(pixels, self.card)), fits, **params)
+        return self.postprocess(self.run_pixels(pixels), fits, **params)
 
     def postprocess(self, outputs: list[np.ndarray], fits: Sequence[FitInfo], **params: Any) -> list[Any]:
         """Raw outputs of a batch -> one result per image. For a model of task ``raw``: each
@@ -409,9 +492,9 @@ class InferenceModel:
         return {"model": str(self.model_path), "name": self.card.name, "task": self.card.task,
                 "precision": self.card.precision,
                 "input": {"name": self.input_name, "shape": list(self.card.input_shape()), "layout": self.card.layout},
-                "outputs": [{"name": o.name, "shape": list(o.shape)} for o in self.session.get_outputs()],
+                "outputs": [{"name": o.name, "shape": list(o.shape)} for o in self.outputs],
                 "labels": self.labels, "providers": self.providers, "session_creation_s": self.info.creation_s,
-                "io_binding": self.io_binding, "cuda_graph": self.cuda_graph,
+                "io_binding": self.io_binding, "cuda_graph": self.cuda_graph, "preprocessing": self.pixel_note,
                 "cuda": None if self.cuda is None else self.cuda.provider_options()}
 
 
@@ -423,6 +506,24 @@ def _summary(name: str, value: np.ndarray) -> dict[str, Any]:
         out.update(min=float(f.min()), max=float(f.max()), mean=float(f.mean()),
                    argmax=[int(i) for i in np.unravel_index(int(f.argmax()), v.shape)])
     return out
+
+
+class _Runner:
+    """One session and the cheapest way to call it with one input array: through IO binding, the
+    session's own array call (LiteRT: no feed dict), or ``session.run`` with a one-entry feed."""
+
+    def __init__(self, session: Any, input_name: str, binder: _DeviceBinder | None) -> None:
+        self.session, self.input_name, self.binder = session, input_name, binder
+        run_array = getattr(session, "run_array", None)
+        if binder is not None:
+            # One host-to-device copy into a reused input buffer and one device-to-host copy per
+            # output per call, nothing else (see _DeviceBinder).
+            self.run = binder.run
+        elif run_array is not None:
+            self.run = run_array
+        else:
+            run = session.run
+            self.run = lambda x: run(None, {input_name: x})
 
 
 class _DeviceBinder:

@@ -22,6 +22,7 @@ import numpy as np
 
 from edgecnn._optional import quiet_stderr, require
 from edgecnn.errors import ArtifactError, ProviderError
+from edgecnn.runtime.pixels import PixelMapping, lookup_table
 from edgecnn.runtime.session import ModelMeta, TensorArg
 
 __all__ = ["LiteRtSession", "read_tflite_metadata", "TFLITE_SUFFIX"]
@@ -102,6 +103,9 @@ class LiteRtSession:
         self._meta = ModelMeta({k: v.decode("utf-8", "replace") for k, v in meta.items()
                             if k != "min_runtime_version" and not k.startswith("CONVERSION_METADATA")})
         self._lock = threading.Lock()
+        self._table: np.ndarray | None = None
+        self._offsets: np.ndarray | None = None
+        self._reverse = False
 
     @staticmethod
     def _arg(detail: dict[str, Any], *, batch: bool) -> TensorArg:
@@ -137,12 +141,43 @@ class LiteRtSession:
         except KeyError as err:
             raise ProviderError(f"No output {err.args[0]!r}; the model has {list(index)}.") from None
 
+    def pixel_session(self, mapping: PixelMapping) -> LiteRtSession | None:
+        """This interpreter, also taking uint8 NHWC pixels: a 256-entry table per channel maps each
+        pixel to the input's value (quantized into the input's scale and zero point where the file
+        takes int8), replacing numpy's normalization and the input quantization. Float input
+        still works as before. None for an input that is not NHWC."""
+        if mapping.layout != "nhwc" or len(self._in["shape"]) != 4:
+            return None
+        quant = None
+        if self._quant_in:
+            scale, zero = self._in["quantization"]
+            quant = (float(scale), int(zero))
+        table = lookup_table(mapping, dtype=np.dtype(self._in["dtype"]) if quant else np.float32, quantization=quant)
+        self._reverse = mapping.reverse  # RGB pixels reversed to the model's BGR before the lookup
+        c = mapping.channels
+        if c > 1 and bool((table == table[:, :1]).all()):
+            table = table[:, :1]  # every channel alike: one table, a plain take over the whole batch
+            c = 1
+        self._table = np.ascontiguousarray(table.T.reshape(-1))  # [channel][pixel]
+        self._offsets = (np.arange(c, dtype=np.intp) * 256) if c > 1 else None
+        return self
+
+    def _from_pixels(self, px: np.ndarray) -> np.ndarray:
+        if self._reverse:
+            px = px[..., ::-1]
+        if self._offsets is None:
+            return self._table.take(px)
+        return self._table.take(px.astype(np.intp) + self._offsets)
+
     def run_array(self, x: np.ndarray) -> list[np.ndarray]:
-        """Every output, in graph order, for the one input ``x`` (the core's per-call path)."""
+        """Every output, in graph order, for the one input ``x`` (the core's per-call path): a
+        float model input, or uint8 pixels after :meth:`pixel_session`."""
         with self._lock:
             if x.shape != self._shape:
                 self._resize(x.shape)
-            if self._quant_in:
+            if x.dtype == np.uint8 and self._table is not None:
+                x = self._from_pixels(x)
+            elif self._quant_in:
                 scale, zero = self._in["quantization"]
                 info = np.iinfo(self._in["dtype"])
                 x = np.clip(np.rint(x / scale + zero), info.min, info.max).astype(self._in["dtype"])

@@ -21,6 +21,7 @@ import numpy as np
 
 from edgecnn._optional import require
 from edgecnn.errors import ArtifactError, ProviderError
+from edgecnn.runtime.pixels import PixelMapping
 from edgecnn.runtime.session import ModelMeta, TensorArg
 
 __all__ = ["OpenVinoSession", "OV_PRECISIONS", "OV_DEVICES"]
@@ -59,32 +60,80 @@ class OpenVinoSession:
         if not any(d == device or d.split(".")[0] == device for d in available):
             raise ProviderError(f"OpenVINO has no {device} device here (it sees {', '.join(available) or 'none'}); "
                                 "pass --device CPU, or --backend onnxruntime.")
-        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+        self._config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
         if threads is not None:
-            config["INFERENCE_NUM_THREADS"] = int(threads)
+            self._config["INFERENCE_NUM_THREADS"] = int(threads)
         precision = precision or "f32"
-        config["INFERENCE_PRECISION_HINT"] = precision
+        self._config["INFERENCE_PRECISION_HINT"] = precision
+        self._core, self._name = core, Path(model).name
         try:
-            read = core.read_model(str(model))
-            self._compiled = core.compile_model(read, device, config)
-        except Exception as err:  # OpenVINO raises RuntimeError for unreadable or unsupported graphs
+            self._model = core.read_model(str(model))
+        except Exception as err:  # OpenVINO raises RuntimeError for unreadable graphs
             raise ArtifactError(f"OpenVINO cannot load {Path(model).name} ({' '.join(str(err).split())[:300]}).") \
                 from err
-        got = str(self._compiled.get_property("INFERENCE_PRECISION_HINT")).lower()
-        if precision not in got.replace("bfloat16", "bf16").replace("float32", "f32"):
-            raise ProviderError(f"OpenVINO on {device} runs this model in {got}, not {precision}: the device lacks "
-                                f"{precision} support; pass --precision f32.")
         self.device, self.precision = device, precision
-        self._request = self._compiled.create_infer_request()
+        self._compiled: Any = None  # compiled on first use (compile()): a pixel session may replace it unused
         self._lock = threading.Lock()
         try:
-            framework = read.get_rt_info()["framework"]
+            framework = self._model.get_rt_info()["framework"]
             meta = {str(k): v.astype(str) if hasattr(v, "astype") else str(v) for k, v in dict(framework).items()}
         except (KeyError, TypeError, RuntimeError):
             meta = {}
         self._meta = ModelMeta(meta)
-        self._inputs = [self._arg(p) for p in read.inputs]
-        self._outputs = [self._arg(p) for p in read.outputs]
+        self._inputs = [self._arg(p) for p in self._model.inputs]
+        self._outputs = [self._arg(p) for p in self._model.outputs]
+
+    def compile(self) -> None:
+        """Compile for the device (once), and check it honours the precision.
+
+        Raises:
+            ArtifactError: for a graph OpenVINO cannot compile.
+            ProviderError: when the device would run another precision than asked.
+        """
+        if self._compiled is not None:
+            return
+        try:
+            compiled = self._core.compile_model(self._model, self.device, self._config)
+        except Exception as err:  # OpenVINO raises RuntimeError for unsupported graphs
+            raise ArtifactError(f"OpenVINO cannot load {self._name} ({' '.join(str(err).split())[:300]}).") from err
+        got = str(compiled.get_property("INFERENCE_PRECISION_HINT")).lower()
+        if self.precision not in got.replace("bfloat16", "bf16").replace("float32", "f32"):
+            raise ProviderError(f"OpenVINO on {self.device} runs this model in {got}, not {self.precision}: the device "
+                                f"lacks {self.precision} support; pass --precision f32.")
+        self._request = compiled.create_infer_request()
+        self._ports = list(compiled.outputs)
+        self._compiled = compiled
+
+    def pixel_session(self, mapping: PixelMapping) -> OpenVinoSession | None:
+        """This model compiled with the pixel mapping in OpenVINO's ``PrePostProcessor``: uint8
+        NHWC pixels in (convert, channel order, mean, scale and layout inside the compiled model),
+        the same outputs. None when the input is not a 4-D float one."""
+        import openvino as ov
+        from openvino.preprocess import ColorFormat, PrePostProcessor
+
+        if len(self._model.inputs) != 1 or self._model.input(0).get_element_type() != ov.Type.f32 \
+                or self._model.input(0).get_partial_shape().rank.get_length() != 4:
+            return None
+        model = self._model.clone()
+        ppp = PrePostProcessor(model)
+        h, w = mapping.input_size
+        tensor = ppp.input().tensor()
+        tensor.set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC"))
+        tensor.set_shape(ov.PartialShape([model.input(0).get_partial_shape()[0], h, w, mapping.channels]))
+        steps = ppp.input().preprocess()
+        if mapping.reverse:
+            tensor.set_color_format(ColorFormat.RGB)
+            steps.convert_color(ColorFormat.BGR)
+        steps.convert_element_type(ov.Type.f32)
+        if any(mapping.mean):
+            steps.mean(list(mapping.mean))
+        steps.scale([1.0 / v for v in mapping.inv_std])
+        ppp.input().model().set_layout(ov.Layout("NCHW" if mapping.layout == "nchw" else "NHWC"))
+        pixels = object.__new__(OpenVinoSession)
+        pixels.__dict__.update(self.__dict__)
+        pixels._model, pixels._compiled, pixels._lock = ppp.build(), None, threading.Lock()
+        pixels.compile()
+        return pixels
 
     @staticmethod
     def _arg(port: Any) -> TensorArg:
@@ -105,12 +154,21 @@ class OpenVinoSession:
 
     def run(self, output_names: list[str] | None, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Outputs in graph order (or ``output_names``' order), as numpy arrays that own their memory."""
-        with self._lock:  # one infer request: calls are serialized, as onnxruntime's are per session
-            result = self._request.infer(feed)
-            # By position: compiling may rename an output port (a Cast fused into it keeps the
-            # Cast's input name, as in an fp16 file with float32 outputs).
-            values = [np.array(result[port], copy=True) for port in self._compiled.outputs]
+        (x,) = feed.values()
+        values = self.run_array(x)
         if output_names is None:
             return values
         index = {o.name: i for i, o in enumerate(self._outputs)}
         return [values[index[n]] for n in output_names]
+
+    def run_array(self, x: np.ndarray) -> list[np.ndarray]:
+        """Every output, in graph order, for the one input ``x`` (the core's per-call path): the
+        input shared with the request, no copy; each output copied once, out of the request's
+        buffers, which the next call overwrites."""
+        if self._compiled is None:
+            self.compile()
+        with self._lock:  # one infer request: calls are serialized, as onnxruntime's are per session
+            result = self._request.infer({0: x}, share_inputs=True, share_outputs=True)
+            # By position: compiling may rename an output port (a Cast fused into it keeps the
+            # Cast's input name, as in an fp16 file with float32 outputs).
+            return [np.array(result[port], copy=True) for port in self._ports]

@@ -86,7 +86,8 @@ class MicroBatcher:
 
     async def start(self) -> None:
         """Warm the model up (first call allocates) and start the worker."""
-        x = np.zeros((1, *self.model.card.input_shape()[1:]), np.float32)
+        h, w = self.model.card.input_size
+        x = np.zeros((1, h, w, self.model.card.channels), np.uint8)  # pixels: the path images take
         await asyncio.get_running_loop().run_in_executor(self._executor, self.model.infer, x)
         self._worker = asyncio.create_task(self._run(), name=f"edgecnn-batcher-{self.model.name}")
 
@@ -212,18 +213,24 @@ class MicroBatcher:
                 job.future.set_result(result)
 
     def _compute(self, batch: list[_Job]) -> list[Any]:
-        """Run one session call on every job's rows, split the results per request."""
-        x = batch[0].x if len(batch) == 1 else np.concatenate([j.x for j in batch])
-        t0 = time.perf_counter()
-        outputs = self.model.infer(x)
-        self._on_batch(int(x.shape[0]), time.perf_counter() - t0)
-        results: list[Any] = []
-        start = 0
-        for job in batch:
-            n = job.rows
-            mine = [_rows(o, start, n, x.shape[0]) for o in outputs]
-            results.append(mine if job.raw else self.model.results(mine, job.fits, job.top_k))
-            start += n
+        """Run one session call on every job's rows, split the results per request. Pixels
+        (uint8) and preprocessed tensors (float) are two calls: they enter the model differently."""
+        results: list[Any] = [None] * len(batch)
+        for pixels in (True, False):
+            group = [i for i, j in enumerate(batch) if (j.x.dtype == np.uint8) == pixels]
+            if not group:
+                continue
+            x = batch[group[0]].x if len(group) == 1 else np.concatenate([batch[i].x for i in group])
+            t0 = time.perf_counter()
+            outputs = self.model.infer(x)
+            self._on_batch(int(x.shape[0]), time.perf_counter() - t0)
+            start = 0
+            for i in group:
+                job = batch[i]
+                n = job.rows
+                mine = [_rows(o, start, n, x.shape[0]) for o in outputs]
+                results[i] = mine if job.raw else self.model.results(mine, job.fits, job.top_k)
+                start += n
         return results
 
 

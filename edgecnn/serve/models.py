@@ -55,7 +55,8 @@ class ServedModel:
 
     # ----------------------------------------------------------------------------- requests
     def prepare_image(self, data: bytes, light_pixels: int | None = None) -> tuple[np.ndarray, FitInfo]:
-        """Encoded image bytes -> a (1, ...) model input and how the image was fitted to it.
+        """Encoded image bytes -> (1, H, W, C) uint8 pixels at the input size and how the image was
+        fitted to them (:meth:`infer` runs the card's mapping, in the backend where it can).
 
         Args:
             data: the encoded image.
@@ -73,7 +74,7 @@ class ServedModel:
             pixels, info = self.model.fit(data)
         except InputError as err:
             raise ServeError(400, "invalid_image", str(err)) from err
-        return normalize_batch(pixels[None], self.card), info
+        return pixels[None], info
 
     def prepare_json(self, data: bytes, max_instances: int = 256) -> np.ndarray:
         """A JSON body ``{"instances": [...], "input": "tensor" | "pixels"}`` -> an (N, ...) model input.
@@ -117,11 +118,13 @@ class ServedModel:
         if arr.ndim != 4 or arr.shape[1:] != (h, w, 3):
             raise _invalid_tensor(f"Each pixels instance must have shape [{h}, {w}, 3] (RGB, 0-255); "
                                   f"got instances of shape {list(arr.shape)}.")
-        h, w = self.card.input_size
         try:
-            return self.model.preprocess(arr)
+            pixels = self.model.to_pixels(arr)
         except InputError as err:
             raise _invalid_tensor(str(err)) from err
+        if np.issubdtype(pixels.dtype, np.integer):  # checked 0-255: exactly uint8
+            return pixels.astype(np.uint8)
+        return normalize_batch(pixels, self.card)  # fractional pixel values: numpy's mapping, as given
 
     def tensor_fit(self) -> FitInfo:
         """How a JSON tensor instance maps to the image: it *is* the model input."""
@@ -130,8 +133,9 @@ class ServedModel:
 
     # ---------------------------------------------------------------------------- inference
     def infer(self, x: np.ndarray) -> list[np.ndarray]:
-        """Every output of the model for a preprocessed batch (the runtime core chunks and pads it)."""
-        return self.model.run_all(x)
+        """Every output of the model for a batch of uint8 pixels (images, pixel tensors) or of
+        preprocessed float model inputs (tensor instances); the runtime core chunks and pads it."""
+        return self.model.run_pixels(x) if x.dtype == np.uint8 else self.model.run_all(x)
 
     def results(self, outputs: list[np.ndarray], fits: list[FitInfo], top_k: int) -> list[dict[str, Any]]:
         """One JSON-able result per image, by the model's task: ``top_k`` classes, ``detections``,

@@ -191,7 +191,7 @@ def _to_input(model: ServedModel, tensor: np.ndarray, datatype: str) -> tuple[np
         return np.concatenate(xs), list(fits)
     if datatype == "UINT8":
         try:
-            return model.model.preprocess(tensor), [model.tensor_fit()] * int(tensor.shape[0])
+            return model.model.to_pixels(tensor), [model.tensor_fit()] * int(tensor.shape[0])
         except InputError as err:
             raise ServeError(422, "invalid_tensor", f"UINT8 input is read as NHWC pixels: {err}") from err
     want = tuple(card.input_shape()[1:])
@@ -266,7 +266,7 @@ def _classification(model: ServedModel, out: np.ndarray, k: int) -> np.ndarray:
 
 
 def _metadata(model: ServedModel) -> dict[str, Any]:
-    session = model.model.session
+    core = model.model
 
     def tensor(t: Any) -> dict[str, Any]:
         return {"name": t.name, "datatype": _ORT_TYPES.get(t.type, "FP32"),
@@ -274,7 +274,7 @@ def _metadata(model: ServedModel) -> dict[str, Any]:
 
     platform = {"openvino": "openvino_onnx", "litert": "litert_tflite"}.get(model.model.backend, "onnxruntime_onnx")
     return {"name": model.name, "versions": [model.version], "platform": platform,
-            "inputs": [tensor(t) for t in session.get_inputs()], "outputs": [tensor(t) for t in session.get_outputs()],
+            "inputs": [tensor(t) for t in core.inputs], "outputs": [tensor(t) for t in core.outputs],
             "parameters": {"task": model.card.task, "labels": len(model.card.class_names)}}
 
 

@@ -86,7 +86,7 @@ def test_binder_keeps_a_few_shapes(models):
     clf = Classifier(models["nhwc"], io_binding=True)
     for n in range(1, 12):
         clf.run(np.zeros((n, 8, 8, 3), np.float32))
-    assert len(clf._binder._bound) == _DeviceBinder._MAX_SHAPES
+    assert len(clf._tensor_runner().binder._bound) == _DeviceBinder._MAX_SHAPES
 
 
 def test_fixed_shape_binding_refuses_another_shape(models, pixels):
