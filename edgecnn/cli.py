@@ -678,13 +678,16 @@ Examples:
 @click.option("--device-id", default=0, show_default=True, type=click.IntRange(min=0), help="CUDA device.")
 @click.option("--placement/--no-placement", default=True, show_default=True,
               help="Report the nodes on each provider ('nodes on CPU: N of M', one profiled run per model).")
+@click.option("--pixels/--no-pixels", default=True, show_default=True,
+              help="Also time the app's call from uint8 pixels (runner '<runner>+pixels'), next to the model alone.")
 @backend_options(several=True)
 @model_options()
 def bench(models: tuple[Path, ...], batch: str, threads: str, provider: str, allow_fallback: bool, warmup: int,
           runs: int, duration: float | None, compare: tuple[str, ...], keras_path: Path | None,
           calibration: Path | None, json_path: Path | None, csv_path: Path | None, plot_path: Path | None,
           io_binding: bool | None, cuda_graph: bool, cudnn_conv_algo_search: str, prefer_nhwc: bool | None,
-          device_id: int, placement: bool, backend: str, device: str, precision: str | None, **flags: Any) -> None:
+          device_id: int, placement: bool, pixels: bool, backend: str, device: str, precision: str | None,
+          **flags: Any) -> None:
     """Benchmark ONNX MODELS (default: the packaged reference model) across batches, threads, providers."""
     from edgecnn.card import atomic_write_text
     from edgecnn.runtime import default_model_path
@@ -695,7 +698,7 @@ def bench(models: tuple[Path, ...], batch: str, threads: str, provider: str, all
                          io_binding=io_binding, cuda_graph=cuda_graph, cudnn_conv_algo_search=cudnn_conv_algo_search.upper(),
                          prefer_nhwc=prefer_nhwc, device_id=device_id, placement=placement,
                          backends=tuple(b.strip() for b in backend.split(",") if b.strip()), device=device,
-                         precision=precision)
+                         precision=precision, pixels=pixels)
     # The Keras/LiteRT baselines import TensorFlow in their own processes: handed to the runtime, never imported by it.
     from edgecnn.baselines import run_baselines
 

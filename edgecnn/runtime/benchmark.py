@@ -5,6 +5,11 @@ loop, and each sample is ``perf_counter_ns`` around one ``session.run`` (tools/b
 shows the p50 agrees with a plain loop). Peak memory is the process's peak RSS (VmHWM), reset
 before each variant where Linux allows it.
 
+Each point is timed twice: the model alone, its preprocessed input ready (the runners below),
+and the call an app makes, from uint8 pixels at the input size to every output
+(``InferenceModel.run_pixels``: the card's mapping included, inside the backend where it runs
+there), as runner ``<runner>+pixels``. The gap between the two is the runtime's per-call cost.
+
 Three ways to call the session (the ``runner`` column):
 
 - ``onnxruntime``: ``session.run`` on a host numpy array; on a GPU every call copies the input
@@ -73,6 +78,7 @@ class BenchConfig:
     backends: tuple[str, ...] = ("onnxruntime",)  # each model is measured on each, side by side
     device: str = "CPU"  # OpenVINO's device
     precision: str | None = None  # OpenVINO's execution precision (f32 when None)
+    pixels: bool = True  # also time the app's call from uint8 pixels (runner "<runner>+pixels")
 
     def __post_init__(self) -> None:
         from edgecnn.runtime.session import BACKENDS
@@ -411,21 +417,26 @@ def bench_onnx(model: str | Path, config: BenchConfig, *, pixels: np.ndarray | N
             if config.placement and placement is None and core.backend == "onnxruntime":
                 placement = _placement(core)
             px = pixels[:batch] if pixels is not None and len(pixels) >= batch else _synthetic_pixels(card, batch, config.seed)
-            x = core._check_tensor(core.preprocess(px))
-            runner, run = core.timed_call(x)
+            px = np.ascontiguousarray(px, dtype=np.uint8)
+            runner, run = core.timed_call(core.preprocess(px))
             if core.backend == "openvino":
                 runner = "openvino" if config.precision is None else f"openvino.{config.precision}"
             elif core.backend != "onnxruntime":
                 runner = core.backend  # a .tflite file runs on LiteRT
-            times = time_callable(run, warmup=config.warmup, runs=config.runs, duration_s=config.duration_s,
-                                  min_runs=config.min_runs)
             notes = ([core.info.fallback] if core.info.fallback else []) + skipped
-            results.append(BenchResult(card.name, variant, runner, card.precision, core.providers[0], batch,
-                                       threads, latency_stats(times, batch), session_s=core.info.creation_s,
-                                       peak_rss_mb=peak_rss_mb(), notes=notes, placement=placement))
-            if on_result is not None:
-                on_result(results[-1])
-            log.debug("%s batch %d threads %d: p50 %.3f ms", variant, batch, threads, results[-1].stats["p50_ms"])
+            calls = [(runner, run)]
+            if config.pixels:  # the app's call: uint8 pixels to every output, the card's mapping included
+                calls.append((f"{runner}+pixels", lambda: core.run_pixels(px)))
+            for name, call in calls:
+                times = time_callable(call, warmup=config.warmup, runs=config.runs, duration_s=config.duration_s,
+                                      min_runs=config.min_runs)
+                results.append(BenchResult(card.name, variant, name, card.precision, core.providers[0], batch,
+                                           threads, latency_stats(times, batch), session_s=core.info.creation_s,
+                                           peak_rss_mb=peak_rss_mb(), notes=notes, placement=placement))
+                if on_result is not None:
+                    on_result(results[-1])
+                log.debug("%s %s batch %d threads %d: p50 %.3f ms", variant, name, batch, threads,
+                          results[-1].stats["p50_ms"])
         del core
     return results
 

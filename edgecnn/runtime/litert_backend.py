@@ -177,15 +177,22 @@ class LiteRtSession:
                 self._resize(x.shape)
             if x.dtype == np.uint8 and self._table is not None:
                 x = self._from_pixels(x)
-            elif self._quant_in:
-                scale, zero = self._in["quantization"]
-                info = np.iinfo(self._in["dtype"])
-                x = np.clip(np.rint(x / scale + zero), info.min, info.max).astype(self._in["dtype"])
+            else:
+                x = self.model_input(x)
             self._set(self._in_index, x)
             self._invoke()
             if self._plain_out:
                 return [self._get(i) for i in self._out_index]  # get_tensor returns a copy
             return [self._dequantize(o) for o in self._outs]
+
+    def model_input(self, x: np.ndarray) -> np.ndarray:
+        """A float model input as the interpreter takes it: quantized into an int8/uint8 input's
+        scale and zero point (as the converter's own Quantize op would), else as it is."""
+        if not self._quant_in or x.dtype == self._in["dtype"]:
+            return x
+        scale, zero = self._in["quantization"]
+        info = np.iinfo(self._in["dtype"])
+        return np.clip(np.rint(x / scale + zero), info.min, info.max).astype(self._in["dtype"])
 
     def _resize(self, shape: tuple[int, ...]) -> None:
         self._interp.resize_tensor_input(self._in_index, list(shape))

@@ -274,7 +274,7 @@ def _metadata(model: ServedModel) -> dict[str, Any]:
 
     platform = {"openvino": "openvino_onnx", "litert": "litert_tflite"}.get(model.model.backend, "onnxruntime_onnx")
     return {"name": model.name, "versions": [model.version], "platform": platform,
-            "inputs": [tensor(t) for t in core.inputs], "outputs": [tensor(t) for t in core.outputs],
+            "inputs": [tensor(t) for t in core.graph_inputs], "outputs": [tensor(t) for t in core.graph_outputs],
             "parameters": {"task": model.card.task, "labels": len(model.card.class_names)}}
 
 

@@ -77,12 +77,15 @@ def test_notes_say_when_quantized_is_slower():
 def test_bench_onnx_and_schema(models, tmp_path):
     config = BenchConfig(batch_sizes=(1, 4), threads=(1,), warmup=1, runs=3)
     report = run_benchmark([models["nhwc"], models["nchw_logits"]], config)
-    assert [(r.variant, r.batch) for r in report.results] == [
-        ("tiny:fp32 (tiny_nhwc.onnx)", 1), ("tiny:fp32 (tiny_nhwc.onnx)", 4),
-        ("tiny:fp32 (tiny_nchw_logits.onnx)", 1), ("tiny:fp32 (tiny_nchw_logits.onnx)", 4)]
-    r = report.results[1]
+    # each point twice: the model alone (input ready), then the app's call from uint8 pixels
+    assert [(r.variant, r.batch, r.runner) for r in report.results] == [
+        (f"tiny:fp32 (tiny_{m}.onnx)", b, runner) for m in ("nhwc", "nchw_logits") for b in (1, 4)
+        for runner in ("onnxruntime", "onnxruntime+pixels")]
+    r = report.results[2]
     assert r.runner == "onnxruntime" and r.provider == "CPUExecutionProvider" and r.stats["runs"] == 3
     assert r.session_s > 0 and r.peak_rss_mb > 0
+    alone = run_benchmark([models["nhwc"]], BenchConfig(batch_sizes=(1,), warmup=1, runs=3, pixels=False))
+    assert [r.runner for r in alone.results] == ["onnxruntime"]
 
     data = json.loads(report.to_json())
     assert data["schema"] == "edgecnn.bench/1"
@@ -91,7 +94,7 @@ def test_bench_onnx_and_schema(models, tmp_path):
     assert data["config"]["batch_sizes"] == [1, 4]
 
     rows = list(csv.DictReader(io.StringIO(report.to_csv())))
-    assert len(rows) == 4 and list(rows[0]) == CSV_FIELDS
+    assert len(rows) == 8 and list(rows[0]) == CSV_FIELDS
     assert float(rows[0]["p50_ms"]) > 0 and rows[0]["batch"] == "1"
 
 

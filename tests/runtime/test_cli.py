@@ -58,8 +58,9 @@ def test_bench_outputs(models, tmp_path):
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     assert "p50" in res.output and "tiny:fp32" in res.output
-    assert len(json.loads((tmp_path / "b.json").read_text())["results"]) == 4
-    assert len(list(csv.DictReader((tmp_path / "b.csv").open()))) == 4
+    results = json.loads((tmp_path / "b.json").read_text())["results"]
+    assert len(results) == 8 and sum(r["runner"] == "onnxruntime+pixels" for r in results) == 4
+    assert len(list(csv.DictReader((tmp_path / "b.csv").open()))) == 8
 
 
 def test_bench_bad_batch(models):

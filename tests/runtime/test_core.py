@@ -195,8 +195,9 @@ def test_bench_without_labels_and_with_a_batch1_model(tmp_path):
                                                     "--no-placement", "--json", str(tmp_path / "b.json")])
     assert res.exit_code == 0, res.output
     rows = json.loads((tmp_path / "b.json").read_text())["results"]
-    assert sorted((Path(r["model"]).name if "/" in r["model"] else r["model"], r["batch"]) for r in rows) == \
-        sorted([("raw", 1), ("raw", 32), ("b1", 1)])
+    assert sorted((Path(r["model"]).name if "/" in r["model"] else r["model"], r["batch"], r["runner"]) for r in rows) \
+        == sorted((m, b, runner) for m, b in [("raw", 1), ("raw", 32), ("b1", 1)]
+                  for runner in ("onnxruntime", "onnxruntime+pixels"))
     assert "static batch size of 1" in res.output + res.stderr and "skipped 32" in res.output + res.stderr
 
 

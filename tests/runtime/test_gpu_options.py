@@ -187,7 +187,7 @@ def test_node_placement_on_cpu_is_all_cpu(models, name):
 def test_bench_io_binding_and_placement(models):
     config = BenchConfig(batch_sizes=(1, 2), warmup=1, runs=3, io_binding=True)
     report = run_benchmark([models["nhwc"]], config)
-    assert [r.runner for r in report.results] == ["onnxruntime.iobinding"] * 2
+    assert [r.runner for r in report.results] == ["onnxruntime.iobinding", "onnxruntime.iobinding+pixels"] * 2
     data = report.to_dict()
     assert data["placement"] == {"tiny:fp32 [CPU]": {
         "total": 3, "on_cpu": 3, "cpu_share": 1.0, "by_provider": {"CPUExecutionProvider": 3},

@@ -67,7 +67,7 @@ def test_predict_and_bench_side_by_side(tmp_path):
                                     "--batch", "1", "--json", str(tmp_path / "b.json")])
     assert res.exit_code == 0, res.output
     runners = {r["runner"] for r in json.loads((tmp_path / "b.json").read_text())["results"]}
-    assert runners == {"onnxruntime", "openvino"}
+    assert runners == {"onnxruntime", "openvino", "onnxruntime+pixels", "openvino+pixels"}
     res = CliRunner().invoke(main, ["bench", "--backend", "tvm"])
     assert res.exit_code == 1 and "--backend takes onnxruntime, openvino" in res.output
 
