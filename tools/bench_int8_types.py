@@ -197,7 +197,9 @@ def with_x64_precision(model: Any, path: Path, threads: int) -> Any:
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.add_session_config_entry("session.x64quantprecision", "1")
-    model.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    # this tool feeds preprocessed tensors (model.run_all): the session that runs them is replaced
+    model._tensor = model._runner(ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]),
+                                  model.input_name)
     return model
 
 

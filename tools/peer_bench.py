@@ -1,23 +1,33 @@
-"""edgecnn's tuned pick against its peers on the same model, in the same run (issue 12).
+"""edgecnn's tuned pick against its peers on the same model, in the same run, from uint8 pixels
+(issues 12 and 19).
 
 For a run directory (model.keras + card.json) and its export directory (``edgecnn export RUN -q
-int8 -q fp16`` then ``edgecnn tune``'s ``tune_report.json``), at each thread count and batch size:
+int8 -q litert-int8`` then ``edgecnn tune``'s ``tune_report.json``), at each thread count and
+batch size, every runner is timed on the call an app makes: **uint8 NHWC pixels at the input
+size in, probabilities out**, preprocessing included, each with its own best pipeline:
 
 - **edgecnn**: ``edgecnn tune``'s finalists at that thread count and batch size (the three
   fastest configurations within its accuracy budget in its first pass, and each backend's
-  fastest), run through the runtime core as an app runs it and re-measured in the same rounds as
-  the peers; the pick is the fastest of them, as tune's own confirmation round decides;
-- **LiteRT** (``ai-edge-litert``, XNNPack): the Keras model converted by the TFLite converter,
-  fp32 and full-int8 (its own post-training quantization, calibrated on the same training
-  images edgecnn's int8 export uses);
-- **OpenVINO** through its own Python API (not edgecnn's backend): the fp32 ONNX at OpenVINO's
-  default precision on this CPU (bf16 where the CPU has it) and the int8 QDQ ONNX.
+  fastest), ``Classifier.predict_proba(pixels)`` through the runtime core as an app calls it;
+  the pick is the fastest of them, as tune's own confirmation round decides;
+- **bare** (one per finalist): the same file on the same backend through that backend's own API,
+  its input already preprocessed (float, or int8 for an int8-input ``.tflite``) outside the timed
+  call: the floor a wrapper can reach, for the "each backend path within 1.15x of its bare call"
+  check;
+- **LiteRT** (``ai-edge-litert``, XNNPack): the Keras model through the TFLite converter in full
+  int8 (int8 input and output, calibrated on the training images edgecnn's int8 export uses) and
+  in fp32, fed as LiteRT's documentation shows (``(pixels - mean) / std``, then ``x / scale +
+  zero_point`` for an int8 input; the int8 output dequantized);
+- **OpenVINO** through its own Python API with its ``PrePostProcessor`` (uint8 NHWC tensor in;
+  convert, mean, scale and layout compiled into the model), on the fp32 ONNX and on the int8
+  QDQ ONNX, at its default precision on this CPU (bf16 where the CPU has it), inputs shared;
+- **onnxruntime** on the int8 ONNX with the same preprocessing folded into the graph
+  (``edgecnn.runtime.pixels.fold_onnx``), a bare ``session.run``.
 
-Every runner is timed on the same preprocessed images (the timed call includes input in and
-output out), in interleaved rounds; the table gives the median of the rounds' p50s, images per
-second from it, and each runner's top-1 accuracy on the same held-out images.
+Interleaved rounds; the table gives the median of the rounds' p50s, images per second from it,
+and each runner's top-1 accuracy on the same held-out images (from pixels).
 
-    python tools/peer_bench.py /work/runs/seed_cnn --threads 1,2 --batch 1
+    python tools/peer_bench.py /work/runs/seed_cnn --threads 1,2 --batch 1,32
     python tools/peer_bench.py /work/runs/mnv2_224 --threads 1,2 --batch 1,32 --out /tmp/peer_mnv2.json
 """
 
@@ -29,7 +39,6 @@ import os
 import platform
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -48,85 +57,153 @@ def _p50_ms(call, seconds: float) -> float:
     return 1e3 * float(np.median(times))
 
 
+def _in_batches(fn, pixels: np.ndarray, batch: int) -> np.ndarray:
+    """``fn`` over ``pixels`` in calls of exactly ``batch`` images (the tail dropped)."""
+    return np.concatenate([np.asarray(fn(pixels[k:k + batch]), dtype=np.float32).reshape(batch, -1)
+                           for k in range(0, len(pixels) - len(pixels) % batch, batch)])
+
+
 # ------------------------------------------------------------------------------------ runners
+# Each runner is (make, predict): make(pixels) -> the timed no-argument call; predict(pixels, batch)
+# -> (N, classes) outputs for top-1.
 
 def edgecnn_runner(export_dir: Path, cell: dict, threads: int):
     from edgecnn.export.tune import Candidate
+    from edgecnn.runtime import Classifier
 
-    model = Candidate(cell["file"], cell["variant"], cell["backend"], cell["precision"],
-                      cell["io_binding"]).open(export_dir, threads, "CPU")
+    model = Classifier.adopt(Candidate(cell["file"], cell["variant"], cell["backend"], cell["precision"],
+                                       cell["io_binding"]).open(export_dir, threads, "CPU"))
 
     def make(pixels: np.ndarray):
-        x = model.preprocess(pixels)
-        return lambda: model._run_once(x)
+        return lambda: model.predict_proba(pixels)
 
-    def predict(pixels: np.ndarray) -> np.ndarray:
-        return np.concatenate([model.run(model.preprocess(pixels[i:i + 64])) for i in range(0, len(pixels), 64)])
+    return make, lambda pixels, batch: _in_batches(model.predict_proba, pixels, batch)
 
-    return make, predict
+
+def bare_runner(export_dir: Path, cell: dict, threads: int, card: ModelCard, batch: int):
+    """The finalist's file on its backend through the backend's own API, input ready."""
+    path = export_dir / cell["file"]
+    if cell["backend"] == "litert":
+        from ai_edge_litert.interpreter import Interpreter
+
+        interp = Interpreter(model_path=str(path), num_threads=threads)
+        inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+        interp.resize_tensor_input(inp["index"], [batch, *card.input_size, card.channels])
+        interp.allocate_tensors()
+        scale, zero = inp["quantization"]
+
+        def ready(pixels):
+            x = normalize_batch(pixels, card.replace(layout="nhwc"))
+            return x if inp["dtype"] == np.float32 else \
+                np.clip(np.rint(x / scale + zero), -128, 127).astype(inp["dtype"])
+
+        def make(pixels):
+            x, set_tensor, invoke, get_tensor = ready(pixels), interp.set_tensor, interp.invoke, interp.get_tensor
+            i, o = inp["index"], out["index"]
+
+            def call():
+                set_tensor(i, x)
+                invoke()
+                return get_tensor(o)
+
+            return call
+
+        return make
+    if cell["backend"] == "openvino":
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(str(path), "CPU", {
+            "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads,
+            "INFERENCE_PRECISION_HINT": cell["precision"] or "f32"})
+        request, port = compiled.create_infer_request(), compiled.outputs[0]
+
+        def make(pixels):
+            x = normalize_batch(pixels, card)
+            return lambda: request.infer({0: x}, share_inputs=True)[port]
+
+        return make
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+
+    def make(pixels):
+        feed = {name: normalize_batch(pixels, card)}
+        return lambda: sess.run(None, feed)
+
+    return make
 
 
 def litert_runner(tflite: bytes, card: ModelCard, threads: int, batch: int):
     from ai_edge_litert.interpreter import Interpreter
 
-    nhwc = replace(card, layout="nhwc")
     interp = Interpreter(model_content=tflite, num_threads=threads)
     inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
     interp.resize_tensor_input(inp["index"], [batch, *card.input_size, card.channels])
     interp.allocate_tensors()
     scale, zero = inp["quantization"]
-    dtype = inp["dtype"]
+    out_scale, out_zero = out["quantization"]
+    mean, std = np.asarray(card.mean, np.float32), np.asarray(card.std, np.float32)
+    quant_in, quant_out = inp["dtype"] != np.float32, out["dtype"] != np.float32
+    set_tensor, invoke, get_tensor, i, o = interp.set_tensor, interp.invoke, interp.get_tensor, inp["index"], \
+        out["index"]
 
-    def to_input(pixels: np.ndarray) -> np.ndarray:
-        x = normalize_batch(pixels, nhwc)
-        if dtype == np.int8:  # full-int8: the app quantizes its input, once, outside the timed call
-            return np.clip(np.rint(x / scale + zero), -128, 127).astype(np.int8)
-        return x
+    def call(pixels: np.ndarray) -> np.ndarray:  # the app's whole call, as LiteRT's docs write it
+        x = (pixels.astype(np.float32) - mean) / std
+        if quant_in:
+            x = np.clip(np.round(x / scale + zero), -128, 127).astype(inp["dtype"])
+        set_tensor(i, x)
+        invoke()
+        y = get_tensor(o)
+        return (y.astype(np.float32) - out_zero) * np.float32(out_scale) if quant_out else y
 
-    def make(pixels: np.ndarray):
-        x = to_input(pixels)
-        set_tensor, invoke, get_tensor, i, o = interp.set_tensor, interp.invoke, interp.get_tensor, inp["index"], \
-            out["index"]
-
-        def call():
-            set_tensor(i, x)
-            invoke()
-            return get_tensor(o)
-
-        return call
-
-    def predict(pixels: np.ndarray) -> np.ndarray:
-        outs = []
-        for k in range(0, len(pixels) - len(pixels) % batch, batch):
-            set_tensor = interp.set_tensor
-            set_tensor(inp["index"], to_input(pixels[k:k + batch]))
-            interp.invoke()
-            outs.append(interp.get_tensor(out["index"]).astype(np.float32))
-        return np.concatenate(outs)
-
-    return make, predict
+    return (lambda pixels: (lambda: call(pixels))), (lambda pixels, b: _in_batches(call, pixels, b))
 
 
 def openvino_runner(onnx_path: Path, threads: int, card: ModelCard):
     import openvino as ov
+    from openvino.preprocess import ColorFormat, PrePostProcessor
 
     core = ov.Core()
-    compiled = core.compile_model(str(onnx_path), "CPU", {"PERFORMANCE_HINT": "LATENCY",
-                                                          "INFERENCE_NUM_THREADS": threads})
+    model = core.read_model(str(onnx_path))
+    ppp = PrePostProcessor(model)
+    h, w = card.input_size
+    ppp.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC")) \
+        .set_shape(ov.PartialShape([model.input(0).get_partial_shape()[0], h, w, card.channels]))
+    steps = ppp.input().preprocess()
+    if card.channel_order == "BGR":
+        ppp.input().tensor().set_color_format(ColorFormat.RGB)
+        steps.convert_color(ColorFormat.BGR)
+    steps.convert_element_type(ov.Type.f32).mean(list(card.mean)).scale(list(card.std))
+    ppp.input().model().set_layout(ov.Layout("NCHW" if card.layout == "nchw" else "NHWC"))
+    compiled = core.compile_model(ppp.build(), "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads})
     hint = compiled.get_property("INFERENCE_PRECISION_HINT")  # an ov.Type: "bf16" or "f32"
     precision = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
     request = compiled.create_infer_request()
     port = compiled.outputs[0]
 
-    def make(pixels: np.ndarray):
-        x = normalize_batch(pixels, card)
-        return lambda: request.infer({0: x})[port]
+    def call(pixels: np.ndarray) -> np.ndarray:
+        return request.infer({0: pixels}, share_inputs=True)[port]
 
-    def predict(pixels: np.ndarray) -> np.ndarray:
-        return np.concatenate([np.array(request.infer({0: normalize_batch(pixels[i:i + 64], card)})[port])
-                               for i in range(0, len(pixels), 64)])
+    return (lambda pixels: (lambda: call(pixels))), (lambda pixels, b: _in_batches(call, pixels, b)), precision
 
-    return make, predict, precision
+
+def onnxruntime_folded_runner(onnx_path: Path, threads: int, card: ModelCard):
+    import onnxruntime as ort
+
+    from edgecnn.runtime.pixels import fold_onnx
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    sess = ort.InferenceSession(fold_onnx(onnx_path, card, card.input_name), so, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+
+    def call(pixels: np.ndarray) -> np.ndarray:
+        return sess.run(None, {name: pixels})[0]
+
+    return (lambda pixels: (lambda: call(pixels))), (lambda pixels, b: _in_batches(call, pixels, b))
 
 
 # -------------------------------------------------------------------------------------- main
@@ -168,6 +245,7 @@ def main() -> None:
     test, labels = data.test, data.test_labels
     # The images edgecnn's int8 export calibrated on (the same seeded pick of the training images).
     calib = data.calibration[np.sort(np.random.default_rng(0).permutation(len(data.calibration))[:512])]
+    test = np.ascontiguousarray(test)
 
     import tensorflow as tf
 
@@ -186,7 +264,7 @@ def main() -> None:
     rows = []
     for threads in threads_list:
         for batch in batches:
-            pixels = np.concatenate([test] * (-(-batch // len(test))))[:batch]
+            pixels = np.ascontiguousarray(np.concatenate([test] * (-(-batch // len(test))))[:batch])
             runners = {}
             finalists = _finalists(tune_report, threads, batch)
             if not finalists:
@@ -196,33 +274,46 @@ def main() -> None:
             for cell in finalists:  # tune's confirmation round, in the same interleaved rounds as the peers
                 make, predict = edgecnn_runner(export_dir, cell, threads)
                 runners[f"edgecnn ({cell['config']})"] = ("edgecnn", make, predict)
+                runners[f"bare {cell['config']}, input ready"] = ("bare", bare_runner(export_dir, cell, threads, card,
+                                                                                     batch), None)
             for name, blob in (("int8", tflite_int8), ("fp32", tflite_fp32)):
                 make, predict = litert_runner(blob, card, threads, batch)
                 runners[f"LiteRT {name} (XNNPack)"] = ("litert", make, predict)
             for name, file in (("fp32 file", "model.onnx"), ("int8 QDQ file", "model.int8.onnx")):
                 if (export_dir / file).is_file():
                     make, predict, prec = openvino_runner(export_dir / file, threads, card)
-                    runners[f"OpenVINO {name} ({prec})"] = ("openvino", make, predict)
+                    runners[f"OpenVINO PPP, {name} ({prec})"] = ("openvino", make, predict)
+            if (export_dir / "model.int8.onnx").is_file():
+                make, predict = onnxruntime_folded_runner(export_dir / "model.int8.onnx", threads, card)
+                runners["onnxruntime, int8 file, pixels in graph"] = ("onnxruntime", make, predict)
             calls = {name: r[1](pixels) for name, r in runners.items()}
             p50s: dict[str, list[float]] = {name: [] for name in runners}
             for _ in range(args.rounds):
                 for name, call in calls.items():
                     p50s[name].append(_p50_ms(call, args.seconds))
             for name, (family, _, predict) in runners.items():
-                out = predict(test)
-                acc = float(np.mean(out.argmax(1) == labels[:len(out)])) if labels is not None else None
+                acc = None
+                if predict is not None and labels is not None:
+                    out = predict(test, batch if batch <= len(test) else 1)
+                    acc = float(np.mean(out.argmax(1) == labels[:len(out)]))
                 p50 = float(np.median(p50s[name]))
                 rows.append({"runner": name, "family": family, "threads": threads, "batch": batch, "p50_ms": p50,
-                             "rounds_p50_ms": p50s[name], "throughput_ips": batch * 1e3 / p50, "top1": acc,
-                             "top1_images": len(out)})
-                print(f"{threads}t b{batch} {name:45s} p50 {p50:8.3f} ms  {batch * 1e3 / p50:9.0f} img/s  "
+                             "rounds_p50_ms": p50s[name], "throughput_ips": batch * 1e3 / p50, "top1": acc})
+                print(f"{threads}t b{batch} {name:52s} p50 {p50:8.3f} ms  {batch * 1e3 / p50:9.0f} img/s  "
                       f"top-1 {'-' if acc is None else f'{100 * acc:.2f}%'}")
             group = rows[-len(runners):]
             mine = min((r for r in group if r["family"] == "edgecnn"), key=lambda r: r["p50_ms"])
             mine["pick"] = True  # what tune's confirmation round picks among its finalists
-            best = min((r for r in group if r["family"] != "edgecnn"), key=lambda r: r["p50_ms"])
+            peers = [r for r in group if r["family"] not in ("edgecnn", "bare")]
+            best = min(peers, key=lambda r: r["p50_ms"])
             print(f"   edgecnn's pick {mine['runner']} / best peer ({best['runner']}): "
                   f"{mine['p50_ms'] / best['p50_ms']:.2f}x p50")
+            for r in group:
+                if r["family"] == "edgecnn":
+                    bare = next(b for b in group if b["runner"] == r["runner"].replace("edgecnn (", "bare ")
+                                .removesuffix(")") + ", input ready")
+                    r["vs_bare"] = r["p50_ms"] / bare["p50_ms"]
+                    print(f"   {r['runner']} from pixels / its bare call, input ready: {r['vs_bare']:.3f}x")
     m = machine_fingerprint()
     result = {"run": str(args.run), "export": str(export_dir), "machine": m, "loadavg": os.getloadavg(),
               "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "args": {k: str(v) for k, v in vars(args).items()},

@@ -53,6 +53,14 @@ def test_runtime_runs_the_tflite_like_the_onnx(litert_export, sample3):
     # batch sizes change between calls (the interpreter is resized), results stay per image
     one = lite.predict_proba(x[:1])
     assert np.allclose(one[0], p_lite[0], atol=1e-6)
+    # int8 input: uint8 pixels go through one lookup table per channel into it, no float pass;
+    # a preprocessed float tensor is still accepted (quantized on the way in), with the same answers
+    from ai_edge_litert.interpreter import Interpreter
+
+    assert Interpreter(model_path=str(out / "model.int8.tflite")).get_input_details()[0]["dtype"] == np.int8
+    assert lite.pixels_in_graph and lite.pixel_note.startswith("LiteRT lookup table")
+    from_floats = lite.probabilities(lite.run(lite.preprocess(x)))
+    assert (from_floats.argmax(1) == p_lite.argmax(1)).all() and np.abs(from_floats - p_lite).max() < 0.02
     top = lite.predict([x[0]], top_k=2)[0]
     assert len(top) == 2 and top[0].label in sample3.class_names
 
@@ -147,8 +155,9 @@ def test_cli_predict_and_bench_a_tflite(tmp_path, litert_export, sample3):
 
 
 def test_peer_bench_tool_times_the_pick_against_litert_and_openvino(tmp_path, litert_export, seed_run):
-    """tools/peer_bench.py, the issue-12 harness: edgecnn's tuned pick, LiteRT int8/fp32 and
-    OpenVINO on the same images, in one run."""
+    """tools/peer_bench.py, the issue-12/19 harness: edgecnn's tuned pick from uint8 pixels, each
+    finalist's bare call with its input ready, LiteRT int8/fp32, OpenVINO with its
+    PrePostProcessor and onnxruntime with the mapping in the graph, on the same images, in one run."""
     import json
     import subprocess
     import sys
@@ -168,6 +177,9 @@ def test_peer_bench_tool_times_the_pick_against_litert_and_openvino(tmp_path, li
     assert done.returncode == 0, done.stderr[-2000:]
     rows = json.loads(result_file.read_text())["rows"]
     families = {r["family"] for r in rows}
-    assert families == {"edgecnn", "litert", "openvino"}
-    assert all(r["p50_ms"] > 0 and 0 <= r["top1"] <= 1 for r in rows)
+    assert families == {"edgecnn", "bare", "litert", "openvino", "onnxruntime"}
+    assert all(r["p50_ms"] > 0 for r in rows)
+    assert all(0 <= r["top1"] <= 1 for r in rows if r["family"] != "bare")
+    assert all(r["vs_bare"] > 0 for r in rows if r["family"] == "edgecnn")
     assert "/ best peer" in done.stdout and sum(1 for r in rows if r.get("pick")) == 1
+    assert "from pixels / its bare call, input ready" in done.stdout
