@@ -223,7 +223,12 @@ class InferenceModel:
             folded = fold_onnx(model, self.card, self.input_name)
             if folded is None:
                 return None, "numpy (the file cannot carry it, or the onnx package is missing)"
-            session, _ = create_session(folded, **self._open)
+            try:
+                session, _ = create_session(folded, **self._open)
+            except ArtifactError as err:  # the file as it is opened: never refuse it for what was added
+                log.warning("%s: the pixel mapping cannot run in the graph (%s); numpy runs it.", self.model_path.name,
+                            err)
+                return None, "numpy (onnxruntime refused the folded graph)"
             return self._runner(session, session.get_inputs()[0].name), "onnxruntime graph (uint8 pixels in)"
         session = self._session.pixel_session(mapping)  # OpenVINO's PrePostProcessor, LiteRT's lookup table
         if session is None:
@@ -410,10 +415,6 @@ class InferenceModel:
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], step - n, axis=0)])
             parts.append([o[:n] for o in run(chunk)])
         return [np.concatenate([p[i] for p in parts]) for i in range(len(self.output_names))]
-
-    def _run_once(self, x: np.ndarray) -> list[np.ndarray]:
-        """One call of the float session on a checked, preprocessed input (no chunking)."""
-        return self._tensor_runner().run(x)
 
     def timed_call(self, x: np.ndarray) -> tuple[str, Any]:
         """The runner name and a no-argument call that runs the model once on ``x``, as bare as a

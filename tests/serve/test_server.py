@@ -565,3 +565,33 @@ def test_big_images_decode_on_the_low_priority_pool(model_dir, images):
                        params={"top_k": 1})
             assert r.status_code == 200, r.text
         assert len(pools.heavy._threads) == 1
+
+
+def test_images_pixels_and_tensors_batched_together_each_enter_the_model_their_way(model_dir, images):
+    """One micro-batch can hold encoded images and pixel instances (uint8, the mapping inside the
+    backend) next to preprocessed tensor instances (float, the file's own input): each kind is its
+    own call, and every answer is the one the runtime gives alone."""
+    clf = Classifier(model_dir / "tiny_nhwc.onnx")
+    ref = clf.predict_proba(images[:12])
+    with running_server(model_dir / "tiny_nhwc.onnx", max_batch=32, max_delay_ms=50) as srv:
+        async def main() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=srv.url, limits=httpx.Limits(max_connections=32)) as client:
+                url = "/v1/models/tiny_nhwc:predict"
+                calls = []
+                for i in range(12):
+                    if i % 3 == 0:
+                        calls.append(client.post(url, content=png(images[i]), headers={"Content-Type": "image/png"}))
+                    elif i % 3 == 1:
+                        calls.append(client.post(url, json={"instances": [images[i].tolist()], "input": "pixels"}))
+                    else:
+                        tensor = clf.preprocess(images[i:i + 1])[0]
+                        calls.append(client.post(url, json={"instances": [tensor.tolist()], "input": "tensor"}))
+                return await asyncio.gather(*calls)
+
+        responses = asyncio.run(main())
+        assert srv.metric("edgecnn_batch_size_count", model="tiny_nhwc") >= 2  # at least one call per kind
+    for i, r in enumerate(responses):
+        assert r.status_code == 200, r.text
+        got = _probs(r.json())[0]
+        for index, p in got.items():
+            assert p == pytest.approx(float(ref[i, index]), abs=1e-5)
