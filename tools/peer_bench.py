@@ -86,6 +86,9 @@ def bare_runner(export_dir: Path, cell: dict, threads: int, card: ModelCard, bat
     if cell["backend"] == "litert":
         from ai_edge_litert.interpreter import Interpreter
 
+        from edgecnn.runtime.core import InferenceModel
+
+        card = InferenceModel(path, pixels_in_graph=False).card  # its own: the normalization may be inside it
         interp = Interpreter(model_path=str(path), num_threads=threads)
         inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
         interp.resize_tensor_input(inp["index"], [batch, *card.input_size, card.channels])

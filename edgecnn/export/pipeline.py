@@ -589,10 +589,11 @@ def _check_litert_source(src: ModelSource, config: ExportConfig) -> None:
 def _litert_variant(src: ModelSource, card: ModelCard, fp32_out: list[np.ndarray], fp32: VariantResult,
                     data: ExportData, config: ExportConfig, staging: Path) -> VariantResult:
     """``model.int8.tflite``: the source Keras model through the TFLite converter, int8 weights and
-    activations calibrated on the images the ONNX int8 variant uses, int8 input (the runtime maps
-    uint8 pixels into it through one lookup table) and float32 output, the card in its metadata;
-    judged by the same guard against the fp32 ONNX outputs."""
-    from edgecnn.export.litert import convert_litert_int8, embed_card_tflite
+    activations calibrated on the images the ONNX int8 variant uses, the card's normalization inside
+    the model so that the int8 input is the pixel itself (``pixel - 128``: the runtime's whole
+    preprocessing is one xor), float32 output, the card in its metadata; judged by the same guard
+    against the fp32 ONNX outputs."""
+    from edgecnn.export.litert import convert_litert_int8, embed_card_tflite, pixels_card
     from edgecnn.export.quantize import check_calibration_images
     from edgecnn.export.sources import _load_keras_model
 
@@ -602,11 +603,13 @@ def _litert_variant(src: ModelSource, card: ModelCard, fp32_out: list[np.ndarray
     pick = np.sort(np.random.default_rng(quant.seed).permutation(len(data.calibration))[:quant.calibration_samples])
     nhwc = card.replace(layout="nhwc")  # the Keras model's own layout
     model = tta_model(_load_keras_model(src.file), config.tta)  # the same graph as the ONNX variants
-    blob = convert_litert_int8(model, nhwc, data.calibration[pick], source=str(src.path), float_output=True)
+    blob = convert_litert_int8(model, nhwc, data.calibration[pick], source=str(src.path), float_output=True,
+                               pixels_in=True)
     settings = {"converter": "tf.lite.TFLiteConverter", "optimizations": "DEFAULT", "ops": "TFLITE_BUILTINS_INT8",
-                "input": "int8", "output": "float32", "calibration_samples": int(len(pick)), "runtime": "LiteRT (XNNPack)"}
-    vcard = nhwc.replace(precision=LITERT_MODE, metrics=dict(card.metrics),
-                         export={**card.export, "quantization": {"mode": LITERT_MODE, **settings}})
+                "input": "int8 pixels (normalization inside the model)", "output": "float32",
+                "calibration_samples": int(len(pick)), "runtime": "LiteRT (XNNPack)"}
+    vcard = pixels_card(nhwc).replace(precision=LITERT_MODE, metrics=dict(card.metrics))
+    vcard = vcard.replace(export={**vcard.export, "quantization": {"mode": LITERT_MODE, **settings}})
     path = staging / variant_filename(LITERT_MODE)
     path.write_bytes(embed_card_tflite(blob, vcard))
     return _judge_staged(LITERT_MODE, path, vcard, fp32_out, fp32, data, config, started=started, settings=settings,

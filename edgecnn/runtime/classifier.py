@@ -73,7 +73,9 @@ class Classifier(InferenceModel):
 
     def predict_proba(self, images: ImageLike | Sequence[ImageLike] | np.ndarray) -> np.ndarray:
         """Class probabilities, (N, num_classes) float32 (softmax applied to logits models)."""
-        return self.probabilities(self.run_pixels(self.to_pixels(images))[self.output_names.index(self.output_name)])
+        pixels = images if isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 4 \
+            else self.to_pixels(images)  # a uint8 batch goes straight in: run_pixels checks its shape
+        return self.probabilities(self.run_pixels(pixels)[self._primary])
 
     def probabilities(self, out: np.ndarray) -> np.ndarray:
         """The model's raw primary output for a batch -> (N, num_classes) float32 probabilities."""

@@ -103,8 +103,8 @@ class LiteRtSession:
         self._meta = ModelMeta({k: v.decode("utf-8", "replace") for k, v in meta.items()
                             if k != "min_runtime_version" and not k.startswith("CONVERSION_METADATA")})
         self._lock = threading.Lock()
-        self._table: np.ndarray | None = None
-        self._offsets: np.ndarray | None = None
+        self._lookup: str | None = None  # how uint8 pixels become the input (pixel_session)
+        self._tables: list[np.ndarray] = []
         self._reverse = False
 
     @staticmethod
@@ -154,20 +154,32 @@ class LiteRtSession:
             quant = (float(scale), int(zero))
         table = lookup_table(mapping, dtype=np.dtype(self._in["dtype"]) if quant else np.float32, quantization=quant)
         self._reverse = mapping.reverse  # RGB pixels reversed to the model's BGR before the lookup
-        c = mapping.channels
-        if c > 1 and bool((table == table[:, :1]).all()):
-            table = table[:, :1]  # every channel alike: one table, a plain take over the whole batch
-            c = 1
-        self._table = np.ascontiguousarray(table.T.reshape(-1))  # [channel][pixel]
-        self._offsets = (np.arange(c, dtype=np.intp) * 256) if c > 1 else None
+        shift = table.astype(np.int16) - np.arange(256, dtype=np.int16)[:, None]
+        if table.dtype == np.int8 and bool((shift == -128).all()):
+            self._lookup = "xor"  # pixel - 128: the input's own quantization is the pixel mapping
+        elif table.dtype == np.uint8 and bool((shift == 0).all()):
+            self._lookup = "same"
+        elif bool((table == table[:, :1]).all()):
+            self._lookup = "take"  # every channel alike: one table over the whole batch
+            self._tables = [np.ascontiguousarray(table[:, 0])]
+        else:
+            self._lookup = "channels"  # one table per channel (4x faster than one take over offset indices)
+            self._tables = [np.ascontiguousarray(table[:, c]) for c in range(mapping.channels)]
         return self
 
     def _from_pixels(self, px: np.ndarray) -> np.ndarray:
         if self._reverse:
             px = px[..., ::-1]
-        if self._offsets is None:
-            return self._table.take(px)
-        return self._table.take(px.astype(np.intp) + self._offsets)
+        if self._lookup == "xor":
+            return (px ^ np.uint8(0x80)).view(np.int8)
+        if self._lookup == "same":
+            return px
+        if self._lookup == "take":
+            return self._tables[0].take(px)
+        out = np.empty(px.shape, dtype=self._tables[0].dtype)
+        for c, table in enumerate(self._tables):
+            out[..., c] = table[px[..., c]]
+        return out
 
     def run_array(self, x: np.ndarray) -> list[np.ndarray]:
         """Every output, in graph order, for the one input ``x`` (the core's per-call path): a
@@ -175,7 +187,7 @@ class LiteRtSession:
         with self._lock:
             if x.shape != self._shape:
                 self._resize(x.shape)
-            if x.dtype == np.uint8 and self._table is not None:
+            if x.dtype == np.uint8 and self._lookup is not None:
                 x = self._from_pixels(x)
             else:
                 x = self.model_input(x)

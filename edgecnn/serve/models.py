@@ -80,7 +80,7 @@ class ServedModel:
         """A JSON body ``{"instances": [...], "input": "tensor" | "pixels"}`` -> an (N, ...) model input.
 
         ``tensor`` instances are model inputs (normalized, card layout); ``pixels`` instances are
-        HxWx3 RGB values 0-255 at the model's input size, normalized here from the card.
+        HxWx3 RGB values 0-255 at the model's input size, mapped by the card (inside the backend, see ``infer``).
 
         Raises:
             ServeError: 400 for malformed JSON, 413 for more than ``max_instances`` instances,

@@ -57,7 +57,11 @@ def test_runtime_runs_the_tflite_like_the_onnx(litert_export, sample3):
     # a preprocessed float tensor is still accepted (quantized on the way in), with the same answers
     from ai_edge_litert.interpreter import Interpreter
 
-    assert Interpreter(model_path=str(out / "model.int8.tflite")).get_input_details()[0]["dtype"] == np.int8
+    detail = Interpreter(model_path=str(out / "model.int8.tflite")).get_input_details()[0]
+    # the normalization is inside the model: the int8 input is the pixel itself, pixel - 128
+    assert detail["dtype"] == np.int8 and detail["quantization"] == (1.0, -128)
+    assert lite.card.mean == (0.0, 0.0, 0.0) and lite.card.std == (1.0, 1.0, 1.0)
+    assert lite.card.export["normalization_in_model"]["mean"] == list(fp32.card.mean)
     assert lite.pixels_in_graph and lite.pixel_note.startswith("LiteRT lookup table")
     from_floats = lite.probabilities(lite.run(lite.preprocess(x)))
     assert (from_floats.argmax(1) == p_lite.argmax(1)).all() and np.abs(from_floats - p_lite).max() < 0.02
@@ -183,3 +187,21 @@ def test_peer_bench_tool_times_the_pick_against_litert_and_openvino(tmp_path, li
     assert all(r["vs_bare"] > 0 for r in rows if r["family"] == "edgecnn")
     assert "/ best peer" in done.stdout and sum(1 for r in rows if r.get("pick")) == 1
     assert "from pixels / its bare call, input ready" in done.stdout
+
+
+@pytest.mark.parametrize("order", ["RGB", "BGR"])
+def test_normalization_inside_the_tflite_is_the_cards(order):
+    """-q litert-int8 puts the card's mapping in front of the Keras model (channel order, then
+    (x - mean) / std), so the file takes pixels: the wrapped model on pixels is the model on the
+    numpy path's input."""
+    keras = pytest.importorskip("keras")
+    from edgecnn.export.litert import _with_normalization
+    from edgecnn.runtime.preprocess import normalize_batch
+
+    card = ModelCard(name="m", class_names=["a"], input_size=(4, 5), mean=(120.0, 110.0, 100.0),
+                     std=(60.0, 50.0, 40.0), channel_order=order)
+    inner = keras.Sequential([keras.Input((4, 5, 3)), keras.layers.Flatten()])
+    px = np.random.default_rng(0).integers(0, 256, size=(3, 4, 5, 3)).astype(np.uint8)
+    got = np.asarray(_with_normalization(inner, card)(px.astype(np.float32)))
+    want = normalize_batch(px, card).reshape(3, -1)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
