@@ -52,22 +52,9 @@ class PixelMapping:
     @classmethod
     def of(cls, card: ModelCard) -> PixelMapping:
         inv = np.asarray([1.0 / s for s in card.std], dtype=np.float32)
-        return cls(card.channels, card.channels == 3 and card.channel_order == "BGR",
-                   tuple(float(v) for v in np.asarray(card.mean, dtype=np.float32)), tuple(float(v) for v in inv),
-                   card.layout, tuple(card.input_size))
-
-    def constant(self, values: tuple[float, ...]) -> np.ndarray:
-        """Per-channel float32 constant shaped to broadcast over the model input."""
-        shape = (1, self.channels, 1, 1) if self.layout == "nchw" else (1, 1, 1, self.channels)
-        return np.asarray(values, dtype=np.float32).reshape(shape)
-
-    def apply(self, pixels: np.ndarray) -> np.ndarray:
-        """The mapping in numpy (what the backends reproduce): ``normalize_batch`` for uint8 pixels."""
-        x = pixels.astype(np.float32)
-        if self.reverse:
-            x = x[..., ::-1]
-        x = (x - np.asarray(self.mean, dtype=np.float32)) * np.asarray(self.inv_std, dtype=np.float32)
-        return np.ascontiguousarray(x.transpose(0, 3, 1, 2) if self.layout == "nchw" else x)
+        return cls(channels=card.channels, reverse=card.channels == 3 and card.channel_order == "BGR",
+                   mean=tuple(float(v) for v in np.asarray(card.mean, dtype=np.float32)),
+                   inv_std=tuple(float(v) for v in inv), layout=card.layout, input_size=tuple(card.input_size))
 
 
 def lookup_table(mapping: PixelMapping, *, dtype: Any = np.float32,
