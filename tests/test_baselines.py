@@ -36,7 +36,7 @@ def test_run_benchmark_calls_the_injected_baseline_runner(onnx_model, tmp_path):
                            compare=["tflite"], keras_path=keras_file, calibration_data="cal.npz",
                            baseline_runner=fake_runner)
     assert calls == [(keras_file, [8, 8], (1,), ["litert"], "cal.npz")]
-    assert [r.runner for r in report.results] == ["onnxruntime", "litert"]
+    assert [r.runner for r in report.results] == ["onnxruntime", "onnxruntime+pixels", "litert"]
 
 
 def test_compare_without_a_runner_is_a_config_error(onnx_model, tmp_path):
@@ -62,6 +62,6 @@ def test_bench_compare_keras_and_tflite_end_to_end(onnx_model, tmp_path):
                                   "--runs", "3", "--no-placement", "--json", str(out)])
     assert r.exit_code == 0, r.output
     rows = json.loads(out.read_text())["results"]
-    assert [x["runner"] for x in rows] == ["onnxruntime", "keras.predict", "keras.tf_function", "litert"]
+    assert [x["runner"] for x in rows] == ["onnxruntime", "onnxruntime+pixels", "keras.predict", "keras.tf_function", "litert"]
     assert all(x["batch"] == 1 and x["runs"] >= 1 and np.isfinite(x["p50_ms"]) for x in rows)
     assert rows[-1]["precision"] == "int8"
