@@ -2,8 +2,10 @@
 
 ``edgecnn export RUN -q litert-int8`` writes ``model.int8.tflite``: the Keras model through the
 TFLite converter with int8 weights and activations (calibrated on the same training images as
-the ONNX int8 variant) and float32 input and output, so the runtime core feeds it exactly what
-it feeds an ONNX file. The edgecnn card travels inside the file, in the flatbuffer's
+the ONNX int8 variant), the card's normalization inside the model and an int8 input that is the
+pixel itself (``pixel - 128``), float32 output. Uint8 pixels reach any int8- or float-input file
+through :meth:`LiteRtSession.pixel_session`'s tables; a preprocessed float input is quantized on
+the way in. The edgecnn card travels inside the file, in the flatbuffer's
 ``metadata`` under the same key ONNX files use (:data:`edgecnn.card.ONNX_METADATA_KEY`).
 
 :class:`LiteRtSession` offers the part of onnxruntime's ``InferenceSession`` interface the core

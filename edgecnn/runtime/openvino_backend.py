@@ -166,7 +166,8 @@ class OpenVinoSession:
         input shared with the request, no copy; each output copied once, out of the request's
         buffers, which the next call overwrites."""
         if self._compiled is None:
-            self.compile()
+            with self._lock:
+                self.compile()  # once: a second caller finds it compiled
         with self._lock:  # one infer request: calls are serialized, as onnxruntime's are per session
             result = self._request.infer({0: x}, share_inputs=True, share_outputs=True)
             # By position: compiling may rename an output port (a Cast fused into it keeps the
