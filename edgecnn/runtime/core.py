@@ -9,9 +9,11 @@ verification, ``evaluate``, ``bench`` and ``serve``. It owns
 - the card: the one embedded in the file, or one inferred from the graph and the file's own
   metadata (Ultralytics' ``imgsz``/``names``/``task``/``stride``) plus the caller's overrides,
   with :meth:`InferenceModel.assumptions` saying in one line what was assumed;
-- preprocessing (the one image loader, :func:`~edgecnn.runtime.preprocess.fit_image`);
+- preprocessing (the one image loader, :func:`~edgecnn.runtime.preprocess.fit_image`), and
+  the card's pixel mapping inside the backend (:mod:`edgecnn.runtime.pixels`): calls from uint8
+  pixels (:meth:`InferenceModel.run_pixels`) run a session that takes them;
 - running: every output or the primary one, in chunks a fixed-batch model accepts (the last
-  one padded), through reused IO-binding buffers when asked.
+  one padded), through the cheapest call of each session (:mod:`edgecnn.runtime.runners`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -29,13 +31,13 @@ from edgecnn.errors import ArtifactError, ConfigError, InputError
 from edgecnn.presets import ModelOverrides, TensorInfo, infer_card
 from edgecnn.runtime.cpu import check_int8_target
 from edgecnn.runtime.preprocess import DEFAULT_MAX_PIXELS, FitInfo, ImageLike, check_pixels, fit_image, normalize_batch
+from edgecnn.runtime.runners import ORT_DTYPES as _ORT_DTYPES, DeviceBinder, Runner
 from edgecnn.runtime.session import CudaOptions, NodePlacement, create_session, node_placement
 
 log = logging.getLogger(__name__)
 
 __all__ = ["InferenceModel", "read_card"]
 
-_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 _TYPE_NAMES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64"}
 
 
@@ -176,8 +178,8 @@ class InferenceModel:
         self._use_io_binding = self.cuda_graph or (on_gpu if io_binding is None else bool(io_binding))
         self._binding = {"device": "cuda" if on_gpu else "cpu", "device_id": cuda.device_id if cuda else 0,
                          "fixed_shape": self.cuda_graph}
-        self._tensor: _Runner | None = None
-        self._pixels: _Runner | None = None
+        self._tensor: Runner | None = None
+        self._pixels: Runner | None = None
         self.pixel_note = "numpy (pixels_in_graph=False)"
         if pixels_in_graph:
             self._pixels, self.pixel_note = self._pixel_runner(model)
@@ -200,12 +202,12 @@ class InferenceModel:
         """Whether calls from uint8 pixels run the pixel mapping inside the backend (see ``pixel_note``)."""
         return self._pixels is not None
 
-    def _runner(self, session: Any, input_name: str) -> _Runner:
-        binder = _DeviceBinder(session, input_name, self.output_names, **self._binding) if self._use_io_binding \
+    def _runner(self, session: Any, input_name: str) -> Runner:
+        binder = DeviceBinder(session, input_name, self.output_names, **self._binding) if self._use_io_binding \
             else None
-        return _Runner(session, input_name, binder)
+        return Runner(session, input_name, binder)
 
-    def _tensor_runner(self) -> _Runner:
+    def _tensor_runner(self) -> Runner:
         if self._tensor is None:
             with self._session_lock:
                 if self._tensor is None:
@@ -213,7 +215,7 @@ class InferenceModel:
                     self._tensor = self._runner(session, self.input_name)
         return self._tensor
 
-    def _pixel_runner(self, model: str | Path | bytes) -> tuple[_Runner | None, str]:
+    def _pixel_runner(self, model: str | Path | bytes) -> tuple[Runner | None, str]:
         """A runner taking uint8 NHWC pixels with the card's mapping inside the backend, and one
         line saying where the mapping runs."""
         from edgecnn.runtime.pixels import PixelMapping, fold_onnx
@@ -236,7 +238,7 @@ class InferenceModel:
         if session is None:
             return None, f"numpy ({self.backend} cannot take this file's input as pixels)"
         where = "OpenVINO PrePostProcessor" if self.backend == "openvino" else "LiteRT lookup table"
-        return _Runner(session, self.input_name, None), f"{where} (uint8 pixels in)"
+        return Runner(session, self.input_name, None), f"{where} (uint8 pixels in)"
 
     @classmethod
     def from_dir(cls, export_dir: str | Path, provider: str = "cpu", threads: int | None = None,
@@ -520,89 +522,3 @@ def _summary(name: str, value: np.ndarray) -> dict[str, Any]:
         out.update(min=float(f.min()), max=float(f.max()), mean=float(f.mean()),
                    argmax=[int(i) for i in np.unravel_index(int(f.argmax()), v.shape)])
     return out
-
-
-class _Runner:
-    """One session and the cheapest way to call it with one input array: through IO binding, the
-    session's own array call (LiteRT: no feed dict), or ``session.run`` with a one-entry feed."""
-
-    def __init__(self, session: Any, input_name: str, binder: _DeviceBinder | None) -> None:
-        self.session, self.input_name, self.binder = session, input_name, binder
-        run_array = getattr(session, "run_array", None)
-        if binder is not None:
-            # One host-to-device copy into a reused input buffer and one device-to-host copy per
-            # output per call, nothing else (see _DeviceBinder).
-            self.run = binder.run
-        elif run_array is not None:
-            self.run = run_array
-        elif isinstance(session, ort.InferenceSession):
-            # onnxruntime's C++ session without the Python wrapper's per-call input-name check and
-            # output-name list (7 microseconds a call): the input is this one, the outputs all of them.
-            run, names, options = session._sess.run, [o.name for o in session.get_outputs()], ort.RunOptions()
-            self.run = lambda x: run(names, {input_name: x}, options)
-        else:
-            run = session.run
-            self.run = lambda x: run(None, {input_name: x})
-
-
-class _DeviceBinder:
-    """IO binding over input/output buffers allocated on the session's device and reused.
-
-    Per input shape, one input OrtValue and one OrtValue per output are allocated on the device
-    and bound once; each call refills the input in place (``update_inplace``: one host-to-device
-    copy), runs, and copies the outputs back. CUDA graphs need exactly this: onnxruntime captures
-    the kernels with the bound addresses on the first runs and replays them later, so the
-    addresses must never change. With ``fixed_shape`` (CUDA graphs) the first shape is the only
-    one accepted; otherwise up to ``_MAX_SHAPES`` shapes keep their buffers (the server's
-    micro-batches come in a few sizes). Calls are serialized: the buffers are shared.
-    """
-
-    _MAX_SHAPES = 8
-
-    def __init__(self, session: ort.InferenceSession, input_name: str, output_names: list[str], *, device: str,
-                 device_id: int, fixed_shape: bool) -> None:
-        self.session, self.input_name, self.output_names = session, input_name, output_names
-        self.device, self.device_id, self.fixed_shape = device, device_id, fixed_shape
-        self._outputs = {o.name: (list(o.shape), _ORT_DTYPES.get(o.type, np.float32)) for o in session.get_outputs()}
-        self._bound: dict[tuple[int, ...], tuple[Any, Any, list[Any]]] = {}
-        self._lock = threading.Lock()
-
-    def run(self, x: np.ndarray) -> list[np.ndarray]:
-        with self._lock:
-            entry = self._bound.get(x.shape)
-            if entry is None:
-                entry = self._bind(x)
-            else:
-                entry[1].update_inplace(x)
-            self.session.run_with_iobinding(entry[0])
-            # Copies that own their memory: on the CPU the output buffers are reused by the next call.
-            return [np.array(o, copy=True) for o in entry[0].copy_outputs_to_cpu()]
-
-    def _bind(self, x: np.ndarray) -> tuple[Any, Any, list[Any]]:
-        if self.fixed_shape and self._bound:
-            (shape,) = self._bound
-            raise InputError(
-                f"This model runs a CUDA graph captured for input shape {shape}; got {x.shape}. A CUDA graph "
-                "replays fixed buffers: pad the batch to that shape, or run without cuda_graph for varying batch sizes."
-            )
-        if len(self._bound) >= self._MAX_SHAPES:
-            self._bound.pop(next(iter(self._bound)))
-        binding = self.session.io_binding()
-        inp = ort.OrtValue.ortvalue_from_shape_and_type(list(x.shape), x.dtype, self.device, self.device_id)
-        inp.update_inplace(x)
-        binding.bind_ortvalue_input(self.input_name, inp)
-        outs = []
-        for name in self.output_names:
-            dims, dtype = self._outputs[name]
-            shape = [x.shape[0] if i == 0 else d for i, d in enumerate(dims)]
-            if all(isinstance(d, int) and d > 0 for d in shape):
-                out = ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, self.device, self.device_id)
-                binding.bind_ortvalue_output(name, out)
-                outs.append(out)
-            elif self.fixed_shape:
-                raise ArtifactError(f"Output {name!r} has shape {dims}: a CUDA graph needs outputs whose size is known "
-                                    "from the batch; run without cuda_graph.")
-            else:  # an output size only the run knows: onnxruntime allocates it on the device
-                binding.bind_output(name, self.device, self.device_id)
-        self._bound[x.shape] = (binding, inp, outs)
-        return self._bound[x.shape]

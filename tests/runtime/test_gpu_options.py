@@ -14,7 +14,7 @@ from edgecnn.cli import main
 from edgecnn.errors import ArtifactError, ConfigError, InputError, ProviderError
 from edgecnn.runtime import Classifier
 from edgecnn.runtime.benchmark import BenchConfig, run_benchmark
-from edgecnn.runtime.core import _DeviceBinder
+from edgecnn.runtime.runners import DeviceBinder as _DeviceBinder
 from edgecnn.runtime.session import CudaOptions, NodePlacement, create_session, node_placement, parse_profile
 
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
