@@ -500,8 +500,9 @@ class InferenceModel:
         """
         if self.backend != "onnxruntime":
             raise ConfigError("Node placement is reported for onnxruntime sessions only.")
-        return node_placement(self.model_path, provider=self.info.requested, cuda=self.cuda,
-                              allow_fallback=self.allow_fallback)
+        return node_placement(self._source, provider=self.info.requested, cuda=self.cuda,
+                              allow_fallback=self.allow_fallback,
+                              shapes={self.input_name: [int(d) for d in self.card.input_shape(1)]})
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able summary: model, card essentials and session providers."""

@@ -482,8 +482,12 @@ def node_placement(
     cuda: CudaOptions | None = None,
     allow_fallback: bool = False,
     batch: int = 1,
+    shapes: dict[str, list[int]] | None = None,
 ) -> NodePlacement:
     """Run ``model`` once on zeros in a profiling session and report where each node ran.
+
+    ``shapes`` gives the shape to feed an input by name (the card's input size: a model with a
+    dynamic height and width may not run at all on the 1x1 its other dynamic axes get).
 
     The profiling session is a separate one (profiling slows every run), with the same provider
     and CUDA options except CUDA graphs, which do not change placement and hide the nodes.
@@ -500,7 +504,8 @@ def node_placement(
                                     profile_dir=tmp)
         feed = {}
         for inp in session.get_inputs():
-            shape = [d if isinstance(d, int) and d > 0 else (batch if i == 0 else 1) for i, d in enumerate(inp.shape)]
+            shape = (shapes or {}).get(inp.name) or \
+                [d if isinstance(d, int) and d > 0 else (batch if i == 0 else 1) for i, d in enumerate(inp.shape)]
             dtype = {"tensor(float16)": np.float16, "tensor(double)": np.float64}.get(inp.type, np.float32)
             feed[inp.name] = np.zeros(shape, dtype=dtype)
         session.run(None, feed)

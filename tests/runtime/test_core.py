@@ -242,3 +242,47 @@ def test_model_declaring_a_huge_input_is_refused_before_allocating(tmp_path):
         InferenceModel(path)
     res = CliRunner().invoke(main, ["bench", str(path)])
     assert res.exit_code == 1 and "Traceback" not in res.output and "over the limit" in res.output
+
+
+def _needs_its_size(path: Path) -> Path:
+    """A dynamic-height/width model that runs at 8x8 only (its Gemm takes 2x8x8 features): a 1x1
+    profiling input fails in it, as in real exports with a fixed-size head."""
+    rng = np.random.default_rng(0)
+    init = [helper.make_tensor("w", TensorProto.FLOAT, [2, 3, 3, 3], rng.standard_normal(54).astype(np.float32)),
+            helper.make_tensor("g", TensorProto.FLOAT, [128, 4], rng.standard_normal(512).astype(np.float32))]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Flatten", ["c"], ["f"]),
+             helper.make_node("Gemm", ["f", "g"], ["y"])]
+    graph = helper.make_graph(nodes, "sized", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "h", "w"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], init)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def test_bench_places_nodes_at_the_cards_input_size(tmp_path):
+    """A dynamic height/width model benched at --input-size: the profiled placement run feeds that
+    size, not 1x1 (which crashed in node placement)."""
+    model = _needs_its_size(tmp_path / "sized.onnx")
+    res = CliRunner().invoke(main, ["bench", str(model), "--input-size", "8x8", "--task", "raw", "--batch", "1",
+                                    "--runs", "3", "--warmup", "0", "--json", str(tmp_path / "b.json")])
+    assert res.exit_code == 0, res.output
+    assert "Traceback" not in res.output
+    (placement,) = json.loads((tmp_path / "b.json").read_text())["placement"].values()
+    assert placement["total"] >= 3 and placement["on_cpu"] == placement["total"]  # measured, at 8x8
+    assert placement["summary"].startswith("nodes on CPU:")
+
+
+def test_a_failing_placement_run_is_reported_not_raised(tmp_path, monkeypatch):
+    from edgecnn.runtime.core import InferenceModel as Core
+
+    def broken(self):
+        raise RuntimeError("profiling went wrong")
+
+    monkeypatch.setattr(Core, "node_placement", broken)
+    model = _needs_its_size(tmp_path / "sized.onnx")
+    res = CliRunner().invoke(main, ["bench", str(model), "--input-size", "8x8", "--task", "raw", "--batch", "1",
+                                    "--runs", "3", "--warmup", "0", "--json", str(tmp_path / "b.json")])
+    assert res.exit_code == 0, res.output
+    placement = json.loads((tmp_path / "b.json").read_text())["placement"]
+    assert [p["summary"] for p in placement.values()] == ["placement unknown (profiling went wrong)"]
