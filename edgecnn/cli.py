@@ -83,13 +83,13 @@ def _echo_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
 # What a model file does not say about itself, with the same names on every command that takes a
 # model. Parsing, presets and validation live in edgecnn.presets (stdlib only, cheap to import).
 
-_MODEL_FLAGS = ("input_size", "channels", "layout", "preprocess", "mean", "std", "labels", "task")
+_MODEL_FLAGS = ("input_size", "channels", "layout", "preprocess", "mean", "std", "labels", "task", "channels_order")
 
 
 def model_options(*, layout_help: str = "Input layout of the model: nchw or nhwc (default: read from its input shape).",
                   ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Add --input-size, --channels, --layout, --preprocess, --mean, --std, --labels and --task to a
-    command; read them back with :func:`model_overrides`."""
+    """Add --input-size, --channels, --layout, --preprocess, --mean, --std, --labels, --channels-order
+    and --task to a command; read them back with :func:`model_overrides`."""
     from edgecnn.card import TASKS
     from edgecnn.presets import PREPROCESS_PRESETS
 
@@ -102,7 +102,11 @@ def model_options(*, layout_help: str = "Input layout of the model: nchw or nhwc
                      help=f"Normalization preset ({presets})."),
         click.option("--mean", default=None, metavar="R,G,B", help="Per-channel mean on the 0-255 scale (with --std)."),
         click.option("--std", default=None, metavar="R,G,B", help="Per-channel std on the 0-255 scale, e.g. 58.395,57.12,57.375."),
-        click.option("--labels", default=None, metavar="FILE|a,b,c", help="Class names: a text file, one per line, or a,b,c."),
+        click.option("--labels", default=None, metavar="FILE|a,b,c",
+                     help="Class names: a text file, one per line, a,b,c, or one name."),
+        click.option("--channels-order", type=click.Choice(["rgb", "bgr"], case_sensitive=False), default=None,
+                     help="Channel order the model takes (default: its card, else rgb); images are read as RGB "
+                          "and reordered for it."),
         click.option("--task", type=click.Choice(list(TASKS)), default=None, help="What the model does (default: its card, "
                      "Ultralytics metadata or its output shapes)."),
     ]

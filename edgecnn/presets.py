@@ -84,6 +84,7 @@ class ModelOverrides:
     preprocess: str | None = None
     class_names: tuple[str, ...] | None = None
     task: str | None = None
+    channel_order: str | None = None  # RGB or BGR: the order the model's channels are in
 
     def __post_init__(self) -> None:
         if self.preprocess is not None and self.preprocess not in PREPROCESS_PRESETS:
@@ -97,6 +98,8 @@ class ModelOverrides:
             raise ConfigError(f"--channels must be 1 or 3, got {self.channels}.")
         if self.layout is not None and self.layout not in LAYOUTS:
             raise ConfigError(f"--layout must be nchw or nhwc, got {self.layout!r}.")
+        if self.channel_order is not None and self.channel_order not in ("RGB", "BGR"):
+            raise ConfigError(f"--channels-order must be rgb or bgr, got {self.channel_order!r}.")
         if self.task is not None and self.task not in TASKS:
             raise ConfigError(f"--task must be one of {'|'.join(TASKS)}, got {self.task!r}.")
         if self.mean is not None and self.std is not None:
@@ -142,7 +145,7 @@ class ModelOverrides:
         if self.channels is not None and self.channels != card.channels:
             changes.update(channels=channels, mean=card.mean[:1] * channels, std=card.std[:1] * channels)
         changes.update(self.normalization(channels))
-        for key in ("input_size", "layout", "class_names", "task"):
+        for key in ("input_size", "layout", "class_names", "task", "channel_order"):
             value = getattr(self, key)
             if value is not None:
                 changes[key] = value
@@ -187,8 +190,14 @@ def parse_floats(text: str | None, flag: str) -> tuple[float, ...] | None:
     return values
 
 
+_LABEL_FILE_SUFFIXES = (".txt", ".names", ".csv", ".json", ".yaml", ".yml", ".labels")
+
+
 def parse_labels(text: str | None) -> tuple[str, ...] | None:
-    """``--labels``: a text file with one class name per line, or ``a,b,c``.
+    """``--labels``: a text file with one class name per line, ``a,b,c``, or one name (``char``).
+
+    A single word that looks like a path (a slash, or a label-file suffix such as ``.txt``) and
+    is not a file is an error, not a class called ``labels.txt``.
 
     Raises:
         ConfigError: for a value that is neither an existing file nor a comma-separated list.
@@ -206,8 +215,10 @@ def parse_labels(text: str | None) -> tuple[str, ...] | None:
             raise ConfigError(f"--labels file {path} holds no class names (one per line).")
         return tuple(names)
     if "," not in str(text):
-        raise ConfigError(f"--labels {text!r} is not a file; pass a text file with one class name per line, or "
-                          "comma-separated names like cat,dog.")
+        if "/" in str(text) or "\\" in str(text) or path.suffix.lower() in _LABEL_FILE_SUFFIXES:
+            raise ConfigError(f"--labels {text!r} is not a file; pass a text file with one class name per line, or "
+                              "comma-separated names like cat,dog.")
+        return (str(text).strip(),)  # one class: a detector of a single thing (--labels char)
     names = [n.strip() for n in str(text).split(",")]
     if any(not n for n in names):
         raise ConfigError(f"--labels {text!r} has an empty class name.")
@@ -216,7 +227,8 @@ def parse_labels(text: str | None) -> tuple[str, ...] | None:
 
 def parse_overrides(*, input_size: str | None = None, channels: int | str | None = None, layout: str | None = None,
                     mean: str | None = None, std: str | None = None, preprocess: str | None = None,
-                    labels: str | None = None, task: str | None = None) -> ModelOverrides:
+                    labels: str | None = None, task: str | None = None,
+                    channels_order: str | None = None) -> ModelOverrides:
     """The model flags as given on any command -> :class:`ModelOverrides`.
 
     Raises:
@@ -225,7 +237,8 @@ def parse_overrides(*, input_size: str | None = None, channels: int | str | None
     return ModelOverrides(
         input_size=parse_input_size(input_size), channels=None if channels in (None, "") else int(channels),
         layout=layout.lower() if layout else None, mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"),
-        preprocess=preprocess or None, class_names=parse_labels(labels), task=task or None)
+        preprocess=preprocess or None, class_names=parse_labels(labels), task=task or None,
+        channel_order=channels_order.upper() if channels_order else None)
 
 
 def short_list(names: Sequence[str], limit: int = 5) -> str:
@@ -311,6 +324,8 @@ def infer_card(name: str, *, inputs: Sequence[TensorInfo], outputs: Sequence[Ten
         if not ultra:
             got.assumed.insert(0, "x / 255 (pass --preprocess or --mean/--std if it was trained otherwise)")
     got.values.update(norm)
+    if overrides.channel_order is not None and channels == 3:
+        got.values["channel_order"] = overrides.channel_order
     card = ModelCard(name=name, architecture=architecture, **got.values)
     if not got.assumed:
         return card, None

@@ -31,6 +31,23 @@ def test_labels_from_a_file_or_a_list(tmp_path):
     assert parse_labels("cat, dog,bird") == ("cat", "dog", "bird")
     with pytest.raises(ConfigError, match="is not a file"):
         parse_labels(str(tmp_path / "missing.txt"))
+    # one inline name: a single-class model (a character detector's "char")
+    assert parse_labels("char") == ("char",)
+    for path_like in ("labels.txt", "coco.names", "data/classes"):  # a missing file, not a class name
+        with pytest.raises(ConfigError, match="is not a file"):
+            parse_labels(path_like)
+
+
+def test_channels_order_flag_reaches_inferred_and_embedded_cards():
+    flags = parse_overrides(channels_order="bgr")
+    assert flags.channel_order == "BGR"
+    card, _ = infer_card("m", inputs=[TensorInfo("x", (1, 3, 8, 8), "float32")],
+                         outputs=[TensorInfo("y", (1, 4), "float32")], overrides=flags)
+    assert card.channel_order == "BGR"
+    assert flags.apply(card.replace(channel_order="RGB")).channel_order == "BGR"
+    assert parse_overrides().apply(card).channel_order == "BGR"  # not given: the card's own stays
+    with pytest.raises(ConfigError, match="--channels-order must be rgb or bgr"):
+        ModelOverrides(channel_order="GBR")
 
 
 @pytest.mark.parametrize("kwargs, match", [

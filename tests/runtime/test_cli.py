@@ -30,6 +30,22 @@ def test_predict_json(models, images):
     assert set(data["predictions"][0]["top_k"][0]) == {"label", "index", "probability"}
 
 
+def test_channels_order_bgr_feeds_the_model_reversed_channels(models, tmp_path, pixels):
+    """--channels-order bgr on a model without a card: the RGB image reaches the model as BGR,
+    exactly what the same model answers for the image with its channels swapped."""
+    rgb, swapped = tmp_path / "rgb.png", tmp_path / "bgr.png"
+    Image.fromarray(pixels[0]).save(rgb)
+    Image.fromarray(pixels[0][..., ::-1].copy()).save(swapped)
+    flags = ["--mean", "120,110,100", "--std", "60,50,40", "--json", "-k", "4"]
+    # --mean/--std are in the model's channel order (the card's), the same numbers for both runs
+    bgr = CliRunner().invoke(main, ["predict", str(models["nocard"]), str(rgb), "--channels-order", "bgr", *flags])
+    ref = CliRunner().invoke(main, ["predict", str(models["nocard"]), str(swapped), *flags])
+    assert bgr.exit_code == 0 and ref.exit_code == 0, bgr.output + ref.output
+    top = lambda out: {p["index"]: p["probability"] for p in json.loads(out)["predictions"][0]["top_k"]}  # noqa: E731
+    got, want = top(bgr.stdout), top(ref.stdout)
+    assert got.keys() == want.keys() and all(abs(got[k] - want[k]) < 1e-6 for k in got)
+
+
 def test_predict_table(models, images):
     res = CliRunner().invoke(main, ["predict", str(models["nhwc"]), str(images[0]), "-k", "3"])
     assert res.exit_code == 0, res.output
