@@ -241,6 +241,9 @@ def parse_overrides(*, input_size: str | None = None, channels: int | str | None
         channel_order=channels_order.upper() if channels_order else None)
 
 
+DETECT_LAYOUTS = "yolov8 [N, 4 + classes, anchors], yolov5 [N, anchors, 5 + classes]"
+
+
 def short_list(names: Sequence[str], limit: int = 5) -> str:
     """``a, b, c, ... (1000 classes)``: info lines never list hundreds of names."""
     if len(names) <= limit:
@@ -414,6 +417,11 @@ def _task_and_outputs(name: str, outputs: Sequence[TensorInfo], size: tuple[int,
         n_classes = first[1]
         kind = "probabilities" if softmax_output else "logits"
     elif task == "detect":
+        if guess != "detect" and not (len(first) == 3 and ((first[1] or 0) > 4 or (first[2] or 0) > 5)):
+            raise ArtifactError(
+                f"{name}: output {outputs[0].name} {list(outputs[0].shape)} fits none of the detection layouts "
+                f"edgecnn decodes ({DETECT_LAYOUTS}); pass --task raw for the outputs as they are (or --task "
+                "segment for a per-pixel map).")
         kind = kind if guess == "detect" else "yolov8"
         got.values.update(resize="letterbox", stride=int(ultra.get("stride", max(_YOLO_STRIDES))))
     elif task == "segment":

@@ -90,3 +90,19 @@ def test_bench_default_model(monkeypatch):
     monkeypatch.setattr(classifier, "DEFAULT_MODEL", "definitely_missing.onnx")
     res = CliRunner().invoke(main, ["bench", "--runs", "1"])
     assert res.exit_code == 1 and "reference model" in res.output
+
+
+@pytest.mark.parametrize("name, shape", [("ch_PP-OCRv4_det_infer", "1,"), ("ch_ppocr_mobile_v2.0_cls_infer", "[None, 2]")])
+def test_detect_on_an_output_no_detection_layout_fits_is_one_line(name, shape, tmp_path):
+    """Real PaddleOCR files (a text-probability map, an orientation classifier) forced to --task
+    detect: one line naming the layouts edgecnn decodes and --task raw, not a card error or
+    nonsense boxes."""
+    from pathlib import Path
+
+    model = Path(__file__).parents[1] / "data" / "foreign" / f"{name}.onnx"
+    img = tmp_path / "x.png"
+    Image.new("RGB", (64, 64)).save(img)
+    res = CliRunner().invoke(main, ["predict", str(model), str(img), "--task", "detect", "--input-size", "64x64"])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "fits none of the detection layouts edgecnn decodes (yolov8" in res.output and "--task raw" in res.output
+    assert shape in res.output and len(res.output.strip().splitlines()) == 1
