@@ -287,6 +287,31 @@ class _Inferred:
     assumed: list[str] = field(default_factory=list)
 
 
+_LABEL_KEYS = ("names", "labels", "classes", "class_names", "character")
+
+
+def metadata_labels(props: Mapping[str, str]) -> tuple[str, ...] | None:
+    """Class names a file keeps in its own ``metadata_props`` under a ``names``, ``labels``,
+    ``classes``, ``class_names`` or ``character`` entry (PaddleOCR/RapidOCR files: one per line):
+    a Python or JSON list or ``{index: name}`` dict, or one name per line. None when there is none.
+    """
+    import ast
+
+    for key in _LABEL_KEYS:
+        text = props.get(key)
+        if not isinstance(text, str) or not text.strip():
+            continue
+        try:
+            value = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            value = [line.strip() for line in text.splitlines() if line.strip()]
+        if isinstance(value, dict):
+            value = [value[k] for k in sorted(value)]
+        if isinstance(value, (list, tuple)) and len(value) > 1 and all(isinstance(v, (str, int)) for v in value):
+            return tuple(str(v) for v in value)
+    return None
+
+
 def infer_card(name: str, *, inputs: Sequence[TensorInfo], outputs: Sequence[TensorInfo],
                overrides: ModelOverrides | None = None, embedded: ModelCard | None = None,
                metadata: Mapping[str, str] | None = None, softmax_output: bool | None = None,
@@ -318,7 +343,7 @@ def infer_card(name: str, *, inputs: Sequence[TensorInfo], outputs: Sequence[Ten
     layout, channels, size = input_geometry(name, inp, overrides, ultra)
     got.values.update(input_name=inp.name, output_name=outputs[0].name, layout=layout, channels=channels,
                       input_size=size)
-    _task_and_outputs(name, outputs, size, overrides, ultra, softmax_output, got)
+    _task_and_outputs(name, outputs, size, overrides, ultra, softmax_output, got, metadata_labels(metadata or {}))
     norm = overrides.normalization(channels)
     if not norm:
         preset = "unit"
@@ -397,7 +422,8 @@ def _yolo_anchors(size: tuple[int, int]) -> int:
 
 
 def _task_and_outputs(name: str, outputs: Sequence[TensorInfo], size: tuple[int, int], overrides: ModelOverrides,
-                      ultra: Mapping[str, Any], softmax_output: bool | None, got: _Inferred) -> None:
+                      ultra: Mapping[str, Any], softmax_output: bool | None, got: _Inferred,
+                      file_labels: tuple[str, ...] | None = None) -> None:
     """Task, output kind, class names, resize and stride from the outputs, metadata and flags."""
     first = [_fixed(d) for d in outputs[0].shape]
     guess, kind, n_classes = "raw", "raw", None
@@ -432,6 +458,12 @@ def _task_and_outputs(name: str, outputs: Sequence[TensorInfo], size: tuple[int,
     if names is not None and n_classes is not None and len(names) != n_classes:
         raise ArtifactError(f"{name}: the model has {n_classes} classes but {len(names)} labels were given "
                             f"({short_list(list(names))}); pass --labels with {n_classes} names.")
+    if names is None and file_labels is not None:
+        # the file's own labels: where their count is the model's class count (for a raw model,
+        # a size one of its outputs has: PicoDet's per-level [N, anchors, classes] scores)
+        fits = len(file_labels) == n_classes if n_classes else task == "raw" and any(
+            len(file_labels) in [_fixed(d) for d in o.shape[1:]] for o in outputs)
+        names = file_labels if fits else None
     if names is None and n_classes and task in ("classify", "detect", "segment"):
         names = tuple(str(i) for i in range(n_classes))
         got.assumed.append(f"labels 0..{n_classes - 1} (pass --labels FILE|a,b,c)")

