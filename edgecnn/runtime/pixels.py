@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from edgecnn.card import ModelCard
+from edgecnn.runtime.preprocess import normalization_constants
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +52,10 @@ class PixelMapping:
 
     @classmethod
     def of(cls, card: ModelCard) -> PixelMapping:
-        inv = np.asarray([1.0 / s for s in card.std], dtype=np.float32)
+        mean, inv = normalization_constants(card)
         return cls(channels=card.channels, reverse=card.channels == 3 and card.channel_order == "BGR",
-                   mean=tuple(float(v) for v in np.asarray(card.mean, dtype=np.float32)),
-                   inv_std=tuple(float(v) for v in inv), layout=card.layout, input_size=tuple(card.input_size))
+                   mean=tuple(float(v) for v in mean), inv_std=tuple(float(v) for v in inv), layout=card.layout,
+                   input_size=tuple(card.input_size))
 
 
 def lookup_table(mapping: PixelMapping, *, dtype: Any = np.float32,

@@ -20,8 +20,15 @@ from PIL import Image
 from edgecnn.card import ModelCard
 from edgecnn.errors import InputError
 
-__all__ = ["normalize_batch", "load_image", "fit_image", "decode_image", "declared_pixels", "check_pixels", "FitInfo",
+__all__ = ["normalize_batch", "normalization_constants", "load_image", "fit_image", "decode_image", "declared_pixels", "check_pixels", "FitInfo",
            "DEFAULT_MAX_PIXELS", "ImageLike"]
+
+
+def normalization_constants(card: ModelCard) -> tuple[np.ndarray, np.ndarray]:
+    """The card's ``mean`` and ``1 / std`` as the float32 constants every path multiplies by (numpy
+    here, the backends through :class:`~edgecnn.runtime.pixels.PixelMapping`): one definition, so
+    the in-graph mapping is bit for bit this one."""
+    return np.asarray(card.mean, dtype=np.float32), np.asarray([1.0 / s for s in card.std], dtype=np.float32)
 
 
 def normalize_batch(x: np.ndarray, card: ModelCard) -> np.ndarray:
@@ -32,8 +39,7 @@ def normalize_batch(x: np.ndarray, card: ModelCard) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     if card.channels == 3 and card.channel_order == "BGR":
         x = x[..., ::-1]
-    mean = np.asarray(card.mean, dtype=np.float32)
-    inv_std = np.asarray([1.0 / s for s in card.std], dtype=np.float32)
+    mean, inv_std = normalization_constants(card)
     x = (x - mean) * inv_std
     if card.layout == "nchw":
         x = x.transpose(0, 3, 1, 2)
