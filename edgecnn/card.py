@@ -2,22 +2,27 @@
 
 A card travels in ``runs/<name>/card.json`` and, after export, in the ONNX file's
 ``metadata_props`` under :data:`ONNX_METADATA_KEY`. The runtime preprocesses from the card
-alone: decode to RGB (or gray for ``channels=1``), fit to ``input_size`` (``resize``: a plain
-Pillow bilinear resize as training did, or ``letterbox``: aspect kept, padded with
-``pad_value``, as YOLO detectors expect), reorder channels to ``channel_order``, then
-``(pixel - mean) / std`` on the 0-255 scale, in ``layout``.
+alone: decode to RGB (or gray for ``channels=1``, by the ``gray`` rule), fit to ``input_size``
+(``resize``: ``stretch`` as training did; ``letterbox``: aspect kept, centred on ``pad_value``, as
+YOLO detectors expect; ``keep-aspect``: aspect kept, padded right and bottom, as YOLOX expects;
+``fit-height``: height filled, width by the aspect ratio, padded right, as OCR text-line models
+expect; ``center-crop``: shorter side to ``shorter_side``, then the centre; each with Pillow's
+``resample`` filter), reorder channels to ``channel_order``, then ``(pixel - mean) / std`` on the 0-255 scale,
+in ``layout``.
 
 The card is a frozen, typed contract with a ``schema_version``: cards of version 1 (edgecnn
-0.1, classifiers only) load as ``task="classify"``; a card from a newer edgecnn is refused
+0.1, classifiers only) load as ``task="classify"``, version 2's ``resize="bilinear"`` is
+``stretch``; a card from a newer edgecnn is refused
 with a message instead of being half-understood. Change a card with :meth:`ModelCard.replace`.
 
 Required keys: ``name``, ``input_size`` ([height, width]) and, for ``classify`` and
 ``detect``, ``class_names``. A hand-written card for a 224x224 ImageNet-normalized classifier
 (the README has the full key table)::
 
-    {"schema_version": 2, "name": "mine", "task": "classify", "input_size": [224, 224],
+    {"schema_version": 3, "name": "mine", "task": "classify", "input_size": [224, 224],
      "class_names": ["cat", "dog"], "mean": [123.675, 116.28, 103.53],
-     "std": [58.395, 57.12, 57.375], "layout": "nchw", "output_kind": "logits"}
+     "std": [58.395, 57.12, 57.375], "layout": "nchw", "output_kind": "logits",
+     "resize": "center-crop", "shorter_side": 256}
 """
 
 from __future__ import annotations
@@ -33,14 +38,18 @@ from typing import Any
 from edgecnn.errors import ArtifactError
 
 __all__ = ["sha256_file", "ModelCard", "ONNX_METADATA_KEY", "CARD_SCHEMA_VERSION", "TASKS", "OUTPUT_KINDS", "RESIZE_MODES",
+           "RESAMPLE_FILTERS", "GRAY_RULES",
            "atomic_write_text", "atomic_write_bytes"]
 
 ONNX_METADATA_KEY = "edgecnn.card"
-CARD_SCHEMA_VERSION = 2
+CARD_SCHEMA_VERSION = 3  # 3: resize policies, resample filter, gray rule
 TASKS = ("classify", "detect", "segment", "raw")
 _LAYOUTS = ("nhwc", "nchw")
 _ORDERS = ("RGB", "BGR")
-RESIZE_MODES = ("bilinear", "letterbox")
+RESIZE_MODES = ("stretch", "letterbox", "keep-aspect", "fit-height", "center-crop")
+RESAMPLE_FILTERS = ("bilinear", "bicubic", "lanczos", "nearest")  # Pillow's names
+GRAY_RULES = ("luma", "average")  # ITU-R 601-2 (Pillow's "L", OpenCV's BGR2GRAY), or (R + G + B) / 3
+_LEGACY_RESIZE = {"bilinear": "stretch"}  # schema 2 named the plain resize after its filter
 # What the (first) output holds, per task. Detection: "yolov8" is [N, 4 + C, A] (v8/v11: cx, cy,
 # w, h then class scores), "yolov5" is [N, A, 5 + C] (cx, cy, w, h, objectness, class scores).
 OUTPUT_KINDS: dict[str, tuple[str, ...]] = {
@@ -74,8 +83,11 @@ class ModelCard:
     input_dtype: str = "float32"
     output_name: str = "probabilities"
     output_kind: str = ""
-    resize: str = "bilinear"
-    pad_value: int = 114  # letterbox border, 0-255 (Ultralytics' grey)
+    resize: str = "stretch"  # see RESIZE_MODES
+    pad_value: int = 114  # letterbox / keep-aspect border, 0-255 (Ultralytics' grey)
+    resample: str = "bilinear"  # Pillow's filter for every resize
+    shorter_side: int | None = None  # center-crop: the shorter side before the crop (None: input side / 0.875)
+    gray: str = "luma"  # 1-channel models: how RGB becomes gray
     # how mean/std were chosen: scale, dataset, backbone:<name> (training); given, preset:<name>, assumed,
     # ultralytics (models from elsewhere)
     normalization: str = "scale"
@@ -95,6 +107,8 @@ class ModelCard:
                     "mean": tuple(float(v) for v in self.mean), "std": tuple(float(v) for v in self.std),
                     "class_names": tuple(str(c) for c in self.class_names), "channels": int(self.channels),
                     "pad_value": int(self.pad_value), "stride": None if self.stride is None else int(self.stride),
+                    "shorter_side": None if self.shorter_side is None else int(self.shorter_side),
+                    "resize": _LEGACY_RESIZE.get(self.resize, self.resize),
                     "schema_version": int(self.schema_version)}
         except (TypeError, ValueError) as err:
             raise ArtifactError(f"Invalid model card: {err}.") from err
@@ -112,6 +126,13 @@ class ModelCard:
             problems.append(f"channels must be 1 or 3, got {self.channels}")
         if self.resize not in RESIZE_MODES:
             problems.append(f"resize must be one of {RESIZE_MODES}, got {self.resize!r}")
+        if self.resample not in RESAMPLE_FILTERS:
+            problems.append(f"resample must be one of {RESAMPLE_FILTERS}, got {self.resample!r}")
+        if self.gray not in GRAY_RULES:
+            problems.append(f"gray must be one of {GRAY_RULES}, got {self.gray!r}")
+        if self.shorter_side is not None and (self.resize != "center-crop" or self.shorter_side < max(self.input_size)):
+            problems.append(f"shorter_side {self.shorter_side} goes with resize center-crop and at least the input "
+                            f"size {max(self.input_size)}")
         if not 0 <= self.pad_value <= 255:
             problems.append(f"pad_value must be in 0-255, got {self.pad_value}")
         if len(self.input_size) != 2 or min(self.input_size) < 1:
@@ -155,9 +176,18 @@ class ModelCard:
             norm = "/255"
         else:
             norm = f"(x - {_fmt_floats(self.mean)}) / {_fmt_floats(self.std)} (0-255 scale)"
-        color = "gray" if self.channels == 1 else self.channel_order
+        color = ("gray" if self.gray == "luma" else f"gray ({self.gray})") if self.channels == 1 else self.channel_order
         h, w = self.input_size
-        return f"{self.resize} {h}x{w} {color}, {norm}, {self.layout.upper()}"
+        fit = {"letterbox": f"letterbox (pad {self.pad_value})",
+               "keep-aspect": f"keep-aspect (pad {self.pad_value} right/bottom)",
+               "fit-height": f"fit-height (pad {self.pad_value} right)",
+               "center-crop": f"shorter side {self.crop_shorter_side()}, center-crop"}.get(self.resize, self.resize)
+        return f"{fit} {h}x{w} {self.resample} {color}, {norm}, {self.layout.upper()}"
+
+    def crop_shorter_side(self) -> int:
+        """center-crop: the shorter side the image is resized to before the crop (``shorter_side``,
+        else the input's longer side / 0.875: 256 for 224, as torchvision's ImageNet recipe)."""
+        return self.shorter_side or int(round(max(self.input_size) / 0.875))
 
     def input_shape(self, batch: int | None = None) -> tuple[int | None, ...]:
         """Shape of the model input tensor in the card's layout."""
@@ -189,7 +219,9 @@ class ModelCard:
         if not isinstance(version, int) or version < 1:
             raise ArtifactError(f"Invalid model card: schema_version must be an integer >= 1, got {version!r}.")
         if version == 1:  # edgecnn 0.1: classifiers only, no task key
-            data = {**data, "task": "classify", "schema_version": CARD_SCHEMA_VERSION}
+            data = {**data, "task": "classify"}
+        if version < CARD_SCHEMA_VERSION:  # older cards name nothing newer: the defaults are what they meant
+            data = {**data, "schema_version": CARD_SCHEMA_VERSION}
         task = data.get("task", "classify")
         required = ["name", "input_size"] + (["class_names"] if task in ("classify", "detect") else [])
         missing = [k for k in required if k not in data]

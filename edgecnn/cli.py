@@ -83,14 +83,16 @@ def _echo_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
 # What a model file does not say about itself, with the same names on every command that takes a
 # model. Parsing, presets and validation live in edgecnn.presets (stdlib only, cheap to import).
 
-_MODEL_FLAGS = ("input_size", "channels", "layout", "preprocess", "mean", "std", "labels", "task", "channels_order")
+_MODEL_FLAGS = ("input_size", "channels", "layout", "preprocess", "mean", "std", "labels", "task", "channels_order",
+                "resize", "resample", "pad_value", "shorter_side", "gray")
 
 
 def model_options(*, layout_help: str = "Input layout of the model: nchw or nhwc (default: read from its input shape).",
                   ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Add --input-size, --channels, --layout, --preprocess, --mean, --std, --labels, --channels-order
-    and --task to a command; read them back with :func:`model_overrides`."""
-    from edgecnn.card import TASKS
+    """Add --input-size, --channels, --layout, --preprocess, --mean, --std, --labels, --channels-order,
+    --resize, --resample, --pad-value, --shorter-side, --gray and --task to a command; read them back
+    with :func:`model_overrides`."""
+    from edgecnn.card import GRAY_RULES, RESAMPLE_FILTERS, RESIZE_MODES, TASKS
     from edgecnn.presets import PREPROCESS_PRESETS
 
     presets = "; ".join(f"{k}: {v.description}" for k, v in PREPROCESS_PRESETS.items())
@@ -107,6 +109,20 @@ def model_options(*, layout_help: str = "Input layout of the model: nchw or nhwc
         click.option("--channels-order", type=click.Choice(["rgb", "bgr"], case_sensitive=False), default=None,
                      help="Channel order the model takes (default: its card, else rgb); images are read as RGB "
                           "and reordered for it."),
+        click.option("--resize", type=click.Choice(list(RESIZE_MODES)), default=None,
+                     help="How an image is fitted to the input size: stretch (default), letterbox (aspect kept, "
+                          "centred; detectors), keep-aspect (aspect kept, padded right/bottom; YOLOX), fit-height "
+                          "(height filled, padded right; OCR text lines), center-crop (shorter side, then the "
+                          "centre; torchvision/timm classifiers)."),
+        click.option("--resample", type=click.Choice(list(RESAMPLE_FILTERS)), default=None,
+                     help="Pillow's resize filter (default: the card's, else bilinear)."),
+        click.option("--pad-value", type=int, default=None, metavar="0-255",
+                     help="Border value for letterbox, keep-aspect and fit-height (default 114)."),
+        click.option("--shorter-side", type=int, default=None, metavar="N",
+                     help="center-crop: the shorter side before the crop (default: input side / 0.875, 256 for 224)."),
+        click.option("--gray", type=click.Choice(list(GRAY_RULES)), default=None,
+                     help="1-channel models: luma (ITU-R 601-2, Pillow's L and OpenCV's BGR2GRAY; default) or "
+                          "average ((R+G+B)/3)."),
         click.option("--task", type=click.Choice(list(TASKS)), default=None, help="What the model does (default: its card, "
                      "Ultralytics metadata or its output shapes)."),
     ]

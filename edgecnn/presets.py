@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from edgecnn.card import TASKS, ModelCard
+from edgecnn.card import GRAY_RULES, RESAMPLE_FILTERS, RESIZE_MODES, TASKS, ModelCard
 from edgecnn.errors import ArtifactError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,11 @@ class ModelOverrides:
     class_names: tuple[str, ...] | None = None
     task: str | None = None
     channel_order: str | None = None  # RGB or BGR: the order the model's channels are in
+    resize: str | None = None  # how an image is fitted (RESIZE_MODES), with the four below
+    resample: str | None = None
+    pad_value: int | None = None
+    shorter_side: int | None = None
+    gray: str | None = None
 
     def __post_init__(self) -> None:
         if self.preprocess is not None and self.preprocess not in PREPROCESS_PRESETS:
@@ -100,6 +105,19 @@ class ModelOverrides:
             raise ConfigError(f"--layout must be nchw or nhwc, got {self.layout!r}.")
         if self.channel_order is not None and self.channel_order not in ("RGB", "BGR"):
             raise ConfigError(f"--channels-order must be rgb or bgr, got {self.channel_order!r}.")
+        if self.resize is not None and self.resize not in RESIZE_MODES:
+            raise ConfigError(f"--resize must be one of {'|'.join(RESIZE_MODES)}, got {self.resize!r}.")
+        if self.resample is not None and self.resample not in RESAMPLE_FILTERS:
+            raise ConfigError(f"--resample must be one of {'|'.join(RESAMPLE_FILTERS)}, got {self.resample!r}.")
+        if self.gray is not None and self.gray not in GRAY_RULES:
+            raise ConfigError(f"--gray must be one of {'|'.join(GRAY_RULES)}, got {self.gray!r}.")
+        if self.pad_value is not None and not 0 <= self.pad_value <= 255:
+            raise ConfigError(f"--pad-value must be a pixel value in 0-255, got {self.pad_value}.")
+        if self.shorter_side is not None:
+            if self.resize not in (None, "center-crop"):
+                raise ConfigError(f"--shorter-side goes with --resize center-crop, not --resize {self.resize}.")
+            if self.shorter_side < 1:
+                raise ConfigError(f"--shorter-side must be a positive side in pixels, got {self.shorter_side}.")
         if self.task is not None and self.task not in TASKS:
             raise ConfigError(f"--task must be one of {'|'.join(TASKS)}, got {self.task!r}.")
         if self.mean is not None and self.std is not None:
@@ -145,11 +163,26 @@ class ModelOverrides:
         if self.channels is not None and self.channels != card.channels:
             changes.update(channels=channels, mean=card.mean[:1] * channels, std=card.std[:1] * channels)
         changes.update(self.normalization(channels))
-        for key in ("input_size", "layout", "class_names", "task", "channel_order"):
+        for key in ("input_size", "layout", "class_names", "task", "channel_order", *_FITTING_FLAGS):
             value = getattr(self, key)
             if value is not None:
                 changes[key] = value
+        if self.shorter_side is not None:
+            changes["resize"] = "center-crop"
+        elif changes.get("resize", card.resize) != "center-crop" or "input_size" in changes:
+            changes.setdefault("shorter_side", None)  # a crop side belongs to the crop it was given for
+        changes = {k: v for k, v in changes.items() if getattr(card, k) != v}
         return card.replace(**changes) if changes else card
+
+    def fitting(self) -> dict[str, Any]:
+        """The given image-fitting values (resize, resample, pad_value, shorter_side, gray) as card keys."""
+        values = {k: getattr(self, k) for k in _FITTING_FLAGS if getattr(self, k) is not None}
+        if self.shorter_side is not None:
+            values["resize"] = "center-crop"
+        return values
+
+
+_FITTING_FLAGS = ("resize", "resample", "pad_value", "shorter_side", "gray")
 
 
 def parse_input_size(text: str | None) -> tuple[int, int] | None:
@@ -228,7 +261,9 @@ def parse_labels(text: str | None) -> tuple[str, ...] | None:
 def parse_overrides(*, input_size: str | None = None, channels: int | str | None = None, layout: str | None = None,
                     mean: str | None = None, std: str | None = None, preprocess: str | None = None,
                     labels: str | None = None, task: str | None = None,
-                    channels_order: str | None = None) -> ModelOverrides:
+                    channels_order: str | None = None, resize: str | None = None, resample: str | None = None,
+                    pad_value: int | str | None = None, shorter_side: int | str | None = None,
+                    gray: str | None = None) -> ModelOverrides:
     """The model flags as given on any command -> :class:`ModelOverrides`.
 
     Raises:
@@ -238,7 +273,18 @@ def parse_overrides(*, input_size: str | None = None, channels: int | str | None
         input_size=parse_input_size(input_size), channels=None if channels in (None, "") else int(channels),
         layout=layout.lower() if layout else None, mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"),
         preprocess=preprocess or None, class_names=parse_labels(labels), task=task or None,
-        channel_order=channels_order.upper() if channels_order else None)
+        channel_order=channels_order.upper() if channels_order else None, resize=resize or None,
+        resample=resample or None, pad_value=_int_flag(pad_value, "--pad-value"),
+        shorter_side=_int_flag(shorter_side, "--shorter-side"), gray=gray or None)
+
+
+def _int_flag(value: int | str | None, flag: str) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{flag} expects a whole number, got {value!r}.") from None
 
 
 DETECT_LAYOUTS = "yolov8 [N, 4 + classes, anchors], yolov5 [N, anchors, 5 + classes]"
@@ -354,6 +400,7 @@ def infer_card(name: str, *, inputs: Sequence[TensorInfo], outputs: Sequence[Ten
     got.values.update(norm)
     if overrides.channel_order is not None and channels == 3:
         got.values["channel_order"] = overrides.channel_order
+    got.values.update(overrides.fitting())
     card = ModelCard(name=name, architecture=architecture, **got.values)
     if not got.assumed:
         return card, None

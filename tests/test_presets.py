@@ -163,7 +163,7 @@ def test_presets_is_stdlib_only():
 
 def test_segmentation_by_flag():
     card, _ = _infer(["n", 3, 64, 64], [["n", 21, 64, 64]], overrides=parse_overrides(task="segment"))
-    assert (card.task, card.output_kind, card.num_classes, card.resize) == ("segment", "logits", 21, "bilinear")
+    assert (card.task, card.output_kind, card.num_classes, card.resize) == ("segment", "logits", 21, "stretch")
     card, assumed = _infer(["n", 3, 64, 64], [["n", 21, 64, 64]])
     assert card.task == "raw" and "pass --task classify|detect|segment" in assumed
 

@@ -1,8 +1,9 @@
 """Images for calibrating and checking an ONNX model that edgecnn did not train.
 
 Deliberately independent of :mod:`edgecnn.train` (no TensorFlow): an ``.npz`` archive or an image
-folder, decoded to uint8 RGB at the model's input size with Pillow's bilinear resize, as the
-runtime does (and to gray with Pillow's ``convert("L")`` for a 1-channel model).
+folder, decoded to uint8 RGB at the model's input size as the runtime fits an image for that model
+(the card's :class:`~edgecnn.runtime.preprocess.Fitting`: stretch, letterbox, keep-aspect,
+fit-height or center-crop, with its filter), and to gray by the card's rule for a 1-channel model.
 
 Labelled data is split: a seeded 20% is held out from calibration to measure accuracy.
 Unlabelled data (loose images, ``images`` without ``labels``) is split in halves once there are at
@@ -19,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from edgecnn.datasets import IMAGE_EXTENSIONS, list_images, read_image, resize_all, to_uint8
-from edgecnn.errors import DataError
+from edgecnn.errors import DataError, InputError
+from edgecnn.runtime.preprocess import Fitting, fit_image
 
 __all__ = ["EvalData", "load_eval_data", "load_judging_data", "to_channels"]
 
@@ -40,40 +42,44 @@ class EvalData:
     calibration_labels: np.ndarray | None = None  # labels of the calibration images, when known
 
 
-def to_channels(images: np.ndarray, channels: int) -> np.ndarray:
-    """uint8 NHWC RGB images as ``channels`` (1: gray by the runtime's decoder, Pillow's ``convert("L")``)."""
+def to_channels(images: np.ndarray, channels: int, *, gray: str = "luma") -> np.ndarray:
+    """uint8 NHWC RGB images as ``channels`` (1: gray by the runtime's decoder and the card's ``gray`` rule)."""
     if channels == images.shape[-1]:
         return images
     if channels == 1 and images.shape[-1] == 3:
         from edgecnn.runtime.preprocess import load_image  # the runtime's own gray conversion
 
-        return np.stack([load_image(i, i.shape[:2], channels=1) for i in images])
+        keep = Fitting(gray=gray)
+        return np.stack([load_image(i, i.shape[:2], channels=1, fitting=keep) for i in images])
     if channels == 3 and images.shape[-1] == 1:
         return np.repeat(images, 3, axis=-1)
     raise DataError(f"Cannot turn {images.shape[-1]}-channel images into {channels} channels.")
 
 
-def load_eval_data(path: str | Path, size: tuple[int, int], *, seed: int = 0, holdout: bool = True) -> EvalData:
+def load_eval_data(path: str | Path, size: tuple[int, int], *, seed: int = 0, holdout: bool = True,
+                   fitting: Fitting | None = None) -> EvalData:
     """Read an ``.npz`` (``x_train`` [+ ``x_test``, ``y_test``], or ``images`` [+ ``labels``]) or an
     image folder (``train/`` + ``test/`` class trees, a class tree, or loose images).
 
     Without a separate test split, a seeded 20% of the images is held out from calibration (half,
     for 64 or more unlabelled images); ``holdout=False`` keeps every image in ``test`` instead.
+    Images are fitted to ``size`` as ``fitting`` says (default: stretched, bilinear).
 
     Raises:
         DataError: for a missing path, unreadable files, or images that are not RGB.
     """
     path = Path(path).expanduser()
     seed_or_none = seed if holdout else None
+    fit = _Fit(size, fitting or Fitting())
     if path.is_file():
-        return _from_npz(path, size, seed_or_none)
+        return _from_npz(path, fit, seed_or_none)
     if path.is_dir():
-        return _from_folder(path, size, seed_or_none)
+        return _from_folder(path, fit, seed_or_none)
     what = "Calibration" if holdout else "Evaluation"
     raise DataError(f"{what} data {path} does not exist; pass an .npz file or an image folder.")
 
 
-def load_judging_data(path: str | Path, size: tuple[int, int]) -> EvalData:
+def load_judging_data(path: str | Path, size: tuple[int, int], *, fitting: Fitting | None = None) -> EvalData:
     """Every image of ``--eval-data``, to judge variants on (``test``; none is held back for
     calibration): an ``.npz``'s ``x_test`` [+ ``y_test``] or all its ``images``/``x`` [+ labels] or
     ``x_train``; a folder's ``test/`` class tree, a class tree, or loose images.
@@ -81,7 +87,28 @@ def load_judging_data(path: str | Path, size: tuple[int, int]) -> EvalData:
     Raises:
         DataError: as :func:`load_eval_data`.
     """
-    return load_eval_data(path, size, holdout=False)
+    return load_eval_data(path, size, holdout=False, fitting=fitting)
+
+
+@dataclass(frozen=True)
+class _Fit:
+    """The model's input size and how an image is fitted to it."""
+
+    size: tuple[int, int]
+    fitting: Fitting
+
+    def file(self, path: Path) -> np.ndarray:
+        if self.fitting == Fitting():
+            return read_image(path, self.size)
+        try:
+            return fit_image(path, self.size, fitting=self.fitting)[0]
+        except InputError as err:
+            raise DataError(f"{err} Remove or replace {path}.") from err
+
+    def arrays(self, x: np.ndarray) -> np.ndarray:
+        if self.fitting == Fitting():
+            return resize_all(x, self.size)
+        return np.stack([fit_image(i, self.size, fitting=self.fitting)[0] for i in x])
 
 
 def _split(x: np.ndarray, y: np.ndarray, seed: int | None, names: list[str] | None, what: str) -> EvalData:
@@ -93,7 +120,7 @@ def _split(x: np.ndarray, y: np.ndarray, seed: int | None, names: list[str] | No
     return EvalData(x[calib], x[test], y[test], names, what, calibration_labels=y[calib])
 
 
-def _from_npz(path: Path, size: tuple[int, int], seed: int | None) -> EvalData:
+def _from_npz(path: Path, size: _Fit, seed: int | None) -> EvalData:
     try:
         with np.load(path, allow_pickle=False) as d:
             arrays = {k: d[k] for k in d.files}
@@ -133,28 +160,28 @@ def _unlabelled(x: np.ndarray, what: str, seed: int | None) -> EvalData:
                     "for evaluation")
 
 
-def _as_images(x: np.ndarray, path: Path, key: str, size: tuple[int, int]) -> np.ndarray:
+def _as_images(x: np.ndarray, path: Path, key: str, size: _Fit) -> np.ndarray:
     if x.ndim != 4 or x.shape[-1] != 3:
         raise DataError(f"{path}: {key} must be (N, height, width, 3) RGB images, got shape {x.shape}.")
     if not np.issubdtype(x.dtype, np.number):
         raise DataError(f"{path}: {key} must be uint8 pixels 0-255, got dtype {x.dtype}.")
-    return resize_all(to_uint8(x, f"{path}:{key}"), size)
+    return size.arrays(to_uint8(x, f"{path}:{key}"))
 
 
-def _class_tree(root: Path, size: tuple[int, int], names: list[str] | None):
+def _class_tree(root: Path, size: _Fit, names: list[str] | None):
     dirs = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     names = names or dirs
     xs, ys = [], []
     for label, name in enumerate(names):
         files = list_images(root / name) if (root / name).is_dir() else []
-        xs += [read_image(f, size) for f in files]
+        xs += [size.file(f) for f in files]
         ys += [label] * len(files)
     if not xs:
         raise DataError(f"No images under {root}.")
     return np.stack(xs), np.asarray(ys, dtype=np.int64), names
 
 
-def _from_folder(root: Path, size: tuple[int, int], seed: int | None) -> EvalData:
+def _from_folder(root: Path, size: _Fit, seed: int | None) -> EvalData:
     if (root / "train").is_dir() and (root / "test").is_dir():
         calib, calib_labels, names = _class_tree(root / "train", size, None)
         test, labels, _ = _class_tree(root / "test", size, names)
@@ -166,4 +193,4 @@ def _from_folder(root: Path, size: tuple[int, int], seed: int | None) -> EvalDat
     files = list_images(root)
     if not files:
         raise DataError(f"No images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {root}.")
-    return _unlabelled(np.stack([read_image(f, size) for f in files]), root.name, seed)
+    return _unlabelled(np.stack([size.file(f) for f in files]), root.name, seed)

@@ -20,6 +20,7 @@ from edgecnn.card import ModelCard
 from edgecnn.datasets import load_dataset  # no TensorFlow import
 from edgecnn.errors import DataError
 from edgecnn.export._data import load_eval_data, load_judging_data, to_channels
+from edgecnn.runtime.preprocess import Fitting
 
 if TYPE_CHECKING:
     from edgecnn.export.pipeline import ExportConfig
@@ -60,7 +61,7 @@ def _synthetic_data(card: ModelCard, n: int = _SYNTHETIC_IMAGES) -> ExportData:
         coarse = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
         smooth = np.asarray(Image.fromarray(coarse).resize((w, h), Image.BILINEAR), dtype=np.float32)
         images.append(np.clip(smooth + rng.normal(0, 12, smooth.shape), 0, 255).astype(np.uint8))
-    return ExportData(calibration=None, test=to_channels(np.stack(images), card.channels), test_labels=None,
+    return ExportData(calibration=None, test=to_channels(np.stack(images), card.channels, gray=card.gray), test_labels=None,
                       description=f"{n} synthetic images (parity only, no images given)")
 
 
@@ -92,9 +93,9 @@ def select_data(card: ModelCard, calibration_data: str | Path | None,
 def _as_model_input(data: ExportData, card: ModelCard) -> tuple[ExportData, ModelCard]:
     """The images in the model's channels; labels only for a classifier (class folders say nothing
     about boxes or masks)."""
-    data.test = to_channels(data.test, card.channels)
+    data.test = to_channels(data.test, card.channels, gray=card.gray)
     if data.calibration is not None:
-        data.calibration = to_channels(data.calibration, card.channels)
+        data.calibration = to_channels(data.calibration, card.channels, gray=card.gray)
     if card.task != "classify":
         data.test_labels = None
     return data, card
@@ -103,7 +104,7 @@ def _as_model_input(data: ExportData, card: ModelCard) -> tuple[ExportData, Mode
 def _with_eval_data(data: ExportData, card: ModelCard, config: ExportConfig) -> tuple[ExportData, ModelCard]:
     """``--eval-data``: every one of its images judges the variants (labels when it has them),
     instead of the held-out part of the calibration data or the card's test split."""
-    ev = load_judging_data(config.eval_data, card.input_size)
+    ev = load_judging_data(config.eval_data, card.input_size, fitting=Fitting.of(card))
     labels, card = _align_labels(ev.test_labels, ev.class_names, card)
     return ExportData(data.calibration, _limit(ev.test, config.test_images), _limit(labels, config.test_images),
                  f"{ev.description} (--eval-data)", calibration_labels=data.calibration_labels), card
@@ -134,7 +135,7 @@ def _read_data(card: ModelCard, calibration_data: str | Path | None,
     if calibration_data is None:
         return ExportData(ds.x_train, _limit(ds.x_test, config.test_images), _limit(ds.y_test, config.test_images),
                      f"{ds.name} test split"), card
-    ext = load_eval_data(calibration_data, card.input_size, seed=config.quant.seed)
+    ext = load_eval_data(calibration_data, card.input_size, seed=config.quant.seed, fitting=Fitting.of(card))
     if ds is not None:
         return ExportData(ext.calibration, _limit(ds.x_test, config.test_images), _limit(ds.y_test, config.test_images),
                      f"{ds.name} test split"), card

@@ -370,7 +370,7 @@ def tune(export_dir: str | Path, config: TuneConfig | None = None, *, write: boo
     images, labels, description = load_test_data(card, config.data, limit=config.images)
     from edgecnn.export._data import to_channels
 
-    images = to_channels(images, card.channels)
+    images = to_channels(images, card.channels, gray=card.gray)
     if card.task != "classify":
         labels = None
     say(f"Quality on {len(images)} images of {description} against fp32 on onnxruntime.")

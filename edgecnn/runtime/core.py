@@ -30,7 +30,8 @@ from edgecnn.card import ONNX_METADATA_KEY, ModelCard
 from edgecnn.errors import ArtifactError, ConfigError, InputError
 from edgecnn.presets import ModelOverrides, TensorInfo, infer_card
 from edgecnn.runtime.cpu import check_int8_target
-from edgecnn.runtime.preprocess import DEFAULT_MAX_PIXELS, FitInfo, ImageLike, check_pixels, fit_image, normalize_batch
+from edgecnn.runtime.preprocess import (DEFAULT_MAX_PIXELS, FitInfo, Fitting, ImageLike, check_pixels, fit_image,
+                                        normalize_batch)
 from edgecnn.runtime.runners import ORT_DTYPES as _ORT_DTYPES, DeviceBinder, Runner
 from edgecnn.runtime.session import CudaOptions, NodePlacement, create_session, node_placement
 
@@ -173,6 +174,7 @@ class InferenceModel:
         self.fixed_batch: int | None = batch if isinstance(batch, int) and batch > 0 else None
         self.max_pixels = max_pixels
         self._pixel_shape = (*self.card.input_size, self.card.channels)
+        self._fitting = Fitting.of(self.card)
         on_gpu = self.info.device == "cuda"
         self.cuda_graph = bool(on_gpu and cuda is not None and cuda.cuda_graph)
         self._use_io_binding = self.cuda_graph or (on_gpu if io_binding is None else bool(io_binding))
@@ -327,7 +329,7 @@ class InferenceModel:
         """Decode one image to uint8 HxWxC at the input size, with how it was fitted."""
         card = self.card
         return fit_image(image, card.input_size, max_pixels=self.max_pixels, channels=card.channels,
-                         resize=card.resize, pad_value=card.pad_value)
+                         fitting=self._fitting)
 
     def load_image(self, image: ImageLike) -> np.ndarray:
         """Decode one image to uint8 HxWxC at the card's input size (see :func:`fit_image`)."""

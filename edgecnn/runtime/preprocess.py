@@ -1,14 +1,16 @@
 """Preprocessing from the model card alone, identical to training's.
 
 Training decodes every image to uint8 RGB at the card's ``input_size`` (Pillow bilinear resize),
-then applies :func:`normalize_batch`; so does the runtime. Detectors take a letterbox instead
-(aspect ratio kept, the border padded with the card's ``pad_value``), and :class:`FitInfo`
-maps coordinates on the model input back to the original image.
+then applies :func:`normalize_batch`; so does the runtime. Models from elsewhere are fed as their
+own package feeds them: the card's :class:`Fitting` (letterbox, keep-aspect, fit-height or
+center-crop, Pillow's filter, the gray rule) is applied by the one loader, :func:`fit_image`, and
+:class:`FitInfo` maps coordinates on the model input back to the original image.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ from edgecnn.card import ModelCard
 from edgecnn.errors import InputError
 
 __all__ = ["normalize_batch", "normalization_constants", "load_image", "fit_image", "decode_image", "declared_pixels", "check_pixels", "FitInfo",
+           "Fitting",
            "DEFAULT_MAX_PIXELS", "ImageLike"]
 
 
@@ -75,26 +78,46 @@ class FitInfo:
         return b
 
 
+_FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS, "nearest": Image.NEAREST}
+
+
+@dataclass(frozen=True)
+class Fitting:
+    """How an image becomes the model's input size: the card's ``resize``, ``resample``,
+    ``pad_value``, ``shorter_side`` and ``gray`` (see :class:`~edgecnn.card.ModelCard`)."""
+
+    resize: str = "stretch"
+    resample: str = "bilinear"
+    pad_value: int = 114
+    shorter_side: int | None = None
+    gray: str = "luma"
+
+    @classmethod
+    def of(cls, card: ModelCard) -> Fitting:
+        return cls(resize=card.resize, resample=card.resample, pad_value=card.pad_value,
+                   shorter_side=card.crop_shorter_side() if card.resize == "center-crop" else None, gray=card.gray)
+
+
 def load_image(
     image: ImageLike,
     size: tuple[int, int],
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     channels: int = 3,
-    resize: str = "bilinear",
-    pad_value: int = 114,
+    fitting: Fitting | None = None,
 ) -> np.ndarray:
     """Decode a path, encoded bytes, PIL image or array to uint8 HxWxC at ``size`` = (h, w).
 
     Grayscale, palette, RGBA, LA and CMYK images are converted to RGB (alpha dropped, as training
-    does), or to gray for ``channels=1``; other sizes are resized with Pillow's bilinear filter, or
-    letterboxed (``resize="letterbox"``). :func:`fit_image` also returns the :class:`FitInfo`.
+    does), or to gray for ``channels=1``; the image is then fitted to ``size`` as ``fitting`` says
+    (default: stretched with Pillow's bilinear filter). :func:`fit_image` also returns the
+    :class:`FitInfo`.
 
     Raises:
         InputError: for an unreadable or truncated file, an unsupported array shape or dtype,
             NaN or out-of-range pixels, or more than ``max_pixels`` pixels.
     """
-    return fit_image(image, size, max_pixels=max_pixels, channels=channels, resize=resize, pad_value=pad_value)[0]
+    return fit_image(image, size, max_pixels=max_pixels, channels=channels, fitting=fitting)[0]
 
 
 def fit_image(
@@ -103,42 +126,101 @@ def fit_image(
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     channels: int = 3,
-    resize: str = "bilinear",
-    pad_value: int = 114,
+    fitting: Fitting | None = None,
 ) -> tuple[np.ndarray, FitInfo]:
     """:func:`load_image`, plus how the image was fitted (to map boxes and masks back).
+
+    - ``stretch``: resized to ``size`` (the aspect ratio changes);
+    - ``letterbox``: scaled to fit inside ``size``, aspect kept, centred on a ``pad_value``
+      canvas (Ultralytics' rounding);
+    - ``keep-aspect``: scaled to fit inside ``size``, aspect kept (sides truncated to integers),
+      at the top left of a ``pad_value`` canvas: padded right and bottom, as YOLOX's preprocessing;
+    - ``fit-height``: the height fills the input, the width is ``ceil(height * aspect)`` up to the
+      input's width (a wider image is squeezed), padded right: PaddleOCR's text-line rule;
+    - ``center-crop``: the shorter side resized to ``shorter_side`` (the longer one truncated to
+      an integer), then the central ``size`` cut out (offsets rounded), as torchvision's
+      ``Resize(N)`` + ``CenterCrop``.
 
     Raises:
         InputError: as :func:`load_image`.
     """
-    img, name = decode_image(image, max_pixels=max_pixels, mode="L" if channels == 1 else "RGB", target=size)
+    fitting = fitting or Fitting()
+    gray = channels == 1
+    target = (fitting.shorter_side,) * 2 if fitting.resize == "center-crop" and fitting.shorter_side else size
+    img, name = decode_image(image, max_pixels=max_pixels, mode="L" if gray and fitting.gray == "luma" else "RGB",
+                             target=target)
     try:
-        if resize == "letterbox":
-            return _letterbox(img, size, pad_value, channels)
-        info = FitInfo(img.width, img.height, size[1] / img.width, size[0] / img.height)
-        if img.size != (size[1], size[0]):
-            img = img.resize((size[1], size[0]), Image.BILINEAR)
-        arr = np.asarray(img, dtype=np.uint8)
-        return (arr[..., None] if channels == 1 else arr), info
+        if gray and img.mode != "L":  # the "average" rule: (R + G + B) / 3, rounded
+            rgb = np.asarray(img, dtype=np.uint16)
+            img = Image.fromarray(((rgb.sum(axis=2) + 1) // 3).astype(np.uint8))
+        arr, info = _FITS[fitting.resize](img, size, fitting)
+        return (arr[..., None] if gray else arr), info
     except InputError:
         raise
     except Exception as err:  # Pillow raises more than OSError on hostile files (see decode_image)
-        raise InputError(f"Cannot convert {name} to {'gray' if channels == 1 else 'RGB'} ({err}).") from err
+        raise InputError(f"Cannot convert {name} to {'gray' if gray else 'RGB'} ({err}).") from err
 
 
-def _letterbox(img: Image.Image, size: tuple[int, int], pad_value: int, channels: int) -> tuple[np.ndarray, FitInfo]:
+def _resized(img: Image.Image, wh: tuple[int, int], fitting: Fitting) -> Image.Image:
+    return img if img.size == wh else img.resize(wh, _FILTERS[fitting.resample])
+
+
+def _stretch(img: Image.Image, size: tuple[int, int], fitting: Fitting) -> tuple[np.ndarray, FitInfo]:
+    info = FitInfo(img.width, img.height, size[1] / img.width, size[0] / img.height)
+    return np.asarray(_resized(img, (size[1], size[0]), fitting), dtype=np.uint8), info
+
+
+def _on_canvas(img: Image.Image, size: tuple[int, int], fitting: Fitting, new_wh: tuple[int, int],
+               at: tuple[int, int]) -> tuple[np.ndarray, FitInfo]:
+    h, w = size
+    fill = fitting.pad_value if img.mode == "L" else (fitting.pad_value,) * 3
+    canvas = Image.new(img.mode, (w, h), fill)
+    canvas.paste(_resized(img, new_wh, fitting), at)
+    info = FitInfo(img.width, img.height, new_wh[0] / img.width, new_wh[1] / img.height, float(at[0]), float(at[1]))
+    return np.asarray(canvas, dtype=np.uint8), info
+
+
+def _letterbox(img: Image.Image, size: tuple[int, int], fitting: Fitting) -> tuple[np.ndarray, FitInfo]:
     """Resize keeping the aspect ratio, centred on a ``pad_value`` canvas (Ultralytics' letterbox)."""
     h, w = size
     scale = min(h / img.height, w / img.width)
     new_w, new_h = max(1, round(img.width * scale)), max(1, round(img.height * scale))
-    pad_x, pad_y = (w - new_w) / 2, (h - new_h) / 2
-    canvas = Image.new(img.mode, (w, h), pad_value if channels == 1 else (pad_value,) * 3)
-    resized = img if (new_w, new_h) == img.size else img.resize((new_w, new_h), Image.BILINEAR)
-    canvas.paste(resized, (int(round(pad_x - 0.1)), int(round(pad_y - 0.1))))
-    arr = np.asarray(canvas, dtype=np.uint8)
-    info = FitInfo(img.width, img.height, new_w / img.width, new_h / img.height,
-                   float(int(round(pad_x - 0.1))), float(int(round(pad_y - 0.1))))
-    return (arr[..., None] if channels == 1 else arr), info
+    at = (int(round((w - new_w) / 2 - 0.1)), int(round((h - new_h) / 2 - 0.1)))
+    return _on_canvas(img, size, fitting, (new_w, new_h), at)
+
+
+def _keep_aspect(img: Image.Image, size: tuple[int, int], fitting: Fitting) -> tuple[np.ndarray, FitInfo]:
+    """Scale to fit inside, aspect kept, at the top left of a ``pad_value`` canvas (YOLOX's preproc)."""
+    h, w = size
+    scale = min(h / img.height, w / img.width)
+    new_wh = (max(1, int(img.width * scale)), max(1, int(img.height * scale)))
+    return _on_canvas(img, size, fitting, new_wh, (0, 0))
+
+
+def _fit_height(img: Image.Image, size: tuple[int, int], fitting: Fitting) -> tuple[np.ndarray, FitInfo]:
+    """Height to the input's, width ``ceil`` of the aspect ratio up to the input's, padded right
+    (PaddleOCR's text-line classifiers and recognizers)."""
+    h, w = size
+    new_w = min(w, max(1, math.ceil(h * img.width / img.height)))
+    return _on_canvas(img, size, fitting, (new_w, h), (0, 0))
+
+
+def _center_crop(img: Image.Image, size: tuple[int, int], fitting: Fitting) -> tuple[np.ndarray, FitInfo]:
+    """Shorter side to ``shorter_side`` (torchvision's ``Resize(int)``), then the central ``size``."""
+    h, w = size
+    short = fitting.shorter_side or int(round(max(size) / 0.875))
+    if img.width <= img.height:
+        new_w, new_h = short, max(1, int(short * img.height / img.width))
+    else:
+        new_w, new_h = max(1, int(short * img.width / img.height)), short
+    left, top = int(round((new_w - w) / 2.0)), int(round((new_h - h) / 2.0))
+    resized = _resized(img, (new_w, new_h), fitting)
+    arr = np.asarray(resized.crop((left, top, left + w, top + h)), dtype=np.uint8)
+    return arr, FitInfo(img.width, img.height, new_w / img.width, new_h / img.height, float(-left), float(-top))
+
+
+_FITS = {"stretch": _stretch, "letterbox": _letterbox, "keep-aspect": _keep_aspect, "fit-height": _fit_height,
+         "center-crop": _center_crop}
 
 
 def decode_image(image: ImageLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, mode: str = "RGB",

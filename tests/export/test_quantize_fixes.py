@@ -134,7 +134,8 @@ def test_dynamic_direction_classifier_exports_int8(tmp_path, sample3, monkeypatc
 
     photos = _photos(tmp_path / "photos", sample3.x_train[:40])
     monkeypatch.chdir(tmp_path)
-    overrides = ModelOverrides(input_size=(48, 192), mean=(127.5,) * 3, std=(127.5,) * 3, class_names=("0", "180"))
+    overrides = ModelOverrides(input_size=(48, 192), mean=(127.5,) * 3, std=(127.5,) * 3, class_names=("0", "180"),
+                               resize="fit-height", pad_value=127, resample="bicubic")  # PaddleOCR's text-line rule
     report = export_model(FOREIGN / "ch_ppocr_mobile_v2.0_cls_infer.onnx", out_dir=tmp_path / "cls",
                           config=ExportConfig(quantize=("int8",), max_accuracy_drop=100.0,
                                               quant=QuantizeConfig(calibration_samples=40)),
@@ -142,6 +143,9 @@ def test_dynamic_direction_classifier_exports_int8(tmp_path, sample3, monkeypatc
     int8 = next(v for v in report.variants if v.precision == "int8")
     assert int8.passed and int8.settings["fixed_input_shape"][2:] == [48, 192]
     assert read_card(tmp_path / "cls" / "model.int8.onnx").export["quantization"]["fixed_input_shape"][2:] == [48, 192]
+    for variant in ("model.onnx", "model.int8.onnx"):  # the fitting travels into every variant
+        card = read_card(tmp_path / "cls" / variant)
+        assert (card.resize, card.pad_value, card.resample) == ("fit-height", 127, "bicubic"), variant
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cls", "photos"]
 
 

@@ -16,7 +16,7 @@ from PIL import Image
 from edgecnn.cli import main
 from edgecnn.errors import ArtifactError, ConfigError, InputError
 from edgecnn.runtime import Classifier, InferenceModel, load_model
-from edgecnn.runtime.preprocess import fit_image, load_image
+from edgecnn.runtime.preprocess import Fitting, fit_image, load_image
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper  # noqa: E402
@@ -144,7 +144,7 @@ def test_letterbox_keeps_aspect_and_maps_boxes_back(size, hw):
     img = Image.new("RGB", size, (0, 0, 0))
     w, h = size
     img.paste((255, 255, 255), (w // 4, h // 4, w // 2, h // 2))  # a white box at a known place
-    arr, info = fit_image(img, hw, resize="letterbox", pad_value=114)
+    arr, info = fit_image(img, hw, fitting=Fitting(resize="letterbox", pad_value=114))
     assert arr.shape == (*hw, 3)
     assert abs(info.scale_x - info.scale_y) < 0.02  # aspect kept
     ys, xs = np.nonzero(arr[..., 0] > 200)

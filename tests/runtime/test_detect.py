@@ -24,7 +24,7 @@ from edgecnn.runtime.heads import (
     select_boxes,
     yolo_layout,
 )
-from edgecnn.runtime.preprocess import FitInfo, fit_image
+from edgecnn.runtime.preprocess import FitInfo, Fitting, fit_image
 
 FOREIGN = Path(__file__).parents[1] / "data" / "foreign"
 YOLOV8 = FOREIGN / "yolov8_shapes.onnx"
@@ -151,7 +151,7 @@ def test_select_boxes_drops_non_finite():
 ])
 def test_letterbox_geometry(orig, size, scale, pad):
     img = Image.new("RGB", orig, (10, 200, 30))
-    pixels, fit = fit_image(img, size, resize="letterbox", pad_value=114)
+    pixels, fit = fit_image(img, size, fitting=Fitting(resize="letterbox", pad_value=114))
     assert pixels.shape == (*size, 3) and pixels.dtype == np.uint8
     assert (fit.width, fit.height) == orig
     assert (fit.scale_x, fit.scale_y) == pytest.approx((scale, scale))
@@ -195,7 +195,7 @@ def test_postprocess_scales_normalized_boxes_and_clips_to_the_image():
 def test_box_round_trip_through_letterbox_within_one_pixel(orig_size, box):
     img = Image.new("RGB", orig_size, (128, 128, 128))
     img.paste((255, 0, 0), box)  # pixels box[0]..box[2]-1, box[1]..box[3]-1
-    pixels, fit = fit_image(img, (160, 160), resize="letterbox", pad_value=114)
+    pixels, fit = fit_image(img, (160, 160), fitting=Fitting(resize="letterbox", pad_value=114))
     # the exact image of the box on the input maps back exactly
     forward = np.array([[box[0] * fit.scale_x + fit.pad_x, box[1] * fit.scale_y + fit.pad_y,
                          box[2] * fit.scale_x + fit.pad_x, box[3] * fit.scale_y + fit.pad_y]])

@@ -106,13 +106,19 @@ def to_original(class_map: np.ndarray, fit: FitInfo, input_size: tuple[int, int]
     """One (h, w) class map on the model input's grid -> the original image's (height, width).
 
     The part of the input that shows the image (inside a letterbox's padding) is cut out at the
-    output's resolution and resized with nearest-neighbour sampling.
+    output's resolution and resized with nearest-neighbour sampling. Where the model saw only part
+    of the image (a center-crop), the edges the model did not see take the class at the nearest
+    edge of its map.
     """
     in_h, in_w = input_size
     out_h, out_w = class_map.shape
     sx, sy = out_w / in_w, out_h / in_h
     box = (fit.pad_x * sx, fit.pad_y * sy, (fit.pad_x + fit.width * fit.scale_x) * sx,
            (fit.pad_y + fit.height * fit.scale_y) * sy)
+    grow = [int(np.ceil(max(0.0, v))) for v in (-box[0], -box[1], box[2] - out_w, box[3] - out_h)]
+    if any(grow):  # the image extends beyond what the model saw
+        class_map = np.pad(class_map, ((grow[1], grow[3]), (grow[0], grow[2])), mode="edge")
+        box = (box[0] + grow[0], box[1] + grow[1], box[2] + grow[0], box[3] + grow[1])
     dtype = np.uint8 if class_map.max(initial=0) < 256 else np.int32
     img = Image.fromarray(class_map.astype(dtype))
     resized = img.resize((fit.width, fit.height), Image.NEAREST, box=box)
