@@ -51,10 +51,11 @@ RESAMPLE_FILTERS = ("bilinear", "bicubic", "lanczos", "nearest")  # Pillow's nam
 GRAY_RULES = ("luma", "average")  # ITU-R 601-2 (Pillow's "L", OpenCV's BGR2GRAY), or (R + G + B) / 3
 _LEGACY_RESIZE = {"bilinear": "stretch"}  # schema 2 named the plain resize after its filter
 # What the (first) output holds, per task. Detection: "yolov8" is [N, 4 + C, A] (v8/v11: cx, cy,
-# w, h then class scores), "yolov5" is [N, A, 5 + C] (cx, cy, w, h, objectness, class scores).
+# w, h then class scores), "yolov5" is [N, A, 5 + C] (cx, cy, w, h, objectness, class scores),
+# "yolox" is [N, A, 5 + C] before its grid decoding (offsets and log sizes per cell of strides 8, 16, 32).
 OUTPUT_KINDS: dict[str, tuple[str, ...]] = {
     "classify": ("probabilities", "logits"),
-    "detect": ("yolov8", "yolov5"),
+    "detect": ("yolov8", "yolov5", "yolox"),
     "segment": ("logits", "probabilities"),
     "raw": ("raw",),
 }

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Preset", "PREPROCESS_PRESETS", "LAYOUTS", "TASKS", "ModelOverrides", "TensorInfo", "parse_overrides",
            "parse_input_size", "parse_floats", "parse_labels", "infer_card", "input_geometry", "ultralytics_metadata",
+           "yolo_anchor_counts", "detect_layout", "DETECT_LAYOUTS", "metadata_labels",
            "short_list",
            "PREPROCESSING_FLAGS"]
 
@@ -287,7 +288,33 @@ def _int_flag(value: int | str | None, flag: str) -> int | None:
         raise ConfigError(f"{flag} expects a whole number, got {value!r}.") from None
 
 
-DETECT_LAYOUTS = "yolov8 [N, 4 + classes, anchors], yolov5 [N, anchors, 5 + classes]"
+DETECT_LAYOUTS = ("yolov8 [N, 4 + classes, anchors], yolov5 [N, 3 x anchors, 5 + classes], yolox [N, anchors, "
+                  "5 + classes] (raw grid outputs)")
+
+
+def yolo_anchor_counts(size: tuple[int, int], strides: Sequence[int] = _YOLO_STRIDES) -> dict[str, int]:
+    """How many predictions each YOLO layout makes for an input of ``size`` = (height, width):
+    one per cell of each stride (YOLOv8/YOLO11, cells rounded up; YOLOX, cells rounded down as its
+    ``H // stride`` grids), three per cell (YOLOv5)."""
+    ceil = sum(-(-size[0] // s) * -(-size[1] // s) for s in strides)
+    return {"yolov8": ceil, "yolov5": 3 * ceil, "yolox": sum((size[0] // s) * (size[1] // s) for s in strides)}
+
+
+def detect_layout(shape: Sequence[Any], size: tuple[int, int], num_classes: int | None = None, *,
+                  yolox: bool = True) -> str | None:
+    """The YOLO layout a 3-D output ``shape`` has for an input of ``size`` (and ``num_classes``
+    when known), or None when it fits none or more than one; ``yolox=False`` for a file
+    Ultralytics made (it never writes YOLOX's layout)."""
+    s = [_fixed(d) for d in shape]
+    if len(s) != 3:
+        return None
+    anchors = yolo_anchor_counts(size)
+    fits = []
+    if s[2] == anchors["yolov8"] and (s[1] or 0) > 4 and num_classes in (None, (s[1] or 0) - 4):
+        fits.append("yolov8")
+    if (s[2] or 0) > 5 and num_classes in (None, (s[2] or 0) - 5):
+        fits += [k for k in ("yolov5", "yolox") if s[1] == anchors[k] and (yolox or k != "yolox")]
+    return fits[0] if len(fits) == 1 else None
 
 
 def short_list(names: Sequence[str], limit: int = 5) -> str:
@@ -391,7 +418,7 @@ def infer_card(name: str, *, inputs: Sequence[TensorInfo], outputs: Sequence[Ten
                       input_size=size)
     _task_and_outputs(name, outputs, size, overrides, ultra, softmax_output, got, metadata_labels(metadata or {}))
     norm = overrides.normalization(channels)
-    if not norm:
+    if not norm and got.values.get("normalization") != "yolox":  # YOLOX's raw pixels are set already
         preset = "unit"
         norm = {**dict(zip(("mean", "std"), PREPROCESS_PRESETS[preset].for_channels(channels))),
                 "normalization": "ultralytics" if ultra else "assumed"}
@@ -464,10 +491,6 @@ def input_geometry(name: str, inp: TensorInfo, overrides: ModelOverrides,
     return layout, int(channels), (int(size[0]), int(size[1]))
 
 
-def _yolo_anchors(size: tuple[int, int]) -> int:
-    return sum(-(-size[0] // s) * -(-size[1] // s) for s in _YOLO_STRIDES)
-
-
 def _task_and_outputs(name: str, outputs: Sequence[TensorInfo], size: tuple[int, int], overrides: ModelOverrides,
                       ultra: Mapping[str, Any], softmax_output: bool | None, got: _Inferred,
                       file_labels: tuple[str, ...] | None = None) -> None:
@@ -476,11 +499,8 @@ def _task_and_outputs(name: str, outputs: Sequence[TensorInfo], size: tuple[int,
     guess, kind, n_classes = "raw", "raw", None
     if len(outputs) == 1 and len(first) == 2 and first[1]:
         guess, n_classes = "classify", first[1]
-    elif len(first) == 3 and first[1] and first[2]:
-        if first[2] == _yolo_anchors(size) and first[1] > 4:
-            guess, kind, n_classes = "detect", "yolov8", first[1] - 4
-        elif first[1] == 3 * _yolo_anchors(size) and first[2] > 5:
-            guess, kind, n_classes = "detect", "yolov5", first[2] - 5
+    elif (seen := detect_layout(first, size, yolox=not ultra)) is not None:
+        guess, kind, n_classes = "detect", seen, (first[1] - 4 if seen == "yolov8" else first[2] - 5)
     task = overrides.task or _ULTRALYTICS_TASKS.get(str(ultra.get("task")), None) or guess
     names = overrides.class_names or (tuple(ultra["names"]) if "names" in ultra else None)
     if task == "classify":
@@ -497,6 +517,14 @@ def _task_and_outputs(name: str, outputs: Sequence[TensorInfo], size: tuple[int,
                 "segment for a per-pixel map).")
         kind = kind if guess == "detect" else "yolov8"
         got.values.update(resize="letterbox", stride=int(ultra.get("stride", max(_YOLO_STRIDES))))
+        if kind == "yolox":  # YOLOX's own preproc: top left of a 114 canvas, 0-255 BGR (OpenCV's order)
+            got.values.update(resize="keep-aspect", pad_value=114)
+            if not overrides.normalization_given and not ultra:
+                channels = got.values["channels"]
+                got.values.update(zip(("mean", "std"), PREPROCESS_PRESETS["none"].for_channels(channels)),
+                                  normalization="yolox", channel_order="BGR" if channels == 3 else "RGB")
+                got.assumed.append("YOLOX's preprocessing: raw 0-255 BGR pixels, keep-aspect with pad 114 (pass "
+                                   "--preprocess/--channels-order/--resize if it was trained otherwise)")
     elif task == "segment":
         kind = "probabilities" if softmax_output else "logits"
         n_classes = next((d for d in ((first[1], first[3]) if len(first) == 4 else ()) if d and d > 1), None)

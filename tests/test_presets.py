@@ -190,3 +190,28 @@ def test_file_labels_are_used_where_their_count_fits():
     card, _ = infer_card("m", inputs=inp, outputs=[TensorInfo("y", (1, 4), "float32")],
                          metadata={"character": "a\nb\nc"}, overrides=parse_overrides(labels="w,x,y,z"))
     assert card.class_names == ("w", "x", "y", "z")  # flags win
+
+
+@pytest.mark.parametrize("out, size, meta, kind", [
+    ([1, 3549, 6], (416, 416), {}, "yolox"),        # ddddocr's character detector: one prediction per cell
+    ([1, 8400, 85], (640, 640), {}, "yolox"),       # YOLOX-s on COCO
+    ([1, 25200, 85], (640, 640), {}, "yolov5"),     # three per cell
+    ([1, 84, 8400], (640, 640), {}, "yolov8"),
+])
+def test_detection_layout_read_from_the_anchor_count(out, size, meta, kind):
+    card, note = _infer([1, 3, *size], [out], metadata=meta, overrides=parse_overrides(task="detect"))
+    assert (card.task, card.output_kind) == ("detect", kind)
+    if kind == "yolox":  # YOLOX's own preprocessing is assumed, and said
+        assert (card.resize, card.pad_value, card.channel_order, card.mean, card.std) == \
+            ("keep-aspect", 114, "BGR", (0.0,) * 3, (1.0,) * 3)
+        assert "YOLOX's preprocessing" in note
+        flagged, _ = _infer([1, 3, *size], [out], overrides=parse_overrides(preprocess="unit", channels_order="rgb"))
+        assert (flagged.channel_order, flagged.std, flagged.output_kind) == ("RGB", (255.0,) * 3, "yolox")
+
+
+def test_ultralytics_files_are_never_read_as_yolox():
+    """One prediction per cell in yolov5's [N, A, 5 + C] is YOLOX's layout, except in a file
+    Ultralytics wrote (the project's rewritten yolov5-layout test file)."""
+    meta = {"task": "detect", "names": "{0: 'a', 1: 'b', 2: 'c'}", "imgsz": "[160, 160]"}
+    card, _ = _infer([1, 3, 160, 160], [[1, 525, 8]], metadata=meta)
+    assert card.output_kind != "yolox"

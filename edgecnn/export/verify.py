@@ -133,7 +133,7 @@ def task_evidence(task: str, fp32_outputs: Sequence[np.ndarray], variant_outputs
     """The detect/segment metric as a function of image weights (None: each image once), and the
     number of images: matched once, re-scored for every bootstrap resample of the guard."""
     from edgecnn.runtime.heads import (DetectionRecords, confusion_matrices, mean_iou_of, postprocess_segmentation,
-                                       postprocess_yolo, yolo_layout)
+                                       output_layout, postprocess_yolo)
     from edgecnn.runtime.preprocess import FitInfo
 
     index = _primary(fp32_outputs, 3 if task == "detect" else 4)
@@ -141,7 +141,7 @@ def task_evidence(task: str, fp32_outputs: Sequence[np.ndarray], variant_outputs
     h, w = card.input_size
     fits = [FitInfo(w, h, 1.0, 1.0)] * len(ref)  # compared on the model input itself
     if task == "detect":
-        kind = yolo_layout(ref.shape, card.num_classes) or card.output_kind
+        kind = output_layout(card.output_kind, ref.shape, card.num_classes)
         common = dict(input_size=card.input_size, iou=0.45, max_det=300)
         truth = postprocess_yolo(ref, kind, fits, card.class_names, conf=_DETECT_CONF, **common)
         found = postprocess_yolo(got, kind, fits, card.class_names, conf=_CANDIDATE_CONF, **common)

@@ -99,6 +99,21 @@ def test_decode_yolov8_and_yolov5_hand_case():
     assert scores == pytest.approx(np.array([[[0.1, 0.4]]]))
 
 
+def test_decode_yolox_grid_hand_case():
+    """YOLOX's raw outputs, decoded as its demo_postprocess: on a 64x32 input, stride 8 is an 8x4
+    grid (row by row), then 4x2 at 16 and 2x1 at 32: 32 + 8 + 2 = 42 predictions."""
+    out = np.zeros((1, 42, 6), np.float32)
+    out[0, 9] = [0.5, 0.25, np.log(2.0), 0.0, 0.8, 0.5]   # stride 8, cell x=1, y=1 (row 1 starts at 8)
+    out[0, 32 + 8 + 1] = [0.0, 0.0, 0.0, 0.0, 1.0, 1.0]  # stride 32, cell x=1, y=0
+    boxes, scores = decode_yolo(out, "yolox", (32, 64))
+    # (x + grid) * stride = (1.5 * 8, 1.25 * 8) = (12, 10); size exp(log 2) * 8 = 16, exp(0) * 8 = 8
+    assert boxes[0, 9].tolist() == [4.0, 6.0, 20.0, 14.0]
+    assert boxes[0, 41].tolist() == [16.0, -16.0, 48.0, 16.0]  # centre (32, 0), 32x32
+    assert scores[0, 9, 0] == pytest.approx(0.4)
+    with pytest.raises(ArtifactError, match="does not fit a 64x64 input .* pass the --input-size"):
+        decode_yolo(out, "yolox", (64, 64))
+
+
 @pytest.mark.parametrize("shape, kind", [
     ([1, 4, 100], "yolov8"),   # boxes but no class scores
     ([1, 100, 5], "yolov5"),   # boxes and objectness, no class scores

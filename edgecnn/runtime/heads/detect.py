@@ -5,7 +5,11 @@ Two output layouts are decoded (the card's ``output_kind``):
 - ``yolov8``: ``[N, 4 + C, A]``, as YOLOv8/YOLO11 export it: per anchor ``cx, cy, w, h`` then
   one score per class (already sigmoid-activated);
 - ``yolov5``: ``[N, A, 5 + C]``: ``cx, cy, w, h``, an objectness score, then class scores; the
-  score of a class is objectness x class score.
+  score of a class is objectness x class score;
+- ``yolox``: ``[N, A, 5 + C]`` as YOLOX exports it (``decode_in_inference=False``): per cell of
+  the stride-8, 16 and 32 grids (row by row, finest first), the centre as an offset in cells and
+  the size as a log in strides, then objectness and class scores (sigmoid-activated); decoded as
+  YOLOX's ``demo_postprocess`` does (``(xy + grid) * stride``, ``exp(wh) * stride``).
 
 Boxes are in model-input pixels (a letterboxed image); Ultralytics' TensorFlow-family exports
 give them normalized to 0-1 instead, which :func:`postprocess_yolo` recognises and scales. Each
@@ -30,9 +34,10 @@ from edgecnn.runtime.preprocess import FitInfo, ImageLike, decode_image
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Detection", "Detections", "Detector", "decode_yolo", "yolo_layout", "select_boxes", "postprocess_yolo",
+__all__ = ["Detection", "Detections", "Detector", "decode_yolo", "yolo_layout", "output_layout", "select_boxes", "postprocess_yolo",
            "MAX_NMS"]
 
+_YOLOX_STRIDES = (8, 16, 32)
 MAX_NMS = 30_000  # candidates going into NMS at most (the best-scoring ones), as Ultralytics caps them
 
 
@@ -71,7 +76,9 @@ class Detections:
 
 
 def yolo_layout(shape: Sequence[Any], num_classes: int) -> str | None:
-    """``yolov8`` or ``yolov5`` when an output ``shape`` fits exactly one of them for ``num_classes``."""
+    """``yolov8`` or ``yolov5`` when an output ``shape`` fits exactly one of them for ``num_classes``
+    (a yolox output has yolov5's shape: only its card, or the anchor count when the card is
+    inferred, tells it apart; see :func:`output_layout`)."""
     if len(shape) != 3 or num_classes < 1:
         return None
     fits = [kind for kind, dim, extra in (("yolov8", shape[1], 4), ("yolov5", shape[2], 5))
@@ -79,24 +86,57 @@ def yolo_layout(shape: Sequence[Any], num_classes: int) -> str | None:
     return fits[0] if len(fits) == 1 else None
 
 
-def decode_yolo(output: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+def output_layout(card_kind: str, shape: Sequence[Any], num_classes: int) -> str:
+    """The layout to decode an output of ``shape`` with: ``yolox`` when the card says so (its
+    shape is yolov5's), else the layout the shape fits, else the card's."""
+    if card_kind == "yolox":
+        return card_kind
+    return yolo_layout(shape, num_classes) or card_kind
+
+
+def _yolox_grid(anchors: int, input_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """YOLOX's cell offsets (A, 2) and strides (A, 1) for ``input_size``, finest grid first."""
+    h, w = input_size
+    grids, strides = [], []
+    for s in _YOLOX_STRIDES:
+        ys, xs = np.meshgrid(np.arange(h // s), np.arange(w // s), indexing="ij")
+        grids.append(np.stack([xs, ys], axis=-1).reshape(-1, 2))
+        strides.append(np.full((grids[-1].shape[0], 1), s))
+    grid, stride = np.concatenate(grids).astype(np.float32), np.concatenate(strides).astype(np.float32)
+    if len(grid) != anchors:
+        raise ArtifactError(f"A yolox output with {anchors} predictions does not fit a {h}x{w} input ({len(grid)} grid "
+                            f"cells at strides {', '.join(map(str, _YOLOX_STRIDES))}); pass the --input-size it was "
+                            "exported at.")
+    return grid, stride
+
+
+def decode_yolo(output: np.ndarray, kind: str,
+                input_size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """A YOLO output batch -> ``x1, y1, x2, y2`` boxes (N, A, 4) and class scores (N, A, C).
+
+    ``input_size`` (height, width) is needed for ``yolox``, whose grids it sets.
 
     Raises:
         ArtifactError: when the output is not 3-D or has no class scores in that layout.
     """
     out = np.asarray(output, dtype=np.float32)
-    if kind not in ("yolov8", "yolov5"):
-        raise ArtifactError(f"Unknown detection output kind {kind!r}; expected yolov8 or yolov5.")
+    if kind not in ("yolov8", "yolov5", "yolox"):
+        raise ArtifactError(f"Unknown detection output kind {kind!r}; expected yolov8, yolov5 or yolox.")
     extra = 4 if kind == "yolov8" else 5
     if out.ndim != 3 or (out.shape[1] if kind == "yolov8" else out.shape[2]) <= extra:
         want = "[N, 4 + classes, anchors]" if kind == "yolov8" else "[N, anchors, 5 + classes]"
         raise ArtifactError(f"A {kind} detector output has shape {want}; got {list(out.shape)}.")
     if kind == "yolov8":
         out = out.transpose(0, 2, 1)
-        scores = out[..., 4:]
-    else:
-        scores = out[..., 5:] * out[..., 4:5]
+        return xywh_to_xyxy(out[..., :4]), out[..., 4:]
+    scores = out[..., 5:] * out[..., 4:5]
+    if kind == "yolox":
+        if input_size is None:
+            raise ArtifactError("Decoding a yolox output needs the model's input size.")
+        grid, stride = _yolox_grid(out.shape[1], input_size)
+        with np.errstate(over="ignore"):  # a huge log size is an infinite box, dropped as not finite
+            xywh = np.concatenate([(out[..., :2] + grid) * stride, np.exp(out[..., 2:4]) * stride], axis=-1)
+        return xywh_to_xyxy(xywh), scores
     return xywh_to_xyxy(out[..., :4]), scores
 
 
@@ -125,7 +165,7 @@ def postprocess_yolo(output: np.ndarray, kind: str, fits: Sequence[FitInfo], cla
 
     Args:
         output: the model's detection output, (N, 4 + C, A) or (N, A, 5 + C).
-        kind: ``yolov8`` or ``yolov5``.
+        kind: ``yolov8``, ``yolov5`` or ``yolox``.
         fits: how each image was fitted to the model input (letterbox scale and padding).
         class_names: C labels.
         input_size: the model input's (height, width), to scale normalized (0-1) boxes.
@@ -136,7 +176,7 @@ def postprocess_yolo(output: np.ndarray, kind: str, fits: Sequence[FitInfo], cla
         InputError: for ``conf`` or ``iou`` outside 0-1, or ``max_det`` < 1.
     """
     check_thresholds(conf, iou, max_det)
-    boxes, scores = decode_yolo(output, kind)
+    boxes, scores = decode_yolo(output, kind, input_size)
     if scores.shape[2] != len(class_names):
         raise ArtifactError(f"The {kind} detector output {list(np.shape(output))} has {scores.shape[2]} classes but "
                             f"the card has {len(class_names)} labels; check --labels (or the output layout).")
@@ -145,7 +185,7 @@ def postprocess_yolo(output: np.ndarray, kind: str, fits: Sequence[FitInfo], cla
     h, w = input_size
     results = []
     for img_boxes, img_scores, fit in zip(boxes, scores, fits):
-        if img_boxes.size and np.nanmax(np.abs(img_boxes)) <= 1.5:  # normalized: no anchor beyond ~1 px
+        if kind != "yolox" and img_boxes.size and np.nanmax(np.abs(img_boxes)) <= 1.5:  # normalized (0-1)
             img_boxes = img_boxes * np.asarray([w, h, w, h], dtype=np.float32)
         kept, score, cls = select_boxes(img_boxes, img_scores, conf=conf, iou=iou, max_det=max_det)
         mapped = fit.to_original(kept)
@@ -195,8 +235,8 @@ class Detector(InferenceModel):
     def _layout(self) -> str:
         """The card's layout; for a file without an edgecnn card, the one its output shape fits."""
         shape = next(o.shape for o in self.session.get_outputs() if o.name == self.output_name)
-        seen = yolo_layout(shape, self.card.num_classes)
-        if self.has_card or seen is None:
+        seen = output_layout(self.card.output_kind, shape, self.card.num_classes)
+        if self.has_card or seen == self.card.output_kind:
             return self.card.output_kind
         if seen != self.card.output_kind:
             log.info("%s: output %s fits the %s layout for %d classes; decoding it so.", self.model_path.name,
