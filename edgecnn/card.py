@@ -7,7 +7,7 @@ alone: decode to RGB (or gray for ``channels=1``, by the ``gray`` rule), fit to 
 YOLO detectors expect; ``keep-aspect``: aspect kept, padded right and bottom, as YOLOX expects;
 ``fit-height``: height filled, width by the aspect ratio, padded right, as OCR text-line models
 expect; ``center-crop``: shorter side to ``shorter_side``, then the centre; each with Pillow's
-``resample`` filter), reorder channels to ``channel_order``, then ``(pixel - mean) / std`` on the 0-255 scale,
+``resample`` filter; ``stretch-crop``: stretched to that side, then the centre), reorder channels to ``channel_order``, then ``(pixel - mean) / std`` on the 0-255 scale,
 in ``layout``.
 
 The card is a frozen, typed contract with a ``schema_version``: cards of version 1 (edgecnn
@@ -46,7 +46,7 @@ CARD_SCHEMA_VERSION = 3  # 3: resize policies, resample filter, gray rule
 TASKS = ("classify", "detect", "segment", "raw")
 _LAYOUTS = ("nhwc", "nchw")
 _ORDERS = ("RGB", "BGR")
-RESIZE_MODES = ("stretch", "letterbox", "keep-aspect", "fit-height", "center-crop")
+RESIZE_MODES = ("stretch", "letterbox", "keep-aspect", "fit-height", "center-crop", "stretch-crop")
 RESAMPLE_FILTERS = ("bilinear", "bicubic", "lanczos", "nearest")  # Pillow's names
 GRAY_RULES = ("luma", "average")  # ITU-R 601-2 (Pillow's "L", OpenCV's BGR2GRAY), or (R + G + B) / 3
 _LEGACY_RESIZE = {"bilinear": "stretch"}  # schema 2 named the plain resize after its filter
@@ -95,6 +95,7 @@ class ModelCard:
     precision: str = "fp32"
     task: str = "classify"
     stride: int | None = None  # detectors: the largest feature stride (input sides are multiples of it)
+    batch_axis: int | None = None  # the outputs' image axis when not 0 (time-major [T, N, C] sequences: 1)
     dataset: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
@@ -109,6 +110,7 @@ class ModelCard:
                     "class_names": tuple(str(c) for c in self.class_names), "channels": int(self.channels),
                     "pad_value": int(self.pad_value), "stride": None if self.stride is None else int(self.stride),
                     "shorter_side": None if self.shorter_side is None else int(self.shorter_side),
+                    "batch_axis": None if self.batch_axis is None else int(self.batch_axis),
                     "resize": _LEGACY_RESIZE.get(self.resize, self.resize),
                     "schema_version": int(self.schema_version)}
         except (TypeError, ValueError) as err:
@@ -127,13 +129,16 @@ class ModelCard:
             problems.append(f"channels must be 1 or 3, got {self.channels}")
         if self.resize not in RESIZE_MODES:
             problems.append(f"resize must be one of {RESIZE_MODES}, got {self.resize!r}")
+        if self.batch_axis is not None and not 0 <= self.batch_axis <= 7:
+            problems.append(f"batch_axis must be an output axis 0-7, got {self.batch_axis}")
         if self.resample not in RESAMPLE_FILTERS:
             problems.append(f"resample must be one of {RESAMPLE_FILTERS}, got {self.resample!r}")
         if self.gray not in GRAY_RULES:
             problems.append(f"gray must be one of {GRAY_RULES}, got {self.gray!r}")
-        if self.shorter_side is not None and (self.resize != "center-crop" or self.shorter_side < max(self.input_size)):
-            problems.append(f"shorter_side {self.shorter_side} goes with resize center-crop and at least the input "
-                            f"size {max(self.input_size)}")
+        if self.shorter_side is not None and (self.resize not in ("center-crop", "stretch-crop")
+                                              or self.shorter_side < max(self.input_size)):
+            problems.append(f"shorter_side {self.shorter_side} goes with resize center-crop or stretch-crop and at "
+                            f"least the input size {max(self.input_size)}")
         if not 0 <= self.pad_value <= 255:
             problems.append(f"pad_value must be in 0-255, got {self.pad_value}")
         if len(self.input_size) != 2 or min(self.input_size) < 1:
@@ -182,11 +187,12 @@ class ModelCard:
         fit = {"letterbox": f"letterbox (pad {self.pad_value})",
                "keep-aspect": f"keep-aspect (pad {self.pad_value} right/bottom)",
                "fit-height": f"fit-height (pad {self.pad_value} right)",
-               "center-crop": f"shorter side {self.crop_shorter_side()}, center-crop"}.get(self.resize, self.resize)
+               "center-crop": f"shorter side {self.crop_shorter_side()}, center-crop",
+               "stretch-crop": f"stretch to side {self.crop_shorter_side()}, center-crop"}.get(self.resize, self.resize)
         return f"{fit} {h}x{w} {self.resample} {color}, {norm}, {self.layout.upper()}"
 
     def crop_shorter_side(self) -> int:
-        """center-crop: the shorter side the image is resized to before the crop (``shorter_side``,
+        """center-crop, stretch-crop: the shorter side the image is resized to before the crop (``shorter_side``,
         else the input's longer side / 0.875: 256 for 224, as torchvision's ImageNet recipe)."""
         return self.shorter_side or int(round(max(self.input_size) / 0.875))
 

@@ -84,15 +84,16 @@ def _echo_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
 # model. Parsing, presets and validation live in edgecnn.presets (stdlib only, cheap to import).
 
 _MODEL_FLAGS = ("input_size", "channels", "layout", "preprocess", "mean", "std", "labels", "task", "channels_order",
-                "resize", "resample", "pad_value", "shorter_side", "gray")
+                "resize", "resample", "pad_value", "shorter_side", "gray", "batch_axis", "output_layout")
 
 
 def model_options(*, layout_help: str = "Input layout of the model: nchw or nhwc (default: read from its input shape).",
                   ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Add --input-size, --channels, --layout, --preprocess, --mean, --std, --labels, --channels-order,
-    --resize, --resample, --pad-value, --shorter-side, --gray and --task to a command; read them back
+    --resize, --resample, --pad-value, --shorter-side, --gray, --output-layout, --batch-axis and --task to a
+    command; read them back
     with :func:`model_overrides`."""
-    from edgecnn.card import GRAY_RULES, RESAMPLE_FILTERS, RESIZE_MODES, TASKS
+    from edgecnn.card import GRAY_RULES, OUTPUT_KINDS, RESAMPLE_FILTERS, RESIZE_MODES, TASKS
     from edgecnn.presets import PREPROCESS_PRESETS
 
     presets = "; ".join(f"{k}: {v.description}" for k, v in PREPROCESS_PRESETS.items())
@@ -113,13 +114,21 @@ def model_options(*, layout_help: str = "Input layout of the model: nchw or nhwc
                      help="How an image is fitted to the input size: stretch (default), letterbox (aspect kept, "
                           "centred; detectors), keep-aspect (aspect kept, padded right/bottom; YOLOX), fit-height "
                           "(height filled, padded right; OCR text lines), center-crop (shorter side, then the "
-                          "centre; torchvision/timm classifiers)."),
+                          "centre; torchvision/timm classifiers), stretch-crop (stretched to the side, then the centre; "
+                          "Caffe-era classifiers)."),
         click.option("--resample", type=click.Choice(list(RESAMPLE_FILTERS)), default=None,
                      help="Pillow's resize filter (default: the card's, else bilinear)."),
         click.option("--pad-value", type=int, default=None, metavar="0-255",
                      help="Border value for letterbox, keep-aspect and fit-height (default 114)."),
         click.option("--shorter-side", type=int, default=None, metavar="N",
-                     help="center-crop: the shorter side before the crop (default: input side / 0.875, 256 for 224)."),
+                     help="center-crop, stretch-crop: the side before the crop (default: input side / 0.875, 256 for 224)."),
+        click.option("--output-layout", type=click.Choice(sorted({k for v in OUTPUT_KINDS.values() for k in v})),
+                     default=None, help="What the first output holds: classify/segment probabilities|logits (a "
+                                        "sigmoid or softmax at the end: probabilities), detect yolov8|yolov5|yolox "
+                                        "(default: read from the graph)."),
+        click.option("--batch-axis", type=int, default=None, metavar="N",
+                     help="The outputs' image axis when it is not 0: 1 for a time-major [T, N, C] sequence output "
+                          "(CTC recognizers; default: read from the graph, or from the first run)."),
         click.option("--gray", type=click.Choice(list(GRAY_RULES)), default=None,
                      help="1-channel models: luma (ITU-R 601-2, Pillow's L and OpenCV's BGR2GRAY; default) or "
                           "average ((R+G+B)/3)."),

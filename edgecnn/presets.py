@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from edgecnn.card import GRAY_RULES, RESAMPLE_FILTERS, RESIZE_MODES, TASKS, ModelCard
+from edgecnn.card import GRAY_RULES, OUTPUT_KINDS, RESAMPLE_FILTERS, RESIZE_MODES, TASKS, ModelCard
 from edgecnn.errors import ArtifactError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,8 @@ class ModelOverrides:
     pad_value: int | None = None
     shorter_side: int | None = None
     gray: str | None = None
+    batch_axis: int | None = None  # the outputs' image axis (time-major sequences: 1)
+    output_kind: str | None = None  # --output-layout: what the first output holds (OUTPUT_KINDS of the task)
 
     def __post_init__(self) -> None:
         if self.preprocess is not None and self.preprocess not in PREPROCESS_PRESETS:
@@ -115,10 +117,19 @@ class ModelOverrides:
         if self.pad_value is not None and not 0 <= self.pad_value <= 255:
             raise ConfigError(f"--pad-value must be a pixel value in 0-255, got {self.pad_value}.")
         if self.shorter_side is not None:
-            if self.resize not in (None, "center-crop"):
-                raise ConfigError(f"--shorter-side goes with --resize center-crop, not --resize {self.resize}.")
+            if self.resize not in (None, "center-crop", "stretch-crop"):
+                raise ConfigError(f"--shorter-side goes with --resize center-crop|stretch-crop, not --resize "
+                                  f"{self.resize}.")
             if self.shorter_side < 1:
                 raise ConfigError(f"--shorter-side must be a positive side in pixels, got {self.shorter_side}.")
+        if self.batch_axis is not None and not 0 <= self.batch_axis <= 7:
+            raise ConfigError(f"--batch-axis must be an output axis 0-7, got {self.batch_axis}.")
+        kinds = sorted({k for v in OUTPUT_KINDS.values() for k in v})
+        if self.output_kind is not None and self.output_kind not in kinds:
+            raise ConfigError(f"--output-layout must be one of {'|'.join(kinds)}, got {self.output_kind!r}.")
+        if self.output_kind is not None and self.task is not None and self.output_kind not in OUTPUT_KINDS[self.task]:
+            raise ConfigError(f"--output-layout {self.output_kind} is not a {self.task} layout; a {self.task} model's "
+                              f"output is {'|'.join(OUTPUT_KINDS[self.task])}.")
         if self.task is not None and self.task not in TASKS:
             raise ConfigError(f"--task must be one of {'|'.join(TASKS)}, got {self.task!r}.")
         if self.mean is not None and self.std is not None:
@@ -164,13 +175,14 @@ class ModelOverrides:
         if self.channels is not None and self.channels != card.channels:
             changes.update(channels=channels, mean=card.mean[:1] * channels, std=card.std[:1] * channels)
         changes.update(self.normalization(channels))
-        for key in ("input_size", "layout", "class_names", "task", "channel_order", *_FITTING_FLAGS):
+        for key in ("input_size", "layout", "class_names", "task", "channel_order", "batch_axis", "output_kind",
+                    *_FITTING_FLAGS):
             value = getattr(self, key)
             if value is not None:
                 changes[key] = value
-        if self.shorter_side is not None:
+        if self.shorter_side is not None and changes.get("resize", card.resize) not in _CROPS:
             changes["resize"] = "center-crop"
-        elif changes.get("resize", card.resize) != "center-crop" or "input_size" in changes:
+        elif changes.get("resize", card.resize) not in _CROPS or "input_size" in changes and self.shorter_side is None:
             changes.setdefault("shorter_side", None)  # a crop side belongs to the crop it was given for
         changes = {k: v for k, v in changes.items() if getattr(card, k) != v}
         return card.replace(**changes) if changes else card
@@ -178,12 +190,13 @@ class ModelOverrides:
     def fitting(self) -> dict[str, Any]:
         """The given image-fitting values (resize, resample, pad_value, shorter_side, gray) as card keys."""
         values = {k: getattr(self, k) for k in _FITTING_FLAGS if getattr(self, k) is not None}
-        if self.shorter_side is not None:
+        if self.shorter_side is not None and self.resize is None:
             values["resize"] = "center-crop"
         return values
 
 
 _FITTING_FLAGS = ("resize", "resample", "pad_value", "shorter_side", "gray")
+_CROPS = ("center-crop", "stretch-crop")
 
 
 def parse_input_size(text: str | None) -> tuple[int, int] | None:
@@ -264,7 +277,8 @@ def parse_overrides(*, input_size: str | None = None, channels: int | str | None
                     labels: str | None = None, task: str | None = None,
                     channels_order: str | None = None, resize: str | None = None, resample: str | None = None,
                     pad_value: int | str | None = None, shorter_side: int | str | None = None,
-                    gray: str | None = None) -> ModelOverrides:
+                    gray: str | None = None, batch_axis: int | str | None = None,
+                    output_layout: str | None = None) -> ModelOverrides:
     """The model flags as given on any command -> :class:`ModelOverrides`.
 
     Raises:
@@ -276,7 +290,8 @@ def parse_overrides(*, input_size: str | None = None, channels: int | str | None
         preprocess=preprocess or None, class_names=parse_labels(labels), task=task or None,
         channel_order=channels_order.upper() if channels_order else None, resize=resize or None,
         resample=resample or None, pad_value=_int_flag(pad_value, "--pad-value"),
-        shorter_side=_int_flag(shorter_side, "--shorter-side"), gray=gray or None)
+        shorter_side=_int_flag(shorter_side, "--shorter-side"), gray=gray or None,
+        batch_axis=_int_flag(batch_axis, "--batch-axis"), output_kind=output_layout or None)
 
 
 def _int_flag(value: int | str | None, flag: str) -> int | None:
@@ -428,6 +443,8 @@ def infer_card(name: str, *, inputs: Sequence[TensorInfo], outputs: Sequence[Ten
     if overrides.channel_order is not None and channels == 3:
         got.values["channel_order"] = overrides.channel_order
     got.values.update(overrides.fitting())
+    if overrides.batch_axis is not None:
+        got.values["batch_axis"] = overrides.batch_axis
     card = ModelCard(name=name, architecture=architecture, **got.values)
     if not got.assumed:
         return card, None
@@ -491,6 +508,19 @@ def input_geometry(name: str, inp: TensorInfo, overrides: ModelOverrides,
     return layout, int(channels), (int(size[0]), int(size[1]))
 
 
+def _segment_classes(shape: Sequence[int | None], layout: str) -> int | None:
+    """Classes of a 4-D segmentation output: its class axis is the smaller of axes 1 and 3 (classes
+    are far fewer than pixels; a tie follows the input layout); one channel is a foreground score
+    (two classes: background and the thing)."""
+    if len(shape) != 4 or not (shape[1] or shape[3]):
+        return None
+    if shape[1] and shape[3]:
+        c = shape[1] if shape[1] < shape[3] or (shape[1] == shape[3] and layout == "nchw") else shape[3]
+    else:
+        c = shape[1] or shape[3]
+    return 2 if c == 1 else c
+
+
 def _task_and_outputs(name: str, outputs: Sequence[TensorInfo], size: tuple[int, int], overrides: ModelOverrides,
                       ultra: Mapping[str, Any], softmax_output: bool | None, got: _Inferred,
                       file_labels: tuple[str, ...] | None = None) -> None:
@@ -502,6 +532,8 @@ def _task_and_outputs(name: str, outputs: Sequence[TensorInfo], size: tuple[int,
     elif (seen := detect_layout(first, size, yolox=not ultra)) is not None:
         guess, kind, n_classes = "detect", seen, (first[1] - 4 if seen == "yolov8" else first[2] - 5)
     task = overrides.task or _ULTRALYTICS_TASKS.get(str(ultra.get("task")), None) or guess
+    if overrides.output_kind is not None and overrides.output_kind not in OUTPUT_KINDS[task]:
+        task = next(t for t, kinds in OUTPUT_KINDS.items() if overrides.output_kind in kinds)  # yolox: detect
     names = overrides.class_names or (tuple(ultra["names"]) if "names" in ultra else None)
     if task == "classify":
         if not (len(first) == 2 and first[1]):
@@ -527,7 +559,7 @@ def _task_and_outputs(name: str, outputs: Sequence[TensorInfo], size: tuple[int,
                                    "--preprocess/--channels-order/--resize if it was trained otherwise)")
     elif task == "segment":
         kind = "probabilities" if softmax_output else "logits"
-        n_classes = next((d for d in ((first[1], first[3]) if len(first) == 4 else ()) if d and d > 1), None)
+        n_classes = _segment_classes(first, got.values.get("layout", "nchw"))
     else:
         kind = "raw"
     if names is not None and n_classes is not None and len(names) != n_classes:
@@ -545,4 +577,4 @@ def _task_and_outputs(name: str, outputs: Sequence[TensorInfo], size: tuple[int,
     if task == "raw" and not overrides.task and "task" not in ultra:
         got.assumed.append(f"task raw for outputs {', '.join(str(list(o.shape)) for o in outputs[:4])} "
                            "(pass --task classify|detect|segment)")
-    got.values.update(task=task, output_kind=kind, class_names=names or ())
+    got.values.update(task=task, output_kind=overrides.output_kind or kind, class_names=names or ())

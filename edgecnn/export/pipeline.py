@@ -9,6 +9,7 @@ interrupted or failed export leaves no ``.onnx`` that looks valid (and no empty 
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import logging
 import math
 import os
@@ -34,6 +35,7 @@ from edgecnn.export.images import SYNTHETIC_NOTE, ExportData, fp32_only_data, se
 from edgecnn.export.quantize import QUANTIZE_MODES, QuantizeConfig, quantize_model
 from edgecnn.export.report import ExportReport, VariantResult
 from edgecnn.runtime.deploy import DEPLOY_FILE, TUNE_REPORT
+from edgecnn.runtime.core import take_images
 from edgecnn.export.sources import ModelSource, load_source
 from edgecnn.export.tta import EXPORT_TTA, tta_model
 from edgecnn.export.verify import (OnnxPredictor, accuracy, compare_outputs, ort_error, predict_outputs,
@@ -349,12 +351,27 @@ def _new_report(card: ModelCard, data: ExportData, config: ExportConfig, src: Mo
 
 def _export_staged(proto, card, reference, data, config, *, src, out_dir, staging, started, notes) -> ExportReport:
     report = _new_report(card, data, config, src, out_dir, notes)
+    unsimplified = proto
     if config.simplify:
         proto, report.simplify = onnx_io.simplify(proto)
     par_images = data.test[: config.parity_images]
+    verify = functools.partial(_verify_fp32, reference=reference, images=par_images, data=data, config=config,
+                               staging=staging, report=report, started=started,
+                               check_chance=config.check_chance and not src.card_from_file)
     try:
-        fp32_out, fp32 = _verify_fp32(proto, card, reference, par_images, data, config, staging, report, started,
-                                      check_chance=config.check_chance and not src.card_from_file)
+        try:
+            fp32_out, fp32, card = verify(proto, card)
+        except ArtifactError as err:
+            if proto is unsimplified:
+                raise
+            # onnxslim trusts the declared shapes; a file whose declared output shape is wrong (ddddocr's
+            # [1, seqlen] for a [T, 1, C] output) comes out computing something else: keep the source's graph
+            log.warning("The onnxslim-simplified graph failed verification (%s); exporting the unsimplified one.",
+                        err)
+            report.simplify = {"applied": False, "nodes_before": report.simplify.get("nodes_before"),
+                               "reason": f"the simplified graph failed verification: {err}"[:300]}
+            proto = unsimplified
+            fp32_out, fp32, card = verify(proto, card)
     except ArtifactError as err:
         for name in [variant_filename("fp32")] + [variant_filename(m) for m in EXPORT_MODES]:
             (out_dir / name).unlink(missing_ok=True)  # nothing stale may pass for this export's result
@@ -448,15 +465,22 @@ def _chance_evidence(predictor: OnnxPredictor, test_outputs: list[np.ndarray], d
     return right, n
 
 
-def _verify_fp32(proto, card, reference, images, data, config, staging, report, started, *, check_chance):
-    """Parity of the fp32 ONNX with the source (all outputs) at batch N and batch 1."""
+def _verify_fp32(proto, card, *, reference, images, data, config, staging, report, started, check_chance):
+    """Parity of the fp32 ONNX with the source (all outputs) at batch N and batch 1; returns the
+    outputs on the held-out images, the fp32 result and the card (with the outputs' image axis
+    when it was found at run time: a time-major sequence output)."""
     onnx_io.embed_card(proto, card)
     tmp = onnx_io.save_onnx(proto, staging / variant_filename("fp32"))
     predictor = _open(tmp, card)
     ref = _predict(reference, images)
     got = _predict(predictor.outputs, images)
-    parity = compare_outputs(ref, got, task=card.task)
-    batch1 = compare_outputs([r[:1] for r in ref], predictor.outputs(images[:1]), task=card.task)
+    axes = predictor.batch_axes(got, len(images))
+    parity = compare_outputs(ref, got, task=card.task, images=len(images))
+    found = sorted({a for a in axes if a})
+    if card.batch_axis is None and len(found) == 1:  # recorded, so every later reader knows it
+        card = card.replace(batch_axis=found[0])
+    batch1 = compare_outputs([r if a is None else take_images(r, slice(0, 1), a) for r, a in zip(ref, axes)],
+                             predictor.outputs(images[:1]), task=card.task, images=1)
     report.parity = {**parity.to_dict(), "batch1_max_abs_diff": batch1.max_abs_diff,
                      "batch_sizes": [1, min(256, len(images))], "atol": config.atol}
     problems = []
@@ -491,7 +515,7 @@ def _verify_fp32(proto, card, reference, images, data, config, staging, report, 
     # Copy, not move: the staged fp32 file stays the input of quantization.
     shutil.copyfile(tmp, staging / ".fp32.copy")
     os.replace(staging / ".fp32.copy", final)
-    return outputs, result
+    return outputs, result, card
 
 
 def _parity_words(parity: Any) -> str:

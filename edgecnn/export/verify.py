@@ -63,8 +63,10 @@ def compare(reference: np.ndarray, candidate: np.ndarray) -> Parity:
     return compare_outputs([reference], [candidate], task="classify")
 
 
-def compare_outputs(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray], *, task: str) -> Parity:
-    """Parity of two models' outputs (all of them) on the same images.
+def compare_outputs(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray], *, task: str,
+                    images: int | None = None) -> Parity:
+    """Parity of two models' outputs (all of them) on the same ``images`` (default: the first
+    output's axis 0; a time-major output has its images elsewhere).
 
     Raises:
         ArtifactError: if the number or shapes of the outputs differ.
@@ -83,7 +85,7 @@ def compare_outputs(reference: Sequence[np.ndarray], candidate: Sequence[np.ndar
     agree = None
     if task == "classify" and reference[0].ndim == 2:
         agree = float(np.mean(reference[0].argmax(axis=1) == candidate[0].argmax(axis=1)))
-    return Parity(int(len(reference[0])), worst, total / max(count, 1), agree, worst_rel, len(reference))
+    return Parity(int(len(reference[0]) if images is None else images), worst, total / max(count, 1), agree, worst_rel, len(reference))
 
 
 def task_agreement(task: str, fp32_outputs: Sequence[np.ndarray], variant_outputs: Sequence[np.ndarray],

@@ -175,6 +175,7 @@ class InferenceModel:
         self.max_pixels = max_pixels
         self._pixel_shape = (*self.card.input_size, self.card.channels)
         self._fitting = Fitting.of(self.card)
+        self._batch_axes: list[int | None] | None = None
         on_gpu = self.info.device == "cuda"
         self.cuda_graph = bool(on_gpu and cuda is not None and cuda.cuda_graph)
         self._use_io_binding = self.cuda_graph or (on_gpu if io_binding is None else bool(io_binding))
@@ -422,13 +423,48 @@ class InferenceModel:
         if step is None or x.shape[0] == step:
             return run(x)
         parts: list[list[np.ndarray]] = []
+        axes: list[int | None] = []
         for start in range(0, x.shape[0], step):
             chunk = x[start:start + step]
             n = chunk.shape[0]
             if n < step:
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], step - n, axis=0)])
-            parts.append([o[:n] for o in run(chunk)])
-        return [np.concatenate([p[i] for p in parts]) for i in range(len(self.output_names))]
+            outs = run(chunk)
+            axes = self.batch_axes(outs, step)
+            parts.append([o if a is None else take_images(o, slice(0, n), a) for o, a in zip(outs, axes)])
+        return [parts[0][i] if a is None else np.concatenate([p[i] for p in parts], axis=a)
+                for i, a in enumerate(axes)]
+
+    def batch_axes(self, outputs: Sequence[np.ndarray], n: int) -> list[int | None]:
+        """The axis of each output that indexes the ``n`` images of the batch (None: an output
+        without one, the same for every image).
+
+        The card's ``batch_axis`` when given; else the axis whose symbolic size is the input's batch
+        in the graph; else the first run decides: axis 0 when its size is the batch, or the one
+        axis that has the batch's size (a time-major ``[T, N, C]`` output: axis 1). The answer is
+        kept, and a time-major output found at run time is said once.
+        """
+        if self._batch_axes is not None:
+            return self._batch_axes
+        batch = self._input.shape[0]
+        axes: list[int | None] = []
+        for out, info in zip(outputs, self.graph_outputs):
+            shape = tuple(np.shape(out))
+            declared = [j for j, d in enumerate(info.shape) if isinstance(batch, str) and d == batch]
+            if self.card.batch_axis is not None:
+                axes.append(self.card.batch_axis if len(shape) > self.card.batch_axis else None)
+            elif len(declared) == 1 and len(shape) == len(info.shape):
+                axes.append(declared[0])
+            elif shape and shape[0] == n:
+                axes.append(0)
+            else:
+                fits = [j for j, d in enumerate(shape) if d == n]
+                axes.append(fits[0] if len(fits) == 1 else None)
+                if len(fits) == 1:
+                    log.info("%s: output %s %s has the images along axis %d (time-major); pass --batch-axis %d to "
+                             "say so.", self.model_path.name, info.name, list(shape), fits[0], fits[0])
+        self._batch_axes = axes
+        return axes
 
     def timed_call(self, x: np.ndarray) -> tuple[str, Any]:
         """The runner name and a no-argument call that runs the model once on ``x``, as bare as a
@@ -476,7 +512,8 @@ class InferenceModel:
         output's name, shape and value summary (task heads override this)."""
         del params
         n = len(fits)
-        per_image = [[o[i] if o.ndim and o.shape[0] == n else o for i in range(n)] for o in outputs]
+        axes = self._batch_axes or self.batch_axes(outputs, n)
+        per_image = [[o if a is None else take_images(o, i, a) for i in range(n)] for o, a in zip(outputs, axes)]
         return [[_summary(name, out[i]) for name, out in zip(self.output_names, per_image)] for i in range(n)]
 
     def result_dict(self, result: Any) -> dict[str, Any]:
@@ -515,6 +552,11 @@ class InferenceModel:
                 "labels": self.labels, "providers": self.providers, "session_creation_s": self.info.creation_s,
                 "io_binding": self.io_binding, "cuda_graph": self.cuda_graph, "preprocessing": self.pixel_note,
                 "cuda": None if self.cuda is None else self.cuda.provider_options()}
+
+
+def take_images(output: np.ndarray, index: int | slice, axis: int) -> np.ndarray:
+    """``output[index]`` along its image ``axis`` (see :meth:`InferenceModel.batch_axes`)."""
+    return output[(slice(None),) * axis + (index,)]
 
 
 def _summary(name: str, value: np.ndarray) -> dict[str, Any]:

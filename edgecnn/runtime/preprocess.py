@@ -78,6 +78,7 @@ class FitInfo:
         return b
 
 
+_CROPS = ("center-crop", "stretch-crop")
 _FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS, "nearest": Image.NEAREST}
 
 
@@ -95,7 +96,7 @@ class Fitting:
     @classmethod
     def of(cls, card: ModelCard) -> Fitting:
         return cls(resize=card.resize, resample=card.resample, pad_value=card.pad_value,
-                   shorter_side=card.crop_shorter_side() if card.resize == "center-crop" else None, gray=card.gray)
+                   shorter_side=card.crop_shorter_side() if card.resize in _CROPS else None, gray=card.gray)
 
 
 def load_image(
@@ -139,14 +140,17 @@ def fit_image(
       input's width (a wider image is squeezed), padded right: PaddleOCR's text-line rule;
     - ``center-crop``: the shorter side resized to ``shorter_side`` (the longer one truncated to
       an integer), then the central ``size`` cut out (offsets rounded), as torchvision's
-      ``Resize(N)`` + ``CenterCrop``.
+      ``Resize(N)`` + ``CenterCrop``;
+    - ``stretch-crop``: stretched to the input size grown to ``shorter_side`` (256x256 for a
+      224x224 input), then the central ``size`` (Caffe-era classifiers).
 
     Raises:
         InputError: as :func:`load_image`.
     """
     fitting = fitting or Fitting()
     gray = channels == 1
-    target = (fitting.shorter_side,) * 2 if fitting.resize == "center-crop" and fitting.shorter_side else size
+    crops = fitting.resize in ("center-crop", "stretch-crop") and fitting.shorter_side
+    target = (fitting.shorter_side,) * 2 if crops else size
     img, name = decode_image(image, max_pixels=max_pixels, mode="L" if gray and fitting.gray == "luma" else "RGB",
                              target=target)
     try:
@@ -219,8 +223,19 @@ def _center_crop(img: Image.Image, size: tuple[int, int], fitting: Fitting) -> t
     return arr, FitInfo(img.width, img.height, new_w / img.width, new_h / img.height, float(-left), float(-top))
 
 
+def _stretch_crop(img: Image.Image, size: tuple[int, int], fitting: Fitting) -> tuple[np.ndarray, FitInfo]:
+    """Stretched to the input size grown to ``shorter_side`` (256x256 for 224x224), then the central
+    ``size`` (Caffe-era classifiers: open_nsfw's ``resize((256, 256))`` + crop)."""
+    h, w = size
+    short = fitting.shorter_side or int(round(max(size) / 0.875))
+    new_w, new_h = int(round(w * short / min(h, w))), int(round(h * short / min(h, w)))
+    left, top = int(round((new_w - w) / 2.0)), int(round((new_h - h) / 2.0))
+    arr = np.asarray(_resized(img, (new_w, new_h), fitting).crop((left, top, left + w, top + h)), dtype=np.uint8)
+    return arr, FitInfo(img.width, img.height, new_w / img.width, new_h / img.height, float(-left), float(-top))
+
+
 _FITS = {"stretch": _stretch, "letterbox": _letterbox, "keep-aspect": _keep_aspect, "fit-height": _fit_height,
-         "center-crop": _center_crop}
+         "center-crop": _center_crop, "stretch-crop": _stretch_crop}
 
 
 def decode_image(image: ImageLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, mode: str = "RGB",

@@ -92,6 +92,8 @@ def test_each_policy_equals_its_package_recipe(resample, wh):
          _ref_torchvision(img, 64, 64, 73, f)),
         (Fitting(resize="letterbox", resample=resample, pad_value=114), (64, 96),
          _ref_ultralytics(img, 64, 96, 114, f)),
+        (Fitting(resize="stretch-crop", resample=resample, shorter_side=80), (70, 70),  # open_nsfw: 256 -> 224
+         np.asarray(img.resize((80, 80), f).crop((5, 5, 75, 75)))),
     ]
     for fitting, size, want in cases:
         got, _ = fit_image(data, size, fitting=fitting)
@@ -116,14 +118,14 @@ def test_gray_rules():
     assert (luma != avg).any() and GRAY_RULES == ("luma", "average")
 
 
-@pytest.mark.parametrize("resize", ["keep-aspect", "fit-height", "center-crop", "letterbox", "stretch"])
+@pytest.mark.parametrize("resize", ["keep-aspect", "fit-height", "center-crop", "stretch-crop", "letterbox", "stretch"])
 def test_fit_info_maps_input_points_back(resize):
     """A point of the original image lands where FitInfo says on the model input, for every policy."""
     img = Image.new("RGB", (120, 60), (0, 0, 0))
     img.paste((255, 255, 255), (70, 30, 80, 40))  # a white square around (75, 35)
     size = (64, 64) if resize != "fit-height" else (32, 128)
     arr, info = fit_image(_png(img), size, fitting=Fitting(resize=resize, resample="nearest", pad_value=0,
-                                                           shorter_side=80 if resize == "center-crop" else None))
+                                                           shorter_side=80 if "crop" in resize else None))
     ys, xs = np.nonzero(arr[..., 0] > 127)
     centre = np.array([[xs.mean(), ys.mean(), xs.mean(), ys.mean()]])
     back = info.to_original(centre + 0.5)[0]
@@ -160,7 +162,7 @@ def test_card_keeps_the_fitting_and_reads_schema_2():
     ({"resize": "squash"}, "resize must be one of"),
     ({"resample": "area"}, "resample must be one of"),
     ({"gray": "red"}, "gray must be one of"),
-    ({"resize": "stretch", "shorter_side": 256}, "goes with resize center-crop"),
+    ({"resize": "stretch", "shorter_side": 256}, "goes with resize center-crop or stretch-crop"),
     ({"resize": "center-crop", "shorter_side": 100}, "at least the input size"),
 ])
 def test_card_refuses_bad_fittings(changes, says):
@@ -177,10 +179,13 @@ def test_flags_set_the_fitting_and_a_new_crop_side_replaces_the_old():
         ("keep-aspect", None, 0, "lanczos", "average")
     bigger = parse_overrides(input_size="320").apply(crop)  # the old side no longer fits: back to the default
     assert (bigger.shorter_side, bigger.crop_shorter_side()) == (None, 366)
+    stretched = parse_overrides(resize="stretch-crop", shorter_side="256").apply(card)
+    assert (stretched.resize, stretched.shorter_side) == ("stretch-crop", 256)
 
 
 @pytest.mark.parametrize("flags, says", [
     ({"resize": "keep-aspect", "shorter_side": "256"}, "--shorter-side goes with --resize center-crop"),
+    ({"batch_axis": "9"}, "--batch-axis must be an output axis"),
     ({"pad_value": "300"}, "--pad-value must be a pixel value"),
     ({"pad_value": "grey"}, "--pad-value expects a whole number"),
     ({"resample": "area"}, "--resample must be one of"),
