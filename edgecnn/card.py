@@ -46,8 +46,10 @@ CARD_SCHEMA_VERSION = 3  # 3: resize policies, resample filter, gray rule
 TASKS = ("classify", "detect", "segment", "raw")
 _LAYOUTS = ("nhwc", "nchw")
 _ORDERS = ("RGB", "BGR")
-RESIZE_MODES = ("stretch", "letterbox", "keep-aspect", "fit-height", "center-crop", "stretch-crop")
-RESAMPLE_FILTERS = ("bilinear", "bicubic", "lanczos", "nearest")  # Pillow's names
+RESIZE_MODES = ("stretch", "letterbox", "keep-aspect", "fit-height", "center-crop", "stretch-crop", "pad-resize")
+# Pillow's filters (antialiased on a downscale), and OpenCV's cv2.resize INTER_LINEAR/CUBIC/LANCZOS4
+# (edgecnn.runtime.cvresize: for models trained on OpenCV's pixels)
+RESAMPLE_FILTERS = ("bilinear", "bicubic", "lanczos", "nearest", "cv2-linear", "cv2-cubic", "cv2-lanczos4")
 GRAY_RULES = ("luma", "average")  # ITU-R 601-2 (Pillow's "L", OpenCV's BGR2GRAY), or (R + G + B) / 3
 _LEGACY_RESIZE = {"bilinear": "stretch"}  # schema 2 named the plain resize after its filter
 # What the (first) output holds, per task. Detection: "yolov8" is [N, 4 + C, A] (v8/v11: cx, cy,
@@ -187,6 +189,7 @@ class ModelCard:
         fit = {"letterbox": f"letterbox (pad {self.pad_value})",
                "keep-aspect": f"keep-aspect (pad {self.pad_value} right/bottom)",
                "fit-height": f"fit-height (pad {self.pad_value} right)",
+               "pad-resize": f"pad-resize (pad {self.pad_value} centred, then resized)",
                "center-crop": f"shorter side {self.crop_shorter_side()}, center-crop",
                "stretch-crop": f"stretch to side {self.crop_shorter_side()}, center-crop"}.get(self.resize, self.resize)
         return f"{fit} {h}x{w} {self.resample} {color}, {norm}, {self.layout.upper()}"

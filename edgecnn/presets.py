@@ -549,14 +549,15 @@ def _task_and_outputs(name: str, outputs: Sequence[TensorInfo], size: tuple[int,
                 "segment for a per-pixel map).")
         kind = kind if guess == "detect" else "yolov8"
         got.values.update(resize="letterbox", stride=int(ultra.get("stride", max(_YOLO_STRIDES))))
-        if kind == "yolox":  # YOLOX's own preproc: top left of a 114 canvas, 0-255 BGR (OpenCV's order)
-            got.values.update(resize="keep-aspect", pad_value=114)
+        if kind == "yolox":  # YOLOX's own preproc: cv2.resize to the top left of a 114 canvas, 0-255 BGR
+            got.values.update(resize="keep-aspect", pad_value=114, resample="cv2-linear")
             if not overrides.normalization_given and not ultra:
                 channels = got.values["channels"]
                 got.values.update(zip(("mean", "std"), PREPROCESS_PRESETS["none"].for_channels(channels)),
                                   normalization="yolox", channel_order="BGR" if channels == 3 else "RGB")
-                got.assumed.append("YOLOX's preprocessing: raw 0-255 BGR pixels, keep-aspect with pad 114 (pass "
-                                   "--preprocess/--channels-order/--resize if it was trained otherwise)")
+                got.assumed.append("YOLOX's preprocessing: raw 0-255 BGR pixels, keep-aspect with pad 114, OpenCV's "
+                                   "linear resize (pass --preprocess/--channels-order/--resize/--resample if it was "
+                                   "trained otherwise)")
     elif task == "segment":
         kind = "probabilities" if softmax_output else "logits"
         n_classes = _segment_classes(first, got.values.get("layout", "nchw"))

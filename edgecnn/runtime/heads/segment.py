@@ -110,19 +110,28 @@ def to_original(class_map: np.ndarray, fit: FitInfo, input_size: tuple[int, int]
     of the image (a center-crop), the edges the model did not see take the class at the nearest
     edge of its map.
     """
+    dtype = np.uint8 if class_map.max(initial=0) < 256 else np.int32
+    return _resize_to_original(class_map.astype(dtype), fit, input_size, Image.NEAREST).astype(dtype)
+
+
+def scores_to_original(score: np.ndarray, fit: FitInfo, input_size: tuple[int, int]) -> np.ndarray:
+    """One (h, w) float score map -> the original image's (height, width), resized bilinearly (a
+    one-channel model's probabilities or logits, thresholded after: as MediaPipe's segmenters do)."""
+    return _resize_to_original(np.asarray(score, dtype=np.float32), fit, input_size, Image.BILINEAR)
+
+
+def _resize_to_original(values: np.ndarray, fit: FitInfo, input_size: tuple[int, int], resample: int) -> np.ndarray:
     in_h, in_w = input_size
-    out_h, out_w = class_map.shape
+    out_h, out_w = values.shape
     sx, sy = out_w / in_w, out_h / in_h
     box = (fit.pad_x * sx, fit.pad_y * sy, (fit.pad_x + fit.width * fit.scale_x) * sx,
            (fit.pad_y + fit.height * fit.scale_y) * sy)
     grow = [int(np.ceil(max(0.0, v))) for v in (-box[0], -box[1], box[2] - out_w, box[3] - out_h)]
     if any(grow):  # the image extends beyond what the model saw
-        class_map = np.pad(class_map, ((grow[1], grow[3]), (grow[0], grow[2])), mode="edge")
+        values = np.pad(values, ((grow[1], grow[3]), (grow[0], grow[2])), mode="edge")
         box = (box[0] + grow[0], box[1] + grow[1], box[2] + grow[0], box[3] + grow[1])
-    dtype = np.uint8 if class_map.max(initial=0) < 256 else np.int32
-    img = Image.fromarray(class_map.astype(dtype))
-    resized = img.resize((fit.width, fit.height), Image.NEAREST, box=box)
-    return np.asarray(resized).astype(dtype)
+    img = Image.fromarray(values, mode="F") if values.dtype == np.float32 else Image.fromarray(values)
+    return np.asarray(img.resize((fit.width, fit.height), resample, box=box))
 
 
 def class_fractions(mask: np.ndarray, num_classes: int) -> tuple[float, ...]:
@@ -161,8 +170,14 @@ def postprocess_segmentation(output: np.ndarray, fits: Sequence[FitInfo], class_
     n_classes = max(n_classes, len(class_names), int(maps.max(initial=0)) + 1)
     names = _names(class_names, n_classes)
     results = []
-    for cmap, fit in zip(maps, fits):
-        mask = to_original(cmap, fit, input_size)
+    one_channel = axis is not None and out.shape[axis] == 1
+    threshold = 0.0 if output_kind == "logits" else 0.5
+    for i, (cmap, fit) in enumerate(zip(maps, fits)):
+        if one_channel:  # scores resized, then thresholded: smooth edges, no nearest-neighbour steps
+            score = np.take(out[i], 0, axis=axis - 1)
+            mask = (scores_to_original(score, fit, input_size) > threshold).astype(np.uint8)
+        else:
+            mask = to_original(cmap, fit, input_size)
         mask.setflags(write=False)
         results.append(SegmentationResult(mask, names, class_fractions(mask, len(names))[:len(names)]))
     return results
