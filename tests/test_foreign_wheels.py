@@ -106,3 +106,21 @@ def test_the_suite_covers_what_the_issue_asks(fidelity):
     assert not {Path(c.file.member).name for c in fidelity.CASES} & existing
     assert json.dumps([c.flags for c in fidelity.CASES])  # plain command-line flags
     assert np.all([c.covers for c in fidelity.CASES])
+
+
+def test_tflite_segmenter_with_a_custom_op_runs_and_says_why_it_cannot_be_onnx(fidelity, shots, tmp_path,
+                                                                               monkeypatch):
+    """MediaPipe's selfie segmenter (a sigmoid person mask, MediaPipe's custom transposed
+    convolution): edgecnn runs the .tflite and its masks equal MediaPipe's (scores resized, then
+    thresholded); exporting it is a one-line error naming what still works."""
+    case, res = _case(fidelity, "selfie_segmentation", shots)
+    assert res["fp32"]["min_mask_iou"] > 0.99, res["fp32"]
+    from edgecnn.errors import ArtifactError
+    from edgecnn.export import ExportConfig, export_model
+    from edgecnn.presets import parse_overrides
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ArtifactError, match=r"TFLite op TFL_Convolution2DTransposeBias .* edgecnn runs it as it is"):
+        export_model(case.file.fetch(), out_dir=tmp_path / "out", config=ExportConfig(),
+                     overrides=parse_overrides(**{k.replace("-", "_"): v for k, v in case.flags.items()}))
+    assert not (tmp_path / "out" / "model.onnx").exists()

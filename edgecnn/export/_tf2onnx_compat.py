@@ -190,6 +190,10 @@ def _collect_unsupported():
 
 def _unsupported_message(ops: dict[str, list[str]]) -> str:
     parts = [f"{op} (at {', '.join(nodes[:3])})" for op, nodes in sorted(ops.items())]
+    if all(op.startswith("TFL_") for op in ops):  # a .tflite's custom op (MediaPipe's, for one)
+        return ("tf2onnx cannot convert TFLite op " + "; ".join(parts) + ": the .tflite cannot become ONNX, but "
+                "edgecnn runs it as it is (predict, bench, tune and serve take the .tflite), or cut the graph "
+                "before that op in the model's own tool.")
     return ("tf2onnx cannot convert TensorFlow op " + "; ".join(parts)
             + ": replace the layer that uses it with supported ops, or add a custom op handler.")
 
