@@ -383,7 +383,7 @@ def compare(case: Case, model: Any, photo: Path, ref: Any) -> dict[str, Any]:
         got = np.array([d.box for d in dets]).reshape(-1, 4)
         ious = [max((_iou(r, g) for g in got), default=0.0) for r in ref]
         return {"boxes_ref": len(ref), "boxes_edgecnn": len(got), "min_iou": float(min(ious, default=1.0)),
-                "matched_099": int(sum(i >= 0.99 for i in ious))}
+                "matched_099": int(sum(i >= 0.99 for i in ious)), "matched_05": int(sum(i >= 0.5 for i in ious))}
     if case.kind == "segment":
         (seg,) = model.predict(photo)
         mask = np.asarray(seg.mask) == 1
@@ -411,6 +411,7 @@ def summarize(case: Case, rows: list[dict[str, Any]]) -> dict[str, Any]:
     if case.kind == "detect":
         return {"boxes": f"{sum(r['boxes_edgecnn'] for r in rows)} vs {sum(r['boxes_ref'] for r in rows)}",
                 "matched_iou_099": f"{sum(r['matched_099'] for r in rows)}/{sum(r['boxes_ref'] for r in rows)}",
+                "matched_iou_05": f"{sum(r['matched_05'] for r in rows)}/{sum(r['boxes_ref'] for r in rows)}",
                 "min_iou": min(r["min_iou"] for r in rows)}
     if case.kind == "segment":
         return {"min_mask_iou": min(r["mask_iou"] for r in rows)}

@@ -7,7 +7,9 @@ widening the filter on a downscale (no antialiasing) and computes in fixed point
 ``INTER_CUBIC``, ``INTER_LANCZOS4``) resizes with this module, which follows OpenCV's
 arithmetic: source position ``(x + 0.5) * scale - 0.5`` in single precision, coefficients
 rounded to 11 bits, borders replicated, a horizontal then a vertical pass, and the final
-rounding of its 8-bit paths (tests/runtime/test_fitting.py compares it with OpenCV itself).
+rounding of its 8-bit paths. tests/runtime/test_fitting.py compares it with OpenCV itself:
+``cv2-linear`` and ``cv2-lanczos4`` give OpenCV's pixels (a level apart on under 0.1% of them),
+``cv2-cubic`` is a level apart on 3-5% of them.
 """
 
 from __future__ import annotations
@@ -25,16 +27,19 @@ _S45 = math.sqrt(0.5)
 _LANCZOS_CS = ((1, 0), (-_S45, -_S45), (0, 1), (_S45, -_S45), (-1, 0), (_S45, _S45), (0, -1), (-_S45, _S45))
 
 
-def _coefficients(src: int, dst: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
-    """Source indices (dst, K) and 11-bit integer weights (dst, K) along one axis."""
+def _coefficients(src: int, dst: int, kind: str, *, horizontal: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Source indices (dst, K) and 11-bit integer weights (dst, K) along one axis (OpenCV moves a
+    linear tap outside the image onto the border column with weight 1; rows keep their weights,
+    on a clamped row)."""
     scale = src / dst
     fx = ((np.arange(dst, dtype=np.float64) + 0.5) * scale - 0.5).astype(np.float32)
     sx = np.floor(fx).astype(np.int64)
     fx = (fx - sx).astype(np.float64)
     if kind == "cv2-linear":
-        lo, hi = sx < 0, sx >= src - 1
-        fx[lo | hi] = 0.0
-        sx[lo], sx[hi] = 0, src - 1
+        if horizontal:
+            lo, hi = sx < 0, sx >= src - 1
+            fx[lo | hi] = 0.0
+            sx[lo], sx[hi] = 0, src - 1
         weights, start = np.stack([1.0 - fx, fx], axis=1), 0
     elif kind == "cv2-cubic":
         x = fx
@@ -67,9 +72,9 @@ def cv_resize(image: np.ndarray, wh: tuple[int, int], kind: str) -> np.ndarray:
     if src.shape[:2] == (h, w):
         return src.copy()
     flat = src.reshape(src.shape[0], src.shape[1], -1).astype(np.int32)  # every sum fits 31 bits
-    xs, xw = _coefficients(src.shape[1], w, kind)
+    xs, xw = _coefficients(src.shape[1], w, kind, horizontal=True)
     rows = sum(flat[:, xs[:, k]] * xw[None, :, k, None] for k in range(xs.shape[1]))  # (H, w, C), 2^11 scale
-    ys, yw = _coefficients(src.shape[0], h, kind)
+    ys, yw = _coefficients(src.shape[0], h, kind, horizontal=False)
     if kind == "cv2-linear":  # its 8-bit vertical pass: ((S >> 4) * b) >> 16, summed, + 2, >> 2
         acc = sum(((rows[ys[:, k]] >> 4) * yw[:, k, None, None]) >> 16 for k in range(2))
         out = (acc + 2) >> 2
