@@ -22,6 +22,7 @@ errors are ``{"error": "<message>"}`` with a 4xx status, as the protocol specifi
 from __future__ import annotations
 
 import asyncio
+import math
 import struct
 from typing import Any
 
@@ -78,8 +79,7 @@ def parse_infer_request(model: ServedModel, body: bytes, header_length: str | No
         request = parse_json(head)
     except (ValueError, RecursionError) as err:
         raise _bad(f"The request header is not valid JSON ({str(err)[:200]}).") from err
-    if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
-        raise _bad('The request must be a JSON object with an "inputs" list.')
+    _check_request(request)
     inputs = request["inputs"]
     if len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise _bad(f"Model {model.name!r} takes one input ({model.model.input_name!r}); got {len(inputs)} inputs.")
@@ -91,11 +91,58 @@ def parse_infer_request(model: ServedModel, body: bytes, header_length: str | No
         raise ServeError(422, "invalid_tensor", f"Model {model.name!r} has the input {model.model.input_name!r}, "
                          f"not {str(name)[:100]!r}.")
     rows = int(tensor.shape[0]) if tensor.ndim else 0
+    if rows == 0:
+        raise _bad(f"The input {name!r} has no rows (shape {list(tensor.shape)}); send at least one.")
     if rows > max_instances:
         raise ServeError(413, "too_many_instances", f"{rows} rows in one request; the limit is {max_instances}.")
     x, fits = _to_input(model, tensor, inputs[0]["datatype"])
     answer = {"id": request.get("id"), "outputs": _requested(model, request)}
     return x, fits, answer
+
+
+_MAX_DIM = 2 ** 31 - 1  # Triton's int64 dims, bounded to what a request can carry
+
+
+def _check_request(request: Any) -> None:
+    """The request's structure and types, checked before any of it is used: every malformed field
+    is one 400 naming it (issue 21: a list where an object belongs, a shape of 10**400 or of
+    booleans, raised inside the parser as a 500)."""
+    if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
+        raise _bad('The request must be a JSON object with an "inputs" list.')
+    if "id" in request and not isinstance(request["id"], str):
+        raise _bad('"id" must be a string.')
+    _check_parameters(request.get("parameters"), "the request's parameters")
+    for i, spec in enumerate(request["inputs"]):
+        if not isinstance(spec, dict):
+            raise _bad(f"inputs[{i}] must be an object with name, datatype, shape and data.")
+        if not isinstance(spec.get("name"), str) or not isinstance(spec.get("datatype"), str):
+            raise _bad(f"inputs[{i}] needs a string name and datatype.")
+        shape = spec.get("shape")
+        if not isinstance(shape, list) or not shape or len(shape) > 8 or not all(
+                type(d) is int and 0 <= d <= _MAX_DIM for d in shape):
+            raise _bad(f"inputs[{i}].shape must be a list of 1 to 8 integers in 0..{_MAX_DIM}; got {str(shape)[:100]}.")
+        if math.prod(shape) > _MAX_DIM:
+            raise _bad(f"inputs[{i}].shape {shape} holds {math.prod(shape):,} elements, more than any request carries.")
+        _check_parameters(spec.get("parameters"), f"inputs[{i}].parameters")
+    outputs = request.get("outputs")
+    if outputs is not None:
+        if not isinstance(outputs, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str)
+                                                    for o in outputs):
+            raise _bad('"outputs" must be a list of {"name": ..., "parameters": {...}} objects.')
+        for i, o in enumerate(outputs):
+            _check_parameters(o.get("parameters"), f"outputs[{i}].parameters")
+
+
+def _check_parameters(params: Any, where: str) -> None:
+    if params is None:
+        return
+    if not isinstance(params, dict):
+        raise _bad(f"{where} must be an object of named parameters; got {type(params).__name__}.")
+    for key, kind in (("binary_data_size", int), ("classification", int), ("binary_data", bool),
+                      ("binary_data_output", bool)):
+        if key in params and (type(params[key]) is not kind or (kind is int and params[key] < 0)):
+            raise _bad(f"{where}.{key} must be a{' non-negative integer' if kind is int else ' boolean'}; got "
+                       f"{str(params[key])[:40]}.")
 
 
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
@@ -119,11 +166,11 @@ def _tensor(spec: dict[str, Any], binary: bytes, offset: int) -> tuple[np.ndarra
                          "inputs, UINT8 pixels or BYTES encoded images.")
     if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d >= 0 for d in shape):
         raise _bad(f"The input's shape must be a non-empty list of non-negative integers; got {str(shape)[:100]}.")
-    count = int(np.prod(shape, dtype=np.float64))
+    count = math.prod(shape)
     params = spec.get("parameters") or {}
-    size = params.get("binary_data_size") if isinstance(params, dict) else None
+    size = params.get("binary_data_size")
     if size is not None:
-        if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+        if offset + size > len(binary):
             raise _bad(f"binary_data_size {str(size)[:20]} does not fit the {len(binary) - offset} binary bytes sent.")
         raw = binary[offset:offset + size]
         if datatype == "BYTES":
@@ -143,7 +190,12 @@ def _tensor(spec: dict[str, Any], binary: bytes, offset: int) -> tuple[np.ndarra
         if not all(isinstance(v, str) for v in flat) or len(flat) != count:
             raise _bad(f"BYTES data must be {count} strings for shape {shape}; send images as binary data "
                        "(binary_data_size) or base64-free strings.")
-        return np.array([v.encode("latin-1") for v in flat], dtype=object).reshape(shape), offset
+        try:
+            encoded = [v.encode("latin-1") for v in flat]
+        except UnicodeEncodeError as err:
+            raise _bad(f"BYTES data strings carry bytes as latin-1 characters (0-255); element {err.object[:20]!r} "
+                       "is not one: send images as binary data (binary_data_size).") from None
+        return np.array(encoded, dtype=object).reshape(shape), offset
     try:
         arr = np.asarray(data, dtype=_NP[datatype])
     except (ValueError, TypeError, OverflowError, RecursionError) as err:
@@ -191,6 +243,10 @@ def _to_input(model: ServedModel, tensor: np.ndarray, datatype: str) -> tuple[np
         xs, fits = zip(*(model.prepare_image(bytes(im)) for im in images))
         return np.concatenate(xs), list(fits)
     if datatype == "UINT8":
+        if tensor.ndim != 4 or tensor.shape[3] not in (1, 3, 4):
+            raise ServeError(422, "invalid_tensor", f"UINT8 input is NHWC pixels [N, H, W, 1|3|4] (the model takes "
+                             f"[N, {card.input_size[0]}, {card.input_size[1]}, {card.channels}]); got shape "
+                             f"{list(tensor.shape)}.")
         try:
             return model.model.to_pixels(tensor), [model.tensor_fit()] * int(tensor.shape[0])
         except InputError as err:
@@ -210,23 +266,21 @@ def _to_input(model: ServedModel, tensor: np.ndarray, datatype: str) -> tuple[np
 def _requested(model: ServedModel, request: dict[str, Any]) -> list[dict[str, Any]]:
     """The outputs to return: ``[{"name", "binary", "classification"}]``."""
     params = request.get("parameters") or {}
-    default_binary = bool(params.get("binary_data_output", False)) if isinstance(params, dict) else False
+    default_binary = params.get("binary_data_output", False)
     names = model.model.output_names
     asked = request.get("outputs")
     if asked is None:
         return [{"name": n, "binary": default_binary, "classification": 0} for n in names]
-    if not isinstance(asked, list) or not all(isinstance(o, dict) for o in asked):
-        raise _bad('"outputs" must be a list of {"name": ..., "parameters": {...}} objects.')
     out = []
     for o in asked:
         if o.get("name") not in names:
             raise ServeError(422, "invalid_tensor", f"Model {model.name!r} has no output {str(o.get('name'))[:100]!r}; "
                              f"its outputs are {names}.")
         p = o.get("parameters") or {}
-        k = p.get("classification", 0) if isinstance(p, dict) else 0
-        if not isinstance(k, int) or k < 0 or (k and model.card.task != "classify"):
+        k = p.get("classification", 0)
+        if k and model.card.task != "classify":
             raise _bad(f"classification must be a positive integer on a classifier's output; got {str(k)[:20]}.")
-        out.append({"name": o["name"], "binary": bool(p.get("binary_data", default_binary)), "classification": k})
+        out.append({"name": o["name"], "binary": p.get("binary_data", default_binary), "classification": k})
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -117,3 +118,80 @@ def test_token_protects_v2_but_not_its_probes(model_dir):
         assert meta["inputs"][0]["shape"] == [-1, 8, 8, 3]
         anon.close()
         authed.close()
+
+
+# ------------------------------------------- issue 21 §1.1: bodies that gave a 500 and two tracebacks
+def _spec(**over):
+    return {"name": "images", "datatype": "FP32", "shape": [1, 32, 32, 3], "data": [0.0] * 3072, **over}
+
+
+@pytest.mark.parametrize("body, status, says", [
+    ({"inputs": [_spec(datatype="BYTES", shape=[1], data=["中"])]}, 400, "latin-1"),
+    ({"inputs": [_spec(datatype="BYTES", shape=[1], data=["\U0001F600"])]}, 400, "latin-1"),
+    ({"inputs": [_spec(datatype="BYTES", shape=[1], data=["\ud800"])]}, 400, "latin-1"),
+    ({"inputs": [_spec()], "outputs": [{"name": "probabilities", "parameters": ["binary_data"]}]}, 400, "parameters"),
+    ({"inputs": [_spec()], "outputs": [{"name": "probabilities", "parameters": "binary"}]}, 400, "parameters"),
+    ({"inputs": [_spec()], "parameters": ["x"]}, 400, "parameters"),
+    ({"inputs": [_spec(parameters="binary")]}, 400, "parameters"),
+    ({"inputs": [_spec(shape=[10 ** 400])]}, 400, "shape"),
+    ({"inputs": [_spec(shape=[2 ** 62, 2 ** 62])]}, 400, "shape"),
+    ({"inputs": [_spec(shape=[True, 32, 32, 3])]}, 400, "shape"),
+    ({"inputs": [_spec(shape=[0, 32, 32, 3], data=[])]}, 400, "no rows"),
+    ({"inputs": [_spec(datatype="UINT8", shape=[1, 32], data=[0] * 32)]}, 422, "UINT8"),
+])
+def test_hostile_v2_bodies_are_one_json_4xx_without_a_traceback(server, body, status, says, caplog):
+    import httpx
+
+    data = json.dumps(body, ensure_ascii=True).replace("\\\\ud800", "\\ud800").encode()
+    with caplog.at_level("DEBUG"):
+        res = httpx.post(f"{server.url}/v2/models/{NAME}/infer", content=data, timeout=10)
+    assert res.status_code == status, res.text
+    assert says in res.json()["error"], res.json()
+    assert "Traceback" not in caplog.text and "Exception in ASGI" not in caplog.text
+
+
+def test_v2_parser_fuzzed_on_every_field_answers_4xx_or_a_tensor():
+    """hypothesis builds requests from every field of the protocol with values of every JSON
+    type (and binary tails): the parser returns a tensor or raises a 4xx ServeError, nothing else."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from edgecnn.serve.config import ServeConfig
+    from edgecnn.serve.errors import ServeError
+    from edgecnn.serve.models import load_models
+    from edgecnn.serve.v2 import parse_infer_request
+
+    (model,) = load_models(None, ServeConfig()).values()
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(-2, 2 ** 70), st.floats(allow_nan=True),
+                        st.text(max_size=4))
+    anything = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                             st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+                            max_leaves=8)
+    params = st.one_of(anything, st.fixed_dictionaries({}, optional={
+        "binary_data_size": st.one_of(st.integers(-5, 5000), anything), "classification": anything,
+        "binary_data": anything, "binary_data_output": anything}))
+    shape = st.one_of(anything, st.lists(st.one_of(st.integers(-1, 40), st.booleans(), st.just(10 ** 30)),
+                                         max_size=5))
+    spec = st.fixed_dictionaries({}, optional={
+        "name": st.one_of(st.just("images"), anything), "datatype": st.sampled_from(
+            ["FP32", "FP16", "FP64", "UINT8", "BYTES", "INT8", "BOOL", "x"]), "shape": shape,
+        "data": st.one_of(anything, st.lists(st.floats(0, 255), max_size=40), st.lists(st.text(max_size=3),
+                                                                                         max_size=3)),
+        "parameters": params})
+    request = st.fixed_dictionaries({"inputs": st.one_of(st.lists(spec, max_size=2), anything)}, optional={
+        "id": anything, "parameters": params, "outputs": st.one_of(anything, st.lists(
+            st.fixed_dictionaries({"name": st.one_of(st.just("probabilities"), anything)},
+                                  optional={"parameters": params}), max_size=2))})
+
+    @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(request, st.binary(max_size=64))
+    def check(req, tail):
+        head = json.dumps(req).encode()
+        try:
+            x, fits, answer = parse_infer_request(model, head + tail, str(len(head)) if tail else None, 64)
+        except ServeError as err:
+            assert 400 <= err.status < 500, err
+            return
+        assert x.ndim == 4 and len(fits) == x.shape[0] >= 1
+
+    check()
