@@ -15,8 +15,10 @@ of backends and thread counts is a property of the machine.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
+import stat
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -90,28 +92,51 @@ class Deployment:
         name = dep.file
         if not isinstance(name, str) or not name.endswith((".onnx", ".tflite")) or Path(name).name != name:
             raise ArtifactError(f"{where} names {name!r}, not a model file of its directory; run `edgecnn tune` again.")
-        if dep.threads is not None and (not isinstance(dep.threads, int) or dep.threads < 1):
-            raise ArtifactError(f"{where} has threads={dep.threads!r}; run `edgecnn tune` again.")
+        if dep.threads is not None and (type(dep.threads) is not int or not 1 <= dep.threads <= _MAX_THREADS):
+            raise ArtifactError(f"{where} has threads={str(dep.threads)[:20]}, not 1-{_MAX_THREADS}; run `edgecnn "
+                                "tune` again.")
+        if type(dep.batch) is not int or not 1 <= dep.batch <= 4096:
+            raise ArtifactError(f"{where} has batch={str(dep.batch)[:20]}, not 1-4096; run `edgecnn tune` again.")
+        for key, allowed in (("backend", _BACKENDS), ("precision", (None, "f32", "bf16", "f16")),
+                             ("io_binding", (True, False)), ("sha256", None), ("device", None), ("variant", None)):
+            value = getattr(dep, key)
+            if (allowed is not None and value not in allowed) or (allowed is None and not isinstance(value, str)):
+                raise ArtifactError(f"{where} has {key}={str(value)[:40]!r}; run `edgecnn tune` again.")
         return dep
+
+
+_MAX_THREADS = 1024
+_MAX_BYTES = 1 << 20  # a deploy.json is a few hundred bytes
+_BACKENDS = ("onnxruntime", "openvino", "litert")
 
 
 def read_deployment(directory: str | Path) -> Deployment | None:
     """The directory's ``deploy.json``, or None when it has none.
 
+    Only a regular file of at most 1 MiB is read (a FIFO would block, a huge or deeply nested
+    file would exhaust the parser); its values are bounded (threads, batch, backend ...).
+
     Raises:
         ArtifactError: if it is there but unreadable or not a deploy file.
     """
     path = Path(directory) / DEPLOY_FILE
+    again = f"delete it or run `edgecnn tune {directory}` again"
     try:
-        text = path.read_text(encoding="utf-8")
+        info = path.stat()
     except FileNotFoundError:
         return None
     except OSError as err:
         raise ArtifactError(f"Cannot read {path}: {err.strerror or err}.") from None
+    if not stat.S_ISREG(info.st_mode) or info.st_size > _MAX_BYTES:
+        raise ArtifactError(f"{path} is not a regular file of at most {_MAX_BYTES:,} bytes; {again}.")
     try:
+        with open(path, "rb") as fh:
+            text = fh.read(_MAX_BYTES + 1).decode("utf-8")
         data = json.loads(text)
-    except ValueError:
-        raise ArtifactError(f"{path} is not valid JSON; delete it or run `edgecnn tune {directory}` again.") from None
+    except OSError as err:
+        raise ArtifactError(f"Cannot read {path}: {err.strerror or err}.") from None
+    except (ValueError, RecursionError):  # invalid UTF-8 or JSON, or nested beyond the parser's depth
+        raise ArtifactError(f"{path} is not valid JSON; {again}.") from None
     return Deployment.from_dict(data, where=str(path))
 
 
@@ -141,16 +166,29 @@ def current_deployment(directory: str | Path) -> Deployment | None:
     dep = read_deployment(root)
     if dep is None:
         return None
-    path = root / dep.file
-    stale = None
-    if not path.is_file():
-        stale = f"it names {dep.file}, which is not there"
-    elif dep.sha256 and sha256_file(path) != dep.sha256:
-        stale = f"{dep.file} changed since it was tuned"
+    stale = _why_stale(root, dep)
     if stale:
-        log.warning("Ignoring %s: %s; run `edgecnn tune %s` again.", root / DEPLOY_FILE, stale, root)
+        log.warning("Ignoring %s: %s; using the verified %s. Run `edgecnn tune %s` again.", root / DEPLOY_FILE, stale,
+                    FP32_FILE, root)
         return None
     return dep
+
+
+def _why_stale(root: Path, dep: Deployment) -> str | None:
+    """Why ``deploy.json`` no longer describes the directory (None: it does)."""
+    path = root / dep.file
+    if not path.is_file():
+        return f"it names {dep.file}, which is not there"
+    if path.resolve().parent != root.resolve():
+        return f"{dep.file} is a link leading out of {root}"
+    if not dep.sha256:
+        return "it records no SHA-256 of the file it names"
+    if sha256_file(path) != dep.sha256:
+        return f"{dep.file} changed since it was tuned"
+    module = {"openvino": "openvino", "litert": "ai_edge_litert"}.get(dep.backend)
+    if module is not None and importlib.util.find_spec(module) is None:
+        return f"it runs {dep.file} on {dep.backend}, which is not installed here"
+    return None
 
 
 def resolve_dir(directory: str | Path, explicit: Mapping[str, Any] | None = None) -> tuple[Path, dict[str, Any], str]:

@@ -19,7 +19,7 @@ import numpy as np
 
 from edgecnn.errors import ArtifactError, InputError, ModelNotFoundError
 from edgecnn.runtime import InferenceModel, default_model_path, load_model
-from edgecnn.runtime.deploy import current_deployment, resolve_dir
+from edgecnn.runtime.deploy import DEPLOY_FILE, FP32_FILE, resolve_dir
 from edgecnn.runtime.preprocess import FitInfo, declared_pixels, normalize_batch
 from edgecnn.serve._decode import HeavyImage
 from edgecnn.serve._http import parse_json
@@ -181,12 +181,15 @@ def load_models(source: str | Path | None, config: ServeConfig) -> dict[str, Ser
         ProviderError: when the requested provider cannot run a model.
     """
     path = default_model_path() if source is None else Path(source)
-    if path.is_dir() and current_deployment(path) is not None:
+    if path.is_dir() and _is_export_dir(path):
+        # an export directory serves one verified file: deploy.json's pick while it is current, else
+        # model.onnx (never an unverified sibling), under the name the directory's model always had
         explicit = {"backend": config.backend, "device": config.device, "precision": config.precision,
                     "threads": config.threads}
         file, session, note = resolve_dir(path, explicit)
-        log.info("%s Serving it alone (pass a file to serve another).", note)
-        return {file.stem: _open(file.resolve(), config, session)}
+        name = Path(FP32_FILE).stem
+        log.info("%s Serving it alone as %r (pass a file to serve another).", note, name)
+        return {name: _open(file.resolve(), config, session, name=name)}
     if path.is_dir():
         root = path.resolve()
         files = []
@@ -221,8 +224,16 @@ def server_threads(config: ServeConfig) -> int:
     return max(1, ((os.cpu_count() or 2) - 1) // config.workers)
 
 
-def _open(path: Path, config: ServeConfig, session: dict[str, Any] | None = None) -> ServedModel:
-    """Open one served model; ``session``: the backend, threads, ... an export's deploy.json chose."""
+def _is_export_dir(path: Path) -> bool:
+    """A folder ``edgecnn export`` wrote (its report, or a deploy.json), not a plain folder of models."""
+    return any((path / name).exists() for name in (DEPLOY_FILE, "export_report.json"))
+
+
+def _open(path: Path, config: ServeConfig, session: dict[str, Any] | None = None, *,
+          name: str | None = None) -> ServedModel:
+    """Open one served model (as ``name``, default its file's stem); ``session``: the backend,
+    threads, ... an export's deploy.json chose."""
+    name = name or path.stem
     if session is None:
         session = {"backend": config.backend or "onnxruntime", "device": config.device or "CPU",
                    "precision": config.precision, "threads": server_threads(config)}
@@ -237,8 +248,8 @@ def _open(path: Path, config: ServeConfig, session: dict[str, Any] | None = None
         log.warning("%s has a static batch size of 1: its requests are not batched.", path.name)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
     log.info("Serving %s (%s %s, %s) as %r, version %s, max batch %d.", path, model.card.task, model.card.name,
-             model.card.precision, path.stem, digest, max_batch)
-    return ServedModel(path.stem, path, digest, model, max_batch)
+             model.card.precision, name, digest, max_batch)
+    return ServedModel(name, path, digest, model, max_batch)
 
 
 def lookup(models: dict[str, ServedModel], name: str) -> ServedModel:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -173,6 +174,67 @@ def test_bad_deploy_json(export_dir, text, words):
         InferenceModel.from_dir(export_dir)
 
 
+@pytest.mark.parametrize("change, says", [
+    ({"sha256": ""}, "records no SHA-256"),
+    ({"backend": "openvino", "precision": "f32"}, "on openvino, which is not installed here"),
+])
+def test_unverifiable_deploy_json_falls_back_to_the_verified_fp32(export_dir, caplog, monkeypatch, change, says):
+    """A deploy.json without a checksum, or naming a backend this machine lacks, is ignored, and
+    serve then serves model.onnx alone under its usual name, never an unverified sibling (issue 21
+    §2.1, §3: "ai_edge_litert is required here" after a tune on another machine)."""
+    import importlib.util
+
+    from edgecnn.serve import ServeConfig
+    from edgecnn.serve.models import load_models
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a))
+    data = {**json.loads(_write_deploy(export_dir).to_json()), **change}
+    (export_dir / DEPLOY_FILE).write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING):
+        path, _, _ = resolve_dir(export_dir)
+        served = load_models(export_dir, ServeConfig())
+    assert path.name == "model.onnx" and says in caplog.text
+    assert list(served) == ["model"] and served["model"].path.name == "model.onnx"
+
+
+def test_deploy_json_link_out_of_the_folder_is_not_followed(export_dir, tmp_path, caplog):
+    outside = tmp_path / "elsewhere.onnx"
+    outside.write_bytes((export_dir / "model.int8.onnx").read_bytes())
+    (export_dir / "evil.onnx").symlink_to(outside)
+    from edgecnn.card import sha256_file
+
+    dep = Deployment(file="evil.onnx", variant="int8", sha256=sha256_file(outside))
+    (export_dir / DEPLOY_FILE).write_text(dep.to_json())
+    with caplog.at_level(logging.WARNING):
+        path, _, _ = resolve_dir(export_dir)
+    assert path.name == "model.onnx" and "a link leading out of" in caplog.text
+
+
+@pytest.mark.parametrize("content, says", [
+    ("[" * 100_000 + "]" * 100_000, "not valid JSON"),
+    (b'{"schema": "edgecnn.deploy/1", "file": "model.onnx", "variant": "\xff\xfe"}'.replace(b"\\", b"\\")
+     .decode("unicode_escape").encode("latin-1"), "not valid JSON"),
+    ('{"schema": "edgecnn.deploy/1", "file": "model.onnx", "variant": "x", "threads": 100000}', "threads=100000"),
+    ('{"schema": "edgecnn.deploy/1", "file": "model.onnx", "variant": "x", "threads": true}', "threads=True"),
+    ('{"schema": "edgecnn.deploy/1", "file": "model.onnx", "variant": "x", "backend": "tensorrt"}', "backend="),
+    ('{"schema": "edgecnn.deploy/1", "file": "model.onnx", "variant": "x", "batch": 10000000}', "batch="),
+    ("x" * (2 << 20), "regular file of at most"),
+])
+def test_hostile_deploy_json_is_one_line(export_dir, content, says):
+    """Nested 100k deep, invalid UTF-8, huge values, too big: one-line errors, no traceback, no hang."""
+    target = export_dir / DEPLOY_FILE
+    target.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ArtifactError, match=says):
+        InferenceModel.from_dir(export_dir)
+
+
+def test_deploy_json_fifo_does_not_hang(export_dir):
+    os.mkfifo(export_dir / DEPLOY_FILE)
+    with pytest.raises(ArtifactError, match="regular file"):
+        InferenceModel.from_dir(export_dir)
+
+
 def test_directory_without_models(tmp_path):
     with pytest.raises(ArtifactError, match="no model.onnx"):
         InferenceModel.from_dir(tmp_path)
@@ -207,9 +269,9 @@ def test_cli_tune_predict_and_serve(export_dir, tmp_path):
     from edgecnn.serve import ServeConfig
     from edgecnn.serve.models import load_models
 
-    served = load_models(export_dir, ServeConfig())
-    assert list(served) == [Path(dep.file).stem]
-    assert served[Path(dep.file).stem].model.session.get_session_options().intra_op_num_threads == 1
+    served = load_models(export_dir, ServeConfig())  # the pick, under the name the directory's model always had
+    assert list(served) == ["model"] and served["model"].path.name == dep.file
+    assert served["model"].model.session.get_session_options().intra_op_num_threads == 1
 
 
 def test_cli_tune_errors(tmp_path):
