@@ -78,13 +78,13 @@ def _limit(x: np.ndarray | None, n: int | None) -> np.ndarray | None:
 
 
 def select_data(card: ModelCard, calibration_data: str | Path | None,
-                config: ExportConfig) -> tuple[ExportData, ModelCard]:
+                config: ExportConfig, *, flag: str = "--calibration-data") -> tuple[ExportData, ModelCard]:
     """Held-out images (and labels, for a classifier) and calibration images, as the model's channels.
 
     Raises:
         DataError: without a usable dataset, or with labels that do not fit the model.
     """
-    data, card = _read_data(card, calibration_data, config)
+    data, card = _read_data(card, calibration_data, config, flag)
     if config.eval_data is not None:
         data, card = _with_eval_data(data, card, config)
     return _as_model_input(data, card)
@@ -111,14 +111,14 @@ def _with_eval_data(data: ExportData, card: ModelCard, config: ExportConfig) -> 
 
 
 def _read_data(card: ModelCard, calibration_data: str | Path | None,
-               config: ExportConfig) -> tuple[ExportData, ModelCard]:
+               config: ExportConfig, flag: str = "--calibration-data") -> tuple[ExportData, ModelCard]:
     """Test images of the card's dataset, and calibration images: its training images, or
     ``calibration_data`` (any .npz/folder) when given. Without a usable dataset, the held-out part
     of ``calibration_data`` (all of it when unlabelled) serves as the test set."""
     spec = card.dataset.get("path")
     spec = "cifar10" if spec == "keras.datasets.cifar10" else spec
     if not spec and calibration_data is None:
-        raise DataError(f"{card.name} names no dataset of its own: pass --calibration-data DIR_OR_NPZ with real "
+        raise DataError(f"{card.name} names no dataset of its own: pass {flag} DIR_OR_NPZ with real "
                         "images (a folder of images is enough; class sub-folders add an accuracy check).")
     ds, missing = None, None
     try:
@@ -127,7 +127,7 @@ def _read_data(card: ModelCard, calibration_data: str | Path | None,
                               max_train=config.quant.calibration_samples)
     except DataError as err:
         if calibration_data is None:
-            raise DataError(f"{err} Pass --calibration-data DIR_OR_NPZ with real images for this model.") from err
+            raise DataError(f"{err} Pass {flag} DIR_OR_NPZ with real images for this model.") from err
         missing = str(err)
     if ds is not None and card.task == "classify" and ds.class_names != list(card.class_names) \
             and ds.num_classes != card.num_classes:

@@ -208,16 +208,17 @@ def _load_keras(path: Path) -> Any:
                             "the file is corrupt or was not saved by keras.Model.save.") from err
 
 
-def load_test_data(card: ModelCard, data: str | Path | None = None, *,
-                   limit: int | None = None) -> tuple[np.ndarray, np.ndarray | None, str]:
+def load_test_data(card: ModelCard, data: str | Path | None = None, *, limit: int | None = None,
+                   flag: str = "--calibration-data") -> tuple[np.ndarray, np.ndarray | None, str]:
     """The held-out images an export of ``card`` is judged on (labels for a classifier when known)
     and their description: the card's dataset's test split, or the held-out part of ``data``
-    (an .npz or an image folder) when given or when the card names no dataset.
+    (an .npz or an image folder) when given or when the card names no dataset; errors name
+    ``flag`` as the way to give images.
 
     Raises:
         DataError: without a usable dataset.
     """
-    found, _ = select_data(card, data, ExportConfig(test_images=limit))
+    found, _ = select_data(card, data, ExportConfig(test_images=limit), flag=flag)
     return found.test, found.test_labels, found.description
 
 

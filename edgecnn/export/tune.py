@@ -367,7 +367,7 @@ def tune(export_dir: str | Path, config: TuneConfig | None = None, *, write: boo
 
     reference_model = InferenceModel(directory / FP32_FILE)
     card = reference_model.card
-    images, labels, description = load_test_data(card, config.data, limit=config.images)
+    images, labels, description = load_test_data(card, config.data, limit=config.images, flag="--data")
     from edgecnn.export._data import to_channels
 
     images = to_channels(images, card.channels, gray=card.gray)

@@ -63,8 +63,9 @@ class AuthMiddleware:
             given = dict(scope["headers"]).get(b"authorization", b"")
             # Constant-time comparison: the answer time tells nothing about the token.
             if not hmac.compare_digest(given, self.expected):
-                code, what = ("missing_token", "requires") if not given else ("invalid_token", "rejected the")
-                msg = f"This server {what} a bearer token: send `Authorization: Bearer <token>`."
+                code, msg = ("missing_token", "This server requires a bearer token") if not given else \
+                    ("invalid_token", "This server rejected the bearer token")
+                msg += ": send `Authorization: Bearer <token>`."
                 await send_error(send, ServeError(401, code, msg, {"WWW-Authenticate": "Bearer"}), self.on_error,
                                  path=scope["path"])
                 return

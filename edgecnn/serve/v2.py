@@ -148,10 +148,7 @@ def _check_parameters(params: Any, where: str) -> None:
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     if header_length is None:
         return body, b""
-    try:
-        n = int(header_length)
-    except ValueError:
-        n = -1
+    n = int(header_length) if header_length.isascii() and header_length.isdigit() else -1  # no " 12 ", 1_2, +3
     if not 0 <= n <= len(body):
         raise _bad(f"{HEADER_LENGTH} must be the length of the JSON header (0 to {len(body)}); got "
                    f"{header_length[:40]!r}.")

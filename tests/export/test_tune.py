@@ -294,3 +294,16 @@ def test_finalists_include_each_backends_fastest():
     finals = finalist_cells(ranked, 3)
     assert [c.p50_ms for c in finals] == [1.0, 1.1, 1.2, 1.9]
     assert finalist_cells(ranked, 1) == [ranked[0], ranked[2], ranked[4]]
+
+
+def test_tune_without_images_names_its_own_flag(tmp_path, monkeypatch):
+    """A model from elsewhere names no dataset: tune asks for --data, its own flag (it said
+    --calibration-data, which tune does not have)."""
+    monkeypatch.chdir(tmp_path)
+    foreign = Path(__file__).resolve().parents[1] / "data" / "foreign" / "yolov8_shapes.onnx"
+    runner = CliRunner()
+    result = runner.invoke(main, ["export", str(foreign), "--out", str(tmp_path / "exp")])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["tune", str(tmp_path / "exp"), "--threads", "1"])
+    assert result.exit_code != 0 and "pass --data DIR_OR_NPZ" in result.output
+    assert "--calibration-data" not in result.output and "Traceback" not in result.output

@@ -195,3 +195,12 @@ def test_v2_parser_fuzzed_on_every_field_answers_4xx_or_a_tensor():
         assert x.ndim == 4 and len(fits) == x.shape[0] >= 1
 
     check()
+
+
+@pytest.mark.parametrize("length", ["1_2", "+12", "12.0", "0x0c"])  # int() took the first two
+def test_header_length_is_plain_digits(server, length):
+    import httpx
+
+    res = httpx.post(f"{server.url}/v2/models/{NAME}/infer", content=b'{"inputs": []}' + b"\0" * 8,
+                     headers={"Inference-Header-Content-Length": length}, timeout=10)
+    assert res.status_code == 400 and "must be the length of the JSON header" in res.json()["error"]
