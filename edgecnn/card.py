@@ -55,12 +55,17 @@ _LEGACY_RESIZE = {"bilinear": "stretch"}  # schema 2 named the plain resize afte
 # What the (first) output holds, per task. Detection: "yolov8" is [N, 4 + C, A] (v8/v11: cx, cy,
 # w, h then class scores), "yolov5" is [N, A, 5 + C] (cx, cy, w, h, objectness, class scores),
 # "yolox" is [N, A, 5 + C] before its grid decoding (offsets and log sizes per cell of strides 8, 16, 32).
+# Detectors with NMS in the graph (edgecnn.nms_layouts): their class count is not in the outputs.
 OUTPUT_KINDS: dict[str, tuple[str, ...]] = {
     "classify": ("probabilities", "logits"),
-    "detect": ("yolov8", "yolov5", "yolox"),
+    "detect": ("yolov8", "yolov5", "yolox",
+               "end2end",  # [N, K, 6]: x1, y1, x2, y2, score, class; zero rows pad (Ultralytics nms=True, YOLOv10/26)
+               "boxes-xyxy",  # boxes [N, K, 4] x1, y1, x2, y2 + scores, classes [N, K] (+ count): ONNX NonMaxSuppression
+               "boxes-yxyx"),  # the same, boxes ymin, xmin, ymax, xmax: TensorFlow's NMS, TFLite_Detection_PostProcess
     "segment": ("logits", "probabilities"),
     "raw": ("raw",),
 }
+_INDEXED_CLASSES = OUTPUT_KINDS["detect"][3:]  # layouts whose outputs name classes by index: labels optional
 _TASK_DEFAULT_OUTPUT = {"classify": "probabilities", "detect": "yolov8", "segment": "logits", "raw": "raw"}
 
 
@@ -153,7 +158,7 @@ class ModelCard:
             problems.append(f"layout must be one of {_LAYOUTS}, got {self.layout!r}")
         if self.channel_order not in _ORDERS:
             problems.append(f"channel_order must be one of {_ORDERS}, got {self.channel_order!r}")
-        if not self.class_names and self.task in ("classify", "detect"):
+        if not self.class_names and self.task in ("classify", "detect") and self.output_kind not in _INDEXED_CLASSES:
             problems.append(f"class_names is empty (a {self.task} model needs its labels)")
         if self.schema_version > CARD_SCHEMA_VERSION:
             problems.append(f"schema_version {self.schema_version} comes from a newer edgecnn (this one reads up to "
@@ -233,7 +238,8 @@ class ModelCard:
         if version < CARD_SCHEMA_VERSION:  # older cards name nothing newer: the defaults are what they meant
             data = {**data, "schema_version": CARD_SCHEMA_VERSION}
         task = data.get("task", "classify")
-        required = ["name", "input_size"] + (["class_names"] if task in ("classify", "detect") else [])
+        labelled = task == "classify" or task == "detect" and data.get("output_kind") not in _INDEXED_CLASSES
+        required = ["name", "input_size"] + (["class_names"] if labelled else [])
         missing = [k for k in required if k not in data]
         if missing:
             raise ArtifactError(f"Invalid model card: missing {', '.join(missing)} (see the README's model card "

@@ -123,9 +123,11 @@ def model_options(*, layout_help: str = "Input layout of the model: nchw or nhwc
         click.option("--shorter-side", type=int, default=None, metavar="N",
                      help="center-crop, stretch-crop: the side before the crop (default: input side / 0.875, 256 for 224)."),
         click.option("--output-layout", type=click.Choice(sorted({k for v in OUTPUT_KINDS.values() for k in v})),
-                     default=None, help="What the first output holds: classify/segment probabilities|logits (a "
-                                        "sigmoid or softmax at the end: probabilities), detect yolov8|yolov5|yolox "
-                                        "(default: read from the graph)."),
+                     default=None, help="What the outputs hold: classify/segment probabilities|logits (a "
+                                        "sigmoid or softmax at the end: probabilities), detect yolov8|yolov5|yolox, "
+                                        "or with NMS in the graph end2end ([N, K, 6] rows) or boxes-xyxy|boxes-yxyx "
+                                        "(boxes, scores, classes outputs; TensorFlow's are y-first) (default: read "
+                                        "from the graph)."),
         click.option("--batch-axis", type=int, default=None, metavar="N",
                      help="The outputs' image axis when it is not 0: 1 for a time-major [T, N, C] sequence output "
                           "(CTC recognizers; default: read from the graph, or from the first run)."),

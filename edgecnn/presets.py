@@ -21,6 +21,7 @@ from typing import Any, Mapping, Sequence
 
 from edgecnn.card import GRAY_RULES, OUTPUT_KINDS, RESAMPLE_FILTERS, RESIZE_MODES, TASKS, ModelCard
 from edgecnn.errors import ArtifactError, ConfigError
+from edgecnn.nms_layouts import BOX_KINDS, NMS_KINDS, NmsOutputs, nms_outputs
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +305,16 @@ def _int_flag(value: int | str | None, flag: str) -> int | None:
 
 
 DETECT_LAYOUTS = ("yolov8 [N, 4 + classes, anchors], yolov5 [N, 3 x anchors, 5 + classes], yolox [N, anchors, "
-                  "5 + classes] (raw grid outputs)")
+                  "5 + classes] (raw grid outputs); end2end [N, K, 6] (x1, y1, x2, y2, score, class), boxes-xyxy or "
+                  "boxes-yxyx (boxes [N, K, 4], scores and classes [N, K] named so, count [N]) (NMS in the graph)")
+
+
+def _graph_nms(outputs: Sequence[TensorInfo], overrides: ModelOverrides) -> NmsOutputs | None:
+    """The in-graph-NMS layout of ``outputs`` (the one --output-layout names, if it names one)."""
+    given = overrides.output_kind if overrides.output_kind in NMS_KINDS else None
+    if overrides.output_kind is not None and given is None:
+        return None
+    return nms_outputs([o.name for o in outputs], [o.shape for o in outputs], given)
 
 
 def yolo_anchor_counts(size: tuple[int, int], strides: Sequence[int] = _YOLO_STRIDES) -> dict[str, int]:
@@ -531,6 +541,8 @@ def _task_and_outputs(name: str, outputs: Sequence[TensorInfo], size: tuple[int,
         guess, n_classes = "classify", first[1]
     elif (seen := detect_layout(first, size, yolox=not ultra)) is not None:
         guess, kind, n_classes = "detect", seen, (first[1] - 4 if seen == "yolov8" else first[2] - 5)
+    elif (graph_nms := _graph_nms(outputs, overrides)) is not None:
+        guess, kind = "detect", graph_nms.kind
     task = overrides.task or _ULTRALYTICS_TASKS.get(str(ultra.get("task")), None) or guess
     if overrides.output_kind is not None and overrides.output_kind not in OUTPUT_KINDS[task]:
         task = next(t for t, kinds in OUTPUT_KINDS.items() if overrides.output_kind in kinds)  # yolox: detect
@@ -542,13 +554,19 @@ def _task_and_outputs(name: str, outputs: Sequence[TensorInfo], size: tuple[int,
         n_classes = first[1]
         kind = "probabilities" if softmax_output else "logits"
     elif task == "detect":
-        if guess != "detect" and not (len(first) == 3 and ((first[1] or 0) > 4 or (first[2] or 0) > 5)):
+        if guess != "detect" and (overrides.output_kind in NMS_KINDS or not (len(first) == 3 and (
+                (first[1] or 0) > 4 or (first[2] or 0) > 5))):
             raise ArtifactError(
                 f"{name}: output {outputs[0].name} {list(outputs[0].shape)} fits none of the detection layouts "
                 f"edgecnn decodes ({DETECT_LAYOUTS}); pass --task raw for the outputs as they are (or --task "
                 "segment for a per-pixel map).")
         kind = kind if guess == "detect" else "yolov8"
         got.values.update(resize="letterbox", stride=int(ultra.get("stride", max(_YOLO_STRIDES))))
+        if kind in BOX_KINDS and not ultra:  # TF/TFLite SSDs and most NMS exports stretch the image
+            got.values.update(resize="stretch")
+            got.assumed.append(f"{kind} outputs ({'y' if kind == 'boxes-yxyx' else 'x'} first; pass --output-layout "
+                               f"{'boxes-xyxy' if kind == 'boxes-yxyx' else 'boxes-yxyx'} for the other order), "
+                               "resize stretch (pass --resize letterbox if it was trained so)")
         if kind == "yolox":  # YOLOX's own preproc: cv2.resize to the top left of a 114 canvas, 0-255 BGR
             got.values.update(resize="keep-aspect", pad_value=114, resample="cv2-linear")
             if not overrides.normalization_given and not ultra:
@@ -569,9 +587,11 @@ def _task_and_outputs(name: str, outputs: Sequence[TensorInfo], size: tuple[int,
     if names is None and file_labels is not None:
         # the file's own labels: where their count is the model's class count (for a raw model,
         # a size one of its outputs has: PicoDet's per-level [N, anchors, classes] scores)
-        fits = len(file_labels) == n_classes if n_classes else task == "raw" and any(
-            len(file_labels) in [_fixed(d) for d in o.shape[1:]] for o in outputs)
+        fits = len(file_labels) == n_classes if n_classes else task == "detect" and kind in NMS_KINDS or \
+            task == "raw" and any(len(file_labels) in [_fixed(d) for d in o.shape[1:]] for o in outputs)
         names = file_labels if fits else None
+    if names is None and task == "detect" and kind in NMS_KINDS:
+        got.assumed.append("labels: the class index (pass --labels FILE|a,b,c)")
     if names is None and n_classes and task in ("classify", "detect", "segment"):
         names = tuple(str(i) for i in range(n_classes))
         got.assumed.append(f"labels 0..{n_classes - 1} (pass --labels FILE|a,b,c)")

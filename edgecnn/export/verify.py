@@ -15,6 +15,7 @@ import numpy as np
 
 from edgecnn.card import ModelCard
 from edgecnn.errors import ArtifactError
+from edgecnn.nms_layouts import NMS_KINDS
 from edgecnn.runtime.core import InferenceModel
 from edgecnn.runtime.session import ort_error
 
@@ -96,7 +97,8 @@ def task_agreement(task: str, fp32_outputs: Sequence[np.ndarray], variant_output
     and every model file of the tests):
 
     - classify: top-1 agreement;
-    - detect: mAP@0.5 of the variant's boxes with the fp32 boxes as ground truth (fp32 boxes at
+    - detect: mAP@0.5 of the variant's boxes with the fp32 boxes as ground truth (YOLO outputs
+      decoded and suppressed as the runtime does; a graph with its own NMS gives them; fp32 boxes at
       the runtime's default confidence 0.25, the variant's down to 0.001 so that its whole
       precision-recall curve counts, as mAP is usually measured; a class counts when fp32 has it
       or the variant sees it at 0.25 or more);
@@ -134,8 +136,9 @@ def task_evidence(task: str, fp32_outputs: Sequence[np.ndarray], variant_outputs
                   card: ModelCard) -> tuple[Callable[[np.ndarray | None], float], int]:
     """The detect/segment metric as a function of image weights (None: each image once), and the
     number of images: matched once, re-scored for every bootstrap resample of the guard."""
-    from edgecnn.runtime.heads import (DetectionRecords, confusion_matrices, mean_iou_of, postprocess_segmentation,
-                                       output_layout, postprocess_yolo)
+    from edgecnn.runtime.heads import (DetectionRecords, confusion_matrices, mean_iou_of, output_layout,
+                                       postprocess_segmentation, postprocess_yolo)
+    from edgecnn.runtime.heads.graph_nms import graph_nms_from_arrays, postprocess_graph_nms
     from edgecnn.runtime.preprocess import FitInfo
 
     index = _primary(fp32_outputs, 3 if task == "detect" else 4)
@@ -144,9 +147,15 @@ def task_evidence(task: str, fp32_outputs: Sequence[np.ndarray], variant_outputs
     fits = [FitInfo(w, h, 1.0, 1.0)] * len(ref)  # compared on the model input itself
     if task == "detect":
         kind = output_layout(card.output_kind, ref.shape, card.num_classes)
-        common = dict(input_size=card.input_size, iou=0.45, max_det=300)
-        truth = postprocess_yolo(ref, kind, fits, card.class_names, conf=_DETECT_CONF, **common)
-        found = postprocess_yolo(got, kind, fits, card.class_names, conf=_CANDIDATE_CONF, **common)
+        if kind in NMS_KINDS:  # the graph's own NMS: its rows, read alike from both
+            roles = graph_nms_from_arrays(kind, fp32_outputs)
+            nms = dict(input_size=card.input_size, max_det=300)
+            truth = postprocess_graph_nms(fp32_outputs, roles, fits, card.class_names, conf=_DETECT_CONF, **nms)
+            found = postprocess_graph_nms(variant_outputs, roles, fits, card.class_names, conf=_CANDIDATE_CONF, **nms)
+        else:
+            common = dict(input_size=card.input_size, iou=0.45, max_det=300)
+            truth = postprocess_yolo(ref, kind, fits, card.class_names, conf=_DETECT_CONF, **common)
+            found = postprocess_yolo(got, kind, fits, card.class_names, conf=_CANDIDATE_CONF, **common)
         records = DetectionRecords.match(found, truth, min_score=_DETECT_CONF)
         return (lambda weights: float(records.score(weights).value)), len(ref)
     common = dict(input_size=card.input_size, layout=card.layout, output_kind=card.output_kind)

@@ -30,6 +30,9 @@ MODEL_FILES = {
                                        output_kind="probabilities"),
     "ch_ppocr_mobile_v2.0_cls_infer.onnx": dict(task="classify", mean=(127.5,) * 3, std=(127.5,) * 3,
                                                 input_size=(48, 192), labels=("0", "180")),
+    "yolov8_shapes_end2end.onnx": {},  # detectors with NMS in the graph (tools/make_nms_models.py)
+    "tfnms_tiny.onnx": {},
+    "ssd_tiny.tflite": dict(mean=(127.5,) * 3, std=(127.5,) * 3),
     **RAW,
 }
 

@@ -63,6 +63,40 @@ def test_segmenter_int8_keeps_the_fp32_masks(tmp_path):
     assert seg["width"] == 128 and {c["label"] for c in seg["classes"]} <= {"background", "red", "green", "blue"}
 
 
+def test_end2end_detector_int8_is_judged_by_map(tmp_path):
+    """The YOLOv8 file with its NMS in the graph ([1, 100, 6] rows, tools/make_nms_models.py): the
+    int8 variant is judged by mAP@0.5 against the fp32 rows, and its export still answers with boxes."""
+    report = _export([str(FOREIGN / "yolov8_shapes_end2end.onnx"), "-q", "int8", "--max-accuracy-drop", "5",
+                      "--calibration-data", str(_scenes(tmp_path / "scenes", 160)), "--out", str(tmp_path / "e2e")])
+    int8 = next(v for v in report["variants"] if v["precision"] == "int8")
+    assert int8["metric"] == "map50" and int8["metric_value"] >= 0.9 and int8["passed"], int8
+    res = CliRunner().invoke(main, ["predict", str(tmp_path / "e2e" / "model.int8.onnx"),
+                                    str(tmp_path / "scenes" / "scene0000.png"), "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["task"] == "detect" and data["predictions"][0]["detections"]
+
+
+def test_task_metric_of_detectors_with_nms_in_the_graph():
+    from edgecnn.card import ModelCard
+    from edgecnn.export.verify import task_agreement
+
+    e2e = ModelCard(name="e", task="detect", input_size=(64, 64), output_kind="end2end")
+    rows = np.zeros((2, 10, 6), np.float32)
+    rows[:, 0] = [5, 5, 25, 25, 0.9, 1]
+    rows[:, 1] = [30, 30, 60, 60, 0.8, 0]
+    assert task_agreement("detect", [rows], [rows], e2e).value == 1.0
+    moved = rows.copy()
+    moved[:, :2, [0, 2]] = moved[:, :2, [2, 0]] + [[30, 30]]  # both boxes elsewhere
+    assert task_agreement("detect", [rows], [moved], e2e).value == 0.0
+    ssd = ModelCard(name="s", task="detect", input_size=(64, 64), output_kind="boxes-yxyx")
+    boxes = np.tile(np.array([[0.1, 0.1, 0.4, 0.3], [0.5, 0.5, 0.9, 0.9]], np.float32), (2, 1, 1))
+    classes, scores, count = np.array([[2.0, 0.0]] * 2), np.array([[0.9, 0.8]] * 2), np.array([2.0, 2.0])
+    assert task_agreement("detect", [boxes, classes, scores, count], [boxes, classes, scores, count], ssd).value == 1.0
+    fewer = [boxes, classes, scores, np.array([1.0, 1.0])]  # the variant lost its second box
+    assert task_agreement("detect", [boxes, classes, scores, count], fewer, ssd).value == pytest.approx(0.5)
+
+
 def test_task_metrics_of_the_guard():
     from edgecnn.card import ModelCard
     from edgecnn.export.verify import task_agreement

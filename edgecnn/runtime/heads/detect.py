@@ -1,4 +1,5 @@
-"""Detection head: YOLO outputs -> boxes on the original image, in numpy.
+"""Detection head: YOLO outputs -> boxes on the original image, in numpy (the outputs of a
+detector with NMS in its graph are read by :mod:`edgecnn.runtime.heads.graph_nms`).
 
 Two output layouts are decoded (the card's ``output_kind``):
 
@@ -28,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from edgecnn.errors import ArtifactError, InputError
+from edgecnn.nms_layouts import NMS_KINDS, NmsOutputs
 from edgecnn.runtime.core import InferenceModel
 from edgecnn.runtime.heads.boxes import nms, xywh_to_xyxy
 from edgecnn.runtime.preprocess import FitInfo, ImageLike, decode_image
@@ -87,9 +89,10 @@ def yolo_layout(shape: Sequence[Any], num_classes: int) -> str | None:
 
 
 def output_layout(card_kind: str, shape: Sequence[Any], num_classes: int) -> str:
-    """The layout to decode an output of ``shape`` with: ``yolox`` when the card says so (its
-    shape is yolov5's), else the layout the shape fits, else the card's."""
-    if card_kind == "yolox":
+    """The layout to decode an output of ``shape`` with: ``yolox`` or a layout with NMS in the graph
+    when the card says so (a yolox output has yolov5's shape, an end2end one may too), else the layout
+    the shape fits, else the card's."""
+    if card_kind == "yolox" or card_kind in NMS_KINDS:
         return card_kind
     return yolo_layout(shape, num_classes) or card_kind
 
@@ -225,12 +228,18 @@ class Detector(InferenceModel):
     """
 
     output_kind: str
+    graph_nms: NmsOutputs | None = None  # the outputs of each role, for a layout with NMS in the graph
 
     def _check_task(self) -> None:
         if self.card.task != "detect":
             raise ArtifactError(f"{self.model_path.name} is a {self.card.task} model, not a detector; use "
                                 "edgecnn.runtime.load_model() (or `edgecnn predict`), which picks the right head.")
         self.output_kind = self._layout()
+        if self.output_kind in NMS_KINDS:
+            from edgecnn.runtime.heads.graph_nms import graph_nms_outputs
+
+            self.graph_nms = graph_nms_outputs(self.output_kind, self.output_names,
+                                               [o.shape for o in self.graph_outputs], self.model_path.name)
 
     def _layout(self) -> str:
         """The card's layout; for a file without an edgecnn card, the one its output shape fits."""
@@ -265,6 +274,11 @@ class Detector(InferenceModel):
         """Raw outputs of a batch -> :class:`Detections` per image (``other`` task heads'
         parameters, such as ``top_k``, are ignored, so that one call serves every head)."""
         del other
+        if self.graph_nms is not None:  # the graph did the NMS: iou is its own
+            from edgecnn.runtime.heads.graph_nms import postprocess_graph_nms
+
+            return postprocess_graph_nms(outputs, self.graph_nms, fits, self.card.class_names,
+                                         input_size=self.card.input_size, conf=conf, max_det=max_det)
         out = outputs[self.output_names.index(self.output_name)]
         return postprocess_yolo(out, self.output_kind, fits, self.card.class_names, input_size=self.card.input_size,
                                 conf=conf, iou=iou, max_det=max_det)
