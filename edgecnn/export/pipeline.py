@@ -8,6 +8,7 @@ interrupted or failed export leaves no ``.onnx`` that looks valid (and no empty 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import functools
 import logging
@@ -20,7 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -33,7 +34,7 @@ from edgecnn.export.accuracy_aware import accuracy_aware_for_export, guard_hints
 from edgecnn.export.guard import DEFAULT_MIN_SQNR_DB, GUARD_POLICIES, Verdict, judge_variant
 from edgecnn.export.images import SYNTHETIC_NOTE, ExportData, fp32_only_data, select_data
 from edgecnn.export.quantize import QUANTIZE_MODES, QuantizeConfig, quantize_model
-from edgecnn.export.report import ExportReport, VariantResult
+from edgecnn.export.report import REPORT_JSON, ExportReport, VariantResult
 from edgecnn.runtime.deploy import DEPLOY_FILE, TUNE_REPORT
 from edgecnn.runtime.core import take_images
 from edgecnn.export.sources import ModelSource, load_source
@@ -283,16 +284,39 @@ def _export(proto: Any, card: ModelCard, reference: Callable[[np.ndarray], list[
                         f"classes ({', '.join(card.class_names[:5])}...): the data does not belong to this model.")
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    _sweep_staging(out_dir)
-    # The pid in the name lets a later export tell a killed run's leftovers from a running one.
-    staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".export-staging-{os.getpid()}-"))
+    with _folder_lock(out_dir):
+        _sweep_staging(out_dir)
+        # The pid in the name lets a later export tell a killed run's leftovers from a running one.
+        staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".export-staging-{os.getpid()}-"))
+        try:
+            return _export_staged(proto, card, reference, data, config, src=src, out_dir=out_dir,
+                                  staging=staging, started=started, notes=notes or [])
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+            if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+                out_dir.rmdir()  # a failure before anything was written leaves no empty folder behind
+
+
+@contextlib.contextmanager
+def _folder_lock(out_dir: Path) -> Iterator[None]:
+    """One export at a time into a folder: an exclusive ``flock`` on the folder itself (released by
+    the kernel when the process dies, so a killed export never leaves it locked).
+
+    Raises:
+        ConfigError: while another export holds the folder.
+    """
+    import fcntl
+
+    fd = os.open(out_dir, os.O_RDONLY)
     try:
-        return _export_staged(proto, card, reference, data, config, src=src, out_dir=out_dir,
-                              staging=staging, started=started, notes=notes or [])
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"Another edgecnn export is writing {out_dir}; wait for it to finish, or pass "
+                              "another --out.") from None
+        yield
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
-            out_dir.rmdir()  # a failure before anything was written leaves no empty folder behind
+        os.close(fd)
 
 
 def _sweep_staging(out_dir: Path) -> None:
@@ -317,14 +341,30 @@ def _alive(pid: int) -> bool:
 _MODEL_FILE = re.compile(r"^model(\.[A-Za-z0-9_-]+)*\.(onnx|tflite)$")
 
 
-def _remove_stale_models(out_dir: Path, keep: set[str]) -> None:
-    """Model files of an earlier export into the same folder that this one did not write (a runA
-    ``model.int8.onnx`` must not sit beside runB's ``model.onnx`` as if it were runB's), and the
-    earlier ``edgecnn tune`` results, which measured the replaced files."""
+def _commit(out_dir: Path, staging: Path, report: ExportReport) -> None:
+    """The verified files of ``report`` move from ``staging`` into ``out_dir``. Everything that
+    describes the folder's earlier files goes first (its report, tune's results, the earlier model
+    files): a kill at any instant leaves some of this export's files, never a mix with an earlier
+    one's (the caller writes the new report last)."""
+    for name in (REPORT_JSON, "export_report.md"):
+        (out_dir / name).unlink(missing_ok=True)
+    _remove_stale_models(out_dir, {v.file for v in report.variants if v.passed and v.file})
+    for v in report.variants:  # only verified files leave the staging folder
+        if v.passed and v.file:
+            os.replace(staging / v.file, out_dir / v.file)
+        else:
+            v.file = None
+
+
+def _remove_stale_models(out_dir: Path, keep: set[str]) -> None:  # keep: the names this export writes again
+    """Model files of an earlier export into the same folder (a runA ``model.int8.onnx`` must not sit
+    beside runB's ``model.onnx`` as if it were runB's), and the earlier ``edgecnn tune`` results,
+    which measured the replaced files. Files this export writes again are replaced silently."""
     for path in out_dir.iterdir():
-        if path.is_file() and _MODEL_FILE.match(path.name) and path.name not in keep:
+        if path.is_file() and _MODEL_FILE.match(path.name):
             path.unlink(missing_ok=True)
-            log.warning("Removed %s: an earlier export's file, not produced by this one.", path)
+            if path.name not in keep:
+                log.warning("Removed %s: an earlier export's file, not produced by this one.", path)
     for name in (DEPLOY_FILE, TUNE_REPORT):  # measured on the files this export replaced
         if (out_dir / name).is_file():
             (out_dir / name).unlink(missing_ok=True)
@@ -388,18 +428,14 @@ def _export_staged(proto, card, reference, data, config, *, src, out_dir, stagin
                 result = _variant(mode, staging / variant_filename("fp32"), card, fp32_out, fp32, data, config,
                                   staging)
         except EdgecnnError as err:  # bad calibration data, unknown excluded node...: report, then fail
+            _commit(out_dir, staging, report)
             report.status, report.errors = "failed", [f"{mode}: {err}"]
             report.save(out_dir)
             raise
         report.variants.append(result)
         if not result.passed:
             failures.append(f"{mode}: {result.guard}")
-    for v in report.variants:  # only verified files leave the staging folder
-        if v.passed:
-            os.replace(staging / v.file, out_dir / v.file)
-        else:
-            v.file = None
-    _remove_stale_models(out_dir, {v.file for v in report.variants if v.file})
+    _commit(out_dir, staging, report)
     if config.triton_dir:
         report.triton = str(_write_triton(config, out_dir, report, card))
     if failures:
@@ -512,10 +548,7 @@ def _verify_fp32(proto, card, *, reference, images, data, config, staging, repor
                            parity.top1_agreement, parity.max_abs_diff, parity.mean_abs_diff, parity.images,
                            round(time.perf_counter() - started, 2), True, {"opset": card.export.get("opset")},
                            onnx_io.op_type_counts(proto), guard=f"parity with the source ({_parity_words(parity)})")
-    report.variants.append(result)
-    # Copy, not move: the staged fp32 file stays the input of quantization.
-    shutil.copyfile(tmp, staging / ".fp32.copy")
-    os.replace(staging / ".fp32.copy", final)
+    report.variants.append(result)  # the staged file moves in with the others (_commit)
     return outputs, result, card
 
 

@@ -371,4 +371,5 @@ def _card(path: Path, proto: Any, overrides: ModelOverrides, *, architecture: st
 
 
 def _default_out(path: Path) -> Path:
-    return path.with_name(f"{path.stem}-export")
+    """``<file name>-export`` beside the model: ``mine.keras`` and ``mine.h5`` never share a folder."""
+    return path.with_name(f"{path.name}-export")

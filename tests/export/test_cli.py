@@ -53,11 +53,11 @@ def test_quantize_existing_onnx_without_card(tmp_path, seed_export, sample3):
     result = _run(tmp_path / "foreign.onnx", "-q", "int8", "--calibration-data", npz, "--mean", "125.3,123.0,113.9",
                   "--std", "63.0,62.1,66.7", "--labels", tmp_path / "labels.txt", "--max-accuracy-drop", "10")
     assert result.exit_code == 0, result.output
-    report = json.loads((tmp_path / "foreign-export" / "export_report.json").read_text())
+    report = json.loads((tmp_path / "foreign.onnx-export" / "export_report.json").read_text())
     assert report["parity"]["max_abs_diff"] == 0.0  # same graph, now with a card
     from edgecnn.export import read_card
 
-    card = read_card(tmp_path / "foreign-export" / "model.int8.onnx")
+    card = read_card(tmp_path / "foreign.onnx-export" / "model.int8.onnx")
     assert list(card.class_names) == ["airplane", "automobile", "bird"] and card.mean == (125.3, 123.0, 113.9)
     assert card.architecture == "external" and card.precision == "int8"
     fp32_acc = report["variants"][0]["accuracy"]
@@ -147,3 +147,64 @@ def test_interrupted_save_leaves_no_partial_onnx(tmp_path, seed_run, monkeypatch
     with pytest.raises(KeyboardInterrupt):
         export_run(seed_run, out_dir=tmp_path, config=ExportConfig())
     assert not list(tmp_path.rglob("*.onnx")) and not list(tmp_path.rglob("*.tmp"))
+
+
+# ------------------------------------------------------- issue 21 §2.4-2.6: one folder, one export
+def test_a_second_export_into_a_busy_folder_is_refused(tmp_path, seed_run):
+    """Two exports into one --out both exited 0 and one silently lost: the folder is locked."""
+    import fcntl
+    import os
+
+    out = tmp_path / "out"
+    out.mkdir()
+    fd = os.open(out, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # what a running export holds
+    try:
+        _one_line_error(_run(seed_run, "--out", out), "Another edgecnn export is writing")
+    finally:
+        os.close(fd)
+    assert list(out.iterdir()) == []
+    assert _run(seed_run, "--out", out).exit_code == 0  # the lock dies with its holder
+
+
+def test_a_reexport_killed_while_moving_files_in_leaves_no_mix(tmp_path, seed_run, monkeypatch):
+    """kill -9 right after the new model.onnx replaced the old one left the old int8, report and
+    deploy.json beside it (predict and serve followed them). Everything describing the old files
+    goes first now."""
+    import os
+
+    from edgecnn.export import pipeline
+    from edgecnn.runtime.deploy import DEPLOY_FILE
+
+    out = tmp_path / "out"
+    assert _run(seed_run, "--out", out, "-q", "int8", "--max-accuracy-drop", "100").exit_code == 0
+    (out / DEPLOY_FILE).write_text("{}")
+    real, moved = os.replace, []
+
+    def killed_after_the_first_model(src, dst):
+        if str(dst).endswith(".onnx") and ".export-staging" not in str(dst):
+            if moved:
+                raise KeyboardInterrupt  # the instant of the kill
+            moved.append(dst)
+        return real(src, dst)
+
+    monkeypatch.setattr(pipeline.os, "replace", killed_after_the_first_model)
+    with pytest.raises(KeyboardInterrupt):
+        from edgecnn.export import ExportConfig, export_run
+
+        export_run(seed_run, out_dir=out, config=ExportConfig(quantize=("int8",), max_accuracy_drop=100.0))
+    left = {p.name for p in out.iterdir() if not p.name.startswith(".")}
+    assert left == {"model.onnx"}, left  # this export's first file, nothing of the earlier one
+    assert not (out / DEPLOY_FILE).exists() and not (out / "export_report.json").exists()
+
+
+def test_default_folders_of_two_sources_with_one_stem_differ(tmp_path, seed_export):
+    import shutil
+
+    _, exported = seed_export
+    for name in ("mine.onnx", "mine.tflite"):
+        shutil.copy(exported / "model.onnx", tmp_path / name)
+    from edgecnn.export.sources import _default_out
+
+    assert _default_out(tmp_path / "mine.keras") != _default_out(tmp_path / "mine.h5")
+    assert _default_out(tmp_path / "mine.onnx").name == "mine.onnx-export"

@@ -254,4 +254,4 @@ def test_qat_on_an_onnx_source_asks_for_the_keras_model(tiny_run, tmp_path, monk
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "fine-tunes a Keras model" in result.output and "onnx" in result.output
     assert len(result.output.strip().splitlines()) == 1
-    assert list(work.iterdir()) == [] and not (tmp_path / "src" / "m-export").exists()
+    assert list(work.iterdir()) == [] and not (tmp_path / "src" / "m.onnx-export").exists()
