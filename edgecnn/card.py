@@ -6,7 +6,8 @@ alone: decode to RGB (or gray for ``channels=1``, by the ``gray`` rule), fit to 
 (``resize``: ``stretch`` as training did; ``letterbox``: aspect kept, centred on ``pad_value``, as
 YOLO detectors expect; ``keep-aspect``: aspect kept, padded right and bottom, as YOLOX expects;
 ``fit-height``: height filled, width by the aspect ratio, padded right, as OCR text-line models
-expect; ``center-crop``: shorter side to ``shorter_side``, then the centre; each with Pillow's
+expect; ``center-crop``: shorter side to ``shorter_side``, then the centre (``paddle-crop``: with
+PaddleClas's rounding); each with Pillow's
 ``resample`` filter; ``stretch-crop``: stretched to that side, then the centre), reorder channels to ``channel_order``, then ``(pixel - mean) / std`` on the 0-255 scale,
 in ``layout``.
 
@@ -38,7 +39,7 @@ from typing import Any
 from edgecnn.errors import ArtifactError
 
 __all__ = ["sha256_file", "ModelCard", "ONNX_METADATA_KEY", "CARD_SCHEMA_VERSION", "TASKS", "OUTPUT_KINDS", "RESIZE_MODES",
-           "RESAMPLE_FILTERS", "GRAY_RULES",
+           "CROP_MODES", "RESAMPLE_FILTERS", "GRAY_RULES",
            "atomic_write_text", "atomic_write_bytes"]
 
 ONNX_METADATA_KEY = "edgecnn.card"
@@ -46,7 +47,9 @@ CARD_SCHEMA_VERSION = 3  # 3: resize policies, resample filter, gray rule
 TASKS = ("classify", "detect", "segment", "raw")
 _LAYOUTS = ("nhwc", "nchw")
 _ORDERS = ("RGB", "BGR")
-RESIZE_MODES = ("stretch", "letterbox", "keep-aspect", "fit-height", "center-crop", "stretch-crop", "pad-resize")
+RESIZE_MODES = ("stretch", "letterbox", "keep-aspect", "fit-height", "center-crop", "paddle-crop", "stretch-crop",
+                "pad-resize")
+CROP_MODES = ("center-crop", "paddle-crop", "stretch-crop")  # the ones that resize to shorter_side, then crop
 # Pillow's filters (antialiased on a downscale), and OpenCV's cv2.resize INTER_LINEAR/CUBIC/LANCZOS4
 # (edgecnn.runtime.cvresize: for models trained on OpenCV's pixels)
 RESAMPLE_FILTERS = ("bilinear", "bicubic", "lanczos", "nearest", "cv2-linear", "cv2-cubic", "cv2-lanczos4")
@@ -142,9 +145,9 @@ class ModelCard:
             problems.append(f"resample must be one of {RESAMPLE_FILTERS}, got {self.resample!r}")
         if self.gray not in GRAY_RULES:
             problems.append(f"gray must be one of {GRAY_RULES}, got {self.gray!r}")
-        if self.shorter_side is not None and (self.resize not in ("center-crop", "stretch-crop")
+        if self.shorter_side is not None and (self.resize not in CROP_MODES
                                               or self.shorter_side < max(self.input_size)):
-            problems.append(f"shorter_side {self.shorter_side} goes with resize center-crop or stretch-crop and at "
+            problems.append(f"shorter_side {self.shorter_side} goes with resize {'/'.join(CROP_MODES)} and at "
                             f"least the input size {max(self.input_size)}")
         if not 0 <= self.pad_value <= 255:
             problems.append(f"pad_value must be in 0-255, got {self.pad_value}")
@@ -196,6 +199,7 @@ class ModelCard:
                "fit-height": f"fit-height (pad {self.pad_value} right)",
                "pad-resize": f"pad-resize (pad {self.pad_value} centred, then resized)",
                "center-crop": f"shorter side {self.crop_shorter_side()}, center-crop",
+               "paddle-crop": f"shorter side {self.crop_shorter_side()} (PaddleClas rounding), center-crop",
                "stretch-crop": f"stretch to side {self.crop_shorter_side()}, center-crop"}.get(self.resize, self.resize)
         return f"{fit} {h}x{w} {self.resample} {color}, {norm}, {self.layout.upper()}"
 

@@ -114,14 +114,14 @@ def model_options(*, layout_help: str = "Input layout of the model: nchw or nhwc
                      help="How an image is fitted to the input size: stretch (default), letterbox (aspect kept, "
                           "centred; detectors), keep-aspect (aspect kept, padded right/bottom; YOLOX), fit-height "
                           "(height filled, padded right; OCR text lines), center-crop (shorter side, then the "
-                          "centre; torchvision/timm classifiers), stretch-crop (stretched to the side, then the centre; "
+                          "centre; torchvision/timm classifiers; paddle-crop: the same with PaddleClas's rounding), stretch-crop (stretched to the side, then the centre; "
                           "Caffe-era classifiers)."),
         click.option("--resample", type=click.Choice(list(RESAMPLE_FILTERS)), default=None,
                      help="Pillow's resize filter (default: the card's, else bilinear)."),
         click.option("--pad-value", type=int, default=None, metavar="0-255",
                      help="Border value for letterbox, keep-aspect and fit-height (default 114)."),
         click.option("--shorter-side", type=int, default=None, metavar="N",
-                     help="center-crop, stretch-crop: the side before the crop (default: input side / 0.875, 256 for 224)."),
+                     help="center-crop, paddle-crop, stretch-crop: the side before the crop (default: input side / 0.875, 256 for 224)."),
         click.option("--output-layout", type=click.Choice(sorted({k for v in OUTPUT_KINDS.values() for k in v})),
                      default=None, help="What the outputs hold: classify/segment probabilities|logits (a "
                                         "sigmoid or softmax at the end: probabilities), detect yolov8|yolov5|yolox, "

