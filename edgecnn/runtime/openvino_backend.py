@@ -96,8 +96,10 @@ class OpenVinoSession:
             compiled = self._core.compile_model(self._model, self.device, self._config)
         except Exception as err:  # OpenVINO raises RuntimeError for unsupported graphs
             raise ArtifactError(f"OpenVINO cannot load {self._name} ({' '.join(str(err).split())[:300]}).") from err
-        got = str(compiled.get_property("INFERENCE_PRECISION_HINT")).lower()
-        if self.precision not in got.replace("bfloat16", "bf16").replace("float32", "f32"):
+        hint = str(compiled.get_property("INFERENCE_PRECISION_HINT")).lower()  # "<type: 'float32'>"
+        got = next((short for long, short in (("bfloat16", "bf16"), ("float32", "f32"), ("float16", "f16"))
+                    if long in hint), hint)
+        if self.precision != got:
             raise ProviderError(f"OpenVINO on {self.device} runs this model in {got}, not {self.precision}: the device "
                                 f"lacks {self.precision} support; pass --precision f32.")
         self._request = compiled.create_infer_request()
