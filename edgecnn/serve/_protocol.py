@@ -4,7 +4,10 @@ uvicorn bounds neither the size of a request's headers on its httptools (llhttp)
 time a client may take to send them: eight clients streaming 100 MB of headers took 1 GB of
 memory and 97 s of CPU before authentication ran, and 500 slowloris connections were never
 closed. This protocol counts the bytes of each request's head (request line plus headers) and
-answers 431 past ``max_header_bytes``; it closes a connection whose head is not complete
+answers 431 past ``max_header_bytes``: the URL and headers the parser completes are counted as
+they arrive (a 20 KB head read in one chunk), and so is every chunk that falls wholly inside one
+unfinished head (a header streamed forever); bytes of earlier requests pipelined on the same
+connection never count towards a later one's head (50 pipelined requests got a 431 and a reset); it closes a connection whose head is not complete
 ``header_timeout_s`` after it began; and it answers the parser's own 400 with the same JSON error
 body as every other error. Everything else is uvicorn's, so its keep-alive, flow control and
 graceful shutdown are unchanged.
@@ -25,6 +28,10 @@ log = logging.getLogger(__name__)
 __all__ = ["LimitedHttpToolsProtocol", "protocol_class"]
 
 
+class _HeadTooLarge(Exception):
+    """Raised inside a parser callback: the request's head is over the limit."""
+
+
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
     """:class:`HttpToolsProtocol` with a bounded request head in size and time (set per server
     through :func:`protocol_class`)."""
@@ -35,8 +42,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._head_bytes = 0
+        self._head_bytes = 0  # whole chunks received inside the current, unfinished head
+        self._parsed_bytes = 0  # its URL and headers, as the parser completes them
         self._in_head = False
+        self._head_began_in_chunk = False
+        self._too_large = False
+        self._began = False  # a request started arriving (an idle keep-alive is closed quietly)
         self._head_timer: asyncio.TimerHandle | None = None
 
     # A request's head starts with the connection (or, on keep-alive, when the parser sees the
@@ -50,19 +61,34 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        self._head_began_in_chunk = False
         super().data_received(data)
-        # Still inside the head after parsing this chunk: all of it was head (a chunk that completes
-        # the head may carry body bytes too; those are the body limit's business).
-        if self._in_head and not self.transport.is_closing():
+        # Still inside the head it was already in when this chunk came: all of the chunk was head (a
+        # chunk in which a head begins also carries the requests before it; the parser counts that head).
+        if self._in_head and not self._head_began_in_chunk and not self.transport.is_closing():
             self._head_bytes += len(data)
             if self._head_bytes > self.max_header_bytes:
-                self._reject(431, "headers_too_large", f"The request line and headers are over "
-                             f"{self.max_header_bytes} bytes; send fewer or shorter headers.")
+                self._reject(431, "headers_too_large", self._too_large_message())
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         if not self._in_head:  # keep-alive: the next request's head begins
             self._start_head()
+        self._head_began_in_chunk, self._parsed_bytes, self._began = True, 0, True
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)  # ": " and CRLF
+        super().on_header(name, value)
+
+    def _count(self, n: int) -> None:
+        self._parsed_bytes += n
+        if self._parsed_bytes > self.max_header_bytes:
+            self._too_large = True
+            raise _HeadTooLarge  # stops the parser; uvicorn answers through send_400_response
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -70,7 +96,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def _start_head(self) -> None:
-        self._in_head, self._head_bytes = True, 0
+        self._in_head, self._head_bytes, self._parsed_bytes, self._began = True, 0, 0, False
         self._stop_head_timer()
         self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_timed_out)
 
@@ -82,7 +108,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def _head_timed_out(self) -> None:
         self._head_timer = None
         if self._in_head and not self.transport.is_closing():
-            if self._head_bytes:
+            if self._head_bytes or self._parsed_bytes or self._began:
                 self._reject(408, "header_timeout", f"The request headers did not arrive within "
                              f"{self.header_timeout_s:g} s.")
             else:  # an idle connection that never sent a request: just close it
@@ -95,7 +121,14 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self.on_reject(status, code)
         self._send_json_and_close(status, code, message)
 
+    def _too_large_message(self) -> str:
+        return (f"The request line and headers are over {self.max_header_bytes} bytes; send fewer or shorter "
+                "headers.")
+
     def send_400_response(self, msg: str) -> None:  # the parser's own 400: JSON like every error
+        if self._too_large:  # the parser stopped because the head outgrew the limit
+            self._reject(431, "headers_too_large", self._too_large_message())
+            return
         if self.on_reject is not None:
             self.on_reject(400, "invalid_http")
         self._send_json_and_close(400, "invalid_http", f"{msg.rstrip('.')}: the request is not valid HTTP/1.1.")

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import socket
 import struct
 import time
+import urllib.parse
 import zlib
 from pathlib import Path
 
@@ -476,6 +478,34 @@ def test_header_flood_gets_431_json_before_authentication(model_dir):
         assert "application/json" in answer
         with httpx.Client(base_url=srv.url) as c:
             assert c.get("/healthz").status_code == 200
+
+
+def test_fifty_pipelined_requests_on_one_connection_all_answer(model_dir):
+    """Issue 21 §1.2: 50 valid 3.3 KB requests sent at once on one keep-alive connection got one
+    431 and a reset (the head limit counted the earlier requests' bytes)."""
+    with running_server(model_dir / "tiny_nhwc.onnx") as srv:
+        one = (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * 3300 + b"\r\n\r\n")
+        u = urllib.parse.urlsplit(srv.url)
+        with socket.create_connection((u.hostname, u.port)) as sock:
+            sock.settimeout(10)
+            sock.sendall(one * 50)
+            got = b""
+            while got.count(b"HTTP/1.1 200") < 50:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+        assert got.count(b"HTTP/1.1 200") == 50 and b"431" not in got
+
+
+def test_a_large_head_in_one_read_is_still_431(model_dir):
+    """A 20 KB head that arrives in a single read was parsed whole and answered 404."""
+    with running_server(model_dir / "tiny_nhwc.onnx", max_header_bytes=16 * 1024) as srv:
+        head = b"GET /nope HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 90)
+                                                               for i in range(200)) + b"\r\n"
+        assert 16 * 1024 < len(head) < 32 * 1024
+        answer = _raw(srv.url, head)
+        assert answer.startswith("HTTP/1.1 431") and '"headers_too_large"' in answer
 
 
 def test_slowloris_headers_are_closed_with_408(model_dir):
