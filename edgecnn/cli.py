@@ -860,7 +860,8 @@ Examples:
               help="Intra-op threads per worker (default: all cores but one, which stays with HTTP and decoding, "
                    "shared by the workers).")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
-              help="Server processes sharing the port (each loads the models; /metrics is per process).")
+              help="Server processes sharing the port (each loads the models; /metrics is per process); a dead "
+                   "worker is replaced, more than five deaths a minute stop the server.")
 @backend_options()
 @model_options()
 def serve(model_or_dir: Path | None, host: str, port: int, token: str | None, token_file: Path | None, max_batch: int,

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -118,33 +119,70 @@ def _worker(source: str | Path | None, config: ServeConfig, sock: socket.socket,
         sys.exit(1)
 
 
+_RESTART_WINDOW_S = 60.0  # more than _MAX_RESTARTS restarts within it: workers die in a loop
+_MAX_RESTARTS = 5
+
+
 def _serve_workers(source: str | Path | None, config: ServeConfig, sock: socket.socket, *, own_sockets: bool) -> None:
+    """Start ``config.workers`` processes and supervise them: one that dies (a kill -9, a crash) is
+    replaced after a backoff while the others keep serving, with one log line; a worker that exits
+    with status 1 (it could not load a model: its message is logged) stops the server, and so do
+    more than five deaths a minute."""
     # fork: this process has loaded no model (onnxruntime's threads must not cross a fork); each
     # worker loads its own after it.
     ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_worker, args=(source, config, sock, own_sockets), name=f"edgecnn-worker-{i}",
-                         daemon=False) for i in range(config.workers)]
-    for p in procs:
-        p.start()
+
+    def start(i: int) -> Any:
+        proc = ctx.Process(target=_worker, args=(source, config, sock, own_sockets), name=f"edgecnn-worker-{i}",
+                           daemon=False)
+        proc.start()
+        return proc
+
+    procs = [start(i) for i in range(config.workers)]
     log.info("%d worker processes share %s:%d.", len(procs), config.host, sock.getsockname()[1])
+    stopping = False
+    deaths: list[float] = []
+    due: dict[int, float] = {}  # slot -> when its replacement starts
 
     def stop(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
         for p in procs:
             if p.is_alive() and p.pid is not None:
                 os.kill(p.pid, signal.SIGTERM)
 
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while any(p.is_alive() for p in procs):
-            for p in procs:
-                p.join(0.2)
-                if p.exitcode not in (None, 0, -signal.SIGTERM):
-                    stop(signal.SIGTERM, None)
-                    for q in procs:
-                        q.join(config.shutdown_timeout_s)
-                    raise ServeError(500, "worker_failed", f"{p.name} exited with status {p.exitcode} (its message "
-                                     "is above); the server stopped.")
+        while any(p.is_alive() for p in procs) or (due and not stopping):
+            for i, p in enumerate(procs):
+                p.join(0.1)
+                now = time.monotonic()
+                if i in due and now >= due[i] and not stopping:
+                    del due[i]
+                    procs[i] = start(i)
+                    continue
+                if stopping or i in due or p.exitcode in (None, 0, -signal.SIGTERM):
+                    continue
+                if p.exitcode == 1:  # it could not start: the same would happen again
+                    _fail(procs, config, f"{p.name} exited with status 1 (its message is above); the server stopped.")
+                deaths = [t for t in deaths if now - t < _RESTART_WINDOW_S] + [now]
+                if len(deaths) > _MAX_RESTARTS:
+                    _fail(procs, config, f"{len(deaths)} workers died within {_RESTART_WINDOW_S:g} s (the last, "
+                                         f"{p.name}, with status {p.exitcode}); the server stopped.")
+                delay = min(30.0, 0.5 * 2 ** (len(deaths) - 1))
+                due[i] = now + delay
+                log.warning("%s exited with status %s; the other workers keep serving, a new one starts in %.1f s.",
+                            p.name, p.exitcode, delay)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
         sock.close()
+
+
+def _fail(procs: list[Any], config: ServeConfig, message: str) -> None:
+    for p in procs:
+        if p.is_alive() and p.pid is not None:
+            os.kill(p.pid, signal.SIGTERM)
+    for p in procs:
+        p.join(config.shutdown_timeout_s)
+    raise ServeError(500, "worker_failed", message)

@@ -152,6 +152,58 @@ def test_workers_share_the_port_and_stop_on_sigterm(tmp_path):
     assert all(subprocess.run(["kill", "-0", c], capture_output=True).returncode != 0 for c in children)
 
 
+def test_a_killed_worker_is_replaced_while_the_others_serve(tmp_path):
+    """Issue 21 §1.5: kill -9 of one of two workers stopped the whole server ("exited with status -9
+    (its message is above)", with no message above). Now the other keeps answering, a new worker
+    takes the dead one's place, one line says so, and SIGTERM still stops them all."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "edgecnn.cli", "serve", "--workers", "2", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+
+    def children() -> list[str]:
+        return subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+
+    def wait_for(check, seconds: float = 60) -> bool:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                if check():
+                    return True
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        return False
+
+    try:
+        assert wait_for(lambda: httpx.get(f"{url}/readyz", timeout=1).status_code == 200 and len(children()) == 2)
+        first = children()
+        os.kill(int(first[0]), signal.SIGKILL)
+        answers = [httpx.get(f"{url}/healthz", timeout=5).status_code for _ in range(20)]
+        assert answers == [200] * 20 and proc.poll() is None
+        assert wait_for(lambda: len(children()) == 2 and first[0] not in children(), 30)
+        replacement = next(c for c in children() if c not in first)
+        assert wait_for(lambda: httpx.get(f"{url}/readyz", timeout=1).status_code == 200)
+        assert replacement
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "edgecnn-worker-0 exited with status -9; the other workers keep serving" in out or \
+        "edgecnn-worker-1 exited with status -9; the other workers keep serving" in out, out
+    assert "Traceback" not in out
+
+
 def test_a_failing_worker_is_one_line(tmp_path):
     import subprocess
     import sys
