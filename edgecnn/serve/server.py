@@ -76,8 +76,16 @@ def serve(source: str | Path | None, config: ServeConfig, *, sock: socket.socket
         ServeError: when a worker process fails.
     """
     if config.workers == 1:
-        server = build_server(source, config)
-        server.run(sockets=[sock] if sock is not None else None)
+        # the port first: one in use is a one-line error before any model loads or "Ready" is said
+        listener = sock if sock is not None else _bind(config.host, config.port)
+        try:
+            server = build_server(source, config)
+            host, port = listener.getsockname()[:2]
+            log.info("Listening on http://%s:%d (Ctrl+C stops, finishing in-flight requests).",
+                     f"[{host}]" if ":" in host else host, port)
+            server.run(sockets=[listener])
+        finally:
+            listener.close()
         return
     if sock is None and hasattr(socket, "SO_REUSEPORT"):
         # Each worker listens on its own socket of one SO_REUSEPORT group: the kernel spreads

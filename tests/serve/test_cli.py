@@ -214,3 +214,18 @@ def test_a_failing_worker_is_one_line(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert "Cannot load" in res.stderr and "exited with status 1" in res.stderr
+
+
+def test_a_port_in_use_is_one_line_before_anything_loads():
+    """It printed "Ready" (the models loaded) before uvicorn's bind error."""
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        res = subprocess.run([sys.executable, "-m", "edgecnn.cli", "serve", "--port", str(port)],
+                             capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert f"Cannot listen on 127.0.0.1:{port}" in res.stderr and "Ready" not in res.stderr + res.stdout
