@@ -133,14 +133,19 @@ async def read_body(request: Request, timeout_s: float) -> bytes:
         raise ServeError(499, "client_closed", "The client closed the connection before sending its body.") from None
 
 
+_MAX_PARTS = 16
+
+
 def multipart_file(body: bytes, boundary: bytes, field: str = "file") -> bytes:
     """The content of the uploaded file in a multipart/form-data body, parsed in memory.
 
     Takes the part named ``field``, else the only part with a filename, else the only part.
     Nothing is written to disk (Starlette's form parser spools large parts to temporary files).
+    Parsing stops at the 17th part: an upload has one file (100k empty parts held the GIL for
+    seconds before).
 
     Raises:
-        ServeError: 400 for a malformed body or no file part.
+        ServeError: 400 for a malformed body, more than 16 parts or no file part.
     """
     from python_multipart.multipart import MultipartParser, parse_options_header
 
@@ -149,6 +154,9 @@ def multipart_file(body: bytes, boundary: bytes, field: str = "file") -> bytes:
     header: list[bytes] = [b"", b""]
 
     def on_part_begin() -> None:
+        if len(parts) >= _MAX_PARTS:
+            raise ServeError(400, "invalid_multipart", f"The multipart body has more than {_MAX_PARTS} parts; upload "
+                             "the image as one `file` part.")
         cur.clear()
         cur.update(headers={}, data=bytearray())
 
@@ -175,6 +183,8 @@ def multipart_file(body: bytes, boundary: bytes, field: str = "file") -> bytes:
         parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
         parser.write(body)
         parser.finalize()
+    except ServeError:
+        raise
     except Exception as err:  # noqa: BLE001 - python-multipart raises several unrelated types on bad input
         raise ServeError(400, "invalid_multipart", f"Cannot parse the multipart/form-data body ({err}).") from err
     named = [p for p in parts if p["name"] == field.encode()]

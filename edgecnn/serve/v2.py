@@ -83,6 +83,9 @@ def parse_infer_request(model: ServedModel, body: bytes, header_length: str | No
     inputs = request["inputs"]
     if len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise _bad(f"Model {model.name!r} takes one input ({model.model.input_name!r}); got {len(inputs)} inputs.")
+    declared = inputs[0]["shape"][0]
+    if declared > max_instances:  # refused on what it declares, before a byte of its data is read
+        raise ServeError(413, "too_many_instances", f"{declared} rows in one request; the limit is {max_instances}.")
     tensor, used = _tensor(inputs[0], binary, 0)
     if used != len(binary):
         raise _bad(f"The request carries {len(binary) - used} binary bytes that no input claims.")

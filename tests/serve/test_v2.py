@@ -204,3 +204,31 @@ def test_header_length_is_plain_digits(server, length):
     res = httpx.post(f"{server.url}/v2/models/{NAME}/infer", content=b'{"inputs": []}' + b"\0" * 8,
                      headers={"Inference-Header-Content-Length": length}, timeout=10)
     assert res.status_code == 400 and "must be the length of the JSON header" in res.json()["error"]
+
+
+def test_a_bytes_tensor_of_two_million_elements_is_refused_before_parsing(server):
+    """Issue 21 §1.3: 2M empty BYTES elements were unpacked (seconds of GIL) before their 413."""
+    import httpx
+    import time
+
+    n = 2_000_000
+    head = json.dumps({"inputs": [{"name": "images", "datatype": "BYTES", "shape": [n],
+                                   "parameters": {"binary_data_size": 4 * n}}]}).encode()
+    t0 = time.perf_counter()
+    res = httpx.post(f"{server.url}/v2/models/{NAME}/infer", content=head + b"\0" * (4 * n),
+                     headers={"Inference-Header-Content-Length": str(len(head))}, timeout=30)
+    assert res.status_code == 413 and "rows in one request" in res.json()["error"]
+    assert time.perf_counter() - t0 < 5
+
+
+def test_multipart_with_100k_parts_stops_at_the_17th(server):
+    import httpx
+
+    boundary = b"xyz"
+    body = b"".join(b"--xyz\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n\r\n" for _ in range(100_000))
+    body += b"--xyz--\r\n"
+    res = httpx.post(f"{server.url}/v1/models/{NAME}:predict", content=body,
+                     headers={"Content-Type": "multipart/form-data; boundary=xyz"}, timeout=30)
+    assert res.status_code in (400, 413), res.text
+    if res.status_code == 400:
+        assert "more than 16 parts" in res.json()["message"]
