@@ -590,6 +590,8 @@ def predict(paths: tuple[Path, ...], top_k: int, conf: float, iou: float, save_d
     file and settings its deploy.json names (`edgecnn tune`), else its model.onnx."""
     import json
 
+    import numpy as np
+
     from edgecnn.card import atomic_write_bytes
     from edgecnn.runtime import default_model_path, load_model
 
@@ -613,19 +615,41 @@ def predict(paths: tuple[Path, ...], top_k: int, conf: float, iou: float, save_d
     if model.assumptions():
         click.echo(f"note: {model.assumptions()}", err=True)
     params = {"classify": {"top_k": top_k}, "detect": {"conf": conf, "iou": iou}}.get(model.card.task, {})
-    results = model.predict(list(images), **params)
+    fitted = [_fit_or_error(model, img) for img in images]  # an undecodable image is reported, the others answer
+    ok = [f for f in fitted if not isinstance(f, str)]
+    results = iter(model.postprocess(model.run_pixels(np.stack([px for px, _ in ok])), [fit for _, fit in ok],
+                                     **params) if ok else [])
+    answers = [f if isinstance(f, str) else next(results) for f in fitted]  # an error message, or the result
+    good = [(img, res) for img, res in zip(images, answers) if not isinstance(res, str)]
     if save_dir is not None:
         save_dir.mkdir(parents=True, exist_ok=True)
-        for img, res in zip(images, results):
+        for img, res in good:
             dest = atomic_write_bytes(save_dir / f"{img.stem}.png", _png_bytes(model.annotate(img, res)))
             click.echo(f"wrote {dest}", err=True)
     if as_json:
         out = {"model": str(model_path), "task": model.card.task, "providers": model.providers,
-               "predictions": [{"image": str(i), **model.result_dict(r)} for i, r in zip(images, results)]}
+               "predictions": [{"image": str(i), **({"error": r} if isinstance(r, str) else model.result_dict(r))}
+                               for i, r in zip(images, answers)]}
         click.echo(json.dumps(out, indent=2))
-        return
-    title = f"{model.card.name} ({model.card.task}, {model.card.precision}) on {model.providers[0]}"
-    _echo_table(title, *_result_rows(model.card.task, images, [model.result_dict(r) for r in results]))
+    elif good:
+        title = f"{model.card.name} ({model.card.task}, {model.card.precision}) on {model.providers[0]}"
+        _echo_table(title, *_result_rows(model.card.task, tuple(i for i, _ in good),
+                                         [model.result_dict(r) for _, r in good]))
+    errors = [r for r in answers if isinstance(r, str)]
+    for why in errors:
+        click.echo(f"Error: {why}", err=True)
+    if errors:
+        raise SystemExit(1)
+
+
+def _fit_or_error(model: Any, image: Path) -> Any:
+    """The image decoded and fitted to the model (pixels, fit), or the one line saying why it cannot be."""
+    from edgecnn.errors import InputError
+
+    try:
+        return model.fit(image)
+    except InputError as err:
+        return str(err)
 
 
 def _given(ctx: click.Context, **values: Any) -> dict[str, Any]:

@@ -59,6 +59,20 @@ def test_predict_bad_image_is_one_line_error(models, tmp_path):
     assert res.exit_code == 1 and "Error: Cannot read" in res.output and "Traceback" not in res.output
 
 
+def test_one_bad_image_does_not_abort_the_others(models, images, tmp_path):
+    """Issue 21 §3: `predict DIR bad.png good.png` aborted all on the first undecodable image. Each
+    image now answers or says why not; the exit status is 1 when any failed."""
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG garbage")
+    res = CliRunner().invoke(main, ["predict", str(models["nhwc"]), str(images[0]), str(bad), str(images[1]), "--json"])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    preds = json.loads(res.stdout)["predictions"]
+    assert [("top_k" in p, "error" in p) for p in preds] == [(True, False), (False, True), (True, False)]
+    assert "Cannot read" in preds[1]["error"] and "Error: Cannot read" in res.stderr
+    table = CliRunner().invoke(main, ["predict", str(models["nhwc"]), str(bad), str(images[0])])
+    assert table.exit_code == 1 and "(classify, fp32)" in table.stdout and "Error: Cannot read" in table.stderr
+
+
 def test_predict_cuda_on_cpu_build(models, images):
     import onnxruntime as ort
 
