@@ -705,7 +705,7 @@ Examples:
 
 
 @main.command(epilog=_BENCH_EPILOG)
-@click.argument("models", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("models", nargs=-1, type=click.Path(exists=True, path_type=Path))
 @click.option("--batch", "batch", default="1,32", show_default=True, help="Batch sizes, comma-separated.")
 @click.option("--threads", default="1", show_default=True, help="Thread counts, comma-separated.")
 @click.option("--provider", type=_RT_PROVIDERS, default="cpu", show_default=True, help="Execution provider.")
@@ -743,7 +743,8 @@ def bench(models: tuple[Path, ...], batch: str, threads: str, provider: str, all
           io_binding: bool | None, cuda_graph: bool, cudnn_conv_algo_search: str, prefer_nhwc: bool | None,
           device_id: int, placement: bool, pixels: bool, backend: str, device: str, precision: str | None,
           **flags: Any) -> None:
-    """Benchmark ONNX MODELS (default: the packaged reference model) across batches, threads, providers."""
+    """Benchmark ONNX MODELS (default: the packaged reference model) across batches, threads, providers.
+    An export directory stands for every model file it holds (model.onnx, model.int8.onnx, ...)."""
     from edgecnn.card import atomic_write_text
     from edgecnn.runtime import default_model_path
     from edgecnn.runtime.benchmark import BenchConfig, parse_int_list, run_benchmark
@@ -768,7 +769,7 @@ def bench(models: tuple[Path, ...], batch: str, threads: str, provider: str, all
     def progress(r: Any) -> None:
         click.echo(f"  {r.variant} batch {r.batch}, {r.threads} thread(s): p50 {r.stats['p50_ms']:.3f} ms", err=True)
 
-    report = run_benchmark(list(models) or [default_model_path()], config, compare=compare, keras_path=keras_path,
+    report = run_benchmark(_model_files(models) or [default_model_path()], config, compare=compare, keras_path=keras_path,
                            calibration_data=calibration, baseline_runner=run_baselines, overrides=overrides,
                            on_result=progress)
     m = report.machine
@@ -785,6 +786,23 @@ def bench(models: tuple[Path, ...], batch: str, threads: str, provider: str, all
             click.echo(f"wrote {path}")
     if plot_path is not None:
         click.echo(f"wrote {report.plot(plot_path)}")
+
+
+def _model_files(paths: tuple[Path, ...]) -> list[Path]:
+    """Model files, an export directory replaced by the verified variants it holds (export moves
+    nothing else into it)."""
+    out: list[Path] = []
+    for path in paths:
+        if not path.is_dir():
+            out.append(path)
+            continue
+        found = sorted(p for p in path.iterdir() if p.is_file() and p.name.startswith("model")
+                       and p.suffix in (".onnx", ".tflite"))
+        if not found:
+            raise click.BadParameter(f"{path} holds no model files (model*.onnx); pass an export directory or "
+                                     ".onnx files.", param_hint="MODELS")
+        out += found
+    return out
 
 
 @main.command(epilog="\b\nExamples:\n  edgecnn tune runs/seed/export\n  edgecnn tune runs/mnv2/export --batch 1,32 "

@@ -131,3 +131,22 @@ def test_a_real_files_own_labels_are_its_class_names():
 
     model = InferenceModel(Path(__file__).parents[1] / "data" / "foreign" / "layout_cdla.onnx")
     assert model.card.class_names[:3] == ("text", "title", "figure") and len(model.card.class_names) == 10
+
+
+def test_bench_takes_an_export_directory(models, tmp_path):
+    """Issue 21 §3: `edgecnn bench EXPORT_DIR` refused a folder that predict, serve and tune accept."""
+    import shutil
+
+    folder = tmp_path / "export"
+    folder.mkdir()
+    shutil.copy(models["nhwc"], folder / "model.onnx")
+    (folder / "export_report.json").write_text("{}")
+    res = CliRunner().invoke(main, ["bench", str(folder), "--batch", "1", "--runs", "3", "--warmup", "1",
+                                    "--no-placement", "--no-pixels"])
+    assert res.exit_code == 0, res.output
+    assert "tiny:fp32 batch 1" in res.output  # the card of the folder's model.onnx
+    empty = CliRunner().invoke(main, ["bench", str(tmp_path / "nothing"), "--runs", "1"])
+    assert empty.exit_code == 2 and "Traceback" not in empty.output
+    (tmp_path / "nothing").mkdir()
+    empty = CliRunner().invoke(main, ["bench", str(tmp_path / "nothing"), "--runs", "1"])
+    assert empty.exit_code == 2 and "holds no model files" in empty.output
