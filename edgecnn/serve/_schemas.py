@@ -153,6 +153,25 @@ class V2ModelMetadata(BaseModel):
     parameters: dict[str, Any] | None = None
 
 
+class V2ConfigTensor(BaseModel):
+    name: str
+    data_type: str
+    dims: list[int]
+
+
+class V2ModelConfig(BaseModel):
+    """Triton's model configuration, as tritonclient's get_model_config reads it."""
+
+    name: str
+    platform: str
+    backend: str
+    max_batch_size: int
+    version_policy: dict[str, Any]
+    input: list[V2ConfigTensor]
+    output: list[V2ConfigTensor]
+    parameters: dict[str, Any]
+
+
 class V2Live(BaseModel):
     live: bool
 

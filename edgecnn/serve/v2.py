@@ -39,6 +39,7 @@ from edgecnn.serve._schemas import (
     V2Error,
     V2InferResponse,
     V2Live,
+    V2ModelConfig,
     V2ModelMetadata,
     V2Ready,
     V2ServerMetadata,
@@ -333,6 +334,21 @@ def _metadata(model: ServedModel) -> dict[str, Any]:
             "parameters": {"task": model.card.task, "labels": len(model.card.class_names)}}
 
 
+def _config(model: ServedModel) -> dict[str, Any]:
+    """Triton's model configuration (``GET /v2/models/{name}/config``, the model repository
+    extension tritonclient's ``get_model_config`` reads): dims without the batch axis, which
+    ``max_batch_size`` stands for."""
+    meta = _metadata(model)
+
+    def tensor(t: dict[str, Any]) -> dict[str, Any]:
+        return {"name": t["name"], "data_type": f"TYPE_{t['datatype']}", "dims": t["shape"][1:]}
+
+    return {"name": model.name, "platform": meta["platform"], "backend": meta["platform"].split("_")[0],
+            "max_batch_size": model.max_batch, "version_policy": {"latest": {"num_versions": 1}},
+            "input": [tensor(t) for t in meta["inputs"]], "output": [tensor(t) for t in meta["outputs"]],
+            "parameters": {k: {"string_value": str(v)} for k, v in meta["parameters"].items()}}
+
+
 # ------------------------------------------------------------------------------------- routes
 
 def add_v2_routes(app: FastAPI, models: dict[str, ServedModel], batchers: dict[str, MicroBatcher],
@@ -372,6 +388,17 @@ def add_v2_routes(app: FastAPI, models: dict[str, ServedModel], batchers: dict[s
              summary="Model metadata (Open Inference Protocol).")
     async def model_metadata(name: str) -> Response:
         return _json(_metadata(_model(name, None)))
+
+    @app.get("/v2/models/{name}/config", tags=["v2"], response_model=V2ModelConfig, responses=errors(401, 404),
+             summary="Model configuration (Triton's, as tritonclient's get_model_config reads it).")
+    async def model_config(name: str) -> Response:
+        return _json(_config(_model(name, None)))
+
+    @app.get("/v2/models/{name}/versions/{version}/config", tags=["v2"], response_model=V2ModelConfig,
+             responses=errors(401, 404),
+             summary="Model configuration of one version.")
+    async def model_version_config(name: str, version: str) -> Response:
+        return _json(_config(_model(name, version)))
 
     @app.get("/v2/models/{name}/versions/{version}", tags=["v2"], response_model=V2ModelMetadata,
              responses=errors(401, 404), summary="Model metadata of one version.")

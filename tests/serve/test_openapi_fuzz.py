@@ -26,6 +26,7 @@ OPERATIONS = [("POST", "/v1/models/{name}:predict"), ("GET", "/v1/models/{name}"
               ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"),
               ("GET", "/v2"), ("GET", "/v2/health/live"), ("GET", "/v2/health/ready"), ("GET", "/v2/models/{name}"),
               ("GET", "/v2/models/{name}/versions/{version}"), ("GET", "/v2/models/{name}/ready"),
+              ("GET", "/v2/models/{name}/config"), ("GET", "/v2/models/{name}/versions/{version}/config"),
               ("GET", "/v2/models/{name}/versions/{version}/ready"), ("POST", "/v2/models/{name}/infer"),
               ("POST", "/v2/models/{name}/versions/{version}/infer")]
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]

@@ -60,6 +60,19 @@ def test_health_and_metadata(client):
     assert not client.is_model_ready("nope")
 
 
+def test_model_config_for_tritonclient(client):
+    """Issue 21 §3: tritonclient's get_model_config() was a 404."""
+    config = client.get_model_config(NAME)
+    assert config["name"] == NAME and config["max_batch_size"] == 16
+    assert config["input"] == [{"name": "images", "data_type": "TYPE_FP32", "dims": [32, 32, 3]}]
+    assert config["output"][0]["dims"] == [10] and config["platform"] == "onnxruntime_onnx"
+    version = client.get_model_metadata(NAME)["versions"][0]
+    assert client.get_model_config(NAME, model_version=version)["name"] == NAME
+    with pytest.raises(InferenceServerException) as err:
+        client.get_model_config("nope")
+    assert err.value.status() == "404"
+
+
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
 def test_fp32_tensors_match_the_runtime(client, pixels, reference, binary):
     clf, proba = reference
