@@ -257,7 +257,11 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, verbose: int | None = No
     cluster = cluster_for(cfg.distribute)  # multi-worker: a malformed TF_CONFIG fails here
     chief = cluster is None or cluster.is_chief
     if chief and run.exists() and any(run.iterdir()) and not overwrite:
-        raise ConfigError(f"Run directory {run} exists; pass --out NEW, --overwrite, or resume with `edgecnn train --resume {run}`.")
+        if not _killed_before_first_checkpoint(run):
+            raise ConfigError(f"Run directory {run} exists; pass --out NEW, --overwrite, or resume with `edgecnn train "
+                              f"--resume {run}`.")
+        log.warning("%s holds a run killed before its first checkpoint (nothing to resume): starting it again.", run)
+        overwrite = True
     cfg = cfg.replace(precision=_precision(cfg))  # the run records what it trained in, 'auto' resolved
     keras.utils.set_random_seed(cfg.seed)
     data = _load_data(cfg)
@@ -285,6 +289,14 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, verbose: int | None = No
             if created and not files.checkpoints():
                 shutil.rmtree(run, ignore_errors=True)
             raise
+
+
+def _killed_before_first_checkpoint(run: Path) -> bool:
+    """Whether ``run`` holds only what a run writes before its first checkpoint (a kill -9 skips
+    the cleanup that removes it): nothing to resume, nothing of the user's to keep."""
+    files = RunFiles(run)
+    own = {files.config.name, files.state.name, files.history_json.name, files.history_csv.name}
+    return not files.checkpoints() and all(p.name in own and p.is_file() for p in run.iterdir())
 
 
 def _precision(cfg: TrainConfig) -> str:
@@ -316,6 +328,9 @@ def resume(run_dir: str | Path, *, verbose: int | None = None) -> Path:
     """
     run_dir = Path(run_dir)
     files = RunFiles(run_dir)
+    if not files.state.is_file() and files.config.is_file() and _killed_before_first_checkpoint(run_dir):
+        raise ArtifactError(f"{run_dir} has no checkpoint yet (killed before its first epoch ended): start it again "
+                            f"with `edgecnn train --out {run_dir}`.")
     if not files.config.is_file() or not files.state.is_file():
         raise ArtifactError(f"{run_dir} is not a run directory that can be resumed (no config.json/state.json).")
     try:
@@ -333,7 +348,8 @@ def resume(run_dir: str | Path, *, verbose: int | None = None) -> Path:
     keras.utils.set_random_seed(cfg.seed + state["epoch"])
     data = _load_data(cfg)
     if not files.current_checkpoint(state).is_file():
-        raise ArtifactError(f"{run_dir} has no checkpoint yet; start it again with --overwrite.")
+        raise ArtifactError(f"{run_dir} has no checkpoint yet (killed before its first epoch ended): start it again "
+                            f"with `edgecnn train --out {run_dir}`.")
     if cluster is None or cluster.is_chief:
         for stray in files.checkpoints():  # written by an epoch whose state never was: not part of the run
             if stray != files.current_checkpoint(state):

@@ -159,3 +159,31 @@ def test_corrupt_state_on_resume_is_one_line(tmp_path):
     res = subprocess.run([sys.executable, "-m", "edgecnn.cli", "train", "--resume", str(run)], capture_output=True,
                          text=True, timeout=120)
     assert res.returncode == 1 and "Traceback" not in res.stderr and "state.json is corrupt" in res.stderr
+
+
+def test_a_run_killed_before_its_first_checkpoint_can_simply_be_started_again(tmp_path):
+    """Issue 21 §2.7: a train killed before its first checkpoint left a folder that neither --resume
+    ("start it again with --overwrite") nor a plain `train --out` ("exists ... or resume") accepted.
+    The folder (what a run writes before its first epoch ends) is simply trained into again; resume
+    says so; a folder with anything else in it is still refused."""
+    from edgecnn.train.config import TrainConfig
+    from edgecnn.train.loop import train
+
+    data = _learnable_npz(tmp_path / "colors.npz", n=120)
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = TrainConfig(model="seed_cnn_tiny", data=str(data), epochs=1, batch_size=32, out=str(run))
+    (run / "config.json").write_text(json.dumps(cfg.to_dict()))  # all a kill -9 before epoch 1 leaves
+    res = subprocess.run([sys.executable, "-m", "edgecnn.cli", "train", "--resume", str(run)], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 1 and f"edgecnn train --out {run}" in res.stderr + res.stdout
+    assert (train(cfg, verbose=0) / "model.keras").is_file()
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "config.json").write_text("{}")
+    (other / "notes.txt").write_text("mine")
+    from edgecnn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="exists"):
+        train(cfg.replace(out=str(other)), verbose=0)
+    assert (other / "notes.txt").is_file()
