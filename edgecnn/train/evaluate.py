@@ -110,7 +110,7 @@ class EvaluationReport:
     def to_text(self) -> str:
         m, names = self.metrics, self.class_names
         tta = f", test-time augmentation {m['tta']} ({TTA_VIEWS[m['tta']]} views)" if m.get("tta", "none") != "none" else ""
-        lines = [f"{self.model} on {self.dataset}: {m['num_test']} images{tta}",
+        lines = [f"{self.model} on {self.dataset}{tta}",
                  f"top-1 accuracy {m['test_accuracy']:.2%}" + (f", top-5 {m['test_top5']:.2%}" if "test_top5" in m else ""),
                  "", f"{'class':<14}{'precision':>10}{'recall':>10}"]
         lines += [f"{n[:13]:<14}{p:>10.3f}{r:>10.3f}" for n, p, r in zip(names, m["precision"], m["recall"])]
@@ -200,6 +200,18 @@ def _keras_predictor(path: Path, overrides: ModelOverrides | None):
     return card, lambda x: predict_keras(model, x, kcard)
 
 
+def _evaluation_images(ds: Any, *, given: bool) -> tuple[np.ndarray, np.ndarray, str]:
+    """The images to evaluate on, and which they are: the test split when the data has one (a
+    folder's test/, an .npz's x_test); for data the user passed without one, every image (a
+    validation split is training's business); for the run's own dataset, its held-out split."""
+    if ds.source.get("test_split") != "val":
+        return ds.x_test, ds.y_test, f"the {len(ds.x_test)} test images of {ds.name}"
+    if given:
+        x, y = np.concatenate([ds.x_train, ds.x_val]), np.concatenate([ds.y_train, ds.y_val])
+        return x, y, f"all {len(x)} images of {ds.name} (it has no test split)"
+    return ds.x_test, ds.y_test, f"the {len(ds.x_test)} held-out validation images of {ds.name} (no test split)"
+
+
 def evaluate(model_path: str | Path, *, data: str | None = None, out: str | Path | None = None,
              overrides: ModelOverrides | None = None, tta: str = "none") -> EvaluationReport:
     """Evaluate a run directory, a ``.keras``/``.h5`` file (a run's, or any classifier described by
@@ -236,13 +248,16 @@ def evaluate(model_path: str | Path, *, data: str | None = None, out: str | Path
         raise DataError(f"The data has {ds.num_classes} classes, the model {card.num_classes}; pass matching --data.")
     if all(c.isdigit() for c in card.class_names) and not all(c.isdigit() for c in ds.class_names):
         card = card.replace(class_names=tuple(ds.class_names))  # assumed 0..N-1 labels: the folders name them
-    metrics = accuracy_metrics(tta_predict(predict, ds.x_test, tta), ds.y_test)
+    x, y, which = _evaluation_images(ds, given=data is not None)
+    log.info("Evaluating on %s.", which)
+    metrics = accuracy_metrics(tta_predict(predict, x, tta), y)
+    metrics["evaluated_on"] = which
     if tta != "none":
         metrics["tta"] = tta
     out_dir = Path(out) if out else (path if path.is_dir() else path.parent)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = ("evaluation" if path.suffix != ".onnx" else f"evaluation.{path.stem}") + ("" if tta == "none" else f".tta-{tta}")
-    report = EvaluationReport(str(path), ds.name, card.class_names, metrics,
+    report = EvaluationReport(str(path), which, card.class_names, metrics,
                               [str(out_dir / f"{stem}.json"), str(out_dir / f"{stem}.confusion.png")])
     atomic_write_text(Path(report.files[0]), json.dumps({"model": str(path), "dataset": ds.describe(),
                                                          "class_names": card.class_names, **metrics}, indent=2) + "\n")

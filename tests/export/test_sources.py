@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -262,6 +263,10 @@ def test_evaluate_a_plain_keras_file(tmp_path, foreign):
     metrics = json.loads((tmp_path / "evaluation.json").read_text())
     assert metrics["class_names"] == ["airplane", "automobile", "bird"] and metrics["num_test"] > 0
     assert metrics["test_accuracy"] > 0.4
+    # issue 21 §3: a folder without test/ was evaluated on a silent 10% split; now on all its images, said
+    n = sum(1 for p in Path(foreign["labelled"]).rglob("*.png"))
+    assert metrics["num_test"] == n and metrics["evaluated_on"] == f"all {n} images of labelled (it has no test split)"
+    assert metrics["evaluated_on"] in result.output
 
 
 def test_evaluate_a_plain_keras_file_without_data_names_the_flag(tmp_path, foreign):
