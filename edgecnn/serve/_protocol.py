@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
@@ -38,6 +39,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     max_header_bytes = 16 * 1024
     header_timeout_s = 10.0
+    max_connections: int | None = None
     on_reject: Any = None  # called with (status, code) for the metrics
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -49,12 +51,29 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._too_large = False
         self._began = False  # a request started arriving (an idle keep-alive is closed quietly)
         self._head_timer: asyncio.TimerHandle | None = None
+        self._idle_since: float | None = None  # between requests (a keep-alive waiting): when it became idle
 
     # A request's head starts with the connection (or, on keep-alive, when the parser sees the
     # next request begin) and ends at on_headers_complete.
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._idle_since = time.monotonic()
         self._start_head()
+        if self.max_connections is not None and len(self.server_state.connections) > self.max_connections:
+            self._make_room()
+
+    def _make_room(self) -> None:
+        """Over ``max_connections``: close the connection idle the longest for this one; with none
+        idle, answer this one 503 (all the others are mid-request)."""
+        idle = [c for c in self.server_state.connections
+                if c is not self and getattr(c, "_idle_since", None) is not None and not c.transport.is_closing()]
+        if idle:
+            min(idle, key=lambda c: c._idle_since).transport.close()
+            return
+        if self.on_reject is not None:
+            self.on_reject(503, "too_many_connections")
+        self._send_json_and_close(503, "too_many_connections", f"The server holds its limit of {self.max_connections} "
+                                  "connections, all busy; retry in a moment.")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
@@ -71,10 +90,16 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 self._reject(431, "headers_too_large", self._too_large_message())
 
     def on_message_begin(self) -> None:
+        self._idle_since = None
         super().on_message_begin()
         if not self._in_head:  # keep-alive: the next request's head begins
             self._start_head()
         self._head_began_in_chunk, self._parsed_bytes, self._began = True, 0, True
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.pipeline:  # nothing queued behind it: the connection waits for the next request
+            self._idle_since = time.monotonic()
 
     def on_url(self, url: bytes) -> None:
         self._count(len(url))
@@ -146,8 +171,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-def protocol_class(*, max_header_bytes: int, header_timeout_s: float, on_reject: Any = None) -> type:
+def protocol_class(*, max_header_bytes: int, header_timeout_s: float, max_connections: int | None = None,
+                   on_reject: Any = None) -> type:
     """A :class:`LimitedHttpToolsProtocol` subclass with these limits (uvicorn takes a class)."""
     return type("EdgecnnHttpProtocol", (LimitedHttpToolsProtocol,),
                 {"max_header_bytes": max_header_bytes, "header_timeout_s": header_timeout_s,
+                 "max_connections": max_connections,
                  "on_reject": staticmethod(on_reject) if on_reject else None})

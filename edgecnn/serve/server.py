@@ -60,7 +60,34 @@ def _protocol(config: ServeConfig, app: Any) -> Any:
         return "auto"
     errors = app.fastapi.state.metrics.errors
     return protocol_class(max_header_bytes=config.max_header_bytes, header_timeout_s=config.header_timeout_s,
+                          max_connections=config.max_connections or _connection_budget(config),
                           on_reject=lambda status, code: errors.labels(str(status), code).inc())
+
+
+_FD_RESERVE = 128  # open files a worker needs besides its connections: models, logs, pools, pipes
+
+
+def raise_open_files_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit (said in one line); returns
+    the soft limit now in force. Idle connections past the usual 1024 made every request fail."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            log.info("Raised the open-files limit from %d to %d.", soft, target)
+            soft = target
+        except (ValueError, OSError) as err:
+            log.warning("Cannot raise the open-files limit from %d (%s).", soft, err)
+    return soft
+
+
+def _connection_budget(config: ServeConfig) -> int:
+    """Connections per worker when --max-connections is not given: the open-files limit, less a
+    reserve, shared by the workers."""
+    return max(16, (raise_open_files_limit() - _FD_RESERVE) // config.workers)
 
 
 def serve(source: str | Path | None, config: ServeConfig, *, sock: socket.socket | None = None) -> None:

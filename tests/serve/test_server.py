@@ -508,6 +508,31 @@ def test_a_large_head_in_one_read_is_still_431(model_dir):
         assert answer.startswith("HTTP/1.1 431") and '"headers_too_large"' in answer
 
 
+def test_idle_connections_past_the_limit_make_room_for_new_ones(model_dir):
+    """Issue 21 §1.6: under the usual 1024 open files, 2,000 idle connections made every legitimate
+    request fail for seconds, silently. Past --max-connections the longest-idle keep-alive is
+    closed for the newcomer, which is answered."""
+    with running_server(model_dir / "tiny_nhwc.onnx", max_connections=4) as srv:
+        u = urllib.parse.urlsplit(srv.url)
+        idle = [socket.create_connection((u.hostname, u.port)) for _ in range(4)]
+        time.sleep(0.3)
+        with httpx.Client(base_url=srv.url) as c:
+            assert all(c.get("/healthz").status_code == 200 for _ in range(3))
+        idle[0].settimeout(5)
+        assert idle[0].recv(10) == b""  # the oldest idle one was closed for the newcomer
+        for s in idle:
+            s.close()
+
+
+def test_open_files_limit_is_raised_to_the_hard_limit():
+    import resource
+
+    from edgecnn.serve.server import raise_open_files_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert raise_open_files_limit() == (hard if hard != resource.RLIM_INFINITY else max(soft, 65536))
+
+
 def test_slowloris_headers_are_closed_with_408(model_dir):
     with running_server(model_dir / "tiny_nhwc.onnx", header_timeout_s=0.5) as srv:
         answer = _raw(srv.url, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ", wait=5)
