@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import time
 from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Query, Request
@@ -101,13 +102,36 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
     return Response(dump_json(data), status_code=status, media_type="application/json", headers=headers)
 
 
+class _RejectionLog:
+    """One log line per rejected request, at most ``per_second`` a second; the rest are counted
+    and said in one line when logging resumes (a flood must not become megabytes of log)."""
+
+    def __init__(self, per_second: int = 10) -> None:
+        self.per_second, self.window, self.logged, self.dropped = per_second, 0, 0, 0
+
+    def __call__(self, request: Request, err: ServeError) -> None:
+        now = int(time.monotonic())
+        if now != self.window:
+            if self.dropped:
+                log.info("... and %d more rejected requests not logged.", self.dropped)
+            self.window, self.logged, self.dropped = now, 0, 0
+        if self.logged >= self.per_second:
+            self.dropped += 1
+            return
+        self.logged += 1
+        log.info("%d %s %s %s: %s", err.status, err.code, request.method, request.url.path[:200], err.message[:300])
+
+
 def _add_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     count = _count(metrics)
+    rejected = _RejectionLog()
 
     def respond(request: Request, err: ServeError) -> Response:
         count(err)
         if err.status >= 500 and err.code == "internal_error":
             log.error("%s", err.message)
+        elif 400 <= err.status < 500:
+            rejected(request, err)
         body = error_body(err.status, err.code, err.message, v2=request.url.path.startswith("/v2"))
         return Response(body, status_code=err.status, media_type="application/json", headers=err.headers)
 
