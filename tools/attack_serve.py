@@ -108,10 +108,11 @@ def png_bomb(side: int = 4999) -> bytes:
 
 # ------------------------------------------------------------------------------------ HTTP
 
-def request(port: int, body: bytes, ctype: str = "image/png", timeout: float = 15.0) -> int:
+def request(port: int, body: bytes, ctype: str = "image/png", timeout: float = 15.0, path: str = PATH,
+            headers: str = "") -> int:
     """One POST on a fresh connection; returns the status code (0: no answer)."""
-    head = (f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-            "Connection: close\r\n\r\n").encode()
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+            f"{headers}Connection: close\r\n\r\n").encode()
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
             s.sendall(head + body)
@@ -287,7 +288,36 @@ def attacks(port: int, short: bool) -> list[Attack]:
                 record(0)
             stop.wait(0.05)
 
-    return [Attack("poison and mutated images", 2, poison), Attack("header flood", 2 if short else 8, header_flood),
+    # Issue 21 §1.3: cheap requests that cost the server seconds of GIL (2 clients, one request a second each).
+    n_bytes = 2_000_000 if not short else 200_000
+    v2_head = json.dumps({"inputs": [{"name": "images", "datatype": "BYTES", "shape": [n_bytes],
+                                      "parameters": {"binary_data_size": 4 * n_bytes}}]}).encode()
+    bytes_body = v2_head + b"\0" * (4 * n_bytes)
+    parts = b"".join(b"--x\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n\r\n"
+                     for _ in range(100_000 if not short else 10_000)) + b"--x--\r\n"
+    zeros = b'{"inputs": [{"name": "images", "datatype": "FP32", "shape": [1, 32, 32, 3], "data": [' + \
+        b",".join([b"0"] * (3_000_000 if not short else 300_000)) + b"]}]}"
+    v2 = f"/v2/models/{PATH.split('/')[3].split(':')[0]}/infer"
+
+    def many_bytes(stop, record, i):
+        while not stop.is_set():
+            record(request(port, bytes_body, "application/octet-stream", path=v2,
+                           headers=f"Inference-Header-Content-Length: {len(v2_head)}\r\n"))
+            stop.wait(1.0)
+
+    def many_parts(stop, record, i):
+        while not stop.is_set():
+            record(request(port, parts, "multipart/form-data; boundary=x"))
+            stop.wait(1.0)
+
+    def json_zeros(stop, record, i):
+        while not stop.is_set():
+            record(request(port, zeros, "application/json", path=v2))
+            stop.wait(1.0)
+
+    return [Attack("v2 BYTES of 2M empty elements", 2, many_bytes), Attack("multipart of 100k empty parts", 2, many_parts),
+            Attack("v2 JSON of 3M zeros", 2, json_zeros),
+            Attack("poison and mutated images", 2, poison), Attack("header flood", 2 if short else 8, header_flood),
             Attack("slowloris", 2 if short else 20, slowloris), Attack("decode bombs", 4, bombs),
             Attack("slow bodies", 1 if short else 4, slow_bodies), Attack("upload burst", 10 if short else 100, burst),
             Attack("mid-upload disconnects", 2, disconnects)]
@@ -322,7 +352,7 @@ def start_server(port: int, extra: list[str]) -> subprocess.Popen:
     raise SystemExit("the server did not start")
 
 
-def run(seconds: float, short: bool, extra: list[str]) -> dict:
+def run(seconds: float, short: bool, extra: list[str], only: str | None = None) -> dict:
     port = _free_port()
     server = start_server(port, extra)
     try:
@@ -331,7 +361,7 @@ def run(seconds: float, short: bool, extra: list[str]) -> dict:
         rss_start = _rss_mb(server.pid)
         base = legit.run(seconds)
         results = []
-        for attack in attacks(port, short):
+        for attack in (a for a in attacks(port, short) if not only or only.lower() in a.name.lower()):
             rss_before = _rss_mb(server.pid)
             attack.start()
             time.sleep(0.3 if short else 1.0)  # let the attack take hold before measuring
@@ -362,10 +392,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="Measuring time per attack.")
     parser.add_argument("--short", action="store_true", help="Small attacks, 2 s each (the test suite's mode).")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--only", default=None, help="Run the attacks whose name contains this (e.g. 'v2').")
     parser.add_argument("server_args", nargs="*", help="Extra `edgecnn serve` arguments (after --).")
     args = parser.parse_args()
     extra = args.server_args or (["--body-timeout", "1", "--header-timeout", "1"] if args.short else [])
-    out = run(2.0 if args.short else args.seconds, args.short, extra)
+    out = run(2.0 if args.short else args.seconds, args.short, extra, args.only)
     base = out["baseline"]
     print(f"unattacked: {base['rps']:.1f} req/s, p99 {base['p99_ms']:.1f} ms, errors {base['errors']}")
     print("| attack | legit req/s | vs unattacked | legit errors | legit p99 ms | attacker answers | 5xx |")

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any, Callable
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,18 @@ class DecodePools:
         self.light = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edgecnn-decode")
         self.heavy = ThreadPoolExecutor(max_workers=heavy_workers, thread_name_prefix="edgecnn-decode-heavy",
                                         initializer=_lower_priority)
+        self._json_process: ProcessPoolExecutor | None = None  # started on the first large JSON body
+        self._json_lock = threading.Lock()
+
+    async def large_json(self, head: bytes) -> Any:
+        """A large JSON body parsed in a worker process at nice +10 (see :mod:`edgecnn.serve._bigjson`)."""
+        from edgecnn.serve._bigjson import lower_priority, parse_large
+
+        with self._json_lock:
+            if self._json_process is None:  # spawn: the server's onnxruntime threads must not cross a fork
+                self._json_process = ProcessPoolExecutor(max_workers=1, initializer=lower_priority,
+                                                         mp_context=multiprocessing.get_context("spawn"))
+        return await asyncio.get_running_loop().run_in_executor(self._json_process, parse_large, head)
 
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)`` on the light pool (JSON parsing, multipart splitting)."""
@@ -58,5 +71,6 @@ class DecodePools:
             return await loop.run_in_executor(self.heavy, prepare, data, None)
 
     def shutdown(self) -> None:
-        for pool in (self.light, self.heavy):
-            pool.shutdown(wait=False, cancel_futures=True)
+        for pool in (self.light, self.heavy, self._json_process):
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)

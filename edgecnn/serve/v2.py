@@ -32,6 +32,7 @@ from fastapi.responses import Response
 
 from edgecnn import __version__
 from edgecnn.errors import InputError
+from edgecnn.serve._bigjson import LARGE_JSON_BYTES
 from edgecnn.serve._decode import DecodePools
 from edgecnn.serve._http import dump_json, parse_json, read_body
 from edgecnn.serve._schemas import (
@@ -68,18 +69,26 @@ def _bad(message: str, status: int = 400) -> ServeError:
 # ------------------------------------------------------------------------------------ requests
 
 def parse_infer_request(model: ServedModel, body: bytes, header_length: str | None,
-                        max_instances: int) -> tuple[np.ndarray, list[Any], dict[str, Any]]:
+                        max_instances: int, parsed: Any = None) -> tuple[np.ndarray, list[Any], dict[str, Any]]:
     """A v2 inference request -> (model input, fit info per row, what the answer should hold).
+
+    ``parsed``: the JSON header already parsed elsewhere (a large one, in a worker process).
 
     Raises:
         ServeError: 400 for a malformed request, 413 for more than ``max_instances`` rows, 422 for a
             tensor of the wrong name, datatype, shape or values.
     """
     head, binary = _split(body, header_length)
-    try:
-        request = parse_json(head)
-    except (ValueError, RecursionError) as err:
-        raise _bad(f"The request header is not valid JSON ({str(err)[:200]}).") from err
+    if isinstance(parsed, tuple):  # the worker's (status, one-line error)
+        status, message = parsed
+        raise _bad(message) if status == 400 else ServeError(status, "invalid_tensor", message)
+    if parsed is not None:
+        request = parsed
+    else:
+        try:
+            request = parse_json(head)
+        except (ValueError, RecursionError) as err:
+            raise _bad(f"The request header is not valid JSON ({str(err)[:200]}).") from err
     _check_request(request)
     inputs = request["inputs"]
     if len(inputs) != 1 or not isinstance(inputs[0], dict):
@@ -102,6 +111,18 @@ def parse_infer_request(model: ServedModel, body: bytes, header_length: str | No
     x, fits = _to_input(model, tensor, inputs[0]["datatype"])
     answer = {"id": request.get("id"), "outputs": _requested(model, request)}
     return x, fits, answer
+
+
+def is_large_json(body: bytes, header_length: str | None) -> bool:
+    """Whether the request's JSON header is large enough to be parsed in the worker process."""
+    return len(json_head(body, header_length)) > LARGE_JSON_BYTES
+
+
+def json_head(body: bytes, header_length: str | None) -> bytes:
+    """The JSON part of a request (all of it without ``Inference-Header-Content-Length``)."""
+    if header_length is not None and header_length.isascii() and header_length.isdigit():
+        return body[:int(header_length)]
+    return body
 
 
 _MAX_DIM = 2 ** 31 - 1  # Triton's int64 dims, bounded to what a request can carry
@@ -197,6 +218,10 @@ def _tensor(spec: dict[str, Any], binary: bytes, offset: int) -> tuple[np.ndarra
             raise _bad(f"BYTES data strings carry bytes as latin-1 characters (0-255); element {err.object[:20]!r} "
                        "is not one: send images as binary data (binary_data_size).") from None
         return np.array(encoded, dtype=object).reshape(shape), offset
+    if isinstance(data, np.ndarray) and datatype == "UINT8":  # parsed in the worker process, as float64
+        if not (np.isfinite(data).all() and (data == np.round(data)).all() and data.min(initial=0) >= 0
+                and data.max(initial=0) <= 255):
+            raise ServeError(422, "invalid_tensor", "The input data is not an array of UINT8 (0-255 integers).")
     try:
         arr = np.asarray(data, dtype=_NP[datatype])
     except (ValueError, TypeError, OverflowError, RecursionError) as err:
@@ -427,7 +452,9 @@ def add_v2_routes(app: FastAPI, models: dict[str, ServedModel], batchers: dict[s
         header = request.headers.get(HEADER_LENGTH)
         try:
             async with asyncio.timeout(config.timeout_s), batcher.admit():
-                x, fits, answer = await decode_pool.call(parse_infer_request, model, body, header, config.max_instances)
+                parsed = await decode_pool.large_json(json_head(body, header)) if is_large_json(body, header) else None
+                x, fits, answer = await decode_pool.call(parse_infer_request, model, body, header, config.max_instances,
+                                                         parsed)
                 outputs = await batcher.submit(x, fits, top_k=0, raw=True)
         except TimeoutError:
             raise ServeError(503, "timeout", f"No answer within {config.timeout_s:g} s; the server is busy.",

@@ -257,3 +257,28 @@ def test_rejected_requests_are_one_log_line_each_rate_limited(server, caplog):
     lines = [r for r in caplog.records if r.name == "edgecnn.serve.app" and "invalid_inference_request" in r.message]
     assert 1 <= len(lines) <= 20 and all("\n" not in r.getMessage() for r in lines)
     assert "Traceback" not in caplog.text
+
+
+@pytest.mark.parametrize("datatype, value, status", [("FP32", 0.5, 200), ("UINT8", 7, 200), ("UINT8", 300, 422),
+                                                     ("UINT8", 1.5, 422), ("FP32", "x", 422)])
+def test_a_large_json_body_is_parsed_in_the_worker_process_with_the_same_answers(server, reference, datatype,
+                                                                                 value, status):
+    """Issue 21 §1.3: a JSON body over 1 MiB is parsed in a low-priority process (orjson held the
+    server's GIL for the whole parse); what it answers is what the in-process parser answers."""
+    import httpx
+
+    from edgecnn.serve._bigjson import LARGE_JSON_BYTES
+
+    rows = 128
+    body = {"inputs": [{"name": "images", "datatype": datatype, "shape": [rows, 32, 32, 3],
+                        "data": [value] * (rows * 3072)}]}
+    data = json.dumps(body).encode()
+    assert len(data) > LARGE_JSON_BYTES
+    res = httpx.post(f"{server.url}/v2/models/{NAME}/infer", content=data, timeout=60)
+    assert res.status_code == status, res.text
+    if status == 200:
+        clf, _ = reference
+        x = np.full((rows, 32, 32, 3), value, np.uint8 if datatype == "UINT8" else np.float32)
+        want = clf.predict_proba(x) if datatype == "UINT8" else clf.run_all(x)[0]
+        got = np.asarray(res.json()["outputs"][0]["data"]).reshape(rows, -1)
+        np.testing.assert_allclose(got, want, atol=1e-5)
