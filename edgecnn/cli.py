@@ -893,6 +893,9 @@ Examples:
               help="Seconds a request's headers may take to arrive (slowloris); then 408 and the connection closes.")
 @click.option("--max-body-mb", default=8.0, show_default=True, type=click.FloatRange(0, min_open=True),
               help="Largest request body (MiB); larger gets 413.")
+@click.option("--max-inflight-mb", default=256.0, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="Request bodies held at once per worker (MiB); past it a request gets 503 with Retry-After before "
+                   "its body is read, so memory is bounded by bytes, not only by --queue-size.")
 @click.option("--max-connections", type=click.IntRange(min=1), default=None,
               help="Open connections per worker (default: the open-files limit, raised to its hard limit, less a "
                    "reserve); past it the longest-idle keep-alive is closed, with none idle the new one gets 503.")
@@ -911,7 +914,7 @@ Examples:
 @model_options()
 def serve(model_or_dir: Path | None, host: str, port: int, token: str | None, token_file: Path | None, max_batch: int,
           max_delay_ms: float, queue_size: int, timeout_s: float, body_timeout_s: float, header_timeout_s: float,
-          max_body_mb: float, max_connections: int | None,
+          max_body_mb: float, max_inflight_mb: float, max_connections: int | None,
           max_pixels: int, provider: str, allow_fallback: bool, threads: int | None, workers: int, backend: str,
           device: str, precision: str | None, **flags: Any) -> None:
     """Serve MODEL_OR_DIR (an .onnx file, or every .onnx of a directory by name) over HTTP; an
@@ -934,6 +937,7 @@ def serve(model_or_dir: Path | None, host: str, port: int, token: str | None, to
                          header_timeout_s=header_timeout_s, workers=workers, backend=given.get("backend"),
                          device=given.get("device"), precision=precision,
                          max_body_bytes=int(max_body_mb * 1024 * 1024), max_connections=max_connections,
+                         max_inflight_bytes=int(max_inflight_mb * 1024 * 1024),
                          max_pixels=max_pixels, provider=provider, threads=threads, allow_fallback=allow_fallback,
                          overrides=model_overrides(flags))
     run_server(model_or_dir, config)

@@ -44,7 +44,7 @@ def malloc_trim() -> bool:
 class TrimMiddleware:
     """Counts request body bytes; trims the heap when no request is in flight after ``threshold`` bytes."""
 
-    def __init__(self, app: Any, threshold: int = 64 * 1024 * 1024) -> None:
+    def __init__(self, app: Any, threshold: int = 8 * 1024 * 1024) -> None:
         self.app = app
         self.threshold = threshold
         self.in_flight = 0

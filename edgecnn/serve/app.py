@@ -86,7 +86,8 @@ def create_app(models: dict[str, ServedModel], config: ServeConfig) -> Any:
     add_v2_routes(app, models, batchers, config, state, decode_pool)
     _customize_openapi(app, config, sorted(models))
 
-    asgi: Any = BodyLimitMiddleware(app, config.max_body_bytes, on_error=_count(metrics))
+    asgi: Any = BodyLimitMiddleware(app, config.max_body_bytes, on_error=_count(metrics),
+                                    max_in_flight=config.max_inflight_bytes)
     if config.token:
         asgi = AuthMiddleware(asgi, config.token, on_error=_count(metrics))
     asgi = TrimMiddleware(MetricsMiddleware(asgi, metrics))

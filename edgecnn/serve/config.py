@@ -44,6 +44,8 @@ class ServeConfig:
         max_header_bytes: a request line plus headers over this many bytes gets 431 and a close.
         header_timeout_s: a connection whose request headers are not complete this long after they
             began gets 408 and is closed (slowloris); one that never sends anything is closed.
+        max_inflight_bytes: request bodies held at once per worker, in bytes (announced or
+            received); a request that would pass it gets 503 with Retry-After before its body is read.
         max_connections: open connections per worker at most (None: the open-files limit, raised to
             its hard limit at start, less a reserve for models and logs). Past it, the connection
             idle the longest is closed for the new one; with none idle, the new one gets 503.
@@ -75,12 +77,13 @@ class ServeConfig:
     header_timeout_s: float = 10.0
     decode_workers: int = max(2, os.cpu_count() or 2)
     max_connections: int | None = None
+    max_inflight_bytes: int = 256 * 1024 * 1024
     overrides: ModelOverrides | None = None
 
     def __post_init__(self) -> None:
         problems = []
         for name in ("max_batch", "queue_size", "max_body_bytes", "max_pixels", "max_instances", "default_top_k",
-                     "decode_workers", "max_header_bytes", "workers", "max_connections"):
+                     "decode_workers", "max_header_bytes", "workers", "max_connections", "max_inflight_bytes"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("timeout_s", "shutdown_timeout_s", "body_timeout_s", "header_timeout_s"):

@@ -533,6 +533,26 @@ def test_open_files_limit_is_raised_to_the_hard_limit():
     assert raise_open_files_limit() == (hard if hard != resource.RLIM_INFINITY else max(soft, 65536))
 
 
+def test_uploads_are_admitted_by_bytes_in_flight(model_dir):
+    """Issue 21 §1.4: 200 concurrent 5 MB PNGs peaked at 1.26 GB. Bodies in flight are bounded in
+    bytes: past the budget a request gets 503 with Retry-After before its body is read."""
+    with running_server(model_dir / "tiny_nhwc.onnx", max_inflight_bytes=1_000_000, max_body_bytes=2_000_000,
+                        body_timeout_s=5) as srv:
+        u = urllib.parse.urlsplit(srv.url)
+        slow = socket.create_connection((u.hostname, u.port))
+        slow.sendall(b"POST /v1/models/tiny_nhwc:predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                     b"Content-Length: 900000\r\n\r\n" + b"\0" * 1000)  # holds 900 kB of the budget
+        time.sleep(0.3)
+        with httpx.Client(base_url=srv.url) as c:
+            busy = c.post("/v1/models/tiny_nhwc:predict", content=b"\0" * 200_000, headers={"Content-Type": "image/png"})
+            assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+            assert "uploads in flight" in busy.json()["error"]["message"]
+            slow.close()  # its reservation goes with it
+            time.sleep(0.5)
+            assert c.post("/v1/models/tiny_nhwc:predict", content=png(np.zeros((8, 8, 3), np.uint8)),
+                          headers={"Content-Type": "image/png"}).status_code == 200
+
+
 def test_slowloris_headers_are_closed_with_408(model_dir):
     with running_server(model_dir / "tiny_nhwc.onnx", header_timeout_s=0.5) as srv:
         answer = _raw(srv.url, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ", wait=5)
