@@ -114,7 +114,9 @@ class BodyLimitMiddleware:
                 await send_error(send, self._too_large(f"{declared:,} bytes"), self.on_error, path=scope["path"])
                 return
             if self.max_in_flight is not None and declared and self.in_flight + declared > self.max_in_flight:
-                await send_error(send, self._busy(), self.on_error, path=scope["path"])
+                busy = self._busy()
+                await _discard_body(receive)  # read and dropped, so the client gets its 503, not a reset
+                await send_error(send, busy, self.on_error, path=scope["path"])
                 return
         held = declared  # bytes this request holds of the budget
         self.in_flight += held
@@ -138,6 +140,19 @@ class BodyLimitMiddleware:
             await self.app(scope, limited_receive, send)
         finally:
             self.in_flight -= held
+
+
+async def _discard_body(receive: Callable, timeout_s: float = 10.0) -> None:
+    """Read a request body to its end without keeping it (at most ``timeout_s``): answering before
+    the body is read makes the server close on unread bytes, which the client sees as a reset."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                message = await receive()
+                if message["type"] != "http.request" or not message.get("more_body"):
+                    return
+    except TimeoutError:
+        return
 
 
 async def read_body(request: Request, timeout_s: float) -> bytes:
