@@ -197,6 +197,9 @@ class BenchReport:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
         ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="p50 latency (ms)",
                title=f"edgecnn bench - {self.machine.get('cpu', '?')}")
+        batches = sorted({r.batch for r in self.results})
+        ax.set_xticks(batches, [str(b) for b in batches])  # the measured sizes, not the log axis' 2, 3, 4, 6
+        ax.xaxis.set_minor_locator(plt.NullLocator())
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
         fig.tight_layout()

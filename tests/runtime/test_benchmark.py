@@ -104,11 +104,16 @@ def test_bench_on_real_pixels(models):
     assert res[0].batch == 2
 
 
-def test_plot(models, tmp_path):
-    pytest.importorskip("matplotlib")
-    report = run_benchmark([models["nhwc"]], BenchConfig(batch_sizes=(1, 2), warmup=0, runs=2))
+def test_plot(models, tmp_path, monkeypatch):
+    plt = pytest.importorskip("matplotlib.pyplot")
+    closed = []
+    real_close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: (closed.append(fig), real_close(fig)))
+    report = run_benchmark([models["nhwc"]], BenchConfig(batch_sizes=(1, 5, 12), warmup=0, runs=2))
     path = report.plot(tmp_path / "p.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
+    ax = closed[0].axes[0]  # issue 21 §3: the log axis labelled 2, 3, 4, 6 instead of the measured sizes
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "5", "12"]
 
 
 def test_fingerprint():
