@@ -850,6 +850,9 @@ def tune(export_dir: Path, batch: str, threads: str | None, backend: str | None,
     _echo_wide_table(f"edgecnn tune {export_dir} - {m['cpu']} ({m['usable_cpus']} cpus, {' '.join(m['simd'])}); "
                      f"{objective}, budget {max_drop} pp", *report.table())
     click.echo("* the pick   P Pareto front (latency, accuracy drop, size)   x over the accuracy budget")
+    if any(row[0].startswith("*") and "P" not in row[0] for row in report.table()[1]):
+        click.echo("note: the pick (*) is the fastest within the budget after the top configurations were measured "
+                   "again; P marks the front of the first pass, which the second pass reordered.")
     for note in report.notes:
         click.echo(f"note: {note}")
     click.echo(report.recommendation)
