@@ -212,10 +212,16 @@ def test_segmenter_is_deterministic_and_batches(segmenter):
 def test_annotate_overlays_classes_but_not_the_background(segmenter):
     img, _ = scene((200, 96), SCENE)
     r = segmenter.predict(img)[0]
-    out = segmenter.annotate(img, r)
-    assert out.size == img.size
-    changed = np.any(np.asarray(out) != np.asarray(img), axis=2)
+    from edgecnn.runtime.heads.draw import class_colour, overlay_mask
+
+    plain = overlay_mask(img, r, legend=False)
+    assert plain.size == img.size
+    changed = np.any(np.asarray(plain) != np.asarray(img), axis=2)
     assert changed[r.mask > 0].all() and not changed[r.mask == 0].any()
+    # issue 21 §3: the overlay had no legend; its swatches are the overlay's own colours
+    out = np.asarray(segmenter.annotate(img, r))
+    first = max((i for i in range(1, len(r.classes)) if (r.mask == i).any()), key=lambda i: (r.mask == i).sum())
+    assert tuple(out[6, 4]) == class_colour(first)
     with pytest.raises(InputError, match="annotate the image the result was predicted from"):
         segmenter.annotate(scene((50, 50), [])[0], r)
 

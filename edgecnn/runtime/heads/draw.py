@@ -45,9 +45,12 @@ def draw_detections(image: Image.Image, detections: Sequence[Detection], *, widt
     return img
 
 
-def overlay_mask(image: Image.Image, result: SegmentationResult, *, alpha: float = 0.5) -> Image.Image:
+def overlay_mask(image: Image.Image, result: SegmentationResult, *, alpha: float = 0.5,
+                 legend: bool = True) -> Image.Image:
     """A copy of ``image`` (RGB) blended with one colour per class of ``result.mask``; classes
-    named like a background (:data:`BACKGROUND_NAMES`) stay unpainted.
+    named like a background (:data:`BACKGROUND_NAMES`) stay unpainted. ``legend``: a panel in the
+    top left corner names each painted class present, with its colour swatch and share of the
+    image (the twelve largest).
 
     Raises:
         InputError: for ``alpha`` outside 0-1 or a mask of another size than the image.
@@ -65,4 +68,26 @@ def overlay_mask(image: Image.Image, result: SegmentationResult, *, alpha: float
         painted[i] = name.lower() not in BACKGROUND_NAMES
     where = painted[mask][..., None]
     blended = np.where(where, img * (1 - alpha) + palette[mask] * alpha, img)
-    return Image.fromarray(np.clip(np.rint(blended), 0, 255).astype(np.uint8))
+    out = Image.fromarray(np.clip(np.rint(blended), 0, 255).astype(np.uint8))
+    if legend:
+        shares = np.bincount(mask.ravel(), minlength=n) / max(mask.size, 1)
+        present = [i for i in np.argsort(-shares) if shares[i] > 0 and painted[i]][:12]
+        _legend(out, [(int(i), result.classes[i] if i < len(result.classes) else str(i), float(shares[i]))
+                      for i in present])
+    return out
+
+
+def _legend(img: Image.Image, rows: list[tuple[int, str, float]]) -> None:
+    """Swatch, class name and share per row, on a dark panel in the top left corner (in place)."""
+    if not rows:
+        return
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default(size=max(10, round(min(img.size) / 40)))
+    texts = [f"{name} {100 * share:.1f}%" for _, name, share in rows]
+    height = max(draw.textbbox((0, 0), t, font=font)[3] for t in texts) + 4
+    width = max(draw.textbbox((0, 0), t, font=font)[2] for t in texts) + height + 8
+    draw.rectangle((0, 0, width, height * len(rows) + 4), fill=(20, 20, 20))
+    for k, ((index, _, _), text) in enumerate(zip(rows, texts)):
+        y = 2 + k * height
+        draw.rectangle((2, y + 1, height - 1, y + height - 2), fill=class_colour(index))
+        draw.text((height + 4, y), text, fill=(255, 255, 255), font=font)
