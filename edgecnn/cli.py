@@ -375,15 +375,17 @@ def gradcam(run: Path, images: tuple[Path, ...], out: Path, class_name: str | No
               help="Layer whose feature maps to draw (repeatable; a backbone's layer as backbone/NAME). "
                    "[default: the first convolution and the last convolutional block]")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("features"), show_default=True)
+@click.option("--max-maps", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Feature maps drawn per layer at most: a wider layer draws its most active ones.")
 @model_options()
-def features(run: Path, image: Path, layers: tuple[str, ...], out: Path, **flags: Any) -> None:
+def features(run: Path, image: Path, layers: tuple[str, ...], out: Path, max_maps: int, **flags: Any) -> None:
     """The first convolution's filters and the feature maps of IMAGE, as PNG grids.
 
     RUN_OR_MODEL: a run directory or a .keras/.h5 file (yours too: describe it with the model flags).
     """
     from edgecnn.train.features import features_files
 
-    for f in features_files(run, image, out, layers=layers, overrides=model_overrides(flags)):
+    for f in features_files(run, image, out, layers=layers, overrides=model_overrides(flags), max_maps=max_maps):
         click.echo(f"wrote {f.path}: {f.describe()}")
 
 

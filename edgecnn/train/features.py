@@ -44,11 +44,13 @@ class FeatureImage:
     tiles: int
     tile_shape: tuple[int, int]  # (height, width) of one kernel or map before enlarging
     grid: tuple[int, int]  # (rows, columns)
+    of: int | None = None  # the layer's count when only the most active ``tiles`` are drawn
 
     def describe(self) -> str:
         what = "filters" if self.kind == "filters" else "feature maps"
         h, w = self.tile_shape
-        return f"{self.tiles} {what} of {self.layer} ({h}x{w}, {self.grid[0]}x{self.grid[1]} grid)"
+        count = f"the {self.tiles} most active of {self.of}" if self.of else str(self.tiles)
+        return f"{count} {what} of {self.layer} ({h}x{w}, {self.grid[0]}x{self.grid[1]} grid)"
 
 
 # ----------------------------------------------------------------------------- layers by name
@@ -250,11 +252,12 @@ def _check_source(run: Path) -> None:
 
 
 def features_files(run: str | Path, image: str | Path, out: str | Path, *, layers: Sequence[str] = (),
-                   overrides: ModelOverrides | None = None) -> list[FeatureImage]:
+                   overrides: ModelOverrides | None = None, max_maps: int = 64) -> list[FeatureImage]:
     """Write ``filters.<layer>.png`` and ``<image>.<layer>.png`` for each chosen layer into ``out``.
 
     ``run`` is a run directory or a ``.keras``/``.h5`` model (described by ``overrides`` when it has
-    no card); ``layers`` default to :func:`default_layers`. Everything is computed before the
+    no card); ``layers`` default to :func:`default_layers`. A layer of more than ``max_maps`` maps
+    draws its ``max_maps`` most active (by mean activation on the image), in channel order. Everything is computed before the
     first file is written, so a bad layer or image leaves nothing behind.
 
     Raises:
@@ -281,9 +284,14 @@ def features_files(run: str | Path, image: str | Path, out: str | Path, *, layer
     pending = [(FeatureImage(out / f"filters.{_safe(conv_name)}.png", "filters", conv_name, kernel.shape[3],
                              kernel.shape[:2], _grid(kernel.shape[3])),
                 filter_grid(kernel, channel_order=card.channel_order))]
+    if max_maps < 1:
+        raise ConfigError(f"--max-maps must be at least 1, got {max_maps}.")
     for name, m in maps.items():
+        total = m.shape[2]
+        if total > max_maps:
+            m = m[..., np.sort(np.argsort(-m.mean(axis=(0, 1)), kind="stable")[:max_maps])]
         pending.append((FeatureImage(out / f"{image.stem}.{_safe(name)}.png", "maps", name, m.shape[2], m.shape[:2],
-                                     _grid(m.shape[2])), map_grid(m)))
+                                     _grid(m.shape[2]), total if total > max_maps else None), map_grid(m)))
     encoded = [(record, _png(grid)) for record, grid in pending]
     written: list[Path] = []
     try:

@@ -216,10 +216,11 @@ def test_transfer_model_backbone_layers_by_path(tmp_path, sample3, cat):
     records = features_files(run, cat, tmp_path / "out")
     assert [(r.kind, r.layer, r.tiles, r.tile_shape) for r in records] == [
         ("filters", "backbone/Conv1", 32, (3, 3)), ("maps", "backbone/Conv1", 32, (32, 32)),
-        ("maps", "backbone", 1280, (2, 2))]
+        ("maps", "backbone", 64, (2, 2))]  # the 64 most active of 1280 (all 1280 drawn before)
+    assert records[2].of == 1280
     assert (tmp_path / "out" / "cat.backbone-Conv1.png").is_file()
-    records = features_files(run, cat, tmp_path / "out2", layers=["backbone/block_1_expand_relu"])
-    assert records[1].tiles == 96 and records[1].tile_shape == (32, 32)
+    records = features_files(run, cat, tmp_path / "out2", layers=["backbone/block_1_expand_relu"], max_maps=96)
+    assert records[1].tiles == 96 and records[1].tile_shape == (32, 32) and records[1].of is None
     with pytest.raises(ConfigError, match="Did you mean backbone/Conv1"):
         features_files(run, cat, tmp_path / "out3", layers=["backbone/conv1"])
 
@@ -251,3 +252,21 @@ def test_the_readme_line_runs_as_written(tmp_path, seed_run, cat, monkeypatch):
     r = CliRunner().invoke(main, shlex.split(line)[1:])
     assert r.exit_code == 0, r.output
     assert len(r.output.splitlines()) == 3 and (tmp_path / "features" / "filters.conv1.png").is_file()
+
+
+def test_a_wide_layer_draws_its_most_active_maps(tmp_path, seed_run, cat):
+    """Issue 21 §3: a 1,280-channel layer drew all of them; --max-maps caps it (the most active)."""
+    import keras
+
+    from edgecnn.card import ModelCard
+    from edgecnn.runtime.preprocess import load_image, normalize_batch
+    from edgecnn.train.features import features_files, map_grid
+
+    records = features_files(seed_run, cat, tmp_path / "out", layers=["conv3"], max_maps=5)
+    maps_record = records[-1]
+    assert (maps_record.tiles, maps_record.of) == (5, 16) and "the 5 most active of 16" in maps_record.describe()
+    model = keras.models.load_model(seed_run / "model.keras")
+    x = normalize_batch(load_image(cat, (32, 32))[None], ModelCard.load(seed_run))
+    maps = np.asarray(keras.Model(model.inputs, model.get_layer("conv3").output)([x]))[0]
+    keep = np.sort(np.argsort(-maps.mean(axis=(0, 1)), kind="stable")[:5])
+    np.testing.assert_array_equal(_png(tmp_path / "out" / "cat.conv3.png"), map_grid(maps[..., keep]))
