@@ -547,17 +547,30 @@ def _qat_config(config: Any, source: Path, *, epochs: int, lr: float, data: Path
 _RT_PROVIDERS = click.Choice(["cpu", "cuda", "tensorrt", "auto"])
 
 
+_NARROW_DROP = ("mean ms", "std", "min", "p90", "max", "session s", "peak mb")  # kept in --json/--csv
+
+
 def _echo_wide_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
-    """A rich table wide enough for every bench column, even when not a terminal."""
+    """A rich table wide enough for every bench column when not a terminal (pipes and files keep
+    every column); on a terminal too narrow for it, the columns of :data:`_NARROW_DROP` go, and
+    one line says where to find them."""
     from rich.console import Console
     from rich.table import Table
 
+    console = Console()
+    need = sum(max(len(c), *(len(r[i]) for r in rows)) + 3 for i, c in enumerate(columns)) + 1 if rows else 0
+    keep = list(range(len(columns)))
+    if console.is_terminal and need > console.width:
+        keep = [i for i, c in enumerate(columns) if c.lower() not in _NARROW_DROP]
     table = Table(title=title)
-    for i, col in enumerate(columns):
-        table.add_column(col, justify="left" if i < 3 else "right", no_wrap=True)
+    for i in keep:
+        table.add_column(columns[i], justify="left" if i < 3 else "right", no_wrap=True)
     for row in rows:
-        table.add_row(*row)
-    Console(width=max(200, Console().width)).print(table)
+        table.add_row(*(row[i] for i in keep))
+    Console(width=max(200, console.width) if not console.is_terminal else None).print(table)
+    if len(keep) < len(columns):
+        click.echo(f"({len(columns) - len(keep)} columns left out for this {console.width}-column terminal: "
+                   "--json or --csv have them all)")
 
 
 _PREDICT_EPILOG = """\b

@@ -150,3 +150,20 @@ def test_bench_takes_an_export_directory(models, tmp_path):
     (tmp_path / "nothing").mkdir()
     empty = CliRunner().invoke(main, ["bench", str(tmp_path / "nothing"), "--runs", "1"])
     assert empty.exit_code == 2 and "holds no model files" in empty.output
+
+
+def test_bench_table_fits_a_narrow_terminal(models, monkeypatch):
+    """Issue 21 §3: bench's table was ~150 columns on an 80-column terminal."""
+    import rich.console
+
+    monkeypatch.setattr(rich.console.Console, "is_terminal", property(lambda self: True))
+    monkeypatch.setenv("COLUMNS", "80")
+    res = CliRunner().invoke(main, ["bench", str(models["nhwc"]), "--batch", "1", "--runs", "3", "--warmup", "1",
+                                    "--no-placement", "--no-pixels"])
+    assert res.exit_code == 0, res.output
+    import re
+
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", res.output)  # a terminal's colours
+    table = [line for line in plain.splitlines() if "│" in line or "┃" in line]
+    assert table and max(len(line) for line in table) <= 80
+    assert "columns left out for this 80-column terminal: --json or --csv have them all" in res.output
