@@ -80,8 +80,11 @@ def gradcam(model: keras.Model, x: np.ndarray, *, class_index: Sequence[int] | i
     grads = tape.gradient(score, conv)
     weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
     cam = tf.nn.relu(tf.reduce_sum(weights * conv, axis=-1)).numpy()
-    peak = cam.reshape(len(cam), -1).max(axis=1).reshape(-1, 1, 1)
-    cam = np.divide(cam, peak, out=np.zeros_like(cam), where=peak > 0)
+    # min-max per image (as pytorch-grad-cam scales): divided by its peak alone, a map whose cells
+    # are all near the peak (a 2x2 last block) painted the whole image red
+    low = cam.reshape(len(cam), -1).min(axis=1).reshape(-1, 1, 1)
+    span = cam.reshape(len(cam), -1).max(axis=1).reshape(-1, 1, 1) - low
+    cam = np.divide(cam - low, span, out=np.zeros_like(cam), where=span > 0)
     cls, probs = cls.numpy(), np.asarray(probs)
     return (cam[:1], cls[:1], probs[:1]) if single else (cam, cls, probs)
 
@@ -170,11 +173,16 @@ def gradcam_files(run: str | Path, images: Sequence[str | Path], out: str | Path
         small = load_image(path, card.input_size, channels=card.channels)
         cams, chosen, probs = gradcam(model, normalize_batch(small[None], card), class_index=cls, layer=layer)
         c = int(chosen[0])
-        fig, axes = plt.subplots(1, 2, figsize=(7, 3.6))
+        fig, axes = plt.subplots(1, 2, figsize=(7.6, 3.6))
         axes[0].imshow(Image.fromarray(full).resize(overlay(full, cams[0]).size, Image.BICUBIC))
         axes[1].imshow(overlay(full, cams[0]))
         for ax in axes:
             ax.axis("off")
+        from matplotlib import cm, colors
+
+        bar = fig.colorbar(cm.ScalarMappable(norm=colors.Normalize(0, 1), cmap="jet"), ax=axes[1], fraction=0.046,
+                           pad=0.02, ticks=[0, 1])
+        bar.ax.set_yticklabels(["least", "most"])  # relative to this image's own range
         axes[0].set_title(path.name)
         axes[1].set_title(f"Grad-CAM: {card.class_names[c]} ({probs[0, c]:.1%})")
         target = out / f"{path.stem}.gradcam.png"

@@ -54,4 +54,8 @@ def test_gradcam_explains_a_transfer_model_through_its_nested_backbone():
     x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
     cams, cls, probs = gradcam(model, x)
     assert cams.shape == (2, 2, 2) and np.isfinite(cams).all() and cams.min() >= 0 and cams.max() <= 1
+    # issue 21 §3: each map spans its own range (divided by its peak alone, a 2x2 map whose cells were
+    # all near the peak painted the whole image red)
+    flat = cams.reshape(2, -1)
+    assert np.allclose(flat.max(axis=1), 1.0) and np.allclose(flat.min(axis=1), 0.0)
     assert probs.shape == (2, 3) and cls.shape == (2,)
