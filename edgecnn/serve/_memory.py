@@ -18,7 +18,26 @@ from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrimMiddleware", "malloc_trim"]
+__all__ = ["TrimMiddleware", "malloc_trim", "fix_mmap_threshold"]
+
+
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def fix_mmap_threshold(threshold: int = 1 << 20) -> bool:
+    """Serve every allocation over ``threshold`` bytes with its own mmap, returned on free.
+
+    glibc raises its mmap threshold each time it frees an mmapped chunk (up to 32 MiB): after the
+    first 5 MB request body, later ones land in the heap arenas, and what fragmentation keeps there
+    ``malloc_trim`` cannot return (RSS +24% after hostile bodies, issue 21 §1.4). Fixing the
+    threshold stops that adjustment. False where the C library has no ``mallopt``.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        mallopt = ctypes.CDLL(name).mallopt if name else None
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt is not None and mallopt(_M_MMAP_THRESHOLD, threshold))
 
 
 def _load_trim() -> Callable[[int], int] | None:

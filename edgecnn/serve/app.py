@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from edgecnn import __version__
 from edgecnn.errors import EdgecnnError
 from edgecnn.serve._decode import DecodePools
-from edgecnn.serve._memory import TrimMiddleware
+from edgecnn.serve._memory import TrimMiddleware, fix_mmap_threshold
 from edgecnn.serve._http import PUBLIC_PATHS, AuthMiddleware, BodyLimitMiddleware, dump_json, multipart_file, read_body
 from edgecnn.serve._schemas import PREDICT_REQUEST_BODY, ErrorResponse, Health, ModelInfo, ModelList, PredictResponse
 from edgecnn.serve.batcher import MicroBatcher, retry_after
@@ -90,6 +90,7 @@ def create_app(models: dict[str, ServedModel], config: ServeConfig) -> Any:
                                     max_in_flight=config.max_inflight_bytes)
     if config.token:
         asgi = AuthMiddleware(asgi, config.token, on_error=_count(metrics))
+    fix_mmap_threshold()  # large bodies get their own mappings, returned when freed
     asgi = TrimMiddleware(MetricsMiddleware(asgi, metrics))
     asgi.fastapi = app
     return asgi
