@@ -94,3 +94,17 @@ def png(pixels: np.ndarray, fmt: str = "PNG") -> bytes:
 def images() -> np.ndarray:
     """48 distinct random 8x8 RGB images."""
     return np.random.default_rng(1).integers(0, 256, size=(48, 8, 8, 3), dtype=np.uint8)
+
+
+def shapes_png() -> bytes:
+    """A red and a blue rectangle on light grey, 240x160: what the shapes detectors of
+    tests/data/foreign were trained to find."""
+    from PIL import ImageDraw
+
+    img = Image.new("RGB", (240, 160), (230, 230, 230))
+    draw = ImageDraw.Draw(img)
+    draw.rectangle((20, 30, 90, 120), fill=(220, 30, 30))
+    draw.rectangle((140, 50, 220, 100), fill=(30, 40, 220))
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()

@@ -3,28 +3,15 @@ boxes on the uploaded image, from the same Detector."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
-
-from tests.serve.conftest import running_server
+from tests.serve.conftest import running_server, shapes_png
 
 httpx = pytest.importorskip("httpx")
 
 END2END = Path(__file__).parents[1] / "data" / "foreign" / "yolov8_shapes_end2end.onnx"
-
-
-def _photo() -> bytes:
-    img = Image.new("RGB", (240, 160), (230, 230, 230))
-    draw = ImageDraw.Draw(img)
-    draw.rectangle((20, 30, 90, 120), fill=(220, 30, 30))
-    draw.rectangle((140, 50, 220, 100), fill=(30, 40, 220))
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return buf.getvalue()
 
 
 def test_serves_an_end2end_detector_boxes_in_image_pixels():
@@ -33,10 +20,10 @@ def test_serves_an_end2end_detector_boxes_in_image_pixels():
     with running_server(END2END) as srv, httpx.Client(base_url=srv.url) as c:
         info = c.get("/v1/models/yolov8_shapes_end2end").json()
         assert info["task"] == "detect" and info["card"]["output_kind"] == "end2end"
-        r = c.post("/v1/models/yolov8_shapes_end2end:predict", content=_photo(), headers={"Content-Type": "image/png"})
+        r = c.post("/v1/models/yolov8_shapes_end2end:predict", content=shapes_png(), headers={"Content-Type": "image/png"})
         assert r.status_code == 200, r.text
         (pred,) = r.json()["predictions"]
-    local = Detector(END2END).predict([_photo()])[0]
+    local = Detector(END2END).predict([shapes_png()])[0]
     assert pred == local.to_dict()
     boxes = {d["label"]: d["box"] for d in pred["detections"]}
     assert set(boxes) == {"red", "blue"}

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from edgecnn.runtime import Classifier
-from tests.serve.conftest import TOKEN, png, running_server
+from tests.serve.conftest import TOKEN, png, running_server, shapes_png
 
 
 def _reference(model_dir, name, pixels):
@@ -567,28 +567,16 @@ def test_malformed_http_is_a_json_400(live):
 FOREIGN = Path(__file__).resolve().parents[1] / "data" / "foreign"
 
 
-def _shapes_png() -> bytes:
-    from PIL import ImageDraw
-
-    img = Image.new("RGB", (240, 160), (230, 230, 230))
-    draw = ImageDraw.Draw(img)
-    draw.rectangle((20, 30, 90, 120), fill=(220, 30, 30))
-    draw.rectangle((140, 50, 220, 100), fill=(30, 40, 220))
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return buf.getvalue()
-
-
 def test_serves_a_detector_boxes_in_image_pixels():
     from edgecnn.runtime import Detector
 
     with running_server(FOREIGN / "yolov8_shapes.onnx") as srv, httpx.Client(base_url=srv.url) as c:
         info = c.get("/v1/models/yolov8_shapes").json()
         assert info["task"] == "detect" and info["card"]["resize"] == "letterbox"
-        r = c.post("/v1/models/yolov8_shapes:predict", content=_shapes_png(), headers={"Content-Type": "image/png"})
+        r = c.post("/v1/models/yolov8_shapes:predict", content=shapes_png(), headers={"Content-Type": "image/png"})
         assert r.status_code == 200, r.text
         (pred,) = r.json()["predictions"]
-    local = Detector(FOREIGN / "yolov8_shapes.onnx").predict([_shapes_png()])[0]
+    local = Detector(FOREIGN / "yolov8_shapes.onnx").predict([shapes_png()])[0]
     assert [d["label"] for d in pred["detections"]] == [d.label for d in local]
     labels = {d["label"]: d["box"] for d in pred["detections"]}
     assert set(labels) == {"red", "blue"}
@@ -600,7 +588,7 @@ def test_serves_a_segmenter_with_the_model_flags():
 
     flags = parse_overrides(task="segment", preprocess="imagenet", labels="background,red,green,blue")
     with running_server(FOREIGN / "lraspp_shapes.onnx", overrides=flags) as srv, httpx.Client(base_url=srv.url) as c:
-        r = c.post("/v1/models/lraspp_shapes:predict", content=_shapes_png(), headers={"Content-Type": "image/png"})
+        r = c.post("/v1/models/lraspp_shapes:predict", content=shapes_png(), headers={"Content-Type": "image/png"})
         assert r.status_code == 200, r.text
         seg = r.json()["predictions"][0]["segmentation"]
     assert (seg["width"], seg["height"]) == (240, 160)
