@@ -11,12 +11,13 @@ images, the event loop and the model, instead of taking the light pool's threads
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import os
 import threading
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +37,28 @@ def _lower_priority() -> None:
         log.debug("Could not lower the heavy decode threads' priority.")
 
 
-class DecodePools:
-    """The light pool (``workers`` threads) and the heavy pool (``heavy_workers``, nice +10)."""
+HEAVY_SHARE = 0.5  # of one core, at most, spent decoding heavy images over time
+HEAVY_QUEUE = 8  # heavy images waiting at most; more get 503
 
-    def __init__(self, workers: int, heavy_workers: int = 1, heavy_pixels: int = HEAVY_PIXELS) -> None:
+
+class DecodePools:
+    """The light pool (``workers`` threads) and the heavy pool (``heavy_workers``, nice +10).
+
+    Heavy images are decoded one after another and within ``heavy_share`` of one core over time:
+    after a decode of ``t`` seconds the next one starts ``t * (1 / share - 1)`` later (the answer
+    itself is not delayed). A nicer thread did not keep two 5000x5000 PNG bombs a second from a
+    share of a 2-core box (their inflate is CPU and memory bandwidth, whatever the priority); this
+    way they queue behind themselves, and past ``heavy_queue`` waiting ones get 503 with Retry-After.
+    """
+
+    def __init__(self, workers: int, heavy_workers: int = 1, heavy_pixels: int = HEAVY_PIXELS, *,
+                 heavy_share: float = HEAVY_SHARE, heavy_queue: int = HEAVY_QUEUE) -> None:
         self.heavy_pixels = heavy_pixels
+        if not 0 < heavy_share <= 1:
+            raise ValueError(f"heavy_share must be in (0, 1], got {heavy_share}")
+        self.heavy_share, self.heavy_queue = heavy_share, heavy_queue
+        self._heavy_turn: asyncio.Lock | None = None  # made in the event loop that uses it
+        self._heavy_waiting = 0
         self.light = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edgecnn-decode")
         self.heavy = ThreadPoolExecutor(max_workers=heavy_workers, thread_name_prefix="edgecnn-decode-heavy",
                                         initializer=_lower_priority)
@@ -61,14 +79,39 @@ class DecodePools:
         """``fn(*args)`` on the light pool (JSON parsing, multipart splitting)."""
         return await asyncio.get_running_loop().run_in_executor(self.light, fn, *args)
 
-    async def image(self, prepare: Callable[..., Any], data: bytes) -> Any:
+    async def image(self, prepare: Callable[..., Any], data: bytes,
+                    aside: Callable[[], ContextManager[Any]] = contextlib.nullcontext) -> Any:
         """``prepare(data, light_pixels)`` on the light pool, or on the heavy one when it raises
-        :class:`HeavyImage` (then called with ``None``: no limit but the server's max pixels)."""
+        :class:`HeavyImage` (then called with ``None``: no limit but the server's max pixels),
+        inside ``aside()`` (the batcher's: a batch does not wait for a request decoding a bomb),
+        one heavy image at a time within the heavy CPU share.
+
+        Raises:
+            ServeError: 503 when ``heavy_queue`` heavy images are already waiting.
+        """
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self.light, prepare, data, self.heavy_pixels)
         except HeavyImage:
-            return await loop.run_in_executor(self.heavy, prepare, data, None)
+            pass
+        if self._heavy_waiting >= self.heavy_queue:
+            from edgecnn.serve.errors import ServeError
+
+            raise ServeError(503, "busy_with_large_images", f"{self._heavy_waiting} images over "
+                             f"{self.heavy_pixels:,} pixels are waiting to be decoded; retry in a moment, or send "
+                             "a smaller image.", {"Retry-After": "2"})
+        turn = self._heavy_turn = self._heavy_turn or asyncio.Lock()
+        with aside():
+            self._heavy_waiting += 1
+            try:
+                await turn.acquire()
+            finally:
+                self._heavy_waiting -= 1
+            started = loop.time()
+            try:
+                return await loop.run_in_executor(self.heavy, prepare, data, None)
+            finally:  # the CPU share: the next heavy image waits in proportion, this answer does not
+                loop.call_later((loop.time() - started) * (1.0 / self.heavy_share - 1.0), turn.release)
 
     def shutdown(self) -> None:
         for pool in (self.light, self.heavy, self._json_process):

@@ -191,7 +191,7 @@ async def _run(batcher: MicroBatcher, pools: DecodePools, kind: str, params: dic
         x, fits = await pools.call(_parse_json, batcher.model, body, max_instances)
     else:
         image = await pools.call(multipart_file, body, params[b"boundary"]) if kind == "multipart" else body
-        x, fit = await pools.image(batcher.model.prepare_image, image)
+        x, fit = await pools.image(batcher.model.prepare_image, image, batcher.aside)
         fits = [fit]
     return await batcher.submit(x, fits, top_k=top_k)
 
