@@ -205,3 +205,16 @@ def test_normalization_inside_the_tflite_is_the_cards(order):
     got = np.asarray(_with_normalization(inner, card)(px.astype(np.float32)))
     want = normalize_batch(px, card).reshape(3, -1)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_the_converter_says_nothing_on_the_terminal(seed_run, sample3, capfd):
+    """Issue 21 §3: every litert-int8 export printed the SavedModel writer's "Assets written to"
+    and the converter's C++ "fully_quantize: 0, inference_type: 6, ..." lines."""
+    from edgecnn.card import ModelCard
+    from edgecnn.export.litert import convert_litert_int8
+    from edgecnn.train.loop import load_run_model
+
+    blob = convert_litert_int8(load_run_model(seed_run), ModelCard.load(seed_run), sample3.x_train[:8])
+    assert blob[4:8] == b"TFL3"
+    err = capfd.readouterr().err
+    assert "fully_quantize" not in err and "Assets written" not in err, err

@@ -64,3 +64,4 @@ def test_heavy_images_take_turns_and_a_full_queue_gets_503():
 def test_heavy_share_is_a_fraction_of_a_core(share):
     with pytest.raises(ValueError, match="heavy_share"):
         DecodePools(1, heavy_share=share)
+
