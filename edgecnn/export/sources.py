@@ -27,7 +27,8 @@ from edgecnn._optional import require
 from edgecnn.card import ModelCard
 from edgecnn.errors import ArtifactError
 from edgecnn.export import onnx as onnx_io
-from edgecnn.presets import ModelOverrides, TensorInfo, infer_card, input_geometry
+from edgecnn.card_inference import infer_card, input_geometry
+from edgecnn.presets import ModelOverrides, TensorInfo
 from edgecnn.runtime.preprocess import normalize_batch
 
 log = logging.getLogger(__name__)

@@ -35,7 +35,7 @@ def load_model(model: str | Path | bytes, provider: str = "cpu", threads: int | 
 
     An export directory opens as :meth:`InferenceModel.from_dir` does (``deploy.json``, else
     ``model.onnx``). The task comes from ``task=`` when given, else from the model card, else from the graph and
-    the file's metadata (see :func:`edgecnn.presets.infer_card`). Takes :class:`InferenceModel`'s arguments.
+    the file's metadata (see :func:`edgecnn.card_inference.infer_card`). Takes :class:`InferenceModel`'s arguments.
 
     Raises:
         ArtifactError, ProviderError, ConfigError: as :class:`InferenceModel`.

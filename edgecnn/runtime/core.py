@@ -28,7 +28,8 @@ import onnxruntime as ort
 
 from edgecnn.card import ONNX_METADATA_KEY, ModelCard
 from edgecnn.errors import ArtifactError, ConfigError, InputError
-from edgecnn.presets import ModelOverrides, TensorInfo, infer_card
+from edgecnn.card_inference import infer_card
+from edgecnn.presets import ModelOverrides, TensorInfo
 from edgecnn.runtime.cpu import check_int8_target
 from edgecnn.runtime.preprocess import (DEFAULT_MAX_PIXELS, FitInfo, Fitting, ImageLike, check_pixels, fit_image,
                                         normalize_batch)
@@ -65,7 +66,7 @@ class InferenceModel:
         overrides: what the command-line flags say about the model
             (:func:`edgecnn.presets.parse_overrides`); for a model without a card, what they do
             not give is inferred from the graph and the file's metadata
-            (:func:`edgecnn.presets.infer_card`), and :meth:`assumptions` says what was assumed.
+            (:func:`edgecnn.card_inference.infer_card`), and :meth:`assumptions` says what was assumed.
         mean, std, layout, labels, input_size, output_kind, channels, task, resize: the same as
             keyword arguments (``mean``/``std`` per channel on the 0-255 scale, ``input_size`` =
             (height, width)); they win over ``overrides``.

@@ -80,7 +80,6 @@ class FitInfo:
         return b
 
 
-_CROPS = CROP_MODES
 ORIGINAL_SIZE = "edgecnn.original_size"  # PIL info key: (width, height) before a reduced JPEG decode
 _FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS, "nearest": Image.NEAREST}
 
@@ -99,7 +98,7 @@ class Fitting:
     @classmethod
     def of(cls, card: ModelCard) -> Fitting:
         return cls(resize=card.resize, resample=card.resample, pad_value=card.pad_value,
-                   shorter_side=card.crop_shorter_side() if card.resize in _CROPS else None, gray=card.gray)
+                   shorter_side=card.crop_shorter_side() if card.resize in CROP_MODES else None, gray=card.gray)
 
 
 def load_image(
@@ -155,7 +154,7 @@ def fit_image(
     """
     fitting = fitting or Fitting()
     gray = channels == 1
-    crops = fitting.resize in _CROPS and fitting.shorter_side
+    crops = fitting.resize in CROP_MODES and fitting.shorter_side
     target = (fitting.shorter_side,) * 2 if crops else size
     if fitting.resample in CV_FILTERS:  # OpenCV samples single pixels: it must see the full decode's
         target = None

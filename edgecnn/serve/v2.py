@@ -113,11 +113,6 @@ def parse_infer_request(model: ServedModel, body: bytes, header_length: str | No
     return x, fits, answer
 
 
-def is_large_json(body: bytes, header_length: str | None) -> bool:
-    """Whether the request's JSON header is large enough to be parsed in the worker process."""
-    return len(json_head(body, header_length)) > LARGE_JSON_BYTES
-
-
 def json_head(body: bytes, header_length: str | None) -> bytes:
     """The JSON part of a request (all of it without ``Inference-Header-Content-Length``)."""
     if header_length is not None and header_length.isascii() and header_length.isdigit():
@@ -452,7 +447,8 @@ def add_v2_routes(app: FastAPI, models: dict[str, ServedModel], batchers: dict[s
         header = request.headers.get(HEADER_LENGTH)
         try:
             async with asyncio.timeout(config.timeout_s), batcher.admit():
-                parsed = await decode_pool.large_json(json_head(body, header)) if is_large_json(body, header) else None
+                head = json_head(body, header)
+                parsed = await decode_pool.large_json(head) if len(head) > LARGE_JSON_BYTES else None
                 x, fits, answer = await decode_pool.call(parse_infer_request, model, body, header, config.max_instances,
                                                          parsed)
                 outputs = await batcher.submit(x, fits, top_k=0, raw=True)

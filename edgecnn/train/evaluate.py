@@ -152,7 +152,8 @@ def load_keras_with_card(path: str | Path, overrides: ModelOverrides | None = No
         ArtifactError: for a missing or corrupt model, or one whose card cannot be built (the
             message names the flag that supplies what is missing).
     """
-    from edgecnn.presets import TensorInfo, infer_card
+    from edgecnn.card_inference import infer_card
+    from edgecnn.presets import TensorInfo
     from edgecnn.train.loop import load_run_model
 
     path = Path(path)

@@ -16,7 +16,7 @@ import numpy as np
 
 from edgecnn.errors import ArtifactError, InputError
 from edgecnn.nms_layouts import NmsOutputs, nms_outputs
-from edgecnn.presets import DETECT_LAYOUTS
+from edgecnn.card_inference import DETECT_LAYOUTS
 from edgecnn.runtime.heads.detect import Detection, Detections
 from edgecnn.runtime.preprocess import FitInfo
 
