@@ -6,8 +6,8 @@ import contextlib
 import importlib
 import os
 import sys
+from collections.abc import Iterator
 from types import ModuleType
-from typing import Iterator
 
 from edgecnn.errors import MissingDependencyError
 

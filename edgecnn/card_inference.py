@@ -11,8 +11,9 @@ override the rest, and what is still unknown is assumed and said in one line.
 from __future__ import annotations
 
 import ast
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from edgecnn.card import OUTPUT_KINDS, ModelCard
 from edgecnn.errors import ArtifactError

@@ -9,8 +9,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 
@@ -252,7 +253,8 @@ def _size(value: str | None) -> list[int] | None:
 def train(config_path, resume_dir, overwrite, quiet, augment, rotation, translate, input_size, **flags) -> None:
     """Train a CNN into a run directory (model.keras, card.json, history, curves, metrics)."""
     from edgecnn.train.config import load_recipe
-    from edgecnn.train.loop import resume, train as run_training
+    from edgecnn.train.loop import resume
+    from edgecnn.train.loop import train as run_training
 
     verbose = 2 if quiet else None
     if resume_dir is not None:

@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import logging
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -197,9 +198,7 @@ def read_image(path: str | Path, size: tuple[int, int] | None) -> np.ndarray:
     Raises:
         DataError: for an unreadable, truncated or oversized image, naming the file.
     """
-    from edgecnn.runtime.preprocess import load_image
-
-    from edgecnn.runtime.preprocess import decode_image
+    from edgecnn.runtime.preprocess import decode_image, load_image
 
     try:
         if size is None:

@@ -20,8 +20,9 @@ in these outputs: a detector without labels names a class by its index.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 __all__ = ["NMS_KINDS", "BOX_KINDS", "NmsOutputs", "nms_outputs", "y_first"]
 

@@ -13,9 +13,10 @@ Mean and std are always per channel on the 0-255 pixel scale, as in :class:`edge
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from edgecnn.card import CROP_MODES, GRAY_RULES, OUTPUT_KINDS, RESAMPLE_FILTERS, RESIZE_MODES, TASKS, ModelCard
 from edgecnn.errors import ConfigError

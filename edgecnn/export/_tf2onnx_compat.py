@@ -26,7 +26,8 @@ import contextlib
 import logging
 import re
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from edgecnn._optional import require
 from edgecnn.errors import ArtifactError

@@ -33,8 +33,9 @@ settle it under the default ``lenient`` policy, and fails under ``strict``.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -19,9 +19,10 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -35,13 +36,12 @@ from edgecnn.export.guard import DEFAULT_MIN_SQNR_DB, GUARD_POLICIES, Verdict, j
 from edgecnn.export.images import SYNTHETIC_NOTE, ExportData, fp32_only_data, select_data
 from edgecnn.export.quantize import QUANTIZE_MODES, QuantizeConfig, quantize_model
 from edgecnn.export.report import REPORT_JSON, ExportReport, VariantResult
-from edgecnn.runtime.deploy import DEPLOY_FILE, TUNE_REPORT
-from edgecnn.runtime.core import take_images
 from edgecnn.export.sources import ModelSource, load_source
 from edgecnn.export.tta import EXPORT_TTA, tta_model
-from edgecnn.export.verify import (OnnxPredictor, accuracy, compare_outputs, ort_error, predict_outputs,
-                                   task_agreement)
+from edgecnn.export.verify import OnnxPredictor, accuracy, compare_outputs, ort_error, predict_outputs, task_agreement
 from edgecnn.presets import PREPROCESSING_FLAGS, ModelOverrides, short_list
+from edgecnn.runtime.core import take_images
+from edgecnn.runtime.deploy import DEPLOY_FILE, TUNE_REPORT
 
 log = logging.getLogger(__name__)
 

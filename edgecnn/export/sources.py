@@ -16,18 +16,19 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from edgecnn._optional import require
 from edgecnn.card import ModelCard
+from edgecnn.card_inference import infer_card, input_geometry
 from edgecnn.errors import ArtifactError
 from edgecnn.export import onnx as onnx_io
-from edgecnn.card_inference import infer_card, input_geometry
 from edgecnn.presets import ModelOverrides, TensorInfo
 from edgecnn.runtime.preprocess import normalize_batch
 

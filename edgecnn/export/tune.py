@@ -26,14 +26,15 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from edgecnn.card import atomic_write_text, sha256_file
-from edgecnn.errors import ArtifactError, ConfigError, EdgecnnError, ProviderError
+from edgecnn.errors import ArtifactError, ConfigError, ProviderError
 from edgecnn.export.report import REPORT_JSON
 from edgecnn.runtime.deploy import DEPLOY_FILE, FP32_FILE, TUNE_REPORT, Deployment
 

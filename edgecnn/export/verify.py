@@ -7,9 +7,10 @@ folded into the graph (:mod:`edgecnn.runtime.pixels`): exactly what the runtime 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -136,8 +137,14 @@ def task_evidence(task: str, fp32_outputs: Sequence[np.ndarray], variant_outputs
                   card: ModelCard) -> tuple[Callable[[np.ndarray | None], float], int]:
     """The detect/segment metric as a function of image weights (None: each image once), and the
     number of images: matched once, re-scored for every bootstrap resample of the guard."""
-    from edgecnn.runtime.heads import (DetectionRecords, confusion_matrices, mean_iou_of, output_layout,
-                                       postprocess_segmentation, postprocess_yolo)
+    from edgecnn.runtime.heads import (
+        DetectionRecords,
+        confusion_matrices,
+        mean_iou_of,
+        output_layout,
+        postprocess_segmentation,
+        postprocess_yolo,
+    )
     from edgecnn.runtime.heads.graph_nms import graph_nms_from_arrays, postprocess_graph_nms
     from edgecnn.runtime.preprocess import FitInfo
 

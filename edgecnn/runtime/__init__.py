@@ -14,10 +14,9 @@ from typing import Any
 
 from edgecnn.runtime.classifier import Classifier, Prediction, default_model_path
 from edgecnn.runtime.core import InferenceModel, read_card
+from edgecnn.runtime.heads import Detection, Detections, Detector, SegmentationResult, Segmenter
 from edgecnn.runtime.preprocess import FitInfo, load_image, normalize_batch
 from edgecnn.runtime.session import create_session
-
-from edgecnn.runtime.heads import Detection, Detections, Detector, SegmentationResult, Segmenter
 
 __all__ = ["Classifier", "Detector", "Segmenter", "InferenceModel", "Prediction", "Detection", "Detections",
            "SegmentationResult", "FitInfo", "default_model_path", "read_card", "load_image", "normalize_batch",

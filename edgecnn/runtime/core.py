@@ -20,20 +20,29 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
 from edgecnn.card import ONNX_METADATA_KEY, ModelCard
-from edgecnn.errors import ArtifactError, ConfigError, InputError
 from edgecnn.card_inference import infer_card
+from edgecnn.errors import ArtifactError, ConfigError, InputError
 from edgecnn.presets import ModelOverrides, TensorInfo
 from edgecnn.runtime.cpu import check_int8_target
-from edgecnn.runtime.preprocess import (DEFAULT_MAX_PIXELS, FitInfo, Fitting, ImageLike, check_pixels, fit_image,
-                                        normalize_batch)
-from edgecnn.runtime.runners import ORT_DTYPES as _ORT_DTYPES, DeviceBinder, Runner
+from edgecnn.runtime.preprocess import (
+    DEFAULT_MAX_PIXELS,
+    FitInfo,
+    Fitting,
+    ImageLike,
+    check_pixels,
+    fit_image,
+    normalize_batch,
+)
+from edgecnn.runtime.runners import ORT_DTYPES as _ORT_DTYPES
+from edgecnn.runtime.runners import DeviceBinder, Runner
 from edgecnn.runtime.session import CudaOptions, NodePlacement, create_session, node_placement
 
 log = logging.getLogger(__name__)

@@ -19,9 +19,10 @@ import importlib.util
 import json
 import logging
 import stat
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from edgecnn.card import sha256_file
 from edgecnn.errors import ArtifactError

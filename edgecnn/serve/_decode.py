@@ -16,8 +16,9 @@ import logging
 import multiprocessing
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from typing import Any, Callable, ContextManager
+from typing import Any, ContextManager
 
 log = logging.getLogger(__name__)
 

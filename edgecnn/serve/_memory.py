@@ -14,7 +14,8 @@ import asyncio
 import ctypes
 import ctypes.util
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 

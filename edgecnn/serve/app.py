@@ -7,7 +7,8 @@ import contextlib
 import gc
 import logging
 import time
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -18,8 +19,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from edgecnn import __version__
 from edgecnn.errors import EdgecnnError
 from edgecnn.serve._decode import DecodePools
-from edgecnn.serve._memory import TrimMiddleware, fix_mmap_threshold
 from edgecnn.serve._http import PUBLIC_PATHS, AuthMiddleware, BodyLimitMiddleware, dump_json, multipart_file, read_body
+from edgecnn.serve._memory import TrimMiddleware, fix_mmap_threshold
 from edgecnn.serve._schemas import PREDICT_REQUEST_BODY, ErrorResponse, Health, ModelInfo, ModelList, PredictResponse
 from edgecnn.serve.batcher import MicroBatcher, retry_after
 from edgecnn.serve.config import ServeConfig

@@ -34,9 +34,10 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from edgecnn.errors import ConfigError, WorkerError
 from edgecnn.train.config import DISTRIBUTE
@@ -202,7 +203,7 @@ def _accept_until(listener: socket.socket, stop: threading.Event) -> None:
     while not stop.is_set():
         try:
             conn, _ = listener.accept()
-        except (socket.timeout, OSError):
+        except (TimeoutError, OSError):
             continue
         # Close with a reset: no TIME_WAIT left on the port TensorFlow binds next.
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
@@ -333,8 +334,9 @@ def make_distribution(kind: str, *, cluster: Cluster | None = None, batch_size: 
     """
     if kind == "none":
         return Distribution()
-    import edgecnn.train._tf  # noqa: F401  (TensorFlow quietly)
     import tensorflow as tf
+
+    import edgecnn.train._tf  # noqa: F401  (TensorFlow quietly)
 
     # tf.distribute logs every all-reduce it builds at INFO; the CLI's log level is INFO.
     logging.getLogger("tensorflow").setLevel(logging.WARNING)

@@ -13,14 +13,14 @@ from __future__ import annotations
 import difflib
 import io
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
-import numpy as np
-import edgecnn.train._tf  # noqa: F401  (before keras: TensorFlow loads quietly)
 import keras
+import numpy as np
 
+import edgecnn.train._tf  # noqa: F401  (before keras: TensorFlow loads quietly)
 from edgecnn.errors import ArtifactError, ConfigError
 from edgecnn.presets import ModelOverrides
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 
-import edgecnn.train._tf  # noqa: F401  (before keras: TensorFlow loads quietly)
 import keras
+
+import edgecnn.train._tf  # noqa: F401  (before keras: TensorFlow loads quietly)
 
 __all__ = ["count_macs", "model_summary_row"]
 

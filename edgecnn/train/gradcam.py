@@ -3,15 +3,15 @@ the gradients of the class logit with respect to the last convolutional feature 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-import numpy as np
-import edgecnn.train._tf  # noqa: F401  (before keras: TensorFlow loads quietly)
 import keras
+import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+import edgecnn.train._tf  # noqa: F401  (before keras: TensorFlow loads quietly)
 from edgecnn.errors import ArtifactError, InputError
 from edgecnn.presets import ModelOverrides
 
@@ -142,8 +142,8 @@ def gradcam_files(run: str | Path, images: Sequence[str | Path], out: str | Path
     Raises:
         ArtifactError, InputError, DataError: for a bad model, class name or image.
     """
-    from edgecnn.runtime.preprocess import load_image, normalize_batch
     from edgecnn.datasets import read_image
+    from edgecnn.runtime.preprocess import load_image, normalize_batch
     from edgecnn.train.evaluate import _is_run_model, load_keras_with_card
     from edgecnn.train.plots import _pyplot
 

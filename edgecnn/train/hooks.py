@@ -17,11 +17,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import keras
 import numpy as np
 
 import edgecnn.train._tf  # noqa: F401  (before keras: TensorFlow loads quietly)
-import keras
-
 from edgecnn.errors import ConfigError
 from edgecnn.train.architectures.airbench import WHITEN_BIAS_LAYER, WHITEN_LAYER
 from edgecnn.train.config import LookaheadConfig

@@ -12,18 +12,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-import edgecnn.train._tf  # noqa: F401  (before keras: TensorFlow loads quietly)
 import keras
+import numpy as np
 import tensorflow as tf
 
+import edgecnn._keras_layers  # noqa: F401  (registers the zoo's custom layers for load_model)
+import edgecnn.train._tf  # noqa: F401  (before keras: TensorFlow loads quietly)
 from edgecnn import __version__
 from edgecnn.card import ModelCard, atomic_write_text
-from edgecnn.errors import ArtifactError, ConfigError
-import edgecnn._keras_layers  # noqa: F401  (registers the zoo's custom layers for load_model)
-from edgecnn.train.config import TrainConfig
 from edgecnn.datasets import Dataset, channel_stats, load_dataset
+from edgecnn.errors import ArtifactError, ConfigError
+from edgecnn.train.config import TrainConfig
 from edgecnn.train.distribute import Distribution, cluster_for, make_distribution
 from edgecnn.train.pipeline import make_dataset, steps_per_epoch
 from edgecnn.train.precision import precision_policy, resolve_precision

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-import edgecnn.train._tf  # noqa: F401  (before keras: TensorFlow loads quietly)
-import tensorflow as tf
 import keras
+import numpy as np
+import tensorflow as tf
 
+import edgecnn.train._tf  # noqa: F401  (before keras: TensorFlow loads quietly)
 from edgecnn.train.config import AugmentConfig
 
 __all__ = ["make_dataset", "augmenter"]

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from edgecnn.errors import ConfigError
 from edgecnn.runtime.cpu import cpu_model_and_flags
@@ -56,8 +56,9 @@ class Hardware:
 
 def detect_hardware() -> Hardware:
     """This machine's CPU flags (``/proc/cpuinfo``) and TensorFlow's GPUs."""
-    import edgecnn.train._tf  # noqa: F401  (TensorFlow quietly)
     import tensorflow as tf
+
+    import edgecnn.train._tf  # noqa: F401  (TensorFlow quietly)
 
     cpu, flags = cpu_model_and_flags()
     gpus = tf.config.list_physical_devices("GPU")
@@ -109,8 +110,9 @@ def precision_policy(precision: str) -> Iterator[str]:
     Models built inside the block compute in the policy's dtype, and ``.keras`` files record each
     layer's policy, so a checkpoint loaded later computes as it was trained.
     """
-    import edgecnn.train._tf  # noqa: F401  (TensorFlow quietly, before keras)
     import keras
+
+    import edgecnn.train._tf  # noqa: F401  (TensorFlow quietly, before keras)
 
     previous = keras.mixed_precision.dtype_policy()
     keras.mixed_precision.set_dtype_policy(POLICIES[precision])

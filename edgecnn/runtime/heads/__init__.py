@@ -17,8 +17,16 @@ from edgecnn.runtime.heads.detect import (
     yolo_layout,
 )
 from edgecnn.runtime.heads.draw import class_colour, draw_detections, overlay_mask
-from edgecnn.runtime.heads.metrics import (DetectionMAP, DetectionRecords, average_precision, class_ious,
-                                          confusion_matrices, detection_map, mean_iou, mean_iou_of)
+from edgecnn.runtime.heads.metrics import (
+    DetectionMAP,
+    DetectionRecords,
+    average_precision,
+    class_ious,
+    confusion_matrices,
+    detection_map,
+    mean_iou,
+    mean_iou_of,
+)
 from edgecnn.runtime.heads.segment import (
     SegmentationResult,
     Segmenter,

@@ -22,8 +22,9 @@ image through the letterbox's :class:`~edgecnn.runtime.preprocess.FitInfo`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image

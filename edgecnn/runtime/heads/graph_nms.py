@@ -10,13 +10,13 @@ class index past the labels is named by its number.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
+from edgecnn.card_inference import DETECT_LAYOUTS
 from edgecnn.errors import ArtifactError, InputError
 from edgecnn.nms_layouts import NmsOutputs, nms_outputs
-from edgecnn.card_inference import DETECT_LAYOUTS
 from edgecnn.runtime.heads.detect import Detection, Detections
 from edgecnn.runtime.preprocess import FitInfo
 

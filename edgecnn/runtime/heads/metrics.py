@@ -10,8 +10,8 @@ guard can resample images (a bootstrap interval) without matching boxes again.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
