@@ -1,0 +1,189 @@
+"""How a model runs: one frozen type for backend, provider, device, precision, threads, IO binding
+and the CUDA provider's options, with the choice lists every command takes them from.
+
+Stdlib only (the CLI imports it for ``--help``). A field left ``None`` is *not set*: the backend's
+own default applies, and :meth:`RuntimeOptions.merged` lets a caller's settings (flags the user
+typed) win over stored ones (an export directory's ``deploy.json``) field by field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from edgecnn.errors import ConfigError
+
+__all__ = ["RuntimeOptions", "CudaOptions", "PROVIDERS", "BACKENDS", "OV_DEVICES", "OV_PRECISIONS",
+           "CONV_ALGO_SEARCH", "TFLITE_SUFFIX"]
+
+PROVIDERS = ("cpu", "cuda", "tensorrt", "auto")  # onnxruntime's execution providers, by edgecnn's names
+BACKENDS = ("onnxruntime", "openvino", "litert")
+OV_DEVICES = ("CPU", "GPU", "NPU")
+OV_PRECISIONS = ("f32", "bf16")  # OpenVINO's execution precision (INFERENCE_PRECISION_HINT)
+CONV_ALGO_SEARCH = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
+TFLITE_SUFFIX = ".tflite"
+
+
+@dataclass(frozen=True, kw_only=True)
+class CudaOptions:
+    """Options of onnxruntime's CUDA execution provider (ignored when the session runs on the CPU).
+
+    Args:
+        device_id: the GPU to run on.
+        cudnn_conv_algo_search: how cuDNN picks each convolution's algorithm, once per input
+            shape: ``EXHAUSTIVE`` benchmarks every algorithm (onnxruntime's default; the first run
+            of each new shape is slow), ``HEURISTIC`` asks cuDNN's heuristics (no benchmarking),
+            ``DEFAULT`` always takes the implicit-GEMM algorithm.
+        cuda_graph: capture the whole run as one CUDA graph and replay it (``enable_cuda_graph``):
+            removes the per-kernel launch cost, which dominates at batch 1. Needs every node on the
+            GPU and fixed input/output addresses, so the runtime binds device buffers of one fixed
+            shape and refuses other shapes.
+        prefer_nhwc: let the CUDA provider run convolutions channels-last (``prefer_nhwc``;
+            onnxruntime-gpu >= 1.20 built with its NHWC kernels). None leaves the build's default.
+    """
+
+    device_id: int = 0
+    cudnn_conv_algo_search: str = "EXHAUSTIVE"
+    cuda_graph: bool = False
+    prefer_nhwc: bool | None = None
+
+    def __post_init__(self) -> None:
+        algo = str(self.cudnn_conv_algo_search).upper()
+        if algo not in CONV_ALGO_SEARCH:
+            raise ConfigError(f"cudnn_conv_algo_search must be one of {', '.join(CONV_ALGO_SEARCH)}; "
+                              f"got {self.cudnn_conv_algo_search!r}.")
+        object.__setattr__(self, "cudnn_conv_algo_search", algo)
+        if type(self.device_id) is not int or self.device_id < 0:
+            raise ConfigError(f"device_id must be an integer >= 0, got {self.device_id!r}.")
+
+    def provider_options(self) -> dict[str, str]:
+        """The ``CUDAExecutionProvider`` options dict (onnxruntime wants strings)."""
+        out = {"device_id": str(self.device_id), "cudnn_conv_algo_search": self.cudnn_conv_algo_search,
+               "enable_cuda_graph": "1" if self.cuda_graph else "0"}
+        if self.prefer_nhwc is not None:
+            out["prefer_nhwc"] = "1" if self.prefer_nhwc else "0"
+        return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class RuntimeOptions:
+    """How to run a model. ``None`` everywhere means "not set": the defaults below apply.
+
+    Args:
+        backend: ``onnxruntime`` (default for ``.onnx``), ``openvino`` (the ``[openvino]`` extra)
+            or ``litert`` (the ``[litert]`` extra; the default, and the only one, for ``.tflite``).
+        provider: onnxruntime's execution provider: ``cpu`` (default), ``cuda``, ``tensorrt`` or
+            ``auto`` (the best one installed).
+        device: OpenVINO's device: ``CPU`` (default), ``GPU`` or ``NPU``.
+        precision: OpenVINO's execution precision: ``f32`` (default: the same results as
+            onnxruntime) or ``bf16``.
+        threads: intra-op threads (default: the backend's own, one per physical core).
+        io_binding: onnxruntime only: inputs and outputs in device buffers reused while the shape
+            stays the same (default: on for a GPU session, off on the CPU; CUDA graphs need it).
+        allow_fallback: run on the CPU with a warning when the provider asked for is unusable,
+            instead of refusing (default: refuse).
+        cuda: the CUDA provider's options (:class:`CudaOptions`).
+
+    Raises:
+        ConfigError: for a value outside its choices, or settings that contradict each other
+            (CUDA graphs on the CPU or without IO binding, OpenVINO's device or precision, or IO
+            binding, asked of another backend).
+    """
+
+    backend: str | None = None
+    provider: str | None = None
+    device: str | None = None
+    precision: str | None = None
+    threads: int | None = None
+    io_binding: bool | None = None
+    allow_fallback: bool | None = None
+    cuda: CudaOptions | None = None
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("backend", BACKENDS), ("provider", PROVIDERS), ("precision", OV_PRECISIONS)):
+            value = getattr(self, name)
+            if value is not None and value not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {str(value)[:40]!r}.")
+        if self.device is not None and str(self.device).upper().split(".")[0] not in OV_DEVICES:
+            raise ConfigError(f"device must be one of {', '.join(OV_DEVICES)} (OpenVINO's; GPU.1 for a "
+                              f"second GPU); got {str(self.device)[:40]!r}.")
+        if self.threads is not None and (type(self.threads) is not int or self.threads < 1):
+            raise ConfigError(f"threads must be an integer >= 1, got {str(self.threads)[:20]!r}.")
+        if self.cuda is not None and self.cuda.cuda_graph:
+            if self.provider_name == "cpu":
+                raise ConfigError("CUDA graphs (cuda_graph=True, --cuda-graph) need provider='cuda' "
+                                  "(--provider cuda).")
+            if self.io_binding is False:
+                raise ConfigError("CUDA graphs replay fixed device buffers: they need IO binding "
+                                  "(drop --no-io-binding).")
+
+    # ----------------------------------------------------------------- the values in effect
+    @property
+    def provider_name(self) -> str:
+        return self.provider or "cpu"
+
+    @property
+    def device_name(self) -> str:
+        return self.device or "CPU"
+
+    @property
+    def fallback(self) -> bool:
+        return bool(self.allow_fallback)
+
+    def backend_for(self, model: str | Path | bytes) -> str:
+        """The backend that runs ``model``: the one set, else LiteRT for a ``.tflite`` file and
+        onnxruntime for the rest."""
+        if self.backend is not None:
+            return self.backend
+        if not isinstance(model, bytes) and Path(model).suffix.lower() == TFLITE_SUFFIX:
+            return "litert"
+        return "onnxruntime"
+
+    # ------------------------------------------------------------------------------ merging
+    def merged(self, over: RuntimeOptions | None) -> RuntimeOptions:
+        """These options with every field ``over`` sets replacing this one's: ``stored.merged(typed)``
+        lets the flags a user typed win over a ``deploy.json``. When ``over`` names another backend,
+        this one's backend-specific settings (OpenVINO's precision, onnxruntime's IO binding) are
+        dropped: they mean nothing there."""
+        if over is None:
+            return self
+        given = over.to_dict()
+        if over.backend is not None and over.backend != self.backend:
+            given = {"precision": None, "io_binding": None, **given}
+        return replace(self, **given)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields that are set (``cuda`` as a dict): what deploy.json and reports store."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        if self.cuda is not None:
+            out["cuda"] = asdict(self.cuda)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RuntimeOptions:
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            ConfigError: for an unknown key or a value outside its choices.
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown runtime option {unknown[0]!r}; known: {', '.join(sorted(known))}.")
+        values = dict(data)
+        if isinstance(values.get("cuda"), dict):
+            values["cuda"] = CudaOptions(**values["cuda"])
+        return cls(**values)
+
+    def describe(self) -> str:
+        """``openvino (bf16, CPU), 2 threads``: for log lines."""
+        how = self.backend or "onnxruntime"
+        if how == "openvino":
+            how += f" ({self.precision or 'f32'}, {self.device_name})"
+        elif self.provider_name != "cpu":
+            how += f" on {self.provider_name}"
+        if self.io_binding:
+            how += " with IO binding"
+        threads = "default threads" if self.threads is None else f"{self.threads} thread{'s' * (self.threads != 1)}"
+        return f"{how}, {threads}"
