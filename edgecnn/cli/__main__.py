@@ -1,0 +1,5 @@
+"""``python -m edgecnn.cli``."""
+
+from edgecnn.cli import main
+
+main()
