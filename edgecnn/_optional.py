@@ -16,8 +16,8 @@ __all__ = ["require", "import_tensorflow_quietly", "quiet_stderr", "pyplot", "EX
 # Which extra installs a module edgecnn imports lazily (the CLI names it when one is missing).
 EXTRA_OF = {"tensorflow": "train", "keras": "train", "yaml": "train", "ai_edge_litert": "litert",
             "matplotlib": "plot", "tf2onnx": "export", "onnx": "export", "onnxslim": "export", "sympy": "export",
-            "fastapi": "serve", "uvicorn": "serve", "prometheus_client": "serve", "python_multipart": "serve", "orjson": "serve",
-            "httptools": "serve", "openvino": "openvino"}
+            "fastapi": "serve", "uvicorn": "serve", "prometheus_client": "serve", "python_multipart": "serve",
+            "orjson": "serve", "httptools": "serve", "openvino": "openvino"}
 
 _TF_MODULES = ("tensorflow", "keras", "tf2onnx")
 

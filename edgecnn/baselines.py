@@ -134,12 +134,14 @@ def _measure(keras_file: str, card_dict: dict[str, Any], config: dict[str, Any],
             model = _load_keras(keras_file)
             load_s = time.perf_counter() - t0
             note = [f"model.predict capped at {_PREDICT_MAX_RUNS} runs"] if config["runs"] > _PREDICT_MAX_RUNS else []
-            add("keras.predict", "fp32", batch, lambda: model.predict(x, batch_size=batch, verbose=0), load_s, note,
+            # The loop's values are bound as defaults: each call is timed within its own iteration.
+            add("keras.predict", "fp32", batch,
+                lambda model=model, x=x, batch=batch: model.predict(x, batch_size=batch, verbose=0), load_s, note,
                 runs=min(config["runs"], _PREDICT_MAX_RUNS))
-            fn = tf.function(lambda t: model(t, training=False),
+            fn = tf.function(lambda t, model=model: model(t, training=False),
                              input_signature=[tf.TensorSpec([batch, h, w, 3], tf.float32)])
             xt = tf.constant(x)
-            add("keras.tf_function", "fp32", batch, lambda: fn(xt).numpy(), load_s, [])
+            add("keras.tf_function", "fp32", batch, lambda fn=fn, xt=xt: fn(xt).numpy(), load_s, [])
         if tflite is not None:
             reset_peak_rss()
             add("litert", "int8", batch, *_litert_runner(tflite, x, threads), ["int8 input/output (full-int8)"])

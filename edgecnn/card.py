@@ -8,7 +8,8 @@ YOLO detectors expect; ``keep-aspect``: aspect kept, padded right and bottom, as
 ``fit-height``: height filled, width by the aspect ratio, padded right, as OCR text-line models
 expect; ``center-crop``: shorter side to ``shorter_side``, then the centre (``paddle-crop``: with
 PaddleClas's rounding); each with Pillow's
-``resample`` filter; ``stretch-crop``: stretched to that side, then the centre), reorder channels to ``channel_order``, then ``(pixel - mean) / std`` on the 0-255 scale,
+``resample`` filter; ``stretch-crop``: stretched to that side, then the centre), reorder channels
+to ``channel_order``, then ``(pixel - mean) / std`` on the 0-255 scale,
 in ``layout``.
 
 The card is a frozen, typed contract with a ``schema_version``: cards of version 1 (edgecnn
@@ -38,8 +39,8 @@ from typing import Any
 
 from edgecnn.errors import ArtifactError
 
-__all__ = ["sha256_file", "ModelCard", "ONNX_METADATA_KEY", "CARD_SCHEMA_VERSION", "TASKS", "OUTPUT_KINDS", "RESIZE_MODES",
-           "CROP_MODES", "RESAMPLE_FILTERS", "GRAY_RULES",
+__all__ = ["sha256_file", "ModelCard", "ONNX_METADATA_KEY", "CARD_SCHEMA_VERSION", "TASKS", "OUTPUT_KINDS",
+           "RESIZE_MODES", "CROP_MODES", "RESAMPLE_FILTERS", "GRAY_RULES",
            "atomic_write_text", "atomic_write_bytes"]
 
 ONNX_METADATA_KEY = "edgecnn.card"
@@ -63,7 +64,8 @@ OUTPUT_KINDS: dict[str, tuple[str, ...]] = {
     "classify": ("probabilities", "logits"),
     "detect": ("yolov8", "yolov5", "yolox",
                "end2end",  # [N, K, 6]: x1, y1, x2, y2, score, class; zero rows pad (Ultralytics nms=True, YOLOv10/26)
-               "boxes-xyxy",  # boxes [N, K, 4] x1, y1, x2, y2 + scores, classes [N, K] (+ count): ONNX NonMaxSuppression
+               # boxes [N, K, 4] x1, y1, x2, y2 + scores, classes [N, K] (+ count): ONNX NonMaxSuppression
+               "boxes-xyxy",
                "boxes-yxyx"),  # the same, boxes ymin, xmin, ymax, xmax: TensorFlow's NMS, TFLite_Detection_PostProcess
     "segment": ("logits", "probabilities"),
     "raw": ("raw",),

@@ -68,7 +68,8 @@ def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"Dataset file {path} does not exist; pass --data PATH.npz with x_train, y_train, x_test, y_test.")
+        raise DataError(f"Dataset file {path} does not exist; "
+                        "pass --data PATH.npz with x_train, y_train, x_test, y_test.")
     try:
         with np.load(path, allow_pickle=False) as d:
             missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in d.files]
@@ -268,7 +269,8 @@ def parse_classes(spec: str | Sequence[Any] | None, class_names: list[str]) -> l
         elif item in class_names:
             out.append(class_names.index(item))
         else:
-            raise DataError(f"Unknown class {item!r}; classes are {', '.join(class_names)} (or indices 0-{len(class_names) - 1}).")
+            raise DataError(f"Unknown class {item!r}; classes are {', '.join(class_names)} "
+                            f"(or indices 0-{len(class_names) - 1}).")
     bad = [i for i in out if not 0 <= i < len(class_names)]
     if bad:
         raise DataError(f"Class indices {bad} are out of range 0-{len(class_names) - 1}.")
@@ -335,7 +337,8 @@ def load_dataset(
         if path.suffix == ".npz" or path.is_file():
             x_tr, y_tr, x_te, y_te = load_npz(path)
             n = _check_labels(path, y_tr, y_te)
-            class_names = list(CIFAR10_CLASSES) if n == 10 and "cifar" in path.name.lower() else [str(i) for i in range(n)]
+            class_names = (list(CIFAR10_CLASSES) if n == 10 and "cifar" in path.name.lower()
+                           else [str(i) for i in range(n)])
             name, source = path.stem, {"path": str(path.resolve())}
         elif path.is_dir():
             x_tr, y_tr, x_val, y_val, x_te, y_te, class_names = load_image_folder(path, input_size)

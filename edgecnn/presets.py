@@ -173,7 +173,8 @@ class ModelOverrides:
                 changes[key] = value
         if self.shorter_side is not None and changes.get("resize", card.resize) not in CROP_MODES:
             changes["resize"] = "center-crop"
-        elif changes.get("resize", card.resize) not in CROP_MODES or "input_size" in changes and self.shorter_side is None:
+        elif (changes.get("resize", card.resize) not in CROP_MODES
+              or "input_size" in changes and self.shorter_side is None):
             changes.setdefault("shorter_side", None)  # a crop side belongs to the crop it was given for
         changes = {k: v for k, v in changes.items() if getattr(card, k) != v}
         return card.replace(**changes) if changes else card

@@ -191,7 +191,8 @@ class AccuracyAwareResult:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary for the export report (worst 10 ranked tensors)."""
         return {
-            "message": self.message, "no_gain": self.no_gain, "metric_name": self.metric_name, "baseline": self.baseline,
+            "message": self.message, "no_gain": self.no_gain, "metric_name": self.metric_name,
+            "baseline": self.baseline,
             "required": self.required, "plain_metric": self.plain_metric, "metric": self.metric, "passed": self.passed,
             "nodes_kept_float": list(self.excluded_nodes), "nodes_kept_float_count": len(self.excluded_nodes),
             "quantized_nodes": self.quantized_nodes, "fp32_size_bytes": self.fp32_size_bytes,

@@ -61,7 +61,8 @@ def _synthetic_data(card: ModelCard, n: int = _SYNTHETIC_IMAGES) -> ExportData:
         coarse = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
         smooth = np.asarray(Image.fromarray(coarse).resize((w, h), Image.BILINEAR), dtype=np.float32)
         images.append(np.clip(smooth + rng.normal(0, 12, smooth.shape), 0, 255).astype(np.uint8))
-    return ExportData(calibration=None, test=to_channels(np.stack(images), card.channels, gray=card.gray), test_labels=None,
+    return ExportData(calibration=None, test=to_channels(np.stack(images), card.channels, gray=card.gray),
+                      test_labels=None,
                       description=f"{n} synthetic images (parity only, no images given)")
 
 

@@ -86,11 +86,14 @@ class QuantizeConfig:
 
     def __post_init__(self) -> None:
         if self.calibration_method not in CALIBRATION_METHODS:
-            raise ConfigError(f"calibration_method must be one of {CALIBRATION_METHODS}, got {self.calibration_method!r}.")
+            raise ConfigError(f"calibration_method must be one of {CALIBRATION_METHODS}, "
+                              f"got {self.calibration_method!r}.")
         if self.calibration_samples < MIN_CALIBRATION_IMAGES:
-            raise ConfigError(f"calibration_samples must be >= {MIN_CALIBRATION_IMAGES}, got {self.calibration_samples}.")
+            raise ConfigError(f"calibration_samples must be >= {MIN_CALIBRATION_IMAGES}, "
+                              f"got {self.calibration_samples}.")
         if self.activation_type not in ("uint8", "int8") or self.weight_type not in ("uint8", "int8"):
-            raise ConfigError(f"activation/weight types must be uint8 or int8, got {self.activation_type}/{self.weight_type}.")
+            raise ConfigError("activation/weight types must be uint8 or int8, "
+                              f"got {self.activation_type}/{self.weight_type}.")
         if self.target not in CPU_TARGETS:
             raise ConfigError(f"target must be one of {CPU_TARGETS}, got {self.target!r}.")
         if not 90.0 <= self.percentile <= 100.0:
@@ -308,7 +311,7 @@ def _pre_process(src: Path, dst: Path, *, card: ModelCard | None, work: Path) ->
         onnx.save_model(model, str(src))
     try:
         _quant().quant_pre_process(str(src), str(dst), skip_optimization=False)
-    except Exception as err:  # onnxruntime's shape inference raises bare Exception/AssertionError
+    except Exception as err:  # noqa: BLE001 - onnxruntime's shape inference raises bare Exception/AssertionError
         log.info("Symbolic shape inference failed (%s: %s); using ONNX shape inference.", type(err).__name__, err)
         _quant().quant_pre_process(str(src), str(dst), skip_optimization=False, skip_symbolic_shape=True)
 
@@ -318,7 +321,7 @@ def _embedded_card(model: Any) -> ModelCard | None:
 
     try:
         return onnx_io.read_card(model)
-    except Exception:  # an unreadable card only means no size to fix from
+    except Exception:  # noqa: BLE001 - an unreadable or malformed card (any error) only means no size to fix from
         return None
 
 

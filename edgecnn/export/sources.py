@@ -332,9 +332,9 @@ def _tflite(path: Path, overrides: ModelOverrides, opset: int | None, layout: st
 
 def _quantized_weights(interp: Any) -> str | None:
     """``"int8, N quantized tensors in the .tflite"`` when the .tflite stores int8 tensors with
-    quantization scales: weights quantized by the TFLite converter (dynamic range or full integer). Its kernels then compute
-    with int8, so the float ONNX tf2onnx makes of it differs by more than float rounding. Float16
-    weights (``DEQUANTIZE`` to float32 at load) compute in float32 and are not counted."""
+    quantization scales: weights quantized by the TFLite converter (dynamic range or full integer).
+    Its kernels then compute with int8, so the float ONNX tf2onnx makes of it differs by more than
+    float rounding. Float16 weights (``DEQUANTIZE`` to float32 at load) compute in float32 and are not counted."""
     count = sum(1 for t in interp.get_tensor_details()
                 if np.dtype(t["dtype"]) in (np.int8, np.uint8)
                 and len(t.get("quantization_parameters", {}).get("scales", ())) > 0)

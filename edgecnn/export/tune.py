@@ -507,7 +507,8 @@ def _export_row(report: dict[str, Any], file: str) -> dict[str, Any] | None:
     return None
 
 
-def finalist_cells(ranked: list[Any], n: int, backend: Callable[[Any], str] = lambda c: c.candidate.backend) -> list[Any]:
+def finalist_cells(ranked: list[Any], n: int,
+                   backend: Callable[[Any], str] = lambda c: c.candidate.backend) -> list[Any]:
     """The ``n`` first of ``ranked`` (fastest first) and the first of each ``backend``: a backend
     that one noisy first pass ranked low still gets its best configuration re-measured. Cells or
     ``tune_report.json``'s cell dicts (``backend=lambda c: c["backend"]``)."""

@@ -87,7 +87,8 @@ def compare_outputs(reference: Sequence[np.ndarray], candidate: Sequence[np.ndar
     agree = None
     if task == "classify" and reference[0].ndim == 2:
         agree = float(np.mean(reference[0].argmax(axis=1) == candidate[0].argmax(axis=1)))
-    return Parity(int(len(reference[0]) if images is None else images), worst, total / max(count, 1), agree, worst_rel, len(reference))
+    return Parity(int(len(reference[0]) if images is None else images), worst, total / max(count, 1), agree, worst_rel,
+                  len(reference))
 
 
 def task_agreement(task: str, fp32_outputs: Sequence[np.ndarray], variant_outputs: Sequence[np.ndarray],
@@ -205,7 +206,8 @@ class OnnxPredictor(InferenceModel):
         return self.run_pixels(images_uint8)
 
 
-def predict_in_batches(fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
+def predict_in_batches(fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray, *,
+                       batch_size: int = 256) -> np.ndarray:
     """Apply ``fn`` to ``images`` in batches and stack the outputs."""
     outs = [np.asarray(fn(images[i:i + batch_size])) for i in range(0, len(images), batch_size)]
     return np.concatenate(outs, axis=0)

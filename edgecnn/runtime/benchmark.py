@@ -179,7 +179,8 @@ class BenchReport:
         for r in self.results:
             s = r.stats
             rows.append([r.variant, r.runner, r.provider.replace("ExecutionProvider", ""), str(r.batch), str(r.threads)]
-                        + [_fmt_ms(s[k]) for k in ("mean_ms", "std_ms", "min_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms")]
+                        + [_fmt_ms(s[k])
+                           for k in ("mean_ms", "std_ms", "min_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms")]
                         + [f"{s['throughput_ips']:,.0f}", "-" if r.session_s is None else f"{r.session_s:.3f}",
                            "-" if r.peak_rss_mb is None else f"{r.peak_rss_mb:.0f}"])
         return cols, rows
@@ -372,8 +373,9 @@ def _batches_for(model: Any, config: BenchConfig) -> tuple[list[int], list[str]]
     per_image = int(np.prod(model.card.input_shape(1)[1:])) * 4
     too_big = [b for b in batches if b * per_image > MAX_INPUT_BYTES]
     if too_big:
-        raise ConfigError(f"Batch {too_big[0]} of {model.model_path.name} would need a {too_big[0] * per_image / 1024**3:.1f} "
-                          f"GiB input tensor (limit {MAX_INPUT_BYTES / 1024**3:.0f} GiB); pass a smaller --batch.")
+        raise ConfigError(f"Batch {too_big[0]} of {model.model_path.name} would need a "
+                          f"{too_big[0] * per_image / 1024**3:.1f} GiB input tensor "
+                          f"(limit {MAX_INPUT_BYTES / 1024**3:.0f} GiB); pass a smaller --batch.")
     return batches, notes
 
 
@@ -420,7 +422,8 @@ def bench_onnx(model: str | Path, config: BenchConfig, *, pixels: np.ndarray | N
             variant = _variant_name(Path(model), card)
             if config.placement and placement is None and core.backend == "onnxruntime":
                 placement = _placement(core)
-            px = pixels[:batch] if pixels is not None and len(pixels) >= batch else _synthetic_pixels(card, batch, config.seed)
+            px = (pixels[:batch] if pixels is not None and len(pixels) >= batch
+                  else _synthetic_pixels(card, batch, config.seed))
             px = np.ascontiguousarray(px, dtype=np.uint8)
             runner, run = core.timed_call(core.preprocess(px))
             if core.backend == "openvino":
@@ -430,7 +433,7 @@ def bench_onnx(model: str | Path, config: BenchConfig, *, pixels: np.ndarray | N
             notes = ([core.info.fallback] if core.info.fallback else []) + skipped
             calls = [(runner, run)]
             if config.pixels:  # the app's call: uint8 pixels to every output, the card's mapping included
-                calls.append((f"{runner}+pixels", lambda: core.run_pixels(px)))
+                calls.append((f"{runner}+pixels", lambda core=core, px=px: core.run_pixels(px)))
             for name, call in calls:
                 times = time_callable(call, warmup=config.warmup, runs=config.runs, duration_s=config.duration_s,
                                       min_runs=config.min_runs)
@@ -580,7 +583,8 @@ def compare_notes(results: Sequence[BenchResult]) -> list[str]:
         if ref is None or r.precision == "fp32":
             continue
         ratio = r.stats["p50_ms"] / ref.stats["p50_ms"]
-        verdict = f"SLOWER than fp32 ({ratio:.2f}x the latency)" if ratio > 1.0 else f"{1 / ratio:.2f}x faster than fp32"
+        verdict = (f"SLOWER than fp32 ({ratio:.2f}x the latency)" if ratio > 1.0
+                   else f"{1 / ratio:.2f}x faster than fp32")
         notes.append(f"{r.variant} is {verdict} on this machine at batch {r.batch}, {r.threads} thread(s): "
                      f"p50 {r.stats['p50_ms']:.3f} ms vs {ref.stats['p50_ms']:.3f} ms ({ref.variant}).")
     return notes

@@ -136,7 +136,8 @@ class InferenceModel:
             if provider == "cpu":
                 raise ConfigError("CUDA graphs (cuda_graph=True, --cuda-graph) need provider='cuda' (--provider cuda).")
             if io_binding is False:
-                raise ConfigError("CUDA graphs replay fixed device buffers: they need IO binding (drop --no-io-binding).")
+                raise ConfigError("CUDA graphs replay fixed device buffers: "
+                                  "they need IO binding (drop --no-io-binding).")
         self.cuda = cuda
         self.allow_fallback = allow_fallback
         if backend != "onnxruntime" and io_binding:

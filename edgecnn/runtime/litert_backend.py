@@ -51,7 +51,8 @@ def read_tflite_metadata(data: bytes) -> dict[str, bytes]:
         for i in range(model.MetadataLength()):
             entry = model.Metadata(i)
             buffer = model.Buffers(entry.Buffer())
-            out[entry.Name().decode("utf-8", "replace")] = buffer.DataAsNumpy().tobytes() if buffer.DataLength() else b""
+            out[entry.Name().decode("utf-8", "replace")] = (buffer.DataAsNumpy().tobytes() if buffer.DataLength()
+                                                            else b"")
         return out
     except Exception as err:  # a truncated or garbled flatbuffer raises IndexError/struct.error/...
         raise ArtifactError(f"corrupt TFLite flatbuffer ({type(err).__name__})") from err
@@ -86,7 +87,7 @@ class LiteRtSession:
                 self._interp.allocate_tensors()
         except ArtifactError as err:
             raise ArtifactError(f"LiteRT cannot load {path.name}: {err}.") from None
-        except Exception as err:  # ValueError/RuntimeError from the interpreter for a bad flatbuffer
+        except Exception as err:  # noqa: BLE001 - the interpreter's ValueError/RuntimeError/...: one ArtifactError
             raise ArtifactError(f"LiteRT cannot load {path.name} ({' '.join(str(err).split())[:200]}).") from None
         self.threads = threads
         ins, outs = self._interp.get_input_details(), self._interp.get_output_details()

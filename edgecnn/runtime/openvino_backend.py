@@ -140,7 +140,8 @@ class OpenVinoSession:
     @staticmethod
     def _arg(port: Any) -> TensorArg:
         shape = [d.get_length() if d.is_static else f"d{i}" for i, d in enumerate(port.get_partial_shape())]
-        return TensorArg(port.get_any_name(), shape, _TYPES.get(port.get_element_type().get_type_name(), "tensor(float)"))
+        return TensorArg(port.get_any_name(), shape,
+                         _TYPES.get(port.get_element_type().get_type_name(), "tensor(float)"))
 
     def get_inputs(self) -> list[TensorArg]:
         return list(self._inputs)

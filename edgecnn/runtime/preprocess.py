@@ -24,8 +24,8 @@ from edgecnn.card import CROP_MODES, ModelCard
 from edgecnn.errors import InputError
 from edgecnn.runtime.cvresize import CV_FILTERS, cv_resize
 
-__all__ = ["normalize_batch", "normalization_constants", "load_image", "fit_image", "decode_image", "declared_pixels", "check_pixels", "FitInfo",
-           "Fitting",
+__all__ = ["normalize_batch", "normalization_constants", "load_image", "fit_image", "decode_image", "declared_pixels",
+           "check_pixels", "FitInfo", "Fitting",
            "DEFAULT_MAX_PIXELS", "ImageLike"]
 
 

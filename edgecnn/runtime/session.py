@@ -174,7 +174,7 @@ def preload_cuda_libraries() -> bool:
     try:
         with contextlib.redirect_stdout(out):  # it prints what it could not find; keep stdout clean
             ort.preload_dlls()
-    except Exception as err:  # a missing library: the provider check after session creation says more
+    except Exception as err:  # noqa: BLE001 - any preload failure: the provider check after session creation says more
         log.debug("onnxruntime.preload_dlls() failed: %s", err)
         return False
     finally:
@@ -314,7 +314,8 @@ def create_session(
         preload_cuda_libraries()
     source: str | bytes = model if isinstance(model, bytes) else str(model)
     if not isinstance(model, bytes) and not Path(model).is_file():
-        raise ArtifactError(f"ONNX model {model} does not exist; pass the path of a .onnx file made by `edgecnn export`.")
+        raise ArtifactError(f"ONNX model {model} does not exist; "
+                            "pass the path of a .onnx file made by `edgecnn export`.")
     t0 = time.perf_counter()
     try:
         with warnings.catch_warnings():  # its "not in available provider names" warning: we check below

@@ -18,7 +18,7 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from typing import Any, ContextManager
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class DecodePools:
         return await asyncio.get_running_loop().run_in_executor(self.light, fn, *args)
 
     async def image(self, prepare: Callable[..., Any], data: bytes,
-                    aside: Callable[[], ContextManager[Any]] = contextlib.nullcontext) -> Any:
+                    aside: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext) -> Any:
         """``prepare(data, light_pixels)`` on the light pool, or on the heavy one when it raises
         :class:`HeavyImage` (then called with ``None``: no limit but the server's max pixels),
         inside ``aside()`` (the batcher's: a batch does not wait for a request decoding a bomb),

@@ -7,7 +7,8 @@ closed. This protocol counts the bytes of each request's head (request line plus
 answers 431 past ``max_header_bytes``: the URL and headers the parser completes are counted as
 they arrive (a 20 KB head read in one chunk), and so is every chunk that falls wholly inside one
 unfinished head (a header streamed forever); bytes of earlier requests pipelined on the same
-connection never count towards a later one's head (50 pipelined requests got a 431 and a reset); it closes a connection whose head is not complete
+connection never count towards a later one's head (50 pipelined requests got a 431 and a reset);
+it closes a connection whose head is not complete
 ``header_timeout_s`` after it began; and it answers the parser's own 400 with the same JSON error
 body as every other error. Everything else is uvicorn's, so its keep-alive, flow control and
 graceful shutdown are unchanged.

@@ -307,7 +307,8 @@ def _requested(model: ServedModel, request: dict[str, Any]) -> list[dict[str, An
 
 # ----------------------------------------------------------------------------------- answers
 
-def encode_infer_response(model: ServedModel, outputs: list[np.ndarray], answer: dict[str, Any]) -> tuple[bytes, int | None]:
+def encode_infer_response(model: ServedModel, outputs: list[np.ndarray],
+                          answer: dict[str, Any]) -> tuple[bytes, int | None]:
     """The v2 answer body, and the JSON header's length when binary data follows it."""
     by_name = dict(zip(model.model.output_names, outputs))
     tensors, chunks = [], []

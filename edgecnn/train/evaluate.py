@@ -109,15 +109,18 @@ class EvaluationReport:
 
     def to_text(self) -> str:
         m, names = self.metrics, self.class_names
-        tta = f", test-time augmentation {m['tta']} ({TTA_VIEWS[m['tta']]} views)" if m.get("tta", "none") != "none" else ""
+        tta = (f", test-time augmentation {m['tta']} ({TTA_VIEWS[m['tta']]} views)" if m.get("tta", "none") != "none"
+               else "")
         lines = [f"{self.model} on {self.dataset}{tta}",
-                 f"top-1 accuracy {m['test_accuracy']:.2%}" + (f", top-5 {m['test_top5']:.2%}" if "test_top5" in m else ""),
+                 f"top-1 accuracy {m['test_accuracy']:.2%}"
+                 + (f", top-5 {m['test_top5']:.2%}" if "test_top5" in m else ""),
                  "", f"{'class':<14}{'precision':>10}{'recall':>10}"]
         lines += [f"{n[:13]:<14}{p:>10.3f}{r:>10.3f}" for n, p, r in zip(names, m["precision"], m["recall"])]
         width = max(5, max(len(str(v)) for row in m["confusion_matrix"] for v in row) + 1)
         lines += ["", "confusion matrix (rows: true, columns: predicted)",
                   " " * 14 + "".join(f"{n[:width - 1]:>{width}}" for n in names)]
-        lines += [f"{n[:13]:<14}" + "".join(f"{v:>{width}}" for v in row) for n, row in zip(names, m["confusion_matrix"])]
+        lines += [f"{n[:13]:<14}" + "".join(f"{v:>{width}}" for v in row)
+                  for n, row in zip(names, m["confusion_matrix"])]
         return "\n".join(lines)
 
 
@@ -257,7 +260,8 @@ def evaluate(model_path: str | Path, *, data: str | None = None, out: str | Path
         metrics["tta"] = tta
     out_dir = Path(out) if out else (path if path.is_dir() else path.parent)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = ("evaluation" if path.suffix != ".onnx" else f"evaluation.{path.stem}") + ("" if tta == "none" else f".tta-{tta}")
+    stem = (("evaluation" if path.suffix != ".onnx" else f"evaluation.{path.stem}")
+            + ("" if tta == "none" else f".tta-{tta}"))
     report = EvaluationReport(str(path), which, card.class_names, metrics,
                               [str(out_dir / f"{stem}.json"), str(out_dir / f"{stem}.confusion.png")])
     atomic_write_text(Path(report.files[0]), json.dumps({"model": str(path), "dataset": ds.describe(),

@@ -151,7 +151,8 @@ def _layer_tensor(model: keras.Model, name: str, tensors: dict[str, object]):
         tensor = keras.Model(nested.inputs, target.output)(_called_on(nested))
     shape = getattr(tensor, "shape", None)
     if shape is None or len(shape) != 4:
-        raise ConfigError(f"Layer {name!r} of {model.name} outputs {tuple(shape) if shape is not None else 'several tensors'}"
+        raise ConfigError(f"Layer {name!r} of {model.name} outputs "
+                          f"{tuple(shape) if shape is not None else 'several tensors'}"
                           f", not feature maps; choose a convolutional layer: {_summary(conv_layers(model))}.")
     return tensor
 
@@ -257,8 +258,8 @@ def features_files(run: str | Path, image: str | Path, out: str | Path, *, layer
 
     ``run`` is a run directory or a ``.keras``/``.h5`` model (described by ``overrides`` when it has
     no card); ``layers`` default to :func:`default_layers`. A layer of more than ``max_maps`` maps
-    draws its ``max_maps`` most active (by mean activation on the image), in channel order. Everything is computed before the
-    first file is written, so a bad layer or image leaves nothing behind.
+    draws its ``max_maps`` most active (by mean activation on the image), in channel order. Everything is
+    computed before the first file is written, so a bad layer or image leaves nothing behind.
 
     Raises:
         ArtifactError: for a missing, corrupt or ONNX model, or one without a Conv2D.

@@ -170,7 +170,8 @@ def _schedule(cfg: TrainConfig, lr: float, epochs: int, steps: int):
         bounds = [e * steps for e in range(cfg.step_every, epochs, cfg.step_every)]
         if not bounds:
             return lr
-        return keras.optimizers.schedules.PiecewiseConstantDecay(bounds, [lr * cfg.step_gamma**i for i in range(len(bounds) + 1)])
+        return keras.optimizers.schedules.PiecewiseConstantDecay(
+            bounds, [lr * cfg.step_gamma**i for i in range(len(bounds) + 1)])
     if cfg.schedule == "onecycle":
         # One-cycle: linear warm-up from lr/25 to lr over 30% (or warmup_epochs), cosine to ~0.
         warm = warm or int(0.3 * total)

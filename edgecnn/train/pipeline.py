@@ -30,10 +30,11 @@ def augmenter(cfg: AugmentConfig, seed: int) -> keras.Sequential | None:
     if cfg.flip is True:  # "alternate" depends on the epoch: make_dataset does it
         steps.append(keras.layers.RandomFlip("horizontal", seed=seed, **f32))
     if cfg.rotation_deg > 0:
-        steps.append(keras.layers.RandomRotation(cfg.rotation_deg / 360.0, fill_mode=cfg.fill_mode, seed=seed + 1, **f32))
+        steps.append(keras.layers.RandomRotation(cfg.rotation_deg / 360.0, fill_mode=cfg.fill_mode, seed=seed + 1,
+                                                 **f32))
     if cfg.translate > 0:
-        steps.append(keras.layers.RandomTranslation(cfg.translate, cfg.translate, fill_mode=cfg.fill_mode, seed=seed + 2,
-                                                    **f32))
+        steps.append(keras.layers.RandomTranslation(cfg.translate, cfg.translate, fill_mode=cfg.fill_mode,
+                                                    seed=seed + 2, **f32))
     return keras.Sequential(steps, name="augment") if steps else None
 
 

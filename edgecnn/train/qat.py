@@ -299,10 +299,11 @@ def fine_tune(model: Any, card: ModelCard, x_train: np.ndarray, y_train: np.ndar
         out_path.unlink(missing_ok=True)
         raise ArtifactError(f"Cannot save the QAT model to {out_path} ({type(err).__name__}: {err}).") from err
     hist = {k: [round(float(v), 4) for v in vals] for k, vals in history.history.items()}
-    return {"epochs": config.epochs, "lr": config.lr, "optimizer": "adam, cosine decay", "batch_size": config.batch_size,
+    return {"epochs": config.epochs, "lr": config.lr, "optimizer": "adam, cosine decay",
+            "batch_size": config.batch_size,
             "train_images": len(x_train), "augment": "flip" if config.augment else "none",
             "per_channel": config.per_channel, "weight_bits": config.weight_bits,
-            "folded_batch_norms": sum(type(l).__name__ == "Identity" for l in qmodel.layers),
+            "folded_batch_norms": sum(type(layer).__name__ == "Identity" for layer in qmodel.layers),
             "activation_quantizers": len(quantizers), "history": hist,
             "seconds": round(time.perf_counter() - started, 1), "config": asdict(config)}
 

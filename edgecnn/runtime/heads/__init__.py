@@ -38,7 +38,8 @@ from edgecnn.runtime.heads.segment import (
 )
 
 __all__ = ["Detection", "Detections", "Detector", "SegmentationResult", "Segmenter", "DetectionMAP", "box_iou", "nms",
-           "xywh_to_xyxy", "decode_yolo", "yolo_layout", "output_layout", "select_boxes", "postprocess_yolo", "class_axis",
-           "class_maps", "to_original", "class_fractions", "postprocess_segmentation", "average_precision",
+           "xywh_to_xyxy", "decode_yolo", "yolo_layout", "output_layout", "select_boxes", "postprocess_yolo",
+           "class_axis", "class_maps", "to_original", "class_fractions", "postprocess_segmentation",
+           "average_precision",
            "detection_map", "DetectionRecords", "class_ious", "mean_iou", "confusion_matrices", "mean_iou_of",
            "class_colour", "draw_detections", "overlay_mask"]

@@ -37,8 +37,8 @@ from edgecnn.runtime.preprocess import FitInfo, ImageLike, decode_image
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Detection", "Detections", "Detector", "decode_yolo", "yolo_layout", "output_layout", "select_boxes", "postprocess_yolo",
-           "MAX_NMS"]
+__all__ = ["Detection", "Detections", "Detector", "decode_yolo", "yolo_layout", "output_layout", "select_boxes",
+           "postprocess_yolo", "MAX_NMS"]
 
 _YOLOX_STRIDES = (8, 16, 32)
 MAX_NMS = 30_000  # candidates going into NMS at most (the best-scoring ones), as Ultralytics caps them

@@ -66,7 +66,8 @@ def _rows(outputs: Sequence[np.ndarray], roles: NmsOutputs, image: int) -> Rows:
     scores = np.asarray(outputs[roles.scores][image], np.float32).reshape(-1)
     classes = np.asarray(outputs[roles.classes][image], np.float32).reshape(-1)
     if roles.count is not None:
-        n = int(np.clip(np.asarray(outputs[roles.count]).reshape(len(outputs[roles.count]), -1)[image, 0], 0, len(boxes)))
+        n = int(np.clip(np.asarray(outputs[roles.count]).reshape(len(outputs[roles.count]), -1)[image, 0],
+                        0, len(boxes)))
         boxes, scores, classes = boxes[:n], scores[:n], classes[:n]
     if roles.kind == "boxes-yxyx":
         boxes = boxes[:, [1, 0, 3, 2]]

@@ -55,7 +55,8 @@ def _shufflenet_v2(num_classes, input_shape, *, width: float, repeats, small_inp
     *stage_ch, last_ch = _WIDTHS[width]
     inputs = keras.Input(input_shape, name="images")
     stem_ch = 24
-    x = layers.Conv2D(stem_ch, 3, strides=1 if small_input else 2, padding="same", use_bias=False, name="stem_conv")(inputs)
+    x = layers.Conv2D(stem_ch, 3, strides=1 if small_input else 2, padding="same", use_bias=False,
+                      name="stem_conv")(inputs)
     x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="stem_bn")(x)
     x = layers.ReLU(name="stem_relu")(x)
     if not small_input:
@@ -68,14 +69,16 @@ def _shufflenet_v2(num_classes, input_shape, *, width: float, repeats, small_inp
 
 
 @register_model("shufflenet_v2", input_size=(32, 32), family="shufflenet")
-def shufflenet_v2(num_classes: int, *, input_shape=(32, 32, 3), width: float = 1.0, dropout: float = 0.2) -> keras.Model:
+def shufflenet_v2(num_classes: int, *, input_shape=(32, 32, 3), width: float = 1.0,
+                  dropout: float = 0.2) -> keras.Model:
     """ShuffleNetV2 for 32x32 inputs (stride-1 stem, no stem pooling), width multiplier."""
     return _shufflenet_v2(num_classes, input_shape, width=width, repeats=(4, 8, 4), small_input=True,
                           dropout=dropout, name="shufflenet_v2")
 
 
 @register_model("shufflenet_v2_224", input_size=(224, 224), family="shufflenet")
-def shufflenet_v2_224(num_classes: int, *, input_shape=(224, 224, 3), width: float = 1.0, dropout: float = 0.2) -> keras.Model:
+def shufflenet_v2_224(num_classes: int, *, input_shape=(224, 224, 3), width: float = 1.0,
+                      dropout: float = 0.2) -> keras.Model:
     """ShuffleNetV2 with the paper's stride-2 stem and stem pooling, for 224x224 inputs."""
     return _shufflenet_v2(num_classes, input_shape, width=width, repeats=(4, 8, 4), small_input=False,
                           dropout=dropout, name="shufflenet_v2_224")
