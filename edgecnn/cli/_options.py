@@ -61,13 +61,16 @@ def model_options(*, layout_help: str = "Input layout of the model: nchw or nhwc
 
     presets = "; ".join(f"{k}: {v.description}" for k, v in PREPROCESS_PRESETS.items())
     options = [
-        click.option("--input-size", default=None, metavar="HxW", help="Input size for a model with a dynamic height/width."),
-        click.option("--channels", type=click.Choice(["1", "3"]), default=None, help="Input channels: 1 (gray) or 3 (RGB)."),
+        click.option("--input-size", default=None, metavar="HxW",
+                     help="Input size for a model with a dynamic height/width."),
+        click.option("--channels", type=click.Choice(["1", "3"]), default=None,
+                     help="Input channels: 1 (gray) or 3 (RGB)."),
         click.option("--layout", type=click.Choice(["nchw", "nhwc"]), default=None, help=layout_help),
         click.option("--preprocess", type=click.Choice(list(PREPROCESS_PRESETS)), default=None,
                      help=f"Normalization preset ({presets})."),
         click.option("--mean", default=None, metavar="R,G,B", help="Per-channel mean on the 0-255 scale (with --std)."),
-        click.option("--std", default=None, metavar="R,G,B", help="Per-channel std on the 0-255 scale, e.g. 58.395,57.12,57.375."),
+        click.option("--std", default=None, metavar="R,G,B",
+                     help="Per-channel std on the 0-255 scale, e.g. 58.395,57.12,57.375."),
         click.option("--labels", default=None, metavar="FILE|a,b,c",
                      help="Class names: a text file, one per line, a,b,c, or one name."),
         click.option("--channels-order", type=click.Choice(["rgb", "bgr"], case_sensitive=False), default=None,
@@ -77,14 +80,16 @@ def model_options(*, layout_help: str = "Input layout of the model: nchw or nhwc
                      help="How an image is fitted to the input size: stretch (default), letterbox (aspect kept, "
                           "centred; detectors), keep-aspect (aspect kept, padded right/bottom; YOLOX), fit-height "
                           "(height filled, padded right; OCR text lines), center-crop (shorter side, then the "
-                          "centre; torchvision/timm classifiers; paddle-crop: the same with PaddleClas's rounding), stretch-crop (stretched to the side, then the centre; "
+                          "centre; torchvision/timm classifiers; paddle-crop: the same with PaddleClas's rounding), "
+                          "stretch-crop (stretched to the side, then the centre; "
                           "Caffe-era classifiers)."),
         click.option("--resample", type=click.Choice(list(RESAMPLE_FILTERS)), default=None,
                      help="Pillow's resize filter (default: the card's, else bilinear)."),
         click.option("--pad-value", type=int, default=None, metavar="0-255",
                      help="Border value for letterbox, keep-aspect and fit-height (default 114)."),
         click.option("--shorter-side", type=int, default=None, metavar="N",
-                     help="center-crop, paddle-crop, stretch-crop: the side before the crop (default: input side / 0.875, 256 for 224)."),
+                     help="center-crop, paddle-crop, stretch-crop: the side before the crop (default: input side / "
+                          "0.875, 256 for 224)."),
         click.option("--output-layout", type=click.Choice(sorted({k for v in OUTPUT_KINDS.values() for k in v})),
                      default=None, help="What the outputs hold: classify/segment probabilities|logits (a "
                                         "sigmoid or softmax at the end: probabilities), detect yolov8|yolov5|yolox, "
@@ -97,7 +102,8 @@ def model_options(*, layout_help: str = "Input layout of the model: nchw or nhwc
         click.option("--gray", type=click.Choice(list(GRAY_RULES)), default=None,
                      help="1-channel models: luma (ITU-R 601-2, Pillow's L and OpenCV's BGR2GRAY; default) or "
                           "average ((R+G+B)/3)."),
-        click.option("--task", type=click.Choice(list(TASKS)), default=None, help="What the model does (default: its card, "
+        click.option("--task", type=click.Choice(list(TASKS)), default=None,
+                     help="What the model does (default: its card, "
                      "Ultralytics metadata or its output shapes)."),
     ]
 
@@ -122,7 +128,8 @@ def runtime_options(*, providers: tuple[str, ...] = PROVIDERS, threads_help: str
         click.option("--allow-fallback", is_flag=True, help="Run on the CPU (with a warning) if the provider is "
                      "unusable."),
         click.option("--threads", type=click.IntRange(min=1), default=None, help=threads_help),
-        click.option("--device", type=click.Choice(OV_DEVICES, case_sensitive=False), default="CPU", show_default=True,
+        click.option("--device", type=click.Choice(OV_DEVICES, case_sensitive=False), metavar="CPU|GPU|NPU",
+                     default="CPU", show_default=True,
                      help="OpenVINO device."),
         click.option("--precision", type=click.Choice(OV_PRECISIONS), default=None,
                      help="OpenVINO execution precision (default f32: the same results as onnxruntime)."),

@@ -39,7 +39,8 @@ Examples:
 @click.option("--keras", "keras_path", type=click.Path(exists=True, path_type=Path), default=None,
               help="Run directory (or .keras file) of the model, for --compare.")
 @click.option("--calibration", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="An .npz (keras layout) whose first 128 train images calibrate LiteRT int8 (default: the embedded sample).")
+              help="An .npz (keras layout) whose first 128 train images calibrate LiteRT int8 (default: the embedded "
+                   "sample).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write JSON.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write CSV.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -52,7 +53,8 @@ Examples:
               help="Also time the app's call from uint8 pixels (runner '<runner>+pixels'), next to the model alone.")
 @click.option("--backend", default="onnxruntime", show_default=True,
               help="Runtimes to measure side by side, comma-separated: onnxruntime, openvino (the [openvino] extra).")
-@click.option("--device", type=click.Choice(OV_DEVICES, case_sensitive=False), default="CPU", show_default=True,
+@click.option("--device", type=click.Choice(OV_DEVICES, case_sensitive=False), metavar="CPU|GPU|NPU", default="CPU",
+              show_default=True,
               help="OpenVINO device.")
 @click.option("--precision", type=click.Choice(OV_PRECISIONS), default=None,
               help="OpenVINO execution precision (default f32: the same results as onnxruntime).")
@@ -70,7 +72,8 @@ def bench(models: tuple[Path, ...], batch: str, threads: str, provider: str, all
     from edgecnn.runtime.benchmark import BenchConfig, parse_int_list, run_benchmark
 
     config = BenchConfig(batch_sizes=parse_int_list(batch, "--batch"), threads=parse_int_list(threads, "--threads"),
-                         provider=provider, warmup=warmup, runs=runs, duration_s=duration, allow_fallback=allow_fallback,
+                         provider=provider, warmup=warmup, runs=runs, duration_s=duration,
+                         allow_fallback=allow_fallback,
                          io_binding=io_binding, cuda_graph=cuda.cuda_graph,
                          cudnn_conv_algo_search=cuda.cudnn_conv_algo_search, prefer_nhwc=cuda.prefer_nhwc,
                          device_id=cuda.device_id, placement=placement, backends=split_list(backend),
@@ -88,7 +91,8 @@ def bench(models: tuple[Path, ...], batch: str, threads: str, provider: str, all
     def progress(r: Any) -> None:
         click.echo(f"  {r.variant} batch {r.batch}, {r.threads} thread(s): p50 {r.stats['p50_ms']:.3f} ms", err=True)
 
-    report = run_benchmark(_model_files(models) or [default_model_path()], config, compare=compare, keras_path=keras_path,
+    report = run_benchmark(_model_files(models) or [default_model_path()], config, compare=compare,
+                           keras_path=keras_path,
                            calibration_data=calibration, baseline_runner=run_baselines, overrides=overrides,
                            on_result=progress)
     m = report.machine

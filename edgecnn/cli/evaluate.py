@@ -11,10 +11,13 @@ from edgecnn.cli._app import main
 from edgecnn.cli._options import model_options
 
 
-@main.command(epilog="\b\nExamples:\n  edgecnn evaluate runs/seed\n  edgecnn evaluate runs/seed --data cifar10.npz\n  edgecnn evaluate runs/seed/export/model.int8.onnx\n  edgecnn evaluate runs/fast --tta flip+shift\n  edgecnn evaluate mine.keras --data photos/ --preprocess tf")
+@main.command(epilog="\b\nExamples:\n  edgecnn evaluate runs/seed\n  edgecnn evaluate runs/seed --data cifar10.npz\n  "
+                     "edgecnn evaluate runs/seed/export/model.int8.onnx\n  edgecnn evaluate runs/fast --tta "
+                     "flip+shift\n  edgecnn evaluate mine.keras --data photos/ --preprocess tf")
 @click.argument("model_path", metavar="RUN_OR_MODEL", type=click.Path(path_type=Path))
 @click.option("--data", help="Dataset to evaluate on (default: the run's own test split).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Where evaluation.json and the confusion PNG go.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Where evaluation.json and the confusion PNG go.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @click.option("--tta", type=click.Choice(["none", "flip", "flip+shift"]), default="none", show_default=True,
               help="Test-time augmentation: average the image and its mirror (2 views), or also both shifted by "
@@ -35,7 +38,9 @@ def evaluate(model_path: Path, data: str | None, out: Path | None, as_json: bool
     click.echo(f"Wrote {', '.join(report.files)}", err=True)
 
 
-@main.command(epilog="\b\nExamples:\n  edgecnn gradcam runs/seed cat.png dog.jpg --out cams/\n  edgecnn gradcam runs/seed ship.png --class-name airplane\n  edgecnn gradcam mine.keras cat.png --preprocess imagenet --labels cat,dog")
+@main.command(epilog="\b\nExamples:\n  edgecnn gradcam runs/seed cat.png dog.jpg --out cams/\n  edgecnn gradcam "
+                     "runs/seed ship.png --class-name airplane\n  edgecnn gradcam mine.keras cat.png --preprocess "
+                     "imagenet --labels cat,dog")
 @click.argument("run", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("gradcam"), show_default=True)
@@ -54,7 +59,9 @@ def gradcam(run: Path, images: tuple[Path, ...], out: Path, class_name: str | No
         click.echo(f"{rec['image']}: {rec['class']} ({rec['probability']:.1%}) -> {rec['file']}")
 
 
-@main.command(epilog="\b\nExamples:\n  edgecnn features runs/seed cat.png --out features/\n  edgecnn features runs/seed cat.png --layer conv1 --layer conv2 --layer conv3\n  edgecnn features runs/transfer cat.png --layer backbone/Conv1")
+@main.command(epilog="\b\nExamples:\n  edgecnn features runs/seed cat.png --out features/\n  edgecnn features "
+                     "runs/seed cat.png --layer conv1 --layer conv2 --layer conv3\n  edgecnn features runs/transfer "
+                     "cat.png --layer backbone/Conv1")
 @click.argument("run", metavar="RUN_OR_MODEL", type=click.Path(path_type=Path))
 @click.argument("image", type=click.Path(path_type=Path))
 @click.option("--layer", "layers", multiple=True,

@@ -69,7 +69,8 @@ Examples:
                    "retry until it passes (the report lists them, with the size and latency cost).")
 @click.option("--atol", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True,
               help="Max |source - ONNX| allowed for fp32 (relative to outputs larger than 1).")
-@click.option("--test-images", type=click.IntRange(min=2), default=None, help="Evaluate on the first N test images only.")
+@click.option("--test-images", type=click.IntRange(min=2), default=None,
+              help="Evaluate on the first N test images only.")
 @click.option("--no-simplify", is_flag=True, help="Skip onnxslim graph simplification.")
 @click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True,
               help="Keras sources: bake flip test-time augmentation into the graph (the image and its mirror, logits "
@@ -105,13 +106,16 @@ def export(source: Path, out_dir: Path | None, quantize: tuple[str, ...], opset:
                           max_accuracy_drop=max_accuracy_drop, quant=quant, triton_dir=triton_dir,
                           accuracy_aware=accuracy_aware, tta=tta, guard=guard_policy, min_sqnr_db=min_sqnr,
                           check_chance=not no_chance_check, eval_data=eval_data)
-    with _qat_config(config, source, epochs=qat_epochs, lr=qat_lr, data=calibration_data, overrides=overrides) as config:
+    with _qat_config(config, source, epochs=qat_epochs, lr=qat_lr, data=calibration_data,
+                     overrides=overrides) as config:
         report = export_model(source, out_dir=out_dir, config=config, calibration_data=calibration_data,
                               overrides=overrides)
     echo_table(f"{report.card_name} ({report.task}) -> {report.out_dir}",
                 ["precision", "file", "KiB", "accuracy", "delta pp", "vs fp32", "guard [95%]", "status"],
-                [[v.precision, v.file or "-", f"{v.size_bytes / 1024:.1f}", "-" if v.accuracy is None else f"{100 * v.accuracy:.2f}%",
-                  "-" if v.accuracy_delta_pp is None else f"{v.accuracy_delta_pp:+.2f}", metric_text(v), interval_text(v),
+                [[v.precision, v.file or "-", f"{v.size_bytes / 1024:.1f}",
+                  "-" if v.accuracy is None else f"{100 * v.accuracy:.2f}%",
+                  "-" if v.accuracy_delta_pp is None else f"{v.accuracy_delta_pp:+.2f}", metric_text(v),
+                  interval_text(v),
                   status_text(v)] for v in report.variants])
     for v in report.variants:
         if v.verdict and v.verdict["outcome"] == "unsure":

@@ -27,7 +27,8 @@ Examples:
 @main.command(epilog=_PREDICT_EPILOG)
 @click.argument("paths", nargs=-1, required=True, metavar="[MODEL.onnx|EXPORT_DIR] IMAGES...",
                 type=click.Path(exists=True, path_type=Path))
-@click.option("--top-k", "-k", default=5, show_default=True, type=click.IntRange(min=1), help="classify: classes per image.")
+@click.option("--top-k", "-k", default=5, show_default=True, type=click.IntRange(min=1),
+              help="classify: classes per image.")
 @click.option("--conf", default=0.25, show_default=True, type=click.FloatRange(0, 1), help="detect: score threshold.")
 @click.option("--iou", default=0.45, show_default=True, type=click.FloatRange(0, 1), help="detect: NMS IoU threshold.")
 @click.option("--save", "save_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -111,7 +112,8 @@ def _png_bytes(image: Any) -> bytes:
     return buf.getvalue()
 
 
-def _result_rows(task: str, images: tuple[Path, ...], results: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+def _result_rows(task: str, images: tuple[Path, ...],
+                 results: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """The predict table of each task: columns, then rows (the image named on its first row only)."""
     rows: list[list[str]] = []
 
@@ -131,7 +133,10 @@ def _result_rows(task: str, images: tuple[Path, ...], results: list[dict[str, An
                       for c in seg["classes"]], ["(none)", "", ""])
         else:
             add(img, [[o["name"], "x".join(map(str, o["shape"])) or "scalar",
-                       *(f"{o[k]:.4g}" if k in o else "-" for k in ("min", "max", "mean"))] for o in res["outputs"]], [])
-    columns = {"classify": ["image", "rank", "label", "probability"], "detect": ["image", "label", "score", "box x1, y1, x2, y2"],
-               "segment": ["image", "class", "pixels", "size"]}.get(task, ["image", "output", "shape", "min", "max", "mean"])
+                       *(f"{o[k]:.4g}" if k in o else "-" for k in ("min", "max", "mean"))] for o in res["outputs"]],
+                [])
+    columns = {"classify": ["image", "rank", "label", "probability"],
+               "detect": ["image", "label", "score", "box x1, y1, x2, y2"],
+               "segment": ["image", "class", "pixels", "size"]}.get(task, ["image", "output", "shape", "min", "max",
+                                                                           "mean"])
     return columns, rows

@@ -60,8 +60,9 @@ Examples:
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Server processes sharing the port (each loads the models; /metrics is per process); a dead "
                    "worker is replaced, more than five deaths a minute stop the server.")
-@runtime_options(providers=PROVIDERS[:3], threads_help="Intra-op threads per worker (default: all cores but one, which stays with HTTP and "
-                  "decoding, shared by the workers).")
+@runtime_options(providers=PROVIDERS[:3],
+                 threads_help="Intra-op threads per worker (default: all cores but one, which stays with HTTP and "
+                              "decoding, shared by the workers).")
 @model_options()
 def serve(model_or_dir: Path | None, host: str, port: int, token: str | None, token_file: Path | None, max_batch: int,
           max_delay_ms: float, queue_size: int, timeout_s: float, body_timeout_s: float, header_timeout_s: float,
@@ -80,7 +81,8 @@ def serve(model_or_dir: Path | None, host: str, port: int, token: str | None, to
         lines = token_file.read_text(encoding="utf-8", errors="replace").splitlines()
         token = lines[0].strip() if lines else ""
         if not token:
-            raise click.BadParameter(f"{token_file} is empty; put the token on its first line.", param_hint="--token-file")
+            raise click.BadParameter(f"{token_file} is empty; put the token on its first line.",
+                                     param_hint="--token-file")
     config = ServeConfig(host=host, port=port, token=token or None, max_batch=max_batch, max_delay_ms=max_delay_ms,
                          queue_size=queue_size, timeout_s=timeout_s, body_timeout_s=body_timeout_s,
                          header_timeout_s=header_timeout_s, workers=workers, backend=runtime.backend,

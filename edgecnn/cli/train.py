@@ -24,8 +24,10 @@ Examples:
 
 
 @main.command(epilog=_TRAIN_EPILOG)
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help="Recipe file (YAML/JSON); flags override it.")
-@click.option("--resume", "resume_dir", type=click.Path(file_okay=False, path_type=Path), help="Continue the run in this directory from its last finished epoch.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Recipe file (YAML/JSON); flags override it.")
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Continue the run in this directory from its last finished epoch.")
 @click.option("--model", help="Zoo model name (see `edgecnn models`).  [default: seed_cnn]")
 @click.option("--data", help="cifar10 (download), sample (embedded), a .npz in keras layout, or an image folder.")
 @click.option("--out", help="Run directory.  [default: runs/<model>]")
@@ -36,7 +38,9 @@ Examples:
 @click.option("--lr", type=float, help="Learning rate (peak rate for cosine/onecycle).")
 @click.option("--momentum", type=float)
 @click.option("--nesterov/--no-nesterov", default=None)
-@click.option("--weight-decay", type=float, help="Decoupled weight decay, Keras's (w -= lr * wd * w each step): a paper's coupled L2 of X under SGD momentum m is about X / (1 - m) here.")
+@click.option("--weight-decay", type=float,
+              help="Decoupled weight decay, Keras's (w -= lr * wd * w each step): a paper's coupled L2 of X under SGD "
+                   "momentum m is about X / (1 - m) here.")
 @click.option("--schedule", type=click.Choice(["constant", "step", "cosine", "onecycle", "triangle"]))
 @click.option("--warmup-epochs", type=float)
 @click.option("--step-every", type=int, help="Step schedule: epochs between decays.")
@@ -47,22 +51,32 @@ Examples:
 @click.option("--early-stopping", type=int, help="Patience in epochs on val accuracy (0: off).")
 @click.option("--val-split", type=float, help="Fraction of training images held out for validation.")
 @click.option("--seed", type=int)
-@click.option("--normalization", type=click.Choice(["scale", "dataset"]), help="scale: /255; dataset: per-channel mean/std of the training split.")
+@click.option("--normalization", type=click.Choice(["scale", "dataset"]),
+              help="scale: /255; dataset: per-channel mean/std of the training split.")
 @click.option("--input-size", help="N or HxW the images are resized to.")
 @click.option("--classes", help="Train on a subset: '0-4', 'cat,dog', ...")
 @click.option("--limit", type=int, help="Use at most this many training images.")
-@click.option("--augment/--no-augment", default=None, help="Random flip + translation (up to 1/8 of the side, sub-pixel).")
+@click.option("--augment/--no-augment", default=None,
+              help="Random flip + translation (up to 1/8 of the side, sub-pixel).")
 @click.option("--rotation", type=float, help="Random rotation range in degrees (augmentation).")
 @click.option("--translate", type=float, help="Random translation as a fraction of the side (augmentation).")
-@click.option("--backbone", help="Transfer learning: mobilenet_v2, mobilenet_v3_small, resnet50, efficientnet_b0, vgg16, or a run directory.")
-@click.option("--weights", help="Backbone weights: imagenet, none or a local file (the notop .h5 keras.applications downloads, a .weights.h5 or a .keras).")
+@click.option("--backbone", help="Transfer learning: mobilenet_v2, mobilenet_v3_small, resnet50, efficientnet_b0, "
+                                 "vgg16, or a run directory.")
+@click.option("--weights", help="Backbone weights: imagenet, none or a local file (the notop .h5 keras.applications "
+                                "downloads, a .weights.h5 or a .keras).")
 @click.option("--backbone-input-size", type=int, help="Size the backbone sees (resized inside the model).")
 @click.option("--fine-tune-layers", type=int, help="Unfreeze this many top backbone layers in phase 2.")
 @click.option("--fine-tune-epochs", type=int)
 @click.option("--fine-tune-lr", type=float, help="[default: lr / 10]")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "auto"]), help="Mixed precision: bf16 on CPUs with AMX/AVX-512 BF16 (or Ampere+ GPUs), fp16 on GPUs, auto picks by hardware.  [default: fp32]")
-@click.option("--distribute", type=click.Choice(["none", "mirrored", "multi-worker"]), help="tf.distribute: mirrored = every local GPU; multi-worker = the machines of TF_CONFIG (docs/distributed.md). --batch-size is then the global batch and --lr stays tied to it (never rescaled by the worker count).  [default: none]")
-@click.option("--worker-timeout", type=float, help="multi-worker: seconds to wait for every worker of TF_CONFIG.  [default: 300]")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "auto"]),
+              help="Mixed precision: bf16 on CPUs with AMX/AVX-512 BF16 (or Ampere+ GPUs), fp16 on GPUs, auto picks "
+                   "by hardware.  [default: fp32]")
+@click.option("--distribute", type=click.Choice(["none", "mirrored", "multi-worker"]),
+              help="tf.distribute: mirrored = every local GPU; multi-worker = the machines of TF_CONFIG "
+                   "(docs/distributed.md). --batch-size is then the global batch and --lr stays tied to it (never "
+                   "rescaled by the worker count).  [default: none]")
+@click.option("--worker-timeout", type=float,
+              help="multi-worker: seconds to wait for every worker of TF_CONFIG.  [default: 300]")
 @click.option("--quiet", is_flag=True, help="One line per epoch instead of a progress bar.")
 def train(config_path, resume_dir, overwrite, quiet, augment, rotation, translate, input_size, **flags) -> None:
     """Train a CNN into a run directory (model.keras, card.json, history, curves, metrics)."""
@@ -106,7 +120,8 @@ def train(config_path, resume_dir, overwrite, quiet, augment, rotation, translat
 
 @main.command(epilog="\b\nExamples:\n  edgecnn models\n  edgecnn models --family mobilenet --input-size 224")
 @click.option("--family", help="Only this family (seed, lenet, alexnet, vgg, resnet, mobilenet, shufflenet, airbench).")
-@click.option("--input-size", type=click.IntRange(min=8), help="Count MFLOPs at this square size instead of each model's default.")
+@click.option("--input-size", type=click.IntRange(min=8),
+              help="Count MFLOPs at this square size instead of each model's default.")
 @click.option("--classes", "num_classes", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--width", type=click.FloatRange(min=0, min_open=True),
               help="Width multiplier (only models that take one are listed).  [default: each model's own]")

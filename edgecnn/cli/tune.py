@@ -12,13 +12,16 @@ from edgecnn.runtime.options import OV_DEVICES
 
 
 @main.command(epilog="\b\nExamples:\n  edgecnn tune runs/seed/export\n  edgecnn tune runs/mnv2/export --batch 1,32 "
-                    "--objective throughput --max-drop 0.5\n  edgecnn predict runs/seed/export cat.jpg   # follows deploy.json")
+                    "--objective throughput --max-drop 0.5\n  edgecnn predict runs/seed/export cat.jpg   # follows "
+                    "deploy.json")
 @click.argument("export_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--batch", default="1", show_default=True, help="Batch sizes, comma-separated.")
-@click.option("--threads", default=None, help="Thread counts, comma-separated.  [default: 1, 2, 4, ... up to the cores]")
+@click.option("--threads", default=None, help="Thread counts, comma-separated.  [default: 1, 2, 4, ... up to the "
+                                              "cores]")
 @click.option("--backend", default=None, help="Backends to try, comma-separated.  [default: onnxruntime, and openvino "
               "when installed]")
-@click.option("--device", type=click.Choice(OV_DEVICES, case_sensitive=False), default="CPU", show_default=True,
+@click.option("--device", type=click.Choice(OV_DEVICES, case_sensitive=False), metavar="CPU|GPU|NPU", default="CPU",
+              show_default=True,
               help="OpenVINO device.")
 @click.option("--objective", type=click.Choice(["latency", "throughput"]), default="latency", show_default=True,
               help="latency: p50 at the smallest batch; throughput: images/s at the largest.")
@@ -47,7 +50,8 @@ def tune(export_dir: Path, batch: str, threads: str | None, backend: str | None,
     config = TuneConfig(batch_sizes=parse_int_list(batch, "--batch"),
                         threads=parse_int_list(threads, "--threads") if threads else None,
                         backends=split_list(backend) if backend else None,
-                        device=device.upper(), objective=objective, max_drop_pp=max_drop, seconds=seconds, images=images,
+                        device=device.upper(), objective=objective, max_drop_pp=max_drop, seconds=seconds,
+                        images=images,
                         data=data, confirm=confirm)
     report = run_tune(export_dir, config, write=not no_write, progress=lambda line: click.echo(line, err=True))
     if as_json:
