@@ -240,7 +240,7 @@ def _versions(*, with_tf: bool) -> dict[str, str]:
 def _export_card(card: ModelCard, src: ModelSource) -> ModelCard:
     export = {"opset": onnx_io.opset_of(src.proto), "source": str(src.path), "source_kind": src.kind,
               "source_sha256": onnx_io.sha256_file(src.file), "source_run": str(src.run_dir) if src.run_dir else None,
-              "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+              "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
     if src.source_opset is not None and src.source_opset != export["opset"]:
         export["source_opset"] = src.source_opset
     if src.weights:

@@ -154,7 +154,7 @@ class MicroBatcher:
         self._closing = True
         try:
             await asyncio.wait_for(self._queue.join(), timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("%s: %d queued requests did not finish within %.0f s.", self.model.name, self.queued, timeout_s)
         if self._worker is not None:
             self._worker.cancel()
@@ -209,7 +209,7 @@ class MicroBatcher:
             return None
         try:
             return await asyncio.wait_for(self._queue.get(), remaining)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return None
 
     async def _execute(self, batch: list[_Job], rows: int) -> None:
