@@ -21,7 +21,7 @@ from edgecnn.runtime.core import InferenceModel
 from edgecnn.runtime.session import ort_error
 
 __all__ = ["Parity", "TaskMetric", "compare", "compare_outputs", "task_agreement", "task_evidence", "cosine_similarity",
-           "OnnxPredictor", "predict_in_batches", "predict_outputs", "accuracy", "ort_error"]
+           "OnnxPredictor", "predict_outputs", "accuracy", "ort_error"]
 
 Outputs = list[np.ndarray]
 
@@ -204,13 +204,6 @@ class OnnxPredictor(InferenceModel):
     def outputs(self, images_uint8: np.ndarray) -> list[np.ndarray]:
         """Every output of the model, in graph order, for a uint8 image batch."""
         return self.run_pixels(images_uint8)
-
-
-def predict_in_batches(fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray, *,
-                       batch_size: int = 256) -> np.ndarray:
-    """Apply ``fn`` to ``images`` in batches and stack the outputs."""
-    outs = [np.asarray(fn(images[i:i + batch_size])) for i in range(0, len(images), batch_size)]
-    return np.concatenate(outs, axis=0)
 
 
 def predict_outputs(fn: Callable[[np.ndarray], Outputs], images: np.ndarray, *, batch_size: int = 256) -> Outputs:
