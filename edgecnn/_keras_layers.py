@@ -13,7 +13,7 @@ from typing import Any
 
 from edgecnn._optional import require
 
-keras = require("keras", "train")
+keras: Any = require("keras", "train")
 
 __all__ = [
     "ChannelShuffle",
@@ -186,6 +186,11 @@ class _QATWeights:
     """Mixin: ``weight_bits`` (8, or 7 for AVX2 without VNNI) and ``per_channel`` of the kernel grid."""
 
     _channel_axes: tuple[int, ...] = (-1,)
+    # Set by the Keras layer this mixes into (Conv2D, DepthwiseConv2D, Dense).
+    kernel: Any
+    bias: Any
+    use_bias: bool
+    activation: Any
 
     def _init_qat(self, weight_bits: int, per_channel: bool) -> None:
         self.weight_bits, self.per_channel = int(weight_bits), bool(per_channel)

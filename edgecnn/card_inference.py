@@ -222,7 +222,7 @@ def input_geometry(name: str, inp: TensorInfo, overrides: ModelOverrides,
         raise ArtifactError(f"{name}: input {inp.name} {list(inp.shape)} read as {layout.upper()} has "
                             f"{channels if channels else 'a dynamic number of'} channels; edgecnn takes 1 (gray) or 3 "
                             "(RGB) channels: pass --layout nchw|nhwc and --channels 1|3.")
-    size = tuple(hw) if all(hw) else None
+    size: tuple[int, ...] | None = (int(hw[0]), int(hw[1])) if hw[0] and hw[1] else None
     if overrides.input_size is not None:
         fixed = [(g, w) for g, w in zip(hw, overrides.input_size) if g is not None and g != w]
         if fixed:
@@ -234,7 +234,7 @@ def input_geometry(name: str, inp: TensorInfo, overrides: ModelOverrides,
     if size is None:
         raise ArtifactError(f"{name}: input {inp.name} {list(inp.shape)} has a dynamic height/width; pass "
                             "--input-size HxW (the size the model was trained at).")
-    return layout, int(channels), (int(size[0]), int(size[1]))
+    return layout, int(channels or 0), (int(size[0]), int(size[1]))
 
 
 def _segment_classes(shape: Sequence[int | None], layout: str) -> int | None:
@@ -243,10 +243,11 @@ def _segment_classes(shape: Sequence[int | None], layout: str) -> int | None:
     (two classes: background and the thing)."""
     if len(shape) != 4 or not (shape[1] or shape[3]):
         return None
-    if shape[1] and shape[3]:
-        c = shape[1] if shape[1] < shape[3] or (shape[1] == shape[3] and layout == "nchw") else shape[3]
+    a, b = shape[1], shape[3]
+    if a and b:
+        c = a if a < b or (a == b and layout == "nchw") else b
     else:
-        c = shape[1] or shape[3]
+        c = a or b or 0  # one of them is known (checked above)
     return 2 if c == 1 else c
 
 
@@ -259,7 +260,9 @@ def _task_and_outputs(name: str, outputs: Sequence[TensorInfo], size: tuple[int,
     if len(outputs) == 1 and len(first) == 2 and first[1]:
         guess, n_classes = "classify", first[1]
     elif (seen := detect_layout(first, size, yolox=not ultra)) is not None:
-        guess, kind, n_classes = "detect", seen, (first[1] - 4 if seen == "yolov8" else first[2] - 5)
+        # detect_layout recognised the shape, so its class axis is known
+        n_classes = int(first[1] or 0) - 4 if seen == "yolov8" else int(first[2] or 0) - 5
+        guess, kind = "detect", seen
     elif (graph_nms := _graph_nms(outputs, overrides)) is not None:
         guess, kind = "detect", graph_nms.kind
     task = overrides.task or _ULTRALYTICS_TASKS.get(str(ultra.get("task")), None) or guess

@@ -290,7 +290,7 @@ def resize_all(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize a uint8 NHWC batch to ``size`` = (height, width) with Pillow's bilinear filter."""
     if x.shape[1:3] == tuple(size):
         return x
-    return np.stack([np.asarray(Image.fromarray(i).resize((size[1], size[0]), Image.BILINEAR)) for i in x])
+    return np.stack([np.asarray(Image.fromarray(i).resize((size[1], size[0]), Image.Resampling.BILINEAR)) for i in x])
 
 
 def load_dataset(
@@ -318,6 +318,7 @@ def load_dataset(
     class_names = list(CIFAR10_CLASSES)
     if data == "keras.datasets.cifar10":  # as recorded in the card of a run trained on the download
         data = "cifar10"
+    source: dict[str, Any]
     if data is None:
         try:
             x_tr, y_tr, x_te, y_te = download_cifar10()
@@ -369,7 +370,7 @@ def load_dataset(
         x_val, y_val, x_tr, y_tr = x_tr[:n_val], y_tr[:n_val], x_tr[n_val:], y_tr[n_val:]
     if limit:
         x_tr, y_tr = x_tr[:limit], y_tr[:limit]
-        if x_val is not None:
+        if x_val is not None and y_val is not None:
             x_val, y_val = x_val[:limit], y_val[:limit]
         source["limit"] = int(limit)
     if x_te is None:  # an image folder without test/: evaluate on the validation split
@@ -377,6 +378,8 @@ def load_dataset(
         source["test_split"] = "val"
     if x_val is None:
         x_val, y_val = x_te, y_te
+    if x_val is None or y_val is None or x_te is None or y_te is None:
+        raise DataError(f"{name} has no test or validation images: hold some out with --val-split.")
     if y_tr.max() >= len(class_names):
         raise DataError(f"Labels go up to {int(y_tr.max())} but there are {len(class_names)} classes.")
     if max_train is not None:

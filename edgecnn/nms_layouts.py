@@ -90,7 +90,7 @@ def _separate(names: Sequence[str], shapes: list[list[int | None]], kind: str | 
         role = _role(name)
         fits = (len(s) == 2 and _same(s[0], n) and _same(s[1], k)) if role in ("scores", "classes") else \
             (role == "count" and (len(s) == 1 or len(s) == 2 and s[1] == 1) and _same(s[0], n))
-        if not fits or role in roles:
+        if not fits or role is None or role in roles:
             return None
         roles[role] = i
     if "scores" not in roles or "classes" not in roles:

@@ -9,7 +9,7 @@ lists come from the modules that define the concepts (all cheap to import: ``--h
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
@@ -32,7 +32,7 @@ MODEL_FLAGS = ("input_size", "channels", "layout", "preprocess", "mean", "std", 
 RUNTIME_FLAGS = ("backend", "provider", "device", "precision", "threads", "allow_fallback")
 
 
-def _group(options: list[Decorator], convert: Callable[[dict[str, Any]], dict[str, Any]]) -> Decorator:
+def _group(options: Sequence[Callable[[Any], Any]], convert: Callable[[dict[str, Any]], dict[str, Any]]) -> Decorator:
     """A decorator adding ``options`` to a command whose body receives ``convert(kwargs)`` in place
     of them (``convert`` pops its flags out of the keyword arguments)."""
 
@@ -42,9 +42,10 @@ def _group(options: list[Decorator], convert: Callable[[dict[str, Any]], dict[st
             kwargs.update(convert(kwargs))
             return fn(*args, **kwargs)
 
+        decorated: Callable[..., Any] = command
         for option in reversed(options):
-            command = option(command)
-        return command
+            decorated = option(decorated)
+        return decorated
 
     return decorate
 

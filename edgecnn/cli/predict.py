@@ -66,7 +66,8 @@ def predict(paths: tuple[Path, ...], top_k: int, conf: float, iou: float, save_d
         click.echo(model.deploy_note, err=True)
     if model.assumptions():
         click.echo(f"note: {model.assumptions()}", err=True)
-    params = {"classify": {"top_k": top_k}, "detect": {"conf": conf, "iou": iou}}.get(model.card.task, {})
+    by_task: dict[str, dict[str, Any]] = {"classify": {"top_k": top_k}, "detect": {"conf": conf, "iou": iou}}
+    params = by_task.get(model.card.task, {})
     fitted = [_fit_or_error(model, img) for img in images]  # an undecodable image is reported, the others answer
     ok = [f for f in fitted if not isinstance(f, str)]
     results = iter(model.postprocess(model.run_pixels(np.stack([px for px, _ in ok])), [fit for _, fit in ok],

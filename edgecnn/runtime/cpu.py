@@ -25,7 +25,7 @@ VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 @functools.lru_cache(maxsize=1)
 def cpu_model_and_flags() -> tuple[str, frozenset[str]]:
     """The CPU's model name and feature flags (empty where ``/proc/cpuinfo`` does not exist)."""
-    cpu, flags = platform.processor() or platform.machine(), frozenset()
+    cpu, flags = platform.processor() or platform.machine(), frozenset[str]()
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:

@@ -13,6 +13,7 @@ import functools
 import io
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -81,7 +82,8 @@ class FitInfo:
 
 
 ORIGINAL_SIZE = "edgecnn.original_size"  # PIL info key: (width, height) before a reduced JPEG decode
-_FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS, "nearest": Image.NEAREST}
+_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+            "lanczos": Image.Resampling.LANCZOS, "nearest": Image.Resampling.NEAREST}
 
 
 @dataclass(frozen=True)
@@ -154,8 +156,8 @@ def fit_image(
     """
     fitting = fitting or Fitting()
     gray = channels == 1
-    crops = fitting.resize in CROP_MODES and fitting.shorter_side
-    target = (fitting.shorter_side,) * 2 if crops else size
+    side = fitting.shorter_side if fitting.resize in CROP_MODES else None
+    target: tuple[int, int] | None = (side, side) if side else size
     if fitting.resample in CV_FILTERS:  # OpenCV samples single pixels: it must see the full decode's
         target = None
     img, name = decode_image(image, max_pixels=max_pixels, mode="L" if gray and fitting.gray == "luma" else "RGB",
@@ -274,9 +276,11 @@ def _stretch_crop(img: Image.Image, size: tuple[int, int], fitting: Fitting) -> 
     return arr, FitInfo(img.width, img.height, new_w / img.width, new_h / img.height, float(-left), float(-top))
 
 
-_FITS = {"stretch": _stretch, "letterbox": _letterbox, "keep-aspect": _keep_aspect, "fit-height": _fit_height,
-         "center-crop": _center_crop, "paddle-crop": functools.partial(_center_crop, paddle=True),
-         "stretch-crop": _stretch_crop, "pad-resize": _pad_resize}
+_Fit = Callable[[Image.Image, tuple[int, int], Fitting], tuple[np.ndarray, FitInfo]]
+_FITS: dict[str, _Fit] = {
+    "stretch": _stretch, "letterbox": _letterbox, "keep-aspect": _keep_aspect, "fit-height": _fit_height,
+    "center-crop": _center_crop, "paddle-crop": functools.partial(_center_crop, paddle=True),
+    "stretch-crop": _stretch_crop, "pad-resize": _pad_resize}
 
 
 def decode_image(image: ImageLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, mode: str = "RGB",
@@ -296,12 +300,14 @@ def decode_image(image: ImageLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, mode
     if isinstance(image, Image.Image):
         _check_pixels(image.size, max_pixels, "the PIL image")
         return _convert(image, mode, "the PIL image"), "the PIL image"
+    source: io.BytesIO | Path
     if isinstance(image, (bytes, bytearray, memoryview)):
         source, name = io.BytesIO(bytes(image)), f"the {len(image)} bytes given"
     elif isinstance(image, (str, Path)):
-        source, name = Path(image), str(image)
-        if not source.is_file():
+        path, name = Path(image), str(image)
+        if not path.is_file():
             raise InputError(f"Image {image} does not exist.")
+        source = path
     else:
         raise InputError(
             f"Cannot use a {type(image).__name__} as an image; pass a path, bytes, a PIL image or a "

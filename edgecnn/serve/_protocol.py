@@ -56,7 +56,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     # A request's head starts with the connection (or, on keep-alive, when the parser sees the
     # next request begin) and ends at on_headers_complete.
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.Transport) -> None:
         super().connection_made(transport)
         self._idle_since = time.monotonic()
         self._start_head()
