@@ -140,3 +140,10 @@ def test_a_huge_train_label_is_refused_before_anything_is_allocated(tmp_path):
 def test_limit_caps_the_validation_split_too(tmp_path):
     ds = load_dataset("sample", input_size=(32, 32), limit=50, val_split=0.2)
     assert len(ds.x_train) == 40 and len(ds.x_val) == 10
+
+
+def test_a_folder_with_nothing_held_out_is_a_one_line_error(tmp_path):
+    """A class-folder tree without val/ or test/, with --val-split 0: nothing to evaluate on."""
+    root = _folder(tmp_path / "d", n=4)
+    with pytest.raises(DataError, match="no test or validation images: hold some out with --val-split"):
+        load_dataset(str(root), input_size=(16, 16), val_split=0.0)
