@@ -10,7 +10,14 @@ import click
 
 from edgecnn.cli._app import echo_table, main
 from edgecnn.cli._options import model_options
-from edgecnn.export.variants import CALIBRATION_METHODS, CPU_TARGET_CHOICES, EXPORT_MODES
+from edgecnn.export.variants import (
+    CALIBRATION_METHODS,
+    CPU_TARGET_CHOICES,
+    EXPORT_MODES,
+    EXPORT_TTA,
+    GUARD_POLICIES,
+    KERAS_SOURCES,
+)
 
 _EXPORT_EPILOG = """\b
 Examples:
@@ -55,7 +62,7 @@ Examples:
 @click.option("--max-accuracy-drop", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Fail if a variant loses more accuracy than fp32 (percentage points; of top-1 agreement "
                    "with fp32 when the data has no labels).")
-@click.option("--guard", "guard_policy", type=click.Choice(["lenient", "strict"]), default="lenient", show_default=True,
+@click.option("--guard", "guard_policy", type=click.Choice(GUARD_POLICIES), default="lenient", show_default=True,
               help="What a variant gets when the 95% interval of its loss straddles --max-accuracy-drop (too few "
                    "images to tell): lenient passes it with a note, strict refuses it.")
 @click.option("--min-sqnr", type=float, default=20.0, show_default=True,
@@ -72,7 +79,7 @@ Examples:
 @click.option("--test-images", type=click.IntRange(min=2), default=None,
               help="Evaluate on the first N test images only.")
 @click.option("--no-simplify", is_flag=True, help="Skip onnxslim graph simplification.")
-@click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True,
+@click.option("--tta", type=click.Choice(EXPORT_TTA), default="none", show_default=True,
               help="Keras sources: bake flip test-time augmentation into the graph (the image and its mirror, logits "
                    "averaged); each image then costs two forward passes.")
 @click.option("--qat-epochs", type=click.IntRange(min=0), default=0, show_default=True,
@@ -146,7 +153,7 @@ def _qat_config(config: Any, source: Path, *, epochs: int, lr: float, data: Path
     if config.accuracy_aware or config.tta != "none":
         raise ConfigError("--qat-epochs cannot be combined with --accuracy-aware or --tta: drop one of them.")
     kind = detect_kind(source)
-    if kind not in ("run", "keras"):
+    if kind not in KERAS_SOURCES:
         raise ConfigError(f"--qat-epochs fine-tunes a Keras model and {source} is a {kind} model: pass the run "
                           "directory or the .keras/.h5 file it came from (with labelled training images as "
                           "--calibration-data when it is not a run), or drop --qat-epochs.")

@@ -1,16 +1,36 @@
 """Export stage: a run, Keras, SavedModel, TFLite or ONNX model -> verified ONNX with the model card
 embedded, quantized variants, Triton.
 
-Heavy dependencies (tensorflow, tf2onnx, onnx, onnxruntime.quantization) are imported inside the
-functions that need them, so importing this package is cheap.
+Importing this package imports nothing: each name of ``__all__`` is loaded from its module on
+first use (PEP 562), so ``import edgecnn.export.variants`` (the CLI's ``--help``) loads neither
+numpy nor onnx nor onnxruntime. Heavy dependencies (tensorflow, tf2onnx, onnxruntime.quantization)
+are imported inside the functions that need them.
 """
 
-from edgecnn.export.accuracy_aware import AccuracyAwareConfig, AccuracyAwareResult, accuracy_aware_quantize
-from edgecnn.export.onnx import DEFAULT_OPSET, convert_keras, embed_card, load_onnx, read_card, save_onnx
-from edgecnn.export.pipeline import ExportConfig, export_model, export_onnx_file, export_run, variant_filename
-from edgecnn.export.quantize import CALIBRATION_METHODS, CPU_TARGETS, QUANTIZE_MODES, QuantizeConfig, quantize_model
-from edgecnn.export.report import ExportReport, VariantResult
-from edgecnn.export.triton import triton_config, write_triton_model
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edgecnn.export.accuracy_aware import AccuracyAwareConfig, AccuracyAwareResult, accuracy_aware_quantize
+    from edgecnn.export.onnx import DEFAULT_OPSET, convert_keras, embed_card, load_onnx, read_card, save_onnx
+    from edgecnn.export.pipeline import ExportConfig, export_model, export_onnx_file, export_run
+    from edgecnn.export.quantize import QuantizeConfig, quantize_model
+    from edgecnn.export.report import ExportReport, VariantResult
+    from edgecnn.export.triton import triton_config, write_triton_model
+    from edgecnn.export.variants import CALIBRATION_METHODS, CPU_TARGETS, QUANTIZE_MODES, variant_filename
+
+# name -> the module that defines it
+_HOMES = {
+    **dict.fromkeys(("AccuracyAwareConfig", "AccuracyAwareResult", "accuracy_aware_quantize"), "accuracy_aware"),
+    **dict.fromkeys(("DEFAULT_OPSET", "convert_keras", "embed_card", "load_onnx", "read_card", "save_onnx"), "onnx"),
+    **dict.fromkeys(("ExportConfig", "export_model", "export_onnx_file", "export_run"), "pipeline"),
+    **dict.fromkeys(("QuantizeConfig", "quantize_model"), "quantize"),
+    **dict.fromkeys(("ExportReport", "VariantResult"), "report"),
+    **dict.fromkeys(("triton_config", "write_triton_model"), "triton"),
+    **dict.fromkeys(("CALIBRATION_METHODS", "CPU_TARGETS", "QUANTIZE_MODES", "variant_filename"), "variants"),
+}
 
 __all__ = [
     "DEFAULT_OPSET", "QUANTIZE_MODES", "CALIBRATION_METHODS", "CPU_TARGETS",
@@ -20,3 +40,22 @@ __all__ = [
     "triton_config", "write_triton_model",
     "AccuracyAwareConfig", "AccuracyAwareResult", "accuracy_aware_quantize",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Load ``name`` from its module on first use (then it is a plain attribute of the package).
+
+    Raises:
+        AttributeError: for a name that is not in ``__all__`` (a submodule is then imported by the
+            import system itself, as ``from edgecnn.export import onnx`` does).
+    """
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -42,10 +42,9 @@ import numpy as np
 from edgecnn.card import ModelCard
 from edgecnn.export.verify import cosine_similarity, task_evidence
 
-__all__ = ["GUARD_POLICIES", "DEFAULT_MIN_SQNR_DB", "Check", "Verdict", "judge_variant", "wilson",
+__all__ = ["DEFAULT_MIN_SQNR_DB", "Check", "Verdict", "judge_variant", "wilson",
            "paired_drop_interval", "near_tie_threshold", "Z95"]
 
-GUARD_POLICIES = ("lenient", "strict")
 Z95 = 1.959963984540054  # two-sided 95%
 BOOTSTRAP = 400
 NEAR_TIE_CAP = 0.05  # a top-2 margin above 5 points of probability is no tie, whatever the noise

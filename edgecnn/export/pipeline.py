@@ -32,12 +32,13 @@ from edgecnn.card import ModelCard
 from edgecnn.errors import AccuracyDropError, ArtifactError, ConfigError, DataError, EdgecnnError
 from edgecnn.export import onnx as onnx_io
 from edgecnn.export.accuracy_aware import accuracy_aware_for_export, guard_hints
-from edgecnn.export.guard import DEFAULT_MIN_SQNR_DB, GUARD_POLICIES, Verdict, judge_variant
+from edgecnn.export.guard import DEFAULT_MIN_SQNR_DB, Verdict, judge_variant
 from edgecnn.export.images import SYNTHETIC_NOTE, ExportData, fp32_only_data, select_data
-from edgecnn.export.quantize import QUANTIZE_MODES, QuantizeConfig, quantize_model
+from edgecnn.export.quantize import QuantizeConfig, quantize_model
 from edgecnn.export.report import REPORT_JSON, ExportReport, VariantResult
 from edgecnn.export.sources import ModelSource, load_source
-from edgecnn.export.tta import EXPORT_TTA, tta_model
+from edgecnn.export.tta import tta_model
+from edgecnn.export.variants import EXPORT_MODES, EXPORT_TTA, FP32, GUARD_POLICIES, VARIANTS, variant, variant_filename
 from edgecnn.export.verify import OnnxPredictor, accuracy, compare_outputs, ort_error, predict_outputs, task_agreement
 from edgecnn.presets import PREPROCESSING_FLAGS, ModelOverrides, short_list
 from edgecnn.runtime.core import take_images
@@ -45,8 +46,7 @@ from edgecnn.runtime.deploy import DEPLOY_FILE, TUNE_REPORT
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ExportConfig", "export_model", "export_run", "export_onnx_file", "variant_filename", "load_test_data",
-           "EXPORT_MODES", "LITERT_MODE"]
+__all__ = ["ExportConfig", "export_model", "export_run", "export_onnx_file", "load_test_data"]
 
 
 @dataclass(frozen=True)
@@ -101,18 +101,6 @@ class ExportConfig:
         object.__setattr__(self, "quantize", tuple(dict.fromkeys(self.quantize)))  # dedupe, keep order
 
 
-# The LiteRT variant: the Keras model through the TFLite converter (int8 inside, float32 I/O).
-LITERT_MODE = "litert-int8"
-EXPORT_MODES = (*QUANTIZE_MODES, LITERT_MODE)
-
-
-def variant_filename(precision: str) -> str:
-    """``model.onnx`` for fp32, ``model.<precision>.onnx`` for a variant, ``model.int8.tflite`` for LiteRT's."""
-    if precision == LITERT_MODE:
-        return "model.int8.tflite"
-    return "model.onnx" if precision == "fp32" else f"model.{precision}.onnx"
-
-
 # --------------------------------------------------------------------------------- public entry
 
 
@@ -138,7 +126,8 @@ def export_model(source: str | Path, *, out_dir: str | Path | None = None, confi
     config = config or ExportConfig()
     started = time.perf_counter()
     src = load_source(source, overrides=overrides, opset=config.opset, layout=config.layout, tta=config.tta)
-    _check_litert_source(src, config)
+    for mode in config.quantize:
+        variant(mode).check_source(src.kind)
     if src.assumed:
         log.warning("%s", src.assumed)
     notes = []
@@ -414,16 +403,16 @@ def _export_staged(proto, card, reference, data, config, *, src, out_dir, stagin
             proto = unsimplified
             fp32_out, fp32, card = verify(proto, card)
     except ArtifactError as err:
-        for name in [variant_filename("fp32")] + [variant_filename(m) for m in EXPORT_MODES]:
-            (out_dir / name).unlink(missing_ok=True)  # nothing stale may pass for this export's result
+        for row in (FP32, *VARIANTS.values()):
+            (out_dir / row.filename).unlink(missing_ok=True)  # nothing stale may pass for this export's result
         report.status, report.errors = "failed", [str(err)]
         report.save(out_dir)
         raise
     failures = []
     for mode in config.quantize:
         try:
-            if mode == LITERT_MODE:
-                result = _litert_variant(src, card, fp32_out, fp32, data, config, staging)
+            if variant(mode).runtime == "litert":
+                result = _litert_variant(mode, src, card, fp32_out, fp32, data, config, staging)
             else:
                 result = _variant(mode, staging / variant_filename("fp32"), card, fp32_out, fp32, data, config,
                                   staging)
@@ -638,13 +627,7 @@ def _judge_staged(mode: str, path: Path, vcard: ModelCard, fp32_out: list[np.nda
                          verdict=None if verdict is None else verdict.to_dict())
 
 
-def _check_litert_source(src: ModelSource, config: ExportConfig) -> None:
-    if LITERT_MODE in config.quantize and src.kind not in ("run", "keras", "h5"):
-        raise ConfigError(f"{LITERT_MODE} converts Keras models with the TFLite converter; this source is "
-                          f"{src.kind}: export from the run directory, .keras or .h5 file instead.")
-
-
-def _litert_variant(src: ModelSource, card: ModelCard, fp32_out: list[np.ndarray], fp32: VariantResult,
+def _litert_variant(mode: str, src: ModelSource, card: ModelCard, fp32_out: list[np.ndarray], fp32: VariantResult,
                     data: ExportData, config: ExportConfig, staging: Path) -> VariantResult:
     """``model.int8.tflite``: the source Keras model through the TFLite converter, int8 weights and
     activations calibrated on the images the ONNX int8 variant uses, the card's normalization inside
@@ -666,11 +649,11 @@ def _litert_variant(src: ModelSource, card: ModelCard, fp32_out: list[np.ndarray
     settings = {"converter": "tf.lite.TFLiteConverter", "optimizations": "DEFAULT", "ops": "TFLITE_BUILTINS_INT8",
                 "input": "int8 pixels (normalization inside the model)", "output": "float32",
                 "calibration_samples": int(len(pick)), "runtime": "LiteRT (XNNPack)"}
-    vcard = pixels_card(nhwc).replace(precision=LITERT_MODE, metrics=dict(card.metrics))
-    vcard = vcard.replace(export={**vcard.export, "quantization": {"mode": LITERT_MODE, **settings}})
-    path = staging / variant_filename(LITERT_MODE)
+    vcard = pixels_card(nhwc).replace(precision=mode, metrics=dict(card.metrics))
+    vcard = vcard.replace(export={**vcard.export, "quantization": {"mode": mode, **settings}})
+    path = staging / variant_filename(mode)
     path.write_bytes(embed_card_tflite(blob, vcard))
-    return _judge_staged(LITERT_MODE, path, vcard, fp32_out, fp32, data, config, started=started, settings=settings,
+    return _judge_staged(mode, path, vcard, fp32_out, fp32, data, config, started=started, settings=settings,
                          ops={}, save=lambda final: path.write_bytes(embed_card_tflite(blob, final)))
 
 

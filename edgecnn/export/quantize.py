@@ -39,18 +39,13 @@ import numpy as np
 from edgecnn._optional import require
 from edgecnn.card import ModelCard
 from edgecnn.errors import ArtifactError, ConfigError, DataError
+from edgecnn.export.variants import CALIBRATION_METHODS, CPU_TARGET_CHOICES, CPU_TARGETS, QUANTIZE_MODES
 from edgecnn.runtime.preprocess import normalize_batch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["QUANTIZE_MODES", "CALIBRATION_METHODS", "CPU_TARGETS", "CPU_TARGET_CHOICES", "QuantizeConfig",
-           "quantize_model",
-           "pre_process_for_quantization"]
+__all__ = ["QuantizeConfig", "quantize_model", "pre_process_for_quantization"]
 
-QUANTIZE_MODES = ("int8", "int8-dynamic", "fp16")
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-CPU_TARGETS = ("avx2", "vnni", "arm64")
-CPU_TARGET_CHOICES = ("auto", *CPU_TARGETS)  # auto: this machine's (edgecnn.runtime.cpu.int8_target)
 MIN_CALIBRATION_IMAGES = 16
 _CALIBRATION_BATCH = 32
 

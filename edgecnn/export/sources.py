@@ -29,6 +29,7 @@ from edgecnn.card import ModelCard
 from edgecnn.card_inference import infer_card, input_geometry
 from edgecnn.errors import ArtifactError
 from edgecnn.export import onnx as onnx_io
+from edgecnn.export.variants import KERAS_SOURCES, SOURCE_KINDS
 from edgecnn.presets import ModelOverrides, TensorInfo
 from edgecnn.runtime.preprocess import normalize_batch
 
@@ -36,7 +37,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["SOURCE_KINDS", "ModelSource", "detect_kind", "load_source"]
 
-SOURCE_KINDS = ("run", "keras", "savedmodel", "tflite", "onnx")
 _SUFFIXES = {".keras": "keras", ".h5": "keras", ".hdf5": "keras", ".tflite": "tflite", ".onnx": "onnx"}
 _WHAT = "a run directory, a .keras/.h5 file, a SavedModel directory, a .tflite or an .onnx file"
 
@@ -122,7 +122,7 @@ def load_source(path: str | Path, *, overrides: ModelOverrides | None = None, op
     path = Path(path).expanduser()
     kind = detect_kind(path)
     overrides = overrides or ModelOverrides()
-    if tta != "none" and kind not in ("run", "keras"):
+    if tta != "none" and kind not in KERAS_SOURCES:
         raise ArtifactError(f"--tta {tta} wraps a Keras model before conversion; {path} is a {kind} source: export "
                             "the run directory or .keras file it came from.")
     loaders = {"run": partial(_run, tta=tta), "keras": partial(_keras_file, tta=tta), "savedmodel": _saved_model,

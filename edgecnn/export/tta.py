@@ -14,10 +14,9 @@ from typing import Any
 
 from edgecnn._optional import require
 from edgecnn.errors import ArtifactError, ConfigError
+from edgecnn.export.variants import EXPORT_TTA
 
-__all__ = ["EXPORT_TTA", "tta_model"]
-
-EXPORT_TTA = ("none", "flip")
+__all__ = ["tta_model"]
 
 
 def _is_softmax_layer(layer: Any) -> bool:

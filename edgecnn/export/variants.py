@@ -1,25 +1,36 @@
-"""The export variants, one row each: what ``edgecnn export -q`` can add beside the fp32 model.
+"""The export variants, one row each: what ``edgecnn export -q`` can add beside the fp32 model,
+and the export's other choice lists (source kinds, calibration methods, CPU targets, guard
+policies, test-time augmentation).
 
 Stdlib only (the CLI's ``--help`` reads the choices from here). Each row says the variant's file
-name, the sources it can be made from, and whether it needs calibration images; the pipeline and
-the CLI take every per-variant fact from this table.
+name, the sources it can be made from, whether it needs calibration images and what runs it; the
+pipeline and the CLI take every per-variant fact from this table.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Variant", "VARIANTS", "EXPORT_MODES", "FP32", "variant", "variant_filename",
-           "CALIBRATION_METHODS", "CPU_TARGETS", "CPU_TARGET_CHOICES"]
+from edgecnn.errors import ConfigError
 
-# Source kinds (edgecnn.export.sources.detect_kind): a run directory, a Keras file, a SavedModel
-# directory, a TFLite or an ONNX file.
-ALL_SOURCES = ("run", "keras", "h5", "savedmodel", "tflite", "onnx")
-KERAS_SOURCES = ("run", "keras", "h5")
+__all__ = ["Variant", "VARIANTS", "EXPORT_MODES", "QUANTIZE_MODES", "FP32", "variant", "variant_filename",
+           "SOURCE_KINDS", "KERAS_SOURCES", "CALIBRATION_METHODS", "CPU_TARGETS", "CPU_TARGET_CHOICES",
+           "GUARD_POLICIES", "EXPORT_TTA"]
+
+# Source kinds (edgecnn.export.sources.detect_kind): a run directory, a Keras file (.keras, .h5), a
+# SavedModel directory, a TFLite or an ONNX file.
+SOURCE_KINDS = ("run", "keras", "savedmodel", "tflite", "onnx")
+KERAS_SOURCES = ("run", "keras")  # a Keras model to load: what --tta, --qat-epochs and LiteRT start from
+_SOURCE_WORDS = {"run": "the run directory", "keras": ".keras or .h5 file", "savedmodel": "SavedModel directory",
+                 "tflite": ".tflite file", "onnx": ".onnx file"}
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 CPU_TARGETS = ("avx2", "vnni", "arm64")
-CPU_TARGET_CHOICES = ("auto", *CPU_TARGETS)
+CPU_TARGET_CHOICES = ("auto", *CPU_TARGETS)  # auto: this machine's (edgecnn.runtime.cpu.int8_target)
+# What a variant gets when the 95% interval of its loss straddles the budget (edgecnn.export.guard):
+# lenient passes it with a note, strict refuses it.
+GUARD_POLICIES = ("lenient", "strict")
+EXPORT_TTA = ("none", "flip")  # flip: test-time augmentation inside the graph (edgecnn.export.tta)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,6 +41,7 @@ class Variant:
         name: the ``-q`` value and the report's precision (``fp32`` for the base model).
         filename: the file it is written to in the export folder.
         sources: the source kinds it can be made from.
+        why_sources: why only those (in the error for another source).
         calibrated: whether it needs calibration images (static int8).
         runtime: the backend its file runs on.
         help: one line for ``--help`` and the docs.
@@ -37,10 +49,23 @@ class Variant:
 
     name: str
     filename: str
-    sources: tuple[str, ...] = ALL_SOURCES
+    sources: tuple[str, ...] = SOURCE_KINDS
+    why_sources: str = ""
     calibrated: bool = False
     runtime: str = "onnxruntime"
     help: str = ""
+
+    def check_source(self, kind: str) -> None:
+        """Refuse a source kind this variant cannot be made from.
+
+        Raises:
+            ConfigError: naming the sources it takes.
+        """
+        if kind not in self.sources:
+            words = [_SOURCE_WORDS[k] for k in self.sources]
+            allowed = words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
+            raise ConfigError(f"{self.name} {self.why_sources}; this source is {kind}: export from {allowed} "
+                              "instead.")
 
 
 FP32 = Variant(name="fp32", filename="model.onnx", help="the verified float model (always written)")
@@ -52,10 +77,13 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
             help="int8 weights, activations quantized per call"),
     Variant(name="fp16", filename="model.fp16.onnx", help="float16 weights and activations"),
     Variant(name="litert-int8", filename="model.int8.tflite", sources=KERAS_SOURCES, calibrated=True,
-            runtime="litert", help="a .tflite for LiteRT (XNNPack) from a Keras source, full int8 inside"),
+            why_sources="converts Keras models with the TFLite converter", runtime="litert",
+            help="a .tflite for LiteRT (XNNPack) from a Keras source, full int8 inside"),
 )}
 
 EXPORT_MODES = tuple(VARIANTS)
+# The modes onnxruntime.quantization makes from the fp32 ONNX file (edgecnn.export.quantize).
+QUANTIZE_MODES = tuple(name for name, v in VARIANTS.items() if v.runtime == "onnxruntime")
 
 
 def variant(name: str) -> Variant:
