@@ -9,6 +9,7 @@ import click
 from edgecnn.cli._app import echo_wide_table, main
 from edgecnn.cli._options import split_list
 from edgecnn.runtime.options import OV_DEVICES
+from edgecnn.tune.config import OBJECTIVES
 
 
 @main.command(epilog="\b\nExamples:\n  edgecnn tune runs/seed/export\n  edgecnn tune runs/mnv2/export --batch 1,32 "
@@ -19,11 +20,11 @@ from edgecnn.runtime.options import OV_DEVICES
 @click.option("--threads", default=None, help="Thread counts, comma-separated.  [default: 1, 2, 4, ... up to the "
                                               "cores]")
 @click.option("--backend", default=None, help="Backends to try, comma-separated.  [default: onnxruntime, and openvino "
-              "when installed]")
+              "and litert when installed]")
 @click.option("--device", type=click.Choice(OV_DEVICES, case_sensitive=False), metavar="CPU|GPU|NPU", default="CPU",
               show_default=True,
               help="OpenVINO device.")
-@click.option("--objective", type=click.Choice(["latency", "throughput"]), default="latency", show_default=True,
+@click.option("--objective", type=click.Choice(OBJECTIVES), default="latency", show_default=True,
               help="latency: p50 at the smallest batch; throughput: images/s at the largest.")
 @click.option("--max-drop", default=1.0, show_default=True, type=click.FloatRange(min=0),
               help="Accuracy budget: percentage points below fp32 (of agreement with fp32 without labels).")
@@ -43,9 +44,9 @@ def tune(export_dir: Path, batch: str, threads: str | None, backend: str | None,
     print the Pareto front and write deploy.json (which predict, serve and Classifier.from_dir follow)."""
     import json
 
-    from edgecnn.export.tune import TuneConfig
-    from edgecnn.export.tune import tune as run_tune
     from edgecnn.runtime.benchmark import parse_int_list
+    from edgecnn.tune import TuneConfig
+    from edgecnn.tune import tune as run_tune
 
     config = TuneConfig(batch_sizes=parse_int_list(batch, "--batch"),
                         threads=parse_int_list(threads, "--threads") if threads else None,

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from edgecnn.card import atomic_write_text
+from edgecnn.errors import ArtifactError
 
 __all__ = ["VariantResult", "ExportReport", "metric_text", "interval_text", "status_text", "REPORT_JSON"]
 
@@ -42,6 +43,15 @@ class VariantResult:
     accuracy_aware: dict[str, Any] | None = None  # --accuracy-aware: nodes kept in float, metrics, size, latency
     verdict: dict[str, Any] | None = None  # the guard's checks with their 95% intervals (edgecnn.export.guard)
 
+    @classmethod
+    def from_dict(cls, data: Any) -> VariantResult:
+        """One variant of ``export_report.json`` read back (the inverse of ``asdict``).
+
+        Raises:
+            ArtifactError: for anything but a dict of this type's fields (unknown or missing ones).
+        """
+        return _from_fields(cls, data)
+
 
 @dataclass
 class ExportReport:
@@ -71,6 +81,37 @@ class ExportReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ExportReport:
+        """The report :meth:`to_dict` wrote, read back, its variants typed.
+
+        Raises:
+            ArtifactError: for anything but a dict of this type's fields, variants included.
+        """
+        if not isinstance(data, dict) or not isinstance(data.get("variants"), list):
+            raise ArtifactError("not a dict with a list of variants")
+        return _from_fields(cls, {**data, "variants": [VariantResult.from_dict(v) for v in data["variants"]]})
+
+    @classmethod
+    def load(cls, out_dir: str | Path) -> ExportReport:
+        """Read ``export_report.json`` back from an export directory.
+
+        Raises:
+            ArtifactError: when the directory has none, or it is unreadable or not an export report
+                of this version of edgecnn.
+        """
+        path = Path(out_dir) / REPORT_JSON
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ArtifactError(f"{out_dir} has no {REPORT_JSON}; export again.") from None
+        except (ValueError, OSError, RecursionError) as err:
+            raise ArtifactError(f"{path} is unreadable ({type(err).__name__}); export again.") from None
+        try:
+            return cls.from_dict(data)
+        except ArtifactError as err:
+            raise ArtifactError(f"{path} is not an edgecnn export report ({err}); export again.") from None
 
     def variant(self, precision: str) -> VariantResult:
         return next(v for v in self.variants if v.precision == precision)
@@ -117,6 +158,20 @@ class ExportReport:
         for p in (j, m):
             os.chmod(p, _FILE_MODE)  # atomic_write_text's mkstemp leaves 0600
         return j, m
+
+
+def _from_fields(cls: Any, data: Any) -> Any:
+    """``cls(**data)``, refusing unknown and missing fields with one line that names them."""
+    if not isinstance(data, dict):
+        raise ArtifactError(f"a {cls.__name__} is a dict, got {type(data).__name__}")
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ArtifactError(f"unknown {cls.__name__} field {unknown[0]!r}")
+    try:
+        return cls(**data)
+    except TypeError as err:  # a required field missing
+        raise ArtifactError(str(err).replace(".__init__()", "")) from None
 
 
 def _pct(v: float | None) -> str:

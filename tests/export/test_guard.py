@@ -57,7 +57,7 @@ def _outputs(model, images):
 
 
 def _model_files():
-    from edgecnn.runtime.classifier import default_model_path
+    from edgecnn.runtime import default_model_path
 
     files = sorted(p.name for p in FOREIGN.iterdir() if p.suffix in (".onnx", ".tflite"))
     return [(name, FOREIGN / name) for name in files] + [("packaged reference model", default_model_path())]
@@ -322,8 +322,7 @@ def test_accuracy_aware_int8_that_keeps_everything_float_is_no_gain():
 
 def test_export_refuses_an_accuracy_aware_file_with_no_gain(tmp_path, seed_run, monkeypatch):
     from edgecnn.errors import AccuracyDropError
-    from edgecnn.export import ExportConfig, export_run
-    from edgecnn.export import pipeline
+    from edgecnn.export import ExportConfig, export_run, pipeline
 
     real = pipeline.accuracy_aware_for_export
 
@@ -395,8 +394,8 @@ def test_eval_data_that_does_not_exist_is_a_one_line_error(tmp_path, foreign):
 def test_tune_judges_the_fp32_detector_against_itself_as_no_drop():
     """Issue 18: `edgecnn tune` reported a +66.67 pp drop for a YOLOv8n's own fp32 file and refused
     every configuration."""
-    from edgecnn.export.tune import _quality
     from edgecnn.runtime import load_model
+    from edgecnn.tune.quality import judge as _quality
 
     model = load_model(FOREIGN / "yolov8_shapes.onnx")
     out = _outputs(model, _photos(24, model.card.input_size))

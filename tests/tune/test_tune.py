@@ -15,9 +15,10 @@ from click.testing import CliRunner
 
 from edgecnn.cli import main
 from edgecnn.errors import ArtifactError, ConfigError
-from edgecnn.export.tune import TuneConfig, _pareto, default_threads, tune
 from edgecnn.runtime import Classifier, InferenceModel
 from edgecnn.runtime.deploy import DEPLOY_FILE, Deployment, read_deployment, resolve_dir
+from edgecnn.tune import TuneConfig, default_threads, tune
+from edgecnn.tune.report import pareto
 
 FAST = dict(seconds=0.05, images=60, confirm=2)
 
@@ -90,7 +91,7 @@ def test_budget_zero_keeps_exact_configurations(export_dir):
 
 def test_pareto_front():
     points = {"a": (1.0, 0.5, 10.0), "b": (2.0, 0.0, 10.0), "c": (2.0, 0.5, 10.0), "d": (0.5, 2.0, 1.0)}
-    assert _pareto(points) == {"a", "b", "d"}  # c is beaten by a on latency and ties the rest
+    assert pareto(points) == {"a", "b", "d"}  # c is beaten by a on latency and ties the rest
 
 
 def test_default_threads_cover_one_to_the_cores():
@@ -284,10 +285,11 @@ def test_cli_tune_errors(tmp_path):
 
 
 def test_finalists_include_each_backends_fastest():
-    from edgecnn.export.tune import Candidate, Cell, finalist_cells
+    from edgecnn.tune import Candidate, Cell, finalist_cells
 
     def cell(backend, p50, variant="int8"):
-        return Cell(Candidate("model.int8.onnx", variant, backend), 1, 1, p50, p50, p50, 1e3 / p50, 10)
+        return Cell(candidate=Candidate(file="model.int8.onnx", variant=variant, backend=backend), threads=1, batch=1,
+                    p50_ms=p50, mean_ms=p50, p90_ms=p50, throughput_ips=1e3 / p50, runs=10)
 
     ranked = [cell("onnxruntime", 1.0), cell("onnxruntime", 1.1), cell("openvino", 1.2), cell("openvino", 1.3),
               cell("litert", 1.9)]  # one noisy pass ranked LiteRT last
