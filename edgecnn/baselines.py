@@ -30,7 +30,8 @@ import numpy as np
 
 from edgecnn._optional import require
 from edgecnn.card import ModelCard
-from edgecnn.errors import ArtifactError, ConfigError
+from edgecnn.errors import ConfigError
+from edgecnn.keras_io import load_keras_model
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +48,6 @@ def calibration_images(card: ModelCard, n: int = 128, data: str | Path | None = 
 
     x = load_npz(data)[0] if data is not None else load_embedded_sample()[0]
     return resize_all(x[:n], card.input_size)
-
-
-def _load_keras(keras_file: str | Path) -> Any:
-    keras = require("keras", "train")
-    import edgecnn._keras_layers  # noqa: F401  (the zoo's custom layers, for ShuffleNet runs)
-
-    try:
-        return keras.saving.load_model(str(keras_file), compile=False)
-    except Exception as err:  # keras raises ValueError/OSError/TypeError for unreadable files
-        raise ArtifactError(f"Cannot load the Keras model {keras_file} ({type(err).__name__}: {err}).") from err
 
 
 def run_baselines(
@@ -97,7 +88,7 @@ def run_baselines(
 def _convert_child(keras_file: str, card: ModelCard, calibration_data: str | Path | None) -> bytes:
     from edgecnn.export.litert import convert_litert_int8
 
-    return convert_litert_int8(_load_keras(keras_file), card, calibration_images(card, data=calibration_data),
+    return convert_litert_int8(load_keras_model(keras_file), card, calibration_images(card, data=calibration_data),
                                source=keras_file)
 
 
@@ -131,7 +122,7 @@ def _measure(keras_file: str, card_dict: dict[str, Any], config: dict[str, Any],
         if "keras" in runners:
             reset_peak_rss()
             t0 = time.perf_counter()
-            model = _load_keras(keras_file)
+            model = load_keras_model(keras_file)
             load_s = time.perf_counter() - t0
             note = [f"model.predict capped at {_PREDICT_MAX_RUNS} runs"] if config["runs"] > _PREDICT_MAX_RUNS else []
             # The loop's values are bound as defaults: each call is timed within its own iteration.

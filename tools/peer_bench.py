@@ -234,9 +234,9 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-    from edgecnn.baselines import _load_keras
     from edgecnn.export import ExportConfig
     from edgecnn.export.litert import convert_litert_int8
+    from edgecnn.keras_io import load_keras_model
     from edgecnn.export.images import select_data
 
     from edgecnn.runtime.core import InferenceModel
@@ -252,7 +252,7 @@ def main() -> None:
 
     import tensorflow as tf
 
-    keras_model = _load_keras(args.run / "model.keras")
+    keras_model = load_keras_model(args.run / "model.keras")
     t0 = time.time()
     tflite_int8 = convert_litert_int8(keras_model, card, calib, source=str(args.run))
     with __import__("tempfile").TemporaryDirectory() as tmp:

@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 
 from edgecnn import __version__
-from edgecnn._optional import require
 from edgecnn.card import ModelCard
 from edgecnn.errors import AccuracyDropError, ArtifactError, ConfigError, DataError, EdgecnnError
 from edgecnn.export import onnx as onnx_io
@@ -181,21 +180,6 @@ def export_onnx_file(onnx_path: str | Path, *, out_dir: str | Path | None = None
 
 
 # ------------------------------------------------------------------------------------ loading
-
-
-def _load_keras(path: Path) -> Any:
-    if not path.is_file():
-        raise ArtifactError(f"No model.keras in {path.parent}; pass a run directory made by `edgecnn train`.")
-    keras = require("keras", "train")
-    # The zoo's custom layers (ShuffleNet's ChannelSplit/ChannelShuffle) register with Keras's
-    # serialization registry on import; they live outside edgecnn.train, which export never imports.
-    import edgecnn._keras_layers  # noqa: F401
-
-    try:
-        return keras.models.load_model(path, compile=False)
-    except Exception as err:  # zipfile, h5py, deserialization errors
-        raise ArtifactError(f"Cannot load {path} ({type(err).__name__}: {str(err)[:200]}); "
-                            "the file is corrupt or was not saved by keras.Model.save.") from err
 
 
 def load_test_data(card: ModelCard, data: str | Path | None = None, *, limit: int | None = None,
@@ -636,14 +620,14 @@ def _litert_variant(mode: str, src: ModelSource, card: ModelCard, fp32_out: list
     against the fp32 ONNX outputs."""
     from edgecnn.export.litert import convert_litert_int8, embed_card_tflite, pixels_card
     from edgecnn.export.quantize import check_calibration_images
-    from edgecnn.export.sources import _load_keras_model
+    from edgecnn.export.sources import load_float32_keras
 
     started = time.perf_counter()
     quant = config.quant
     check_calibration_images(data.calibration, card, quant.calibration_samples)
     pick = np.sort(np.random.default_rng(quant.seed).permutation(len(data.calibration))[:quant.calibration_samples])
     nhwc = card.replace(layout="nhwc")  # the Keras model's own layout
-    model = tta_model(_load_keras_model(src.file), config.tta)  # the same graph as the ONNX variants
+    model = tta_model(load_float32_keras(src.file), config.tta)  # the same graph as the ONNX variants
     blob = convert_litert_int8(model, nhwc, data.calibration[pick], source=str(src.path), float_output=True,
                                pixels_in=True)
     settings = {"converter": "tf.lite.TFLiteConverter", "optimizations": "DEFAULT", "ops": "TFLITE_BUILTINS_INT8",

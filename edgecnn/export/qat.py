@@ -69,9 +69,9 @@ def qat_to_onnx(path: Path, fp32: Any, card: ModelCard, *, per_channel: bool, we
     """
     from edgecnn.export import onnx as onnx_io
     from edgecnn.export._tf2onnx_compat import keras_to_onnx
-    from edgecnn.export.sources import _load_keras_model
+    from edgecnn.export.sources import load_float32_keras
 
-    model = _load_keras_model(path)
+    model = load_float32_keras(path)
     if len(fp32.graph.output) != 1:
         raise ArtifactError("QAT exports single-output classifiers; this model has "
                             f"{len(fp32.graph.output)} outputs.")

@@ -30,12 +30,13 @@ from edgecnn.card_inference import infer_card, input_geometry
 from edgecnn.errors import ArtifactError
 from edgecnn.export import onnx as onnx_io
 from edgecnn.export.variants import KERAS_SOURCES, SOURCE_KINDS
+from edgecnn.keras_io import load_keras_model
 from edgecnn.presets import ModelOverrides, TensorInfo
 from edgecnn.runtime.preprocess import normalize_batch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SOURCE_KINDS", "ModelSource", "detect_kind", "load_source"]
+__all__ = ["SOURCE_KINDS", "ModelSource", "detect_kind", "load_source", "load_float32_keras"]
 
 _SUFFIXES = {".keras": "keras", ".h5": "keras", ".hdf5": "keras", ".tflite": "tflite", ".onnx": "onnx"}
 _WHAT = "a run directory, a .keras/.h5 file, a SavedModel directory, a .tflite or an .onnx file"
@@ -137,10 +138,14 @@ def load_source(path: str | Path, *, overrides: ModelOverrides | None = None, op
 # --------------------------------------------------------------------------------- TensorFlow
 
 
-def _load_keras_model(path: Path) -> Any:
-    from edgecnn.export.pipeline import _load_keras  # the one Keras loader (custom zoo layers)
+def load_float32_keras(path: Path) -> Any:
+    """The Keras model at ``path`` as the export converts it: in float32 (:func:`_as_float32`).
 
-    return _as_float32(_load_keras(path), path)
+    Raises:
+        ArtifactError: for a file that does not load, or a mixed-precision model that does not
+            rebuild in float32.
+    """
+    return _as_float32(load_keras_model(path), path)
 
 
 def _as_float32(model: Any, path: Path) -> Any:
@@ -183,7 +188,9 @@ def _run(path: Path, overrides: ModelOverrides, opset: int | None, layout: str, 
 
     card = ModelCard.load(path)
     keras_path = path / "model.keras"
-    model = tta_model(_load_keras_model(keras_path), tta)
+    if not keras_path.is_file():
+        raise ArtifactError(f"No model.keras in {path}; pass a run directory made by `edgecnn train`.")
+    model = tta_model(load_float32_keras(keras_path), tta)
     # A run's geometry is its card's; flags can relabel it or change its task, not reshape it.
     keep = dataclasses.replace(overrides, input_size=None, channels=None, layout=None)
     card = keep.apply(card)
@@ -200,7 +207,7 @@ def _keras_file(path: Path, overrides: ModelOverrides, opset: int | None, layout
     from edgecnn.export._tf2onnx_compat import keras_to_onnx
     from edgecnn.export.tta import tta_model
 
-    model = _load_keras_model(path)
+    model = load_float32_keras(path)
     if len(model.inputs) != 1:
         raise ArtifactError(f"{path} has {len(model.inputs)} inputs; edgecnn exports models with one image input.")
     shape = tuple(model.inputs[0].shape)
