@@ -25,7 +25,7 @@ from edgecnn.tune.config import OBJECTIVES
               show_default=True,
               help="OpenVINO device.")
 @click.option("--objective", type=click.Choice(OBJECTIVES), default="latency", show_default=True,
-              help="latency: p50 at the smallest batch; throughput: images/s at the largest.")
+              help="latency: p50 at the smallest batch; throughput: p50 per image at the largest.")
 @click.option("--max-drop", default=1.0, show_default=True, type=click.FloatRange(min=0),
               help="Accuracy budget: percentage points below fp32 (of agreement with fp32 without labels).")
 @click.option("--seconds", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),

@@ -30,8 +30,10 @@ def default_threads() -> tuple[int, ...]:
 class TuneConfig:
     """What ``edgecnn tune`` sweeps and how it judges.
 
-    ``objective``: ``latency`` ranks by p50 at the smallest batch size, ``throughput`` by images
-    per second at the largest. ``max_drop_pp``: the accuracy budget in percentage points below
+    ``objective``: ``latency`` ranks by p50 per call at the smallest batch size, ``throughput``
+    by p50 per image at the largest (the median call, so that one call preempted on a shared
+    machine does not decide; the images per second reported beside it are batch / mean latency,
+    as everywhere in edgecnn). ``max_drop_pp``: the accuracy budget in percentage points below
     fp32 on onnxruntime (of the task's agreement with fp32 when there are no labels).
     ``seconds``: measuring time per cell. ``images``: held-out images for the quality check.
     ``confirm``: how many of the fastest configurations are measured again, interleaved.

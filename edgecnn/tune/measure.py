@@ -1,7 +1,8 @@
 """Timing each configuration: the call an app makes, from uint8 pixels to every output.
 
 Every sample comes from :func:`edgecnn.runtime.benchmark.time_callable`, the one timing loop of
-edgecnn, and every statistic from :func:`~edgecnn.runtime.benchmark.latency_stats`. The first
+edgecnn, and every statistic from :func:`~edgecnn.runtime.benchmark.latency_stats`: the images per
+second (``throughput_ips``) are batch / mean latency, as ``edgecnn bench`` reports them. The first
 pass measures every configuration x threads x batch once (:func:`sweep`); the finalists are then
 measured again in interleaved rounds (:func:`confirm`), so that one noisy first pass does not decide.
 """
@@ -34,19 +35,19 @@ class Cell:
     p50_ms: float
     mean_ms: float
     p90_ms: float
-    throughput_ips: float  # batch / p50
+    throughput_ips: float  # images per second over the measured calls: batch / mean latency (latency_stats)
     runs: int
 
     @classmethod
     def from_times(cls, candidate: Candidate, *, threads: int, batch: int, times: list[float]) -> Cell:
         """The cell of ``times`` (seconds per call)."""
         s = latency_stats(times, batch)
-        # Throughput from the median call: on a shared machine one preempted call must not move it.
         return cls(candidate=candidate, threads=threads, batch=batch, p50_ms=s["p50_ms"], mean_ms=s["mean_ms"],
-                   p90_ms=s["p90_ms"], throughput_ips=batch * 1e3 / s["p50_ms"], runs=int(s["runs"]))
+                   p90_ms=s["p90_ms"], throughput_ips=s["throughput_ips"], runs=int(s["runs"]))
 
     def key(self, objective: str) -> float:
-        """Smaller is better: p50 (latency) or seconds per image (throughput)."""
+        """Smaller is better: p50 (latency) or p50 per image (throughput). Both rank by the median
+        call, so that one call preempted on a shared machine does not decide."""
         return self.p50_ms if objective == "latency" else self.p50_ms / self.batch
 
     def to_dict(self) -> dict[str, Any]:
