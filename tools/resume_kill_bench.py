@@ -51,7 +51,7 @@ def _fresh(run: Path) -> list[str]:
 
 
 def _check(run: Path) -> dict:
-    code = ("import json, sys; from edgecnn.train.loop import load_run_model; "
+    code = ("import json, sys; from edgecnn.train.run import load_run_model; "
             f"m = load_run_model({str(run)!r}, checkpoint=True); "
             f"c = json.load(open({str(run / 'card.json')!r})); "
             "print(json.dumps({'steps': int(m.optimizer.iterations.numpy()), "

@@ -15,6 +15,7 @@ from edgecnn.card import ModelCard, atomic_write_text
 from edgecnn.errors import ArtifactError, DataError, MissingDependencyError
 from edgecnn.presets import ModelOverrides
 from edgecnn.train.config import TTA_MODES
+from edgecnn.train.run import is_run_model, load_run_model
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,8 @@ def tta_predict(predict: Any, x: np.ndarray, mode: str) -> np.ndarray:
     views = tta_views(x, mode)
     if len(views) == 1:
         return predict(x)
-    logp = sum(wt * np.log(np.maximum(np.asarray(predict(np.ascontiguousarray(v)), np.float64), 1e-30))
-               for wt, v in views)
+    logp = np.asarray(sum(wt * np.log(np.maximum(np.asarray(predict(np.ascontiguousarray(v)), np.float64), 1e-30))
+                          for wt, v in views))
     e = np.exp(logp - logp.max(axis=1, keepdims=True))
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
@@ -136,10 +137,6 @@ def _onnx_predictor(path: Path, overrides: ModelOverrides | None):
     return clf.card, predict
 
 
-def _is_run_model(path: Path) -> bool:
-    return path.is_dir() or (path.name == "model.keras" and (path.parent / "card.json").is_file())
-
-
 def _ends_in_softmax(model: Any) -> bool:
     last = model.layers[-1] if getattr(model, "layers", None) else None
     activation = getattr(getattr(last, "activation", None), "__name__", "")
@@ -157,12 +154,11 @@ def load_keras_with_card(path: str | Path, overrides: ModelOverrides | None = No
     """
     from edgecnn.card_inference import infer_card
     from edgecnn.presets import TensorInfo
-    from edgecnn.train.loop import load_run_model
 
     path = Path(path)
     overrides = overrides or ModelOverrides()
     model = load_run_model(path)
-    if _is_run_model(path):
+    if is_run_model(path):
         # A run's geometry is its card's; flags may relabel it, not reshape it.
         keep = replace(overrides, input_size=None, channels=None, layout=None)
         return model, keep.apply(ModelCard.load(path if path.is_dir() else path.parent))
@@ -200,7 +196,7 @@ def _keras_predictor(path: Path, overrides: ModelOverrides | None):
         raise ArtifactError(f"{path} is a {card.task} model; evaluate scores classifiers (pass --task classify if it "
                             "is one).")
     # A run's card describes the NHWC training input even when its exports are NCHW.
-    kcard = card.replace(layout="nhwc") if _is_run_model(path) else card
+    kcard = card.replace(layout="nhwc") if is_run_model(path) else card
     return card, lambda x: predict_keras(model, x, kcard)
 
 

@@ -268,12 +268,13 @@ def features_files(run: str | Path, image: str | Path, out: str | Path, *, layer
     """
     from edgecnn.card import atomic_write_bytes
     from edgecnn.runtime.preprocess import load_image, normalize_batch
-    from edgecnn.train.evaluate import _is_run_model, load_keras_with_card
+    from edgecnn.train.evaluate import load_keras_with_card
+    from edgecnn.train.run import is_run_model
 
     run, image, out = Path(run), Path(image), Path(out)
     _check_source(run)
     model, card = load_keras_with_card(run, overrides)
-    if _is_run_model(run):
+    if is_run_model(run):
         card = card.replace(layout="nhwc")  # the Keras model of a run takes NHWC, whatever its exports do
     pixels = load_image(image, card.input_size, channels=card.channels)
     layers = list(dict.fromkeys(layers)) or default_layers(model)

@@ -144,8 +144,9 @@ def gradcam_files(run: str | Path, images: Sequence[str | Path], out: str | Path
     """
     from edgecnn.datasets import read_image
     from edgecnn.runtime.preprocess import load_image, normalize_batch
-    from edgecnn.train.evaluate import _is_run_model, load_keras_with_card
+    from edgecnn.train.evaluate import load_keras_with_card
     from edgecnn.train.plots import _pyplot
+    from edgecnn.train.run import is_run_model
 
     run = Path(run)
     if not run.exists():
@@ -154,7 +155,7 @@ def gradcam_files(run: str | Path, images: Sequence[str | Path], out: str | Path
         raise ArtifactError(f"{run}: Grad-CAM needs the Keras model (a run directory or a .keras/.h5 file), got "
                             f"{run.suffix or 'a file without extension'}.")
     model, card = load_keras_with_card(run, overrides)
-    if _is_run_model(run):
+    if is_run_model(run):
         card = card.replace(layout="nhwc")  # the Keras model of a run takes NHWC, whatever its exports do
     if card.task != "classify":
         raise ArtifactError(f"{run} is a {card.task} model; Grad-CAM explains classifiers (pass --task classify if it "

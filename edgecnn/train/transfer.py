@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgecnn._optional import require
 from edgecnn.errors import ArtifactError, ModelNotFoundError
+from edgecnn.train.run import Preprocessing, load_run_model
 
 if TYPE_CHECKING:  # Keras loads when a model is built: listing BACKBONES needs no TensorFlow
     import keras
@@ -70,7 +71,7 @@ def _weights_file(weights: str, name: str) -> str:
     return str(path)
 
 
-def _application_backbone(name: str, size: int, weights: str) -> tuple[keras.Model, dict[str, Any]]:
+def _application_backbone(name: str, size: int, weights: str) -> tuple[keras.Model, Preprocessing]:
     spec = BACKBONES[name]
     factory = getattr(require("keras", "train").applications, spec.application)
     w: str | None = None if weights == "none" else weights
@@ -89,14 +90,12 @@ def _application_backbone(name: str, size: int, weights: str) -> tuple[keras.Mod
         # architecture or width fails here rather than loading half the backbone.
         raise ArtifactError(f"Cannot load {w} into {name} (keras.applications.{spec.application}, include_top=False): "
                             f"corrupt, or the weights of another architecture ({_one_line(err)}).") from err
-    pre = {"mean": spec.mean, "std": spec.std, "channel_order": spec.channel_order,
-           "normalization": f"backbone:{name}"}
-    return model, pre
+    return model, Preprocessing(mean=spec.mean, std=spec.std, channel_order=spec.channel_order,
+                                normalization=f"backbone:{name}")
 
 
-def _run_backbone(run: Path) -> tuple[keras.Model, dict[str, Any], int]:
+def _run_backbone(run: Path) -> tuple[keras.Model, Preprocessing, int]:
     from edgecnn.card import ModelCard
-    from edgecnn.train.loop import load_run_model
 
     keras = require("keras", "train")
     card = ModelCard.load(run)
@@ -105,8 +104,8 @@ def _run_backbone(run: Path) -> tuple[keras.Model, dict[str, Any], int]:
     if not last4d:
         raise ArtifactError(f"{run} has no convolutional feature map to transfer.")
     model = keras.Model(src.inputs, last4d[-1].output, name=f"{card.architecture}_features")
-    pre = {"mean": card.mean, "std": card.std, "channel_order": card.channel_order,
-           "normalization": f"backbone:{run.name}"}
+    pre = Preprocessing(mean=card.mean, std=card.std, channel_order=card.channel_order,
+                        normalization=f"backbone:{run.name}")
     return model, pre, card.input_size[0]
 
 
@@ -118,11 +117,11 @@ def build_transfer_model(
     weights: str = "imagenet",
     backbone_input_size: int | None = None,
     dropout: float = 0.2,
-) -> tuple[keras.Model, dict[str, Any]]:
+) -> tuple[keras.Model, Preprocessing]:
     """Backbone (frozen) + global pooling + dropout + a new Dense head.
 
     Returns:
-        The model and its preprocessing (mean, std, channel_order, normalization) for the card.
+        The model and its preprocessing (the backbone's own mean, std and channel order) for the card.
 
     Raises:
         ModelNotFoundError: for an unknown backbone name.

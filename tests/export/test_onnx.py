@@ -43,7 +43,7 @@ def test_keras_applications_transfer_model_exports(tmp_path, sample3):
 
     model, pre = build_transfer_model("mobilenet_v2", 3, input_size=(32, 32), weights="none", backbone_input_size=64)
     run = make_run(tmp_path / "transfer", "transfer:mobilenet_v2", sample3, epochs=0, model=model,
-                   mean=pre["mean"], std=pre["std"])
+                   mean=pre.mean, std=pre.std)
     report = export_run(run, out_dir=tmp_path / "out", config=ExportConfig(parity_images=32, test_images=32))
     assert report.parity["top1_agreement"] == 1.0
 

@@ -30,7 +30,8 @@ TWO = {"cluster": {"worker": ["localhost:1111", "localhost:2222"]}, "task": {"ty
     ({**TWO, "task": {"type": "worker", "index": 0}}, ("localhost:1111", "localhost:2222"), 0, True),
     ({"cluster": {"chief": ["c:1"], "worker": ["w:2", "w:3"]}, "task": {"type": "worker", "index": 0}},
      ("c:1", "w:2", "w:3"), 1, False),
-    ({"cluster": {"chief": ["c:1"], "worker": ["w:2"]}, "task": {"type": "chief", "index": 0}}, ("c:1", "w:2"), 0, True),
+    ({"cluster": {"chief": ["c:1"], "worker": ["w:2"]}, "task": {"type": "chief", "index": 0}},
+     ("c:1", "w:2"), 0, True),
 ])
 def test_tf_config_gives_the_cluster_and_this_task(conf, addresses, index, chief):
     cluster = parse_tf_config(json.dumps(conf))
@@ -125,7 +126,8 @@ def test_mirrored_on_a_cpu_trains_one_replica_and_says_so(tmp_path, caplog):
 
     from edgecnn.card import ModelCard
     from edgecnn.train.config import TrainConfig
-    from edgecnn.train.loop import load_run_model, train
+    from edgecnn.train.loop import train
+    from edgecnn.train.run import load_run_model
 
     caplog.set_level(logging.INFO, logger="edgecnn")
     run = train(TrainConfig(model="seed_cnn_tiny", data="sample", epochs=1, limit=256, batch_size=64,
@@ -183,7 +185,8 @@ RECIPE = ["--model", "seed_cnn_tiny", "--batch-size", "32", "--lr", "3e-3", "--n
 def test_two_local_workers_train_like_one(tmp_path):
     from edgecnn.card import ModelCard
     from edgecnn.train.config import TrainConfig
-    from edgecnn.train.loop import load_run_model, predict_uint8, train
+    from edgecnn.train.loop import predict_uint8, train
+    from edgecnn.train.run import load_run_model
 
     data = _colours(tmp_path / "colours.npz")
     run = tmp_path / "two"
@@ -243,7 +246,7 @@ def test_a_worker_killed_mid_run_then_both_resume(tmp_path):
     hist = json.loads((run / "history.json").read_text())
     assert hist["epoch"] == list(range(1, done + 3))  # no epoch repeated or skipped
     assert f"Epoch {done + 1}/{done + 2}" in _log(tmp_path, "resume", 1)  # the other worker resumed too
-    from edgecnn.train.loop import load_run_model
+    from edgecnn.train.run import load_run_model
 
     model = load_run_model(run, checkpoint=True)
     steps = (900 // 2) // 16  # 1000 images - 10% validation, sharded over 2 workers, 16 a worker a step

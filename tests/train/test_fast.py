@@ -87,7 +87,8 @@ def test_lookahead_syncs_every_k_steps_and_at_each_epoch_end():
             seen[-1]["step"], seen[-1]["batch"] = int(self.model.optimizer.iterations.numpy()), batch
 
     model.fit(x, y, batch_size=8, epochs=3, shuffle=False, verbose=0, callbacks=[Before(), lookahead, After()])
-    assert len(seen) == 21 and len(lookahead._weights()) == 8  # 2 x (kernel, bias), BN gamma, beta, moving mean, variance
+    # 2 x (kernel, bias), BN gamma, beta, moving mean, variance
+    assert len(seen) == 21 and len(lookahead._weights()) == 8
     for rec in seen[:7]:  # epoch 0: before start_epoch, the weights are the optimizer's alone
         assert rec["slow"] is None
     syncs = 0
@@ -114,9 +115,9 @@ def test_the_whitening_bias_trains_for_its_epochs_then_holds(tmp_path):
     while the other weights go on training (airbench freezes it after 3 epochs)."""
     import keras
 
+    from edgecnn.train import loop
     from edgecnn.train.config import TrainConfig
     from edgecnn.train.hooks import WHITEN_BIAS_LAYER
-    from edgecnn.train import loop
 
     seen: list[tuple[int, np.ndarray, np.ndarray]] = []
 
@@ -177,7 +178,7 @@ def _epochs(x, y, *, epochs, seed=0, **aug):
     ds = make_dataset(x, y, num_classes=len(x), batch_size=16, mean=(0, 0, 0), std=(1, 1, 1), training=True,
                       augment=AugmentConfig(**{"translate": 0.0, **aug}), seed=seed, epochs=epochs)
     out, per_epoch = [], -(-len(x) // 16)
-    batches = [(i.numpy(), l.numpy().argmax(1)) for i, l in ds]
+    batches = [(i.numpy(), labels.numpy().argmax(1)) for i, labels in ds]
     assert len(batches) == per_epoch * (epochs[1] - epochs[0])
     for e in range(epochs[1] - epochs[0]):
         chunk = batches[e * per_epoch:(e + 1) * per_epoch]
@@ -297,12 +298,12 @@ def test_the_recipe_trains_and_exports_with_flip_tta_in_the_graph(tmp_path, samp
     from click.testing import CliRunner
 
     from edgecnn.card import ModelCard
-
     from edgecnn.cli import main
     from edgecnn.runtime import Classifier
     from edgecnn.train.config import TrainConfig
     from edgecnn.train.evaluate import tta_predict
-    from edgecnn.train.loop import load_run_model, predict_uint8, train
+    from edgecnn.train.loop import predict_uint8, train
+    from edgecnn.train.run import load_run_model
 
     cfg = TrainConfig.from_dict(_recipe(tmp_path, epochs=2))
     assert cfg.augment.flip == "alternate" and cfg.lookahead.every == 5 and cfg.schedule == "triangle"
@@ -348,25 +349,26 @@ def test_resume_after_a_kill_continues_the_recipe_exactly(tmp_path, monkeypatch)
     schedule's step count restored)."""
     from edgecnn.train import loop
     from edgecnn.train.config import TrainConfig
+    from edgecnn.train.run import TrainState, load_run_model
 
     whole = loop.train(TrainConfig.from_dict(_recipe(tmp_path, out=str(tmp_path / "whole"))), verbose=0)
-    real = loop._write_json
+    real = TrainState.save
 
-    def die_after_epoch_two(path, data):
-        real(path, data)
-        if path.name == "state.json" and data.get("epoch") == 2:
+    def die_after_epoch_two(state, path):
+        real(state, path)
+        if path.name == "state.json" and state.epoch == 2:
             raise KeyboardInterrupt  # as a SIGKILL right after the epoch-2 commit would
 
-    monkeypatch.setattr(loop, "_write_json", die_after_epoch_two)
+    monkeypatch.setattr(TrainState, "save", die_after_epoch_two)
     with pytest.raises(KeyboardInterrupt):
         loop.train(TrainConfig.from_dict(_recipe(tmp_path, out=str(tmp_path / "killed"))), verbose=0)
-    monkeypatch.setattr(loop, "_write_json", real)
+    monkeypatch.setattr(TrainState, "save", real)
     run = tmp_path / "killed"
     assert json.loads((run / "state.json").read_text())["epoch"] == 2
     loop.resume(run, verbose=0)
     hist = json.loads((run / "history.json").read_text())
     assert hist["epoch"] == [1, 2, 3, 4]
-    a, b = loop.load_run_model(whole, checkpoint=True), loop.load_run_model(run, checkpoint=True)
+    a, b = load_run_model(whole, checkpoint=True), load_run_model(run, checkpoint=True)
     assert int(b.optimizer.iterations.numpy()) == int(a.optimizer.iterations.numpy()) == 4 * 6
     for wa, wb in zip(a.weights, b.weights):
         np.testing.assert_allclose(np.asarray(wb), np.asarray(wa), rtol=1e-4, atol=1e-5, err_msg=wa.path)

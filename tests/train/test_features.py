@@ -48,7 +48,8 @@ def _tiles(grid: np.ndarray, n: int, side: int) -> list[np.ndarray]:
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
     assert grid.shape[:2] == (rows * (side + GAP) + GAP, cols * (side + GAP) + GAP)
-    return [grid[GAP + r * (side + GAP):GAP + r * (side + GAP) + side, GAP + c * (side + GAP):GAP + c * (side + GAP) + side]
+    step = side + GAP
+    return [grid[GAP + r * step:GAP + r * step + side, GAP + c * step:GAP + c * step + side]
             for r in range(rows) for c in range(cols)]
 
 
@@ -194,7 +195,8 @@ def test_plain_keras_models_gray_and_sequential(tmp_path, cat):
                               keras.layers.Conv2D(6, 3, name="c2"), keras.layers.GlobalAveragePooling2D(),
                               keras.layers.Dense(3, activation="softmax")], name="mine")
     model.save(tmp_path / "mine.keras")
-    records = features_files(tmp_path / "mine.keras", cat, tmp_path / "out", overrides=ModelOverrides(preprocess="unit"))
+    records = features_files(tmp_path / "mine.keras", cat, tmp_path / "out",
+                             overrides=ModelOverrides(preprocess="unit"))
     assert [(r.kind, r.layer, r.tiles, r.tile_shape) for r in records] == [
         ("filters", "c1", 5, (4, 4)), ("maps", "c1", 5, (29, 29)), ("maps", "c2", 6, (27, 27))]
     tiles = _tiles(_png(tmp_path / "out" / "filters.c1.png"), 5, 32)
@@ -212,7 +214,7 @@ def test_transfer_model_backbone_layers_by_path(tmp_path, sample3, cat):
 
     model, pre = build_transfer_model("mobilenet_v2", 3, input_size=(32, 32), weights="none", backbone_input_size=64)
     run = make_run(tmp_path / "transfer", "transfer:mobilenet_v2", sample3, epochs=0, model=model,
-                   mean=pre["mean"], std=pre["std"])
+                   mean=pre.mean, std=pre.std)
     records = features_files(run, cat, tmp_path / "out")
     assert [(r.kind, r.layer, r.tiles, r.tile_shape) for r in records] == [
         ("filters", "backbone/Conv1", 32, (3, 3)), ("maps", "backbone/Conv1", 32, (32, 32)),

@@ -19,11 +19,12 @@ def _region_dataset(n=400, seed=0):
 def test_gradcam_lights_up_the_region_that_holds_the_class_signal(tmp_path):
     from PIL import Image
 
-    from edgecnn.train.config import AugmentConfig, TrainConfig
-    from edgecnn.train.gradcam import gradcam, gradcam_files
-    from edgecnn.train.loop import load_run_model, train
     from edgecnn.card import ModelCard
     from edgecnn.runtime.preprocess import normalize_batch
+    from edgecnn.train.config import AugmentConfig, TrainConfig
+    from edgecnn.train.gradcam import gradcam, gradcam_files
+    from edgecnn.train.loop import train
+    from edgecnn.train.run import load_run_model
 
     x, y = _region_dataset()
     np.savez(tmp_path / "region.npz", x_train=x, y_train=y, x_test=x[:80], y_test=y[:80])

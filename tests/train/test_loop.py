@@ -26,7 +26,8 @@ def _learnable_npz(path: Path, n=300, seed=0):
 def test_training_learns_and_writes_a_complete_run(tmp_path):
     from edgecnn.card import ModelCard
     from edgecnn.train.config import TrainConfig
-    from edgecnn.train.loop import load_run_model, train
+    from edgecnn.train.loop import train
+    from edgecnn.train.run import load_run_model
 
     data = _learnable_npz(tmp_path / "colors.npz")
     cfg = TrainConfig(model="seed_cnn_tiny", data=str(data), epochs=4, batch_size=32, lr=3e-3,
@@ -34,7 +35,8 @@ def test_training_learns_and_writes_a_complete_run(tmp_path):
                       label_smoothing=0.05)
     run = train(cfg, verbose=0)
     names = {p.name for p in run.iterdir()}
-    assert {"model.keras", "card.json", "history.json", "history.csv", "curves.png", "metrics.json", "config.json"} <= names
+    assert {"model.keras", "card.json", "history.json", "history.csv", "curves.png", "metrics.json",
+            "config.json"} <= names
     hist = json.loads((run / "history.json").read_text())
     assert hist["epoch"] == [1, 2, 3, 4]
     assert hist["loss"][-1] < hist["loss"][0]
@@ -112,7 +114,8 @@ def test_resume_after_killing_a_real_training_process(tmp_path):
 
 def test_resume_keeps_optimizer_state(tmp_path):
     from edgecnn.train.config import TrainConfig
-    from edgecnn.train.loop import load_run_model, train
+    from edgecnn.train.loop import train
+    from edgecnn.train.run import load_run_model
 
     cfg = TrainConfig(model="seed_cnn_tiny", data="sample", epochs=1, limit=64, batch_size=32, optimizer="adam",
                       out=str(tmp_path / "r"))
@@ -126,27 +129,28 @@ def test_kill_between_checkpoint_and_state_adds_no_hidden_epoch(tmp_path, monkey
     resume from the new weights with the old epoch count: one optimizer epoch more than the history."""
     from edgecnn.train import loop
     from edgecnn.train.config import TrainConfig
+    from edgecnn.train.run import TrainState, load_run_model
 
     cfg = TrainConfig(model="seed_cnn_tiny", data="sample", epochs=3, limit=64, batch_size=32, optimizer="adam",
                       out=str(tmp_path / "r"))
-    real = loop._write_json
+    real = TrainState.save
 
-    def die_on_second_state(path, data):
-        if path.name == "state.json" and data.get("epoch") == 2:
+    def die_on_second_state(state, path):
+        if path.name == "state.json" and state.epoch == 2:
             raise KeyboardInterrupt  # as a SIGKILL would: the epoch-2 checkpoint exists, its state does not
-        real(path, data)
+        real(state, path)
 
-    monkeypatch.setattr(loop, "_write_json", die_on_second_state)
+    monkeypatch.setattr(TrainState, "save", die_on_second_state)
     with pytest.raises(KeyboardInterrupt):
         loop.train(cfg, verbose=0)
     run = tmp_path / "r"
     assert json.loads((run / "state.json").read_text())["epoch"] == 1
     assert (run / "checkpoint-e0002.keras").exists()  # written, but never committed
-    monkeypatch.setattr(loop, "_write_json", real)
+    monkeypatch.setattr(TrainState, "save", real)
     loop.resume(run, verbose=0)
     hist = json.loads((run / "history.json").read_text())
     assert hist["epoch"] == [1, 2, 3]
-    model = loop.load_run_model(run, checkpoint=True)
+    model = load_run_model(run, checkpoint=True)
     assert int(model.optimizer.iterations.numpy()) == 3 * 2  # 3 epochs x (64 images / 32), not 4 epochs
     assert [p.name for p in run.glob("checkpoint*.keras")] == ["checkpoint-e0003.keras"]
 
@@ -187,3 +191,4 @@ def test_a_run_killed_before_its_first_checkpoint_can_simply_be_started_again(tm
     with pytest.raises(ConfigError, match="exists"):
         train(cfg.replace(out=str(other)), verbose=0)
     assert (other / "notes.txt").is_file()
+

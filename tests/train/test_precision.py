@@ -123,7 +123,7 @@ def test_bf16_run_records_its_precision_and_computes_in_bfloat16(bf16_run):
     import keras
 
     from edgecnn.card import ModelCard
-    from edgecnn.train.loop import load_run_model
+    from edgecnn.train.run import load_run_model
 
     assert json.loads((bf16_run / "config.json").read_text())["precision"] == "bf16"
     assert ModelCard.load(bf16_run).training["precision"] == "bf16"
@@ -155,7 +155,8 @@ def test_bf16_run_exports_an_fp32_onnx_that_passes_parity(bf16_run, tmp_path):
     # the fp32 export of the same weights agrees with the bf16 model itself to bfloat16's rounding
     from edgecnn.card import ModelCard
     from edgecnn.runtime import Classifier
-    from edgecnn.train.loop import load_run_model, predict_uint8
+    from edgecnn.train.loop import predict_uint8
+    from edgecnn.train.run import load_run_model
 
     x = np.random.default_rng(1).integers(0, 256, (32, 32, 32, 3), dtype=np.uint8)
     bf16_probs = predict_uint8(load_run_model(bf16_run), x, ModelCard.load(bf16_run))
@@ -171,24 +172,25 @@ def test_resume_of_an_unfinished_bf16_run(tmp_path, monkeypatch):
 
     from edgecnn.train import loop
     from edgecnn.train.config import TrainConfig
+    from edgecnn.train.run import TrainState, load_run_model
 
     cfg = TrainConfig(model="seed_cnn_tiny", data="sample", epochs=2, limit=64, batch_size=32, precision="bf16",
                       out=str(tmp_path / "r"))
-    real = loop._write_json
+    real = TrainState.save
 
-    def die_after_epoch_1(path, data):
-        real(path, data)
-        if path.name == "state.json" and data.get("epoch") == 1:
+    def die_after_epoch_1(state, path):
+        real(state, path)
+        if path.name == "state.json" and state.epoch == 1:
             raise KeyboardInterrupt  # as a kill right after the first commit point
 
-    monkeypatch.setattr(loop, "_write_json", die_after_epoch_1)
+    monkeypatch.setattr(TrainState, "save", die_after_epoch_1)
     with pytest.raises(KeyboardInterrupt):
         loop.train(cfg, verbose=0)
     assert keras.mixed_precision.dtype_policy().name == "float32"
-    monkeypatch.setattr(loop, "_write_json", real)
+    monkeypatch.setattr(TrainState, "save", real)
     run = loop.resume(tmp_path / "r", verbose=0)
     assert json.loads((run / "history.json").read_text())["epoch"] == [1, 2]
-    model = loop.load_run_model(run, checkpoint=True)
+    model = load_run_model(run, checkpoint=True)
     assert int(model.optimizer.iterations.numpy()) == 2 * 2
     assert model.get_layer("conv2").compute_dtype == "bfloat16"
     assert keras.mixed_precision.dtype_policy().name == "float32"

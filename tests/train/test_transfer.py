@@ -17,7 +17,8 @@ def source_run(tmp_path_factory):
 def test_transfer_from_our_own_backbone_freezes_then_fine_tunes(tmp_path, source_run):
     from edgecnn.card import ModelCard
     from edgecnn.train.config import TrainConfig
-    from edgecnn.train.loop import load_run_model, train
+    from edgecnn.train.loop import train
+    from edgecnn.train.run import load_run_model
 
     src = ModelCard.load(source_run)
     cfg = TrainConfig(backbone=str(source_run), data="sample", classes="5-9", epochs=1, fine_tune_epochs=1,
@@ -35,7 +36,8 @@ def test_transfer_from_our_own_backbone_freezes_then_fine_tunes(tmp_path, source
 
 def test_head_phase_leaves_backbone_weights_untouched(tmp_path, source_run):
     from edgecnn.train.config import TrainConfig
-    from edgecnn.train.loop import load_run_model, train
+    from edgecnn.train.loop import train
+    from edgecnn.train.run import load_run_model
 
     before = load_run_model(source_run).get_layer("stem_conv").get_weights()[0]
     run = train(TrainConfig(backbone=str(source_run), data="sample", classes="5-9", epochs=1, limit=128,
@@ -47,11 +49,12 @@ def test_head_phase_leaves_backbone_weights_untouched(tmp_path, source_run):
 def test_keras_applications_backbone_resizes_inside_the_model():
     from edgecnn.train.transfer import build_transfer_model
 
-    model, pre = build_transfer_model("mobilenet_v3_small", 4, input_size=(32, 32), weights="none", backbone_input_size=64)
+    model, pre = build_transfer_model("mobilenet_v3_small", 4, input_size=(32, 32), weights="none",
+                                      backbone_input_size=64)
     assert model.input.shape[1:] == (32, 32, 3) and model.get_layer("resize").output.shape[1:3] == (64, 64)
     assert model.output.shape[-1] == 4 and not model.get_layer("backbone").trainable
     _, pre = build_transfer_model("resnet50", 2, input_size=(32, 32), weights="none", backbone_input_size=32)
-    assert pre["channel_order"] == "BGR" and pre["mean"][0] == pytest.approx(103.939)
+    assert pre.channel_order == "BGR" and pre.mean[0] == pytest.approx(103.939)
 
 
 def test_offline_imagenet_weights_name_the_local_file_option(monkeypatch, tmp_path):

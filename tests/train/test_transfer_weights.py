@@ -66,7 +66,8 @@ def test_train_with_weights_path_keeps_them_through_the_head_phase(tmp_path, mob
     the file's, tensor for tensor (batch-norm statistics included: it runs in inference mode)."""
     from edgecnn.card import ModelCard
     from edgecnn.train.config import TrainConfig
-    from edgecnn.train.loop import load_run_model, train
+    from edgecnn.train.loop import train
+    from edgecnn.train.run import load_run_model
 
     cfg = TrainConfig(backbone="mobilenet_v2", weights=str(mobilenet_files["legacy.h5"]), backbone_input_size=SIZE,
                       data="sample", classes="0-2", epochs=1, limit=64, batch_size=32, out=str(tmp_path / "run"))
@@ -187,7 +188,8 @@ def test_head_standardizes_backbone_features_of_any_scale():
     from edgecnn.train.transfer import build_transfer_model
 
     keras.utils.set_random_seed(0)
-    model, _ = build_transfer_model("vgg16", 3, input_size=(32, 32), weights="none", backbone_input_size=32, dropout=0.0)
+    model, _ = build_transfer_model("vgg16", 3, input_size=(32, 32), weights="none", backbone_input_size=32,
+                                    dropout=0.0)
     x = np.random.default_rng(0).uniform(-120, 130, size=(32, 32, 32, 3)).astype("float32")  # caffe-mode pixels
     logits = keras.Model(model.inputs, model.get_layer("logits").output)
     before = np.asarray(logits(x, training=True)).std()
