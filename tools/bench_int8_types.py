@@ -22,10 +22,10 @@ packaged ``edgecnn/assets/models/seed_cnn_cifar10.onnx`` has one). For every mod
 
 Task metrics: classifiers (with ``--data`` an .npz in keras layout) top-1 accuracy on the test
 split and top-1 agreement with fp32 (``--data text-lines``: synthetic text lines, half of them
-turned by 180 degrees, for a text-direction classifier such as PP-OCR's); detectors and segmenters run on synthetic scenes drawn by
-``tools/make_foreign_models.py`` (the images tests/data/foreign's models were trained on):
-``edgecnn.export.verify.task_agreement`` against fp32 (mAP@0.5 / mIoU) and, for segmenters, mIoU
-against the drawn class maps.
+turned by 180 degrees, for a text-direction classifier such as PP-OCR's); detectors and
+segmenters run on synthetic scenes drawn by ``tools/make_foreign_models.py`` (the images
+tests/data/foreign's models were trained on): ``edgecnn.export.verify.task_agreement`` against
+fp32 (mAP@0.5 / mIoU) and, for segmenters, mIoU against the drawn class maps.
 
 Variants: ``U8S8`` (uint8 asymmetric activations: edgecnn's default), ``S8S8`` (int8 activations,
 symmetric, as ``QuantizeConfig(activation_type="int8")`` makes them), ``S8S8-asym`` (int8
@@ -188,19 +188,47 @@ def _exact_session(path: Path):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def with_x64_precision(model: Any, path: Path, threads: int) -> Any:
-    """``model`` with its onnxruntime session opened again with ``session.x64quantprecision=1``:
-    onnxruntime's own fix for U8S8 saturation on x86 without VNNI (a slower U8U8 multiplication),
-    a session option, not part of the file."""
-    import onnxruntime as ort
+class X64PrecisionModel:
+    """A file on an onnxruntime session with ``session.x64quantprecision=1``: onnxruntime's own fix
+    for U8S8 saturation on x86 without VNNI (a slower U8U8 multiplication), a session option, not
+    part of the file.
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.add_session_config_entry("session.x64quantprecision", "1")
-    # this tool feeds preprocessed tensors (model.run_all): the session that runs them is replaced
-    model._tensor = model._runner(ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]),
-                                  model.input_name)
-    return model
+    The runtime core takes no session config entries, so this tool runs that session itself,
+    with the core's model of the same file for the preprocessing: what the tool asks of a model
+    (``preprocess``, ``run_all``, ``timed_call``, ``fixed_batch``, ``input_name``) and nothing private.
+    """
+
+    def __init__(self, model: Any, path: Path, threads: int) -> None:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.add_session_config_entry("session.x64quantprecision", "1")
+        self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self.model, self.card = model, model.card
+        self.fixed_batch, self.input_name = model.fixed_batch, model.input_name
+
+    def preprocess(self, pixels: np.ndarray) -> np.ndarray:
+        return self.model.preprocess(pixels)
+
+    def run_all(self, x: np.ndarray) -> list[np.ndarray]:
+        """Every output; a fixed-batch model gets chunks of its size, the last one padded (as the core does)."""
+        step = self.fixed_batch
+        if step is None or len(x) == step:
+            return self.session.run(None, {self.input_name: x})
+        parts = []
+        for j in range(0, len(x), step):
+            chunk = x[j:j + step]
+            n = len(chunk)
+            if n < step:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], step - n, axis=0)])
+            parts.append([o[:n] for o in self.session.run(None, {self.input_name: chunk})])
+        return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+
+    def timed_call(self, x: np.ndarray) -> tuple[str, Any]:
+        """``session.run`` on ``x``, as the core's ``timed_call`` gives it for a CPU session."""
+        sess, feed = self.session, {self.input_name: x}
+        return "onnxruntime", lambda: sess.run(None, feed)
 
 
 def outputs(model: Any, exact: Any, pixels: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
@@ -288,8 +316,8 @@ def bench_model(path: Path, vs: list[Variant], args: argparse.Namespace, work: P
         for v in vs[1:]:
             if not v.reduce_range:
                 name = f"{v.name}+x64prec"
-                models[name] = with_x64_precision(InferenceModel(files[v.name], threads=args.threads, card=card),
-                                                  files[v.name], args.threads)
+                models[name] = X64PrecisionModel(InferenceModel(files[v.name], threads=args.threads, card=card),
+                                                 files[v.name], args.threads)
                 files[name] = files[v.name]
                 entries.append((v, name))
     fp32_out, _ = outputs(fp32, None, data.images)
@@ -411,7 +439,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--types", default="U8S8,S8S8,S8S8-asym", help=f"comma-separated, of {', '.join(TYPES)}")
     p.add_argument("--reduce-range", choices=("both", "on", "off"), default="both")
     p.add_argument("--x64-precision", action="store_true",
-                   help="also run each 8-bit-weight file with onnxruntime's session.x64quantprecision=1 (rows +x64prec)")
+                   help="also run each 8-bit-weight file with onnxruntime's session.x64quantprecision=1 "
+                        "(rows +x64prec)")
     p.add_argument("--batches", default="1,32")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=5)
@@ -447,8 +476,8 @@ def main(argv: list[str] | None = None) -> dict:
         for path in args.models:
             rows += bench_model(path, vs, args, work, cache)
     machine["loadavg_end"] = list(os.getloadavg())
-    report = {"schema": "edgecnn.bench_int8_types/1", "command": " ".join(["python", "tools/bench_int8_types.py",
-                                                                          *(argv if argv is not None else sys.argv[1:])]),
+    command = ["python", "tools/bench_int8_types.py", *(argv if argv is not None else sys.argv[1:])]
+    report = {"schema": "edgecnn.bench_int8_types/1", "command": " ".join(command),
               "machine": machine, "config": {k: v for k, v in vars(args).items()},
               "rows": rows}
     text = markdown(rows, args.batches, machine) + "\n" + by_target(rows, args.batches, machine["int8_target"])
