@@ -442,13 +442,17 @@ class _Session:
 
     def _test_metrics(self, model: keras.Model, card: ModelCard) -> dict[str, Any]:
         """Accuracy on the test split (and under the recipe's test-time augmentation, on the
-        evaluate command's predictions path)."""
+        evaluate command's predictions path). Every prediction goes through one local copy of
+        the model: on a multi-worker run the other workers have left once training ends, and a
+        distributed predict on the chief would wait for them in a collective (it failed with
+        "a worker stopped answering" before the TTA pass used the local copy too)."""
         from edgecnn.train.evaluate import accuracy_metrics, tta_predict
 
+        local = self.dist.local_copy(model)
         x, y = self.data.x_test, self.data.y_test
-        metrics = accuracy_metrics(predict_uint8(self.dist.local_copy(model), x, card), y)
+        metrics = accuracy_metrics(predict_uint8(local, x, card), y)
         if self.cfg.tta != "none":
-            tta = accuracy_metrics(tta_predict(lambda v: predict_uint8(model, v, card), x, self.cfg.tta), y)
+            tta = accuracy_metrics(tta_predict(lambda v: predict_uint8(local, v, card), x, self.cfg.tta), y)
             metrics.update({"tta": self.cfg.tta, "test_accuracy_tta": tta["test_accuracy"]})
         return metrics
 

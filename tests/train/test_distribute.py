@@ -190,7 +190,11 @@ def test_two_local_workers_train_like_one(tmp_path):
 
     data = _colours(tmp_path / "colours.npz")
     run = tmp_path / "two"
-    args = [*RECIPE, "--data", str(data), "--epochs", "3", "--distribute", "multi-worker", "--out", str(run)]
+    # With test-time augmentation: the chief scores the final model alone, after the other worker
+    # left; its TTA pass once predicted with the distributed model and failed in a collective.
+    (tmp_path / "tta.json").write_text(json.dumps({"tta": "flip"}))
+    args = [*RECIPE, "--data", str(data), "--epochs", "3", "--distribute", "multi-worker", "--out", str(run),
+            "--config", str(tmp_path / "tta.json")]
     ports = _free_ports(2)
     procs = [_start(tmp_path, ports, i, args, "fit") for i in (0, 1)]
     codes = _finish(procs)
@@ -199,6 +203,7 @@ def test_two_local_workers_train_like_one(tmp_path):
     assert not list((tmp_path / "tmp").glob("edgecnn-worker*"))  # the other worker's checkpoints are gone
     card = ModelCard.load(run)
     assert card.training["distribute"] == "multi-worker" and card.metrics["epochs"] == 3
+    assert card.training["tta"] == "flip" and 0 <= card.metrics["test_accuracy_tta"] <= 1
     assert json.loads((run / "history.json").read_text())["epoch"] == [1, 2, 3]
     model = load_run_model(run)  # the chief's model loads and predicts as its card says
     with np.load(data) as d:

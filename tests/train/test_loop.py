@@ -192,3 +192,35 @@ def test_a_run_killed_before_its_first_checkpoint_can_simply_be_started_again(tm
         train(cfg.replace(out=str(other)), verbose=0)
     assert (other / "notes.txt").is_file()
 
+
+def test_the_final_scoring_predicts_with_the_local_copy_only(tmp_path, monkeypatch):
+    """Issue 22 §7: the test-time-augmentation pass predicted with the distributed model while the
+    plain pass used its local copy; on a multi-worker run the chief then waited in a collective for
+    workers that had already left, and the run failed with "a worker stopped answering". Every
+    prediction of the final scoring must go through Distribution.local_copy."""
+    from edgecnn.train import loop
+    from edgecnn.train.config import TrainConfig
+    from edgecnn.train.distribute import Distribution
+
+    copies, used = [], []
+
+    def local_copy(self, model):  # as under a strategy: a model of its own, outside it
+        copy = type(model).from_config(model.get_config())
+        copy.set_weights(model.get_weights())
+        copies.append(copy)
+        return copy
+
+    real_predict = loop.predict_uint8
+
+    def predict_uint8(model, x, card, **kw):
+        used.append(model)
+        return real_predict(model, x, card, **kw)
+
+    monkeypatch.setattr(Distribution, "local_copy", local_copy)
+    monkeypatch.setattr(loop, "predict_uint8", predict_uint8)
+    cfg = TrainConfig(model="seed_cnn_tiny", data="sample", epochs=1, limit=64, batch_size=32, tta="flip",
+                      out=str(tmp_path / "r"))
+    run = loop.train(cfg, verbose=0)
+    assert len(copies) == 1 and len(used) == 3  # the plain pass, then the two flip views
+    assert all(m is copies[0] for m in used)
+    assert json.loads((run / "metrics.json").read_text())["tta"] == "flip"
