@@ -24,8 +24,9 @@ size in, probabilities out**, preprocessing included, each with its own best pip
 - **onnxruntime** on the int8 ONNX with the same preprocessing folded into the graph
   (``edgecnn.runtime.pixels.fold_onnx``), a bare ``session.run``.
 
-Interleaved rounds; the table gives the median of the rounds' p50s, images per second from it,
-and each runner's top-1 accuracy on the same held-out images (from pixels).
+Interleaved rounds; the table gives the median of the rounds' p50s, the images per second over
+every timed call of all rounds (batch / mean latency, as ``edgecnn bench`` and ``edgecnn tune``
+report them), and each runner's top-1 accuracy on the same held-out images (from pixels).
 
     python tools/peer_bench.py /work/runs/seed_cnn --threads 1,2 --batch 1,32
     python tools/peer_bench.py /work/runs/mnv2_224 --threads 1,2 --batch 1,32 --out /tmp/peer_mnv2.json
@@ -46,15 +47,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgecnn.card import ModelCard  # noqa: E402
-from edgecnn.export.tune import finalist_cells  # noqa: E402
-from edgecnn.runtime.benchmark import machine_fingerprint, time_callable  # noqa: E402
+from edgecnn.runtime.benchmark import latency_stats, machine_fingerprint, time_callable  # noqa: E402
 from edgecnn.runtime.preprocess import normalize_batch  # noqa: E402
+from edgecnn.tune import finalist_cells  # noqa: E402
 
 
-def _p50_ms(call, seconds: float) -> float:
+def _timed(call, seconds: float) -> list[float]:
+    """Seconds per call for ``seconds`` (one untimed call, then 3 of warm-up)."""
     call()
-    times = time_callable(call, warmup=3, runs=0, duration_s=seconds, min_runs=5)
-    return 1e3 * float(np.median(times))
+    return time_callable(call, warmup=3, runs=0, duration_s=seconds, min_runs=5)
 
 
 def _in_batches(fn, pixels: np.ndarray, batch: int) -> np.ndarray:
@@ -68,11 +69,12 @@ def _in_batches(fn, pixels: np.ndarray, batch: int) -> np.ndarray:
 # -> (N, classes) outputs for top-1.
 
 def edgecnn_runner(export_dir: Path, cell: dict, threads: int):
-    from edgecnn.export.tune import Candidate
     from edgecnn.runtime import Classifier
+    from edgecnn.tune import Candidate
 
-    model = Classifier.adopt(Candidate(cell["file"], cell["variant"], cell["backend"], cell["precision"],
-                                       cell["io_binding"]).open(export_dir, threads, "CPU"))
+    candidate = Candidate(file=cell["file"], variant=cell["variant"], backend=cell["backend"],
+                          precision=cell["precision"], io_binding=cell["io_binding"])
+    model = Classifier.adopt(candidate.open(export_dir, threads, "CPU"))
 
     def make(pixels: np.ndarray):
         return lambda: model.predict_proba(pixels)
@@ -235,10 +237,9 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
     from edgecnn.export import ExportConfig
+    from edgecnn.export.images import select_data
     from edgecnn.export.litert import convert_litert_int8
     from edgecnn.keras_io import load_keras_model
-    from edgecnn.export.images import select_data
-
     from edgecnn.runtime.core import InferenceModel
 
     export_dir = args.export or args.run / "export"
@@ -291,18 +292,22 @@ def main() -> None:
                 runners["onnxruntime, int8 file, pixels in graph"] = ("onnxruntime", make, predict)
             calls = {name: r[1](pixels) for name, r in runners.items()}
             p50s: dict[str, list[float]] = {name: [] for name in runners}
+            samples: dict[str, list[float]] = {name: [] for name in runners}
             for _ in range(args.rounds):
                 for name, call in calls.items():
-                    p50s[name].append(_p50_ms(call, args.seconds))
+                    times = _timed(call, args.seconds)
+                    p50s[name].append(1e3 * float(np.median(times)))
+                    samples[name] += times
             for name, (family, _, predict) in runners.items():
                 acc = None
                 if predict is not None and labels is not None:
                     out = predict(test, batch if batch <= len(test) else 1)
                     acc = float(np.mean(out.argmax(1) == labels[:len(out)]))
                 p50 = float(np.median(p50s[name]))
+                ips = latency_stats(samples[name], batch)["throughput_ips"]  # batch / mean, as bench and tune
                 rows.append({"runner": name, "family": family, "threads": threads, "batch": batch, "p50_ms": p50,
-                             "rounds_p50_ms": p50s[name], "throughput_ips": batch * 1e3 / p50, "top1": acc})
-                print(f"{threads}t b{batch} {name:52s} p50 {p50:8.3f} ms  {batch * 1e3 / p50:9.0f} img/s  "
+                             "rounds_p50_ms": p50s[name], "throughput_ips": ips, "top1": acc})
+                print(f"{threads}t b{batch} {name:52s} p50 {p50:8.3f} ms  {ips:9.0f} img/s  "
                       f"top-1 {'-' if acc is None else f'{100 * acc:.2f}%'}")
             group = rows[-len(runners):]
             mine = min((r for r in group if r["family"] == "edgecnn"), key=lambda r: r["p50_ms"])
