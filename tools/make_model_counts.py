@@ -4,7 +4,7 @@
 
 Counts every zoo model at its default input size and at 224x224, for 10 classes, at its default
 width, by building it. Rerun after changing an architecture: tests/train/test_counts.py rebuilds the
-``*_tiny`` models and fails when the table disagrees.
+model of every row (the full-size ones in its slow tests) and fails when the table disagrees.
 """
 
 from __future__ import annotations

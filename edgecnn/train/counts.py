@@ -2,8 +2,9 @@
 
 Building a Keras model only to count it costs TensorFlow's start-up (seconds) plus the build,
 so ``edgecnn models`` reads ``edgecnn/assets/model_counts.json`` instead; the table is written by
-``tools/make_model_counts.py`` and checked against freshly built ``*_tiny`` models by the tests,
-so a stale table fails CI. Combinations not in the table (another input size, class count or
+``tools/make_model_counts.py`` and every row of it is checked against the freshly built model by
+tests/train/test_counts.py (the full-size rows among its slow tests, which CI runs), so a stale
+table fails CI. Combinations not in the table (another input size, class count or
 width) are counted by building the model, which needs the ``[train]`` extra.
 """
 
