@@ -20,11 +20,11 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,6 +32,9 @@ from edgecnn._optional import require
 from edgecnn.card import ModelCard
 from edgecnn.errors import ConfigError
 from edgecnn.keras_io import load_keras_model
+
+if TYPE_CHECKING:
+    from edgecnn.runtime.benchmark import BenchResult
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +64,8 @@ def run_baselines(
     """Time the requested baseline runners at every batch size, one spawned process per thread count.
 
     Returns:
-        dicts with the fields of :class:`edgecnn.runtime.benchmark.BenchResult`.
+        :class:`edgecnn.runtime.benchmark.BenchResult` fields as dicts (the runtime's
+        ``BaselineRunner`` contract); each child process returns typed results.
 
     Raises:
         ConfigError: for an unknown runner. MissingDependencyError: without tensorflow/ai-edge-litert.
@@ -78,11 +82,13 @@ def run_baselines(
     if "litert" in runners:
         with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
             tflite = pool.submit(_convert_child, str(keras_file), model_card, calibration_data).result()
-    rows: list[dict[str, Any]] = []
+    results: list[BenchResult] = []
     for threads in config["threads"]:
         with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-            rows += pool.submit(_measure, str(keras_file), card, config, list(runners), tflite, threads).result()
-    return rows
+            results += pool.submit(_measure, str(keras_file), card, config, list(runners), tflite, threads).result()
+    # BenchResults cross the process boundary pickled, typed; the runtime's BaselineRunner contract
+    # (benchmark.py builds BenchResult(**row)) still takes dicts, so they leave as dicts here.
+    return [asdict(r) for r in results]
 
 
 def _convert_child(keras_file: str, card: ModelCard, calibration_data: str | Path | None) -> bytes:
@@ -93,27 +99,28 @@ def _convert_child(keras_file: str, card: ModelCard, calibration_data: str | Pat
 
 
 def _measure(keras_file: str, card_dict: dict[str, Any], config: dict[str, Any], runners: list[str],
-             tflite: bytes | None, threads: int) -> list[dict[str, Any]]:
+             tflite: bytes | None, threads: int) -> list[BenchResult]:
     """Child process: set TensorFlow's threads first, then time each runner at each batch size."""
     tf = require("tensorflow", "train")  # quietly: the spawned child starts without TensorFlow
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    from edgecnn.runtime.benchmark import latency_stats, peak_rss_mb, reset_peak_rss, time_callable
+    from edgecnn.runtime.benchmark import BenchResult, latency_stats, peak_rss_mb, reset_peak_rss, time_callable
     from edgecnn.runtime.preprocess import normalize_batch
 
     card = ModelCard.from_dict(card_dict)
     nhwc = replace(card, layout="nhwc")
-    rows = []
-    timing = {"warmup": config["warmup"], "runs": config["runs"], "duration_s": config["duration_s"],
-              "min_runs": config["min_runs"]}
+    results: list[BenchResult] = []
 
-    def add(runner: str, precision: str, batch: int, fn: Any, load_s: float, notes: list[str], **kw: Any) -> None:
-        times = time_callable(fn, **{**timing, **kw})
-        rows.append({"model": card.name, "variant": f"{card.name}:{precision}", "runner": runner,
-                     "precision": precision, "provider": "CPU", "batch": batch, "threads": threads,
-                     "stats": latency_stats(times, batch), "session_s": load_s, "peak_rss_mb": peak_rss_mb(),
-                     "notes": notes})
+    def add(runner: str, precision: str, batch: int, fn: Callable[[], Any], *, load_s: float, notes: list[str],
+            runs: int | None = None) -> None:
+        """Time ``fn`` with the benchmark's one timing loop and keep the point."""
+        times = time_callable(fn, warmup=config["warmup"], runs=config["runs"] if runs is None else runs,
+                              duration_s=config["duration_s"], min_runs=config["min_runs"])
+        results.append(BenchResult(model=card.name, variant=f"{card.name}:{precision}", runner=runner,
+                                   precision=precision, provider="CPU", batch=batch, threads=threads,
+                                   stats=latency_stats(times, batch), session_s=load_s, peak_rss_mb=peak_rss_mb(),
+                                   notes=notes))
 
     for batch in config["batch_sizes"]:
         h, w = card.input_size
@@ -121,25 +128,41 @@ def _measure(keras_file: str, card_dict: dict[str, Any], config: dict[str, Any],
         x = normalize_batch(px, nhwc)
         if "keras" in runners:
             reset_peak_rss()
-            t0 = time.perf_counter()
-            model = load_keras_model(keras_file)
-            load_s = time.perf_counter() - t0
-            note = [f"model.predict capped at {_PREDICT_MAX_RUNS} runs"] if config["runs"] > _PREDICT_MAX_RUNS else []
-            # The loop's values are bound as defaults: each call is timed within its own iteration.
-            add("keras.predict", "fp32", batch,
-                lambda model=model, x=x, batch=batch: model.predict(x, batch_size=batch, verbose=0), load_s, note,
+            model, load_s = _load_timed(keras_file)
+            capped = config["runs"] > _PREDICT_MAX_RUNS
+            add("keras.predict", "fp32", batch, _predict_runner(model, x), load_s=load_s,
+                notes=[f"model.predict capped at {_PREDICT_MAX_RUNS} runs"] if capped else [],
                 runs=min(config["runs"], _PREDICT_MAX_RUNS))
-            fn = tf.function(lambda t, model=model: model(t, training=False),
-                             input_signature=[tf.TensorSpec([batch, h, w, 3], tf.float32)])
-            xt = tf.constant(x)
-            add("keras.tf_function", "fp32", batch, lambda fn=fn, xt=xt: fn(xt).numpy(), load_s, [])
+            add("keras.tf_function", "fp32", batch, _tf_function_runner(model, x, tf), load_s=load_s, notes=[])
         if tflite is not None:
             reset_peak_rss()
-            add("litert", "int8", batch, *_litert_runner(tflite, x, threads), ["int8 input/output (full-int8)"])
-    return rows
+            run, load_s = _litert_runner(tflite, x, threads)
+            add("litert", "int8", batch, run, load_s=load_s, notes=["int8 input/output (full-int8)"])
+    return results
 
 
-def _litert_runner(tflite: bytes, x: np.ndarray, threads: int) -> tuple[Any, float]:
+def _load_timed(keras_file: str) -> tuple[Any, float]:
+    """The Keras model, and the seconds its file took to load (the runner's ``session_s``)."""
+    t0 = time.perf_counter()
+    model = load_keras_model(keras_file)
+    return model, time.perf_counter() - t0
+
+
+def _predict_runner(model: Any, x: np.ndarray) -> Callable[[], Any]:
+    """``model.predict`` on the whole batch ``x``, what most users call."""
+    return lambda: model.predict(x, batch_size=len(x), verbose=0)
+
+
+def _tf_function_runner(model: Any, x: np.ndarray, tf: Any) -> Callable[[], Any]:
+    """The model as a ``tf.function`` with ``x``'s fixed input signature, output to numpy."""
+    fn = tf.function(lambda t: model(t, training=False), input_signature=[tf.TensorSpec(list(x.shape), tf.float32)])
+    xt = tf.constant(x)
+    return lambda: fn(xt).numpy()
+
+
+def _litert_runner(tflite: bytes, x: np.ndarray, threads: int) -> tuple[Callable[[], Any], float]:
+    """``set_tensor`` + ``invoke`` + ``get_tensor`` on ``x`` quantized once, and the seconds the
+    interpreter took to load and allocate."""
     from ai_edge_litert.interpreter import Interpreter
 
     t0 = time.perf_counter()
