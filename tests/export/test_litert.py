@@ -96,8 +96,8 @@ def test_tflite_without_card_is_inferred(tmp_path, litert_export):
 
     _, out = litert_export
     # A plain converter file: the same graph without edgecnn's metadata entry.
-    from ai_edge_litert import schema_py_generated as schema
     import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
 
     model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel((out / "model.int8.tflite").read_bytes(), 0))
     model.metadata = [m for m in model.metadata if m.name not in (ONNX_METADATA_KEY, ONNX_METADATA_KEY.encode())]
@@ -121,7 +121,7 @@ def test_litert_needs_a_keras_source(tmp_path, litert_export):
 
 
 def test_tune_measures_litert_and_deploys_it(tmp_path, litert_export):
-    from edgecnn.export.tune import TuneConfig, tune
+    from edgecnn.tune import TuneConfig, tune
 
     _, out = litert_export
     d = tmp_path / "export"
@@ -167,7 +167,7 @@ def test_peer_bench_tool_times_the_pick_against_litert_and_openvino(tmp_path, li
     import sys
     from pathlib import Path
 
-    from edgecnn.export.tune import TuneConfig, tune
+    from edgecnn.tune import TuneConfig, tune
 
     _, out = litert_export
     d = tmp_path / "export"
