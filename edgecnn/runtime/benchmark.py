@@ -243,7 +243,11 @@ def latency_stats(times_s: Sequence[float], batch: int) -> dict[str, float]:
     """Latency statistics in milliseconds and throughput in images per second.
 
     Percentiles use linear interpolation (numpy's default); ``std`` is the population standard
-    deviation; throughput is ``batch / mean latency``.
+    deviation. ``throughput_ips`` is the images per second over the measured calls: ``batch /
+    mean latency`` (``batch x runs / their total time``), the one definition every edgecnn report
+    uses (``edgecnn bench``, ``edgecnn tune``'s table and report, ``deploy.json``). The p50 is
+    beside it for what one call costs; a throughput from the p50 would hide the slow calls a
+    stream of batches does pay.
 
     Raises:
         InputError: for no timings or a batch < 1.
@@ -260,7 +264,14 @@ def latency_stats(times_s: Sequence[float], batch: int) -> dict[str, float]:
 
 def time_callable(fn: Callable[[], Any], *, warmup: int, runs: int, duration_s: float | None = None,
                   min_runs: int = 10) -> list[float]:
-    """Call ``fn`` ``warmup`` times untimed, then time it ``runs`` times (or for ``duration_s``)."""
+    """Call ``fn`` ``warmup`` times untimed, then time it ``runs`` times (or for ``duration_s``):
+    the one timing loop of edgecnn (bench, tune and the baselines time through it), as bare as a
+    hand-written one; a caller interleaving several models calls it once per model per round.
+
+    Returns seconds per call, one sample per call: ``perf_counter_ns`` around ``fn()`` and nothing
+    else. With ``duration_s`` the calls go on until that many seconds have passed and at least
+    ``min_runs`` calls were timed (``runs`` is then unused).
+    """
     for _ in range(warmup):
         fn()
     clock = time.perf_counter_ns
