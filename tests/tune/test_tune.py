@@ -119,6 +119,24 @@ def test_not_an_export_directory(tmp_path):
     assert not (tmp_path / DEPLOY_FILE).exists()
 
 
+def test_export_report_is_read_back_typed(export_dir):
+    """tune reads export_report.json through ExportReport.load: every field round-trips, and a
+    report this version did not write is refused in one line that names what does not fit."""
+    from edgecnn.export.report import ExportReport
+
+    path = export_dir / "export_report.json"
+    data = json.loads(path.read_text())
+    report = ExportReport.load(export_dir)
+    assert report.to_dict() == data and report.variant("int8").file == "model.int8.onnx"
+    for change, words in (({"surprise": 1}, "unknown ExportReport field 'surprise'"),
+                          ({"variants": [{"file": "model.onnx"}]}, "missing"),
+                          ({"variants": "model.onnx"}, "list of variants")):
+        path.write_text(json.dumps({**data, **change}))
+        with pytest.raises(ArtifactError, match=words):
+            tune(export_dir, TuneConfig(**FAST))
+    assert not (export_dir / DEPLOY_FILE).exists()
+
+
 # ------------------------------------------------------------------ following deploy.json
 
 def _write_deploy(directory: Path, **fields) -> Deployment:
