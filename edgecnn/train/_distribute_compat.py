@@ -34,7 +34,7 @@ __all__ = ["multi_worker_fit_fixes"]
 @contextlib.contextmanager
 def multi_worker_fit_fixes() -> Iterator[None]:
     """Patch Keras's TensorFlow trainer for ``MultiWorkerMirroredStrategy`` inside the block."""
-    trainer = importlib.import_module("keras.src.backend.tensorflow.trainer")
+    trainer: Any = importlib.import_module("keras.src.backend.tensorflow.trainer")  # patched: a module as Any
     tf = importlib.import_module("tensorflow")
     tree = importlib.import_module("keras").tree
     original_reduce = trainer.reduce_per_replica

@@ -261,7 +261,7 @@ class Distribution:
     def output_dir(self, run: Path) -> Iterator[Path]:
         """Where this process writes: the run directory on the chief, a temporary directory
         (removed afterwards, however the block ends) on the other workers."""
-        if self.is_chief:
+        if self.cluster is None or self.cluster.is_chief:  # self.is_chief, said so that mypy sees the cluster
             yield run
             return
         temp = Path(tempfile.mkdtemp(prefix=f"edgecnn-worker{self.cluster.index}-"))
@@ -349,7 +349,8 @@ def make_distribution(kind: str, *, cluster: Cluster | None = None, batch_size: 
             log.info("Distribute: mirrored, but no GPU is visible: one replica on the CPU, no faster than "
                      "--distribute none (use multi-worker to train on several machines).")
         return Distribution("mirrored", strategy)
-    cluster = cluster or cluster_for(kind)
+    if cluster is None:  # multi-worker: TF_CONFIG's
+        cluster = parse_tf_config(os.environ.get("TF_CONFIG"))
     if batch_size is not None and num_train is not None:  # one replica a worker on CPUs; GPUs are checked later
         global_steps(num_train, batch_size, replicas=cluster.num_workers, workers=cluster.num_workers)
     wait_for_workers(cluster, timeout_s=worker_timeout_s)

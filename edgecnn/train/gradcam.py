@@ -125,8 +125,8 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.45, min_
     img = Image.fromarray(image)
     scale = max(1, int(np.ceil(min_side / min(img.size))))
     size = (img.width * scale, img.height * scale)
-    img = img.resize(size, Image.BICUBIC)
-    heat = Image.fromarray((heatmap * 255).astype(np.uint8)).resize(size, Image.BILINEAR)
+    img = img.resize(size, Image.Resampling.BICUBIC)
+    heat = Image.fromarray((heatmap * 255).astype(np.uint8)).resize(size, Image.Resampling.BILINEAR)
     colored = (colormaps["jet"](np.asarray(heat) / 255.0)[..., :3] * 255).astype(np.uint8)
     return Image.blend(img.convert("RGB"), Image.fromarray(colored), alpha)
 
@@ -175,7 +175,7 @@ def gradcam_files(run: str | Path, images: Sequence[str | Path], out: str | Path
         cams, chosen, probs = gradcam(model, normalize_batch(small[None], card), class_index=cls, layer=layer)
         c = int(chosen[0])
         fig, axes = plt.subplots(1, 2, figsize=(7.6, 3.6))
-        axes[0].imshow(Image.fromarray(full).resize(overlay(full, cams[0]).size, Image.BICUBIC))
+        axes[0].imshow(Image.fromarray(full).resize(overlay(full, cams[0]).size, Image.Resampling.BICUBIC))
         axes[1].imshow(overlay(full, cams[0]))
         for ax in axes:
             ax.axis("off")

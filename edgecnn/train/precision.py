@@ -92,7 +92,7 @@ def resolve_precision(requested: str, hardware: Hardware | None = None) -> tuple
                               f"visible; use --precision bf16 on a CPU with {' or '.join(BF16_CPU_FLAGS)}, or fp32.")
         return "fp16", f"asked for, {gpu}"
     if hw.gpu_bf16:
-        return "bf16", f"asked for, a GPU of compute capability {'.'.join(map(str, hw.gpu_compute_capability))}"
+        return "bf16", f"asked for, a GPU of compute capability {'.'.join(map(str, hw.gpu_compute_capability or ()))}"
     if hw.gpus:
         raise ConfigError(f"--precision bf16 needs a GPU of compute capability 8.0 or newer, this one is "
                           f"{'.'.join(map(str, hw.gpu_compute_capability or ('?',)))}; use --precision fp16 or fp32.")

@@ -37,7 +37,7 @@ def register_model(name: str, *, input_size: tuple[int, int], family: str) -> Ca
         if name in _REGISTRY:
             raise ValueError(f"Model name {name!r} is already registered.")
         doc = (fn.__doc__ or "").strip().splitlines()
-        _REGISTRY[name] = ModelSpec(name, fn, tuple(input_size), family, doc[0] if doc else "")
+        _REGISTRY[name] = ModelSpec(name, fn, (int(input_size[0]), int(input_size[1])), family, doc[0] if doc else "")
         return fn
 
     return decorator
