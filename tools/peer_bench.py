@@ -223,7 +223,7 @@ def _finalists(tune_report: dict, threads: int, batch: int, n: int = 3) -> list[
     return finalist_cells(cells, n, backend=lambda c: c["backend"])
 
 
-def main() -> None:
+def _args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="run directory (model.keras, card.json)")
     parser.add_argument("--export", type=Path, help="its export directory, tuned (default: RUN/export)")
@@ -233,13 +233,100 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--images", type=int, default=2000, help="held-out images for top-1")
     parser.add_argument("--out", type=Path, help="write the results as JSON")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def _litert_files(run: Path, card: ModelCard, calib: np.ndarray) -> tuple[bytes, bytes]:
+    """The Keras model through the TFLite converter: full int8 (edgecnn's own calibration images) and fp32."""
+    import tensorflow as tf
+
+    from edgecnn.export.litert import convert_litert_int8
+    from edgecnn.keras_io import load_keras_model
+
+    keras_model = load_keras_model(run / "model.keras")
+    t0 = time.time()
+    tflite_int8 = convert_litert_int8(keras_model, card, calib, source=str(run))
+    with __import__("tempfile").TemporaryDirectory() as tmp:
+        h, w = card.input_size
+        keras_model.export(tmp, format="tf_saved_model", verbose=False,
+                           input_signature=[tf.TensorSpec([None, h, w, 3], tf.float32)])
+        tflite_fp32 = tf.lite.TFLiteConverter.from_saved_model(tmp).convert()
+    print(f"LiteRT conversions: {time.time() - t0:.1f} s", file=sys.stderr)
+    return tflite_int8, tflite_fp32
+
+
+def _runners(export_dir: Path, finalists: list[dict], card: ModelCard, tflites: tuple[bytes, bytes], *,
+             threads: int, batch: int) -> dict[str, tuple]:
+    """name -> (family, make, predict) of every runner at this thread count and batch size."""
+    runners: dict[str, tuple] = {}
+    for cell in finalists:  # tune's confirmation round, in the same interleaved rounds as the peers
+        make, predict = edgecnn_runner(export_dir, cell, threads)
+        runners[f"edgecnn ({cell['config']})"] = ("edgecnn", make, predict)
+        runners[f"bare {cell['config']}, input ready"] = ("bare", bare_runner(export_dir, cell, threads, card, batch),
+                                                          None)
+    for name, blob in zip(("int8", "fp32"), tflites):
+        make, predict = litert_runner(blob, card, threads, batch)
+        runners[f"LiteRT {name} (XNNPack)"] = ("litert", make, predict)
+    for name, file in (("fp32 file", "model.onnx"), ("int8 QDQ file", "model.int8.onnx")):
+        if (export_dir / file).is_file():
+            make, predict, prec = openvino_runner(export_dir / file, threads, card)
+            runners[f"OpenVINO PPP, {name} ({prec})"] = ("openvino", make, predict)
+    if (export_dir / "model.int8.onnx").is_file():
+        make, predict = onnxruntime_folded_runner(export_dir / "model.int8.onnx", threads, card)
+        runners["onnxruntime, int8 file, pixels in graph"] = ("onnxruntime", make, predict)
+    return runners
+
+
+def _measure(runners: dict[str, tuple], test: np.ndarray, labels: np.ndarray | None, *, threads: int, batch: int,
+             rounds: int, seconds: float) -> list[dict]:
+    """One row per runner: the median of the rounds' p50s (interleaved rounds), img/s over every
+    timed call, top-1 on the held-out images."""
+    pixels = np.ascontiguousarray(np.concatenate([test] * (-(-batch // len(test))))[:batch])
+    calls = {name: r[1](pixels) for name, r in runners.items()}
+    p50s: dict[str, list[float]] = {name: [] for name in runners}
+    samples: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            times = _timed(call, seconds)
+            p50s[name].append(1e3 * float(np.median(times)))
+            samples[name] += times
+    rows = []
+    for name, (family, _, predict) in runners.items():
+        acc = None
+        if predict is not None and labels is not None:
+            out = predict(test, batch if batch <= len(test) else 1)
+            acc = float(np.mean(out.argmax(1) == labels[:len(out)]))
+        p50 = float(np.median(p50s[name]))
+        ips = latency_stats(samples[name], batch)["throughput_ips"]  # batch / mean, as bench and tune
+        rows.append({"runner": name, "family": family, "threads": threads, "batch": batch, "p50_ms": p50,
+                     "rounds_p50_ms": p50s[name], "throughput_ips": ips, "top1": acc})
+        print(f"{threads}t b{batch} {name:52s} p50 {p50:8.3f} ms  {ips:9.0f} img/s  "
+              f"top-1 {'-' if acc is None else f'{100 * acc:.2f}%'}")
+    return rows
+
+
+def _compare(group: list[dict]) -> None:
+    """Mark edgecnn's pick, and say how it and each finalist compare with the best peer and their bare calls."""
+    mine = min((r for r in group if r["family"] == "edgecnn"), key=lambda r: r["p50_ms"])
+    mine["pick"] = True  # what tune's confirmation round picks among its finalists
+    peers = [r for r in group if r["family"] not in ("edgecnn", "bare")]
+    best = min(peers, key=lambda r: r["p50_ms"])
+    print(f"   edgecnn's pick {mine['runner']} / best peer ({best['runner']}): "
+          f"{mine['p50_ms'] / best['p50_ms']:.2f}x p50")
+    for r in group:
+        if r["family"] == "edgecnn":
+            bare = next(b for b in group if b["runner"] == r["runner"].replace("edgecnn (", "bare ")
+                        .removesuffix(")") + ", input ready")
+            r["vs_bare"] = r["p50_ms"] / bare["p50_ms"]
+            print(f"   {r['runner']} from pixels / its bare call, input ready: {r['vs_bare']:.3f}x")
+
+
+def main() -> None:
+    args = _args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
     from edgecnn.export import ExportConfig
     from edgecnn.export.images import select_data
-    from edgecnn.export.litert import convert_litert_int8
-    from edgecnn.keras_io import load_keras_model
     from edgecnn.runtime.core import InferenceModel
 
     export_dir = args.export or args.run / "export"
@@ -250,78 +337,21 @@ def main() -> None:
     # The images edgecnn's int8 export calibrated on (the same seeded pick of the training images).
     calib = data.calibration[np.sort(np.random.default_rng(0).permutation(len(data.calibration))[:512])]
     test = np.ascontiguousarray(test)
+    tflites = _litert_files(args.run, card, calib)
 
-    import tensorflow as tf
-
-    keras_model = load_keras_model(args.run / "model.keras")
-    t0 = time.time()
-    tflite_int8 = convert_litert_int8(keras_model, card, calib, source=str(args.run))
-    with __import__("tempfile").TemporaryDirectory() as tmp:
-        h, w = card.input_size
-        keras_model.export(tmp, format="tf_saved_model", verbose=False,
-                           input_signature=[tf.TensorSpec([None, h, w, 3], tf.float32)])
-        tflite_fp32 = tf.lite.TFLiteConverter.from_saved_model(tmp).convert()
-    print(f"LiteRT conversions: {time.time() - t0:.1f} s", file=sys.stderr)
-
-    threads_list = [int(t) for t in args.threads.split(",")]
-    batches = [int(b) for b in args.batch.split(",")]
     rows = []
-    for threads in threads_list:
-        for batch in batches:
-            pixels = np.ascontiguousarray(np.concatenate([test] * (-(-batch // len(test))))[:batch])
-            runners = {}
+    for threads in [int(t) for t in args.threads.split(",")]:
+        for batch in [int(b) for b in args.batch.split(",")]:
             finalists = _finalists(tune_report, threads, batch)
             if not finalists:
                 print(f"tune_report has no cell at {threads} threads, batch {batch}: run edgecnn tune with them",
                       file=sys.stderr)
                 continue
-            for cell in finalists:  # tune's confirmation round, in the same interleaved rounds as the peers
-                make, predict = edgecnn_runner(export_dir, cell, threads)
-                runners[f"edgecnn ({cell['config']})"] = ("edgecnn", make, predict)
-                runners[f"bare {cell['config']}, input ready"] = ("bare", bare_runner(export_dir, cell, threads, card,
-                                                                                     batch), None)
-            for name, blob in (("int8", tflite_int8), ("fp32", tflite_fp32)):
-                make, predict = litert_runner(blob, card, threads, batch)
-                runners[f"LiteRT {name} (XNNPack)"] = ("litert", make, predict)
-            for name, file in (("fp32 file", "model.onnx"), ("int8 QDQ file", "model.int8.onnx")):
-                if (export_dir / file).is_file():
-                    make, predict, prec = openvino_runner(export_dir / file, threads, card)
-                    runners[f"OpenVINO PPP, {name} ({prec})"] = ("openvino", make, predict)
-            if (export_dir / "model.int8.onnx").is_file():
-                make, predict = onnxruntime_folded_runner(export_dir / "model.int8.onnx", threads, card)
-                runners["onnxruntime, int8 file, pixels in graph"] = ("onnxruntime", make, predict)
-            calls = {name: r[1](pixels) for name, r in runners.items()}
-            p50s: dict[str, list[float]] = {name: [] for name in runners}
-            samples: dict[str, list[float]] = {name: [] for name in runners}
-            for _ in range(args.rounds):
-                for name, call in calls.items():
-                    times = _timed(call, args.seconds)
-                    p50s[name].append(1e3 * float(np.median(times)))
-                    samples[name] += times
-            for name, (family, _, predict) in runners.items():
-                acc = None
-                if predict is not None and labels is not None:
-                    out = predict(test, batch if batch <= len(test) else 1)
-                    acc = float(np.mean(out.argmax(1) == labels[:len(out)]))
-                p50 = float(np.median(p50s[name]))
-                ips = latency_stats(samples[name], batch)["throughput_ips"]  # batch / mean, as bench and tune
-                rows.append({"runner": name, "family": family, "threads": threads, "batch": batch, "p50_ms": p50,
-                             "rounds_p50_ms": p50s[name], "throughput_ips": ips, "top1": acc})
-                print(f"{threads}t b{batch} {name:52s} p50 {p50:8.3f} ms  {ips:9.0f} img/s  "
-                      f"top-1 {'-' if acc is None else f'{100 * acc:.2f}%'}")
-            group = rows[-len(runners):]
-            mine = min((r for r in group if r["family"] == "edgecnn"), key=lambda r: r["p50_ms"])
-            mine["pick"] = True  # what tune's confirmation round picks among its finalists
-            peers = [r for r in group if r["family"] not in ("edgecnn", "bare")]
-            best = min(peers, key=lambda r: r["p50_ms"])
-            print(f"   edgecnn's pick {mine['runner']} / best peer ({best['runner']}): "
-                  f"{mine['p50_ms'] / best['p50_ms']:.2f}x p50")
-            for r in group:
-                if r["family"] == "edgecnn":
-                    bare = next(b for b in group if b["runner"] == r["runner"].replace("edgecnn (", "bare ")
-                                .removesuffix(")") + ", input ready")
-                    r["vs_bare"] = r["p50_ms"] / bare["p50_ms"]
-                    print(f"   {r['runner']} from pixels / its bare call, input ready: {r['vs_bare']:.3f}x")
+            runners = _runners(export_dir, finalists, card, tflites, threads=threads, batch=batch)
+            group = _measure(runners, test, labels, threads=threads, batch=batch, rounds=args.rounds,
+                             seconds=args.seconds)
+            _compare(group)
+            rows += group
     m = machine_fingerprint()
     result = {"run": str(args.run), "export": str(export_dir), "machine": m, "loadavg": os.getloadavg(),
               "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "args": {k: str(v) for k, v in vars(args).items()},
