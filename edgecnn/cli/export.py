@@ -13,6 +13,7 @@ from edgecnn.cli._options import model_options
 from edgecnn.export.variants import (
     CALIBRATION_METHODS,
     CPU_TARGET_CHOICES,
+    DEFAULT_MIN_SQNR_DB,
     EXPORT_MODES,
     EXPORT_TTA,
     GUARD_POLICIES,
@@ -65,7 +66,7 @@ Examples:
 @click.option("--guard", "guard_policy", type=click.Choice(GUARD_POLICIES), default="lenient", show_default=True,
               help="What a variant gets when the 95% interval of its loss straddles --max-accuracy-drop (too few "
                    "images to tell): lenient passes it with a note, strict refuses it.")
-@click.option("--min-sqnr", type=float, default=20.0, show_default=True,
+@click.option("--min-sqnr", type=float, default=DEFAULT_MIN_SQNR_DB, show_default=True,
               help="Models without a task head (--task raw): the least signal-to-quantization-noise ratio (dB) "
                    "every output of a variant must keep against fp32.")
 @click.option("--no-chance-check", is_flag=True,

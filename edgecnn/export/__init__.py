@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from edgecnn.export.accuracy_aware import AccuracyAwareConfig, AccuracyAwareResult, accuracy_aware_quantize
+    from edgecnn.export.config import ExportConfig
     from edgecnn.export.onnx import DEFAULT_OPSET, convert_keras, embed_card, load_onnx, read_card, save_onnx
-    from edgecnn.export.pipeline import ExportConfig, export_model, export_onnx_file, export_run
+    from edgecnn.export.pipeline import export_model, export_onnx_file, export_run
     from edgecnn.export.quantize import QuantizeConfig, quantize_model
     from edgecnn.export.report import ExportReport, VariantResult
     from edgecnn.export.triton import triton_config, write_triton_model
@@ -25,7 +26,8 @@ if TYPE_CHECKING:
 _HOMES = {
     **dict.fromkeys(("AccuracyAwareConfig", "AccuracyAwareResult", "accuracy_aware_quantize"), "accuracy_aware"),
     **dict.fromkeys(("DEFAULT_OPSET", "convert_keras", "embed_card", "load_onnx", "read_card", "save_onnx"), "onnx"),
-    **dict.fromkeys(("ExportConfig", "export_model", "export_onnx_file", "export_run"), "pipeline"),
+    **dict.fromkeys(("ExportConfig",), "config"),
+    **dict.fromkeys(("export_model", "export_onnx_file", "export_run"), "pipeline"),
     **dict.fromkeys(("QuantizeConfig", "quantize_model"), "quantize"),
     **dict.fromkeys(("ExportReport", "VariantResult"), "report"),
     **dict.fromkeys(("triton_config", "write_triton_model"), "triton"),

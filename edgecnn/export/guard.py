@@ -40,16 +40,16 @@ from typing import Any
 import numpy as np
 
 from edgecnn.card import ModelCard
+from edgecnn.export.variants import DEFAULT_MIN_SQNR_DB
 from edgecnn.export.verify import cosine_similarity, task_evidence
 
-__all__ = ["DEFAULT_MIN_SQNR_DB", "Check", "Verdict", "judge_variant", "wilson",
+__all__ = ["Check", "Verdict", "judge_variant", "wilson",
            "paired_drop_interval", "near_tie_threshold", "Z95"]
 
 Z95 = 1.959963984540054  # two-sided 95%
 BOOTSTRAP = 400
 NEAR_TIE_CAP = 0.05  # a top-2 margin above 5 points of probability is no tie, whatever the noise
 ARGMAX_AXIS_MAX = 32
-DEFAULT_MIN_SQNR_DB = 20.0
 _OUTCOMES = ("kept", "unsure", "exceeded")
 
 

@@ -10,7 +10,7 @@ class order. No TensorFlow is imported.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,14 +23,14 @@ from edgecnn.export._data import load_eval_data, load_judging_data, to_channels
 from edgecnn.runtime.preprocess import Fitting
 
 if TYPE_CHECKING:
-    from edgecnn.export.pipeline import ExportConfig
+    from edgecnn.export.config import ExportConfig
 
 log = logging.getLogger(__name__)
 
 __all__ = ["ExportData", "select_data", "fp32_only_data", "SYNTHETIC_NOTE"]
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class ExportData:
     """The images of one export: calibration images, the held-out images every variant is judged
     on (labels for a classifier when known), and what they are."""
@@ -71,7 +71,8 @@ def fp32_only_data(card: ModelCard, config: ExportConfig) -> tuple[ExportData, M
     given (labels and all), else synthetic images for parity alone."""
     if config.eval_data is None:
         return _synthetic_data(card), card
-    return _as_model_input(*_with_eval_data(ExportData(None, np.empty((0,)), None, ""), card, config))
+    none = ExportData(calibration=None, test=np.empty((0,)), test_labels=None, description="")
+    return _as_model_input(*_with_eval_data(none, card, config))
 
 
 def _limit(x: np.ndarray | None, n: int | None) -> np.ndarray | None:
@@ -94,12 +95,11 @@ def select_data(card: ModelCard, calibration_data: str | Path | None,
 def _as_model_input(data: ExportData, card: ModelCard) -> tuple[ExportData, ModelCard]:
     """The images in the model's channels; labels only for a classifier (class folders say nothing
     about boxes or masks)."""
-    data.test = to_channels(data.test, card.channels, gray=card.gray)
-    if data.calibration is not None:
-        data.calibration = to_channels(data.calibration, card.channels, gray=card.gray)
-    if card.task != "classify":
-        data.test_labels = None
-    return data, card
+    calibration = data.calibration
+    if calibration is not None:
+        calibration = to_channels(calibration, card.channels, gray=card.gray)
+    return replace(data, test=to_channels(data.test, card.channels, gray=card.gray), calibration=calibration,
+                   test_labels=data.test_labels if card.task == "classify" else None), card
 
 
 def _with_eval_data(data: ExportData, card: ModelCard, config: ExportConfig) -> tuple[ExportData, ModelCard]:
@@ -107,8 +107,9 @@ def _with_eval_data(data: ExportData, card: ModelCard, config: ExportConfig) -> 
     instead of the held-out part of the calibration data or the card's test split."""
     ev = load_judging_data(config.eval_data, card.input_size, fitting=Fitting.of(card))
     labels, card = _align_labels(ev.test_labels, ev.class_names, card)
-    return ExportData(data.calibration, _limit(ev.test, config.test_images), _limit(labels, config.test_images),
-                 f"{ev.description} (--eval-data)", calibration_labels=data.calibration_labels), card
+    return ExportData(calibration=data.calibration, test=_limit(ev.test, config.test_images),
+                      test_labels=_limit(labels, config.test_images), description=f"{ev.description} (--eval-data)",
+                      calibration_labels=data.calibration_labels), card
 
 
 def _read_data(card: ModelCard, calibration_data: str | Path | None,
@@ -134,18 +135,19 @@ def _read_data(card: ModelCard, calibration_data: str | Path | None,
             and ds.num_classes != card.num_classes:
         raise DataError(f"Dataset {spec} has {ds.num_classes} classes, the model {card.num_classes}.")
     if calibration_data is None:
-        return ExportData(ds.x_train, _limit(ds.x_test, config.test_images), _limit(ds.y_test, config.test_images),
-                     f"{ds.name} test split"), card
+        return ExportData(calibration=ds.x_train, test=_limit(ds.x_test, config.test_images),
+                          test_labels=_limit(ds.y_test, config.test_images), description=f"{ds.name} test split"), card
     ext = load_eval_data(calibration_data, card.input_size, seed=config.quant.seed, fitting=Fitting.of(card))
     if ds is not None:
-        return ExportData(ext.calibration, _limit(ds.x_test, config.test_images), _limit(ds.y_test, config.test_images),
-                     f"{ds.name} test split"), card
+        return ExportData(calibration=ext.calibration, test=_limit(ds.x_test, config.test_images),
+                          test_labels=_limit(ds.y_test, config.test_images), description=f"{ds.name} test split"), card
     if missing:
         log.warning("%s Evaluating on images of %s instead.", missing, calibration_data)
     calib_labels, _ = _align_labels(ext.calibration_labels, ext.class_names, card)
     labels, card = _align_labels(ext.test_labels, ext.class_names, card)
-    return ExportData(ext.calibration, _limit(ext.test, config.test_images), _limit(labels, config.test_images),
-                 ext.description, shared=ext.shared, calibration_labels=calib_labels), card
+    return ExportData(calibration=ext.calibration, test=_limit(ext.test, config.test_images),
+                      test_labels=_limit(labels, config.test_images), description=ext.description, shared=ext.shared,
+                      calibration_labels=calib_labels), card
 
 
 def _align_labels(labels: np.ndarray | None, names: list[str] | None,

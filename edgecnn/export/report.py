@@ -11,16 +11,18 @@ from typing import Any
 from edgecnn.card import atomic_write_text
 from edgecnn.errors import ArtifactError
 
-__all__ = ["VariantResult", "ExportReport", "metric_text", "interval_text", "status_text", "REPORT_JSON"]
+__all__ = ["VariantResult", "ExportReport", "metric_text", "interval_text", "status_text", "REPORT_JSON",
+           "REPORT_MARKDOWN"]
 
 REPORT_JSON = "export_report.json"
+REPORT_MARKDOWN = "export_report.md"
 
 _umask = os.umask(0)
 os.umask(_umask)
 _FILE_MODE = 0o666 & ~_umask
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class VariantResult:
     """One exported file (fp32 or a quantized variant) and its measured cost."""
 
@@ -53,9 +55,12 @@ class VariantResult:
         return _from_fields(cls, data)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ExportReport:
-    """Everything ``export_report.json`` holds; :meth:`to_markdown` renders the table."""
+    """Everything ``export_report.json`` holds; :meth:`to_markdown` renders the table.
+
+    Filled in step by step as the export runs (edgecnn.export.job), written last.
+    """
 
     source: str
     source_sha256: str
@@ -154,7 +159,7 @@ class ExportReport:
         """Write ``export_report.json`` and ``export_report.md`` into ``out_dir`` (atomically)."""
         out_dir = Path(out_dir)
         j = atomic_write_text(out_dir / REPORT_JSON, json.dumps(self.to_dict(), indent=2) + "\n")
-        m = atomic_write_text(out_dir / "export_report.md", self.to_markdown())
+        m = atomic_write_text(out_dir / REPORT_MARKDOWN, self.to_markdown())
         for p in (j, m):
             os.chmod(p, _FILE_MODE)  # atomic_write_text's mkstemp leaves 0600
         return j, m

@@ -15,7 +15,7 @@ from edgecnn.errors import ConfigError
 
 __all__ = ["Variant", "VARIANTS", "EXPORT_MODES", "QUANTIZE_MODES", "FP32", "variant", "variant_filename",
            "SOURCE_KINDS", "KERAS_SOURCES", "CALIBRATION_METHODS", "CPU_TARGETS", "CPU_TARGET_CHOICES",
-           "GUARD_POLICIES", "EXPORT_TTA"]
+           "GUARD_POLICIES", "DEFAULT_MIN_SQNR_DB", "EXPORT_TTA"]
 
 # Source kinds (edgecnn.export.sources.detect_kind): a run directory, a Keras file (.keras, .h5), a
 # SavedModel directory, a TFLite or an ONNX file.
@@ -30,6 +30,7 @@ CPU_TARGET_CHOICES = ("auto", *CPU_TARGETS)  # auto: this machine's (edgecnn.run
 # What a variant gets when the 95% interval of its loss straddles the budget (edgecnn.export.guard):
 # lenient passes it with a note, strict refuses it.
 GUARD_POLICIES = ("lenient", "strict")
+DEFAULT_MIN_SQNR_DB = 20.0  # models without a task head: the least SQNR (dB) each output of a variant keeps
 EXPORT_TTA = ("none", "flip")  # flip: test-time augmentation inside the graph (edgecnn.export.tta)
 
 

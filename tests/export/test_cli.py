@@ -21,7 +21,7 @@ def _run(*args):
 
 def _one_line_error(result, match):
     assert result.exit_code == 1, result.output
-    lines = [l for l in result.output.splitlines() if l.strip()]
+    lines = [line for line in result.output.splitlines() if line.strip()]
     assert lines[-1].startswith("Error: ") and match in lines[-1], result.output
     assert "Traceback" not in result.output
 
@@ -29,7 +29,8 @@ def _one_line_error(result, match):
 def test_export_run_with_int8_and_triton(tmp_path, seed_run):
     result = _run(seed_run, "--out", tmp_path / "out", "-q", "int8", "--triton", tmp_path / "triton")
     assert result.exit_code == 0, result.output
-    assert {"model.onnx", "model.int8.onnx", "export_report.json", "export_report.md"} <= {p.name for p in (tmp_path / "out").iterdir()}
+    written = {p.name for p in (tmp_path / "out").iterdir()}
+    assert {"model.onnx", "model.int8.onnx", "export_report.json", "export_report.md"} <= written
     assert (tmp_path / "triton" / "seed_tiny_int8" / "1" / "model.onnx").is_file()
     assert "int8" in result.output
 
@@ -68,7 +69,8 @@ def test_plain_onnx_export_never_imports_tensorflow(tmp_path, seed_export, sampl
     _, out = seed_export
     npz = _sample_npz(tmp_path / "calib.npz", sample3, n_train=64, n_test=32)
     code = ("import sys; from edgecnn.export import export_onnx_file, ExportConfig; "
-            f"export_onnx_file({str(out / 'model.onnx')!r}, out_dir={str(tmp_path / 'o')!r}, calibration_data={str(npz)!r}, "
+            f"export_onnx_file({str(out / 'model.onnx')!r}, out_dir={str(tmp_path / 'o')!r}, "
+            f"calibration_data={str(npz)!r}, "
             "config=ExportConfig(quantize=('int8', 'fp16'), max_accuracy_drop=50)); "
             "print(sorted({'tensorflow', 'keras', 'tf2onnx', 'edgecnn.train'} & set(sys.modules)))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -173,7 +175,6 @@ def test_a_reexport_killed_while_moving_files_in_leaves_no_mix(tmp_path, seed_ru
     goes first now."""
     import os
 
-    from edgecnn.export import pipeline
     from edgecnn.runtime.deploy import DEPLOY_FILE
 
     out = tmp_path / "out"
@@ -188,7 +189,7 @@ def test_a_reexport_killed_while_moving_files_in_leaves_no_mix(tmp_path, seed_ru
             moved.append(dst)
         return real(src, dst)
 
-    monkeypatch.setattr(pipeline.os, "replace", killed_after_the_first_model)
+    monkeypatch.setattr(os, "replace", killed_after_the_first_model)
     with pytest.raises(KeyboardInterrupt):
         from edgecnn.export import ExportConfig, export_run
 

@@ -249,15 +249,15 @@ def test_chance_check_judges_every_labelled_image_and_can_be_skipped(caplog):
     """Issue 18: a correctly preprocessed weak model (18% on 10 classes) was blocked, judged on the
     40 held-out images of a 200-image folder; now all 200 count, and it passes."""
     from edgecnn.errors import ArtifactError
-    from edgecnn.export.pipeline import _check_not_chance
+    from edgecnn.export.chance import check_not_chance
 
     card = ModelCard(name="weak", class_names=tuple("abcdefghij"), input_size=(8, 8))
-    _check_not_chance(36, 200, card)  # 18% of 200: above chance by the interval, no word
+    check_not_chance(36, 200, card)  # 18% of 200: above chance by the interval, no word
     with caplog.at_level("WARNING"):
-        _check_not_chance(7, 40, card)  # 17.5% of 40: cannot tell, a warning
+        check_not_chance(7, 40, card)  # 17.5% of 40: cannot tell, a warning
     assert "cannot show the model beats chance" in caplog.text
     with pytest.raises(ArtifactError, match=r"at chance level.*--no-chance-check"):
-        _check_not_chance(21, 200, card)  # 10.5%: wrong preprocessing, most likely
+        check_not_chance(21, 200, card)  # 10.5%: wrong preprocessing, most likely
 
 
 def test_unlabelled_images_are_split_between_calibration_and_evaluation(tmp_path):
@@ -322,9 +322,9 @@ def test_accuracy_aware_int8_that_keeps_everything_float_is_no_gain():
 
 def test_export_refuses_an_accuracy_aware_file_with_no_gain(tmp_path, seed_run, monkeypatch):
     from edgecnn.errors import AccuracyDropError
-    from edgecnn.export import ExportConfig, export_run, pipeline
+    from edgecnn.export import ExportConfig, export_run, staged
 
-    real = pipeline.accuracy_aware_for_export
+    real = staged.accuracy_aware_for_export
 
     def keep_all_float(fp32_path, out_path, **kwargs):
         import dataclasses
@@ -339,7 +339,7 @@ def test_export_refuses_an_accuracy_aware_file_with_no_gain(tmp_path, seed_run, 
                                    plain_size_bytes=found.fp32_size_bytes // 4, latency_ms={},
                                    proto=onnx.load(str(out_path)))
 
-    monkeypatch.setattr(pipeline, "accuracy_aware_for_export", keep_all_float)
+    monkeypatch.setattr(staged, "accuracy_aware_for_export", keep_all_float)
     with pytest.raises(AccuracyDropError, match="leave no gain over fp32"):
         export_run(seed_run, out_dir=tmp_path, config=ExportConfig(quantize=("int8",), accuracy_aware=True,
                                                                    max_accuracy_drop=10.0))

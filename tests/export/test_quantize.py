@@ -49,7 +49,8 @@ def test_report_files(seed_export):
 
     report, out = seed_export
     data = json.loads((out / "export_report.json").read_text())
-    assert data["status"] == "ok" and [v["precision"] for v in data["variants"]] == ["fp32", "int8", "int8-dynamic", "fp16"]
+    assert data["status"] == "ok"
+    assert [v["precision"] for v in data["variants"]] == ["fp32", "int8", "int8-dynamic", "fp16"]
     md = (out / "export_report.md").read_text()
     assert "| int8 | model.int8.onnx |" in md
     assert not list(out.glob(".export-staging-*"))
@@ -60,20 +61,20 @@ def test_accuracy_guard_fails_and_writes_no_variant(tmp_path, seed_run, monkeypa
     import onnx
 
     from edgecnn.errors import AccuracyDropError
-    from edgecnn.export import ExportConfig, export_run
-    from edgecnn.export import pipeline
+    from edgecnn.export import ExportConfig, export_run, staged
 
     def broken_quantizer(fp32_path, out_path, *, mode, card, config, calibration_images=None):
         model = onnx.load(str(fp32_path))
         last = model.graph.output[0].name
         model.graph.node[-1].output[0] = "pre_reverse"
-        idx = onnx.helper.make_tensor("rev", onnx.TensorProto.INT64, [card.num_classes], list(range(card.num_classes))[::-1])
+        reverse = list(range(card.num_classes))[::-1]
+        idx = onnx.helper.make_tensor("rev", onnx.TensorProto.INT64, [card.num_classes], reverse)
         model.graph.initializer.append(idx)
         model.graph.node.append(onnx.helper.make_node("Gather", ["pre_reverse", "rev"], [last], axis=1))
         onnx.save_model(model, str(out_path))
         return model
 
-    monkeypatch.setattr(pipeline, "quantize_model", broken_quantizer)
+    monkeypatch.setattr(staged, "quantize_model", broken_quantizer)
     with pytest.raises(AccuracyDropError, match=r"int8: accuracy .* pp"):
         export_run(seed_run, out_dir=tmp_path, config=ExportConfig(quantize=("int8",), max_accuracy_drop=1.0))
     assert (tmp_path / "model.onnx").is_file()  # fp32 passed its own verification
@@ -144,7 +145,8 @@ def test_calibration_method_changes_ranges(seed_export, sample3, tmp_path, metho
     def scales(cfg, name):
         model = quantize_model(out / "model.onnx", tmp_path / name, mode="int8", card=card, config=cfg,
                                calibration_images=sample3.x_train)
-        return [float(numpy_helper.to_array(i)) for i in model.graph.initializer if i.name.endswith("_scale") and not i.dims]
+        return [float(numpy_helper.to_array(i)) for i in model.graph.initializer
+                if i.name.endswith("_scale") and not i.dims]
 
     base = scales(QuantizeConfig(calibration_samples=128), "minmax.onnx")
     other = scales(QuantizeConfig(calibration_samples=128, calibration_method=method), f"{method}.onnx")

@@ -76,9 +76,9 @@ def test_dynamic_text_detector_quantizes_at_the_card_size(tmp_path, sample3, mon
     the card's size; its batch stays dynamic; the current directory stays empty."""
     import onnx
 
+    from edgecnn.datasets import resize_all
     from edgecnn.export import QuantizeConfig, quantize_model
     from edgecnn.export.verify import OnnxPredictor
-    from edgecnn.datasets import resize_all
 
     cwd = tmp_path / "cwd"
     cwd.mkdir()
@@ -100,9 +100,9 @@ def test_dynamic_text_detector_quantizes_at_the_card_size(tmp_path, sample3, mon
 def test_failed_quantization_leaves_nothing_in_the_cwd(tmp_path, sample3, monkeypatch):
     """The detector's symbolic shape inference fails (onnxruntime then writes its debugging files
     into the working directory); the quantization itself then fails on a bad --exclude-node."""
+    from edgecnn.datasets import resize_all
     from edgecnn.errors import ConfigError
     from edgecnn.export import QuantizeConfig, quantize_model
-    from edgecnn.datasets import resize_all
 
     cwd = tmp_path / "cwd"
     cwd.mkdir()
@@ -187,7 +187,7 @@ def test_face_mesh_tflite_fixed_batch_exports(tmp_path, sample3):
 def test_run_time_failure_is_one_line(tmp_path, sample3):
     """An onnxruntime error while running the model during verification is an ArtifactError, not a traceback."""
     from edgecnn.errors import ArtifactError
-    from edgecnn.export.pipeline import _predict
+    from edgecnn.export.job import run_outputs
 
     def broken(x):
         import onnxruntime as ort
@@ -195,7 +195,7 @@ def test_run_time_failure_is_one_line(tmp_path, sample3):
         raise ort.capi.onnxruntime_pybind11_state.Fail("[ONNXRuntimeError] : 1 : FAIL : Reshape failed")
 
     with pytest.raises(ArtifactError, match=r"Running the model on 4 images failed \(Fail: .*Reshape failed\)"):
-        _predict(broken, sample3.x_test[:4])
+        run_outputs(broken, sample3.x_test[:4])
 
 
 # ------------------------------------------------------------------ 5. fp32 without images; int8-weight .tflite
