@@ -60,11 +60,12 @@ def keras_run(name: str, out: Path) -> tuple[Path, ModelCard]:
 
 
 def to_onnx(run: Path, card: ModelCard, *, nchw: bool):
-    import keras
     import tensorflow as tf
     import tf2onnx
 
-    model = keras.saving.load_model(run / "model.keras", compile=False)
+    from edgecnn.keras_io import load_keras_model
+
+    model = load_keras_model(run / "model.keras")
     h, w = card.input_size
     fn = tf.function(lambda x: model(x, training=False))
     spec = [tf.TensorSpec([None, h, w, 3], tf.float32, name=card.input_name)]

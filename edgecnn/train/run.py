@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgecnn._optional import require
 from edgecnn.card import atomic_write_text
 from edgecnn.errors import ArtifactError
+from edgecnn.keras_io import load_keras_model
 
 if TYPE_CHECKING:
     import keras
@@ -215,9 +215,4 @@ def load_run_model(run: str | Path, *, checkpoint: bool = False) -> keras.Model:
         path = files.current_checkpoint(TrainState.load(files.state)) if checkpoint else files.model
     if not path.is_file():
         raise ArtifactError(f"No model at {path}; train one with `edgecnn train --out {Path(run)}`.")
-    import edgecnn._keras_layers  # noqa: F401  (TensorFlow quietly, then the zoo's custom layers for load_model)
-
-    try:
-        return require("keras", "train").models.load_model(path, compile=checkpoint)
-    except Exception as err:  # zip, h5, json and deserialization errors all mean: corrupt
-        raise ArtifactError(f"Cannot load {path}: corrupt or not a Keras 3 model ({type(err).__name__}).") from err
+    return load_keras_model(path, compile=checkpoint)
