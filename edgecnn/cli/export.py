@@ -130,7 +130,7 @@ def export(source: Path, out_dir: Path | None, quantize: tuple[str, ...], opset:
             click.echo(f"guard {v.precision}: {v.guard}")
     for v in report.variants:
         if v.accuracy_aware:
-            click.echo(f"accuracy-aware {v.precision}: {v.accuracy_aware['message']}")
+            click.echo(f"accuracy-aware {v.precision}: {v.accuracy_aware.message}")
     for note in report.notes:  # the assumptions, if any, were logged as a warning before the export ran
         click.echo(f"note: {note}")
 

@@ -9,18 +9,15 @@ How it works:
 
 1. Quantize as usual; if the injected metric (``evaluate(path) -> value``, higher is better)
    meets ``baseline - max_drop``, that file is the answer.
-2. Otherwise rank every quantized tensor by its quantization error on a few calibration images,
-   with onnxruntime's QDQ debugging helpers (``onnxruntime.quantization.qdq_loss_debug``): the
-   activations of the QDQ model before and after each QuantizeLinear/DequantizeLinear pair, and
-   the weights before and after quantization. The error is the signal-to-quantization-noise ratio
-   (SQNR, dB) from the noise-to-signal power averaged over *channels*: a whole-tensor SQNR is
-   dominated by a loud outlier channel and calls a tensor whose quiet channels were zeroed "fine".
-3. Each ranked tensor maps to the nodes that make ORT quantize it (its producer and the consumers
-   of its DequantizeLinear output; for a weight, the node using it): those are the nodes that
-   must stay float for the tensor to stay float. The search keeps the worst 1, 2, 4, ... tensors'
-   nodes in float, up to all but the least-bad one, then bisects back to the smallest passing
-   prefix and drops single tensors that turn out unnecessary, never exceeding ``max_retries``
-   quantize-and-evaluate rounds.
+2. Otherwise rank every quantized tensor by its quantization error on a few calibration images
+   (channel-averaged SQNR, then the model's output error with that tensor alone quantized), each
+   with the nodes that must stay float for it to stay float: graph surgery on the float and QDQ
+   models, in :mod:`edgecnn.export._qdq_ranking`.
+3. The search keeps the worst 1, 2, 4, ... tensors' nodes in float, up to all but the least-bad
+   one, then bisects back to the smallest passing prefix and drops single tensors that turn out
+   unnecessary, never exceeding ``max_retries`` quantize-and-evaluate rounds.
+4. The chosen file, plain int8 and fp32 are timed at batch 1 with the runtime's one timing loop
+   (:func:`edgecnn.runtime.benchmark.time_callable`), for the report's cost of the recovery.
 
 The metric is injected, so the search serves any task: top-1 agreement or accuracy for
 classifiers, mAP or mIoU against the fp32 outputs for detectors and segmenters.
@@ -28,14 +25,14 @@ classifiers, mAP or mIoU against the fp32 outputs for detectors and segmenters.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import shutil
 import statistics
 import tempfile
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -44,23 +41,23 @@ import numpy as np
 from edgecnn._optional import require
 from edgecnn.card import ModelCard
 from edgecnn.errors import AccuracyDropError, ArtifactError, ConfigError, EdgecnnError
-from edgecnn.export.quantize import QuantizeConfig, pre_process_for_quantization, quantize_model
+from edgecnn.export._qdq_ranking import QuantError, quantized_node_count, rank_quantization_errors
+from edgecnn.export.quantize import QuantizeConfig, quantize_model
 from edgecnn.runtime.preprocess import normalize_batch
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "AccuracyAwareConfig", "QuantError", "Attempt", "AccuracyAwareResult",
+    "AccuracyAwareConfig", "QuantError", "Attempt", "AccuracyAwareResult", "AccuracyAwareSummary",
     "accuracy_aware_quantize", "rank_quantization_errors", "time_models", "accuracy_aware_for_export",
-    "guard_hints", "markdown_lines",
 ]
 
-_EPS = 1e-12
 _SIZE_GAIN = 0.8  # an accuracy-aware file at most this share of fp32's bytes is smaller enough to be worth it
 _SPEED_GAIN = 0.95  # ... or at most this share of fp32's batch-1 latency
+_WARMUP_ROUNDS = 3  # time_models: rounds run before the timed ones
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AccuracyAwareConfig:
     """Budget and bounds of the search.
 
@@ -92,18 +89,7 @@ class AccuracyAwareConfig:
                               f"{self.sensitivity_candidates}.")
 
 
-@dataclass(frozen=True)
-class QuantError:
-    """One quantized tensor, how badly quantization represents it, and the nodes that quantize it."""
-
-    tensor: str
-    kind: str  # "activation" or "weight"
-    sqnr_db: float  # channel-averaged signal-to-quantization-noise ratio; lower is worse
-    nodes: tuple[str, ...]  # keeping these in float keeps the tensor in float
-    output_error: float | None = None  # relative output error vs fp32 with only this tensor quantized
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Attempt:
     """One quantize-and-evaluate round of the search."""
 
@@ -112,7 +98,7 @@ class Attempt:
     passed: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AccuracyAwareResult:
     """What the search found: the nodes kept in float and what the recovery cost.
 
@@ -188,24 +174,96 @@ class AccuracyAwareResult:
         if not self.passed:
             raise AccuracyDropError(self.message[0].upper() + self.message[1:])
 
+    def summary(self) -> AccuracyAwareSummary:
+        """What the export report keeps of this search (the worst 10 ranked tensors)."""
+        return AccuracyAwareSummary(
+            message=self.message, no_gain=self.no_gain, metric_name=self.metric_name, baseline=self.baseline,
+            required=self.required, plain_metric=self.plain_metric, metric=self.metric, passed=self.passed,
+            nodes_kept_float=tuple(self.excluded_nodes), nodes_kept_float_count=len(self.excluded_nodes),
+            quantized_nodes=self.quantized_nodes, fp32_size_bytes=self.fp32_size_bytes,
+            plain_size_bytes=self.plain_size_bytes, size_bytes=self.size_bytes, latency_ms=dict(self.latency_ms),
+            retries=len(self.attempts), attempts=tuple(self.attempts),
+            worst_tensors=tuple(_entry_dict(e) for e in self.ranking[:10]))
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary for the export report (worst 10 ranked tensors)."""
-        return {
-            "message": self.message, "no_gain": self.no_gain, "metric_name": self.metric_name,
-            "baseline": self.baseline,
-            "required": self.required, "plain_metric": self.plain_metric, "metric": self.metric, "passed": self.passed,
-            "nodes_kept_float": list(self.excluded_nodes), "nodes_kept_float_count": len(self.excluded_nodes),
-            "quantized_nodes": self.quantized_nodes, "fp32_size_bytes": self.fp32_size_bytes,
-            "plain_size_bytes": self.plain_size_bytes, "size_bytes": self.size_bytes,
-            "latency_ms": dict(self.latency_ms), "retries": len(self.attempts),
-            "attempts": [asdict(a) | {"excluded": list(a.excluded)} for a in self.attempts],
-            "worst_tensors": [_entry_dict(e) for e in self.ranking[:10]],
-        }
+        """JSON-ready :meth:`summary`."""
+        return self.summary().to_dict()
 
 
 def _entry_dict(e: QuantError) -> dict[str, Any]:
     return asdict(e) | {"nodes": list(e.nodes), "sqnr_db": round(e.sqnr_db, 2) if math.isfinite(e.sqnr_db) else None,
                         "output_error": None if e.output_error is None else float(f"{e.output_error:.4g}")}
+
+
+@dataclass(frozen=True, kw_only=True)
+class AccuracyAwareSummary:
+    """What the export report keeps of an accuracy-aware search (``VariantResult.accuracy_aware``).
+
+    The outcome (``message``, ``no_gain``, ``passed``), the metric of fp32 (``baseline``), of
+    plain int8 and of the result against the ``required`` value, the nodes kept in float out of
+    the ``quantized_nodes`` of plain int8, the sizes (before the card is embedded), the batch-1
+    medians of ``latency_ms`` (fp32, int8, int8-accuracy-aware; empty without timing), every
+    attempt, and the 10 worst ranked tensors (``QuantError`` fields; SQNR in dB to 2 decimals,
+    None when exact; output error to 4 digits).
+    """
+
+    message: str
+    no_gain: str | None
+    metric_name: str
+    baseline: float
+    required: float
+    plain_metric: float
+    metric: float
+    passed: bool
+    nodes_kept_float: tuple[str, ...]
+    nodes_kept_float_count: int
+    quantized_nodes: int
+    fp32_size_bytes: int
+    plain_size_bytes: int
+    size_bytes: int
+    latency_ms: dict[str, float]
+    retries: int
+    attempts: tuple[Attempt, ...]
+    worst_tensors: tuple[dict[str, Any], ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (lists for tuples), as ``export_report.json`` holds it."""
+        return {**asdict(self), "nodes_kept_float": list(self.nodes_kept_float),
+                "attempts": [asdict(a) | {"excluded": list(a.excluded)} for a in self.attempts],
+                "worst_tensors": [dict(e) for e in self.worst_tensors]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AccuracyAwareSummary:
+        """The summary :meth:`to_dict` wrote, read back.
+
+        Raises:
+            ArtifactError: for unknown or missing fields.
+        """
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ArtifactError(f"unknown AccuracyAwareSummary field {unknown[0]!r}")
+        try:
+            attempts = tuple(Attempt(**{**a, "excluded": tuple(a["excluded"])}) for a in data["attempts"])
+            return cls(**{**data, "nodes_kept_float": tuple(data["nodes_kept_float"]), "attempts": attempts,
+                          "worst_tensors": tuple(data["worst_tensors"])})
+        except (KeyError, TypeError) as err:  # a field missing, here or in an attempt
+            raise ArtifactError(f"an AccuracyAwareSummary needs every field ({type(err).__name__}: {err})") from None
+
+    def markdown_lines(self) -> list[str]:
+        """The report's lines for this search."""
+        name, nodes, lat = self.metric_name, self.nodes_kept_float, self.latency_ms
+        lines = [f"- {name}: fp32 {100 * self.baseline:.2f}%, plain int8 {100 * self.plain_metric:.2f}%, "
+                 f"accuracy-aware int8 {100 * self.metric:.2f}% (needs >= {100 * self.required:.2f}%; "
+                 f"{'met' if self.passed else 'NOT met'}) after {self.retries} retries",
+                 f"- nodes kept in float: {len(nodes)} of {self.quantized_nodes} quantized"
+                 + (f": {', '.join(f'`{n}`' for n in nodes)}" if nodes else ""),
+                 f"- size: fp32 {self.fp32_size_bytes / 1024:.1f} KiB, plain int8 "
+                 f"{self.plain_size_bytes / 1024:.1f} KiB, accuracy-aware int8 "
+                 f"{self.size_bytes / 1024:.1f} KiB (before the card is embedded)"]
+        if lat:
+            lines.append("- batch-1 latency (median, same session options): "
+                         + ", ".join(f"{k} {v:.3f} ms" for k, v in lat.items()))
+        return lines
 
 
 # --------------------------------------------------------------------------------- the search
@@ -243,7 +301,7 @@ def accuracy_aware_quantize(fp32_path: Path, out_path: Path, *, card: ModelCard,
         log.info("plain int8: %s %.4f (needs >= %.4f)", config.metric_name, plain_metric, required)
         search = _Search(fp32_path, tmp, card=card, quant=quant, images=calibration_images, evaluate=evaluate,
                          required=required, max_retries=config.max_retries)
-        ranking, quantized = (), _quantized_node_count(plain)
+        ranking, quantized = (), quantized_node_count(plain)
         best = (plain_metric, (), plain)
         if plain_metric < required:
             ranking = rank_quantization_errors(fp32_path, plain, card=card,
@@ -293,7 +351,7 @@ class _Search:
         passed = metric >= self.required
         log.info("accuracy-aware int8: %d node(s) in float -> %.4f (%s)", len(nodes), metric,
                  "ok" if passed else "below budget")
-        self.attempts.append(Attempt(nodes, metric, passed))
+        self.attempts.append(Attempt(excluded=nodes, metric=metric, passed=passed))
         self._files[nodes] = path
         return metric, passed
 
@@ -364,262 +422,6 @@ def _union(groups) -> tuple[str, ...]:
 
 # -------------------------------------------------------------------------------- the ranking
 
-
-def rank_quantization_errors(fp32_path: Path, qdq_path: Path, *, card: ModelCard, images: np.ndarray,
-                             candidates: int = 32) -> tuple[QuantError, ...]:
-    """Every quantized tensor of ``qdq_path``, worst first.
-
-    First by channel-averaged SQNR: activations from onnxruntime's ``qdq_loss_debug`` helpers run
-    on ``images`` (uint8 NHWC, normalized with ``card``), weights from its weight matching of the
-    float and QDQ graphs. SQNR says how badly a tensor is represented, not how much the model's
-    answer cares; so the worst ``candidates`` are re-ordered by the float model's output error
-    when only that tensor is quantized (largest first). ``fp32_path``
-    is pre-processed as :func:`quantize_model` does, so names match the QDQ model.
-    """
-    onnx = require("onnx", "export")
-    dbg = require("onnxruntime.quantization.qdq_loss_debug", "export")
-    qdq = onnx.load(str(qdq_path))
-    users = _quantized_tensor_users(qdq)
-    with tempfile.TemporaryDirectory(prefix="edgecnn-rank-") as tmp:
-        tmp = Path(tmp)
-        pre = tmp / "pre.onnx"
-        pre_process_for_quantization(fp32_path, pre)
-        pre_proto = onnx.load(str(pre))
-        shapes, float_node_names = _tensor_shapes(pre_proto), {n.name for n in pre_proto.graph.node}
-        x = normalize_batch(images, card)
-        acts = {}
-        for name, path in (("float", pre), ("qdq", qdq_path)):
-            augmented = tmp / f"{name}.augmented.onnx"
-            dbg.modify_model_output_intermediate_tensors(str(path), str(augmented))
-            acts[name] = dbg.collect_activations(str(augmented), _Batches(card.input_name, x, _fixed_batch(qdq)))
-        matching = dbg.create_activation_matching(acts["qdq"], acts["float"])
-        fused = _fused_activations(pre_proto, qdq)
-        ranked = [QuantError(t, "activation",
-                             _channel_sqnr([fused.get(t, _identity)(a) for a in m["pre_qdq"]], m["post_qdq"],
-                                           shapes.get(t), axis=1),
-                             _nodes(users[t], float_node_names))
-                  for t, m in matching.items() if t in users and m.get("pre_qdq") and m.get("post_qdq")]
-        weights = dbg.create_weight_matching(str(pre), str(qdq_path))
-        for name, w in weights.items():
-            if name in users and w["float"].ndim >= 2:  # biases (1-D, int32 at in*w scale) are exact enough
-                axis = _weight_axis(qdq, name, w["float"].ndim)
-                ranked.append(QuantError(name, "weight", _channel_sqnr([w["float"]], [w["dequantized"]],
-                                                                       w["float"].shape, axis=axis, batched=False),
-                                         _nodes(users[name], float_node_names)))
-        ranked = [e for e in ranked if e.nodes]
-        ranked.sort(key=lambda e: e.sqnr_db)
-        if candidates and len(ranked) > 1:
-            feeds = list(_Batches(card.input_name, x, _fixed_batch(qdq)))
-            head = _by_sensitivity(qdq, pre, ranked[:candidates], weights, feeds)
-            ranked = head + ranked[candidates:]
-    return tuple(ranked)
-
-
-def _by_sensitivity(qdq: Any, pre: Path, entries: list[QuantError], weights: dict[str, dict[str, np.ndarray]],
-                    feeds: list[dict[str, np.ndarray]]) -> list[QuantError]:
-    """``entries`` ordered by the output error vs fp32 when *only* that tensor is quantized.
-
-    Layer-wise sensitivity: the float graph gets the QDQ model's QuantizeLinear/DequantizeLinear
-    pair on one activation (same scale and zero point) or the dequantized values of one weight.
-    Measured alone, a tensor's damage is not drowned by the noise of all the others, as it is when
-    one tensor is taken out of the full QDQ model. One onnxruntime session per candidate, no
-    re-quantization.
-    """
-    onnx = require("onnx", "export")
-    from edgecnn.runtime.session import create_session
-
-    def outputs(model: Any) -> list[np.ndarray]:
-        session, _ = create_session(model.SerializeToString(), provider="cpu")
-        return [np.concatenate(o) for o in zip(*(session.run(None, f) for f in feeds))]
-
-    float_model = onnx.load(str(pre))
-    reference = outputs(float_model)
-
-    def error(got: list[np.ndarray]) -> float:
-        return float(np.mean([np.sum((g - r) ** 2) / max(float(np.sum(r * r)), _EPS) for g, r in zip(got, reference)]))
-
-    scored = []
-    for e in entries:
-        model = _quantize_one(float_model, qdq, e.tensor, weights.get(e.tensor, {}).get("dequantized"))
-        scored.append(replace(e, output_error=error(outputs(model))) if model is not None else e)
-    # Largest error first; entries that could not be isolated keep their SQNR order behind them.
-    return sorted(scored, key=lambda e: (e.output_error is None, -(e.output_error or 0.0), e.sqnr_db))
-
-
-def _quantize_one(float_model: Any, qdq: Any, tensor: str, dequantized: np.ndarray | None) -> Any:
-    """A copy of the float graph in which only ``tensor`` is quantized as in ``qdq``; None if it cannot."""
-    onnx = require("onnx", "export")
-    numpy_helper = require("onnx.numpy_helper", "export")
-    model = onnx.ModelProto()
-    model.CopyFrom(float_model)
-    graph = model.graph
-    if dequantized is not None:
-        for i, init in enumerate(graph.initializer):
-            if init.name == tensor:
-                graph.initializer[i].CopyFrom(numpy_helper.from_array(dequantized.astype(np.float32), tensor))
-                return model
-        return None
-    q = next((n for n in qdq.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == tensor), None)
-    if q is None or tensor in {o.name for o in graph.output}:
-        return None
-    inits = {i.name: i for i in qdq.graph.initializer}
-    names = [f"{tensor}_edgecnn_{k}" for k in ("scale", "zero_point", "q", "dq")]
-    for src, dst in zip(q.input[1:3], names[:2]):
-        if src not in inits:
-            return None
-        graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(inits[src]), dst))
-    for node in graph.node:
-        for i, name in enumerate(node.input):
-            if name == tensor:
-                node.input[i] = names[3]
-    pair = [onnx.helper.make_node("QuantizeLinear", [tensor, names[0], names[1]], [names[2]], name=names[2]),
-            onnx.helper.make_node("DequantizeLinear", [names[2], names[0], names[1]], [names[3]], name=names[3])]
-    at = next((k + 1 for k, n in enumerate(graph.node) if tensor in n.output), 0)  # keep topological order
-    for k, node in enumerate(pair):
-        graph.node.insert(at + k, node)
-    return model
-
-
-class _Batches:
-    """An iterable of input feeds in the model's batch size (8 when the batch axis is dynamic)."""
-
-    def __init__(self, input_name: str, x: np.ndarray, batch: int | None) -> None:
-        self.input_name, self.batch = input_name, batch or 8
-        if batch and len(x) % batch:  # a fixed-batch model: repeat the last image to fill the last batch
-            x = np.concatenate([x, np.repeat(x[-1:], batch - len(x) % batch, axis=0)])
-        self.x = x
-
-    def __iter__(self):
-        for i in range(0, len(self.x), self.batch):
-            yield {self.input_name: self.x[i:i + self.batch]}
-
-
-def _fixed_batch(proto: Any) -> int | None:
-    dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
-    return dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None
-
-
-def _identity(x: np.ndarray) -> np.ndarray:
-    return x
-
-
-def _fused_activations(pre: Any, qdq: Any) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
-    """Relu/Clip outputs that ORT folded into the quantization of the node before them.
-
-    ORT drops a Relu or Clip that follows a quantized node and lets the uint8 range do the
-    clamping, so in the QDQ model the tensor named after the Relu output holds the values *before*
-    the Relu. Comparing them with the dequantized values would count the Relu itself as
-    quantization error; the ranking applies the folded activation first.
-    """
-    numpy_helper = require("onnx.numpy_helper", "export")
-    qdq_producers = {o: n.op_type for n in qdq.graph.node for o in n.output}
-    inits = {i.name: numpy_helper.to_array(i) for i in pre.graph.initializer}
-    out: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
-    for n in pre.graph.node:
-        if n.op_type not in ("Relu", "Clip") or qdq_producers.get(n.output[0]) == n.op_type:
-            continue
-        if n.op_type == "Relu":
-            out[n.output[0]] = lambda x: np.maximum(x, 0)
-            continue
-        attrs = {a.name: a.f for a in n.attribute}
-        lo = inits[n.input[1]] if len(n.input) > 1 and n.input[1] in inits else attrs.get("min", -np.inf)
-        hi = inits[n.input[2]] if len(n.input) > 2 and n.input[2] in inits else attrs.get("max", np.inf)
-        out[n.output[0]] = lambda x, lo=float(lo), hi=float(hi): np.clip(x, lo, hi)
-    return out
-
-
-def _quantized_tensor_users(qdq: Any) -> dict[str, tuple[str, ...]]:
-    """Tensor (activation or weight) -> the nodes whose quantization makes ORT quantize it.
-
-    Read from the QDQ graph: a DequantizeLinear's input comes from a quantized initializer (a
-    weight) or from a QuantizeLinear of the float tensor (an activation); the nodes that read the
-    DequantizeLinear output, plus the tensor's producer, quantize it.
-    """
-    producers = {o: n for n in qdq.graph.node for o in n.output}
-    consumers: dict[str, list[str]] = {}
-    for n in qdq.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n.name)
-    inits = {i.name for i in qdq.graph.initializer}
-    suffix = "_quantized"  # ORT's TENSOR_NAME_QUANT_SUFFIX for quantized initializers
-    out: dict[str, list[str]] = {}
-    for n in qdq.graph.node:
-        if n.op_type != "DequantizeLinear":
-            continue
-        src = n.input[0]
-        if src in inits:
-            tensor = src[: -len(suffix)] if src.endswith(suffix) else src
-            owners = []
-        elif src in producers and producers[src].op_type == "QuantizeLinear":
-            tensor = producers[src].input[0]
-            owners = [producers[tensor].name] if tensor in producers else []
-        else:
-            continue
-        readers = [c for c in consumers.get(n.output[0], []) if c]
-        out.setdefault(tensor, []).extend(owners + readers)
-    return {t: tuple(dict.fromkeys(v)) for t, v in out.items()}
-
-
-def _quantized_node_count(qdq_path: Path) -> int:
-    onnx = require("onnx", "export")
-    qdq = onnx.load(str(qdq_path))
-    dq_out = {o for n in qdq.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
-    return sum(1 for n in qdq.graph.node
-               if n.op_type not in ("QuantizeLinear", "DequantizeLinear") and dq_out & set(n.input))
-
-
-def _nodes(names: tuple[str, ...], known: set[str]) -> tuple[str, ...]:
-    """Only nodes of the pre-processed float graph can be excluded (ORT's Q/DQ nodes cannot)."""
-    return tuple(n for n in names if n in known)
-
-
-def _tensor_shapes(proto: Any) -> dict[str, tuple[int | None, ...]]:
-    out = {}
-    for vi in list(proto.graph.value_info) + list(proto.graph.output) + list(proto.graph.input):
-        dims = vi.type.tensor_type.shape.dim
-        out[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
-    return out
-
-
-def _weight_axis(qdq: Any, weight: str, ndim: int) -> int:
-    """The output-channel axis of a weight: 0 for Conv kernels and transposed Gemm, else the last."""
-    if ndim != 2:
-        return 0
-    for n in qdq.graph.node:
-        if n.op_type == "Gemm" and any(i.startswith(weight) for i in n.input[1:2]):
-            return 0 if any(a.name == "transB" and a.i == 1 for a in n.attribute) else 1
-    return 1
-
-
-def _channel_sqnr(reference: list[np.ndarray], candidate: list[np.ndarray], shape: tuple[int | None, ...] | None,
-                  *, axis: int, batched: bool = True) -> float:
-    """SQNR in dB of the noise-to-signal power averaged over the channels along ``axis``.
-
-    ``collect_activations`` returns flattened batches; ``shape`` (batch axis unknown) restores
-    them. Without a usable shape the whole tensor counts as one channel.
-    """
-    ref = np.concatenate([np.asarray(r, dtype=np.float64).ravel() for r in reference])
-    cand = np.concatenate([np.asarray(c, dtype=np.float64).ravel() for c in candidate])
-    if shape and len(shape) > axis and all(d for d in shape[1 if batched else 0:]):
-        rest = shape[1:] if batched else shape
-        if ref.size % int(np.prod(rest)) == 0:
-            full = ((-1,) + tuple(rest)) if batched else tuple(shape)
-            ref, cand = ref.reshape(full), cand.reshape(full)
-            ref, cand = np.moveaxis(ref, axis, 0), np.moveaxis(cand, axis, 0)
-    ref, cand = ref.reshape(len(ref) if ref.ndim > 1 else 1, -1), cand.reshape(len(cand) if cand.ndim > 1 else 1, -1)
-    signal = np.sum(ref * ref, axis=1)
-    noise = np.sum((ref - cand) ** 2, axis=1)
-    # Channels 10^4 times quieter (in amplitude) than the loudest say nothing; an all-zero tensor
-    # quantizes exactly.
-    live = signal > 1e-8 * max(float(signal.max()), _EPS)
-    if not live.any():
-        return math.inf
-    # The mean relative noise power over channels, not the mean of per-channel dB: one crushed
-    # channel (ratio 1) must show even when the others are exact (ratio 0, +inf dB).
-    ratio = float(np.mean(noise[live] / signal[live]))
-    return math.inf if ratio <= 0 else -10.0 * math.log10(ratio)
-
-
 # --------------------------------------------------------------------------------- the timing
 
 
@@ -627,24 +429,25 @@ def time_models(models: dict[str, Path], *, card: ModelCard, images: np.ndarray,
                 threads: int = 1) -> dict[str, float]:
     """Median batch-1 latency (ms) of each model with the same onnxruntime session options.
 
-    A fixed-batch model runs at its own batch size.
-
-    The models run round-robin, one call each per round, so a load change on a shared machine
-    hits all of them alike.
+    A fixed-batch model runs at its own batch size. Each call is timed by the runtime's one timing
+    loop (:func:`edgecnn.runtime.benchmark.time_callable`), one call per model per round: the
+    models take turns, so a load change on a shared machine hits all of them alike. The first
+    ``_WARMUP_ROUNDS`` rounds are not counted.
     """
+    from edgecnn.runtime.benchmark import time_callable
     from edgecnn.runtime.session import create_session
 
     # The runtime's own session options (all graph optimizations, one sequential inter-op thread).
     sessions = {k: create_session(p, provider="cpu", threads=threads)[0] for k, p in models.items()}
     batch = next(iter(sessions.values())).get_inputs()[0].shape[0]
     x = normalize_batch(np.repeat(images[:1], batch if isinstance(batch, int) and batch > 1 else 1, axis=0), card)
+    calls = {k: functools.partial(s.run, None, {card.input_name: x}) for k, s in sessions.items()}
     times: dict[str, list[float]] = {k: [] for k in models}
-    for r in range(runs + 3):  # 3 warm-up rounds
-        for k, s in sessions.items():
-            t = time.perf_counter()
-            s.run(None, {card.input_name: x})
-            if r >= 3:
-                times[k].append(1000 * (time.perf_counter() - t))
+    for r in range(_WARMUP_ROUNDS + runs):
+        for k, call in calls.items():
+            seconds = time_callable(call, warmup=0, runs=1)
+            if r >= _WARMUP_ROUNDS:
+                times[k] += [1000 * t for t in seconds]
     return {k: round(statistics.median(v), 4) for k, v in times.items()}
 
 
@@ -678,41 +481,3 @@ def accuracy_aware_for_export(fp32_path: Path, out_path: Path, *, card: ModelCar
         raise
     except Exception as err:  # onnxruntime.quantization raises whatever its passes raise
         raise ArtifactError(f"onnxruntime could not quantize the model to int8 ({ort_error(err)}).") from err
-
-
-def guard_hints(quant: QuantizeConfig, *, accuracy_aware: bool, int8_failed: bool, task: str = "classify") -> str:
-    """What to try after a variant failed the accuracy guard, naming the flags that could help.
-
-    ``--accuracy-aware`` when a static int8 failed without it; the calibration methods not tried;
-    ``--cpu-target vnni`` (full 8-bit weights) when the avx2 target's 7-bit weights were used; the
-    budget a raw model is held to is ``--min-sqnr`` besides ``--max-accuracy-drop``.
-    """
-    hints = []
-    if int8_failed and not accuracy_aware:
-        hints.append("--accuracy-aware (keeps the nodes that quantize worst in float)")
-    others = [m for m in ("entropy", "percentile", "minmax") if m != quant.calibration_method]
-    hints.append(f"--calibration-method {' or '.join(others)} (used: {quant.calibration_method})")
-    if quant.reduce_range:
-        hints.append("--cpu-target vnni or arm64 when the target CPU has VNNI or ARM dot-product (8-bit weights "
-                     "instead of avx2's 7-bit)")
-    budget = "lower --min-sqnr or raise --max-accuracy-drop" if task == "raw" else "raise --max-accuracy-drop"
-    hints += ["more --calibration-samples", "--exclude-node for sensitive layers", f"or {budget}"]
-    return "Try " + ", ".join(hints) + "."
-
-
-def markdown_lines(summary: dict[str, Any]) -> list[str]:
-    """Report lines for one variant's ``accuracy_aware`` summary (:meth:`AccuracyAwareResult.to_dict`)."""
-    name, nodes = summary["metric_name"], summary["nodes_kept_float"]
-    lat = summary.get("latency_ms") or {}
-    lines = [f"- {name}: fp32 {100 * summary['baseline']:.2f}%, plain int8 {100 * summary['plain_metric']:.2f}%, "
-             f"accuracy-aware int8 {100 * summary['metric']:.2f}% (needs >= {100 * summary['required']:.2f}%; "
-             f"{'met' if summary['passed'] else 'NOT met'}) after {summary['retries']} retries",
-             f"- nodes kept in float: {len(nodes)} of {summary['quantized_nodes']} quantized"
-             + (f": {', '.join(f'`{n}`' for n in nodes)}" if nodes else ""),
-             f"- size: fp32 {summary['fp32_size_bytes'] / 1024:.1f} KiB, plain int8 "
-             f"{summary['plain_size_bytes'] / 1024:.1f} KiB, accuracy-aware int8 "
-             f"{summary['size_bytes'] / 1024:.1f} KiB (before the card is embedded)"]
-    if lat:
-        lines.append("- batch-1 latency (median, same session options): "
-                     + ", ".join(f"{k} {v:.3f} ms" for k, v in lat.items()))
-    return lines

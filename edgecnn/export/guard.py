@@ -27,7 +27,8 @@ A variant is judged against the fp32 model on the same held-out images, by the t
 Each check ends in one of three outcomes: ``kept`` (the whole 95% interval is within the budget),
 ``exceeded`` (the whole interval is outside it) or ``unsure`` (the interval straddles it: the images
 cannot tell). ``kept`` passes and ``exceeded`` fails; ``unsure`` passes with a note naming what would
-settle it under the default ``lenient`` policy, and fails under ``strict``.
+settle it under the default ``lenient`` policy, and fails under ``strict``. When a variant fails,
+:func:`guard_hints` names the flags that could help.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -43,7 +44,10 @@ from edgecnn.card import ModelCard
 from edgecnn.export.variants import DEFAULT_MIN_SQNR_DB
 from edgecnn.export.verify import cosine_similarity, task_evidence
 
-__all__ = ["Check", "Verdict", "judge_variant", "wilson",
+if TYPE_CHECKING:
+    from edgecnn.export.quantize import QuantizeConfig
+
+__all__ = ["Check", "Verdict", "judge_variant", "guard_hints", "wilson",
            "paired_drop_interval", "near_tie_threshold", "Z95"]
 
 Z95 = 1.959963984540054  # two-sided 95%
@@ -309,3 +313,23 @@ def _sqnr(signal: float, noise: float) -> float:
     if signal <= 0:
         return -_SQNR_IDENTICAL
     return float(min(_SQNR_IDENTICAL, 10 * math.log10(signal / noise)))
+
+
+def guard_hints(quant: QuantizeConfig, *, accuracy_aware: bool, int8_failed: bool, task: str = "classify") -> str:
+    """What to try after a variant failed the accuracy guard, naming the flags that could help.
+
+    ``--accuracy-aware`` when a static int8 failed without it; the calibration methods not tried;
+    ``--cpu-target vnni`` (full 8-bit weights) when the avx2 target's 7-bit weights were used; the
+    budget a raw model is held to is ``--min-sqnr`` besides ``--max-accuracy-drop``.
+    """
+    hints = []
+    if int8_failed and not accuracy_aware:
+        hints.append("--accuracy-aware (keeps the nodes that quantize worst in float)")
+    others = [m for m in ("entropy", "percentile", "minmax") if m != quant.calibration_method]
+    hints.append(f"--calibration-method {' or '.join(others)} (used: {quant.calibration_method})")
+    if quant.reduce_range:
+        hints.append("--cpu-target vnni or arm64 when the target CPU has VNNI or ARM dot-product (8-bit weights "
+                     "instead of avx2's 7-bit)")
+    budget = "lower --min-sqnr or raise --max-accuracy-drop" if task == "raw" else "raise --max-accuracy-drop"
+    hints += ["more --calibration-samples", "--exclude-node for sensitive layers", f"or {budget}"]
+    return "Try " + ", ".join(hints) + "."

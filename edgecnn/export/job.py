@@ -25,10 +25,9 @@ from edgecnn.card import ModelCard
 from edgecnn.errors import AccuracyDropError, ArtifactError, DataError, EdgecnnError
 from edgecnn.export import onnx as onnx_io
 from edgecnn.export._staging import commit, staging_folder
-from edgecnn.export.accuracy_aware import guard_hints
 from edgecnn.export.chance import chance_evidence, check_not_chance
 from edgecnn.export.config import ExportConfig
-from edgecnn.export.guard import Verdict, judge_variant
+from edgecnn.export.guard import Verdict, guard_hints, judge_variant
 from edgecnn.export.images import SYNTHETIC_NOTE, ExportData, fp32_only_data, select_data
 from edgecnn.export.report import REPORT_MARKDOWN, ExportReport, VariantResult
 from edgecnn.export.sources import ModelSource, load_source

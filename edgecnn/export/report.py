@@ -6,10 +6,13 @@ import json
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgecnn.card import atomic_write_text
 from edgecnn.errors import ArtifactError
+
+if TYPE_CHECKING:
+    from edgecnn.export.accuracy_aware import AccuracyAwareSummary
 
 __all__ = ["VariantResult", "ExportReport", "metric_text", "interval_text", "status_text", "REPORT_JSON",
            "REPORT_MARKDOWN"]
@@ -42,7 +45,7 @@ class VariantResult:
     metric: str | None = None  # the task metric vs fp32 (edgecnn.export.verify.task_agreement), e.g. top1_agreement
     metric_value: float | None = None
     guard: str = ""  # how the variant was judged, in words
-    accuracy_aware: dict[str, Any] | None = None  # --accuracy-aware: nodes kept in float, metrics, size, latency
+    accuracy_aware: AccuracyAwareSummary | None = None  # --accuracy-aware: nodes kept in float, metrics, size, latency
     verdict: dict[str, Any] | None = None  # the guard's checks with their 95% intervals (edgecnn.export.guard)
 
     @classmethod
@@ -50,8 +53,13 @@ class VariantResult:
         """One variant of ``export_report.json`` read back (the inverse of ``asdict``).
 
         Raises:
-            ArtifactError: for anything but a dict of this type's fields (unknown or missing ones).
+            ArtifactError: for anything but a dict of this type's fields (unknown or missing ones),
+                its accuracy-aware summary included.
         """
+        if isinstance(data, dict) and isinstance(data.get("accuracy_aware"), dict):
+            from edgecnn.export.accuracy_aware import AccuracyAwareSummary
+
+            data = {**data, "accuracy_aware": AccuracyAwareSummary.from_dict(data["accuracy_aware"])}
         return _from_fields(cls, data)
 
 
@@ -146,9 +154,7 @@ class ExportReport:
         lines += ["", "How each variant was judged:", ""] + judged if judged else []
         for v in self.variants:
             if v.accuracy_aware:
-                from edgecnn.export.accuracy_aware import markdown_lines
-
-                lines += ["", f"## Accuracy-aware {v.precision}", ""] + markdown_lines(v.accuracy_aware)
+                lines += ["", f"## Accuracy-aware {v.precision}", ""] + v.accuracy_aware.markdown_lines()
         if self.errors:
             lines += ["", "## Errors", ""] + [f"- {e}" for e in self.errors]
         if self.triton:

@@ -23,7 +23,7 @@ import numpy as np
 from edgecnn.card import ModelCard
 from edgecnn.errors import ArtifactError, EdgecnnError
 from edgecnn.export import onnx as onnx_io
-from edgecnn.export.accuracy_aware import AccuracyAwareResult, accuracy_aware_for_export
+from edgecnn.export.accuracy_aware import AccuracyAwareResult, AccuracyAwareSummary, accuracy_aware_for_export
 from edgecnn.export.config import ExportConfig
 from edgecnn.export.images import ExportData
 from edgecnn.export.quantize import quantize_model
@@ -82,7 +82,7 @@ class StagedVariant:
     ops: dict[str, int]
     started: float
     note: str | None = None
-    accuracy_aware: dict[str, Any] | None = None
+    accuracy_aware: AccuracyAwareSummary | None = None
     refused: str | None = None
 
 
@@ -126,7 +126,7 @@ def _stage_onnx(mode: str, *, base: Fp32Baseline, src: ModelSource, data: Export
 
     return StagedVariant(mode=mode, path=path, card=vcard, save=save, settings=settings,
                          ops=onnx_io.op_type_counts(proto), started=started, note=aa.message if aa else None,
-                         accuracy_aware=aa.to_dict() if aa else None,
+                         accuracy_aware=aa.summary() if aa else None,
                          refused=aa.message if aa and aa.passed and aa.no_gain else None)
 
 

@@ -137,7 +137,7 @@ def test_schedule_grows_and_always_ends_at_the_limit(limit, retries, sizes):
 
 
 def test_channel_sqnr_sees_quiet_channels_crushed_next_to_a_loud_one():
-    from edgecnn.export.accuracy_aware import _channel_sqnr
+    from edgecnn.export._qdq_ranking import _channel_sqnr
 
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 1, (4, 2, 3, 3))
@@ -155,7 +155,7 @@ def test_channel_sqnr_sees_quiet_channels_crushed_next_to_a_loud_one():
     ("entropy", "avx2", True, ["percentile or minmax", "--cpu-target"], ["--accuracy-aware"]),
 ])
 def test_guard_hints_name_the_flags_that_could_help(method, target, aa, present, absent):
-    from edgecnn.export.accuracy_aware import guard_hints
+    from edgecnn.export.guard import guard_hints
     from edgecnn.export.quantize import QuantizeConfig
 
     text = guard_hints(QuantizeConfig.for_target(target, calibration_method=method), accuracy_aware=aa,
@@ -215,8 +215,8 @@ def test_export_fails_in_one_line_when_the_search_cannot_meet_the_budget(outlier
     from edgecnn.export import accuracy_aware
 
     def useless_ranking(fp32_path, qdq_path, *, card, images, candidates=32):
-        return (accuracy_aware.QuantError("w1", "weight", 10.0, ("conv1",)),
-                accuracy_aware.QuantError("wfc", "weight", 20.0, ("fc",)))
+        return (accuracy_aware.QuantError(tensor="w1", kind="weight", sqnr_db=10.0, nodes=("conv1",)),
+                accuracy_aware.QuantError(tensor="wfc", kind="weight", sqnr_db=20.0, nodes=("fc",)))
 
     monkeypatch.setattr(accuracy_aware, "rank_quantization_errors", useless_ranking)
     path, _, images, _ = outlier

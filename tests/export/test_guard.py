@@ -70,10 +70,12 @@ def test_identical_outputs_score_one_on_every_task_metric_and_model_file(name, p
     for the fp32 file. Every model file the tests have, through its own head."""
     from edgecnn.export.guard import judge_variant
     from edgecnn.export.verify import task_agreement
+    from edgecnn.presets import ModelOverrides
     from edgecnn.runtime import load_model
 
     assert name in MODEL_FILES or name == "packaged reference model", f"{name}: add its flags to MODEL_FILES"
-    model = load_model(path, **MODEL_FILES.get(name, {}))
+    flags = {("class_names" if k == "labels" else k): v for k, v in MODEL_FILES.get(name, {}).items()}
+    model = load_model(path, overrides=ModelOverrides(**flags))
     out = _outputs(model, _photos(6 if model.card.input_size[0] * model.card.input_size[1] > 200_000 else 24,
                                   model.card.input_size))
     copy = [o.copy() for o in out]
@@ -318,6 +320,24 @@ def test_accuracy_aware_int8_that_keeps_everything_float_is_no_gain():
     assert _aa_result(size_bytes=120 * 1024).no_gain is None  # clearly smaller: worth it
     assert _aa_result(latency_ms={"fp32": 0.050, "int8-accuracy-aware": 0.030}).no_gain is None  # faster
     assert _aa_result(excluded_nodes=()).no_gain is None  # plain int8: nothing was kept in float
+
+
+def test_accuracy_aware_summary_round_trips_through_the_report_json():
+    """The summary the report keeps is typed both ways: to_dict for export_report.json, from_dict
+    when tune or a test reads the report back."""
+    import json
+
+    from edgecnn.export.accuracy_aware import AccuracyAwareSummary, Attempt
+    from edgecnn.export.report import VariantResult
+
+    summary = _aa_result(attempts=(Attempt(excluded=("n1",), metric=0.9, passed=True),)).summary()
+    back = AccuracyAwareSummary.from_dict(json.loads(json.dumps(summary.to_dict())))
+    assert back == summary and back.markdown_lines() == summary.markdown_lines()
+    assert back.attempts[0].excluded == ("n1",) and back.nodes_kept_float_count == 12
+    row = {"precision": "int8", "file": None, "size_bytes": 1, "accuracy": None, "accuracy_delta_pp": None,
+           "top1_agreement": None, "max_abs_diff": 0.0, "mean_abs_diff": 0.0, "images": 2, "seconds": 0.0,
+           "accuracy_aware": summary.to_dict()}
+    assert VariantResult.from_dict(json.loads(json.dumps(row))).accuracy_aware == summary
 
 
 def test_export_refuses_an_accuracy_aware_file_with_no_gain(tmp_path, seed_run, monkeypatch):
