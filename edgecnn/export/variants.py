@@ -63,8 +63,7 @@ class Variant:
             ConfigError: naming the sources it takes.
         """
         if kind not in self.sources:
-            words = [_SOURCE_WORDS[k] for k in self.sources]
-            allowed = words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
+            allowed = ", ".join(_SOURCE_WORDS[k] for k in self.sources)
             raise ConfigError(f"{self.name} {self.why_sources}; this source is {kind}: export from {allowed} "
                               "instead.")
 
