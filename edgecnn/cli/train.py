@@ -130,8 +130,6 @@ def models(family: str | None, input_size: int | None, num_classes: int, width: 
 
     Counts come from a packaged table; other sizes, class counts and widths build the model (needs [train]).
     """
-    import inspect
-
     from edgecnn.errors import ConfigError
     from edgecnn.train.counts import CountsKey, model_counts
     from edgecnn.train.registry import get_model_spec, list_models
@@ -144,8 +142,7 @@ def models(family: str | None, input_size: int | None, num_classes: int, width: 
     rows, fixed = [], []
     for name in names:
         spec = get_model_spec(name)
-        params = inspect.signature(spec.builder).parameters.values()
-        if width is not None and not any(p.name == "width" or p.kind is p.VAR_KEYWORD for p in params):
+        if width is not None and not spec.takes("width"):
             fixed.append(name)
             continue
         size = (input_size, input_size) if input_size else spec.input_size

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -12,15 +13,22 @@ from edgecnn.errors import ModelNotFoundError
 __all__ = ["ModelSpec", "register_model", "list_models", "get_model_spec", "build_model"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ModelSpec:
-    """A registered architecture: its builder and default input size."""
+    """A registered architecture: its builder, default input size, and the keyword options its
+    builder takes (read once, at registration, so that callers never inspect builders)."""
 
     name: str
     builder: Callable[..., Any]
     input_size: tuple[int, int]
     family: str
     description: str
+    options: frozenset[str]  # keyword arguments beyond num_classes and input_shape, e.g. {"width", "dropout"}
+    any_option: bool  # the builder takes **kwargs
+
+    def takes(self, option: str) -> bool:
+        """Whether the builder accepts the keyword argument ``option`` (``width``, ``dropout``, ...)."""
+        return self.any_option or option in self.options
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -37,7 +45,12 @@ def register_model(name: str, *, input_size: tuple[int, int], family: str) -> Ca
         if name in _REGISTRY:
             raise ValueError(f"Model name {name!r} is already registered.")
         doc = (fn.__doc__ or "").strip().splitlines()
-        _REGISTRY[name] = ModelSpec(name, fn, (int(input_size[0]), int(input_size[1])), family, doc[0] if doc else "")
+        params = list(inspect.signature(fn).parameters.values())[1:]  # after num_classes
+        named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        _REGISTRY[name] = ModelSpec(
+            name=name, builder=fn, input_size=(int(input_size[0]), int(input_size[1])), family=family,
+            description=doc[0] if doc else "", any_option=any(p.kind is p.VAR_KEYWORD for p in params),
+            options=frozenset(p.name for p in params if p.kind in named and p.name != "input_shape"))
         return fn
 
     return decorator

@@ -31,6 +31,16 @@ def test_duplicate_registration_is_an_error():
         register_model("seed_cnn", input_size=(32, 32), family="seed")(lambda n: None)
 
 
+def test_a_spec_says_which_options_its_builder_takes():
+    """Read once at registration (timm's typed config): the CLI never inspects a builder itself."""
+    from edgecnn.train.registry import get_model_spec
+
+    resnet20, fixed, kwargs = (get_model_spec(n) for n in ("resnet20", "resnet20_w2", "seed_cnn_tiny"))
+    assert resnet20.takes("width") and resnet20.takes("dropout") and not resnet20.takes("input_shape")
+    assert not fixed.takes("width") and fixed.takes("dropout")  # its width is the point of its name
+    assert kwargs.any_option and kwargs.takes("width")  # a builder taking **kwargs takes anything
+
+
 def test_seed_cnn_is_the_tutorial_network():
     from edgecnn.train.registry import build_model
 
