@@ -297,9 +297,11 @@ def latency(models: dict[str, Any], pixels: np.ndarray, batches: list[int], roun
 
 # ------------------------------------------------------------------------------------ one model
 def bench_model(path: Path, vs: list[Variant], args: argparse.Namespace, work: Path, cache: dict) -> list[dict]:
+    from edgecnn.presets import ModelOverrides
     from edgecnn.runtime.core import InferenceModel
 
-    fp32 = InferenceModel(path, threads=args.threads, output_kind=args.output_kind)
+    given = ModelOverrides(output_kind=args.output_kind) if args.output_kind else None
+    fp32 = InferenceModel(path, threads=args.threads, overrides=given)
     card = fp32.card
     data = task_data(card, args, cache)
     log = logging.getLogger("bench_int8_types")

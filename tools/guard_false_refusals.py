@@ -92,7 +92,7 @@ def _worktree(ref: str, where: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from edgecnn.runtime.classifier import default_model_path
+    from edgecnn.runtime import default_model_path
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, action="append", help="fp32 ONNX with a card (default: the packaged model)")

@@ -73,11 +73,8 @@ def bench(models: tuple[Path, ...], batch: str, threads: str, provider: str, all
 
     config = BenchConfig(batch_sizes=parse_int_list(batch, "--batch"), threads=parse_int_list(threads, "--threads"),
                          provider=provider, warmup=warmup, runs=runs, duration_s=duration,
-                         allow_fallback=allow_fallback,
-                         io_binding=io_binding, cuda_graph=cuda.cuda_graph,
-                         cudnn_conv_algo_search=cuda.cudnn_conv_algo_search, prefer_nhwc=cuda.prefer_nhwc,
-                         device_id=cuda.device_id, placement=placement, backends=split_list(backend),
-                         device=device.upper(), precision=precision, pixels=pixels)
+                         allow_fallback=allow_fallback, io_binding=io_binding, cuda=cuda, placement=placement,
+                         backends=split_list(backend), device=device.upper(), precision=precision, pixels=pixels)
     # The Keras/LiteRT baselines import TensorFlow in their own processes: handed to the runtime, never imported by it.
     from edgecnn.baselines import run_baselines
 

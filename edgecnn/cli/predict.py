@@ -61,7 +61,7 @@ def predict(paths: tuple[Path, ...], top_k: int, conf: float, iou: float, save_d
         model_path = default_model_path()
         click.echo(f"Using the packaged reference model {model_path.name} (pass a MODEL.onnx first for another).",
                    err=True)
-    model = load_model(model_path, overrides=overrides, **runtime.to_dict())
+    model = load_model(model_path, runtime, overrides=overrides)
     if model.deploy_note:
         click.echo(model.deploy_note, err=True)
     if model.assumptions():

@@ -85,10 +85,8 @@ def serve(model_or_dir: Path | None, host: str, port: int, token: str | None, to
                                      param_hint="--token-file")
     config = ServeConfig(host=host, port=port, token=token or None, max_batch=max_batch, max_delay_ms=max_delay_ms,
                          queue_size=queue_size, timeout_s=timeout_s, body_timeout_s=body_timeout_s,
-                         header_timeout_s=header_timeout_s, workers=workers, backend=runtime.backend,
-                         device=runtime.device, precision=runtime.precision,
+                         header_timeout_s=header_timeout_s, workers=workers, runtime=runtime,
                          max_body_bytes=int(max_body_mb * 1024 * 1024), max_connections=max_connections,
-                         max_inflight_bytes=int(max_inflight_mb * 1024 * 1024),
-                         max_pixels=max_pixels, provider=runtime.provider_name, threads=runtime.threads,
-                         allow_fallback=runtime.fallback, overrides=overrides)
+                         max_inflight_bytes=int(max_inflight_mb * 1024 * 1024), max_pixels=max_pixels,
+                         overrides=overrides)
     run_server(model_or_dir, config)

@@ -196,7 +196,7 @@ class OnnxPredictor(InferenceModel):
     """
 
     def __init__(self, model: str | Path | bytes, card: ModelCard, *, threads: int | None = None) -> None:
-        super().__init__(model, "cpu", threads, card=card)
+        super().__init__(model, provider="cpu", threads=threads, card=card)
 
     def __call__(self, images_uint8: np.ndarray) -> np.ndarray:
         return self.run_pixels(images_uint8)[self.output_names.index(self.output_name)]

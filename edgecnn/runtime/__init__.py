@@ -5,42 +5,60 @@
 >>> clf.predict(["cat.jpg"], top_k=3)
 >>> model = load_model("yolo.onnx")          # the head the model's task needs
 >>> model.predict(["street.jpg"])
+
+The names below load on first use (PEP 562), so that importing a light module of the package
+(``edgecnn.runtime.options``, which the CLI reads for ``--help``) imports neither numpy nor
+onnxruntime.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from edgecnn.runtime.classifier import Classifier, Prediction, default_model_path
-from edgecnn.runtime.core import InferenceModel, read_card
-from edgecnn.runtime.heads import Detection, Detections, Detector, SegmentationResult, Segmenter
-from edgecnn.runtime.preprocess import FitInfo, load_image, normalize_batch
-from edgecnn.runtime.session import create_session
+if TYPE_CHECKING:
+    from edgecnn.runtime.core import InferenceModel, read_card
+    from edgecnn.runtime.heads import (
+        Classifier,
+        Detection,
+        Detections,
+        Detector,
+        Prediction,
+        SegmentationResult,
+        Segmenter,
+        default_model_path,
+    )
+    from edgecnn.runtime.loading import HEADS, load_model
+    from edgecnn.runtime.options import CudaOptions, RuntimeOptions
+    from edgecnn.runtime.preprocess import FitInfo, load_image, normalize_batch
+    from edgecnn.runtime.session import create_session
+
+# Where each public name lives.
+_HOMES = {
+    "Classifier": "edgecnn.runtime.heads", "Prediction": "edgecnn.runtime.heads",
+    "default_model_path": "edgecnn.runtime.heads", "Detector": "edgecnn.runtime.heads",
+    "Detection": "edgecnn.runtime.heads", "Detections": "edgecnn.runtime.heads",
+    "Segmenter": "edgecnn.runtime.heads", "SegmentationResult": "edgecnn.runtime.heads",
+    "InferenceModel": "edgecnn.runtime.core", "read_card": "edgecnn.runtime.core",
+    "FitInfo": "edgecnn.runtime.preprocess", "load_image": "edgecnn.runtime.preprocess",
+    "normalize_batch": "edgecnn.runtime.preprocess", "create_session": "edgecnn.runtime.session",
+    "load_model": "edgecnn.runtime.loading", "HEADS": "edgecnn.runtime.loading",
+    "RuntimeOptions": "edgecnn.runtime.options", "CudaOptions": "edgecnn.runtime.options",
+}
 
 __all__ = ["Classifier", "Detector", "Segmenter", "InferenceModel", "Prediction", "Detection", "Detections",
            "SegmentationResult", "FitInfo", "default_model_path", "read_card", "load_image", "normalize_batch",
-           "create_session", "load_model", "HEADS"]
-
-# The head of each task; a "raw" model is run by the core itself.
-HEADS: dict[str, type[InferenceModel]] = {"classify": Classifier, "detect": Detector, "segment": Segmenter,
-                                          "raw": InferenceModel}
+           "create_session", "load_model", "HEADS", "RuntimeOptions", "CudaOptions"]
 
 
-def load_model(model: str | Path | bytes, provider: str = "cpu", threads: int | None = None,
-               allow_fallback: bool = False, **kwargs: Any) -> InferenceModel:
-    """Open an ONNX model with the head its task needs: :class:`Classifier`, ``Detector``,
-    ``Segmenter``, or the plain :class:`InferenceModel` for ``raw`` models.
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # the next lookup is a plain one
+    return value
 
-    An export directory opens as :meth:`InferenceModel.from_dir` does (``deploy.json``, else
-    ``model.onnx``). The task comes from ``task=`` when given, else from the model card, else from the graph and
-    the file's metadata (see :func:`edgecnn.card_inference.infer_card`). Takes :class:`InferenceModel`'s arguments.
 
-    Raises:
-        ArtifactError, ProviderError, ConfigError: as :class:`InferenceModel`.
-    """
-    if not isinstance(model, bytes) and Path(model).is_dir():
-        probe = InferenceModel.from_dir(model, provider, threads, allow_fallback, **kwargs)
-    else:
-        probe = InferenceModel(model, provider, threads, allow_fallback, **kwargs)
-    return HEADS[probe.card.task].adopt(probe)
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -41,7 +41,8 @@ from typing import Any
 import numpy as np
 
 from edgecnn.errors import ConfigError, InputError
-from edgecnn.runtime.session import CONV_ALGO_SEARCH, CudaOptions
+from edgecnn.runtime.backends import BACKENDS
+from edgecnn.runtime.options import CudaOptions, RuntimeOptions
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ __all__ = ["BaselineRunner", "BenchConfig", "BenchResult", "BenchReport", "laten
            "gpu_fingerprint", "time_callable",
            "bench_onnx", "run_benchmark", "parse_int_list", "CSV_FIELDS", "peak_rss_mb", "reset_peak_rss"]
 
-# Times the Keras/LiteRT baselines: (keras_file, card dict, *, config=asdict(BenchConfig), runners,
+# Times the Keras/LiteRT baselines: (keras_file, card dict, *, config=BenchConfig.to_dict(), runners,
 # calibration_data) -> dicts with BenchResult's fields; edgecnn.baselines.run_baselines is one.
 BaselineRunner = Callable[..., list[dict[str, Any]]]
 
@@ -59,7 +60,8 @@ CSV_FIELDS = ["model", "variant", "runner", "precision", "provider", "batch", "t
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """What to sweep and how long to measure each point."""
+    """What to sweep and how long to measure each point, and the runtime options of every point
+    (one thread count and one backend of the sweep each: :meth:`runtime`)."""
 
     batch_sizes: tuple[int, ...] = (1, 32)
     threads: tuple[int, ...] = (1,)
@@ -71,10 +73,7 @@ class BenchConfig:
     allow_fallback: bool = False
     seed: int = 0
     io_binding: bool | None = None  # None: on for a GPU session, off on the CPU
-    cuda_graph: bool = False
-    cudnn_conv_algo_search: str = "EXHAUSTIVE"
-    prefer_nhwc: bool | None = None
-    device_id: int = 0
+    cuda: CudaOptions = CudaOptions()  # the CUDA provider's options (a CPU run has none)
     placement: bool = True  # report the share of nodes on each provider (one profiled run per model)
     backends: tuple[str, ...] = ("onnxruntime",)  # each model is measured on each, side by side
     device: str = "CPU"  # OpenVINO's device
@@ -82,8 +81,6 @@ class BenchConfig:
     pixels: bool = True  # also time the app's call from uint8 pixels (runner "<runner>+pixels")
 
     def __post_init__(self) -> None:
-        from edgecnn.runtime.session import BACKENDS
-
         unknown = [b for b in self.backends if b not in BACKENDS]
         if not self.backends or unknown:
             raise ConfigError(f"--backend takes {', '.join(BACKENDS)} (comma-separated); got {list(self.backends)}.")
@@ -95,20 +92,28 @@ class BenchConfig:
             raise ConfigError(f"Need warmup >= 0 and runs >= 1, got warmup={self.warmup}, runs={self.runs}.")
         if self.duration_s is not None and self.duration_s <= 0:
             raise ConfigError(f"duration must be positive, got {self.duration_s}.")
-        if self.cudnn_conv_algo_search.upper() not in CONV_ALGO_SEARCH:
-            raise ConfigError(f"cudnn_conv_algo_search must be one of {', '.join(CONV_ALGO_SEARCH)}, "
-                              f"got {self.cudnn_conv_algo_search!r}.")
-        if self.cuda_graph and self.provider == "cpu":
-            raise ConfigError("--cuda-graph needs --provider cuda (CUDA graphs are a CUDA provider feature).")
-        if self.cuda_graph and self.io_binding is False:
-            raise ConfigError("--cuda-graph replays bound device buffers: it cannot go with --no-io-binding.")
+        self.runtime()  # the runtime options' own checks (CUDA graphs need the CUDA provider and IO binding)
 
-    def cuda_options(self) -> CudaOptions | None:
-        """The CUDA provider options of this run (None for a CPU run)."""
-        if self.provider == "cpu":
-            return None
-        return CudaOptions(device_id=self.device_id, cudnn_conv_algo_search=self.cudnn_conv_algo_search,
-                           cuda_graph=self.cuda_graph, prefer_nhwc=self.prefer_nhwc)
+    def runtime(self, backend: str = "onnxruntime", threads: int | None = None) -> RuntimeOptions:
+        """The runtime options of the points measured on ``backend`` with ``threads``: the CUDA
+        options on a GPU provider only, each backend's own settings on that backend only.
+
+        Raises:
+            ConfigError: for CUDA graphs on the CPU provider or without IO binding.
+        """
+        cuda = self.cuda if self.provider != "cpu" or self.cuda.cuda_graph else None
+        options = RuntimeOptions(provider=self.provider, threads=threads, allow_fallback=self.allow_fallback,
+                                 io_binding=self.io_binding, cuda=cuda, device=self.device, precision=self.precision)
+        return options.for_backend(backend)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as reports store them (the CUDA options flat, as they always were)."""
+        out = asdict(self)
+        cuda = out.pop("cuda")
+        at = list(out).index("io_binding") + 1
+        items = list(out.items())
+        return dict(items[:at] + [(k, cuda[k]) for k in ("cuda_graph", "cudnn_conv_algo_search", "prefer_nhwc",
+                                                          "device_id")] + items[at:])
 
 
 @dataclass
@@ -407,22 +412,17 @@ def bench_onnx(model: str | Path, config: BenchConfig, *, pixels: np.ndarray | N
     from edgecnn.runtime.core import InferenceModel
 
     results = []
-    cuda = config.cuda_options()
     placement = None
     for threads in config.threads:
         reset_peak_rss()
+        options = config.runtime(backend, threads)
         core = None
         batches: list[int] = list(config.batch_sizes)
         skipped: list[str] = []
         for i, batch in enumerate(list(batches)):
-            if core is None or (config.cuda_graph and i > 0):
+            if core is None or (config.cuda.cuda_graph and i > 0):
                 # A CUDA graph is captured for one input shape: a fresh session per batch size.
-                ov = backend == "openvino"
-                core = InferenceModel(model, provider=config.provider, threads=threads,
-                                      allow_fallback=config.allow_fallback, cuda=None if ov else cuda,
-                                      io_binding=None if ov else config.io_binding, overrides=overrides,
-                                      backend=backend, device=config.device,
-                                      precision=config.precision if ov else None)
+                core = InferenceModel(model, options, overrides=overrides)
                 if i == 0:
                     batches, skipped = _batches_for(core, config)
                     if core.assumptions() and threads == config.threads[0]:
@@ -436,11 +436,7 @@ def bench_onnx(model: str | Path, config: BenchConfig, *, pixels: np.ndarray | N
             px = (pixels[:batch] if pixels is not None and len(pixels) >= batch
                   else _synthetic_pixels(card, batch, config.seed))
             px = np.ascontiguousarray(px, dtype=np.uint8)
-            runner, run = core.timed_call(core.preprocess(px))
-            if core.backend == "openvino":
-                runner = "openvino" if config.precision is None else f"openvino.{config.precision}"
-            elif core.backend != "onnxruntime":
-                runner = core.backend  # a .tflite file runs on LiteRT
+            runner, run = core.timed_call(core.preprocess(px))  # the runner: the backend, or how onnxruntime is called
             notes = ([core.info.fallback] if core.info.fallback else []) + skipped
             calls = [(runner, run)]
             if config.pixels:  # the app's call: uint8 pixels to every output, the card's mapping included
@@ -525,7 +521,7 @@ def run_benchmark(
         _disambiguate(per_model, models)
         results = [r for rows in per_model for r in rows]
         interrupted = f"Interrupted: {len(results)} measured point(s) kept, the rest were not run."
-    report = BenchReport(machine_fingerprint(), {**asdict(config), "models": [str(m) for m in models],
+    report = BenchReport(machine_fingerprint(), {**config.to_dict(), "models": [str(m) for m in models],
                                                   "compare": list(compare)}, results)
     report.notes = compare_notes(results) + ([interrupted] if interrupted else [])
     report.interrupted = interrupted is not None
@@ -555,7 +551,7 @@ def _baselines(models: Sequence[str | Path], config: BenchConfig, compare: Seque
 
     card = InferenceModel(models[0], provider="cpu").card
     keras_file = _find_keras(keras_path, card)
-    rows = baseline_runner(keras_file, card.to_dict(), config=asdict(config),
+    rows = baseline_runner(keras_file, card.to_dict(), config=config.to_dict(),
                            runners=["litert" if c == "tflite" else c for c in compare],
                            calibration_data=calibration_data)
     return [BenchResult(**r) for r in rows]

@@ -1,11 +1,12 @@
-"""The one runtime core: an ONNX session, its model card, preprocessing and batching.
+"""The one runtime core: a model's session, its card, preprocessing and batching.
 
 Every inference in edgecnn goes through :class:`InferenceModel`: the task heads
 (:class:`~edgecnn.runtime.Classifier` and the detection and segmentation heads), export's
 verification, ``evaluate``, ``bench`` and ``serve``. It owns
 
-- the session (:func:`~edgecnn.runtime.session.create_session`: explicit providers, fallback
-  check);
+- the session, opened as a :class:`~edgecnn.runtime.options.RuntimeOptions` says on one of the
+  backends (:func:`~edgecnn.runtime.session.create_session`: onnxruntime with explicit
+  providers and a fallback check, OpenVINO, LiteRT);
 - the card: the one embedded in the file, or one inferred from the graph and the file's own
   metadata (Ultralytics' ``imgsz``/``names``/``task``/``stride``) plus the caller's overrides,
   with :meth:`InferenceModel.assumptions` saying in one line what was assumed;
@@ -21,17 +22,20 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
 from edgecnn.card import ONNX_METADATA_KEY, ModelCard
 from edgecnn.card_inference import infer_card
 from edgecnn.errors import ArtifactError, ConfigError, InputError
 from edgecnn.presets import ModelOverrides, TensorInfo
+from edgecnn.runtime.backends import get_backend
+from edgecnn.runtime.backends.base import FLOAT_TYPES, Session, dtype_row, numpy_dtype
 from edgecnn.runtime.cpu import check_int8_target
+from edgecnn.runtime.options import RuntimeOptions
 from edgecnn.runtime.preprocess import (
     DEFAULT_MAX_PIXELS,
     FitInfo,
@@ -41,19 +45,17 @@ from edgecnn.runtime.preprocess import (
     fit_image,
     normalize_batch,
 )
-from edgecnn.runtime.runners import ORT_DTYPES as _ORT_DTYPES
 from edgecnn.runtime.runners import DeviceBinder, Runner
-from edgecnn.runtime.session import CudaOptions, NodePlacement, create_session, node_placement
+from edgecnn.runtime.session import NodePlacement, create_session, node_placement
 
 log = logging.getLogger(__name__)
 
 __all__ = ["InferenceModel", "read_card"]
 
-_TYPE_NAMES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64"}
 
-
-def read_card(session: ort.InferenceSession) -> ModelCard | None:
-    """The model card stored in the ONNX ``metadata_props``, or None when there is none.
+def read_card(session: Session) -> ModelCard | None:
+    """The model card stored in the file's metadata (ONNX ``metadata_props``, the TFLite
+    flatbuffer's ``metadata``), or None when there is none.
 
     Raises:
         ArtifactError: if a card is present but is not a valid one.
@@ -63,112 +65,61 @@ def read_card(session: ort.InferenceSession) -> ModelCard | None:
 
 
 class InferenceModel:
-    """An ONNX image model on onnxruntime with its card: preprocess, run, in batches it accepts.
+    """An image model on a backend with its card: preprocess, run, in batches it accepts.
 
     Args:
-        model: the ``.onnx`` path (its model card is read from the metadata) or serialized bytes.
-        provider: ``cpu``, ``cuda``, ``tensorrt`` or ``auto``.
-        threads: intra-op threads (None: onnxruntime's default, one per physical core).
-        allow_fallback: run on the CPU with a warning when the requested provider is unusable,
-            instead of raising :class:`~edgecnn.errors.ProviderError`.
+        model: the ``.onnx`` or ``.tflite`` path (its model card is read from the file's metadata) or
+            serialized ONNX bytes.
+        options: how to run it (:class:`~edgecnn.runtime.options.RuntimeOptions`: backend,
+            onnxruntime's provider, IO binding and CUDA options, OpenVINO's device and precision,
+            threads, allow_fallback); None: onnxruntime on the CPU (LiteRT for a ``.tflite`` file).
+            IO binding None: on for a GPU session, off on the CPU; CUDA graphs always use it, and
+            then accept only the shape of the first call.
         card: use this card instead of the embedded one (export verifies staged files this way).
-        overrides: what the command-line flags say about the model
-            (:func:`edgecnn.presets.parse_overrides`); for a model without a card, what they do
-            not give is inferred from the graph and the file's metadata
-            (:func:`edgecnn.card_inference.infer_card`), and :meth:`assumptions` says what was assumed.
-        mean, std, layout, labels, input_size, output_kind, channels, task, resize: the same as
-            keyword arguments (``mean``/``std`` per channel on the 0-255 scale, ``input_size`` =
-            (height, width)); they win over ``overrides``.
+        overrides: what the caller knows about the model (:class:`edgecnn.presets.ModelOverrides`:
+            mean/std on the 0-255 scale, layout, labels, input size, output layout, channels, task,
+            resize, ...; :func:`edgecnn.presets.parse_overrides` reads the command-line flags); they
+            replace the card's values, and for a model without a card, what they do not give is
+            inferred from the graph and the file's metadata (:func:`edgecnn.card_inference.infer_card`),
+            :meth:`assumptions` saying what was assumed.
         max_pixels: images with more pixels are refused before decoding.
-        cuda: options of the CUDA provider; see :class:`~edgecnn.runtime.session.CudaOptions`.
-        io_binding: run through IO binding with input and output buffers on the session's device,
-            reused while the input shape stays the same. None: on for a GPU session, off on the
-            CPU. CUDA graphs always use it, and then accept only the shape of the first call.
-        backend: ``onnxruntime`` or ``openvino`` (the ``[openvino]`` extra), with OpenVINO's
-            ``device`` (``CPU``, ``GPU``, ``NPU``) and ``precision`` (``f32``, ``bf16``), for
-            ``.onnx`` files; ``litert`` (the ``[litert]`` extra) for ``.tflite`` files, the
-            default for them (``edgecnn export -q litert-int8`` writes one).
         pixels_in_graph: run the card's pixel mapping (channel order, mean/std, layout) inside the
             backend, so a call from uint8 pixels has no numpy preprocessing
             (:mod:`edgecnn.runtime.pixels`: folded into the ONNX graph for onnxruntime, OpenVINO's
             ``PrePostProcessor``, a lookup table into LiteRT's input); the model's answers are the
             same. False keeps the numpy path (:func:`~edgecnn.runtime.preprocess.normalize_batch`).
+        **runtime: :class:`~edgecnn.runtime.options.RuntimeOptions` fields set over ``options``, for
+            short calls: ``Classifier("model.onnx", provider="cpu", threads=2)``.
 
     Raises:
         ArtifactError: for a missing or corrupt file, or a card that does not match the model.
-        ProviderError: when the requested provider is not the one running the session.
-        ConfigError: for CUDA graphs without a CUDA provider or without IO binding.
+        ProviderError: when the requested provider is not the one running the session, or the
+            backend cannot read the file or honour the options.
+        ConfigError: for CUDA graphs without a CUDA provider or without IO binding, or IO binding
+            outside onnxruntime.
+        TypeError: for a keyword that is not a runtime option.
     """
 
     deploy_note: str | None = None  # from_dir: which file and settings were chosen, and why
 
-    def __init__(
-        self,
-        model: str | Path | bytes,
-        provider: str = "cpu",
-        threads: int | None = None,
-        allow_fallback: bool = False,
-        *,
-        card: ModelCard | None = None,
-        overrides: ModelOverrides | None = None,
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-        layout: str | None = None,
-        labels: Sequence[str] | None = None,
-        input_size: tuple[int, int] | None = None,
-        output_kind: str | None = None,
-        channels: int | None = None,
-        task: str | None = None,
-        resize: str | None = None,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-        cuda: CudaOptions | None = None,
-        io_binding: bool | None = None,
-        backend: str = "onnxruntime",
-        device: str = "CPU",
-        precision: str | None = None,
-        pixels_in_graph: bool = True,
-    ) -> None:
+    def __init__(self, model: str | Path | bytes, options: RuntimeOptions | None = None, *,
+                 card: ModelCard | None = None, overrides: ModelOverrides | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, pixels_in_graph: bool = True, **runtime: Any) -> None:
         self.model_path = Path("<bytes>") if isinstance(model, bytes) else Path(model)
         self._source = model
-        if self.model_path.suffix.lower() == ".tflite" and backend == "onnxruntime":
-            backend = "litert"  # the one runtime that reads the file (an explicit other backend is refused)
-        if cuda is not None and cuda.cuda_graph:
-            if provider == "cpu":
-                raise ConfigError("CUDA graphs (cuda_graph=True, --cuda-graph) need provider='cuda' (--provider cuda).")
-            if io_binding is False:
-                raise ConfigError("CUDA graphs replay fixed device buffers: "
-                                  "they need IO binding (drop --no-io-binding).")
-        self.cuda = cuda
-        self.allow_fallback = allow_fallback
-        if backend != "onnxruntime" and io_binding:
-            raise ConfigError(f"IO binding is onnxruntime's; drop --io-binding with --backend {backend}.")
-        self.backend = backend
-        self._open = {"provider": provider, "threads": threads, "allow_fallback": allow_fallback, "cuda": cuda,
-                      "backend": backend, "device": device, "precision": precision}
+        options = RuntimeOptions.given(options, runtime, what=f"{type(self).__name__}()")
+        self.options = replace(options, backend=options.backend_for(model))
+        self.backend: str = self.options.backend  # type: ignore[assignment]  # set just above
+        self.cuda = self.options.cuda
+        self.allow_fallback = self.options.fallback
         self._session_lock = threading.Lock()
-        self._session, self.info = create_session(model, **self._open)
+        self._session: Session | None
+        self._session, self.info = create_session(model, self.options)
         self.graph_inputs = self._session.get_inputs()
         self.graph_outputs = self._session.get_outputs()
-        given = {"mean": mean, "std": std, "layout": layout, "class_names": labels, "input_size": input_size,
-                 "channels": channels, "task": task}
-        given = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in given.items() if v is not None}
         embedded = card if card is not None else read_card(self._session)
         self.has_card = embedded is not None
-        self._assumed: str | None = None
-        if embedded is not None:  # flags first, then the keyword arguments, field by field
-            self.card = (overrides.apply(embedded) if overrides else embedded).replace(**given)
-        else:
-            base = overrides or ModelOverrides()
-            if "mean" in given or "std" in given:
-                base = ModelOverrides(**{**base.__dict__, "preprocess": None})
-            flags = ModelOverrides(**{**base.__dict__, **given})
-            io = lambda args: [TensorInfo(a.name, tuple(a.shape), _TYPE_NAMES.get(a.type, a.type)) for a in args]  # noqa: E731
-            self.card, self._assumed = infer_card(
-                self.model_path.stem, inputs=io(self.graph_inputs), outputs=io(self.graph_outputs),
-                overrides=flags, metadata=self._session.get_modelmeta().custom_metadata_map)
-        extra = {k: v for k, v in {"output_kind": output_kind, "resize": resize}.items() if v is not None}
-        if extra:
-            self.card = self.card.replace(**extra)
+        self.card, self._assumed = self._card_of(embedded, overrides)
         h, w = self.card.input_size
         if h * w > max_pixels:  # a model declaring 1x3x100000x100000 must not cost 112 GiB per image
             raise ArtifactError(f"{self.model_path.name} takes {h}x{w} = {h * w:,} pixels per image, over the limit of "
@@ -177,7 +128,7 @@ class InferenceModel:
         check_int8_target(self.card, self.model_path.name)
         self._input = self._check_input()
         self.input_name = self._input.name
-        self.input_dtype = _ORT_DTYPES.get(self._input.type, np.float32)
+        self.input_dtype = numpy_dtype(self._input.type)
         self.output_names = [o.name for o in self.graph_outputs]
         self.output_name = self.card.output_name if self.card.output_name in self.output_names else self.output_names[0]
         self._primary = self.output_names.index(self.output_name)
@@ -187,23 +138,41 @@ class InferenceModel:
         self._pixel_shape = (*self.card.input_size, self.card.channels)
         self._fitting = Fitting.of(self.card)
         self._batch_axes: list[int | None] | None = None
+        self._open_runners(self._session, model, pixels_in_graph=pixels_in_graph)
+        self._check_task()
+
+    def _card_of(self, embedded: ModelCard | None, overrides: ModelOverrides | None) -> tuple[ModelCard, str | None]:
+        """The card (the given or embedded one with the overrides applied; without one, a card
+        inferred from the graph, the file's metadata and the overrides) and what was assumed."""
+        if embedded is not None:
+            return (overrides.apply(embedded) if overrides else embedded), None
+
+        def tensors(args: list[Any]) -> list[TensorInfo]:
+            return [TensorInfo(a.name, tuple(a.shape), _type_name(a.type)) for a in args]
+
+        meta = self._session.get_modelmeta().custom_metadata_map  # type: ignore[union-attr]  # open here
+        return infer_card(self.model_path.stem, inputs=tensors(self.graph_inputs), outputs=tensors(self.graph_outputs),
+                          overrides=overrides or ModelOverrides(), metadata=meta)
+
+    def _open_runners(self, session: Session, model: str | Path | bytes, *, pixels_in_graph: bool) -> None:
+        """The runners of preprocessed tensors and of uint8 pixels, IO binding where it applies."""
         on_gpu = self.info.device == "cuda"
+        cuda = self.cuda
         self.cuda_graph = bool(on_gpu and cuda is not None and cuda.cuda_graph)
+        io_binding = self.options.io_binding
         self._use_io_binding = self.cuda_graph or (on_gpu if io_binding is None else bool(io_binding))
-        self._binding = {"device": "cuda" if on_gpu else "cpu", "device_id": cuda.device_id if cuda else 0,
-                         "fixed_shape": self.cuda_graph}
+        self._device = ("cuda" if on_gpu else "cpu", cuda.device_id if cuda else 0)  # where IO binding's buffers live
         self._tensor: Runner | None = None
         self._pixels: Runner | None = None
         self.pixel_note = "numpy (pixels_in_graph=False)"
         if pixels_in_graph:
-            self._pixels, self.pixel_note = self._pixel_runner(model)
-        if self._pixels is None or self.backend == "litert":
-            self._tensor = self._runner(self._session, self.input_name)
+            self._pixels, self.pixel_note = self._pixel_runner(session, model)
+        if self._pixels is None or self._pixels.session is session:  # LiteRT's pixel session is the same one
+            self._tensor = self._runner(session, self.input_name)
         else:  # the float session returns on the first preprocessed-tensor call (serve's JSON tensors, bench)
             self._session = None
-        if self.backend == "openvino":  # compiled now, so that a device or precision error is the constructor's
-            (self._pixels or self._tensor).session.compile()  # type: ignore[union-attr]
-        self._check_task()
+        # what a backend defers (OpenVINO compiles) is done now: a device or precision error is the constructor's
+        (self._pixels or self._tensor).session.load()  # type: ignore[union-attr]
 
     @property
     def session(self) -> Any:
@@ -216,62 +185,53 @@ class InferenceModel:
         """Whether calls from uint8 pixels run the pixel mapping inside the backend (see ``pixel_note``)."""
         return self._pixels is not None
 
-    def _runner(self, session: Any, input_name: str) -> Runner:
-        binder = DeviceBinder(session, input_name, self.output_names, **self._binding) if self._use_io_binding \
-            else None
+    def _runner(self, session: Session, input_name: str) -> Runner:
+        binder = None
+        if self._use_io_binding:
+            device, device_id = self._device
+            binder = DeviceBinder(session, input_name, self.output_names, device=device, device_id=device_id,
+                                  fixed_shape=self.cuda_graph)
         return Runner(session, input_name, binder)
 
     def _tensor_runner(self) -> Runner:
         if self._tensor is None:
             with self._session_lock:
                 if self._tensor is None:
-                    session, _ = create_session(self._source, **self._open)
+                    session, _ = create_session(self._source, self.options)
                     self._tensor = self._runner(session, self.input_name)
         return self._tensor
 
-    def _pixel_runner(self, model: str | Path | bytes) -> tuple[Runner | None, str]:
+    def _pixel_runner(self, session: Session, model: str | Path | bytes) -> tuple[Runner | None, str]:
         """A runner taking uint8 NHWC pixels with the card's mapping inside the backend, and one
         line saying where the mapping runs."""
-        from edgecnn.runtime.pixels import PixelMapping, fold_onnx
-
         if self._input.type not in ("tensor(float)", "tensor(float16)"):
             return None, f"numpy ({self._input.type} input)"
-        mapping = PixelMapping.of(self.card)
-        if self.backend == "onnxruntime":
-            folded = fold_onnx(model, self.card, self.input_name)
-            if folded is None:
-                return None, "numpy (the file cannot carry it, or the onnx package is missing)"
-            try:
-                session, _ = create_session(folded, **self._open)
-            except ArtifactError as err:  # the file as it is opened: never refuse it for what was added
-                log.warning("%s: the pixel mapping cannot run in the graph (%s); numpy runs it.", self.model_path.name,
-                            err)
-                return None, "numpy (onnxruntime refused the folded graph)"
-            return self._runner(session, session.get_inputs()[0].name), "onnxruntime graph (uint8 pixels in)"
-        session = self._session.pixel_session(mapping)  # OpenVINO's PrePostProcessor, LiteRT's lookup table
-        if session is None:
-            return None, f"numpy ({self.backend} cannot take this file's input as pixels)"
-        where = "OpenVINO PrePostProcessor" if self.backend == "openvino" else "LiteRT lookup table"
-        return Runner(session, self.input_name, None), f"{where} (uint8 pixels in)"
+        pixels, note = get_backend(self.backend).pixel_session(session, source=model, card=self.card,
+                                                               input_name=self.input_name, options=self.options)
+        if pixels is None:
+            return None, note
+        return self._runner(pixels, pixels.get_inputs()[0].name), note
 
     @classmethod
-    def from_dir(cls, export_dir: str | Path, provider: str = "cpu", threads: int | None = None,
-                 allow_fallback: bool = False, **kwargs: Any) -> InferenceModel:
-        """Open an export directory the way ``edgecnn tune`` left it: the file and session options
-        its ``deploy.json`` names, else its fp32 ``model.onnx`` (``deploy_note`` says which, and why). Arguments given
-        here (``threads``, ``backend``, ``precision``, ...) win over ``deploy.json``.
+    def from_dir(cls, export_dir: str | Path, options: RuntimeOptions | None = None, *, card: ModelCard | None = None,
+                 overrides: ModelOverrides | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 pixels_in_graph: bool = True, **runtime: Any) -> InferenceModel:
+        """Open an export directory the way ``edgecnn tune`` left it: the file and runtime options
+        its ``deploy.json`` names, else its fp32 ``model.onnx`` (``deploy_note`` says which, and why).
+        The options given here (``threads``, ``backend``, ``precision``, ...) win over ``deploy.json``,
+        field by field.
 
         Raises:
             ArtifactError: for a directory without ``model.onnx`` or a usable ``deploy.json``;
                 otherwise as the constructor.
         """
-        from edgecnn.runtime.deploy import SESSION_KEYS, resolve_dir
+        from edgecnn.runtime.deploy import resolve_dir
 
-        explicit = {k: kwargs.pop(k) for k in SESSION_KEYS if k in kwargs}
-        explicit["threads"] = threads
-        path, chosen, message = resolve_dir(export_dir, explicit)
+        typed = RuntimeOptions.given(options, runtime, what=f"{cls.__name__}.from_dir()")
+        path, chosen, message = resolve_dir(export_dir, typed)
         log.debug("%s", message)
-        model = cls(path, provider, chosen.pop("threads", None), allow_fallback, **chosen, **kwargs)
+        model = cls(path, chosen, card=card, overrides=overrides, max_pixels=max_pixels,
+                    pixels_in_graph=pixels_in_graph)
         model.deploy_note = message
         return model
 
@@ -332,7 +292,7 @@ class InferenceModel:
                 f"({self.card.layout}, {self.card.channels} channels, {self.card.input_size}) expects "
                 f"{list(expected)}; check --layout, --channels and --input-size."
             )
-        if inp.type not in _ORT_DTYPES:
+        if inp.type not in FLOAT_TYPES:
             raise ArtifactError(f"{self.model_path}: input {inp.name!r} is {inp.type}; edgecnn needs a float input.")
         return inp
 
@@ -422,7 +382,9 @@ class InferenceModel:
         if not isinstance(pixels, np.ndarray) or pixels.ndim != 4 or pixels.shape[1:] != self._pixel_shape \
                 or not pixels.shape[0]:
             self._bad_pixels(pixels)
-        return self._chunked(self._tensor_runner().run, self._check_tensor(normalize_batch(pixels, self.card)))
+        # checked pixels, normalized: finite and of the input's shape, so not checked again
+        x = np.ascontiguousarray(normalize_batch(pixels, self.card), dtype=self.input_dtype)
+        return self._chunked(self._tensor_runner().run, x)
 
     def _bad_pixels(self, pixels: Any) -> None:
         h, w, c = self._pixel_shape
@@ -479,26 +441,23 @@ class InferenceModel:
 
     def timed_call(self, x: np.ndarray) -> tuple[str, Any]:
         """The runner name and a no-argument call that runs the model once on ``x``, as bare as a
-        hand-written loop: for a benchmark to time the model alone, its input ready.
+        hand-written loop: for a benchmark to time the model alone, its input ready (checked and
+        converted here, once).
 
-        Without IO binding it is ``session.run`` on the host array. With it, ``x`` is copied once
-        into the device buffer the binder keeps for its shape and the outputs go to the bound
-        device buffers, so the call is ``run_with_iobinding`` alone (onnxruntime synchronizes
-        the device at the end of each run).
+        Without IO binding it is ``session.run`` on the host array, as a plain loop calls it
+        (LiteRT's int8 input quantized beforehand); the runner is the backend (``openvino.bf16`` for
+        an OpenVINO precision asked for). With IO binding, ``x`` is copied once into the device buffer the
+        binder keeps for its shape and the outputs go to the bound device buffers, so the call is
+        ``run_with_iobinding`` alone (onnxruntime synchronizes the device at the end of each run).
         """
         x = self._check_tensor(x)
         runner = self._tensor_runner()
-        if self.backend == "litert":  # an int8-input file gets its input quantized once, outside the call
-            xin, run_array = runner.session.model_input(x), runner.session.run_array
-            return "litert", lambda: run_array(xin)
-        if runner.binder is None:
-            sess, feed = runner.session, {self.input_name: x}
-            return "onnxruntime", lambda: sess.run(None, feed)
-        runner.binder.run(x)  # binds the buffers for this shape (and warms the graph up)
-        binding = runner.binder._bound[x.shape][0]
-        sess = runner.session
-        return ("onnxruntime.cudagraph" if self.cuda_graph else "onnxruntime.iobinding"), \
-            lambda: sess.run_with_iobinding(binding)
+        if runner.binder is not None:
+            name = "onnxruntime.cudagraph" if self.cuda_graph else "onnxruntime.iobinding"
+            return name, runner.binder.timed_call(x)
+        run, feed = runner.session.run, {runner.input_name: runner.session.model_input(x)}
+        name = self.backend if self.options.precision is None else f"{self.backend}.{self.options.precision}"
+        return name, lambda: run(None, feed)
 
     def _check_tensor(self, x: np.ndarray) -> np.ndarray:
         if not isinstance(x, np.ndarray) or not np.issubdtype(x.dtype, np.floating):
@@ -550,8 +509,7 @@ class InferenceModel:
         """
         if self.backend != "onnxruntime":
             raise ConfigError("Node placement is reported for onnxruntime sessions only.")
-        return node_placement(self._source, provider=self.info.requested, cuda=self.cuda,
-                              allow_fallback=self.allow_fallback,
+        return node_placement(self._source, self.options,
                               shapes={self.input_name: [int(d) for d in self.card.input_shape(1)]})
 
     def describe(self) -> dict[str, Any]:
@@ -563,6 +521,13 @@ class InferenceModel:
                 "labels": self.labels, "providers": self.providers, "session_creation_s": self.info.creation_s,
                 "io_binding": self.io_binding, "cuda_graph": self.cuda_graph, "preprocessing": self.pixel_note,
                 "cuda": None if self.cuda is None else self.cuda.provider_options()}
+
+
+def _type_name(onnx_type: str) -> str:
+    """numpy's name of an element type (``float32``), or the type as the session gave it when the
+    table has no row for it: what :func:`~edgecnn.card_inference.infer_card` reads."""
+    row = dtype_row(onnx_type)
+    return row.numpy if row is not None else onnx_type
 
 
 def take_images(output: np.ndarray, index: int | slice, axis: int) -> np.ndarray:

@@ -2,10 +2,12 @@
 
 An export directory holds one ``.onnx`` file per variant (``model.onnx``, ``model.int8.onnx``,
 ...). ``edgecnn tune`` measures them on this machine and writes ``deploy.json`` naming the file
-and how to run it: backend, OpenVINO device and precision, threads, IO binding.
+and how to run it: backend, OpenVINO device and precision, threads, IO binding
+(:meth:`Deployment.runtime`: a :class:`~edgecnn.runtime.options.RuntimeOptions`).
 :meth:`InferenceModel.from_dir <edgecnn.runtime.InferenceModel.from_dir>`, ``edgecnn predict``
 and ``edgecnn serve`` open an export directory through :func:`resolve_dir`, which follows
-``deploy.json`` when it is there (and says so), and otherwise takes the fp32 ``model.onnx``.
+``deploy.json`` when it is there (and says so), and otherwise takes the fp32 ``model.onnx``;
+the options the caller set win, field by field (``stored.merged(typed)``).
 
 A ``deploy.json`` is only followed while it still describes the directory: the file it names
 must exist with the SHA-256 it was tuned on (a re-export removes ``deploy.json``, and a
@@ -15,7 +17,6 @@ of backends and thread counts is a property of the machine.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import stat
@@ -26,6 +27,8 @@ from typing import Any
 
 from edgecnn.card import sha256_file
 from edgecnn.errors import ArtifactError
+from edgecnn.runtime.backends import BACKENDS, get_backend
+from edgecnn.runtime.options import RuntimeOptions
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +39,8 @@ DEPLOY_FILE = "deploy.json"
 TUNE_REPORT = "tune_report.json"  # everything edgecnn tune measured, beside deploy.json
 DEPLOY_SCHEMA = "edgecnn.deploy/1"
 FP32_FILE = "model.onnx"
-# The keyword arguments of InferenceModel that deploy.json sets (a caller's own value wins).
-SESSION_KEYS = ("backend", "device", "precision", "threads", "io_binding")
+# The RuntimeOptions fields deploy.json sets (a caller's own value wins).
+_DEPLOY_OPTIONS = ("backend", "device", "precision", "threads", "io_binding")
 
 
 @dataclass(frozen=True)
@@ -59,20 +62,23 @@ class Deployment:
     created: str = ""
     schema: str = DEPLOY_SCHEMA
 
-    def session_kwargs(self) -> dict[str, Any]:
-        """The :class:`~edgecnn.runtime.InferenceModel` keyword arguments this configuration sets."""
-        return {"backend": self.backend, "device": self.device, "precision": self.precision,
-                "threads": self.threads, "io_binding": True if self.io_binding else None}
+    def runtime(self) -> RuntimeOptions:
+        """How this configuration runs its file (IO binding off is left unset: the runtime's default,
+        off on the CPU).
+
+        Raises:
+            ArtifactError: for a device or precision no backend takes (a hand-edited file).
+        """
+        try:
+            return RuntimeOptions(backend=self.backend, device=self.device, precision=self.precision,
+                                  threads=self.threads, io_binding=True if self.io_binding else None)
+        except ValueError as err:  # ConfigError
+            raise ArtifactError(f"{DEPLOY_FILE} names options no backend takes ({err}); run `edgecnn tune` "
+                                "again.") from None
 
     def describe(self) -> str:
         """``model.int8.onnx on openvino (f32, CPU), 1 thread``: for log lines."""
-        how = self.backend
-        if self.backend == "openvino":
-            how += f" ({self.precision or 'f32'}, {self.device})"
-        elif self.io_binding:
-            how += " with IO binding"
-        threads = "default threads" if self.threads is None else f"{self.threads} thread{'s' * (self.threads != 1)}"
-        return f"{self.file} on {how}, {threads}"
+        return f"{self.file} on {self.runtime().describe()}"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -98,7 +104,7 @@ class Deployment:
                                 "tune` again.")
         if type(dep.batch) is not int or not 1 <= dep.batch <= 4096:
             raise ArtifactError(f"{where} has batch={str(dep.batch)[:20]}, not 1-4096; run `edgecnn tune` again.")
-        for key, allowed in (("backend", _BACKENDS), ("precision", (None, "f32", "bf16", "f16")),
+        for key, allowed in (("backend", BACKENDS), ("precision", (None, "f32", "bf16", "f16")),
                              ("io_binding", (True, False)), ("sha256", None), ("device", None), ("variant", None)):
             value = getattr(dep, key)
             if (allowed is not None and value not in allowed) or (allowed is None and not isinstance(value, str)):
@@ -108,7 +114,6 @@ class Deployment:
 
 _MAX_THREADS = 1024
 _MAX_BYTES = 1 << 20  # a deploy.json is a few hundred bytes
-_BACKENDS = ("onnxruntime", "openvino", "litert")
 
 
 def read_deployment(directory: str | Path) -> Deployment | None:
@@ -186,45 +191,40 @@ def _why_stale(root: Path, dep: Deployment) -> str | None:
         return "it records no SHA-256 of the file it names"
     if sha256_file(path) != dep.sha256:
         return f"{dep.file} changed since it was tuned"
-    module = {"openvino": "openvino", "litert": "ai_edge_litert"}.get(dep.backend)
-    if module is not None and importlib.util.find_spec(module) is None:
+    if not get_backend(dep.backend).installed():
         return f"it runs {dep.file} on {dep.backend}, which is not installed here"
     return None
 
 
-def resolve_dir(directory: str | Path, explicit: Mapping[str, Any] | None = None) -> tuple[Path, dict[str, Any], str]:
-    """The model file of an export directory, the session options to open it with, and one line
+def resolve_dir(directory: str | Path, typed: RuntimeOptions | None = None) -> tuple[Path, RuntimeOptions, str]:
+    """The model file of an export directory, the runtime options to open it with, and one line
     saying what was chosen and why.
 
-    ``explicit`` holds what the caller asked for itself (``backend``, ``threads``, ...): it wins
-    over ``deploy.json``, field by field.
+    ``typed`` holds what the caller asked for itself (``backend``, ``threads``, ...): it wins over
+    ``deploy.json``, field by field (:meth:`RuntimeOptions.merged
+    <edgecnn.runtime.options.RuntimeOptions.merged>`).
 
     Raises:
         ArtifactError: for a directory with neither a usable ``deploy.json`` nor a ``model.onnx``,
             or an unreadable ``deploy.json``.
     """
     root = Path(directory)
-    explicit = {k: v for k, v in (explicit or {}).items() if v is not None}
+    typed = typed or RuntimeOptions()
     dep = current_deployment(root)
     if dep is not None:
-        path = root / dep.file
-        kwargs = {**dep.session_kwargs(), **explicit}
-        if explicit.get("backend", dep.backend) != dep.backend:  # OpenVINO's settings mean nothing elsewhere
-            kwargs["precision"] = explicit.get("precision")
-            kwargs["io_binding"] = explicit.get("io_binding")
-        if kwargs.get("backend") != "onnxruntime":
-            kwargs["io_binding"] = None
+        chosen = dep.runtime().merged(typed)
+        if chosen.backend != "onnxruntime":  # IO binding is onnxruntime's: a deployed OpenVINO pick runs without
+            chosen = replace(chosen, io_binding=None)
         other = _machine_differs(dep)
         if other:
             log.warning("%s was %s: run `edgecnn tune %s` on this machine for its own pick.",
                         root / DEPLOY_FILE, other, root)
-        overridden = f" ({', '.join(sorted(explicit))} as given)" if explicit else ""
-        effective = replace(dep, **{k: kwargs.get(k) for k in ("backend", "precision", "threads")},
-                            device=kwargs.get("device") or dep.device, io_binding=bool(kwargs.get("io_binding")))
-        return path, kwargs, f"Using {root / DEPLOY_FILE}: {effective.describe()}{overridden}."
+        given = sorted(k for k in typed.to_dict() if k in _DEPLOY_OPTIONS)
+        overridden = f" ({', '.join(given)} as given)" if given else ""
+        return root / dep.file, chosen, f"Using {root / DEPLOY_FILE}: {dep.file} on {chosen.describe()}{overridden}."
     fp32 = root / FP32_FILE
     if not fp32.is_file():
         raise ArtifactError(f"{root} has no {FP32_FILE} and no usable {DEPLOY_FILE}: pass an .onnx file, or export "
                             f"into it with `edgecnn export ... --out {root}`.")
-    return fp32, dict(explicit), (f"{root} has no {DEPLOY_FILE}: using {FP32_FILE}; `edgecnn tune {root}` measures "
-                                  "every variant and backend here and picks the fastest.")
+    return fp32, typed, (f"{root} has no {DEPLOY_FILE}: using {FP32_FILE}; `edgecnn tune {root}` measures "
+                         "every variant and backend here and picks the fastest.")

@@ -12,13 +12,13 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from edgecnn.errors import ConfigError
+from edgecnn.errors import ConfigError, ProviderError
+from edgecnn.runtime.backends import BACKENDS
 
 __all__ = ["RuntimeOptions", "CudaOptions", "PROVIDERS", "BACKENDS", "OV_DEVICES", "OV_PRECISIONS",
            "CONV_ALGO_SEARCH", "TFLITE_SUFFIX"]
 
 PROVIDERS = ("cpu", "cuda", "tensorrt", "auto")  # onnxruntime's execution providers, by edgecnn's names
-BACKENDS = ("onnxruntime", "openvino", "litert")
 OV_DEVICES = ("CPU", "GPU", "NPU")
 OV_PRECISIONS = ("f32", "bf16")  # OpenVINO's execution precision (INFERENCE_PRECISION_HINT)
 CONV_ALGO_SEARCH = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
@@ -85,10 +85,15 @@ class RuntimeOptions:
             instead of refusing (default: refuse).
         cuda: the CUDA provider's options (:class:`CudaOptions`).
 
+    Settings one backend cannot honour (OpenVINO's precision asked of onnxruntime, IO binding of
+    OpenVINO or LiteRT, ...) are refused when a model opens on that backend: each backend's
+    ``check`` (:mod:`edgecnn.runtime.backends`), because the backend of a model is known only with
+    the model (:meth:`backend_for`).
+
     Raises:
-        ConfigError: for a value outside its choices, or settings that contradict each other
-            (CUDA graphs on the CPU or without IO binding, OpenVINO's device or precision, or IO
-            binding, asked of another backend).
+        ProviderError: for an unknown backend or provider.
+        ConfigError: for another value outside its choices, or CUDA graphs on the CPU or without IO
+            binding.
     """
 
     backend: str | None = None
@@ -101,10 +106,12 @@ class RuntimeOptions:
     cuda: CudaOptions | None = None
 
     def __post_init__(self) -> None:
-        for name, allowed in (("backend", BACKENDS), ("provider", PROVIDERS), ("precision", OV_PRECISIONS)):
-            value = getattr(self, name)
-            if value is not None and value not in allowed:
-                raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {str(value)[:40]!r}.")
+        if self.backend is not None and self.backend not in BACKENDS:
+            raise ProviderError(f"Unknown backend {str(self.backend)[:40]!r}; choose {', '.join(BACKENDS)}.")
+        if self.provider is not None and self.provider not in PROVIDERS:
+            raise ProviderError(f"Unknown provider {str(self.provider)[:40]!r}; choose one of {', '.join(PROVIDERS)}.")
+        if self.precision is not None and self.precision not in OV_PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(OV_PRECISIONS)}; got {str(self.precision)[:40]!r}.")
         if self.device is not None and str(self.device).upper().split(".")[0] not in OV_DEVICES:
             raise ConfigError(f"device must be one of {', '.join(OV_DEVICES)} (OpenVINO's; GPU.1 for a "
                               f"second GPU); got {str(self.device)[:40]!r}.")
@@ -112,11 +119,11 @@ class RuntimeOptions:
             raise ConfigError(f"threads must be an integer >= 1, got {str(self.threads)[:20]!r}.")
         if self.cuda is not None and self.cuda.cuda_graph:
             if self.provider_name == "cpu":
-                raise ConfigError("CUDA graphs (cuda_graph=True, --cuda-graph) need provider='cuda' "
-                                  "(--provider cuda).")
+                raise ConfigError("--cuda-graph needs --provider cuda: CUDA graphs (cuda_graph=True) are a feature of "
+                                  "the CUDA provider (provider='cuda').")
             if self.io_binding is False:
-                raise ConfigError("CUDA graphs replay fixed device buffers: they need IO binding "
-                                  "(drop --no-io-binding).")
+                raise ConfigError("--cuda-graph replays fixed device buffers: CUDA graphs need IO binding (drop "
+                                  "--no-io-binding, io_binding=False).")
 
     # ----------------------------------------------------------------- the values in effect
     @property
@@ -132,13 +139,44 @@ class RuntimeOptions:
         return bool(self.allow_fallback)
 
     def backend_for(self, model: str | Path | bytes) -> str:
-        """The backend that runs ``model``: the one set, else LiteRT for a ``.tflite`` file and
-        onnxruntime for the rest."""
-        if self.backend is not None:
-            return self.backend
-        if not isinstance(model, bytes) and Path(model).suffix.lower() == TFLITE_SUFFIX:
+        """The backend that runs ``model``: LiteRT for a ``.tflite`` file unless another backend than
+        onnxruntime (the default, which cannot read it) is set, so that the backend's own error says
+        so; else the one set, else onnxruntime."""
+        tflite = not isinstance(model, bytes) and Path(model).suffix.lower() == TFLITE_SUFFIX
+        if tflite and self.backend in (None, "onnxruntime"):
             return "litert"
-        return "onnxruntime"
+        return self.backend or "onnxruntime"
+
+    def for_backend(self, backend: str) -> RuntimeOptions:
+        """These options for ``backend``, without the settings that belong to another one
+        (onnxruntime's IO binding and CUDA options, OpenVINO's precision): how one set of flags
+        runs on several backends side by side (``edgecnn bench --backend onnxruntime,openvino``)."""
+        drop: dict[str, Any] = {}
+        if backend != "onnxruntime":
+            drop.update(io_binding=None, cuda=None)
+        if backend != "openvino":
+            drop.update(precision=None)
+        return replace(self, backend=backend, **drop)
+
+    @classmethod
+    def given(cls, options: RuntimeOptions | None, fields_: dict[str, Any], *, what: str) -> RuntimeOptions:
+        """``options`` (None: every default) with the keyword arguments a Python caller passed set on
+        top: ``Classifier("model.onnx", provider="cpu", threads=2)`` builds its options this way.
+
+        Raises:
+            TypeError: for a keyword that is not a runtime option (card values go in ``overrides``).
+            ConfigError, ProviderError: as the constructor.
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(fields_) - known)
+        if unknown:
+            raise TypeError(f"{what} got an unexpected keyword argument {unknown[0]!r}; runtime options are "
+                            f"{', '.join(sorted(known))}, card values go in overrides=ModelOverrides(...).")
+        if options is not None and not isinstance(options, cls):
+            raise TypeError(f"{what} takes a RuntimeOptions after the model, got {type(options).__name__}; pass "
+                            "runtime settings by keyword (provider='cuda', threads=2).")
+        base = options if options is not None else cls()
+        return replace(base, **fields_) if fields_ else base
 
     # ------------------------------------------------------------------------------ merging
     def merged(self, over: RuntimeOptions | None) -> RuntimeOptions:

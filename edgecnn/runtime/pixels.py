@@ -8,7 +8,7 @@ the batch per call (cast, subtract, multiply, transpose), 0.5 ms for one 224x224
 - onnxruntime: :func:`fold_onnx` prepends the mapping to the graph with standard ONNX ops
   (``Gather`` for the channel order, ``Transpose``, ``Cast``, ``Sub``, ``Mul``), the same float32
   arithmetic as the numpy path, so the model input is bit for bit what numpy computes;
-- OpenVINO: its ``PrePostProcessor`` (:func:`edgecnn.runtime.openvino_backend`);
+- OpenVINO: its ``PrePostProcessor`` (:meth:`edgecnn.runtime.backends.openvino.OpenVinoSession.pixel_session`);
 - LiteRT: a 256-entry table per channel (:func:`lookup_table`): pixel -> the model's input value,
   quantized into an int8 input's own scale and zero point where the file takes int8.
 

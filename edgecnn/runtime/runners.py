@@ -1,43 +1,40 @@
 """How one call reaches a session: the cheapest way in for one input array.
 
 :class:`Runner` is what :class:`~edgecnn.runtime.core.InferenceModel` calls, once per call: IO
-binding with reused device buffers (:class:`DeviceBinder`), the session's own array call
-(OpenVINO, LiteRT: no feed dict), or onnxruntime's C++ session with a one-entry feed.
+binding with reused device buffers (:class:`DeviceBinder`), else the session's own array call
+(:meth:`Session.run_array <edgecnn.runtime.backends.base.Session.run_array>`: no feed dict, nothing
+built per call).
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
 from edgecnn.errors import ArtifactError, InputError
+from edgecnn.runtime.backends.base import Session, numpy_dtype
 
-__all__ = ["Runner", "DeviceBinder", "ORT_DTYPES"]
-
-ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+__all__ = ["Runner", "DeviceBinder"]
 
 
 class Runner:
-    """One session and the cheapest way to call it with one input array: through IO binding, the
-    session's own array call (LiteRT: no feed dict), or ``session.run`` with a one-entry feed."""
+    """One session and the cheapest way to call it with one input array: through IO binding, or the
+    session's array call (a model whose image input is not its first gets ``session.run`` with a
+    one-entry feed)."""
 
-    def __init__(self, session: Any, input_name: str, binder: DeviceBinder | None) -> None:
+    def __init__(self, session: Session, input_name: str, binder: DeviceBinder | None) -> None:
         self.session, self.input_name, self.binder = session, input_name, binder
-        run_array = getattr(session, "run_array", None)
+        self.run: Callable[[np.ndarray], list[np.ndarray]]
         if binder is not None:
             # One host-to-device copy into a reused input buffer and one device-to-host copy per
             # output per call, nothing else (see DeviceBinder).
             self.run = binder.run
-        elif run_array is not None:
-            self.run = run_array
-        elif isinstance(session, ort.InferenceSession):
-            # onnxruntime's C++ session without the Python wrapper's per-call input-name check and
-            # output-name list (7 microseconds a call): the input is this one, the outputs all of them.
-            run, names, options = session._sess.run, [o.name for o in session.get_outputs()], ort.RunOptions()
-            self.run = lambda x: run(names, {input_name: x}, options)
+        elif session.get_inputs()[0].name == input_name:
+            self.run = session.run_array
         else:
             run = session.run
             self.run = lambda x: run(None, {input_name: x})
@@ -61,7 +58,7 @@ class DeviceBinder:
                  device_id: int, fixed_shape: bool) -> None:
         self.session, self.input_name, self.output_names = session, input_name, output_names
         self.device, self.device_id, self.fixed_shape = device, device_id, fixed_shape
-        self._outputs = {o.name: (list(o.shape), ORT_DTYPES.get(o.type, np.float32)) for o in session.get_outputs()}
+        self._outputs = {o.name: (list(o.shape), numpy_dtype(o.type)) for o in session.get_outputs()}
         self._bound: dict[tuple[int, ...], tuple[Any, Any, list[Any]]] = {}
         self._lock = threading.Lock()
 
@@ -76,11 +73,20 @@ class DeviceBinder:
             # Copies that own their memory: on the CPU the output buffers are reused by the next call.
             return [np.array(o, copy=True) for o in entry[0].copy_outputs_to_cpu()]
 
+    def timed_call(self, x: np.ndarray) -> Callable[[], Any]:
+        """A no-argument call that runs the bound buffers of ``x``'s shape, ``x`` copied in once:
+        ``run_with_iobinding`` alone, for a benchmark to time the model without the copies (onnxruntime
+        synchronizes the device at the end of each run). Runs once here, which binds the buffers and
+        warms the graph up."""
+        self.run(x)
+        binding, run = self._bound[x.shape][0], self.session.run_with_iobinding
+        return lambda: run(binding)
+
     def _bind(self, x: np.ndarray) -> tuple[Any, Any, list[Any]]:
         if self.fixed_shape and self._bound:
-            (shape,) = self._bound
+            (captured,) = self._bound
             raise InputError(
-                f"This model runs a CUDA graph captured for input shape {shape}; got {x.shape}. A CUDA graph "
+                f"This model runs a CUDA graph captured for input shape {captured}; got {x.shape}. A CUDA graph "
                 "replays fixed buffers: pad the batch to that shape, or run without cuda_graph for varying batch sizes."
             )
         if len(self._bound) >= self._MAX_SHAPES:

@@ -76,8 +76,9 @@ def create_app(models: dict[str, ServedModel], config: ServeConfig) -> Any:
         app.state.decode_pool.shutdown()
 
     app = FastAPI(title="edgecnn serve", version=__version__, lifespan=lifespan,
-                  description="Image classification with ONNX Runtime: dynamic micro-batching, bounded queue, "
-                              "Prometheus metrics. Every error is a JSON body `{\"error\": {status, code, message}}`.")
+                  description="Image models (classify, detect, segment) on onnxruntime, OpenVINO or LiteRT: "
+                              "dynamic micro-batching, bounded queue, Prometheus metrics. "
+                              "Every error is a JSON body `{\"error\": {status, code, message}}`.")
     app.state.metrics, app.state.batchers, app.state.models = metrics, batchers, models
     _add_error_handlers(app, metrics)
     # Decoding and JSON parsing, per request (Pillow and json release the GIL for the heavy parts).

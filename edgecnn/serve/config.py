@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from edgecnn.errors import ConfigError
 from edgecnn.presets import ModelOverrides
+from edgecnn.runtime.options import RuntimeOptions
 
 __all__ = ["ServeConfig", "TOKEN_ENV", "is_loopback"]
 
@@ -30,17 +31,17 @@ class ServeConfig:
         max_body_bytes: larger request bodies get 413 before they are read.
         max_pixels: larger images get 400 from their header, before decoding.
         max_instances: most tensors in one JSON request.
-        provider, threads, allow_fallback: as in :class:`edgecnn.runtime.Classifier`, except that
-            ``threads=None`` means every core but one (see :func:`edgecnn.serve.models.server_threads`).
+        runtime: how the models run (:class:`~edgecnn.runtime.options.RuntimeOptions`: backend,
+            provider, OpenVINO's device and precision, threads, allow_fallback), holding what was
+            asked for: a served export directory's ``deploy.json`` supplies the rest, field by field,
+            else onnxruntime on the CPU. ``threads`` unset means every core but one (see
+            :func:`edgecnn.serve.models.server_threads`).
         default_top_k: classes returned when the request does not say.
         shutdown_timeout_s: how long a stopping server waits for in-flight requests.
         body_timeout_s: a request body that has not fully arrived after this long gets 408 (it holds
             no queue place meanwhile: requests are admitted once their body is complete).
         decode_workers: threads decoding images and parsing JSON, one request each at a time.
         workers: server processes sharing the listening socket (each with its own models).
-        backend, device, precision: ``onnxruntime`` or ``openvino`` with OpenVINO's device and
-            execution precision (see :class:`edgecnn.runtime.InferenceModel`). None: what the
-            served export directory's ``deploy.json`` says, else onnxruntime on the CPU.
         max_header_bytes: a request line plus headers over this many bytes gets 431 and a close.
         header_timeout_s: a connection whose request headers are not complete this long after they
             began gets 408 and is closed (slowloris); one that never sends anything is closed.
@@ -63,16 +64,11 @@ class ServeConfig:
     max_body_bytes: int = 8 * 1024 * 1024
     max_pixels: int = 25_000_000
     max_instances: int = 256
-    provider: str = "cpu"
-    threads: int | None = None
-    allow_fallback: bool = False
+    runtime: RuntimeOptions = RuntimeOptions()
     default_top_k: int = 5
     shutdown_timeout_s: float = 30.0
     body_timeout_s: float = 10.0
     workers: int = 1
-    backend: str | None = None  # None: onnxruntime, or what an export directory's deploy.json names
-    device: str | None = None  # None: CPU, or deploy.json's
-    precision: str | None = None
     max_header_bytes: int = 16 * 1024
     header_timeout_s: float = 10.0
     decode_workers: int = max(2, os.cpu_count() or 2)

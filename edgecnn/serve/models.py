@@ -7,19 +7,20 @@ make the server open another file.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgecnn.card import sha256_file
 from edgecnn.errors import ArtifactError, InputError, ModelNotFoundError
 from edgecnn.runtime import InferenceModel, default_model_path, load_model
 from edgecnn.runtime.deploy import DEPLOY_FILE, FP32_FILE, resolve_dir
+from edgecnn.runtime.options import RuntimeOptions
 from edgecnn.runtime.preprocess import FitInfo, declared_pixels, normalize_batch
 from edgecnn.serve._decode import HeavyImage
 from edgecnn.serve._http import parse_json
@@ -174,7 +175,7 @@ def load_models(source: str | Path | None, config: ServeConfig) -> dict[str, Ser
 
     ``None`` serves the packaged reference model. An export directory with a current
     ``deploy.json`` (``edgecnn tune``) serves the one file it names, run as it says (backend,
-    threads, ...; the options set in ``config`` win).
+    threads, ...; the options set in ``config.runtime`` win, field by field).
 
     Raises:
         ArtifactError: for a missing path, an empty directory or an unloadable model.
@@ -184,12 +185,10 @@ def load_models(source: str | Path | None, config: ServeConfig) -> dict[str, Ser
     if path.is_dir() and _is_export_dir(path):
         # an export directory serves one verified file: deploy.json's pick while it is current, else
         # model.onnx (never an unverified sibling), under the name the directory's model always had
-        explicit = {"backend": config.backend, "device": config.device, "precision": config.precision,
-                    "threads": config.threads}
-        file, session, note = resolve_dir(path, explicit)
+        file, options, note = resolve_dir(path, config.runtime)
         name = Path(FP32_FILE).stem
         log.info("%s Serving it alone as %r (pass a file to serve another).", note, name)
-        return {name: _open(file.resolve(), config, session, name=name)}
+        return {name: _open(file.resolve(), config, options, name=name)}
     if path.is_dir():
         root = path.resolve()
         files = []
@@ -213,14 +212,14 @@ def load_models(source: str | Path | None, config: ServeConfig) -> dict[str, Ser
 
 
 def server_threads(config: ServeConfig) -> int:
-    """onnxruntime intra-op threads of a served model: as asked, else every core but one.
+    """Intra-op threads of a served model: as asked, else every core but one.
 
     The event loop (HTTP parsing, routing, JSON) and image decoding need a core of their own; on
     a 2-core box, letting onnxruntime spin on both cut seed_cnn's served throughput by a third
     and tripled its p99 (docs/benchmarks.md).
     """
-    if config.threads is not None:
-        return config.threads
+    if config.runtime.threads is not None:
+        return config.runtime.threads
     return max(1, ((os.cpu_count() or 2) - 1) // config.workers)
 
 
@@ -229,24 +228,23 @@ def _is_export_dir(path: Path) -> bool:
     return any((path / name).exists() for name in (DEPLOY_FILE, "export_report.json"))
 
 
-def _open(path: Path, config: ServeConfig, session: dict[str, Any] | None = None, *,
+def _open(path: Path, config: ServeConfig, options: RuntimeOptions | None = None, *,
           name: str | None = None) -> ServedModel:
-    """Open one served model (as ``name``, default its file's stem); ``session``: the backend,
-    threads, ... an export's deploy.json chose."""
+    """Open one served model (as ``name``, default its file's stem); ``options``: how to run it (an
+    export's deploy.json merged with ``config.runtime``; default ``config.runtime``), every core but
+    one when it sets no threads."""
     name = name or path.stem
-    if session is None:
-        session = {"backend": config.backend or "onnxruntime", "device": config.device or "CPU",
-                   "precision": config.precision, "threads": server_threads(config)}
-    session = {**session, "threads": session.get("threads") or server_threads(config)}
-    model = load_model(path, provider=config.provider, allow_fallback=config.allow_fallback,
-                       max_pixels=config.max_pixels, overrides=config.overrides, **session)
+    options = options or config.runtime
+    if options.threads is None:
+        options = replace(options, threads=server_threads(config))
+    model = load_model(path, options, max_pixels=config.max_pixels, overrides=config.overrides)
     if model.assumptions():
         log.warning("%s", model.assumptions())
     fixed = model.fixed_batch
     max_batch = min(config.max_batch, fixed) if fixed else config.max_batch
     if fixed == 1 and config.max_batch > 1:
         log.warning("%s has a static batch size of 1: its requests are not batched.", path.name)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    digest = sha256_file(path)[:12]
     log.info("Serving %s (%s %s, %s) as %r, version %s, max batch %d.", path, model.card.task, model.card.name,
              model.card.precision, name, digest, max_batch)
     return ServedModel(name, path, digest, model, max_batch)

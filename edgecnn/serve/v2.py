@@ -32,6 +32,8 @@ from fastapi.responses import Response
 
 from edgecnn import __version__
 from edgecnn.errors import InputError
+from edgecnn.runtime.backends import get_backend
+from edgecnn.runtime.backends.base import v2_datatype, v2_numpy
 from edgecnn.serve._bigjson import LARGE_JSON_BYTES
 from edgecnn.serve._decode import DecodePools
 from edgecnn.serve._http import dump_json, parse_json, read_body
@@ -54,12 +56,7 @@ __all__ = ["add_v2_routes", "HEADER_LENGTH", "parse_infer_request", "encode_infe
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 EXTENSIONS = ["binary_tensor_data", "classification"]
-_NP = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
-       "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64, "FP16": np.float16,
-       "FP32": np.float32, "FP64": np.float64}
-_V2_TYPES = {np.dtype(v).name: k for k, v in _NP.items()}
-_ORT_TYPES = {"tensor(float)": "FP32", "tensor(float16)": "FP16", "tensor(double)": "FP64", "tensor(uint8)": "UINT8",
-              "tensor(int8)": "INT8", "tensor(int32)": "INT32", "tensor(int64)": "INT64", "tensor(bool)": "BOOL"}
+_NP = v2_numpy()  # the datatypes with a numpy dtype (BYTES has none)
 
 
 def _bad(message: str, status: int = 400) -> ServeError:
@@ -317,7 +314,7 @@ def encode_infer_response(model: ServedModel, outputs: list[np.ndarray],
         if want["classification"]:
             arr = _classification(model, arr, want["classification"])
         arr = np.asarray(arr)
-        datatype = "BYTES" if arr.dtype == object else _V2_TYPES.get(arr.dtype.name, "FP32")
+        datatype = "BYTES" if arr.dtype == object else v2_datatype(arr.dtype)
         entry: dict[str, Any] = {"name": want["name"], "datatype": datatype, "shape": list(arr.shape)}
         if want["binary"]:
             raw = _pack_bytes(list(arr.reshape(-1))) if datatype == "BYTES" else np.ascontiguousarray(arr).tobytes()
@@ -346,11 +343,10 @@ def _metadata(model: ServedModel) -> dict[str, Any]:
     core = model.model
 
     def tensor(t: Any) -> dict[str, Any]:
-        return {"name": t.name, "datatype": _ORT_TYPES.get(t.type, "FP32"),
+        return {"name": t.name, "datatype": v2_datatype(t.type),
                 "shape": [d if isinstance(d, int) and d > 0 else -1 for d in t.shape]}
 
-    platform = {"openvino": "openvino_onnx", "litert": "litert_tflite"}.get(model.model.backend, "onnxruntime_onnx")
-    return {"name": model.name, "versions": [model.version], "platform": platform,
+    return {"name": model.name, "versions": [model.version], "platform": get_backend(core.backend).platform,
             "inputs": [tensor(t) for t in core.graph_inputs], "outputs": [tensor(t) for t in core.graph_outputs],
             "parameters": {"task": model.card.task, "labels": len(model.card.class_names)}}
 

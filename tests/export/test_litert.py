@@ -15,7 +15,7 @@ from edgecnn.card import ONNX_METADATA_KEY, ModelCard  # noqa: E402
 from edgecnn.cli import main  # noqa: E402
 from edgecnn.errors import ArtifactError, ConfigError, ProviderError  # noqa: E402
 from edgecnn.runtime import Classifier, InferenceModel  # noqa: E402
-from edgecnn.runtime.litert_backend import read_tflite_metadata  # noqa: E402
+from edgecnn.runtime.backends.litert import read_tflite_metadata  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,7 @@ def test_corrupt_tflite_is_one_line(tmp_path, litert_export):
 
 
 def test_tflite_without_card_is_inferred(tmp_path, litert_export):
-    from edgecnn.runtime.litert_backend import LiteRtSession
+    from edgecnn.runtime.backends.litert import LiteRtSession
 
     _, out = litert_export
     # A plain converter file: the same graph without edgecnn's metadata entry.

@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from edgecnn.card import ModelCard
-from edgecnn.errors import ArtifactError, InputError, ProviderError
+from edgecnn.errors import ArtifactError, ConfigError, InputError, ProviderError
+from edgecnn.presets import ModelOverrides
 from edgecnn.runtime import Classifier, Prediction, default_model_path, load_image, normalize_batch
 from tests.runtime.conftest import encode, reference_logits, softmax
 
@@ -97,19 +98,26 @@ def test_array_shapes(models, shape):
 
 
 def test_no_card_needs_overrides(models, weights, pixels):
-    clf = Classifier(models["nocard"], mean=(120, 110, 100), std=(60, 50, 40), labels=["cat", "dog", "bird", "fish"])
+    clf = Classifier(models["nocard"], overrides=ModelOverrides(mean=(120, 110, 100), std=(60, 50, 40),
+                                                                class_names=("cat", "dog", "bird", "fish")))
     assert clf.card.input_size == (8, 8) and clf.card.layout == "nhwc"
     np.testing.assert_allclose(clf.predict_proba(pixels), softmax(reference_logits(pixels, weights)), rtol=1e-5)
     assert Classifier(models["nocard"]).labels == ["0", "1", "2", "3"]  # labels from the output shape
 
 
 def test_overrides_on_a_card(models):
-    clf = Classifier(models["nhwc"], labels=["a", "b", "c", "d"], mean=(0, 0, 0), std=(1, 1, 1))
+    clf = Classifier(models["nhwc"], overrides=ModelOverrides(class_names=("a", "b", "c", "d"), mean=(0, 0, 0),
+                                                              std=(1, 1, 1)))
     assert clf.labels == ["a", "b", "c", "d"] and clf.card.std == (1.0, 1.0, 1.0)
     with pytest.raises(ArtifactError, match="expects"):
-        Classifier(models["nhwc"], input_size=(16, 16))
-    with pytest.raises(ArtifactError, match="std"):
-        Classifier(models["nhwc"], std=(0, 1, 1))
+        Classifier(models["nhwc"], overrides=ModelOverrides(input_size=(16, 16)))
+    with pytest.raises(ConfigError, match="std"):  # refused by the overrides themselves, before the model opens
+        Classifier(models["nhwc"], overrides=ModelOverrides(mean=(0, 0, 0), std=(0, 1, 1)))
+
+
+def test_card_values_are_overrides_not_keywords(models):
+    with pytest.raises(TypeError, match="overrides=ModelOverrides"):
+        Classifier(models["nhwc"], labels=["a", "b", "c", "d"])
 
 
 def test_cuda_request_on_cpu_build_raises(models):
@@ -122,7 +130,8 @@ def test_cuda_request_on_cpu_build_raises(models):
 def test_cuda_request_names_the_gpu_install_step(models):
     if HAS_CUDA:
         pytest.skip("this onnxruntime has CUDA")
-    with pytest.raises(ProviderError, match="pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu"):
+    with pytest.raises(ProviderError,
+                       match="pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu"):
         Classifier(models["nhwc"], provider="cuda")
 
 

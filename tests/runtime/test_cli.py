@@ -99,14 +99,15 @@ def test_bench_bad_batch(models):
 
 
 def test_bench_default_model(monkeypatch):
-    from edgecnn.runtime import classifier
+    from edgecnn.runtime.heads import classify
 
-    monkeypatch.setattr(classifier, "DEFAULT_MODEL", "definitely_missing.onnx")
+    monkeypatch.setattr(classify, "DEFAULT_MODEL", "definitely_missing.onnx")
     res = CliRunner().invoke(main, ["bench", "--runs", "1"])
     assert res.exit_code == 1 and "reference model" in res.output
 
 
-@pytest.mark.parametrize("name, shape", [("ch_PP-OCRv4_det_infer", "1,"), ("ch_ppocr_mobile_v2.0_cls_infer", "[None, 2]")])
+@pytest.mark.parametrize("name, shape", [("ch_PP-OCRv4_det_infer", "1,"),
+                                         ("ch_ppocr_mobile_v2.0_cls_infer", "[None, 2]")])
 def test_detect_on_an_output_no_detection_layout_fits_is_one_line(name, shape, tmp_path):
     """Real PaddleOCR files (a text-probability map, an orientation classifier) forced to --task
     detect: one line naming the layouts edgecnn decodes and --task raw, not a card error or

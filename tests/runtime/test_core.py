@@ -15,6 +15,7 @@ from PIL import Image
 
 from edgecnn.cli import main
 from edgecnn.errors import ArtifactError, ConfigError, InputError
+from edgecnn.presets import ModelOverrides
 from edgecnn.runtime import Classifier, InferenceModel, load_model
 from edgecnn.runtime.preprocess import Fitting, fit_image, load_image
 
@@ -38,7 +39,8 @@ def _pool_classifier(path: Path, *, channels: int = 3, classes: int = 4, hw=(8, 
     h, w = hw
     shape = [batch, channels, h, w] if layout == "nchw" else [batch, h, w, channels]
     rng = np.random.default_rng(0)
-    weights = helper.make_tensor("W", TensorProto.FLOAT, [channels, classes], rng.normal(size=channels * classes).tolist())
+    weights = helper.make_tensor("W", TensorProto.FLOAT, [channels, classes],
+                                 rng.normal(size=channels * classes).tolist())
     nodes = [] if layout == "nchw" else [helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 3, 1, 2])]
     src = "x" if layout == "nchw" else "xt"
     nodes += [helper.make_node("GlobalAveragePool", [src], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
@@ -52,7 +54,8 @@ def _pool_classifier(path: Path, *, channels: int = 3, classes: int = 4, hw=(8, 
 def _two_outputs(path: Path) -> Path:
     """A 'raw' model: a feature map and its mean, neither a class vector."""
     axes = helper.make_tensor("axes", TensorProto.INT64, [3], [1, 2, 3])
-    nodes = [helper.make_node("Relu", ["x"], ["fmap"]), helper.make_node("ReduceMean", ["x", "axes"], ["m"], keepdims=0)]
+    nodes = [helper.make_node("Relu", ["x"], ["fmap"]),
+             helper.make_node("ReduceMean", ["x", "axes"], ["m"], keepdims=0)]
     return _save(path, nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
                  [helper.make_tensor_value_info("fmap", TensorProto.FLOAT, ["N", 3, 16, 16]),
                   helper.make_tensor_value_info("m", TensorProto.FLOAT, ["N"])], [axes])
@@ -79,7 +82,7 @@ def test_dynamic_size_needs_input_size_and_names_the_flag(tmp_path):
     path = _pool_classifier(tmp_path / "dyn.onnx", hw=("H", "W"))
     with pytest.raises(ArtifactError, match="--input-size HxW"):
         InferenceModel(path)
-    clf = Classifier(path, input_size=(24, 16))
+    clf = Classifier(path, overrides=ModelOverrides(input_size=(24, 16)))
     assert clf.card.input_size == (24, 16)
     assert clf.predict_proba(np.zeros((2, 24, 16, 3), np.uint8)).shape == (2, 4)
 
@@ -252,7 +255,8 @@ def _needs_its_size(path: Path) -> Path:
             helper.make_tensor("g", TensorProto.FLOAT, [128, 4], rng.standard_normal(512).astype(np.float32))]
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Flatten", ["c"], ["f"]),
              helper.make_node("Gemm", ["f", "g"], ["y"])]
-    graph = helper.make_graph(nodes, "sized", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "h", "w"])],
+    graph = helper.make_graph(nodes, "sized",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "h", "w"])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], init)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8

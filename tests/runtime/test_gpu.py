@@ -116,7 +116,7 @@ def test_fp16_cuda_graph_and_nhwc_kernels(images):
 
 def test_bench_on_cuda_reports_placement(models):
     report = run_benchmark([models["nhwc"]], BenchConfig(batch_sizes=(1, 4), provider="cuda", warmup=2, runs=5,
-                                                         cuda_graph=True))
+                                                         cuda=CudaOptions(cuda_graph=True)))
     assert {r.provider for r in report.results} == {CUDA}
     assert {r.runner for r in report.results} == {"onnxruntime.cudagraph"}
     assert report.placement_lines() == ["tiny:fp32 [CUDA]: nodes on CPU: 0 of 3 (0%)"]

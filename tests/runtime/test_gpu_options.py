@@ -47,13 +47,14 @@ def test_cuda_graph_needs_cuda_and_io_binding(models):
     with pytest.raises(ConfigError, match="IO binding"):
         Classifier(models["nhwc"], provider="cuda", cuda=CudaOptions(cuda_graph=True), io_binding=False)
     with pytest.raises(ConfigError, match="--provider cuda"):
-        BenchConfig(cuda_graph=True)
+        BenchConfig(cuda=CudaOptions(cuda_graph=True))
     with pytest.raises(ConfigError, match="no-io-binding"):
-        BenchConfig(provider="cuda", cuda_graph=True, io_binding=False)
+        BenchConfig(provider="cuda", cuda=CudaOptions(cuda_graph=True), io_binding=False)
     with pytest.raises(ConfigError, match="cudnn_conv_algo_search"):
-        BenchConfig(cudnn_conv_algo_search="FAST")
-    assert BenchConfig().cuda_options() is None
-    assert BenchConfig(provider="cuda", cuda_graph=True).cuda_options() == CudaOptions(cuda_graph=True)
+        BenchConfig(cuda=CudaOptions(cudnn_conv_algo_search="FAST"))
+    assert BenchConfig().runtime().cuda is None
+    graphs = CudaOptions(cuda_graph=True)
+    assert BenchConfig(provider="cuda", cuda=graphs).runtime().cuda == graphs
 
 
 def test_cuda_options_on_a_cpu_build(models):

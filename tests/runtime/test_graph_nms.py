@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw
 
 from edgecnn.card import ModelCard
 from edgecnn.cli import main
+from edgecnn.presets import ModelOverrides
 from edgecnn.runtime.heads import Detector, box_iou
 
 FOREIGN = Path(__file__).parents[1] / "data" / "foreign"
@@ -120,7 +121,8 @@ def test_tf_combined_nms_via_tf2onnx_is_read_as_detections(tmp_path):
 def test_output_layout_flag_names_the_box_order(tmp_path):
     photo = str(shapes_photo(tmp_path / "p.png", (64, 64)))
     yx = predict_json(str(TFNMS), photo, "--conf", "0.3")["predictions"][0]["detections"]
-    xy = predict_json(str(TFNMS), photo, "--conf", "0.3", "--output-layout", "boxes-xyxy")["predictions"][0]["detections"]
+    xy = predict_json(str(TFNMS), photo, "--conf", "0.3",
+                      "--output-layout", "boxes-xyxy")["predictions"][0]["detections"]
     assert len(xy) == len(yx) > 0
     for a, b in zip(xy, yx):
         np.testing.assert_allclose(a["box"], [b["box"][i] for i in (1, 0, 3, 2)], atol=0.02)
@@ -129,7 +131,8 @@ def test_output_layout_flag_names_the_box_order(tmp_path):
 def test_tflite_detection_postprocess_is_read_as_detections(tmp_path):
     pytest.importorskip("ai_edge_litert")
     photo = shapes_photo(tmp_path / "p.png", (200, 100))
-    det = Detector(SSD, mean=(127.5,) * 3, std=(127.5,) * 3, labels=["red", "green", "blue"])
+    det = Detector(SSD, overrides=ModelOverrides(mean=(127.5,) * 3, std=(127.5,) * 3,
+                                                 class_names=("red", "green", "blue")))
     assert det.output_kind == "boxes-yxyx"
     (result,) = det.predict(photo, conf=0.05)
     assert 0 < len(result) <= 20 and {d.label for d in result} <= {"red", "green", "blue"}

@@ -10,6 +10,7 @@ from onnx import TensorProto, helper
 
 from edgecnn.card import ONNX_METADATA_KEY, ModelCard
 from edgecnn.errors import InputError
+from edgecnn.presets import ModelOverrides
 from edgecnn.runtime import Classifier, default_model_path
 from edgecnn.runtime.core import InferenceModel
 from edgecnn.runtime.pixels import PixelMapping, fold_onnx, lookup_table
@@ -184,7 +185,7 @@ def test_litert_lookup_matches_numpy_on_a_real_tflite(px):
     from pathlib import Path
 
     path = Path(__file__).parents[1] / "data" / "foreign" / "face_detection_short_range.tflite"
-    kw = dict(mean=(120.0, 110.0, 100.0), std=(60.0, 50.0, 40.0), task="raw")
+    kw = dict(overrides=ModelOverrides(mean=(120.0, 110.0, 100.0), std=(60.0, 50.0, 40.0), task="raw"))
     fast = InferenceModel(path, **kw)
     plain = InferenceModel(path, pixels_in_graph=False, **kw)
     assert fast.pixels_in_graph and fast.pixel_note.startswith("LiteRT lookup table")

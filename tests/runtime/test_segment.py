@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from edgecnn.errors import ArtifactError, InputError
+from edgecnn.presets import ModelOverrides
 from edgecnn.runtime.heads import (
     SegmentationResult,
     Segmenter,
@@ -184,7 +185,7 @@ def class_fractions_of(truth: np.ndarray) -> tuple[float, ...]:
 
 @pytest.fixture(scope="module")
 def segmenter() -> Segmenter:
-    return Segmenter(LRASPP, task="segment", labels=LABELS, **IMAGENET)
+    return Segmenter(LRASPP, overrides=ModelOverrides(task="segment", class_names=tuple(LABELS), **IMAGENET))
 
 
 def test_segmenter_masks_the_original_image(segmenter):
@@ -239,7 +240,7 @@ def test_segmenter_refuses_a_detector():
 def test_load_model_picks_the_segmenter_when_told_the_task():
     from edgecnn.runtime import load_model
 
-    model = load_model(LRASPP, task="segment", labels=LABELS, **IMAGENET)
+    model = load_model(LRASPP, overrides=ModelOverrides(task="segment", class_names=tuple(LABELS), **IMAGENET))
     assert isinstance(model, Segmenter)
     img, truth = scene((200, 96), SCENE)
     assert mean_iou(model.predict(img)[0].mask, truth) > 0.85

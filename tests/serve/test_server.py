@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from edgecnn.runtime import Classifier
+from edgecnn.runtime.options import RuntimeOptions
 from tests.serve.conftest import TOKEN, png, running_server, shapes_png
 
 
@@ -394,20 +395,21 @@ def test_cmyk_jpeg_is_converted_to_rgb(live):
 
 @pytest.mark.gpu
 def test_cuda_provider_is_used_when_asked(model_dir, images):
-    with running_server(model_dir / "tiny_nhwc.onnx", provider="cuda") as srv:
+    with running_server(model_dir / "tiny_nhwc.onnx", runtime=RuntimeOptions(provider="cuda")) as srv:
         assert httpx.get(f"{srv.url}/v1/models").json()["models"][0]["providers"][0] == "CUDAExecutionProvider"
         r = httpx.post(f"{srv.url}/v1/models/tiny_nhwc:predict", content=png(images[0]), headers=_PNG)
         assert r.status_code == 200
 
 
-def _stalled_body(url: str, path: str) -> "socket.socket":
+def _stalled_body(url: str, path: str) -> socket.socket:
     """A client that sends its headers and 3 of the 1000 body bytes it announced, then stalls."""
     import socket
     from urllib.parse import urlparse
 
     u = urlparse(url)
     sock = socket.create_connection((u.hostname, u.port))
-    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\nabc".encode())
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\nabc"
+                 .encode())
     return sock
 
 
@@ -544,7 +546,8 @@ def test_uploads_are_admitted_by_bytes_in_flight(model_dir):
                      b"Content-Length: 900000\r\n\r\n" + b"\0" * 1000)  # holds 900 kB of the budget
         time.sleep(0.3)
         with httpx.Client(base_url=srv.url) as c:
-            busy = c.post("/v1/models/tiny_nhwc:predict", content=b"\0" * 200_000, headers={"Content-Type": "image/png"})
+            busy = c.post("/v1/models/tiny_nhwc:predict", content=b"\0" * 200_000,
+                          headers={"Content-Type": "image/png"})
             assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
             assert "uploads in flight" in busy.json()["error"]["message"]
             slow.close()  # its reservation goes with it

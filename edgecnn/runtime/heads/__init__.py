@@ -1,11 +1,12 @@
-"""Task heads on the runtime core: detection and segmentation post-processing, their metrics
-and annotated images (numpy + Pillow only).
+"""Task heads on the runtime core: classification, detection and segmentation post-processing,
+their metrics and annotated images (numpy + Pillow only).
 
 >>> from edgecnn.runtime.heads import Detector, Segmenter
 >>> Detector("yolov8n.onnx").predict("street.jpg")[0]
 """
 
 from edgecnn.runtime.heads.boxes import box_iou, nms, xywh_to_xyxy
+from edgecnn.runtime.heads.classify import Classifier, Prediction, default_model_path
 from edgecnn.runtime.heads.detect import (
     Detection,
     Detections,
@@ -37,7 +38,8 @@ from edgecnn.runtime.heads.segment import (
     to_original,
 )
 
-__all__ = ["Detection", "Detections", "Detector", "SegmentationResult", "Segmenter", "DetectionMAP", "box_iou", "nms",
+__all__ = ["Classifier", "Prediction", "default_model_path",
+           "Detection", "Detections", "Detector", "SegmentationResult", "Segmenter", "DetectionMAP", "box_iou", "nms",
            "xywh_to_xyxy", "decode_yolo", "yolo_layout", "output_layout", "select_boxes", "postprocess_yolo",
            "class_axis", "class_maps", "to_original", "class_fractions", "postprocess_segmentation",
            "average_precision",

@@ -212,8 +212,8 @@ def check_thresholds(conf: float, iou: float, max_det: int) -> None:
 class Detector(InferenceModel):
     """Object detector over a YOLO-style ONNX model: images -> labelled boxes on each image.
 
-    The constructor is :class:`~edgecnn.runtime.core.InferenceModel`'s (model path, provider,
-    threads, allow_fallback, card overrides, max_pixels, CUDA options, IO binding). A file
+    The constructor is :class:`~edgecnn.runtime.core.InferenceModel`'s (model path, runtime
+    options, card overrides, max_pixels). A file
     exported by Ultralytics works without an edgecnn card: its ``imgsz``, ``names`` and
     ``stride`` metadata give the card, preprocessing is Ultralytics' (letterbox, grey 114,
     pixels / 255, NCHW RGB), and the output layout is read off the output shape.

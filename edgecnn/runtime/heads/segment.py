@@ -195,12 +195,13 @@ def _names(class_names: Sequence[str], n: int) -> tuple[str, ...]:
 class Segmenter(InferenceModel):
     """Semantic segmenter over an ONNX model: images -> a class per pixel of each image.
 
-    The constructor is :class:`~edgecnn.runtime.core.InferenceModel`'s (model path, provider,
-    threads, allow_fallback, card overrides, max_pixels, CUDA options, IO binding). A file
-    without a card needs ``task="segment"`` (``--task segment``) and usually ``mean``/``std``;
-    labels are optional (classes are then named 0..C-1).
+    The constructor is :class:`~edgecnn.runtime.core.InferenceModel`'s (model path, runtime
+    options, card overrides, max_pixels). A file without a card needs ``task="segment"``
+    (``--task segment``) and usually ``mean``/``std`` in its overrides; labels are optional
+    (classes are then named 0..C-1).
 
-    >>> seg = Segmenter("lraspp.onnx", task="segment", mean=(123.7, 116.3, 103.5), std=(58.4, 57.1, 57.4))
+    >>> flags = ModelOverrides(task="segment", mean=(123.7, 116.3, 103.5), std=(58.4, 57.1, 57.4))
+    >>> seg = Segmenter("lraspp.onnx", overrides=flags)
     >>> result = seg.predict("street.jpg")[0]
     >>> result.mask.shape, result.present()[:3]
 

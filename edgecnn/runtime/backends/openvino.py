@@ -1,10 +1,10 @@
 """OpenVINO as a second backend of the runtime core (the ``[openvino]`` extra).
 
-:class:`OpenVinoSession` reads the same ``.onnx`` file (fp32 or int8 QDQ) with OpenVINO and
-offers the part of onnxruntime's ``InferenceSession`` interface the core uses (inputs, outputs,
-the file's metadata, ``run``), so the card, the image loader, batching and the task heads are
-the same whichever backend runs the graph. OpenVINO keeps an ONNX file's ``metadata_props`` in
-its ``rt_info["framework"]``: the edgecnn card travels unchanged.
+:class:`OpenVinoSession` reads the same ``.onnx`` file (fp32 or int8 QDQ) with OpenVINO behind
+the session protocol (:class:`~edgecnn.runtime.backends.base.Session`), so the card, the image
+loader, batching and the task heads are the same whichever backend runs the graph. OpenVINO
+keeps an ONNX file's ``metadata_props`` in its ``rt_info["framework"]``: the edgecnn card travels
+unchanged.
 
 A device or an inference precision that is not there is an error, never a silent substitute:
 OpenVINO falls back from ``bf16`` to ``f32`` on CPUs without bf16 support, and that fallback is
@@ -14,26 +14,73 @@ checked after compiling.
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgecnn._optional import require
-from edgecnn.errors import ArtifactError, ProviderError
+from edgecnn.errors import ArtifactError, ConfigError, ProviderError
+from edgecnn.runtime.backends.base import ModelMeta, SessionInfo, TensorArg, onnx_type
+from edgecnn.runtime.options import OV_PRECISIONS
 from edgecnn.runtime.pixels import PixelMapping
-from edgecnn.runtime.session import ModelMeta, TensorArg
 
-__all__ = ["OpenVinoSession", "OV_PRECISIONS", "OV_DEVICES"]
+if TYPE_CHECKING:
+    from edgecnn.card import ModelCard
+    from edgecnn.runtime.options import RuntimeOptions
 
-OV_PRECISIONS = ("f32", "bf16")
-OV_DEVICES = ("CPU", "GPU", "NPU")
-_TYPES = {"f32": "tensor(float)", "f16": "tensor(float16)", "f64": "tensor(double)", "u8": "tensor(uint8)",
-          "i64": "tensor(int64)", "i32": "tensor(int32)"}
+__all__ = ["OpenVinoSession", "check", "open_session", "pixel_session"]
+
+
+def check(options: RuntimeOptions) -> None:
+    """Refuse what OpenVINO cannot do here.
+
+    Raises:
+        ConfigError: for IO binding (onnxruntime's).
+        ProviderError: for an onnxruntime execution provider or CUDA options.
+    """
+    if options.io_binding:
+        raise ConfigError("IO binding is onnxruntime's; drop --io-binding with --backend openvino.")
+    if options.provider_name not in ("cpu", "auto") or options.cuda is not None:
+        raise ProviderError(f"--provider {options.provider_name} and the CUDA options are onnxruntime's; with "
+                            "--backend openvino pick the device with --device CPU|GPU|NPU.")
+
+
+def open_session(model: str | Path | bytes, options: RuntimeOptions, *,
+                 profile_dir: str | Path | None = None) -> tuple[OpenVinoSession, SessionInfo]:
+    """Read ``model`` with OpenVINO for the options' device, threads and precision (compiled on first
+    use, or by :meth:`OpenVinoSession.load`).
+
+    Raises:
+        ArtifactError: for a missing or unreadable file.
+        ProviderError: for a device OpenVINO does not see, or a precision it would not honour.
+        MissingDependencyError: without the ``[openvino]`` extra.
+    """
+    del profile_dir  # onnxruntime's profiler: OpenVINO reports no per-node placement here
+    if not isinstance(model, bytes) and not Path(model).is_file():
+        raise ArtifactError(f"ONNX model {model} does not exist; pass the path of a .onnx file.")
+    t0 = time.perf_counter()
+    device, precision = options.device_name, options.precision
+    session = OpenVinoSession(model, device=device, threads=options.threads, precision=precision)
+    label = f"openvino:{device}" + (f":{precision}" if precision else "")
+    return session, SessionInfo(requested=label, providers=session.get_providers(), fallback=None,
+                                creation_s=time.perf_counter() - t0)
+
+
+def pixel_session(session: OpenVinoSession, *, source: str | Path | bytes, card: ModelCard, input_name: str,
+                  options: RuntimeOptions) -> tuple[OpenVinoSession | None, str]:
+    """The model compiled with the card's mapping in OpenVINO's ``PrePostProcessor``, and one line
+    saying where the mapping runs."""
+    del source, input_name, options  # the session holds the model it read
+    pixels = session.pixel_session(PixelMapping.of(card))
+    if pixels is None:
+        return None, "numpy (openvino cannot take this file's input as pixels)"
+    return pixels, "OpenVINO PrePostProcessor (uint8 pixels in)"
 
 
 class OpenVinoSession:
-    """An ONNX file compiled by OpenVINO for ``device``, behind the core's session interface.
+    """An ONNX file compiled by OpenVINO for ``device``, behind the session protocol.
 
     Args:
         model: the ``.onnx`` path.
@@ -48,7 +95,7 @@ class OpenVinoSession:
         ArtifactError: for a file OpenVINO cannot read or compile.
     """
 
-    def __init__(self, model: str | Path, *, device: str = "CPU", threads: int | None = None,
+    def __init__(self, model: str | Path | bytes, *, device: str = "CPU", threads: int | None = None,
                  precision: str | None = None) -> None:
         ov = require("openvino", "openvino")
         if isinstance(model, (bytes, bytearray)):
@@ -72,19 +119,20 @@ class OpenVinoSession:
             raise ArtifactError(f"OpenVINO cannot load {Path(model).name} ({' '.join(str(err).split())[:300]}).") \
                 from err
         self.device, self.precision = device, precision
-        self._compiled: Any = None  # compiled on first use (compile()): a pixel session may replace it unused
+        self._compiled: Any = None  # compiled on first use (load()): a pixel session may replace it unused
         self._lock = threading.Lock()
         try:
             framework = self._model.get_rt_info()["framework"]
             meta = {str(k): v.astype(str) if hasattr(v, "astype") else str(v) for k, v in dict(framework).items()}
         except (KeyError, TypeError, RuntimeError):
             meta = {}
-        self._meta = ModelMeta(meta)
+        self._meta = ModelMeta(custom_metadata_map=meta)
         self._inputs = [self._arg(p) for p in self._model.inputs]
         self._outputs = [self._arg(p) for p in self._model.outputs]
 
-    def compile(self) -> None:
-        """Compile for the device (once), and check it honours the precision.
+    def load(self) -> None:
+        """Compile for the device (once), and check it honours the precision: what opening defers,
+        since a pixel session may replace this one unused.
 
         Raises:
             ArtifactError: for a graph OpenVINO cannot compile.
@@ -134,14 +182,13 @@ class OpenVinoSession:
         pixels = object.__new__(OpenVinoSession)
         pixels.__dict__.update(self.__dict__)
         pixels._model, pixels._compiled, pixels._lock = ppp.build(), None, threading.Lock()
-        pixels.compile()
+        pixels.load()
         return pixels
 
     @staticmethod
     def _arg(port: Any) -> TensorArg:
         shape = [d.get_length() if d.is_static else f"d{i}" for i, d in enumerate(port.get_partial_shape())]
-        return TensorArg(port.get_any_name(), shape,
-                         _TYPES.get(port.get_element_type().get_type_name(), "tensor(float)"))
+        return TensorArg(name=port.get_any_name(), shape=shape, type=onnx_type(port.get_element_type().get_type_name()))
 
     def get_inputs(self) -> list[TensorArg]:
         return list(self._inputs)
@@ -154,6 +201,10 @@ class OpenVinoSession:
 
     def get_providers(self) -> list[str]:
         return [f"OpenVINO:{self.device}"]
+
+    def model_input(self, x: np.ndarray) -> np.ndarray:
+        """A float model input as :meth:`run_array` takes it: as it is."""
+        return x
 
     def run(self, output_names: list[str] | None, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Outputs in graph order (or ``output_names``' order), as numpy arrays that own their memory."""
@@ -170,7 +221,7 @@ class OpenVinoSession:
         buffers, which the next call overwrites."""
         if self._compiled is None:
             with self._lock:
-                self.compile()  # once: a second caller finds it compiled
+                self.load()  # once: a second caller finds it compiled
         with self._lock:  # one infer request: calls are serialized, as onnxruntime's are per session
             result = self._request.infer({0: x}, share_inputs=True, share_outputs=True)
             # By position: compiling may rename an output port (a Cast fused into it keeps the

@@ -8,30 +8,74 @@ through :meth:`LiteRtSession.pixel_session`'s tables; a preprocessed float input
 the way in. The edgecnn card travels inside the file, in the flatbuffer's
 ``metadata`` under the same key ONNX files use (:data:`edgecnn.card.ONNX_METADATA_KEY`).
 
-:class:`LiteRtSession` offers the part of onnxruntime's ``InferenceSession`` interface the core
-uses. LiteRT's interpreter runs one call at a time: calls are serialized. On small CPU models
-its XNNPack kernels have the lowest per-call cost of the three backends (docs/benchmarks.md),
-which is why ``edgecnn tune`` measures it next to onnxruntime and OpenVINO.
+:class:`LiteRtSession` is a ``.tflite`` file behind the session protocol
+(:class:`~edgecnn.runtime.backends.base.Session`). LiteRT's interpreter runs one call at a time:
+calls are serialized. On small CPU models its XNNPack kernels have the lowest per-call cost of
+the three backends (docs/benchmarks.md), which is why ``edgecnn tune`` measures it next to onnxruntime and OpenVINO.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgecnn._optional import quiet_stderr, require
-from edgecnn.errors import ArtifactError, ProviderError
+from edgecnn.errors import ArtifactError, ConfigError, ProviderError
+from edgecnn.runtime.backends.base import ModelMeta, SessionInfo, TensorArg, onnx_type
 from edgecnn.runtime.pixels import PixelMapping, lookup_table
-from edgecnn.runtime.session import ModelMeta, TensorArg
 
-__all__ = ["LiteRtSession", "read_tflite_metadata", "TFLITE_SUFFIX"]
+if TYPE_CHECKING:
+    from edgecnn.card import ModelCard
+    from edgecnn.runtime.options import RuntimeOptions
 
-TFLITE_SUFFIX = ".tflite"
-_TYPES = {np.dtype(np.float32): "tensor(float)", np.dtype(np.float16): "tensor(float16)",
-          np.dtype(np.int8): "tensor(int8)", np.dtype(np.uint8): "tensor(uint8)"}
+__all__ = ["LiteRtSession", "read_tflite_metadata", "check", "open_session", "pixel_session"]
+
+
+def check(options: RuntimeOptions) -> None:
+    """Refuse what LiteRT cannot do here: it runs on the CPU, at the file's own precision.
+
+    Raises:
+        ConfigError: for IO binding (onnxruntime's).
+        ProviderError: for a provider, CUDA options, an OpenVINO device or precision.
+    """
+    if options.io_binding:
+        raise ConfigError("IO binding is onnxruntime's; drop --io-binding with --backend litert.")
+    if options.provider_name not in ("cpu", "auto") or options.cuda is not None or options.device_name != "CPU" \
+            or options.precision is not None:
+        raise ProviderError("LiteRT runs .tflite files on the CPU here; drop --provider, --device and --precision.")
+
+
+def open_session(model: str | Path | bytes, options: RuntimeOptions, *,
+                 profile_dir: str | Path | None = None) -> tuple[LiteRtSession, SessionInfo]:
+    """Load a ``.tflite`` file into LiteRT's interpreter with the options' threads.
+
+    Raises:
+        ArtifactError: for a missing or unreadable file.
+        MissingDependencyError: without ``ai-edge-litert``.
+    """
+    del profile_dir  # onnxruntime's profiler
+    if isinstance(model, bytes) or not Path(model).is_file():
+        raise ArtifactError(f"TFLite model {model if not isinstance(model, bytes) else 'bytes'} does not exist; "
+                            "pass the path of a .tflite file.")
+    t0 = time.perf_counter()
+    session = LiteRtSession(model, threads=options.threads)
+    return session, SessionInfo(requested="litert", providers=session.get_providers(), fallback=None,
+                                creation_s=time.perf_counter() - t0)
+
+
+def pixel_session(session: LiteRtSession, *, source: str | Path | bytes, card: ModelCard, input_name: str,
+                  options: RuntimeOptions) -> tuple[LiteRtSession | None, str]:
+    """The interpreter also taking uint8 pixels through per-channel lookup tables (the same session:
+    float input keeps working), and one line saying where the mapping runs."""
+    del source, input_name, options
+    pixels = session.pixel_session(PixelMapping.of(card))
+    if pixels is None:
+        return None, "numpy (litert cannot take this file's input as pixels)"
+    return pixels, "LiteRT lookup table (uint8 pixels in)"
 
 
 def read_tflite_metadata(data: bytes) -> dict[str, bytes]:
@@ -59,8 +103,7 @@ def read_tflite_metadata(data: bytes) -> dict[str, bytes]:
 
 
 class LiteRtSession:
-    """A ``.tflite`` model on LiteRT's interpreter (XNNPack on the CPU), behind the core's session
-    interface.
+    """A ``.tflite`` model on LiteRT's interpreter (XNNPack on the CPU), behind the session protocol.
 
     Args:
         model: the ``.tflite`` path.
@@ -103,8 +146,9 @@ class LiteRtSession:
         self._in_index = self._in["index"]
         self._out_index = [o["index"] for o in outs]
         self._plain_out = all(np.dtype(o["dtype"]) == np.float32 for o in outs)
-        self._meta = ModelMeta({k: v.decode("utf-8", "replace") for k, v in meta.items()
-                            if k != "min_runtime_version" and not k.startswith("CONVERSION_METADATA")})
+        self._meta = ModelMeta(custom_metadata_map={k: v.decode("utf-8", "replace") for k, v in meta.items()
+                                                    if k != "min_runtime_version"
+                                                    and not k.startswith("CONVERSION_METADATA")})
         self._lock = threading.Lock()
         self._lookup: str | None = None  # how uint8 pixels become the input (pixel_session)
         self._tables: list[np.ndarray] = []
@@ -116,21 +160,25 @@ class LiteRtSession:
         shape: list[Any] = [int(d) if d > 0 else f"d{i}" for i, d in enumerate(sig)]
         if batch and shape:
             shape[0] = "N" if not isinstance(shape[0], int) else shape[0]
-        return TensorArg(detail["name"], shape, _TYPES.get(np.dtype(detail["dtype"]), "tensor(float)"))
+        return TensorArg(name=detail["name"], shape=shape, type=onnx_type(detail["dtype"]))
 
     def get_inputs(self) -> list[TensorArg]:
         arg = self._arg(self._in, batch=True)
         # int8-input files get float input quantized here: the core always feeds float32.
-        return [TensorArg(arg.name, arg.shape, "tensor(float)")]
+        return [TensorArg(name=arg.name, shape=arg.shape, type="tensor(float)")]
 
     def get_outputs(self) -> list[TensorArg]:
-        return [TensorArg(a.name, a.shape, "tensor(float)") for a in (self._arg(o, batch=True) for o in self._outs)]
+        return [TensorArg(name=a.name, shape=a.shape, type="tensor(float)")
+                for a in (self._arg(o, batch=True) for o in self._outs)]
 
     def get_modelmeta(self) -> ModelMeta:
         return self._meta
 
     def get_providers(self) -> list[str]:
         return ["LiteRT:CPU"]
+
+    def load(self) -> None:
+        """Nothing is deferred: the interpreter allocated its tensors when the file was read."""
 
     def run(self, output_names: list[str] | None, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Outputs in graph order (or ``output_names``' order) as float32 arrays that own their memory."""

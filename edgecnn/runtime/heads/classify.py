@@ -1,4 +1,5 @@
-"""The embeddable predictor: ONNX file + model card -> top-k labels with probabilities."""
+"""The classification head on the runtime core: model file + card -> top-k labels with probabilities,
+and the reference model packaged with edgecnn."""
 
 from __future__ import annotations
 
@@ -12,12 +13,12 @@ from typing import Any
 import numpy as np
 
 from edgecnn.errors import ArtifactError, InputError
-from edgecnn.runtime.core import InferenceModel, read_card
+from edgecnn.runtime.core import InferenceModel
 from edgecnn.runtime.preprocess import ImageLike
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Classifier", "Prediction", "default_model_path", "read_card", "DEFAULT_MODEL"]
+__all__ = ["Classifier", "Prediction", "default_model_path", "DEFAULT_MODEL"]
 
 DEFAULT_MODEL = "seed_cnn_cifar10.onnx"
 
@@ -53,10 +54,10 @@ def default_model_path() -> Path:
 class Classifier(InferenceModel):
     """Image classifier over an ONNX model, preprocessing exactly as training did.
 
-    The constructor is :class:`~edgecnn.runtime.core.InferenceModel`'s (model path, provider,
-    threads, allow_fallback, card overrides, max_pixels, CUDA options, IO binding). An ONNX
-    classifier without a card works too: pass ``mean``/``std`` (0-255 scale), ``layout``,
-    ``labels`` and ``input_size`` for what its graph does not say. A float16 model input (an
+    The constructor is :class:`~edgecnn.runtime.core.InferenceModel`'s (model path, runtime
+    options, card overrides, max_pixels). An ONNX classifier without a card works too: pass
+    ``overrides=ModelOverrides(mean=..., std=..., class_names=..., input_size=...)`` (mean/std on
+    the 0-255 scale) for what its graph does not say. A float16 model input (an
     fp16 export without float32 I/O) gets the preprocessed float32 batch cast to float16;
     ``predict_proba`` returns float32.
 
