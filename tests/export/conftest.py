@@ -54,12 +54,15 @@ def seed_run(tmp_path_factory, sample3) -> Path:
 
 @pytest.fixture(scope="session")
 def seed_export(tmp_path_factory, seed_run):
-    """One export of ``seed_run`` with every variant and a Triton repository, shared by read-only tests."""
+    """One export of ``seed_run`` with every variant and a Triton repository, shared by read-only tests.
+
+    Held to the default budget (1 pp): every variant of this model agrees with fp32 on all 150 test
+    images (measured: no flip, the guard's 95% interval of the drop [-0.90, +0.90] pp, kept).
+    """
     from edgecnn.export import ExportConfig, export_run
 
     out = tmp_path_factory.mktemp("export")
-    config = ExportConfig(quantize=("int8", "int8-dynamic", "fp16"), max_accuracy_drop=10.0,
-                          triton_dir=out / "triton")
+    config = ExportConfig(quantize=("int8", "int8-dynamic", "fp16"), triton_dir=out / "triton")
     return export_run(seed_run, out_dir=out / "seed", config=config), out / "seed"
 
 

@@ -52,7 +52,7 @@ def test_quantize_existing_onnx_without_card(tmp_path, seed_export, sample3):
     (tmp_path / "labels.txt").write_text("airplane\nautomobile\nbird\n")
     npz = _sample_npz(tmp_path / "calib.npz", sample3)
     result = _run(tmp_path / "foreign.onnx", "-q", "int8", "--calibration-data", npz, "--mean", "125.3,123.0,113.9",
-                  "--std", "63.0,62.1,66.7", "--labels", tmp_path / "labels.txt", "--max-accuracy-drop", "10")
+                  "--std", "63.0,62.1,66.7", "--labels", tmp_path / "labels.txt")
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "foreign.onnx-export" / "export_report.json").read_text())
     assert report["parity"]["max_abs_diff"] == 0.0  # same graph, now with a card
@@ -61,13 +61,19 @@ def test_quantize_existing_onnx_without_card(tmp_path, seed_export, sample3):
     card = read_card(tmp_path / "foreign.onnx-export" / "model.int8.onnx")
     assert list(card.class_names) == ["airplane", "automobile", "bird"] and card.mean == (125.3, 123.0, 113.9)
     assert card.architecture == "external" and card.precision == "int8"
-    fp32_acc = report["variants"][0]["accuracy"]
-    assert fp32_acc == pytest.approx(read_card(out / "model.onnx").metrics["onnx_test_accuracy"], abs=0.2)
+    # The same graph, preprocessed from the flags, scores exactly what it scores with its edgecnn card on
+    # the same 60 images (the card's own onnx_test_accuracy is over all 150 test images: not comparable).
+    from edgecnn.export.verify import OnnxPredictor
+
+    probs = OnnxPredictor(out / "model.onnx", read_card(out / "model.onnx"))(sample3.x_test[:60])
+    assert report["variants"][0]["accuracy"] == pytest.approx(np.mean(probs.argmax(1) == sample3.y_test[:60]),
+                                                              abs=1e-9)
 
 
 def test_plain_onnx_export_never_imports_tensorflow(tmp_path, seed_export, sample3):
     _, out = seed_export
     npz = _sample_npz(tmp_path / "calib.npz", sample3, n_train=64, n_test=32)
+    # What loads is the point, not the accuracy: the budget is loose on purpose (32 test images).
     code = ("import sys; from edgecnn.export import export_onnx_file, ExportConfig; "
             f"export_onnx_file({str(out / 'model.onnx')!r}, out_dir={str(tmp_path / 'o')!r}, "
             f"calibration_data={str(npz)!r}, "

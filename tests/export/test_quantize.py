@@ -17,8 +17,10 @@ def test_variants_accuracy_size_and_op_types(seed_export):
     for mode in ("int8", "int8-dynamic", "fp16"):
         v = report.variant(mode)
         assert v.passed and (out / v.file).is_file()
-        assert abs(v.accuracy_delta_pp) <= 5.0, mode  # 150 test images: one image is 0.67 pp
-        assert v.top1_agreement >= 0.95, mode
+        # 150 test images, one is 0.67 pp; measured: no variant flips one (the bounds leave two flips for a CPU
+        # whose int8 kernels round differently)
+        assert abs(v.accuracy_delta_pp) <= 1.34, mode
+        assert v.top1_agreement >= 148 / 150, mode
         assert v.size_bytes < fp32.size_bytes, mode
     int8 = report.variant("int8").ops
     assert int8.get("QuantizeLinear", 0) > 0 and int8.get("DequantizeLinear", 0) > 0
