@@ -37,7 +37,8 @@ def test_a_few_reference_steps_on_the_cpu(tmp_path):
 
     rng = np.random.default_rng(0)
     npz = tmp_path / "c.npz"
-    np.savez(npz, x_train=rng.integers(0, 256, (2048, 32, 32, 3), dtype=np.uint8), y_train=rng.integers(0, 10, (2048, 1)),
+    np.savez(npz, x_train=rng.integers(0, 256, (2048, 32, 32, 3), dtype=np.uint8),
+             y_train=rng.integers(0, 10, (2048, 1)),
              x_test=rng.integers(0, 256, (256, 32, 32, 3), dtype=np.uint8), y_test=rng.integers(0, 10, (256, 1)))
     r = _run(str(npz), "--work", str(tmp_path / "w"), "--epochs", "1")
     assert r.returncode == 0, r.stderr[-2000:]

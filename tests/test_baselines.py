@@ -62,6 +62,7 @@ def test_bench_compare_keras_and_tflite_end_to_end(onnx_model, tmp_path):
                                   "--runs", "3", "--no-placement", "--json", str(out)])
     assert r.exit_code == 0, r.output
     rows = json.loads(out.read_text())["results"]
-    assert [x["runner"] for x in rows] == ["onnxruntime", "onnxruntime+pixels", "keras.predict", "keras.tf_function", "litert"]
+    assert [x["runner"] for x in rows] == ["onnxruntime", "onnxruntime+pixels", "keras.predict", "keras.tf_function",
+                                           "litert"]
     assert all(x["batch"] == 1 and x["runs"] >= 1 and np.isfinite(x["p50_ms"]) for x in rows)
     assert rows[-1]["precision"] == "int8"

@@ -16,7 +16,8 @@ def test_help_does_not_import_tensorflow():
     assert out.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("cmd", ["train", "evaluate", "models", "gradcam", "features", "export", "predict", "bench", "serve"])
+@pytest.mark.parametrize("cmd", ["train", "evaluate", "models", "gradcam", "features", "export", "predict", "bench",
+                                 "serve"])
 def test_every_command_has_help_with_examples(cmd):
     r = CliRunner().invoke(main, [cmd, "--help"])
     assert r.exit_code == 0 and "Example" in r.output

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgecnn.errors import DataError
 from edgecnn.datasets import channel_stats, load_dataset, load_npz, parse_classes
+from edgecnn.errors import DataError
 
 NAMES = ["a", "b", "c", "d"]
 
@@ -15,7 +15,8 @@ def test_parse_classes(spec, expected):
     assert parse_classes(spec, NAMES) == expected
 
 
-@pytest.mark.parametrize("spec, message", [("e,a", "Unknown class 'e'"), ("0-7", "out of range"), ("a", "at least two")])
+@pytest.mark.parametrize("spec, message", [("e,a", "Unknown class 'e'"), ("0-7", "out of range"),
+                                           ("a", "at least two")])
 def test_parse_classes_errors(spec, message):
     with pytest.raises(DataError, match=message):
         parse_classes(spec, NAMES)
@@ -71,7 +72,8 @@ def _folder(root, classes=("cat", "dog"), n=3, size=(40, 30), mode="RGB"):
     for c in classes:
         (root / c).mkdir(parents=True)
         for i in range(n):
-            Image.new(mode, size, color=(i * 40) % 255 if mode == "L" else (i * 40, 10, 200)).save(root / c / f"{i}.png")
+            color = (i * 40) % 255 if mode == "L" else (i * 40, 10, 200)
+            Image.new(mode, size, color=color).save(root / c / f"{i}.png")
     return root
 
 

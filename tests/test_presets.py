@@ -8,10 +8,17 @@ import sys
 
 import pytest
 
-from edgecnn.errors import ArtifactError, ConfigError
 from edgecnn.card_inference import infer_card, metadata_labels, ultralytics_metadata
-from edgecnn.presets import (PREPROCESS_PRESETS, ModelOverrides, TensorInfo, parse_input_size, parse_labels,
-                             parse_overrides, short_list)
+from edgecnn.errors import ArtifactError, ConfigError
+from edgecnn.presets import (
+    PREPROCESS_PRESETS,
+    ModelOverrides,
+    TensorInfo,
+    parse_input_size,
+    parse_labels,
+    parse_overrides,
+    short_list,
+)
 
 
 @pytest.mark.parametrize("text, size", [("224", (224, 224)), ("480x640", (480, 640)), ("480X640", (480, 640)),

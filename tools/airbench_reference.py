@@ -74,9 +74,9 @@ def main() -> None:
     ap.add_argument("--fp32", action="store_true", help="no bf16 autocast (about 2x slower on a CPU)")
     args = ap.parse_args()
 
-    import numpy as np
-
     import importlib.util
+
+    import numpy as np
 
     missing = [name for name in ("torch", "airbench") if importlib.util.find_spec(name) is None]
     if missing:  # airbench itself imports torchvision, which _cpu_plumbing stands in for

@@ -315,7 +315,8 @@ def attacks(port: int, short: bool) -> list[Attack]:
             record(request(port, zeros, "application/json", path=v2))
             stop.wait(1.0)
 
-    return [Attack("v2 BYTES of 2M empty elements", 2, many_bytes), Attack("multipart of 100k empty parts", 2, many_parts),
+    return [Attack("v2 BYTES of 2M empty elements", 2, many_bytes),
+            Attack("multipart of 100k empty parts", 2, many_parts),
             Attack("v2 JSON of 3M zeros", 2, json_zeros),
             Attack("poison and mutated images", 2, poison), Attack("header flood", 2 if short else 8, header_flood),
             Attack("slowloris", 2 if short else 20, slowloris), Attack("decode bombs", 4, bombs),

@@ -74,7 +74,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         rows = [(n, _run(n, args, Path(tmp) / f"w{n}")) for n in (1, a.workers)]
     after = os.getloadavg()
-    print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; CPU: {cpu_model_and_flags()[0]}, "
+    print(f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; CPU: {cpu_model_and_flags()[0]}, "
           f"{os.cpu_count()} cores; load average (1/5/15 min) before {'/'.join(f'{v:.2f}' for v in before)}, after "
           f"{'/'.join(f'{v:.2f}' for v in after)}; {a.model}, {a.limit} images, {a.epochs} epochs, global batch "
           f"{a.batch_size}\n")

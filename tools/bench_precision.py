@@ -69,7 +69,7 @@ def main() -> None:
                 runs.setdefault((name, p), []).append(_cell(name, p, x, y, args.batch))
     load_after = os.getloadavg()
     cpu, flags = cpu_model_and_flags()
-    print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; CPU: {cpu}, {os.cpu_count()} cores; "
+    print(f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; CPU: {cpu}, {os.cpu_count()} cores; "
           f"bf16 flags: {', '.join(f for f in BF16_CPU_FLAGS if f in flags) or 'none'}; load average (1/5/15 min) "
           f"before {'/'.join(f'{v:.2f}' for v in load_before)}, after {'/'.join(f'{v:.2f}' for v in load_after)}; "
           f"{args.images} images, batch {args.batch}, median of {args.repeats}\n")

@@ -15,7 +15,8 @@ def main() -> None:
         m = data["machine"]
         print(f"\n`{path}`: {m['cpu']}, {m['usable_cpus']} CPUs ({', '.join(m['simd'])}), onnxruntime "
               f"{m['onnxruntime']}, {m['date']}\n")
-        print("| variant | runner | batch | threads | p50 ms | p90 ms | p99 ms | mean ms | img/s | session s | peak MB |")
+        print("| variant | runner | batch | threads | p50 ms | p90 ms | p99 ms | mean ms | img/s | session s "
+              "| peak MB |")
         print("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
         for r in sorted(data["results"], key=lambda r: (r["threads"], r["batch"])):
             print(f"| {r['variant']} | {r['runner']} | {r['batch']} | {r['threads']} | {r['p50_ms']:.3f} | "

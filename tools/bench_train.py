@@ -43,13 +43,12 @@ def _has(cmd: str) -> bool:
 
 
 def throughput(models: list[str], data: str, images: int, batch: int) -> None:
+    import keras
     import numpy as np
 
     import edgecnn.train._tf  # noqa: F401  (TensorFlow quietly, before keras)
-    import keras
-
-    from edgecnn.train.config import AugmentConfig
     from edgecnn.datasets import load_npz
+    from edgecnn.train.config import AugmentConfig
     from edgecnn.train.pipeline import make_dataset
     from edgecnn.train.registry import build_model
 

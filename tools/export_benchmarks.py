@@ -54,7 +54,8 @@ def _rows(run: Path, report, label_suffix: str = "", only: tuple[str, ...] = ())
         if only and v.precision not in only:
             continue
         ratio = fp32.size_bytes / v.size_bytes
-        rows.append(f"| {run.name} | {v.precision}{label_suffix} | {100 * v.accuracy:.2f}% | {v.accuracy_delta_pp:+.2f} | "
+        rows.append(f"| {run.name} | {v.precision}{label_suffix} | {100 * v.accuracy:.2f}% | "
+                    f"{v.accuracy_delta_pp:+.2f} | "
                     f"{100 * v.top1_agreement:.2f}% | {v.size_bytes / 1024:.1f} KiB | {ratio:.2f}x |")
     return rows
 
@@ -74,11 +75,13 @@ def _replace_section(path: Path, body: str, heading: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="*", type=Path)
-    parser.add_argument("--methods", default="", help="extra int8 calibration methods to compare, e.g. entropy,percentile")
+    parser.add_argument("--methods", default="",
+                        help="extra int8 calibration methods to compare, e.g. entropy,percentile")
     parser.add_argument("--targets", default="", help="extra int8 CPU targets to compare, e.g. vnni (8-bit weights)")
     args = parser.parse_args()
     os.chdir(ROOT)
-    runs = args.runs or sorted(p.parent for p in Path("runs").glob("*/card.json") if (p.parent / "model.keras").is_file())
+    runs = args.runs or sorted(p.parent for p in Path("runs").glob("*/card.json")
+                               if (p.parent / "model.keras").is_file())
     methods = [m for m in args.methods.split(",") if m]
     targets = [t for t in args.targets.split(",") if t]
     rows, notes = [], []

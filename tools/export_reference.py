@@ -26,7 +26,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "cifar10.npz"),
                         help="CIFAR-10 .npz (keras layout), used only if the run must be trained")
-    parser.add_argument("--run", type=Path, default=Path("runs") / "seed_cnn_cifar10_aug", help="relative to the repo root")
+    parser.add_argument("--run", type=Path, default=Path("runs") / "seed_cnn_cifar10_aug",
+                        help="relative to the repo root")
     parser.add_argument("--recipe", type=Path, default=RECIPE, help="recipe to train the run with if it is missing")
     args = parser.parse_args()
     os.chdir(ROOT)  # relative paths in the embedded cards, not this machine's absolute ones

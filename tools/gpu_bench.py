@@ -34,8 +34,9 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 import numpy as np
@@ -70,11 +71,13 @@ class Run:
     def measure(self, fn: Callable[[], Any], batch: int, **row: Any) -> dict[str, Any]:
         times = time_callable(fn, **self.timing)
         stats = latency_stats(times, batch)
-        rec = {**row, "batch": batch, **{k: stats[k] for k in ("runs", "p50_ms", "p90_ms", "mean_ms", "throughput_ips")}}
+        kept = ("runs", "p50_ms", "p90_ms", "mean_ms", "throughput_ips")
+        rec = {**row, "batch": batch, **{k: stats[k] for k in kept}}
         self.rows.append(rec)
         self.save()
         click.echo(f"  {row.get('runner')}/{row.get('model', '')}/{row.get('mode', '')} "
-                   f"{row.get('config', '')} b{batch}: p50 {stats['p50_ms']:.3f} ms, {stats['throughput_ips']:,.0f} img/s")
+                   f"{row.get('config', '')} b{batch}: p50 {stats['p50_ms']:.3f} ms, "
+                   f"{stats['throughput_ips']:,.0f} img/s")
         return rec
 
     def guard(self, what: str, fn: Callable[[], Any], *, need_s: float = 5.0) -> None:
@@ -85,7 +88,7 @@ class Run:
             return
         try:
             fn()
-        except Exception as err:  # one failing case must not cost the others
+        except Exception as err:  # noqa: BLE001 - one failing case must not cost the others: recorded, not raised
             self.data["errors"].append({"case": what, "error": f"{type(err).__name__}: {err}"[:2000],
                                         "traceback": traceback.format_exc()[-3000:]})
             click.echo(f"ERROR {what}: {type(err).__name__}: {str(err)[:300]}")
@@ -149,7 +152,8 @@ def ort_case(run: Run, path: Path, provider: str, batches: tuple[int, ...], *, m
             x = _input(clf, batch)
             sess, feed, out = clf.session, {clf.input_name: x}, [clf.output_name]
             if "plain" in modes:
-                run.measure(lambda: sess.run(out, feed), batch, mode="plain", providers=clf.providers, **base)
+                run.measure(lambda sess=sess, out=out, feed=feed: sess.run(out, feed), batch, mode="plain",
+                            providers=clf.providers, **base)
             if "iobinding" in modes:
                 _, fn = clf.timed_call(x)
                 run.measure(fn, batch, mode="iobinding", providers=clf.providers, **base)
@@ -172,7 +176,8 @@ def classifier_end_to_end(run: Run, path: Path, provider: str, batches: tuple[in
         clf = _classifier(path, provider, **({"cuda_graph": True} if graph else {}))
         x = _input(clf, batch).astype(np.float32)  # what preprocess() gives; run() casts to the model dtype
         name = path.name.removeprefix(f"{MODEL}.").removesuffix(".onnx")
-        run.measure(lambda: clf.run(x), batch, runner="edgecnn.Classifier.run", model=name, mode="host-in-out",
+        run.measure(lambda clf=clf, x=x: clf.run(x), batch, runner="edgecnn.Classifier.run", model=name,
+                    mode="host-in-out",
                     config="cudagraph" if graph else "iobinding", providers=clf.providers,
                     precision=name.split(".")[0], layout=name.split(".")[1])
 
@@ -243,7 +248,8 @@ def markdown(data: dict[str, Any]) -> str:
     lines = [f"# edgecnn GPU benchmark: MobileNetV2 224x224, 10 classes - {gpu}", "",
              f"onnxruntime {env['onnxruntime']} ({env['onnxruntime_file']}), providers {env['providers_available']}; "
              f"torch {env.get('torch')} (CUDA {env.get('torch_cuda')}, cuDNN {env.get('cudnn')}); {env['date']}.",
-             "" if not data["dry_run"] else "\n**CPU dry run: these numbers say the script works, nothing about a GPU.**", "",
+             "" if not data["dry_run"]
+             else "\n**CPU dry run: these numbers say the script works, nothing about a GPU.**", "",
              f"## Node placement ({'CPU provider: dry run' if data['dry_run'] else 'CUDA provider'})", ""]
     lines += [f"- {name}: {p['summary']}" for name, p in data["placement"].items()]
     lines += ["", "## Results", "", "| runner | model | mode | config | batch | p50 ms | p90 ms | img/s | provider |",
@@ -282,7 +288,8 @@ def goals(rows: list[dict[str, Any]]) -> dict[str, str]:
             f"{ort256['model']} {ort256['mode']} {ort256['config']})")
     if ort1:
         out["batch 1: best edgecnn/ORT p50"] = (
-            f"{ort1['p50_ms']:.3f} ms (goal < {GOAL_P50_MS} ms: {'MET' if ort1['p50_ms'] < GOAL_P50_MS else 'NOT MET'}; "
+            f"{ort1['p50_ms']:.3f} ms (goal < {GOAL_P50_MS} ms: "
+            f"{'MET' if ort1['p50_ms'] < GOAL_P50_MS else 'NOT MET'}; "
             f"{ort1['model']} {ort1['mode']} {ort1['config']})")
     return out
 
@@ -315,7 +322,8 @@ def main(models_dir: Path, out_dir: Path, budget_s: float, pytest_timeout: float
     paths = {k: models_dir / f"{MODEL}.{k}.onnx" for k in PRIMARY + OTHERS}
     missing = [str(p) for p in paths.values() if not p.is_file()]
     if missing:
-        raise SystemExit(f"Missing {missing}: run `.venv/bin/python tools/gpu_prepare.py` here and carry runs/gpu_models.")
+        raise SystemExit(f"Missing {missing}: run `.venv/bin/python tools/gpu_prepare.py` here and carry "
+                         "runs/gpu_models.")
     started = time.monotonic()
 
     run.guard("placement", lambda: placements(run, list(paths.values()), provider))
@@ -323,8 +331,8 @@ def main(models_dir: Path, out_dir: Path, budget_s: float, pytest_timeout: float
     all_modes = ("plain", "iobinding", "cudagraph")
     for key in PRIMARY:
         run.guard(f"ort {key}", lambda key=key: ort_case(run, paths[key], provider, batches, modes=all_modes))
-    levers = [("heuristic", {"cudnn_conv_algo_search": "HEURISTIC"}), ("default", {"cudnn_conv_algo_search": "DEFAULT"}),
-              ("prefer_nhwc", {"prefer_nhwc": True})]
+    levers = [("heuristic", {"cudnn_conv_algo_search": "HEURISTIC"}),
+              ("default", {"cudnn_conv_algo_search": "DEFAULT"}), ("prefer_nhwc", {"prefer_nhwc": True})]
     lever_batches = (1, 256) if not cpu_dry_run else (1,)
     for key in PRIMARY:
         for config, opts in levers:

@@ -13,7 +13,8 @@ onnxslim + the embedded card), in both layouts and three precisions:
     mobilenet_v2_224.fp16.nchw.onnx       the same, NCHW
     mobilenet_v2_224.fp16f32io.nhwc.onnx  fp16 inside, float32 input/output (``edgecnn export -q fp16``)
 
-Each file is checked on the CPU: fp32 against Keras (atol 1e-4), fp16 against fp32 (atol 2e-2). A manifest.json lists sizes, SHA-256 and op counts.
+Each file is checked on the CPU: fp32 against Keras (atol 1e-4), fp16 against fp32 (atol 2e-2). A
+manifest.json lists sizes, SHA-256 and op counts.
 
 Usage (about 2 minutes on 2 cores):
     .venv/bin/python tools/gpu_prepare.py                 # -> runs/gpu_models/ (git-ignored)
@@ -21,7 +22,6 @@ Usage (about 2 minutes on 2 cores):
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -103,7 +103,8 @@ def main(out_dir: Path, classes: int, opset: int, seed: int) -> None:
             if d16 > 2e-2:
                 raise SystemExit(f"{path}: differs from fp32 by {d16:.2e} (> 2e-2)")
             files.append(_entry(path, vcard, vproto, parity={"vs": "fp32", "max_abs_diff": d16}))
-        click.echo(f"{layout}: fp32 vs keras {diff:.1e}; wrote {', '.join(f['file'] for f in files[-len(variants) - 1:])}")
+        written = ", ".join(f["file"] for f in files[-len(variants) - 1:])
+        click.echo(f"{layout}: fp32 vs keras {diff:.1e}; wrote {written}")
     manifest = {"model": MODEL, "classes": classes, "opset": opset, "seed": seed, "files": files,
                 "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "seconds": round(time.perf_counter() - started, 1)}
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))

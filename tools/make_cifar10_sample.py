@@ -44,7 +44,8 @@ def main() -> None:
         xte, yte = d["x_test"], d["y_test"].ravel()
     args.out.mkdir(parents=True, exist_ok=True)
     labels = {"class_names": CLASSES, "source": "CIFAR-10 (shared/datasets/cifar10.npz, JPEG-derived)"}
-    for split, x, y, per, seed in (("train", xtr, ytr, args.train_per_class, 0), ("test", xte, yte, args.test_per_class, 1)):
+    splits = (("train", xtr, ytr, args.train_per_class, 0), ("test", xte, yte, args.test_per_class, 1))
+    for split, x, y, per, seed in splits:
         idx = _pick(y, per, seed)
         _save_mosaic(x[idx], args.out / f"{split}.webp")
         labels[split] = y[idx].astype(int).tolist()

@@ -41,8 +41,8 @@ def end2end_from_yolov8(src: Path, dst: Path) -> None:
     model = onnx.load(str(src))
     graph = model.graph
     raw = graph.output[0].name
-    c = lambda name, value, dtype=np.float32: graph.initializer.append(
-        numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+    def c(name: str, value: object, dtype: type = np.float32) -> None:
+        graph.initializer.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
     c("e2e_half", 0.5)
     c("e2e_maxwh", 7680.0)  # Ultralytics' per-class box offset (class-aware NMS in one call)
     c("e2e_s0", [0], np.int64), c("e2e_s2", [2], np.int64), c("e2e_s4", [4], np.int64)
@@ -78,7 +78,8 @@ def end2end_from_yolov8(src: Path, dst: Path) -> None:
     graph.output.append(helper.make_tensor_value_info("output0_nms", TensorProto.FLOAT, [1, END2END_ROWS, 6]))
     for prop in model.metadata_props:
         if prop.key == "description":
-            prop.value = ("yolov8_shapes.onnx with decoding and NMS appended by tools/make_nms_models.py (onnx.helper): "
+            prop.value = ("yolov8_shapes.onnx with decoding and NMS appended by tools/make_nms_models.py "
+                          "(onnx.helper): "
                           "output [1, 100, 6] = x1, y1, x2, y2, score, class, as Ultralytics' export nms=True")
     onnx.checker.check_model(model)
     onnx.save(model, str(dst))

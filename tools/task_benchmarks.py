@@ -56,8 +56,8 @@ def _p50_ms(fn, runs: int) -> float:
 
 def _latency(path: Path, images: list[Path], threads: int, runs: int, **flags) -> tuple[float, float]:
     """(model-only p50 at batch 1, predict-one-image p50), both in ms."""
-    from edgecnn.runtime import load_model
     from edgecnn.presets import parse_overrides
+    from edgecnn.runtime import load_model
 
     model = load_model(path, threads=threads, overrides=parse_overrides(**flags) if flags else None)
     _, run = model.timed_call(model.preprocess([images[0]]))
@@ -116,7 +116,8 @@ def main() -> None:
             xs = [p.read_bytes() for p in images]
             value = float(np.mean(a.predict_proba(xs).argmax(1) == b.predict_proba(xs).argmax(1)))
         for threads in (1, 2):
-            lat = {p: _latency(path, images, threads, args.runs, **flags) for p, path in (("fp32", fp32), ("int8", int8))}
+            lat = {p: _latency(path, images, threads, args.runs, **flags)
+                   for p, path in (("fp32", fp32), ("int8", int8))}
             rows.append({"task": task, "model": name, "threads": threads, "metric": metric, "int8_metric": value,
                          "fp32_kib": fp32.stat().st_size / 1024, "int8_kib": int8.stat().st_size / 1024,
                          **{f"{p}_model_ms": lat[p][0] for p in lat}, **{f"{p}_predict_ms": lat[p][1] for p in lat}})

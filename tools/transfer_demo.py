@@ -33,7 +33,8 @@ def main() -> None:
     common = dict(data=args.data, batch_size=64, normalization="dataset", seed=0)
     t0 = time.time()
     base = train(TrainConfig(model=args.model, classes="0-4", epochs=args.pretrain_epochs, optimizer="adam", lr=2e-3,
-                             schedule="cosine", out=str(args.out / "pretrain_0-4"), **common), overwrite=True, verbose=2)
+                             schedule="cosine", out=str(args.out / "pretrain_0-4"), **common),
+                 overwrite=True, verbose=2)
     t_pre = time.time() - t0
     budget = args.epochs + args.fine_tune_epochs
     t0 = time.time()
@@ -43,10 +44,12 @@ def main() -> None:
     t_tr = time.time() - t0
     t0 = time.time()
     scratch = train(TrainConfig(model=args.model, classes="5-9", limit=args.limit, epochs=budget, lr=2e-3,
-                                schedule="cosine", out=str(args.out / "scratch_5-9"), **common), overwrite=True, verbose=2)
+                                schedule="cosine", out=str(args.out / "scratch_5-9"), **common),
+                    overwrite=True, verbose=2)
     t_sc = time.time() - t0
     rows = [("pretrain on classes 0-4 (all images)", base, t_pre),
-            (f"transfer to 5-9: {args.epochs} head + {args.fine_tune_epochs} fine-tune epochs, {args.limit} images", transfer, t_tr),
+            (f"transfer to 5-9: {args.epochs} head + {args.fine_tune_epochs} fine-tune epochs, {args.limit} images",
+             transfer, t_tr),
             (f"scratch on 5-9: {budget} epochs, {args.limit} images", scratch, t_sc)]
     lines = ["| run | test accuracy (5 classes) | wall time |", "|---|---|---|"]
     lines += [f"| {name} | {ModelCard.load(run).metrics['test_accuracy']:.2%} | {t:.0f} s |" for name, run, t in rows]

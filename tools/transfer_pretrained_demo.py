@@ -95,7 +95,8 @@ def main() -> None:
     tune = dict(transfer, epochs=args.epochs, fine_tune_epochs=args.fine_tune_epochs,
                 fine_tune_layers=args.fine_tune_layers)
     runs = {
-        f"vgg16 pretrained (HED), frozen, {total} head epochs": TrainConfig(**transfer, epochs=total, weights=str(notop)),
+        f"vgg16 pretrained (HED), frozen, {total} head epochs": TrainConfig(**transfer, epochs=total,
+                                                                            weights=str(notop)),
         f"vgg16 pretrained (HED), {args.epochs} head + {args.fine_tune_epochs} fine-tune epochs (top "
         f"{args.fine_tune_layers} layers)": TrainConfig(**tune, weights=str(notop)),
         f"vgg16 random weights, {args.epochs} head + {args.fine_tune_epochs} fine-tune epochs": TrainConfig(

@@ -76,9 +76,11 @@ TRITON_SERVER = textwrap.dedent('''
     with Triton(config=TritonConfig(http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
                                     log_verbose=0)) as triton:
         # One model instance per session (a list of callables: Triton's instance_group count).
-        triton.bind("model", [tensors_on(x) for x in sessions], inputs=[Tensor(name=inp, dtype=np.float32, shape=(h, w, 3))],
+        triton.bind("model", [tensors_on(x) for x in sessions],
+                    inputs=[Tensor(name=inp, dtype=np.float32, shape=(h, w, 3))],
                     outputs=[Tensor(name=out, dtype=np.float32, shape=(classes,))], config=cfg, strict=False)
-        triton.bind("model_png", [pngs_on(x) for x in sessions], inputs=[Tensor(name="image_bytes", dtype=bytes, shape=(1,))],
+        triton.bind("model_png", [pngs_on(x) for x in sessions],
+                    inputs=[Tensor(name="image_bytes", dtype=bytes, shape=(1,))],
                     outputs=[Tensor(name=out, dtype=np.float32, shape=(classes,))], config=cfg, strict=False)
         triton.serve()
 ''')
@@ -242,7 +244,8 @@ def main() -> None:
                                                                    x["kind"].startswith("PNG (v1")))), None)
         tri = f"{t['rps']:.0f} ({t['p99_ms']:.1f})" if t else "-"
         ratio = f"{r['rps'] / t['rps']:.2f}x" if t else "-"
-        print(f"| {r['model']} | {r['kind']} | {r['concurrency']} | {r['rps']:.0f} ({r['p99_ms']:.1f}) | {tri} | {ratio} |")
+        print(f"| {r['model']} | {r['kind']} | {r['concurrency']} | {r['rps']:.0f} ({r['p99_ms']:.1f}) | {tri} | "
+              f"{ratio} |")
     if args.json:
         args.json.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                                          "loadavg": os.getloadavg(), "rows": rows}, indent=2) + "\n")

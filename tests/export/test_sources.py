@@ -187,7 +187,7 @@ def test_task_read_from_output_shapes(tmp_path, foreign, strides, task, kind):
     whose last axis does not add up to those anchors is not a classifier either: raw."""
     src = yolo_like_onnx(tmp_path / "m.onnx", strides=strides)
     out = tmp_path / "out"
-    result = _ok(_run(src, "--out", out, "--calibration-data", foreign["photos"]))
+    _ok(_run(src, "--out", out, "--calibration-data", foreign["photos"]))
     card = _card(out / "model.onnx")
     assert (card.task, card.output_kind) == (task, kind)
     if task == "raw":

@@ -17,7 +17,8 @@ def _parse(path):
 def test_triton_repository_parses_with_model_config_schema(seed_export):
     report, out = seed_export
     repo = out.parent / "triton"
-    assert sorted(p.name for p in repo.iterdir()) == ["seed_tiny", "seed_tiny_fp16", "seed_tiny_int8", "seed_tiny_int8_dynamic"]
+    assert sorted(p.name for p in repo.iterdir()) == ["seed_tiny", "seed_tiny_fp16", "seed_tiny_int8",
+                                                      "seed_tiny_int8_dynamic"]
     cfg, pb = _parse(repo / "seed_tiny" / "config.pbtxt")
     assert cfg.name == "seed_tiny" and cfg.backend == "onnxruntime" and cfg.max_batch_size == 64
     (inp,), (outp,) = cfg.input, cfg.output

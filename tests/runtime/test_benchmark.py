@@ -11,9 +11,19 @@ import pytest
 
 from edgecnn.card import ModelCard
 from edgecnn.errors import ArtifactError, ConfigError, InputError
-from edgecnn.runtime.benchmark import (CSV_FIELDS, BenchConfig, BenchResult, _find_keras, bench_onnx,
-                                       compare_notes, latency_stats, machine_fingerprint, parse_int_list,
-                                       run_benchmark, time_callable)
+from edgecnn.runtime.benchmark import (
+    CSV_FIELDS,
+    BenchConfig,
+    BenchResult,
+    _find_keras,
+    bench_onnx,
+    compare_notes,
+    latency_stats,
+    machine_fingerprint,
+    parse_int_list,
+    run_benchmark,
+    time_callable,
+)
 
 
 def test_latency_stats_known_timings():

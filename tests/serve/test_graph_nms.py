@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from tests.serve.conftest import running_server, shapes_png
 
 httpx = pytest.importorskip("httpx")
@@ -20,7 +21,8 @@ def test_serves_an_end2end_detector_boxes_in_image_pixels():
     with running_server(END2END) as srv, httpx.Client(base_url=srv.url) as c:
         info = c.get("/v1/models/yolov8_shapes_end2end").json()
         assert info["task"] == "detect" and info["card"]["output_kind"] == "end2end"
-        r = c.post("/v1/models/yolov8_shapes_end2end:predict", content=shapes_png(), headers={"Content-Type": "image/png"})
+        r = c.post("/v1/models/yolov8_shapes_end2end:predict", content=shapes_png(),
+                   headers={"Content-Type": "image/png"})
         assert r.status_code == 200, r.text
         (pred,) = r.json()["predictions"]
     local = Detector(END2END).predict([shapes_png()])[0]

@@ -221,8 +221,9 @@ def test_header_length_is_plain_digits(server, length):
 
 def test_a_bytes_tensor_of_two_million_elements_is_refused_before_parsing(server):
     """Issue 21 §1.3: 2M empty BYTES elements were unpacked (seconds of GIL) before their 413."""
-    import httpx
     import time
+
+    import httpx
 
     n = 2_000_000
     head = json.dumps({"inputs": [{"name": "images", "datatype": "BYTES", "shape": [n],

@@ -98,7 +98,8 @@ def test_qat_model_folds_batch_norms_and_starts_where_the_float_model_is(mnv2_ti
     qmodel, names = qat_model(model)
     kinds = collections.Counter(type(layer).__name__ for layer in qmodel.layers)
     assert kinds["BatchNormalization"] == 0
-    assert kinds["Identity"] == collections.Counter(type(layer).__name__ for layer in model.layers)["BatchNormalization"]
+    source_kinds = collections.Counter(type(layer).__name__ for layer in model.layers)
+    assert kinds["Identity"] == source_kinds["BatchNormalization"]
     assert all(isinstance(qmodel.get_layer(n), FakeQuant) for n in names) and "images_fq" in names
     for layer in model.layers:  # every weight layer computes with the int8 grid now
         if type(layer).__name__ in ("Conv2D", "DepthwiseConv2D", "Dense"):

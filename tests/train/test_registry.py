@@ -46,7 +46,8 @@ def test_seed_cnn_is_the_tutorial_network():
 
     m = build_model("seed_cnn", 10)
     kinds = [type(layer).__name__ for layer in m.layers[1:]]
-    assert kinds == ["Conv2D", "MaxPooling2D", "Conv2D", "MaxPooling2D", "Conv2D", "Flatten", "Dense", "Dense", "Activation"]
+    assert kinds == ["Conv2D", "MaxPooling2D", "Conv2D", "MaxPooling2D", "Conv2D", "Flatten", "Dense", "Dense",
+                     "Activation"]
     assert [m.get_layer(n).filters for n in ("conv1", "conv2", "conv3")] == [32, 64, 64]
     assert m.get_layer("features").units == 64
     assert m.count_params() == 122_570  # the tutorial's model.summary() total
