@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from edgecnn._optional import require
-from edgecnn.card import ONNX_METADATA_KEY, ModelCard, sha256_file
+from edgecnn.card import ONNX_METADATA_KEY, ModelCard, atomic_write_bytes, sha256_file
 from edgecnn.errors import ArtifactError
 
 log = logging.getLogger(__name__)
@@ -26,9 +24,6 @@ __all__ = ["DEFAULT_OPSET", "BATCH_AXIS", "convert_keras", "embed_card", "read_c
 # 2023 onwards, and has every op a CNN classifier needs; newer opsets buy nothing here.
 DEFAULT_OPSET = 17
 BATCH_AXIS = "batch"
-_umask = os.umask(0)
-os.umask(_umask)
-_FILE_MODE = 0o666 & ~_umask
 
 
 def _onnx():
@@ -165,23 +160,12 @@ def load_onnx(path: str | Path, *, check: bool = True) -> Any:
 
 
 def save_onnx(proto: Any, path: str | Path) -> Path:
-    """Write ``proto`` atomically: a temporary file in the same folder, then ``os.replace``.
+    """Write ``proto`` atomically (:func:`edgecnn.card.atomic_write_bytes`: a temporary file in the
+    same folder, then ``os.replace``), readable by all as a model is meant to be.
 
     An interrupted or failed save never leaves a partial ``.onnx`` at ``path``.
     """
-    onnx = _onnx()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        onnx.save_model(proto, tmp)
-        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600 files; a model is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_bytes(Path(path), proto.SerializeToString())
 
 
 def simplify(proto: Any) -> tuple[Any, dict[str, Any]]:
