@@ -115,16 +115,11 @@ def store_int8_weights(proto: Any, *, per_channel: bool, qmax: int) -> Any:
     Raises:
         ArtifactError: if no weight was quantized, or a weight is not on the grid (not a QAT model).
     """
-    onnx = require("onnx", "export")
-    nh, helper = onnx.numpy_helper, onnx.helper
+    nh = require("onnx", "export").numpy_helper
     graph = proto.graph
     inits = {i.name: i for i in graph.initializer}
     producers = _producers(graph)
-    uses: dict[str, int] = {}
-    for n in graph.node:
-        for i in n.input:
-            uses[i] = uses.get(i, 0) + 1
-    new_nodes, new_inits, done = [], [], 0
+    store = _Dequantized(graph)
     for node in graph.node:
         if node.op_type not in ("Conv", "MatMul", "Gemm") or len(node.input) < 2 or node.input[1] not in inits:
             continue
@@ -134,52 +129,78 @@ def store_int8_weights(proto: Any, *, per_channel: bool, qmax: int) -> Any:
         if s_in is None:
             log.info("QAT: %s has a float input; it stays float.", node.name)
             continue
-        w = nh.to_array(inits[node.input[1]]).astype(np.float64)
-        trans_b = any(a.name == "transB" and a.i for a in node.attribute)
-        axis = 0 if node.op_type == "Conv" or (node.op_type == "Gemm" and trans_b) else 1
-        reduce = tuple(a for a in range(w.ndim) if a != axis) if per_channel else tuple(range(w.ndim))
-        scale = np.max(np.abs(w), axis=reduce, keepdims=True) / qmax
-        scale = np.where(scale > 0, scale, 1.0)
-        q = np.round(w / scale)
-        off = float(np.max(np.abs(q * scale - w) / scale)) if w.size else 0.0
-        if off > 1e-2 or np.abs(q).max() > qmax:
-            raise ArtifactError(f"The weights of {node.name} are not on the int8 grid of a QAT model (off by "
-                                f"{off:.2g} steps): the QAT model was not made by edgecnn.train.qat with these "
-                                "settings.")
-        flat_scale = scale.reshape(-1).astype(np.float32) if per_channel else scale.reshape(()).astype(np.float32)
-        base = node.input[1]
-        wq = nh.from_array(q.astype(np.int8), f"{base}_quantized")
-        ws = nh.from_array(flat_scale, f"{base}_scale")
-        wz = nh.from_array(np.zeros(flat_scale.shape, np.int8), f"{base}_zero_point")
-        attrs = {"axis": axis} if per_channel else {}
-        new_nodes.append(helper.make_node("DequantizeLinear", [wq.name, ws.name, wz.name], [f"{base}_dequantized"],
-                                          name=f"{base}_DequantizeLinear", **attrs))
-        new_inits += [wq, ws, wz]
-        uses[base] -= 1
-        node.input[1] = f"{base}_dequantized"
+        q, scale, axis = _on_int8_grid(node, nh.to_array(inits[node.input[1]]).astype(np.float64),
+                                       per_channel=per_channel, qmax=qmax)
+        store.replace_input(node, 1, q.astype(np.int8), scale, np.zeros(scale.shape, np.int8),
+                            **({"axis": axis} if per_channel else {}))
         if node.op_type in ("Conv", "Gemm") and len(node.input) > 2 and node.input[2] in inits:
-            b_name = node.input[2]
-            b = nh.to_array(inits[b_name]).astype(np.float64)
-            b_scale = (s_in * flat_scale.astype(np.float64)).reshape(-1)
+            b = nh.to_array(inits[node.input[2]]).astype(np.float64)
+            b_scale = (s_in * scale.astype(np.float64)).reshape(-1)
             b_scale = np.broadcast_to(b_scale, b.shape) if b_scale.size == 1 else b_scale
             bq = np.clip(np.round(b / b_scale), -2 ** 31, 2 ** 31 - 1).astype(np.int32)
-            bq_i = nh.from_array(bq, f"{b_name}_quantized")
-            bs_i = nh.from_array(b_scale.astype(np.float32), f"{b_name}_scale")
-            bz_i = nh.from_array(np.zeros(b.shape, np.int32), f"{b_name}_zero_point")
-            new_nodes.append(helper.make_node("DequantizeLinear", [bq_i.name, bs_i.name, bz_i.name],
-                                              [f"{b_name}_dequantized"], name=f"{b_name}_DequantizeLinear", axis=0))
-            new_inits += [bq_i, bs_i, bz_i]
-            uses[b_name] -= 1
-            node.input[2] = f"{b_name}_dequantized"
-        done += 1
-    if not done:
+            store.replace_input(node, 2, bq, b_scale.astype(np.float32), np.zeros(b.shape, np.int32), axis=0)
+    if not store.nodes:
         raise ArtifactError("The QAT model has no convolution or matrix product with a quantized input: nothing to "
                             "store as int8.")
-    keep = [i for i in graph.initializer if uses.get(i.name, 0) > 0]
-    del graph.initializer[:]
-    graph.initializer.extend(keep + new_inits)
-    # DequantizeLinear of constants first: the graph stays topologically sorted.
-    nodes = new_nodes + list(graph.node)
-    del graph.node[:]
-    graph.node.extend(nodes)
+    store.apply()
     return proto
+
+
+def _on_int8_grid(node: Any, w: np.ndarray, *, per_channel: bool, qmax: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """The integer values of weight ``w`` of ``node``, their scale (per output channel, or one) and
+    the output-channel axis.
+
+    Raises:
+        ArtifactError: if ``w`` is not on the grid ``scale * [-qmax, qmax]`` (not a QAT model's weight).
+    """
+    trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+    axis = 0 if node.op_type == "Conv" or (node.op_type == "Gemm" and trans_b) else 1
+    reduce = tuple(a for a in range(w.ndim) if a != axis) if per_channel else tuple(range(w.ndim))
+    scale = np.max(np.abs(w), axis=reduce, keepdims=True) / qmax
+    scale = np.where(scale > 0, scale, 1.0)
+    q = np.round(w / scale)
+    off = float(np.max(np.abs(q * scale - w) / scale)) if w.size else 0.0
+    if off > 1e-2 or np.abs(q).max() > qmax:
+        raise ArtifactError(f"The weights of {node.name} are not on the int8 grid of a QAT model (off by "
+                            f"{off:.2g} steps): the QAT model was not made by edgecnn.train.qat with these "
+                            "settings.")
+    flat_scale = scale.reshape(-1).astype(np.float32) if per_channel else scale.reshape(()).astype(np.float32)
+    return q, flat_scale, axis
+
+
+class _Dequantized:
+    """The integer initializers and DequantizeLinear nodes that replace float constants of ``graph``."""
+
+    def __init__(self, graph: Any) -> None:
+        self.graph = graph
+        self.nodes: list[Any] = []
+        self.inits: list[Any] = []
+        self.uses: dict[str, int] = {}
+        for n in graph.node:
+            for i in n.input:
+                self.uses[i] = self.uses.get(i, 0) + 1
+
+    def replace_input(self, node: Any, k: int, values: np.ndarray, scale: np.ndarray, zero_point: np.ndarray,
+                      **attrs: Any) -> None:
+        """Input ``k`` of ``node`` becomes ``DequantizeLinear(values, scale, zero_point)``."""
+        onnx = require("onnx", "export")
+        name = node.input[k]
+        q = onnx.numpy_helper.from_array(values, f"{name}_quantized")
+        s = onnx.numpy_helper.from_array(scale, f"{name}_scale")
+        z = onnx.numpy_helper.from_array(zero_point, f"{name}_zero_point")
+        self.nodes.append(onnx.helper.make_node("DequantizeLinear", [q.name, s.name, z.name], [f"{name}_dequantized"],
+                                                name=f"{name}_DequantizeLinear", **attrs))
+        self.inits += [q, s, z]
+        self.uses[name] -= 1
+        node.input[k] = f"{name}_dequantized"
+
+    def apply(self) -> None:
+        """The float constants no node reads any more go; the integer ones and their
+        DequantizeLinear nodes come in, the nodes first (the graph stays topologically sorted)."""
+        graph = self.graph
+        keep = [i for i in graph.initializer if self.uses.get(i.name, 0) > 0]
+        del graph.initializer[:]
+        graph.initializer.extend(keep + self.inits)
+        nodes = self.nodes + list(graph.node)
+        del graph.node[:]
+        graph.node.extend(nodes)
