@@ -334,6 +334,7 @@ def machine_fingerprint() -> dict[str, Any]:
     cpu, flags = cpu_model_and_flags()
     simd = ["avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
             "amx_int8", "amx_bf16", "neon", "asimd"]
+    usable: int | None
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:

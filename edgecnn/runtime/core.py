@@ -472,8 +472,13 @@ class InferenceModel:
         return np.ascontiguousarray(x, dtype=self.input_dtype)
 
     # -------------------------------------------------------------------------- task results
-    def predict(self, images: ImageLike | Sequence[ImageLike] | np.ndarray, **params: Any) -> list[Any]:
-        """One result per image: load, preprocess, run, then the task head's :meth:`postprocess`."""
+    def predict(self, images: ImageLike | Sequence[ImageLike] | np.ndarray) -> list[Any]:
+        """One result per image: load, preprocess, run, then the task head's :meth:`postprocess`.
+        A raw model takes no parameters; each head's ``predict`` adds its own (``top_k``, ``conf``, ...)."""
+        return self._predict(images)
+
+    def _predict(self, images: ImageLike | Sequence[ImageLike] | np.ndarray, **params: Any) -> list[Any]:
+        """What every head's :meth:`predict` does, its parameters handed to :meth:`postprocess`."""
         pixels, fits = self.load(images)
         return self.postprocess(self.run_pixels(pixels), fits, **params)
 
@@ -510,7 +515,7 @@ class InferenceModel:
         if self.backend != "onnxruntime":
             raise ConfigError("Node placement is reported for onnxruntime sessions only.")
         return node_placement(self._source, self.options,
-                              shapes={self.input_name: [int(d) for d in self.card.input_shape(1)]})
+                              shapes={self.input_name: [1 if d is None else d for d in self.card.input_shape()]})
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able summary: model, card essentials and session providers."""

@@ -55,7 +55,7 @@ class PixelMapping:
         mean, inv = normalization_constants(card)
         return cls(channels=card.channels, reverse=card.channels == 3 and card.channel_order == "BGR",
                    mean=tuple(float(v) for v in mean), inv_std=tuple(float(v) for v in inv), layout=card.layout,
-                   input_size=tuple(card.input_size))
+                   input_size=card.input_size)
 
 
 def lookup_table(mapping: PixelMapping, *, dtype: Any = np.float32,

@@ -46,6 +46,11 @@ def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorResponse, "description": _ERRORS[code]} for code in codes}
 
 
+def _track_queue(metrics: Metrics, name: str, batcher: MicroBatcher) -> None:
+    """The queue depth and in-flight gauges of one model read its batcher when scraped."""
+    metrics.track_model(name, lambda: batcher.queued, lambda: batcher.admitted)
+
+
 def create_app(models: dict[str, ServedModel], config: ServeConfig) -> Any:
     """The ASGI app serving ``models`` (from :func:`edgecnn.serve.load_models`) under ``config``.
 
@@ -59,7 +64,7 @@ def create_app(models: dict[str, ServedModel], config: ServeConfig) -> Any:
                                    on_batch=metrics.batch_observer(name))
                 for name, m in models.items()}
     for name, b in batchers.items():
-        metrics.track_model(name, lambda b=b: b.queued, lambda b=b: b.admitted)
+        _track_queue(metrics, name, b)
     state = {"ready": False}
 
     @contextlib.asynccontextmanager

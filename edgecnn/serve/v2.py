@@ -34,6 +34,7 @@ from edgecnn import __version__
 from edgecnn.errors import InputError
 from edgecnn.runtime.backends import get_backend
 from edgecnn.runtime.backends.base import v2_datatype, v2_numpy
+from edgecnn.runtime.heads.classify import Classifier
 from edgecnn.serve._bigjson import LARGE_JSON_BYTES
 from edgecnn.serve._decode import DecodePools
 from edgecnn.serve._http import dump_json, parse_json, read_body
@@ -334,7 +335,8 @@ def encode_infer_response(model: ServedModel, outputs: list[np.ndarray],
 def _classification(model: ServedModel, out: np.ndarray, k: int) -> np.ndarray:
     """Triton's classification extension: ``[N, k]`` strings ``"score:index:label"``."""
     clf = model.model
-    proba = clf.probabilities(out)  # a classifier (checked when the request was parsed)
+    assert isinstance(clf, Classifier), "_requested asks a classifier's output only"
+    proba = clf.probabilities(out)
     return np.array([[f"{p.probability:f}:{p.index}:{p.label}".encode() for p in row] for row in clf.top_k(proba, k)],
                     dtype=object)
 
@@ -370,22 +372,31 @@ def _config(model: ServedModel) -> dict[str, Any]:
 
 def add_v2_routes(app: FastAPI, models: dict[str, ServedModel], batchers: dict[str, MicroBatcher],
                   config: ServeConfig, state: dict[str, bool], decode_pool: DecodePools) -> None:
-    """Register the Open Inference Protocol routes on ``app``."""
+    """Register the Open Inference Protocol routes on ``app``: metadata and health, then inference."""
+    _add_metadata_routes(app, models, state)
+    _add_infer_routes(app, models, batchers, config, decode_pool)
 
-    def _json(data: Any) -> Response:
-        return Response(dump_json(data), media_type="application/json")
 
-    def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-        return {c: {"model": V2Error, "description": "An Open Inference Protocol error."} for c in codes}
+def _json(data: Any) -> Response:
+    return Response(dump_json(data), media_type="application/json")
 
-    def _model(name: str, version: str | None) -> ServedModel:
-        model = lookup(models, name)
-        if version is not None and version != model.version:
-            raise ServeError(404, "unknown_version", f"Model {name!r} has version {model.version!r}, not "
-                             f"{version[:40]!r}.")
-        return model
 
-    @app.get("/v2", tags=["v2"], response_model=V2ServerMetadata, responses=errors(401),
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {c: {"model": V2Error, "description": "An Open Inference Protocol error."} for c in codes}
+
+
+def _model(models: dict[str, ServedModel], name: str, version: str | None) -> ServedModel:
+    model = lookup(models, name)
+    if version is not None and version != model.version:
+        raise ServeError(404, "unknown_version", f"Model {name!r} has version {model.version!r}, not "
+                         f"{version[:40]!r}.")
+    return model
+
+
+def _add_metadata_routes(app: FastAPI, models: dict[str, ServedModel], state: dict[str, bool]) -> None:
+    """Server and model metadata, configuration, liveness and readiness."""
+
+    @app.get("/v2", tags=["v2"], response_model=V2ServerMetadata, responses=_errors(401),
              summary="Server metadata (Open Inference Protocol).")
     async def server_metadata() -> Response:
         return _json({"name": "edgecnn", "version": __version__, "extensions": EXTENSIONS})
@@ -394,50 +405,55 @@ def add_v2_routes(app: FastAPI, models: dict[str, ServedModel], batchers: dict[s
     async def live() -> Response:
         return _json({"live": True})
 
-    @app.get("/v2/health/ready", tags=["v2"], response_model=V2Ready, responses=errors(503),
+    @app.get("/v2/health/ready", tags=["v2"], response_model=V2Ready, responses=_errors(503),
              summary="Readiness (Open Inference Protocol).")
     async def ready() -> Response:
         if not state["ready"]:
             raise ServeError(503, "not_ready", "The models are not loaded yet, or the server is stopping.")
         return _json({"ready": True})
 
-    @app.get("/v2/models/{name}", tags=["v2"], response_model=V2ModelMetadata, responses=errors(401, 404),
+    @app.get("/v2/models/{name}", tags=["v2"], response_model=V2ModelMetadata, responses=_errors(401, 404),
              summary="Model metadata (Open Inference Protocol).")
     async def model_metadata(name: str) -> Response:
-        return _json(_metadata(_model(name, None)))
+        return _json(_metadata(_model(models, name, None)))
 
-    @app.get("/v2/models/{name}/config", tags=["v2"], response_model=V2ModelConfig, responses=errors(401, 404),
+    @app.get("/v2/models/{name}/config", tags=["v2"], response_model=V2ModelConfig, responses=_errors(401, 404),
              summary="Model configuration (Triton's, as tritonclient's get_model_config reads it).")
     async def model_config(name: str) -> Response:
-        return _json(_config(_model(name, None)))
+        return _json(_config(_model(models, name, None)))
 
     @app.get("/v2/models/{name}/versions/{version}/config", tags=["v2"], response_model=V2ModelConfig,
-             responses=errors(401, 404),
+             responses=_errors(401, 404),
              summary="Model configuration of one version.")
     async def model_version_config(name: str, version: str) -> Response:
-        return _json(_config(_model(name, version)))
+        return _json(_config(_model(models, name, version)))
 
     @app.get("/v2/models/{name}/versions/{version}", tags=["v2"], response_model=V2ModelMetadata,
-             responses=errors(401, 404), summary="Model metadata of one version.")
+             responses=_errors(401, 404), summary="Model metadata of one version.")
     async def model_version_metadata(name: str, version: str) -> Response:
-        return _json(_metadata(_model(name, version)))
+        return _json(_metadata(_model(models, name, version)))
 
-    @app.get("/v2/models/{name}/ready", tags=["v2"], response_model=V2Ready, responses=errors(401, 404, 503),
+    @app.get("/v2/models/{name}/ready", tags=["v2"], response_model=V2Ready, responses=_errors(401, 404, 503),
              summary="Model readiness (Open Inference Protocol).")
     async def model_ready(name: str) -> Response:
-        _model(name, None)
+        _model(models, name, None)
         if not state["ready"]:
             raise ServeError(503, "not_ready", "The models are not loaded yet, or the server is stopping.")
         return _json({"name": name, "ready": True})
 
     @app.get("/v2/models/{name}/versions/{version}/ready", tags=["v2"], response_model=V2Ready,
-             responses=errors(401, 404, 503), summary="Model version readiness.")
+             responses=_errors(401, 404, 503), summary="Model version readiness.")
     async def model_version_ready(name: str, version: str) -> Response:
-        _model(name, version)
+        _model(models, name, version)
         return await model_ready(name)
 
+
+def _add_infer_routes(app: FastAPI, models: dict[str, ServedModel], batchers: dict[str, MicroBatcher],
+                      config: ServeConfig, decode_pool: DecodePools) -> None:
+    """``POST .../infer``, of the model and of one version: through the model's micro-batcher."""
+
     async def infer(name: str, version: str | None, request: Request) -> Response:
-        model = _model(name, version)
+        model = _model(models, name, version)
         batcher = batchers[name]
         batcher.check_capacity()
         body = await read_body(request, config.body_timeout_s)
@@ -457,15 +473,15 @@ def add_v2_routes(app: FastAPI, models: dict[str, ServedModel], batchers: dict[s
             return Response(payload, media_type="application/json")
         return Response(payload, media_type="application/octet-stream", headers={HEADER_LENGTH: str(head_length)})
 
-    infer_doc = {"response_model": V2InferResponse, "responses": errors(400, 401, 404, 408, 413, 422, 503),
-                 "openapi_extra": {"requestBody": V2_INFER_BODY}}
+    responses = _errors(400, 401, 404, 408, 413, 422, 503)
+    body = {"requestBody": V2_INFER_BODY}
 
-    @app.post("/v2/models/{name}/infer", tags=["v2"], **infer_doc,
-              summary="Inference (Open Inference Protocol, JSON or binary).")
+    @app.post("/v2/models/{name}/infer", tags=["v2"], response_model=V2InferResponse, responses=responses,
+              openapi_extra=body, summary="Inference (Open Inference Protocol, JSON or binary).")
     async def model_infer(name: str, request: Request) -> Response:
         return await infer(name, None, request)
 
-    @app.post("/v2/models/{name}/versions/{version}/infer", tags=["v2"], **infer_doc,
-              summary="Inference on one version.")
+    @app.post("/v2/models/{name}/versions/{version}/infer", tags=["v2"], response_model=V2InferResponse,
+              responses=responses, openapi_extra=body, summary="Inference on one version.")
     async def model_version_infer(name: str, version: str, request: Request) -> Response:
         return await infer(name, version, request)

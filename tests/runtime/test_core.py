@@ -130,6 +130,14 @@ def test_raw_model_gives_output_summaries(tmp_path):
         model.annotate(_png(tmp_path, "b.png"), res)
 
 
+def test_raw_model_refuses_a_heads_parameter(tmp_path):
+    """predict takes the parameters of the model's own head: a raw model has none, so ``top_k`` is a
+    TypeError, as ``conf`` is on a classifier, instead of being ignored without a word."""
+    model = load_model(_two_outputs(tmp_path / "raw.onnx"))
+    with pytest.raises(TypeError, match="top_k"):
+        model.predict([_png(tmp_path, "a.png")], top_k=3)
+
+
 def test_classifier_refuses_another_task(tmp_path):
     with pytest.raises(ArtifactError, match="raw model, not a classifier"):
         Classifier(_two_outputs(tmp_path / "raw.onnx"))

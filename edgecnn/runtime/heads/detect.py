@@ -254,7 +254,7 @@ class Detector(InferenceModel):
         return seen
 
     def predict(self, images: ImageLike | Sequence[ImageLike] | np.ndarray, conf: float = 0.25, iou: float = 0.45,
-                max_det: int = 300) -> list[Detections]:  # type: ignore[override]
+                max_det: int = 300) -> list[Detections]:
         """The :class:`Detections` of each image (boxes in its own pixels), best score first.
 
         Args:
@@ -268,7 +268,7 @@ class Detector(InferenceModel):
             InputError: for unreadable images or thresholds out of range.
         """
         check_thresholds(conf, iou, max_det)
-        return super().predict(images, conf=conf, iou=iou, max_det=max_det)
+        return self._predict(images, conf=conf, iou=iou, max_det=max_det)
 
     def postprocess(self, outputs: list[np.ndarray], fits: Sequence[FitInfo], *, conf: float = 0.25,
                     iou: float = 0.45, max_det: int = 300, **other: Any) -> list[Detections]:

@@ -112,16 +112,17 @@ def to_original(class_map: np.ndarray, fit: FitInfo, input_size: tuple[int, int]
     edge of its map.
     """
     dtype = np.uint8 if class_map.max(initial=0) < 256 else np.int32
-    return _resize_to_original(class_map.astype(dtype), fit, input_size, Image.NEAREST).astype(dtype)
+    return _resize_to_original(class_map.astype(dtype), fit, input_size, Image.Resampling.NEAREST).astype(dtype)
 
 
 def scores_to_original(score: np.ndarray, fit: FitInfo, input_size: tuple[int, int]) -> np.ndarray:
     """One (h, w) float score map -> the original image's (height, width), resized bilinearly (a
     one-channel model's probabilities or logits, thresholded after: as MediaPipe's segmenters do)."""
-    return _resize_to_original(np.asarray(score, dtype=np.float32), fit, input_size, Image.BILINEAR)
+    return _resize_to_original(np.asarray(score, dtype=np.float32), fit, input_size, Image.Resampling.BILINEAR)
 
 
-def _resize_to_original(values: np.ndarray, fit: FitInfo, input_size: tuple[int, int], resample: int) -> np.ndarray:
+def _resize_to_original(values: np.ndarray, fit: FitInfo, input_size: tuple[int, int],
+                        resample: Image.Resampling) -> np.ndarray:
     in_h, in_w = input_size
     out_h, out_w = values.shape
     sx, sy = out_w / in_w, out_h / in_h
@@ -171,11 +172,12 @@ def postprocess_segmentation(output: np.ndarray, fits: Sequence[FitInfo], class_
     n_classes = max(n_classes, len(class_names), int(maps.max(initial=0)) + 1)
     names = _names(class_names, n_classes)
     results = []
-    one_channel = axis is not None and out.shape[axis] == 1
+    # a one-channel output: its scores are resized, then thresholded (smooth edges, no nearest-neighbour steps)
+    score_axis = axis - 1 if axis is not None and out.shape[axis] == 1 else None  # the channel axis of one image
     threshold = 0.0 if output_kind == "logits" else 0.5
     for i, (cmap, fit) in enumerate(zip(maps, fits)):
-        if one_channel:  # scores resized, then thresholded: smooth edges, no nearest-neighbour steps
-            score = np.take(out[i], 0, axis=axis - 1)
+        if score_axis is not None:
+            score = np.take(out[i], 0, axis=score_axis)
             mask = (scores_to_original(score, fit, input_size) > threshold).astype(np.uint8)
         else:
             mask = to_original(cmap, fit, input_size)
@@ -221,8 +223,7 @@ class Segmenter(InferenceModel):
             raise ArtifactError(f"{self.model_path.name}: output {self.output_name!r} has shape {shape}; a "
                                 "segmentation output is [N, C, H, W], [N, H, W, C] or [N, H, W].")
 
-    def predict(self, images: ImageLike | Sequence[ImageLike] | np.ndarray  # type: ignore[override]
-                ) -> list[SegmentationResult]:
+    def predict(self, images: ImageLike | Sequence[ImageLike] | np.ndarray) -> list[SegmentationResult]:
         """The :class:`SegmentationResult` of each image, at the image's own size.
 
         Raises:
