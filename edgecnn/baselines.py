@@ -22,7 +22,7 @@ import multiprocessing
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,12 +60,12 @@ def run_baselines(
     config: dict[str, Any],
     runners: Sequence[str],
     calibration_data: str | Path | None = None,
-) -> list[dict[str, Any]]:
+) -> list[BenchResult]:
     """Time the requested baseline runners at every batch size, one spawned process per thread count.
 
     Returns:
-        :class:`edgecnn.runtime.benchmark.BenchResult` fields as dicts (the runtime's
-        ``BaselineRunner`` contract); each child process returns typed results.
+        the measured points (the runtime's ``BaselineRunner`` contract), as each child process
+        returned them: :class:`edgecnn.runtime.benchmark.BenchResult` objects, pickled across.
 
     Raises:
         ConfigError: for an unknown runner. MissingDependencyError: without tensorflow/ai-edge-litert.
@@ -86,9 +86,7 @@ def run_baselines(
     for threads in config["threads"]:
         with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
             results += pool.submit(_measure, str(keras_file), card, config, list(runners), tflite, threads).result()
-    # BenchResults cross the process boundary pickled, typed; the runtime's BaselineRunner contract
-    # (benchmark.py builds BenchResult(**row)) still takes dicts, so they leave as dicts here.
-    return [asdict(r) for r in results]
+    return results
 
 
 def _convert_child(keras_file: str, card: ModelCard, calibration_data: str | Path | None) -> bytes:

@@ -26,6 +26,7 @@ so a CUDA number is never a silent mix of GPU and CPU kernels.
 from __future__ import annotations
 
 import csv
+import difflib
 import io
 import json
 import logging
@@ -33,14 +34,14 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgecnn.errors import ConfigError, InputError
+from edgecnn.errors import ArtifactError, ConfigError, InputError
 from edgecnn.runtime.backends import BACKENDS
 from edgecnn.runtime.options import CudaOptions, RuntimeOptions
 
@@ -49,10 +50,6 @@ log = logging.getLogger(__name__)
 __all__ = ["BaselineRunner", "BenchConfig", "BenchResult", "BenchReport", "latency_stats", "machine_fingerprint",
            "gpu_fingerprint", "time_callable",
            "bench_onnx", "run_benchmark", "parse_int_list", "CSV_FIELDS", "peak_rss_mb", "reset_peak_rss"]
-
-# Times the Keras/LiteRT baselines: (keras_file, card dict, *, config=BenchConfig.to_dict(), runners,
-# calibration_data) -> dicts with BenchResult's fields; edgecnn.baselines.run_baselines is one.
-BaselineRunner = Callable[..., list[dict[str, Any]]]
 
 CSV_FIELDS = ["model", "variant", "runner", "precision", "provider", "batch", "threads", "runs", "mean_ms", "std_ms",
               "min_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms", "throughput_ips", "session_s", "peak_rss_mb"]
@@ -137,6 +134,56 @@ class BenchResult:
         return {"model": self.model, "variant": self.variant, "runner": self.runner, "precision": self.precision,
                 "provider": self.provider, "batch": self.batch, "threads": self.threads, **self.stats,
                 "session_s": self.session_s, "peak_rss_mb": self.peak_rss_mb}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, as :meth:`from_dict` reads it back."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BenchResult:
+        """A result from its fields (the inverse of :meth:`to_dict`), each of its type.
+
+        Raises:
+            ArtifactError: for an unknown or missing field or a value of the wrong type, in one line.
+        """
+        if not isinstance(data, Mapping):
+            raise ArtifactError(f"A bench result is a mapping of its fields, not a {type(data).__name__}.")
+        known = [f.name for f in fields(cls)]
+        unknown = [k for k in data if k not in known]
+        if unknown:
+            close = difflib.get_close_matches(str(unknown[0]), known, 1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f"; its fields: {', '.join(known)}"
+            raise ArtifactError(f"A bench result has no field {str(unknown[0])[:40]!r}{hint}.")
+        missing = [f.name for f in fields(cls) if f.name not in data and f.default is MISSING
+                   and f.default_factory is MISSING]
+        if missing:
+            raise ArtifactError(f"A bench result needs {', '.join(missing)}; got {', '.join(map(str, data))}.")
+        for key, value in data.items():
+            if not _FIELD_CHECKS[key](value):
+                raise ArtifactError(f"A bench result's {key} is {str(value)[:40]!r} ({type(value).__name__}), "
+                                    f"not {_FIELD_TYPES[key]}.")
+        return cls(**data)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+_FIELD_TYPES = {"model": "str", "variant": "str", "runner": "str", "precision": "str", "provider": "str",
+                "batch": "int", "threads": "int", "stats": "dict[str, float]", "session_s": "float | None",
+                "peak_rss_mb": "float | None", "notes": "list[str]", "placement": "dict | None"}
+_FIELD_CHECKS: dict[str, Callable[[Any], bool]] = {
+    **dict.fromkeys(("model", "variant", "runner", "precision", "provider"), lambda v: isinstance(v, str)),
+    **dict.fromkeys(("batch", "threads"), lambda v: type(v) is int),
+    "stats": lambda v: isinstance(v, dict) and all(isinstance(k, str) and _number(x) for k, x in v.items()),
+    **dict.fromkeys(("session_s", "peak_rss_mb"), lambda v: v is None or _number(v)),
+    "notes": lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v),
+    "placement": lambda v: v is None or isinstance(v, dict),
+}
+
+# Times the Keras/LiteRT baselines: (keras_file, card dict, *, config=BenchConfig.to_dict(), runners,
+# calibration_data) -> the measured points; edgecnn.baselines.run_baselines is one.
+BaselineRunner = Callable[..., list[BenchResult]]
 
 
 @dataclass
@@ -552,10 +599,14 @@ def _baselines(models: Sequence[str | Path], config: BenchConfig, compare: Seque
 
     card = InferenceModel(models[0], provider="cpu").card
     keras_file = _find_keras(keras_path, card)
-    rows = baseline_runner(keras_file, card.to_dict(), config=config.to_dict(),
-                           runners=["litert" if c == "tflite" else c for c in compare],
-                           calibration_data=calibration_data)
-    return [BenchResult(**r) for r in rows]
+    results = baseline_runner(keras_file, card.to_dict(), config=config.to_dict(),
+                              runners=["litert" if c == "tflite" else c for c in compare],
+                              calibration_data=calibration_data)
+    wrong = next((r for r in results if not isinstance(r, BenchResult)), None)
+    if wrong is not None:
+        raise TypeError(f"The baseline runner returned a {type(wrong).__name__}; it returns BenchResult objects "
+                        "(BenchResult.from_dict reads one from its fields).")
+    return list(results)
 
 
 def _find_keras(keras_path: str | Path | None, card: Any) -> Path:
