@@ -21,38 +21,45 @@ Three ways to call the session (the ``runner`` column):
 
 On every model, one extra profiled run reports where the nodes ran ("nodes on CPU: N of M"),
 so a CUDA number is never a silent mix of GPU and CPU kernels.
+
+This module sweeps and runs; the timing loop, its statistics, peak memory and the machine
+fingerprint are :mod:`edgecnn.runtime.timing`'s, the results and their JSON, CSV, table and plot
+:mod:`edgecnn.runtime.bench_report`'s (their names import from here too).
 """
 
 from __future__ import annotations
 
-import csv
-import difflib
-import io
-import json
 import logging
-import os
-import platform
-import sys
-import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgecnn.errors import ArtifactError, ConfigError, InputError
+from edgecnn.errors import ArtifactError, ConfigError
 from edgecnn.runtime.backends import BACKENDS
+from edgecnn.runtime.bench_report import CSV_FIELDS, BenchReport, BenchResult, compare_notes
 from edgecnn.runtime.options import CudaOptions, RuntimeOptions
+from edgecnn.runtime.timing import (
+    gpu_fingerprint,
+    latency_stats,
+    machine_fingerprint,
+    peak_rss_mb,
+    reset_peak_rss,
+    time_callable,
+)
 
 log = logging.getLogger(__name__)
 
 __all__ = ["BaselineRunner", "BenchConfig", "BenchResult", "BenchReport", "latency_stats", "machine_fingerprint",
            "gpu_fingerprint", "time_callable",
-           "bench_onnx", "run_benchmark", "parse_int_list", "CSV_FIELDS", "peak_rss_mb", "reset_peak_rss"]
+           "bench_onnx", "run_benchmark", "parse_int_list", "CSV_FIELDS", "peak_rss_mb", "reset_peak_rss",
+           "compare_notes"]
 
-CSV_FIELDS = ["model", "variant", "runner", "precision", "provider", "batch", "threads", "runs", "mean_ms", "std_ms",
-              "min_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms", "throughput_ips", "session_s", "peak_rss_mb"]
+# Times the Keras/LiteRT baselines: (keras_file, card dict, *, config=BenchConfig.to_dict(), runners,
+# calibration_data) -> the measured points; edgecnn.baselines.run_baselines is one.
+BaselineRunner = Callable[..., list[BenchResult]]
 
 
 @dataclass(frozen=True)
@@ -113,167 +120,6 @@ class BenchConfig:
                                                           "device_id")] + items[at:])
 
 
-@dataclass
-class BenchResult:
-    """One measured point: a variant at one batch size and thread count."""
-
-    model: str
-    variant: str
-    runner: str  # onnxruntime, keras.predict, keras.tf_function, litert
-    precision: str
-    provider: str  # the provider that actually ran it
-    batch: int
-    threads: int
-    stats: dict[str, float]
-    session_s: float | None = None
-    peak_rss_mb: float | None = None
-    notes: list[str] = field(default_factory=list)
-    placement: dict[str, Any] | None = None  # NodePlacement.to_dict() of the model (JSON: report "placement")
-
-    def row(self) -> dict[str, Any]:
-        return {"model": self.model, "variant": self.variant, "runner": self.runner, "precision": self.precision,
-                "provider": self.provider, "batch": self.batch, "threads": self.threads, **self.stats,
-                "session_s": self.session_s, "peak_rss_mb": self.peak_rss_mb}
-
-    def to_dict(self) -> dict[str, Any]:
-        """Every field, as :meth:`from_dict` reads it back."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> BenchResult:
-        """A result from its fields (the inverse of :meth:`to_dict`), each of its type.
-
-        Raises:
-            ArtifactError: for an unknown or missing field or a value of the wrong type, in one line.
-        """
-        if not isinstance(data, Mapping):
-            raise ArtifactError(f"A bench result is a mapping of its fields, not a {type(data).__name__}.")
-        known = [f.name for f in fields(cls)]
-        unknown = [k for k in data if k not in known]
-        if unknown:
-            close = difflib.get_close_matches(str(unknown[0]), known, 1)
-            hint = f" (did you mean {close[0]!r}?)" if close else f"; its fields: {', '.join(known)}"
-            raise ArtifactError(f"A bench result has no field {str(unknown[0])[:40]!r}{hint}.")
-        missing = [f.name for f in fields(cls) if f.name not in data and f.default is MISSING
-                   and f.default_factory is MISSING]
-        if missing:
-            raise ArtifactError(f"A bench result needs {', '.join(missing)}; got {', '.join(map(str, data))}.")
-        for key, value in data.items():
-            if not _FIELD_CHECKS[key](value):
-                raise ArtifactError(f"A bench result's {key} is {str(value)[:40]!r} ({type(value).__name__}), "
-                                    f"not {_FIELD_TYPES[key]}.")
-        return cls(**data)
-
-
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-_FIELD_TYPES = {"model": "str", "variant": "str", "runner": "str", "precision": "str", "provider": "str",
-                "batch": "int", "threads": "int", "stats": "dict[str, float]", "session_s": "float | None",
-                "peak_rss_mb": "float | None", "notes": "list[str]", "placement": "dict | None"}
-_FIELD_CHECKS: dict[str, Callable[[Any], bool]] = {
-    **dict.fromkeys(("model", "variant", "runner", "precision", "provider"), lambda v: isinstance(v, str)),
-    **dict.fromkeys(("batch", "threads"), lambda v: type(v) is int),
-    "stats": lambda v: isinstance(v, dict) and all(isinstance(k, str) and _number(x) for k, x in v.items()),
-    **dict.fromkeys(("session_s", "peak_rss_mb"), lambda v: v is None or _number(v)),
-    "notes": lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v),
-    "placement": lambda v: v is None or isinstance(v, dict),
-}
-
-# Times the Keras/LiteRT baselines: (keras_file, card dict, *, config=BenchConfig.to_dict(), runners,
-# calibration_data) -> the measured points; edgecnn.baselines.run_baselines is one.
-BaselineRunner = Callable[..., list[BenchResult]]
-
-
-@dataclass
-class BenchReport:
-    """All results of one ``edgecnn bench`` run plus the machine fingerprint."""
-
-    machine: dict[str, Any]
-    config: dict[str, Any]
-    results: list[BenchResult]
-    notes: list[str] = field(default_factory=list)
-    interrupted: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"schema": "edgecnn.bench/1", "machine": self.machine, "config": self.config,
-                "results": [{**r.row(), "notes": r.notes} for r in self.results], "notes": self.notes,
-                "placement": self.placements()}
-
-    def placements(self) -> dict[str, dict[str, Any]]:
-        """Node placement per variant (and provider), for the variants that measured it."""
-        out: dict[str, dict[str, Any]] = {}
-        for r in self.results:
-            if r.placement is not None:
-                out.setdefault(f"{r.variant} [{r.provider.replace('ExecutionProvider', '')}]", r.placement)
-        return out
-
-    def placement_lines(self) -> list[str]:
-        """``nodes on CPU: N of M (x%)`` per variant, for the terminal."""
-        return [f"{name}: {p['summary']}" for name, p in self.placements().items()]
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    def to_csv(self) -> str:
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
-        writer.writeheader()
-        for r in self.results:
-            writer.writerow({k: _fmt_csv(v) for k, v in r.row().items()})
-        return buf.getvalue()
-
-    def table_rows(self) -> tuple[list[str], list[list[str]]]:
-        cols = ["variant", "runner", "provider", "batch", "thr", "mean ms", "std", "min", "p50", "p90", "p99",
-                "max", "img/s", "session s", "peak MB"]
-        rows = []
-        for r in self.results:
-            s = r.stats
-            rows.append([r.variant, r.runner, r.provider.replace("ExecutionProvider", ""), str(r.batch), str(r.threads)]
-                        + [_fmt_ms(s[k])
-                           for k in ("mean_ms", "std_ms", "min_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms")]
-                        + [f"{s['throughput_ips']:,.0f}", "-" if r.session_s is None else f"{r.session_s:.3f}",
-                           "-" if r.peak_rss_mb is None else f"{r.peak_rss_mb:.0f}"])
-        return cols, rows
-
-    def plot(self, path: str | Path) -> Path:
-        """PNG of p50 latency by batch size, one line per variant/runner/threads (needs matplotlib)."""
-        from edgecnn._optional import pyplot
-
-        plt = pyplot()
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        series: dict[str, list[tuple[int, float]]] = {}
-        for r in self.results:
-            series.setdefault(f"{r.variant} [{r.runner}, {r.threads}t]", []).append((r.batch, r.stats["p50_ms"]))
-        for name, pts in series.items():
-            pts.sort()
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
-        ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="p50 latency (ms)",
-               title=f"edgecnn bench - {self.machine.get('cpu', '?')}")
-        batches = sorted({r.batch for r in self.results})
-        ax.set_xticks(batches, [str(b) for b in batches])  # the measured sizes, not the log axis' 2, 3, 4, 6
-        ax.xaxis.set_minor_locator(plt.NullLocator())
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.tmp.png")
-        fig.savefig(tmp, dpi=120)
-        tmp.replace(path)
-        plt.close(fig)
-        return path
-
-
-def _fmt_ms(v: float) -> str:
-    return f"{v:.2f}" if v >= 100 else f"{v:.3f}" if v >= 1 else f"{v:.4f}"
-
-
-def _fmt_csv(v: Any) -> Any:
-    return f"{v:.6g}" if isinstance(v, float) else ("" if v is None else v)
-
-
 def parse_int_list(text: str, what: str) -> tuple[int, ...]:
     """``"1,8,32"`` -> (1, 8, 32).
 
@@ -287,129 +133,6 @@ def parse_int_list(text: str, what: str) -> tuple[int, ...]:
     if not values or min(values) < 1:
         raise ConfigError(f"{what} must be positive integers such as 1,32; got {text!r}.")
     return values
-
-
-# ---------------------------------------------------------------------------------- statistics
-
-def latency_stats(times_s: Sequence[float], batch: int) -> dict[str, float]:
-    """Latency statistics in milliseconds and throughput in images per second.
-
-    Percentiles use linear interpolation (numpy's default); ``std`` is the population standard
-    deviation. ``throughput_ips`` is the images per second over the measured calls: ``batch /
-    mean latency`` (``batch x runs / their total time``), the one definition every edgecnn report
-    uses (``edgecnn bench``, ``edgecnn tune``'s table and report, ``deploy.json``). The p50 is
-    beside it for what one call costs; a throughput from the p50 would hide the slow calls a
-    stream of batches does pay.
-
-    Raises:
-        InputError: for no timings or a batch < 1.
-    """
-    t = np.asarray(times_s, dtype=np.float64) * 1e3
-    if t.size == 0 or batch < 1:
-        raise InputError(f"Need at least one timing and batch >= 1, got {t.size} timings, batch {batch}.")
-    p50, p90, p99 = np.percentile(t, [50, 90, 99])
-    mean = float(t.mean())
-    return {"runs": int(t.size), "mean_ms": mean, "std_ms": float(t.std()), "min_ms": float(t.min()),
-            "p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99), "max_ms": float(t.max()),
-            "throughput_ips": batch * 1e3 / mean if mean > 0 else float("inf")}
-
-
-def time_callable(fn: Callable[[], Any], *, warmup: int, runs: int, duration_s: float | None = None,
-                  min_runs: int = 10) -> list[float]:
-    """Call ``fn`` ``warmup`` times untimed, then time it ``runs`` times (or for ``duration_s``):
-    the one timing loop of edgecnn (bench, tune and the baselines time through it), as bare as a
-    hand-written one; a caller interleaving several models calls it once per model per round.
-
-    Returns seconds per call, one sample per call: ``perf_counter_ns`` around ``fn()`` and nothing
-    else. With ``duration_s`` the calls go on until that many seconds have passed and at least
-    ``min_runs`` calls were timed (``runs`` is then unused).
-    """
-    for _ in range(warmup):
-        fn()
-    clock = time.perf_counter_ns
-    times: list[int] = []
-    if duration_s is None:
-        for _ in range(runs):
-            t0 = clock()
-            fn()
-            times.append(clock() - t0)
-    else:
-        deadline = clock() + int(duration_s * 1e9)
-        while len(times) < min_runs or clock() < deadline:
-            t0 = clock()
-            fn()
-            times.append(clock() - t0)
-    return [t * 1e-9 for t in times]
-
-
-# --------------------------------------------------------------------------------- memory, machine
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark of this process (Linux >= 4.0); False if unsupported."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_mb() -> float | None:
-    """Peak resident memory of this process in MiB (VmHWM, else ru_maxrss)."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    try:
-        import resource
-
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
-    except (ImportError, OSError):
-        return None
-
-
-def machine_fingerprint() -> dict[str, Any]:
-    """CPU model, SIMD flags, cores and library versions of this machine."""
-    import onnxruntime as ort
-
-    from edgecnn.runtime.cpu import cpu_model_and_flags
-
-    cpu, flags = cpu_model_and_flags()
-    simd = ["avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
-            "amx_int8", "amx_bf16", "neon", "asimd"]
-    usable: int | None
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    return {
-        "cpu": cpu, "simd": [f for f in simd if f in flags], "logical_cpus": os.cpu_count(), "usable_cpus": usable,
-        "gpu": gpu_fingerprint(),
-        "machine": platform.machine(), "os": platform.platform(), "python": platform.python_version(),
-        "numpy": np.__version__, "onnxruntime": ort.__version__,
-        "onnxruntime_providers": ort.get_available_providers(),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-    }
-
-
-def gpu_fingerprint() -> list[dict[str, str]]:
-    """Name, driver and memory of each NVIDIA GPU (``nvidia-smi``); empty without one."""
-    import shutil
-    import subprocess
-
-    if shutil.which("nvidia-smi") is None:
-        return []
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    keys = ("name", "driver", "memory")
-    return [dict(zip(keys, (v.strip() for v in line.split(",")))) for line in out.splitlines() if line.strip()]
 
 
 # ---------------------------------------------------------------------------------- ONNX runner
@@ -610,8 +333,6 @@ def _baselines(models: Sequence[str | Path], config: BenchConfig, compare: Seque
 
 
 def _find_keras(keras_path: str | Path | None, card: Any) -> Path:
-    from edgecnn.errors import ArtifactError
-
     candidates = []
     if keras_path is not None:
         candidates.append(Path(keras_path))
@@ -626,24 +347,3 @@ def _find_keras(keras_path: str | Path | None, card: Any) -> Path:
         "--compare needs the Keras model: pass --keras RUN_DIR (holding model.keras) or a .keras file"
         + (f"; {candidates[0]} has none" if candidates else "; the model card names no source run") + "."
     )
-
-
-def compare_notes(results: Sequence[BenchResult]) -> list[str]:
-    """Plain statements on each non-fp32 variant against the fastest fp32 variant of the same model,
-    runner, provider, batch and threads; a quantized variant slower than fp32 is called SLOWER."""
-    fp32: dict[tuple, BenchResult] = {}
-    for r in results:
-        key = (r.model, r.runner, r.provider, r.batch, r.threads)
-        if r.precision == "fp32" and (key not in fp32 or r.stats["p50_ms"] < fp32[key].stats["p50_ms"]):
-            fp32[key] = r
-    notes = []
-    for r in results:
-        ref = fp32.get((r.model, r.runner, r.provider, r.batch, r.threads))
-        if ref is None or r.precision == "fp32":
-            continue
-        ratio = r.stats["p50_ms"] / ref.stats["p50_ms"]
-        verdict = (f"SLOWER than fp32 ({ratio:.2f}x the latency)" if ratio > 1.0
-                   else f"{1 / ratio:.2f}x faster than fp32")
-        notes.append(f"{r.variant} is {verdict} on this machine at batch {r.batch}, {r.threads} thread(s): "
-                     f"p50 {r.stats['p50_ms']:.3f} ms vs {ref.stats['p50_ms']:.3f} ms ({ref.variant}).")
-    return notes
