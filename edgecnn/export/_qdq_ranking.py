@@ -60,8 +60,8 @@ def rank_quantization_errors(fp32_path: Path, qdq_path: Path, *, card: ModelCard
     dbg = require("onnxruntime.quantization.qdq_loss_debug", "export")
     qdq = onnx.load(str(qdq_path))
     users = _quantized_tensor_users(qdq)
-    with tempfile.TemporaryDirectory(prefix="edgecnn-rank-") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="edgecnn-rank-") as tmp_name:
+        tmp = Path(tmp_name)
         pre = tmp / "pre.onnx"
         pre_process_for_quantization(fp32_path, pre)
         pre_proto = onnx.load(str(pre))
@@ -183,6 +183,10 @@ def _identity(x: np.ndarray) -> np.ndarray:
     return x
 
 
+def _relu(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x, 0)
+
+
 def _fused_activations(pre: Any, qdq: Any) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
     """Relu/Clip outputs that ORT folded into the quantization of the node before them.
 
@@ -199,12 +203,15 @@ def _fused_activations(pre: Any, qdq: Any) -> dict[str, Callable[[np.ndarray], n
         if n.op_type not in ("Relu", "Clip") or qdq_producers.get(n.output[0]) == n.op_type:
             continue
         if n.op_type == "Relu":
-            out[n.output[0]] = lambda x: np.maximum(x, 0)
+            out[n.output[0]] = _relu
             continue
         attrs = {a.name: a.f for a in n.attribute}
         lo = inits[n.input[1]] if len(n.input) > 1 and n.input[1] in inits else attrs.get("min", -np.inf)
         hi = inits[n.input[2]] if len(n.input) > 2 and n.input[2] in inits else attrs.get("max", np.inf)
-        out[n.output[0]] = lambda x, lo=float(lo), hi=float(hi): np.clip(x, lo, hi)
+        def clip(x: np.ndarray, lo: float = float(lo), hi: float = float(hi)) -> np.ndarray:
+            return np.clip(x, lo, hi)
+
+        out[n.output[0]] = clip
     return out
 
 
@@ -282,9 +289,9 @@ def _channel_sqnr(reference: list[np.ndarray], candidate: list[np.ndarray], shap
     ref = np.concatenate([np.asarray(r, dtype=np.float64).ravel() for r in reference])
     cand = np.concatenate([np.asarray(c, dtype=np.float64).ravel() for c in candidate])
     if shape and len(shape) > axis and all(d for d in shape[1 if batched else 0:]):
-        rest = shape[1:] if batched else shape
+        rest = tuple(int(d or 0) for d in (shape[1:] if batched else shape))  # every d is known here
         if ref.size % int(np.prod(rest)) == 0:
-            full = ((-1,) + tuple(rest)) if batched else tuple(shape)
+            full = (-1, *rest) if batched else rest
             ref, cand = ref.reshape(full), cand.reshape(full)
             ref, cand = np.moveaxis(ref, axis, 0), np.moveaxis(cand, axis, 0)
     ref, cand = ref.reshape(len(ref) if ref.ndim > 1 else 1, -1), cand.reshape(len(cand) if cand.ndim > 1 else 1, -1)

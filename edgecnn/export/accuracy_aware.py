@@ -42,7 +42,7 @@ from edgecnn._optional import require
 from edgecnn.card import ModelCard
 from edgecnn.errors import AccuracyDropError, ArtifactError, ConfigError, EdgecnnError
 from edgecnn.export._qdq_ranking import QuantError, quantized_node_count, rank_quantization_errors
-from edgecnn.export.quantize import QuantizeConfig, quantize_model
+from edgecnn.export.quantize import QuantizeConfig, calibration_images_given, quantize_model
 from edgecnn.runtime.preprocess import normalize_batch
 
 log = logging.getLogger(__name__)
@@ -293,16 +293,17 @@ def accuracy_aware_quantize(fp32_path: Path, out_path: Path, *, card: ModelCard,
         ConfigError, DataError: as :func:`quantize_model`.
     """
     required = baseline - config.max_drop - 1e-9
-    with tempfile.TemporaryDirectory(prefix="edgecnn-aa-") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="edgecnn-aa-") as tmp_name:
+        tmp = Path(tmp_name)
         plain = tmp / "plain.onnx"
         quantize_model(fp32_path, plain, mode="int8", card=card, config=quant, calibration_images=calibration_images)
         plain_metric = float(evaluate(plain))
         log.info("plain int8: %s %.4f (needs >= %.4f)", config.metric_name, plain_metric, required)
         search = _Search(fp32_path, tmp, card=card, quant=quant, images=calibration_images, evaluate=evaluate,
                          required=required, max_retries=config.max_retries)
-        ranking, quantized = (), quantized_node_count(plain)
-        best = (plain_metric, (), plain)
+        ranking: tuple[QuantError, ...] = ()
+        quantized = quantized_node_count(plain)
+        best: tuple[float, tuple[str, ...], Path] = (plain_metric, (), plain)
         if plain_metric < required:
             ranking = rank_quantization_errors(fp32_path, plain, card=card,
                                                images=calibration_images[: config.ranking_images],
@@ -455,12 +456,15 @@ def time_models(models: dict[str, Path], *, card: ModelCard, images: np.ndarray,
 
 
 def accuracy_aware_for_export(fp32_path: Path, out_path: Path, *, card: ModelCard, quant: QuantizeConfig,
-                              calibration_images: np.ndarray, test_images: np.ndarray,
+                              calibration_images: np.ndarray | None, test_images: np.ndarray,
                               test_labels: np.ndarray | None, fp32_outputs: list[np.ndarray],
                               fp32_accuracy: float | None, max_drop_pp: float) -> AccuracyAwareResult:
     """The search with the export guard's own metric: accuracy with labels, else the task metric
     against fp32 (top-1 agreement for classifiers, output cosine similarity for raw models), as a
     point estimate; the export's guard then judges the chosen file with its interval.
+
+    Raises:
+        DataError: without (enough) calibration images. ArtifactError: when onnxruntime fails.
     """
     from edgecnn.export.verify import OnnxPredictor, accuracy, ort_error, predict_outputs, task_agreement
 
@@ -475,8 +479,9 @@ def accuracy_aware_for_export(fp32_path: Path, out_path: Path, *, card: ModelCar
     config = AccuracyAwareConfig(max_drop=max_drop_pp / 100, metric_name=name)
     try:
         return accuracy_aware_quantize(fp32_path, out_path, card=card, quant=quant,
-                                       calibration_images=calibration_images, evaluate=evaluate,
-                                       baseline=fp32_accuracy if labelled else 1.0, config=config)
+                                       calibration_images=calibration_images_given(calibration_images),
+                                       evaluate=evaluate, config=config,
+                                       baseline=fp32_accuracy if labelled and fp32_accuracy is not None else 1.0)
     except EdgecnnError:
         raise
     except Exception as err:  # onnxruntime.quantization raises whatever its passes raise

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, overload
 
 import numpy as np
 
@@ -59,7 +59,7 @@ def _synthetic_data(card: ModelCard, n: int = _SYNTHETIC_IMAGES) -> ExportData:
     images = []
     for _ in range(n):
         coarse = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
-        smooth = np.asarray(Image.fromarray(coarse).resize((w, h), Image.BILINEAR), dtype=np.float32)
+        smooth = np.asarray(Image.fromarray(coarse).resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32)
         images.append(np.clip(smooth + rng.normal(0, 12, smooth.shape), 0, 255).astype(np.uint8))
     return ExportData(calibration=None, test=to_channels(np.stack(images), card.channels, gray=card.gray),
                       test_labels=None,
@@ -75,6 +75,12 @@ def fp32_only_data(card: ModelCard, config: ExportConfig) -> tuple[ExportData, M
     return _as_model_input(*_with_eval_data(none, card, config))
 
 
+@overload
+def _limit(x: np.ndarray, n: int | None) -> np.ndarray: ...
+@overload
+def _limit(x: None, n: int | None) -> None: ...
+@overload
+def _limit(x: np.ndarray | None, n: int | None) -> np.ndarray | None: ...
 def _limit(x: np.ndarray | None, n: int | None) -> np.ndarray | None:
     return x if x is None or n is None else x[:n]
 
@@ -105,6 +111,8 @@ def _as_model_input(data: ExportData, card: ModelCard) -> tuple[ExportData, Mode
 def _with_eval_data(data: ExportData, card: ModelCard, config: ExportConfig) -> tuple[ExportData, ModelCard]:
     """``--eval-data``: every one of its images judges the variants (labels when it has them),
     instead of the held-out part of the calibration data or the card's test split."""
+    if config.eval_data is None:  # the callers ask only when it is given
+        return data, card
     ev = load_judging_data(config.eval_data, card.input_size, fitting=Fitting.of(card))
     labels, card = _align_labels(ev.test_labels, ev.class_names, card)
     return ExportData(calibration=data.calibration, test=_limit(ev.test, config.test_images),
@@ -135,6 +143,7 @@ def _read_data(card: ModelCard, calibration_data: str | Path | None,
             and ds.num_classes != card.num_classes:
         raise DataError(f"Dataset {spec} has {ds.num_classes} classes, the model {card.num_classes}.")
     if calibration_data is None:
+        assert ds is not None  # without calibration_data, the card's dataset loaded or DataError was raised
         return ExportData(calibration=ds.x_train, test=_limit(ds.x_test, config.test_images),
                           test_labels=_limit(ds.y_test, config.test_images), description=f"{ds.name} test split"), card
     ext = load_eval_data(calibration_data, card.input_size, seed=config.quant.seed, fitting=Fitting.of(card))

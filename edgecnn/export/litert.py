@@ -106,7 +106,7 @@ def embed_card_tflite(tflite: bytes, card: ModelCard) -> bytes:
     """The flatbuffer with ``card`` as a ``metadata`` entry under :data:`~edgecnn.card.ONNX_METADATA_KEY`
     (read back by :func:`edgecnn.runtime.litert_backend.read_tflite_metadata`); an older card is replaced."""
     require("ai_edge_litert", "litert")
-    import flatbuffers
+    import flatbuffers  # type: ignore[import-untyped]  # no stubs, no py.typed
     from ai_edge_litert import schema_py_generated as schema
 
     from edgecnn.card import ONNX_METADATA_KEY

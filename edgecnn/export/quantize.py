@@ -171,8 +171,8 @@ def quantize_model(fp32_path: Path, out_path: Path, *, mode: str, card: ModelCar
         _pre_process(_per_channel_opset(fp32_path, Path(tmp), config), pre, card=card, work=Path(tmp))
         if mode == "int8-dynamic":
             return _check_quantized(_dynamic(pre, out_path, config), mode, config)
-        check_calibration_images(calibration_images, card, config.calibration_samples)
-        return _check_quantized(_static(pre, out_path, card, config, calibration_images), mode, config)
+        images = check_calibration_images(calibration_images, card, config.calibration_samples)
+        return _check_quantized(_static(pre, out_path, card, config, images), mode, config)
 
 
 _INT8_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
@@ -197,12 +197,18 @@ def _check_quantized(model: Any, mode: str, config: QuantizeConfig) -> Any:
                         f"drop -q {mode} or try the other int8 mode.")
 
 
-def check_calibration_images(images: np.ndarray | None, card: ModelCard, needed: int) -> None:
-    """Raise DataError unless ``images`` are at least ``MIN_CALIBRATION_IMAGES`` uint8 NHWC images
-    of the card's input size."""
-    h, w = card.input_size
+def calibration_images_given(images: np.ndarray | None) -> np.ndarray:
+    """``images``, or DataError when there are none: static int8 needs them."""
     if images is None:
         raise DataError("Static int8 needs calibration images: pass --calibration-data DIR_OR_NPZ (real images).")
+    return images
+
+
+def check_calibration_images(images: np.ndarray | None, card: ModelCard, needed: int) -> np.ndarray:
+    """``images``, or DataError unless they are at least ``MIN_CALIBRATION_IMAGES`` uint8 NHWC images
+    of the card's input size."""
+    h, w = card.input_size
+    images = calibration_images_given(images)
     if images.ndim != 4 or images.shape[1:] != (h, w, card.channels):
         raise DataError(f"Calibration images must be (N, {h}, {w}, {card.channels}) to match the model input, "
                         f"got {images.shape}.")
@@ -211,6 +217,7 @@ def check_calibration_images(images: np.ndarray | None, card: ModelCard, needed:
                         f"{MIN_CALIBRATION_IMAGES} (asked for {needed}).")
     if len(images) < needed:
         log.warning("Calibrating on %d images (asked for %d).", len(images), needed)
+    return images
 
 
 @contextlib.contextmanager
@@ -389,7 +396,8 @@ def _static(pre: Path, out_path: Path, card: ModelCard, config: QuantizeConfig, 
              "CalibMovingAverage": False, **config.extra}
     if config.calibration_method == "percentile":
         extra["CalibPercentile"] = config.percentile
-    reader, cache = _ArrayReader(card.input_name, batches), None
+    reader: _ArrayReader | None = _ArrayReader(card.input_name, batches)
+    cache = None
     if config.calibration_method == "entropy":
         reader, cache = None, _entropy_ranges(pre, _ArrayReader(card.input_name, batches))
     q.quantize_static(

@@ -126,12 +126,13 @@ def load_source(path: str | Path, *, overrides: ModelOverrides | None = None, op
     if tta != "none" and kind not in KERAS_SOURCES:
         raise ArtifactError(f"--tta {tta} wraps a Keras model before conversion; {path} is a {kind} source: export "
                             "the run directory or .keras file it came from.")
-    loaders = {"run": partial(_run, tta=tta), "keras": partial(_keras_file, tta=tta), "savedmodel": _saved_model,
-               "tflite": _tflite, "onnx": _onnx}
+    loaders: dict[str, Callable[..., ModelSource]] = {
+        "run": partial(_run, tta=tta), "keras": partial(_keras_file, tta=tta), "savedmodel": _saved_model,
+        "tflite": _tflite, "onnx": _onnx}
     if kind != "onnx":
         layout = layout or overrides.layout or "nhwc"
     if kind == "run" and not (path / "card.json").is_file():  # a folder with a user's model.keras, no card
-        return _keras_file(path / "model.keras", overrides, opset, layout, tta=tta)
+        return _keras_file(path / "model.keras", overrides, opset, layout or "nhwc", tta=tta)
     return loaders[kind](path, overrides, opset, layout)
 
 

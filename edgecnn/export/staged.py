@@ -184,11 +184,11 @@ def _stage_litert(mode: str, *, base: Fp32Baseline, src: ModelSource, data: Expo
 
     started = time.perf_counter()
     card, quant = base.card, config.quant
-    check_calibration_images(data.calibration, card, quant.calibration_samples)
-    pick = np.sort(np.random.default_rng(quant.seed).permutation(len(data.calibration))[:quant.calibration_samples])
+    images = check_calibration_images(data.calibration, card, quant.calibration_samples)
+    pick = np.sort(np.random.default_rng(quant.seed).permutation(len(images))[:quant.calibration_samples])
     nhwc = card.replace(layout="nhwc")  # the Keras model's own layout
     model = tta_model(load_float32_keras(src.file), config.tta)  # the same graph as the ONNX variants
-    blob = convert_litert_int8(model, nhwc, data.calibration[pick], source=str(src.path), float_output=True,
+    blob = convert_litert_int8(model, nhwc, images[pick], source=str(src.path), float_output=True,
                                pixels_in=True)
     settings = {"converter": "tf.lite.TFLiteConverter", "optimizations": "DEFAULT", "ops": "TFLITE_BUILTINS_INT8",
                 "input": "int8 pixels (normalization inside the model)", "output": "float32",
