@@ -293,6 +293,10 @@ def resize_all(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.stack([np.asarray(Image.fromarray(i).resize((size[1], size[0]), Image.Resampling.BILINEAR)) for i in x])
 
 
+_Arrays = tuple[np.ndarray, np.ndarray, "np.ndarray | None", "np.ndarray | None", "np.ndarray | None",
+                "np.ndarray | None"]  # x_train, y_train, x_val, y_val, x_test, y_test
+
+
 def load_dataset(
     data: str | None,
     *,
@@ -314,52 +318,74 @@ def load_dataset(
     """
     if not 0.0 <= val_split < 1.0:
         raise DataError(f"val_split must be in [0, 1), got {val_split}.")
-    x_val = y_val = None
-    class_names = list(CIFAR10_CLASSES)
-    if data == "keras.datasets.cifar10":  # as recorded in the card of a run trained on the download
-        data = "cifar10"
-    source: dict[str, Any]
-    if data is None:
-        try:
-            x_tr, y_tr, x_te, y_te = download_cifar10()
-            name, source = "cifar10", {"path": "keras.datasets.cifar10"}
-        except DataError as err:
-            log.warning("%s Using the embedded CIFAR-10 sample instead.", err)
-            x_tr, y_tr, x_te, y_te = load_embedded_sample()
-            name, source = "cifar10-sample", {"path": "sample"}
-    elif data == "cifar10":
-        x_tr, y_tr, x_te, y_te = download_cifar10()
-        name, source = "cifar10", {"path": "keras.datasets.cifar10"}
-    elif data == "sample":
-        x_tr, y_tr, x_te, y_te = load_embedded_sample()
-        name, source = "cifar10-sample", {"path": "sample"}
-    else:
-        path = Path(data).expanduser()
-        if path.suffix == ".npz" or path.is_file():
-            x_tr, y_tr, x_te, y_te = load_npz(path)
-            n = _check_labels(path, y_tr, y_te)
-            class_names = (list(CIFAR10_CLASSES) if n == 10 and "cifar" in path.name.lower()
-                           else [str(i) for i in range(n)])
-            name, source = path.stem, {"path": str(path.resolve())}
-        elif path.is_dir():
-            x_tr, y_tr, x_val, y_val, x_te, y_te, class_names = load_image_folder(path, input_size)
-            name, source = path.name, {"path": str(path.resolve()), "format": "folder"}
-        else:
-            raise DataError(f"Dataset {data!r} not found: pass a .npz file, an image folder, 'cifar10' or 'sample'.")
+    name, source, class_names, arrays = _read(data, input_size)
     source.setdefault("format", "arrays")
-
     keep = parse_classes(classes, class_names)
     if keep is not None:
         source["classes"] = [class_names[i] for i in keep]
-        x_tr, y_tr = _subset(x_tr, y_tr, keep)
-        if x_val is not None:
-            x_val, y_val = _subset(x_val, y_val, keep)
-        if x_te is not None:
-            x_te, y_te = _subset(x_te, y_te, keep)
+        arrays = _subset_all(arrays, keep)
         class_names = [class_names[i] for i in keep]
+    x_tr, y_tr, x_val, y_val, x_te, y_te = _hold_out(arrays, val_split=val_split, seed=seed, limit=limit,
+                                                     source=source)
+    if x_val is None or y_val is None or x_te is None or y_te is None:
+        raise DataError(f"{name} has no test or validation images: hold some out with --val-split.")
+    if y_tr.max() >= len(class_names):
+        raise DataError(f"Labels go up to {int(y_tr.max())} but there are {len(class_names)} classes.")
+    if max_train is not None:
+        x_tr, y_tr = x_tr[:max_train], y_tr[:max_train]
+    x_tr, x_val, x_te = (resize_all(a, input_size) for a in (x_tr, x_val, x_te))
+    return Dataset(name, class_names, x_tr, y_tr, x_val, y_val, x_te, y_te, source)
 
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(x_tr))
+
+def _read(data: str | None, input_size: tuple[int, int]) -> tuple[str, dict[str, Any], list[str], _Arrays]:
+    """The dataset ``data`` names: its name, where it came from, its class names and its arrays
+    (validation arrays only where the data has them: an image folder's ``val/``)."""
+    if data == "keras.datasets.cifar10":  # as recorded in the card of a run trained on the download
+        data = "cifar10"
+    cifar = list(CIFAR10_CLASSES)
+    if data is None:
+        try:
+            x_tr, y_tr, x_te, y_te = download_cifar10()
+            return "cifar10", {"path": "keras.datasets.cifar10"}, cifar, (x_tr, y_tr, None, None, x_te, y_te)
+        except DataError as err:
+            log.warning("%s Using the embedded CIFAR-10 sample instead.", err)
+            data = "sample"
+    if data == "cifar10":
+        x_tr, y_tr, x_te, y_te = download_cifar10()
+        return "cifar10", {"path": "keras.datasets.cifar10"}, cifar, (x_tr, y_tr, None, None, x_te, y_te)
+    if data == "sample":
+        x_tr, y_tr, x_te, y_te = load_embedded_sample()
+        return "cifar10-sample", {"path": "sample"}, cifar, (x_tr, y_tr, None, None, x_te, y_te)
+    path = Path(data).expanduser()
+    if path.suffix == ".npz" or path.is_file():
+        x_tr, y_tr, x_te, y_te = load_npz(path)
+        n = _check_labels(path, y_tr, y_te)
+        names = cifar if n == 10 and "cifar" in path.name.lower() else [str(i) for i in range(n)]
+        return path.stem, {"path": str(path.resolve())}, names, (x_tr, y_tr, None, None, x_te, y_te)
+    if path.is_dir():
+        x_tr, y_tr, x_val, y_val, x_te, y_te, names = load_image_folder(path, input_size)
+        return (path.name, {"path": str(path.resolve()), "format": "folder"}, names,
+                (x_tr, y_tr, x_val, y_val, x_te, y_te))
+    raise DataError(f"Dataset {data!r} not found: pass a .npz file, an image folder, 'cifar10' or 'sample'.")
+
+
+def _subset_all(arrays: _Arrays, keep: list[int]) -> _Arrays:
+    """Every split reduced to the classes ``keep`` (labels renumbered)."""
+    x_tr, y_tr, x_val, y_val, x_te, y_te = arrays
+    x_tr, y_tr = _subset(x_tr, y_tr, keep)
+    if x_val is not None:
+        x_val, y_val = _subset(x_val, y_val, keep)
+    if x_te is not None:
+        x_te, y_te = _subset(x_te, y_te, keep)
+    return x_tr, y_tr, x_val, y_val, x_te, y_te
+
+
+def _hold_out(arrays: _Arrays, *, val_split: float, seed: int, limit: int | None, source: dict[str, Any]) -> _Arrays:
+    """Training images shuffled, a validation split held out where the data has none, ``limit``
+    applied, and the validation split standing in for a missing test split (and the reverse);
+    ``source`` records the limit and a test split that is the validation one."""
+    x_tr, y_tr, x_val, y_val, x_te, y_te = arrays
+    order = np.random.default_rng(seed).permutation(len(x_tr))
     x_tr, y_tr = x_tr[order], y_tr[order]
     if limit and x_val is None:  # --limit caps the images drawn from, validation split included
         x_tr, y_tr = x_tr[:limit], y_tr[:limit]
@@ -378,14 +404,7 @@ def load_dataset(
         source["test_split"] = "val"
     if x_val is None:
         x_val, y_val = x_te, y_te
-    if x_val is None or y_val is None or x_te is None or y_te is None:
-        raise DataError(f"{name} has no test or validation images: hold some out with --val-split.")
-    if y_tr.max() >= len(class_names):
-        raise DataError(f"Labels go up to {int(y_tr.max())} but there are {len(class_names)} classes.")
-    if max_train is not None:
-        x_tr, y_tr = x_tr[:max_train], y_tr[:max_train]
-    x_tr, x_val, x_te = (resize_all(a, input_size) for a in (x_tr, x_val, x_te))
-    return Dataset(name, class_names, x_tr, y_tr, x_val, y_val, x_te, y_te, source)
+    return x_tr, y_tr, x_val, y_val, x_te, y_te
 
 
 def channel_stats(x: np.ndarray) -> tuple[list[float], list[float]]:
