@@ -17,7 +17,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from edgecnn.runtime.core import InferenceModel, read_card
+    from edgecnn.runtime.cards import read_card
+    from edgecnn.runtime.core import InferenceModel
     from edgecnn.runtime.heads import (
         Classifier,
         Detection,
@@ -39,7 +40,7 @@ _HOMES = {
     "default_model_path": "edgecnn.runtime.heads", "Detector": "edgecnn.runtime.heads",
     "Detection": "edgecnn.runtime.heads", "Detections": "edgecnn.runtime.heads",
     "Segmenter": "edgecnn.runtime.heads", "SegmentationResult": "edgecnn.runtime.heads",
-    "InferenceModel": "edgecnn.runtime.core", "read_card": "edgecnn.runtime.core",
+    "InferenceModel": "edgecnn.runtime.core", "read_card": "edgecnn.runtime.cards",
     "FitInfo": "edgecnn.runtime.preprocess", "load_image": "edgecnn.runtime.preprocess",
     "normalize_batch": "edgecnn.runtime.preprocess", "create_session": "edgecnn.runtime.session",
     "load_model": "edgecnn.runtime.loading", "HEADS": "edgecnn.runtime.loading",

@@ -9,31 +9,34 @@ verification, ``evaluate``, ``bench`` and ``serve``. It owns
   providers and a fallback check, OpenVINO, LiteRT);
 - the card: the one embedded in the file, or one inferred from the graph and the file's own
   metadata (Ultralytics' ``imgsz``/``names``/``task``/``stride``) plus the caller's overrides,
-  with :meth:`InferenceModel.assumptions` saying in one line what was assumed;
+  with :meth:`InferenceModel.assumptions` saying in one line what was assumed
+  (:mod:`edgecnn.runtime.cards`);
 - preprocessing (the one image loader, :func:`~edgecnn.runtime.preprocess.fit_image`), and
   the card's pixel mapping inside the backend (:mod:`edgecnn.runtime.pixels`): calls from uint8
   pixels (:meth:`InferenceModel.run_pixels`) run a session that takes them;
 - running: every output or the primary one, in chunks a fixed-batch model accepts (the last
-  one padded), through the cheapest call of each session (:mod:`edgecnn.runtime.runners`).
+  one padded, :mod:`edgecnn.runtime.batching`), through the cheapest call of each session
+  (:mod:`edgecnn.runtime.runners`).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgecnn.card import ONNX_METADATA_KEY, ModelCard
-from edgecnn.card_inference import infer_card
+from edgecnn.card import ModelCard
 from edgecnn.errors import ArtifactError, ConfigError, InputError
-from edgecnn.presets import ModelOverrides, TensorInfo
+from edgecnn.presets import ModelOverrides
 from edgecnn.runtime.backends import get_backend
-from edgecnn.runtime.backends.base import FLOAT_TYPES, Session, dtype_row, numpy_dtype
+from edgecnn.runtime.backends.base import Session, numpy_dtype
+from edgecnn.runtime.batching import find_batch_axes, output_summary, run_chunked, take_images
+from edgecnn.runtime.cards import card_input, read_card, resolve_card
 from edgecnn.runtime.cpu import check_int8_target
 from edgecnn.runtime.options import RuntimeOptions
 from edgecnn.runtime.preprocess import (
@@ -50,18 +53,8 @@ from edgecnn.runtime.session import NodePlacement, create_session, node_placemen
 
 log = logging.getLogger(__name__)
 
-__all__ = ["InferenceModel", "read_card"]
-
-
-def read_card(session: Session) -> ModelCard | None:
-    """The model card stored in the file's metadata (ONNX ``metadata_props``, the TFLite
-    flatbuffer's ``metadata``), or None when there is none.
-
-    Raises:
-        ArtifactError: if a card is present but is not a valid one.
-    """
-    text = session.get_modelmeta().custom_metadata_map.get(ONNX_METADATA_KEY)
-    return None if text is None else ModelCard.from_json(text)
+# read_card and take_images import from here as they always did (cards.py, batching.py are their homes).
+__all__ = ["InferenceModel", "read_card", "take_images"]
 
 
 class InferenceModel:
@@ -119,14 +112,15 @@ class InferenceModel:
         self.graph_outputs = self._session.get_outputs()
         embedded = card if card is not None else read_card(self._session)
         self.has_card = embedded is not None
-        self.card, self._assumed = self._card_of(embedded, overrides)
+        self.card, self._assumed = resolve_card(self._session, self.model_path.stem, embedded, overrides,
+                                                inputs=self.graph_inputs, outputs=self.graph_outputs)
         h, w = self.card.input_size
         if h * w > max_pixels:  # a model declaring 1x3x100000x100000 must not cost 112 GiB per image
             raise ArtifactError(f"{self.model_path.name} takes {h}x{w} = {h * w:,} pixels per image, over the limit of "
                                 f"{max_pixels:,}; pass --input-size HxW if its input size is dynamic (or raise "
                                 "max_pixels).")
         check_int8_target(self.card, self.model_path.name)
-        self._input = self._check_input()
+        self._input = card_input(self.graph_inputs, self.card, self.model_path)
         self.input_name = self._input.name
         self.input_dtype = numpy_dtype(self._input.type)
         self.output_names = [o.name for o in self.graph_outputs]
@@ -140,19 +134,6 @@ class InferenceModel:
         self._batch_axes: list[int | None] | None = None
         self._open_runners(self._session, model, pixels_in_graph=pixels_in_graph)
         self._check_task()
-
-    def _card_of(self, embedded: ModelCard | None, overrides: ModelOverrides | None) -> tuple[ModelCard, str | None]:
-        """The card (the given or embedded one with the overrides applied; without one, a card
-        inferred from the graph, the file's metadata and the overrides) and what was assumed."""
-        if embedded is not None:
-            return (overrides.apply(embedded) if overrides else embedded), None
-
-        def tensors(args: list[Any]) -> list[TensorInfo]:
-            return [TensorInfo(a.name, tuple(a.shape), _type_name(a.type)) for a in args]
-
-        meta = self._session.get_modelmeta().custom_metadata_map  # type: ignore[union-attr]  # open here
-        return infer_card(self.model_path.stem, inputs=tensors(self.graph_inputs), outputs=tensors(self.graph_outputs),
-                          overrides=overrides or ModelOverrides(), metadata=meta)
 
     def _open_runners(self, session: Session, model: str | Path | bytes, *, pixels_in_graph: bool) -> None:
         """The runners of preprocessed tensors and of uint8 pixels, IO binding where it applies."""
@@ -278,24 +259,6 @@ class InferenceModel:
         """One line saying what was assumed about a model without a card (None when nothing was)."""
         return self._assumed
 
-    def _check_input(self) -> Any:
-        inputs = {i.name: i for i in self.graph_inputs}
-        inp = inputs.get(self.card.input_name) or (next(iter(inputs.values())) if len(inputs) == 1 else None)
-        if inp is None:
-            raise ArtifactError(f"{self.model_path}: the card names input {self.card.input_name!r}, the model has "
-                                f"{list(inputs)}.")
-        expected = self.card.input_shape()
-        if len(inp.shape) != 4 or any(isinstance(a, int) and b is not None and a != b
-                                      for a, b in zip(inp.shape, expected)):
-            raise ArtifactError(
-                f"{self.model_path}: the model input {inp.name!r} has shape {inp.shape} but the card "
-                f"({self.card.layout}, {self.card.channels} channels, {self.card.input_size}) expects "
-                f"{list(expected)}; check --layout, --channels and --input-size."
-            )
-        if inp.type not in FLOAT_TYPES:
-            raise ArtifactError(f"{self.model_path}: input {inp.name!r} is {inp.type}; edgecnn needs a float input.")
-        return inp
-
     # --------------------------------------------------------------------------------- inputs
     def fit(self, image: ImageLike) -> tuple[np.ndarray, FitInfo]:
         """Decode one image to uint8 HxWxC at the input size, with how it was fitted."""
@@ -391,22 +354,8 @@ class InferenceModel:
         got = list(pixels.shape) if isinstance(pixels, np.ndarray) else type(pixels).__name__
         raise InputError(f"Expected pixels of shape (N, {h}, {w}, {c}) (NHWC, 0-255); got {got}.")
 
-    def _chunked(self, run: Any, x: np.ndarray) -> list[np.ndarray]:
-        step = self.fixed_batch
-        if step is None or x.shape[0] == step:
-            return run(x)
-        parts: list[list[np.ndarray]] = []
-        axes: list[int | None] = []
-        for start in range(0, x.shape[0], step):
-            chunk = x[start:start + step]
-            n = chunk.shape[0]
-            if n < step:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], step - n, axis=0)])
-            outs = run(chunk)
-            axes = self.batch_axes(outs, step)
-            parts.append([o if a is None else take_images(o, slice(0, n), a) for o, a in zip(outs, axes)])
-        return [parts[0][i] if a is None else np.concatenate([p[i] for p in parts], axis=a)
-                for i, a in enumerate(axes)]
+    def _chunked(self, run: Callable[[np.ndarray], list[np.ndarray]], x: np.ndarray) -> list[np.ndarray]:
+        return run_chunked(run, x, self.fixed_batch, self.batch_axes)
 
     def batch_axes(self, outputs: Sequence[np.ndarray], n: int) -> list[int | None]:
         """The axis of each output that indexes the ``n`` images of the batch (None: an output
@@ -415,29 +364,14 @@ class InferenceModel:
         The card's ``batch_axis`` when given; else the axis whose symbolic size is the input's batch
         in the graph; else the first run decides: axis 0 when its size is the batch, or the one
         axis that has the batch's size (a time-major ``[T, N, C]`` output: axis 1). The answer is
-        kept, and a time-major output found at run time is said once.
+        kept, and a time-major output found at run time is said once
+        (:func:`~edgecnn.runtime.batching.find_batch_axes`).
         """
-        if self._batch_axes is not None:
-            return self._batch_axes
-        batch = self._input.shape[0]
-        axes: list[int | None] = []
-        for out, info in zip(outputs, self.graph_outputs):
-            shape = tuple(np.shape(out))
-            declared = [j for j, d in enumerate(info.shape) if isinstance(batch, str) and d == batch]
-            if self.card.batch_axis is not None:
-                axes.append(self.card.batch_axis if len(shape) > self.card.batch_axis else None)
-            elif len(declared) == 1 and len(shape) == len(info.shape):
-                axes.append(declared[0])
-            elif shape and shape[0] == n:
-                axes.append(0)
-            else:
-                fits = [j for j, d in enumerate(shape) if d == n]
-                axes.append(fits[0] if len(fits) == 1 else None)
-                if len(fits) == 1:
-                    log.info("%s: output %s %s has the images along axis %d (time-major); pass --batch-axis %d to "
-                             "say so.", self.model_path.name, info.name, list(shape), fits[0], fits[0])
-        self._batch_axes = axes
-        return axes
+        if self._batch_axes is None:
+            self._batch_axes = find_batch_axes(outputs, n, graph_outputs=self.graph_outputs,
+                                               input_batch=self._input.shape[0], card_axis=self.card.batch_axis,
+                                               model_name=self.model_path.name)
+        return self._batch_axes
 
     def timed_call(self, x: np.ndarray) -> tuple[str, Any]:
         """The runner name and a no-argument call that runs the model once on ``x``, as bare as a
@@ -489,7 +423,7 @@ class InferenceModel:
         n = len(fits)
         axes = self._batch_axes or self.batch_axes(outputs, n)
         per_image = [[o if a is None else take_images(o, i, a) for i in range(n)] for o, a in zip(outputs, axes)]
-        return [[_summary(name, out[i]) for name, out in zip(self.output_names, per_image)] for i in range(n)]
+        return [[output_summary(name, out[i]) for name, out in zip(self.output_names, per_image)] for i in range(n)]
 
     def result_dict(self, result: Any) -> dict[str, Any]:
         """One image's result as JSON-able data, the same in ``predict --json`` and the server's
@@ -527,24 +461,3 @@ class InferenceModel:
                 "io_binding": self.io_binding, "cuda_graph": self.cuda_graph, "preprocessing": self.pixel_note,
                 "cuda": None if self.cuda is None else self.cuda.provider_options()}
 
-
-def _type_name(onnx_type: str) -> str:
-    """numpy's name of an element type (``float32``), or the type as the session gave it when the
-    table has no row for it: what :func:`~edgecnn.card_inference.infer_card` reads."""
-    row = dtype_row(onnx_type)
-    return row.numpy if row is not None else onnx_type
-
-
-def take_images(output: np.ndarray, index: int | slice, axis: int) -> np.ndarray:
-    """``output[index]`` along its image ``axis`` (see :meth:`InferenceModel.batch_axes`)."""
-    return output[(slice(None),) * axis + (index,)]
-
-
-def _summary(name: str, value: np.ndarray) -> dict[str, Any]:
-    v = np.asarray(value)
-    out: dict[str, Any] = {"name": name, "shape": list(v.shape), "dtype": str(v.dtype)}
-    if v.size and np.issubdtype(v.dtype, np.number):
-        f = v.astype(np.float64)
-        out.update(min=float(f.min()), max=float(f.max()), mean=float(f.mean()),
-                   argmax=[int(i) for i in np.unravel_index(int(f.argmax()), v.shape)])
-    return out
