@@ -82,9 +82,38 @@ def fold_onnx(model: str | Path | bytes, card: ModelCard, input_name: str) -> by
     Returns None (and logs why at debug level) where the file cannot carry it: no ``onnx``
     package, external weight files, a non-float or not 4-D input, more than 1 GiB.
     """
+    loaded = _load_foldable(model, input_name)
+    if loaded is None:
+        return None
+    from onnx import TensorProto, helper
+
+    proto, inp = loaded
+    graph = proto.graph
+    dims = inp.type.tensor_type.shape.dim
+    m = PixelMapping.of(card)
+    h, w = m.input_size
+    fresh = _FreshNames({n for node in graph.node for n in (*node.input, *node.output)}
+                        | {i.name for i in graph.input} | {t.name for t in graph.initializer})
+    pixels = fresh(PIXELS_INPUT)
+    batch = dims[0].dim_value if dims[0].HasField("dim_value") and dims[0].dim_value > 0 else (dims[0].dim_param or "N")
+    nodes, inits = _mapping_nodes(m, pixels, fresh, half=inp.type.tensor_type.elem_type == TensorProto.FLOAT16)
+    nodes[-1].output[0] = input_name  # the last node produces what the graph took as its input
+    new_input = helper.make_tensor_value_info(pixels, TensorProto.UINT8, [batch, h, w, m.channels])
+    index = list(graph.input).index(inp)
+    graph.input.remove(inp)
+    graph.input.insert(index, new_input)
+    graph.initializer.extend(inits)
+    old = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes + old)
+    return proto.SerializeToString()
+
+
+def _load_foldable(model: str | Path | bytes, input_name: str) -> tuple[Any, Any] | None:
+    """The ONNX model and its input ``input_name``, or None where the mapping cannot be folded in."""
     try:
         import onnx
-        from onnx import TensorProto, helper, numpy_helper
+        from onnx import TensorProto
     except ImportError:
         log.debug("onnx is not installed: preprocessing runs in numpy")
         return None
@@ -113,21 +142,30 @@ def fold_onnx(model: str | Path | bytes, card: ModelCard, input_name: str) -> by
         return None
     if not any(o.domain in ("", "ai.onnx") and o.version >= 7 for o in proto.opset_import):
         return None  # Cast's `to` was a string before opset 6: leave such old files alone
-    m = PixelMapping.of(card)
-    h, w = m.input_size
-    taken = {n for node in graph.node for n in (*node.input, *node.output)} | {i.name for i in graph.input} \
-        | {t.name for t in graph.initializer}
+    return proto, inp
 
-    def fresh(base: str) -> str:
+
+class _FreshNames:
+    """Names not yet in the graph: ``base``, else ``base_1``, ``base_2``, ... (each taken when given)."""
+
+    def __init__(self, taken: set[str]) -> None:
+        self.taken = taken
+
+    def __call__(self, base: str) -> str:
         name, k = base, 0
-        while name in taken:
+        while name in self.taken:
             k += 1
             name = f"{base}_{k}"
-        taken.add(name)
+        self.taken.add(name)
         return name
 
-    pixels = fresh(PIXELS_INPUT)
-    batch = dims[0].dim_value if dims[0].HasField("dim_value") and dims[0].dim_value > 0 else (dims[0].dim_param or "N")
+
+def _mapping_nodes(m: PixelMapping, pixels: str, fresh: _FreshNames, *, half: bool) -> tuple[list[Any], list[Any]]:
+    """The nodes (the last one's output still to be renamed to the model input) and initializers
+    that map the uint8 ``pixels`` input to the model input, float16 when ``half``."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    h, w = m.input_size
     # onnxruntime broadcasts a (1, 1, 1, C) constant element by element (0.8 ms for one 224x224
     # image, slower than numpy); a scalar, a (1, C, 1, 1) one or a whole (1, H, W, C) one runs at
     # memory speed. Equal channels get scalars, an NCHW model gets the pixels transposed first (a
@@ -135,7 +173,9 @@ def fold_onnx(model: str | Path | bytes, card: ModelCard, input_name: str) -> by
     # images of constants (a transpose pair would be pushed through the arithmetic and cancelled
     # by onnxruntime's optimizer, back to the slow broadcast).
     uniform = len(set(m.mean)) == 1 and len(set(m.inv_std)) == 1
-    nodes, inits, x = [], [], pixels
+    nodes: list[Any] = []
+    inits: list[Any] = []
+    x = pixels
 
     def node(op: str, inputs: list[str], base: str, **attrs: Any) -> str:
         nodes.append(helper.make_node(op, inputs, [fresh(base)], **attrs))
@@ -163,15 +203,6 @@ def fold_onnx(model: str | Path | bytes, card: ModelCard, input_name: str) -> by
     if any(m.mean):  # x - 0 is x: skipping it changes no bit
         x = node("Sub", [x, const(m.mean, "edgecnn_mean")], "edgecnn_centred")
     x = node("Mul", [x, const(m.inv_std, "edgecnn_inv_std")], "edgecnn_normalized")
-    if elem == TensorProto.FLOAT16:  # numpy's path casts the float32 result the same way
+    if half:  # numpy's path casts the float32 result the same way
         x = node("Cast", [x], "edgecnn_half", to=TensorProto.FLOAT16)
-    nodes[-1].output[0] = input_name  # the last node produces what the graph took as its input
-    new_input = helper.make_tensor_value_info(pixels, TensorProto.UINT8, [batch, h, w, m.channels])
-    index = list(graph.input).index(inp)
-    graph.input.remove(inp)
-    graph.input.insert(index, new_input)
-    graph.initializer.extend(inits)
-    old = list(graph.node)
-    del graph.node[:]
-    graph.node.extend(nodes + old)
-    return proto.SerializeToString()
+    return nodes, inits
