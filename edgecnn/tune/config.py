@@ -55,7 +55,9 @@ class TuneConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        from edgecnn.runtime.options import BACKENDS  # here: importing edgecnn.runtime loads onnxruntime
+        # here, not at the top: the CLI builds `tune --help` from this module without loading the runtime
+        # (tests/test_imports.py); runtime.options itself is light
+        from edgecnn.runtime.options import BACKENDS
 
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"--objective must be {' or '.join(OBJECTIVES)}, got {self.objective!r}.")
