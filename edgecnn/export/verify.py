@@ -157,19 +157,22 @@ def task_evidence(task: str, fp32_outputs: Sequence[np.ndarray], variant_outputs
         kind = output_layout(card.output_kind, ref.shape, card.num_classes)
         if kind in NMS_KINDS:  # the graph's own NMS: its rows, read alike from both
             roles = graph_nms_from_arrays(kind, fp32_outputs)
-            nms = dict(input_size=card.input_size, max_det=300)
-            truth = postprocess_graph_nms(fp32_outputs, roles, fits, card.class_names, conf=_DETECT_CONF, **nms)
-            found = postprocess_graph_nms(variant_outputs, roles, fits, card.class_names, conf=_CANDIDATE_CONF, **nms)
+            truth = postprocess_graph_nms(fp32_outputs, roles, fits, card.class_names, conf=_DETECT_CONF,
+                                          input_size=card.input_size, max_det=300)
+            found = postprocess_graph_nms(variant_outputs, roles, fits, card.class_names, conf=_CANDIDATE_CONF,
+                                          input_size=card.input_size, max_det=300)
         else:
-            common = dict(input_size=card.input_size, iou=0.45, max_det=300)
-            truth = postprocess_yolo(ref, kind, fits, card.class_names, conf=_DETECT_CONF, **common)
-            found = postprocess_yolo(got, kind, fits, card.class_names, conf=_CANDIDATE_CONF, **common)
-        records = DetectionRecords.match(found, truth, min_score=_DETECT_CONF)
+            truth = postprocess_yolo(ref, kind, fits, card.class_names, conf=_DETECT_CONF,
+                                     input_size=card.input_size, iou=0.45, max_det=300)
+            found = postprocess_yolo(got, kind, fits, card.class_names, conf=_CANDIDATE_CONF,
+                                     input_size=card.input_size, iou=0.45, max_det=300)
+        records = DetectionRecords.match([d.detections for d in found], [d.detections for d in truth],
+                                         min_score=_DETECT_CONF)
         return (lambda weights: float(records.score(weights).value)), len(ref)
-    common = dict(input_size=card.input_size, layout=card.layout, output_kind=card.output_kind)
-    truth = postprocess_segmentation(ref, fits, card.class_names, **common)
-    found = postprocess_segmentation(got, fits, card.class_names, **common)
-    cm = confusion_matrices([r.mask for r in found], [r.mask for r in truth])
+    masks = [[r.mask for r in postprocess_segmentation(outputs, fits, card.class_names, input_size=card.input_size,
+                                                       layout=card.layout, output_kind=card.output_kind)]
+             for outputs in (got, ref)]
+    cm = confusion_matrices(masks[0], masks[1])
 
     def miou(weights: np.ndarray | None) -> float:
         return mean_iou_of(cm.sum(axis=0) if weights is None else np.tensordot(weights, cm, axes=1))
