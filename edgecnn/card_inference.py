@@ -251,6 +251,26 @@ def _segment_classes(shape: Sequence[int | None], layout: str) -> int | None:
     return 2 if c == 1 else c
 
 
+def _detector_preprocessing(kind: str, overrides: ModelOverrides, ultra: Mapping[str, Any], got: _Inferred) -> None:
+    """How a detector of output layout ``kind`` is fed, when the file does not say: Ultralytics'
+    letterbox and stride, a stretch for TF/TFLite box outputs, YOLOX's own preprocessing."""
+    got.values.update(resize="letterbox", stride=int(ultra.get("stride", max(_YOLO_STRIDES))))
+    if kind in BOX_KINDS and not ultra:  # TF/TFLite SSDs and most NMS exports stretch the image
+        got.values.update(resize="stretch")
+        got.assumed.append(f"{kind} outputs ({'y' if kind == 'boxes-yxyx' else 'x'} first; pass --output-layout "
+                           f"{'boxes-xyxy' if kind == 'boxes-yxyx' else 'boxes-yxyx'} for the other order), "
+                           "resize stretch (pass --resize letterbox if it was trained so)")
+    if kind == "yolox":  # YOLOX's own preproc: cv2.resize to the top left of a 114 canvas, 0-255 BGR
+        got.values.update(resize="keep-aspect", pad_value=114, resample="cv2-linear")
+        if not overrides.normalization_given and not ultra:
+            channels = got.values["channels"]
+            got.values.update(zip(("mean", "std"), PREPROCESS_PRESETS["none"].for_channels(channels)),
+                              normalization="yolox", channel_order="BGR" if channels == 3 else "RGB")
+            got.assumed.append("YOLOX's preprocessing: raw 0-255 BGR pixels, keep-aspect with pad 114, OpenCV's "
+                               "linear resize (pass --preprocess/--channels-order/--resize/--resample if it was "
+                               "trained otherwise)")
+
+
 def _task_and_outputs(name: str, outputs: Sequence[TensorInfo], size: tuple[int, int], overrides: ModelOverrides,
                       ultra: Mapping[str, Any], softmax_output: bool | None, got: _Inferred,
                       file_labels: tuple[str, ...] | None = None) -> None:
@@ -283,21 +303,7 @@ def _task_and_outputs(name: str, outputs: Sequence[TensorInfo], size: tuple[int,
                 f"edgecnn decodes ({DETECT_LAYOUTS}); pass --task raw for the outputs as they are (or --task "
                 "segment for a per-pixel map).")
         kind = kind if guess == "detect" else "yolov8"
-        got.values.update(resize="letterbox", stride=int(ultra.get("stride", max(_YOLO_STRIDES))))
-        if kind in BOX_KINDS and not ultra:  # TF/TFLite SSDs and most NMS exports stretch the image
-            got.values.update(resize="stretch")
-            got.assumed.append(f"{kind} outputs ({'y' if kind == 'boxes-yxyx' else 'x'} first; pass --output-layout "
-                               f"{'boxes-xyxy' if kind == 'boxes-yxyx' else 'boxes-yxyx'} for the other order), "
-                               "resize stretch (pass --resize letterbox if it was trained so)")
-        if kind == "yolox":  # YOLOX's own preproc: cv2.resize to the top left of a 114 canvas, 0-255 BGR
-            got.values.update(resize="keep-aspect", pad_value=114, resample="cv2-linear")
-            if not overrides.normalization_given and not ultra:
-                channels = got.values["channels"]
-                got.values.update(zip(("mean", "std"), PREPROCESS_PRESETS["none"].for_channels(channels)),
-                                  normalization="yolox", channel_order="BGR" if channels == 3 else "RGB")
-                got.assumed.append("YOLOX's preprocessing: raw 0-255 BGR pixels, keep-aspect with pad 114, OpenCV's "
-                                   "linear resize (pass --preprocess/--channels-order/--resize/--resample if it was "
-                                   "trained otherwise)")
+        _detector_preprocessing(kind, overrides, ultra, got)
     elif task == "segment":
         kind = "probabilities" if softmax_output else "logits"
         n_classes = _segment_classes(first, got.values.get("layout", "nchw"))

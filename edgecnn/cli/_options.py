@@ -57,6 +57,17 @@ def model_options(*, layout_help: str = "Input layout of the model: nchw or nhwc
     --resize, --resample, --pad-value, --shorter-side, --gray, --output-layout, --batch-axis, --task):
     the command receives them parsed and validated as one ``overrides``
     (:class:`edgecnn.presets.ModelOverrides`)."""
+
+    def overrides(values: dict[str, Any]) -> dict[str, Any]:
+        from edgecnn.presets import parse_overrides
+
+        return {"overrides": parse_overrides(**{k: values.pop(k) for k in MODEL_FLAGS})}
+
+    return _group(_model_flags(layout_help), overrides)
+
+
+def _model_flags(layout_help: str) -> Sequence[Callable[[Any], Any]]:
+    """The click options of :func:`model_options` (their choices from the card's vocabulary)."""
     from edgecnn.card import GRAY_RULES, OUTPUT_KINDS, RESAMPLE_FILTERS, RESIZE_MODES, TASKS
     from edgecnn.presets import PREPROCESS_PRESETS
 
@@ -107,13 +118,7 @@ def model_options(*, layout_help: str = "Input layout of the model: nchw or nhwc
                      help="What the model does (default: its card, "
                      "Ultralytics metadata or its output shapes)."),
     ]
-
-    def overrides(values: dict[str, Any]) -> dict[str, Any]:
-        from edgecnn.presets import parse_overrides
-
-        return {"overrides": parse_overrides(**{k: values.pop(k) for k in MODEL_FLAGS})}
-
-    return _group(options, overrides)
+    return options
 
 
 

@@ -130,30 +130,8 @@ def qat_model(model: Any, *, per_channel: bool = True, weight_bits: int = 8) -> 
     producers, consumers = _graph(model)
     outputs = {t._keras_history.operation.name for t in model.outputs}
     qat_class = {"Conv2D": kl.QATConv2D, "DepthwiseConv2D": kl.QATDepthwiseConv2D, "Dense": kl.QATDense}
-    folded: dict[str, Any] = {}  # weight layer name -> its BatchNormalization
-    for layer in model.layers:
-        kind = type(layer).__name__
-        nxt = consumers[layer.name]
-        if kind in _WEIGHT_LAYERS and len(nxt) == 1 and type(nxt[0]).__name__ == "BatchNormalization" \
-                and len(producers[nxt[0].name]) == 1 and layer.activation in (None, keras.activations.linear) \
-                and nxt[0].axis in (-1, len(layer.output.shape) - 1) and layer.name not in outputs:
-            folded[layer.name] = nxt[0]
+    folded = _foldable(model, producers, consumers, outputs)
     folded_bn = {bn.name for bn in folded.values()}
-
-    def wants_quantizer(layer: Any) -> bool:
-        kind = type(layer).__name__
-        if layer.name in outputs or kind in _PASS_THROUGH or kind == "Softmax" or layer.name in folded:
-            return False
-        if isinstance(getattr(layer, "output", None), (list, tuple)):
-            return False  # several outputs (ChannelSplit): their consumers' inputs carry the ranges
-        act = getattr(layer, "activation", None)
-        if kind == "Activation" and getattr(act, "__name__", "") == "softmax":
-            return False
-        nxt = consumers[layer.name]
-        # Between a computation and its activation, the activation's output is what gets quantized.
-        return not (nxt and all(type(c).__name__ in _ACTIVATIONS and type(c).__name__ != "Softmax"
-                                and getattr(getattr(c, "activation", None), "__name__", "") != "softmax"
-                                for c in nxt))
 
     def clone(layer: Any) -> Any:
         kind = type(layer).__name__
@@ -182,7 +160,7 @@ def qat_model(model: Any, *, per_channel: bool = True, weight_bits: int = 8) -> 
         args = tuple(quantize_input(a) for a in args)
         out = layer(args[0]) if layer.name in folded_bn else layer(*args, **kwargs)
         original = model.get_layer(layer.name)
-        if wants_quantizer(original):
+        if _wants_quantizer(original, outputs=outputs, folded=folded, consumers=consumers):
             lower, upper = _bounds(original)
             if layer.name in folded_bn:  # the folded conv's own activation is linear
                 lower, upper = None, None
@@ -201,6 +179,39 @@ def qat_model(model: Any, *, per_channel: bool = True, weight_bits: int = 8) -> 
         else:
             target.set_weights(layer.get_weights())
     return new, quantizers
+
+
+def _foldable(model: Any, producers: dict[str, list[Any]], consumers: dict[str, list[Any]],
+              outputs: set[str]) -> dict[str, Any]:
+    """Weight layer name -> the BatchNormalization folded into it: its only consumer, fed by it
+    alone, normalizing the channel axis, after a linear activation and not a model output."""
+    folded: dict[str, Any] = {}
+    for layer in model.layers:
+        nxt = consumers[layer.name]
+        if type(layer).__name__ in _WEIGHT_LAYERS and len(nxt) == 1 and type(nxt[0]).__name__ == "BatchNormalization" \
+                and len(producers[nxt[0].name]) == 1 and layer.activation in (None, keras.activations.linear) \
+                and nxt[0].axis in (-1, len(layer.output.shape) - 1) and layer.name not in outputs:
+            folded[layer.name] = nxt[0]
+    return folded
+
+
+def _wants_quantizer(layer: Any, *, outputs: set[str], folded: dict[str, Any],
+                     consumers: dict[str, list[Any]]) -> bool:
+    """Whether ``layer``'s output gets a FakeQuant: not a model output, a pass-through, a softmax,
+    a layer with a folded batch norm after it, or a computation whose activation follows it."""
+    kind = type(layer).__name__
+    if layer.name in outputs or kind in _PASS_THROUGH or kind == "Softmax" or layer.name in folded:
+        return False
+    if isinstance(getattr(layer, "output", None), (list, tuple)):
+        return False  # several outputs (ChannelSplit): their consumers' inputs carry the ranges
+    act = getattr(layer, "activation", None)
+    if kind == "Activation" and getattr(act, "__name__", "") == "softmax":
+        return False
+    nxt = consumers[layer.name]
+    # Between a computation and its activation, the activation's output is what gets quantized.
+    return not (nxt and all(type(c).__name__ in _ACTIVATIONS and type(c).__name__ != "Softmax"
+                            and getattr(getattr(c, "activation", None), "__name__", "") != "softmax"
+                            for c in nxt))
 
 
 def _fold(layer: Any, bn: Any) -> list[np.ndarray]:
