@@ -26,7 +26,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -101,8 +101,8 @@ class InferenceModel:
         self.model_path = Path("<bytes>") if isinstance(model, bytes) else Path(model)
         self._source = model
         options = RuntimeOptions.given(options, runtime, what=f"{type(self).__name__}()")
-        self.options = replace(options, backend=options.backend_for(model))
-        self.backend: str = self.options.backend  # type: ignore[assignment]  # set just above
+        self.backend = options.backend_for(model)
+        self.options = replace(options, backend=self.backend)
         self.cuda = self.options.cuda
         self.allow_fallback = self.options.fallback
         self._session_lock = threading.Lock()
@@ -148,12 +148,15 @@ class InferenceModel:
         self.pixel_note = "numpy (pixels_in_graph=False)"
         if pixels_in_graph:
             self._pixels, self.pixel_note = self._pixel_runner(session, model)
-        if self._pixels is None or self._pixels.session is session:  # LiteRT's pixel session is the same one
+        pixels = self._pixels
+        if pixels is None or pixels.session is session:  # LiteRT's pixel session is the same one
             self._tensor = self._runner(session, self.input_name)
+            first = pixels or self._tensor
         else:  # the float session returns on the first preprocessed-tensor call (serve's JSON tensors, bench)
             self._session = None
+            first = pixels
         # what a backend defers (OpenVINO compiles) is done now: a device or precision error is the constructor's
-        (self._pixels or self._tensor).session.load()  # type: ignore[union-attr]
+        first.session.load()
 
     @property
     def session(self) -> Any:
@@ -292,7 +295,7 @@ class InferenceModel:
                 raise InputError("No images given.")
             fitted = [self.fit(im) for im in images]
             return np.stack([f[0] for f in fitted]), [f[1] for f in fitted]
-        pixels, info = self.fit(images)  # type: ignore[arg-type]
+        pixels, info = self.fit(cast(ImageLike, images))  # anything else is one image (fit refuses what is not)
         return pixels[None], [info]
 
     def to_pixels(self, images: ImageLike | Sequence[ImageLike] | np.ndarray) -> np.ndarray:

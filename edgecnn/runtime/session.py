@@ -26,6 +26,7 @@ from edgecnn.runtime.backends import BACKENDS, get_backend
 from edgecnn.runtime.backends.base import Session, SessionInfo
 from edgecnn.runtime.backends.onnxruntime import (
     GPU_INSTALL,
+    OrtSession,
     onnxruntime_conflict,
     ort_error,
     preload_cuda_libraries,
@@ -182,5 +183,6 @@ def node_placement(model: str | Path | bytes, options: RuntimeOptions | None = N
                 [d if isinstance(d, int) and d > 0 else (batch if i == 0 else 1) for i, d in enumerate(inp.shape)]
             feed[inp.name] = np.zeros(shape, dtype=numpy_dtype(inp.type))
         session.run(None, feed)
-        path = session.end_profiling()  # type: ignore[attr-defined]  # onnxruntime's own session
+        assert isinstance(session, OrtSession)  # the onnxruntime backend's: its trace is what is parsed
+        path = session.end_profiling()
         return parse_profile(path)

@@ -6,12 +6,15 @@ import asyncio
 import hmac
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.requests import ClientDisconnect, Request
 
 from edgecnn.serve.errors import ServeError, error_body
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
 
 __all__ = ["AuthMiddleware", "BodyLimitMiddleware", "send_error", "multipart_file", "read_body", "PUBLIC_PATHS",
            "parse_json", "dump_json"]
@@ -217,10 +220,11 @@ def multipart_file(body: bytes, boundary: bytes, field: str = "file") -> bytes:
         _, opts = parse_options_header(cur["headers"].get(b"content-disposition", b""))
         parts.append({"name": opts.get(b"name"), "filename": opts.get(b"filename"), "data": bytes(cur["data"])})
 
-    callbacks = {"on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,
-                 "on_header_end": on_header_end, "on_part_data": on_part_data, "on_part_end": on_part_end}
+    callbacks: MultipartCallbacks = {"on_part_begin": on_part_begin, "on_header_field": on_header_field,
+                                     "on_header_value": on_header_value, "on_header_end": on_header_end,
+                                     "on_part_data": on_part_data, "on_part_end": on_part_end}
     try:
-        parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
+        parser = MultipartParser(boundary, callbacks)
         parser.write(body)
         parser.finalize()
     except ServeError:

@@ -37,8 +37,8 @@ from edgecnn.runtime.preprocess import FitInfo, ImageLike, decode_image
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Detection", "Detections", "Detector", "decode_yolo", "yolo_layout", "output_layout", "select_boxes",
-           "postprocess_yolo", "MAX_NMS"]
+__all__ = ["Detection", "Detections", "Detector", "box_of", "decode_yolo", "yolo_layout", "output_layout",
+           "select_boxes", "postprocess_yolo", "MAX_NMS"]
 
 _YOLOX_STRIDES = (8, 16, 32)
 MAX_NMS = 30_000  # candidates going into NMS at most (the best-scoring ones), as Ultralytics caps them
@@ -55,6 +55,12 @@ class Detection:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "box": [round(v, 2) for v in self.box]}
+
+
+def box_of(row: Sequence[Any]) -> tuple[float, float, float, float]:
+    """One ``(x1, y1, x2, y2)`` box row (numpy values) as a :class:`Detection`'s four floats."""
+    x1, y1, x2, y2 = (float(v) for v in row)
+    return x1, y1, x2, y2
 
 
 @dataclass(frozen=True)
@@ -194,7 +200,7 @@ def postprocess_yolo(output: np.ndarray, kind: str, fits: Sequence[FitInfo], cla
         kept, score, cls = select_boxes(img_boxes, img_scores, conf=conf, iou=iou, max_det=max_det)
         mapped = fit.to_original(kept)
         results.append(Detections(tuple(
-            Detection(class_names[c], int(c), float(s), tuple(float(v) for v in b))  # type: ignore[arg-type]
+            Detection(class_names[c], int(c), float(s), box_of(b))
             for b, s, c in zip(mapped, score, cls)), fit.width, fit.height))
     return results
 

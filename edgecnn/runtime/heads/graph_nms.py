@@ -17,7 +17,7 @@ import numpy as np
 from edgecnn.card_inference import DETECT_LAYOUTS
 from edgecnn.errors import ArtifactError, InputError
 from edgecnn.nms_layouts import NmsOutputs, nms_outputs
-from edgecnn.runtime.heads.detect import Detection, Detections
+from edgecnn.runtime.heads.detect import Detection, Detections, box_of
 from edgecnn.runtime.preprocess import FitInfo
 
 __all__ = ["graph_nms_outputs", "graph_nms_from_arrays", "postprocess_graph_nms"]
@@ -96,7 +96,6 @@ def postprocess_graph_nms(outputs: Sequence[np.ndarray], roles: NmsOutputs, fits
         order = np.argsort(-scores, kind="stable")[:max_det]
         mapped = fit.to_original(boxes[order])
         results.append(Detections(tuple(
-            Detection(class_names[c] if c < len(class_names) else str(c), int(c), float(s),
-                      tuple(float(v) for v in b))  # type: ignore[arg-type]
+            Detection(class_names[c] if c < len(class_names) else str(c), int(c), float(s), box_of(b))
             for b, s, c in zip(mapped, scores[order], classes[order])), fit.width, fit.height))
     return results
