@@ -29,19 +29,16 @@ Required keys: ``name``, ``input_size`` ([height, width]) and, for ``classify`` 
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from edgecnn._files import atomic_write_text
 from edgecnn.errors import ArtifactError
 
-__all__ = ["sha256_file", "ModelCard", "ONNX_METADATA_KEY", "CARD_SCHEMA_VERSION", "TASKS", "OUTPUT_KINDS",
-           "RESIZE_MODES", "CROP_MODES", "RESAMPLE_FILTERS", "GRAY_RULES",
-           "atomic_write_text", "atomic_write_bytes"]
+__all__ = ["ModelCard", "ONNX_METADATA_KEY", "CARD_SCHEMA_VERSION", "TASKS", "OUTPUT_KINDS",
+           "RESIZE_MODES", "CROP_MODES", "RESAMPLE_FILTERS", "GRAY_RULES"]
 
 ONNX_METADATA_KEY = "edgecnn.card"
 CARD_SCHEMA_VERSION = 3  # 3: resize policies, resample filter, gray rule
@@ -286,41 +283,3 @@ class ModelCard:
 
 def _fmt_floats(values: tuple[float, ...]) -> str:
     return "[" + ",".join(f"{v:g}" for v in values) + "]"
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` through a temporary file and ``os.replace``."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks (a source model's checksum in the card, the
-    file a ``deploy.json`` was tuned on)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``:
-    a reader, or a kill at any instant, sees the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

@@ -95,7 +95,7 @@ class WheelFile:
 
 
 def _sha256(path: Path) -> str:
-    from edgecnn.card import sha256_file
+    from edgecnn._files import sha256_file
 
     return sha256_file(path)
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from edgecnn._files import atomic_write_text  # noqa: E402
 from edgecnn._optional import require  # noqa: E402
-from edgecnn.card import atomic_write_text  # noqa: E402
 from edgecnn.train.counts import COUNTS_FILE, CountsKey, counts_json  # noqa: E402
 from edgecnn.train.registry import get_model_spec, list_models  # noqa: E402
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from edgecnn._files import atomic_write_text
 from edgecnn.cli._app import echo_wide_table, main
 from edgecnn.cli._options import cuda_options, model_options, split_list
 from edgecnn.runtime.options import OV_DEVICES, OV_PRECISIONS, PROVIDERS
@@ -67,7 +68,6 @@ def bench(models: tuple[Path, ...], batch: str, threads: str, provider: str, all
           cuda: CudaOptions, overrides: ModelOverrides) -> None:
     """Benchmark ONNX MODELS (default: the packaged reference model) across batches, threads, providers.
     An export directory stands for every model file it holds (model.onnx, model.int8.onnx, ...)."""
-    from edgecnn.card import atomic_write_text
     from edgecnn.runtime import default_model_path
     from edgecnn.runtime.benchmark import BenchConfig, parse_int_list, run_benchmark
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from edgecnn._files import atomic_write_bytes
 from edgecnn.cli._app import echo_table, main
 from edgecnn.cli._options import model_options, runtime_options
 
@@ -45,7 +46,6 @@ def predict(paths: tuple[Path, ...], top_k: int, conf: float, iou: float, save_d
 
     import numpy as np
 
-    from edgecnn.card import atomic_write_bytes
     from edgecnn.runtime import default_model_path, load_model
 
     first = paths[0]

@@ -10,8 +10,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from edgecnn._files import atomic_write_bytes, sha256_file
 from edgecnn._optional import require
-from edgecnn.card import ONNX_METADATA_KEY, ModelCard, atomic_write_bytes, sha256_file
+from edgecnn.card import ONNX_METADATA_KEY, ModelCard
 from edgecnn.errors import ArtifactError
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,7 @@ def load_onnx(path: str | Path, *, check: bool = True) -> Any:
 
 
 def save_onnx(proto: Any, path: str | Path) -> Path:
-    """Write ``proto`` atomically (:func:`edgecnn.card.atomic_write_bytes`: a temporary file in the
+    """Write ``proto`` atomically (:func:`edgecnn._files.atomic_write_bytes`: a temporary file in the
     same folder, then ``os.replace``), readable by all as a model is meant to be.
 
     An interrupted or failed save never leaves a partial ``.onnx`` at ``path``.

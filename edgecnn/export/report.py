@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgecnn.card import atomic_write_text
+from edgecnn._files import atomic_write_text
 from edgecnn.errors import ArtifactError
 
 if TYPE_CHECKING:
@@ -20,9 +19,6 @@ __all__ = ["VariantResult", "ExportReport", "metric_text", "interval_text", "sta
 REPORT_JSON = "export_report.json"
 REPORT_MARKDOWN = "export_report.md"
 
-_umask = os.umask(0)
-os.umask(_umask)
-_FILE_MODE = 0o666 & ~_umask
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -166,8 +162,6 @@ class ExportReport:
         out_dir = Path(out_dir)
         j = atomic_write_text(out_dir / REPORT_JSON, json.dumps(self.to_dict(), indent=2) + "\n")
         m = atomic_write_text(out_dir / REPORT_MARKDOWN, self.to_markdown())
-        for p in (j, m):
-            os.chmod(p, _FILE_MODE)  # atomic_write_text's mkstemp leaves 0600
         return j, m
 
 

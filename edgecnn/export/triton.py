@@ -6,7 +6,8 @@ import re
 import shutil
 from pathlib import Path
 
-from edgecnn.card import ModelCard, atomic_write_text
+from edgecnn._files import atomic_path, atomic_write_text
+from edgecnn.card import ModelCard
 from edgecnn.errors import ConfigError
 
 __all__ = ["write_triton_model", "triton_config"]
@@ -73,9 +74,8 @@ def write_triton_model(repo: Path, onnx_path: Path, card: ModelCard, *, name: st
     model_name = _model_name(name or card.name)
     folder = Path(repo) / model_name
     (folder / "1").mkdir(parents=True, exist_ok=True)
-    tmp = folder / "1" / ".model.onnx.tmp"
-    shutil.copyfile(onnx_path, tmp)
-    tmp.replace(folder / "1" / "model.onnx")
+    with atomic_path(folder / "1" / "model.onnx") as tmp:
+        shutil.copyfile(onnx_path, tmp)
     atomic_write_text(folder / "labels.txt", "\n".join(card.class_names) + "\n")
     atomic_write_text(folder / "config.pbtxt", triton_config(card, name=model_name, max_batch_size=max_batch_size))
     return folder

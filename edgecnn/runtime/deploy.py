@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from edgecnn.card import sha256_file
+from edgecnn._files import sha256_file
 from edgecnn.errors import ArtifactError
 from edgecnn.runtime.backends import BACKENDS, get_backend
 from edgecnn.runtime.options import RuntimeOptions

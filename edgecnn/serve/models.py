@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from edgecnn.card import sha256_file
+from edgecnn._files import sha256_file
 from edgecnn.errors import ArtifactError, InputError, ModelNotFoundError
 from edgecnn.runtime import InferenceModel, default_model_path, load_model
 from edgecnn.runtime.deploy import DEPLOY_FILE, FP32_FILE, resolve_dir

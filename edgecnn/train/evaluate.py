@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from edgecnn.card import ModelCard, atomic_write_text
+from edgecnn._files import atomic_write_text
+from edgecnn.card import ModelCard
 from edgecnn.errors import ArtifactError, DataError, MissingDependencyError
 from edgecnn.presets import ModelOverrides
 from edgecnn.train.config import TTA_MODES

@@ -21,6 +21,7 @@ import keras
 import numpy as np
 
 import edgecnn.train._tf  # noqa: F401  (before keras: TensorFlow loads quietly)
+from edgecnn._files import atomic_write_bytes
 from edgecnn.errors import ArtifactError, ConfigError
 from edgecnn.presets import ModelOverrides
 
@@ -266,7 +267,6 @@ def features_files(run: str | Path, image: str | Path, out: str | Path, *, layer
         ConfigError: for an unknown layer or one without feature maps.
         InputError: for an unreadable image.
     """
-    from edgecnn.card import atomic_write_bytes
     from edgecnn.runtime.preprocess import load_image, normalize_batch
     from edgecnn.train.evaluate import load_keras_with_card
     from edgecnn.train.run import is_run_model

@@ -21,7 +21,8 @@ import tensorflow as tf
 
 import edgecnn.train._tf  # noqa: F401  (before keras: TensorFlow loads quietly)
 from edgecnn import __version__
-from edgecnn.card import ModelCard, atomic_write_text
+from edgecnn._files import atomic_write_text
+from edgecnn.card import ModelCard
 from edgecnn.datasets import Dataset, channel_stats, load_dataset
 from edgecnn.errors import ArtifactError, ConfigError
 from edgecnn.train.config import TrainConfig

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgecnn.card import atomic_write_text
+from edgecnn._files import atomic_path, atomic_write_text
 from edgecnn.errors import ArtifactError
 from edgecnn.keras_io import load_keras_model
 
@@ -67,12 +66,8 @@ def write_json(path: Path, data: Any) -> None:
 
 def save_model_atomic(model: keras.Model, path: Path) -> None:
     """Save ``model`` to ``path`` through a temporary file: a kill leaves the old file or the new one."""
-    tmp = path.with_name(f".{path.stem}.tmp.keras")
-    try:
+    with atomic_path(path) as tmp:  # keeps the .keras suffix Keras goes by
         model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from edgecnn.card import atomic_write_text, sha256_file
+from edgecnn._files import atomic_write_text, sha256_file
 from edgecnn.errors import ConfigError
 from edgecnn.export.report import ExportReport
 from edgecnn.runtime.benchmark import machine_fingerprint

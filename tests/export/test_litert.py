@@ -132,7 +132,7 @@ def test_tune_measures_litert_and_deploys_it(tmp_path, litert_export):
     assert row["config"] == "int8 litert" and row["file"] == "model.int8.tflite" and row["drop_pp"] is not None
     assert any(c.candidate.backend == "litert" for c in report.cells)
     # whatever won, a deploy.json naming the tflite opens on LiteRT
-    from edgecnn.card import sha256_file
+    from edgecnn._files import sha256_file
     from edgecnn.runtime.deploy import Deployment
 
     dep = Deployment(file="model.int8.tflite", variant="litert-int8", backend="litert", threads=1,

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgecnn.card import sha256_file
+from edgecnn._files import sha256_file
 from edgecnn.errors import ArtifactError, ConfigError, ProviderError
 from edgecnn.runtime import Classifier, InferenceModel
 from edgecnn.runtime.backends import BACKENDS, REGISTRY, get_backend

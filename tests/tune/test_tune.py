@@ -140,7 +140,7 @@ def test_export_report_is_read_back_typed(export_dir):
 # ------------------------------------------------------------------ following deploy.json
 
 def _write_deploy(directory: Path, **fields) -> Deployment:
-    from edgecnn.card import sha256_file
+    from edgecnn._files import sha256_file
 
     file = fields.pop("file", "model.int8.onnx")
     dep = Deployment(file=file, variant="int8", sha256=sha256_file(directory / file), **fields)
@@ -221,7 +221,7 @@ def test_deploy_json_link_out_of_the_folder_is_not_followed(export_dir, tmp_path
     outside = tmp_path / "elsewhere.onnx"
     outside.write_bytes((export_dir / "model.int8.onnx").read_bytes())
     (export_dir / "evil.onnx").symlink_to(outside)
-    from edgecnn.card import sha256_file
+    from edgecnn._files import sha256_file
 
     dep = Deployment(file="evil.onnx", variant="int8", sha256=sha256_file(outside))
     (export_dir / DEPLOY_FILE).write_text(dep.to_json())
