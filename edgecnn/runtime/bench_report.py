@@ -24,7 +24,7 @@ CSV_FIELDS = ["model", "variant", "runner", "precision", "provider", "batch", "t
               "min_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms", "throughput_ips", "session_s", "peak_rss_mb"]
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class BenchResult:
     """One measured point: a variant at one batch size and thread count."""
 
@@ -92,7 +92,7 @@ _FIELD_CHECKS: dict[str, Callable[[Any], bool]] = {
     "placement": lambda v: v is None or isinstance(v, dict),
 }
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class BenchReport:
     """All results of one ``edgecnn bench`` run plus the machine fingerprint."""
 

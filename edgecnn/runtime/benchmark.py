@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -215,8 +215,9 @@ def bench_onnx(model: str | Path, config: BenchConfig, *, pixels: np.ndarray | N
             for name, call in calls:
                 times = time_callable(call, warmup=config.warmup, runs=config.runs, duration_s=config.duration_s,
                                       min_runs=config.min_runs)
-                results.append(BenchResult(card.name, variant, name, card.precision, core.providers[0], batch,
-                                           threads, latency_stats(times, batch), session_s=core.info.creation_s,
+                results.append(BenchResult(model=card.name, variant=variant, runner=name, precision=card.precision,
+                                           provider=core.providers[0], batch=batch, threads=threads,
+                                           stats=latency_stats(times, batch), session_s=core.info.creation_s,
                                            peak_rss_mb=peak_rss_mb(), notes=notes, placement=placement))
                 if on_result is not None:
                     on_result(results[-1])
@@ -284,28 +285,24 @@ def run_benchmark(
 
             for backend in config.backends:
                 bench_onnx(model, config, overrides=overrides, on_result=keep, backend=backend)
-        _disambiguate(per_model, models)
-        results = [r for rows in per_model for r in rows]
+        results = _disambiguate(per_model, models)
         if compare:
             results += _baselines(models, config, compare, keras_path, calibration_data, baseline_runner)
     except KeyboardInterrupt:
-        _disambiguate(per_model, models)
-        results = [r for rows in per_model for r in rows]
+        results = _disambiguate(per_model, models)
         interrupted = f"Interrupted: {len(results)} measured point(s) kept, the rest were not run."
-    report = BenchReport(machine_fingerprint(), {**config.to_dict(), "models": [str(m) for m in models],
-                                                  "compare": list(compare)}, results)
-    report.notes = compare_notes(results) + ([interrupted] if interrupted else [])
-    report.interrupted = interrupted is not None
-    return report
+    return BenchReport(machine=machine_fingerprint(),
+                       config={**config.to_dict(), "models": [str(m) for m in models], "compare": list(compare)},
+                       results=results, notes=compare_notes(results) + ([interrupted] if interrupted else []),
+                       interrupted=interrupted is not None)
 
 
-def _disambiguate(per_model: list[list[BenchResult]], models: Sequence[str | Path]) -> None:
-    """Two files with the same card name and precision: add the file name to the variant."""
+def _disambiguate(per_model: list[list[BenchResult]], models: Sequence[str | Path]) -> list[BenchResult]:
+    """Every model's results in one list; where two files have the same card name and precision,
+    their variants get the file name added."""
     names = [rows[0].variant if rows else None for rows in per_model]
-    for i, rows in enumerate(per_model):
-        if rows and names.count(names[i]) > 1:
-            for r in rows:
-                r.variant = f"{r.variant} ({Path(models[i]).name})"
+    return [replace(r, variant=f"{r.variant} ({Path(models[i]).name})") if names.count(names[i]) > 1 else r
+            for i, rows in enumerate(per_model) for r in rows]
 
 
 def _baselines(models: Sequence[str | Path], config: BenchConfig, compare: Sequence[str],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 
@@ -71,12 +72,12 @@ def test_config_validation(kwargs):
 
 def _result(precision, p50, batch=1, runner="onnxruntime"):
     stats = latency_stats([p50 / 1000] * 3, batch)
-    return BenchResult("m", f"m:{precision}", runner, precision, "CPUExecutionProvider", batch, 1, stats)
+    return BenchResult(model="m", variant=f"m:{precision}", runner=runner, precision=precision,
+                       provider="CPUExecutionProvider", batch=batch, threads=1, stats=stats)
 
 
 def test_notes_say_when_quantized_is_slower():
-    slow_fp32 = _result("fp32", 2.0)
-    slow_fp32.variant = "m:fp32-nchw"
+    slow_fp32 = dataclasses.replace(_result("fp32", 2.0), variant="m:fp32-nchw")
     notes = compare_notes([_result("fp32", 1.0), slow_fp32, _result("int8", 1.5), _result("fp16", 0.5),
                            _result("int8", 9.0, runner="litert")])
     assert len(notes) == 2  # the fastest fp32 is the reference; litert has no fp32 of its own
