@@ -34,7 +34,7 @@ IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".
 _DOWNLOAD_TIMEOUT_S = 20
 
 
-@dataclass
+@dataclass(frozen=True)
 class Dataset:
     """In-memory splits as uint8 NHWC RGB images and int32 labels."""
 

@@ -29,7 +29,7 @@ _HOLDOUT_FRACTION = 0.2
 _SPLIT_UNLABELLED = 64
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalData:
     """Calibration images (training side) and held-out images, labels when known."""
 

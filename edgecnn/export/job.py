@@ -15,6 +15,7 @@ import logging
 import platform
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -155,9 +156,13 @@ class ExportJob:
                             versions=card.versions, created=card.export["created"], source_kind=self.src.kind,
                             task=card.task, notes=notes, assumed=self.src.assumed, guard=config.guard)
 
+    def _add(self, result: VariantResult) -> None:
+        """One more judged variant in the report."""
+        self.report = replace(self.report, variants=[*self.report.variants, result])
+
     def _fail(self, errors: list[str]) -> None:
         """Write the report of a failed export (the caller raises)."""
-        self.report.status, self.report.errors = "failed", errors
+        self.report = replace(self.report, status="failed", errors=errors)
         self.report.save(self.out_dir)
 
     # ---------------------------------------------------------------------------------- fp32
@@ -171,7 +176,8 @@ class ExportJob:
         """
         proto = unsimplified = self.src.proto
         if self.config.simplify:
-            proto, self.report.simplify = onnx_io.simplify(proto)
+            proto, simplified = onnx_io.simplify(proto)
+            self.report = replace(self.report, simplify=simplified)
         try:
             try:
                 self.fp32 = self.verify_fp32(proto)
@@ -182,8 +188,9 @@ class ExportJob:
                 # [1, seqlen] for a [T, 1, C] output) comes out computing something else: keep the source's graph
                 log.warning("The onnxslim-simplified graph failed verification (%s); exporting the unsimplified one.",
                             err)
-                self.report.simplify = {"applied": False, "nodes_before": self.report.simplify.get("nodes_before"),
-                                        "reason": f"the simplified graph failed verification: {err}"[:300]}
+                self.report = replace(self.report, simplify={
+                    "applied": False, "nodes_before": self.report.simplify.get("nodes_before"),
+                    "reason": f"the simplified graph failed verification: {err}"[:300]})
                 self.fp32 = self.verify_fp32(unsimplified)
         except ArtifactError as err:
             for row in (FP32, *VARIANTS.values()):
@@ -222,7 +229,7 @@ class ExportJob:
                                passed=True, settings={"opset": card.export.get("opset")},
                                ops=onnx_io.op_type_counts(proto),
                                guard=f"parity with the source ({_parity_words(parity)})")
-        self.report.variants.append(result)  # the staged file moves in with the others (commit)
+        self._add(result)  # the staged file moves in with the others (commit)
         return Fp32Baseline(path=path, card=card, outputs=outputs, result=result)
 
     def _check_parity(self, predictor: OnnxPredictor, card: ModelCard) -> tuple[Parity, ModelCard]:
@@ -242,8 +249,8 @@ class ExportJob:
         batch1 = compare_outputs([r if a is None else take_images(r, slice(0, 1), a) for r, a in zip(ref, axes)],
                                  predictor.outputs(images[:1]), task=card.task, images=1)
         atol = self.config.atol
-        self.report.parity = {**parity.to_dict(), "batch1_max_abs_diff": batch1.max_abs_diff,
-                              "batch_sizes": [1, min(256, len(images))], "atol": atol}
+        self.report = replace(self.report, parity={**parity.to_dict(), "batch1_max_abs_diff": batch1.max_abs_diff,
+                                                   "batch_sizes": [1, min(256, len(images))], "atol": atol})
         problems = []
         if parity.top1_agreement is not None and parity.top1_agreement < 1.0:
             problems.append(f"top-1 agreement {100 * parity.top1_agreement:.2f}% (must be 100%)")
@@ -276,10 +283,10 @@ class ExportJob:
                                        staging=self.staging)
                 result = self.judge(staged)
             except EdgecnnError as err:  # bad calibration data, unknown excluded node...: report, then fail
-                self.report.variants = commit(self.out_dir, self.staging, self.report.variants)
+                self.report = replace(self.report, variants=commit(self.out_dir, self.staging, self.report.variants))
                 self._fail([f"{mode}: {err}"])
                 raise
-            self.report.variants.append(result)
+            self._add(result)
 
     def judge(self, staged: StagedVariant) -> VariantResult:
         """Run the staged variant on the held-out images, judge it against fp32 (the guard), save
@@ -335,13 +342,14 @@ class ExportJob:
         Raises:
             AccuracyDropError: when a variant failed the guard (after everything was written).
         """
-        report, out_dir = self.report, self.out_dir
-        report.variants = commit(out_dir, self.staging, report.variants)
+        out_dir = self.out_dir
+        self.report = replace(self.report, variants=commit(out_dir, self.staging, self.report.variants))
         if self.config.triton_dir:
-            report.triton = str(self._write_triton())
-        failed = [v for v in report.variants if not v.passed]
+            self.report = replace(self.report, triton=str(self._write_triton()))
+        failed = [v for v in self.report.variants if not v.passed]
         if failed:
-            report.status, report.errors = "failed", [f"{v.precision}: {v.guard}" for v in failed]
+            self.report = replace(self.report, status="failed", errors=[f"{v.precision}: {v.guard}" for v in failed])
+        report = self.report
         report.save(out_dir)
         if failed:
             quant = self.config.quant

@@ -59,7 +59,7 @@ class VariantResult:
         return _from_fields(cls, data)
 
 
-@dataclass(kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class ExportReport:
     """Everything ``export_report.json`` holds; :meth:`to_markdown` renders the table.
 

@@ -35,7 +35,7 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _INPUT_KINDS = ("tensor", "pixels")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ServedModel:
     """One served model: its runtime head (classifier, detector, segmenter or raw), version and batching."""
 

@@ -210,7 +210,7 @@ def _accept_until(listener: socket.socket, stop: threading.Event) -> None:
         conn.close()
 
 
-@dataclass
+@dataclass(frozen=True)
 class Distribution:
     """The strategy of one training process and this process's place in it."""
 

@@ -101,7 +101,7 @@ def accuracy_metrics(probs: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     return out
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvaluationReport:
     model: str
     dataset: str
