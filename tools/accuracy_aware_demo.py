@@ -109,7 +109,7 @@ def main() -> None:
 
     from edgecnn.card import ModelCard
     from edgecnn.export.accuracy_aware import AccuracyAwareConfig, accuracy_aware_quantize
-    from edgecnn.export.quantize import QuantizeConfig
+    from edgecnn.export.quant_config import QuantizeConfig
     from edgecnn.export.verify import OnnxPredictor, predict_outputs
 
     src = args.model or fetch_model(args.cache)
@@ -134,7 +134,8 @@ def main() -> None:
 
         fp32_acc = float(np.mean(reference == y))
         base = fp32_acc if args.metric == "accuracy" else 1.0
-        quant = QuantizeConfig.for_target(args.cpu_target, per_channel=args.per_channel, calibration_samples=256)
+        quant = QuantizeConfig.for_target(args.cpu_target, per_channel=args.per_channel,
+                                          calibration_samples=256).static_int8()
         started = time.perf_counter()
         result = accuracy_aware_quantize(
             fp32, Path(tmp) / "cls.int8.onnx", card=card, quant=quant, calibration_images=cal, evaluate=evaluate,

@@ -167,13 +167,14 @@ def task_data(card: Any, args: argparse.Namespace, cache: dict[str, Any]) -> Tas
 
 # ------------------------------------------------------------------------------------ quantizing
 def quantize(fp32: Path, out: Path, card: Any, v: Variant, data: TaskData, samples: int) -> Path:
-    from edgecnn.export.quantize import QuantizeConfig, quantize_model
+    from edgecnn.export.quant_config import QuantizeConfig
+    from edgecnn.export.quantize import quantize_model
 
     extra = {} if v.symmetric is None else {"ActivationSymmetric": v.symmetric}
     # target only labels the config (quantize_model does not read it); the card is not embedded
     config = QuantizeConfig.for_target("avx2" if v.reduce_range else "vnni", activation_type=v.activation_type,
                                        reduce_range=v.reduce_range, calibration_samples=samples, extra=extra)
-    quantize_model(fp32, out, mode="int8", card=card, config=config.for_task(card.task),
+    quantize_model(fp32, out, card=card, config=config.for_task(card.task).for_mode("int8"),
                    calibration_images=data.calibration)
     return out
 

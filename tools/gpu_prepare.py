@@ -62,7 +62,8 @@ def main(out_dir: Path, classes: int, opset: int, seed: int) -> None:
 
     from edgecnn.card import ModelCard
     from edgecnn.export import onnx as onnx_io
-    from edgecnn.export.quantize import QuantizeConfig, quantize_model
+    from edgecnn.export.quant_config import QuantizeConfig
+    from edgecnn.export.quantize import quantize_model
     from edgecnn.runtime import Classifier, normalize_batch
     from edgecnn.train.registry import build_model
 
@@ -95,8 +96,8 @@ def main(out_dir: Path, classes: int, opset: int, seed: int) -> None:
                                  export={**card.export, "quantization": {"mode": "fp16", "keep_io_float32": keep_io}})
             path = out_dir / f"{MODEL}.{tag}.{layout}.onnx"
             with tempfile.TemporaryDirectory() as tmp:
-                vproto = quantize_model(fp32_path, Path(tmp) / "q.onnx", mode="fp16", card=card,
-                                        config=QuantizeConfig(fp16_keep_io_float32=keep_io))
+                vproto = quantize_model(fp32_path, Path(tmp) / "q.onnx", card=card,
+                                        config=QuantizeConfig(fp16_keep_io_float32=keep_io).for_mode("fp16"))
             _save(vproto, vcard, path)
             got = Classifier(path, threads=2).predict_proba(px)
             d16 = float(np.abs(got - fp32).max())

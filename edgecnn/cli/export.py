@@ -10,9 +10,8 @@ import click
 
 from edgecnn.cli._app import echo_table, main
 from edgecnn.cli._options import model_options
+from edgecnn.export.quant_config import CALIBRATION_METHODS, CPU_TARGET_CHOICES
 from edgecnn.export.variants import (
-    CALIBRATION_METHODS,
-    CPU_TARGET_CHOICES,
     DEFAULT_MIN_SQNR_DB,
     EXPORT_MODES,
     EXPORT_TTA,

@@ -17,10 +17,18 @@ if TYPE_CHECKING:
     from edgecnn.export.config import ExportConfig
     from edgecnn.export.onnx import DEFAULT_OPSET, convert_keras, embed_card, load_onnx, read_card, save_onnx
     from edgecnn.export.pipeline import export_model, export_onnx_file, export_run
-    from edgecnn.export.quantize import QuantizeConfig, quantize_model
+    from edgecnn.export.quant_config import (
+        CALIBRATION_METHODS,
+        CPU_TARGETS,
+        DynamicInt8Config,
+        Fp16Config,
+        QuantizeConfig,
+        StaticInt8Config,
+    )
+    from edgecnn.export.quantize import quantize_model
     from edgecnn.export.report import ExportReport, VariantResult
     from edgecnn.export.triton import triton_config, write_triton_model
-    from edgecnn.export.variants import CALIBRATION_METHODS, CPU_TARGETS, QUANTIZE_MODES, variant_filename
+    from edgecnn.export.variants import QUANTIZE_MODES, variant_filename
 
 # name -> the module that defines it
 _HOMES = {
@@ -28,15 +36,18 @@ _HOMES = {
     **dict.fromkeys(("DEFAULT_OPSET", "convert_keras", "embed_card", "load_onnx", "read_card", "save_onnx"), "onnx"),
     **dict.fromkeys(("ExportConfig",), "config"),
     **dict.fromkeys(("export_model", "export_onnx_file", "export_run"), "pipeline"),
-    **dict.fromkeys(("QuantizeConfig", "quantize_model"), "quantize"),
+    **dict.fromkeys(("QuantizeConfig", "StaticInt8Config", "DynamicInt8Config", "Fp16Config", "CALIBRATION_METHODS",
+                     "CPU_TARGETS"), "quant_config"),
+    "quantize_model": "quantize",
     **dict.fromkeys(("ExportReport", "VariantResult"), "report"),
     **dict.fromkeys(("triton_config", "write_triton_model"), "triton"),
-    **dict.fromkeys(("CALIBRATION_METHODS", "CPU_TARGETS", "QUANTIZE_MODES", "variant_filename"), "variants"),
+    **dict.fromkeys(("QUANTIZE_MODES", "variant_filename"), "variants"),
 }
 
 __all__ = [
     "DEFAULT_OPSET", "QUANTIZE_MODES", "CALIBRATION_METHODS", "CPU_TARGETS",
-    "ExportConfig", "QuantizeConfig", "ExportReport", "VariantResult",
+    "ExportConfig", "QuantizeConfig", "StaticInt8Config", "DynamicInt8Config", "Fp16Config", "ExportReport",
+    "VariantResult",
     "export_model", "export_run", "export_onnx_file", "convert_keras", "quantize_model",
     "embed_card", "read_card", "load_onnx", "save_onnx", "variant_filename",
     "triton_config", "write_triton_model",

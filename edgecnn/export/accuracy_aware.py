@@ -32,7 +32,7 @@ import shutil
 import statistics
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,8 @@ from edgecnn._optional import require
 from edgecnn.card import ModelCard
 from edgecnn.errors import AccuracyDropError, ArtifactError, ConfigError, EdgecnnError
 from edgecnn.export._qdq_ranking import QuantError, quantized_node_count, rank_quantization_errors
-from edgecnn.export.quantize import QuantizeConfig, calibration_images_given, quantize_model
+from edgecnn.export.quant_config import StaticInt8Config
+from edgecnn.export.quantize import calibration_images_given, quantize_model
 from edgecnn.runtime.preprocess import normalize_batch
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ class Attempt:
 class AccuracyAwareResult:
     """What the search found: the nodes kept in float and what the recovery cost.
 
-    ``excluded_nodes`` are the nodes the search kept in float, on top of the ``QuantizeConfig``'s
+    ``excluded_nodes`` are the nodes the search kept in float, on top of the ``StaticInt8Config``'s
     own exclusions; ``latency_ms`` holds batch-1 medians for ``fp32``, ``int8`` (plain) and
     ``int8-accuracy-aware`` (empty without timing).
     """
@@ -269,7 +270,7 @@ class AccuracyAwareSummary:
 # --------------------------------------------------------------------------------- the search
 
 
-def accuracy_aware_quantize(fp32_path: Path, out_path: Path, *, card: ModelCard, quant: QuantizeConfig,
+def accuracy_aware_quantize(fp32_path: Path, out_path: Path, *, card: ModelCard, quant: StaticInt8Config,
                             calibration_images: np.ndarray, evaluate: Callable[[Path], float], baseline: float,
                             config: AccuracyAwareConfig) -> AccuracyAwareResult:
     """Static int8 of ``fp32_path`` that meets ``evaluate(path) >= baseline - config.max_drop``.
@@ -296,7 +297,7 @@ def accuracy_aware_quantize(fp32_path: Path, out_path: Path, *, card: ModelCard,
     with tempfile.TemporaryDirectory(prefix="edgecnn-aa-") as tmp_name:
         tmp = Path(tmp_name)
         plain = tmp / "plain.onnx"
-        quantize_model(fp32_path, plain, mode="int8", card=card, config=quant, calibration_images=calibration_images)
+        quantize_model(fp32_path, plain, card=card, config=quant, calibration_images=calibration_images)
         plain_metric = float(evaluate(plain))
         log.info("plain int8: %s %.4f (needs >= %.4f)", config.metric_name, plain_metric, required)
         search = _Search(fp32_path, tmp, card=card, quant=quant, images=calibration_images, evaluate=evaluate,
@@ -330,7 +331,7 @@ def accuracy_aware_quantize(fp32_path: Path, out_path: Path, *, card: ModelCard,
 class _Search:
     """Grow, bisect and trim the set of float nodes; every round is one quantize + evaluate."""
 
-    def __init__(self, fp32_path: Path, tmp: Path, *, card: ModelCard, quant: QuantizeConfig, images: np.ndarray,
+    def __init__(self, fp32_path: Path, tmp: Path, *, card: ModelCard, quant: StaticInt8Config, images: np.ndarray,
                  evaluate: Callable[[Path], float], required: float, max_retries: int) -> None:
         self.fp32_path, self.tmp, self.card, self.quant, self.images = fp32_path, tmp, card, quant, images
         self.evaluate, self.required, self.max_retries = evaluate, required, max_retries
@@ -346,8 +347,8 @@ class _Search:
             return None
         path = self.tmp / f"attempt{len(self.attempts)}.onnx"
         own = tuple(n for n in nodes if n not in self.quant.exclude_nodes)
-        config = self.quant.with_(exclude_nodes=tuple(self.quant.exclude_nodes) + own)
-        quantize_model(self.fp32_path, path, mode="int8", card=self.card, config=config, calibration_images=self.images)
+        config = replace(self.quant, exclude_nodes=tuple(self.quant.exclude_nodes) + own)
+        quantize_model(self.fp32_path, path, card=self.card, config=config, calibration_images=self.images)
         metric = float(self.evaluate(path))
         passed = metric >= self.required
         log.info("accuracy-aware int8: %d node(s) in float -> %.4f (%s)", len(nodes), metric,
@@ -455,7 +456,7 @@ def time_models(models: dict[str, Path], *, card: ModelCard, images: np.ndarray,
 # ------------------------------------------------------------------------- the export's use of it
 
 
-def accuracy_aware_for_export(fp32_path: Path, out_path: Path, *, card: ModelCard, quant: QuantizeConfig,
+def accuracy_aware_for_export(fp32_path: Path, out_path: Path, *, card: ModelCard, quant: StaticInt8Config,
                               calibration_images: np.ndarray | None, test_images: np.ndarray,
                               test_labels: np.ndarray | None, fp32_outputs: list[np.ndarray],
                               fp32_accuracy: float | None, max_drop_pp: float) -> AccuracyAwareResult:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from edgecnn.errors import ConfigError
 from edgecnn.export.onnx import DEFAULT_OPSET
-from edgecnn.export.quantize import QuantizeConfig
+from edgecnn.export.quant_config import QuantizeConfig
 from edgecnn.export.variants import DEFAULT_MIN_SQNR_DB, EXPORT_MODES, EXPORT_TTA, GUARD_POLICIES
 
 if TYPE_CHECKING:

@@ -45,7 +45,7 @@ from edgecnn.export.variants import DEFAULT_MIN_SQNR_DB
 from edgecnn.export.verify import cosine_similarity, task_evidence
 
 if TYPE_CHECKING:
-    from edgecnn.export.quantize import QuantizeConfig
+    from edgecnn.export.quant_config import QuantizeConfig
 
 __all__ = ["Check", "Verdict", "judge_variant", "guard_hints", "wilson",
            "paired_drop_interval", "near_tie_threshold", "Z95"]

@@ -30,7 +30,6 @@ import contextlib
 import logging
 import os
 import tempfile
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,129 +38,47 @@ import numpy as np
 from edgecnn._optional import require
 from edgecnn.card import ModelCard
 from edgecnn.errors import ArtifactError, ConfigError, DataError
-from edgecnn.export.variants import CALIBRATION_METHODS, CPU_TARGET_CHOICES, CPU_TARGETS, QUANTIZE_MODES
+from edgecnn.export.quant_config import (
+    MIN_CALIBRATION_IMAGES,
+    DynamicInt8Config,
+    Fp16Config,
+    ModeConfig,
+    StaticInt8Config,
+)
 from edgecnn.runtime.preprocess import normalize_batch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["QuantizeConfig", "quantize_model", "pre_process_for_quantization"]
+__all__ = ["quantize_model", "pre_process_for_quantization"]
 
-MIN_CALIBRATION_IMAGES = 16
 _CALIBRATION_BATCH = 32
 
 
-@dataclass(frozen=True)
-class QuantizeConfig:
-    """How to quantize. Build presets with :meth:`for_target`.
-
-    ``exclude_nodes`` keeps named nodes in float; ``exclude_op_types`` keeps every node of those
-    types in float (by default the final Softmax, so probabilities keep full resolution).
-    ``op_types`` limits quantization to those op types (None: every op onnxruntime can quantize).
-    Detectors quantize convolutions and matrix products only (:meth:`for_task`): a YOLO head
-    concatenates box coordinates (0 to the image size) with class scores (0 to 1) into one tensor,
-    and one uint8 scale for both wipes the scores out (measured on the ultralytics YOLOv8 of
-    tests/data/foreign: mAP@0.5 against fp32 0.00 with every op quantized, 0.998 with
-    convolutions only; keeping the decode tail's convolutions in float as well changed nothing).
-    """
-
-    calibration_method: str = "minmax"
-    calibration_samples: int = 512
-    per_channel: bool = True
-    reduce_range: bool = True
-    activation_type: str = "uint8"
-    weight_type: str = "int8"
-    exclude_nodes: tuple[str, ...] = ()
-    exclude_op_types: tuple[str, ...] = ("Softmax",)
-    op_types: tuple[str, ...] | None = None
-    percentile: float = 99.999
-    fp16_keep_io_float32: bool = True
-    seed: int = 0
-    target: str = "avx2"
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
-
-    def __post_init__(self) -> None:
-        if self.calibration_method not in CALIBRATION_METHODS:
-            raise ConfigError(f"calibration_method must be one of {CALIBRATION_METHODS}, "
-                              f"got {self.calibration_method!r}.")
-        if self.calibration_samples < MIN_CALIBRATION_IMAGES:
-            raise ConfigError(f"calibration_samples must be >= {MIN_CALIBRATION_IMAGES}, "
-                              f"got {self.calibration_samples}.")
-        if self.activation_type not in ("uint8", "int8") or self.weight_type not in ("uint8", "int8"):
-            raise ConfigError("activation/weight types must be uint8 or int8, "
-                              f"got {self.activation_type}/{self.weight_type}.")
-        if self.target not in CPU_TARGETS:
-            raise ConfigError(f"target must be one of {CPU_TARGETS}, got {self.target!r}.")
-        if not 90.0 <= self.percentile <= 100.0:
-            raise ConfigError(f"percentile must be in [90, 100], got {self.percentile}.")
-
-    @classmethod
-    def for_target(cls, target: str = "avx2", **overrides: Any) -> QuantizeConfig:
-        """U8S8 for every target; 7-bit weights (``reduce_range``) only for AVX2 without VNNI.
-
-        The numbers behind this choice (against S8S8, per target) are in docs/benchmarks.md,
-        "S8S8 vs U8S8" (module docstring for the summary). ``auto`` is the exporting machine's own:
-        VNNI or AMX -> ``vnni``, ARM64 -> ``arm64``, else ``avx2`` (the card records the target,
-        and the runtime warns when a ``vnni`` file runs on a CPU without VNNI).
-        """
-        if target == "auto":
-            from edgecnn.runtime.cpu import int8_target
-
-            target = int8_target()
-            log.debug("int8 for this machine's CPU: --cpu-target %s.", target)
-        if target not in CPU_TARGETS:
-            raise ConfigError(f"Unknown CPU target {target!r}; choose one of {', '.join(CPU_TARGET_CHOICES)}.")
-        return cls(**{"target": target, "activation_type": "uint8", "weight_type": "int8",
-                      "reduce_range": target == "avx2", **overrides})
-
-    def describe(self, mode: str) -> dict[str, Any]:
-        """The settings that matter for ``mode``, for the report and the card."""
-        if mode == "fp16":
-            return {"keep_io_float32": self.fp16_keep_io_float32}
-        out = {"per_channel": self.per_channel, "reduce_range": self.reduce_range, "weight_type": self.weight_type,
-               "target": self.target}
-        if mode == "int8":
-            out.update(format="QDQ", activation_type=self.activation_type, calibration_method=self.calibration_method,
-                       calibration_samples=self.calibration_samples, exclude_nodes=list(self.exclude_nodes),
-                       exclude_op_types=list(self.exclude_op_types), op_types=None if self.op_types is None else
-                       list(self.op_types))
-            if self.calibration_method == "percentile":
-                out["percentile"] = self.percentile
-        return out
-
-    def with_(self, **changes: Any) -> QuantizeConfig:
-        return replace(self, **changes)
-
-    def for_task(self, task: str) -> QuantizeConfig:
-        """This config with the defaults a task needs: detectors quantize convolutions and matrix
-        products only (unless op types were chosen already)."""
-        if task == "detect" and self.op_types is None:
-            return replace(self, op_types=("Conv", "MatMul", "Gemm"))
-        return self
-
-
-def quantize_model(fp32_path: Path, out_path: Path, *, mode: str, card: ModelCard, config: QuantizeConfig,
+def quantize_model(fp32_path: Path, out_path: Path, *, card: ModelCard, config: ModeConfig,
                    calibration_images: np.ndarray | None = None) -> Any:
-    """Quantize the fp32 ONNX file at ``fp32_path`` and write the result to ``out_path``.
+    """Quantize the fp32 ONNX file at ``fp32_path`` into the mode of ``config``'s type and write
+    the result to ``out_path`` (as onnxruntime's ``quantize(model_input, model_output, config)``).
 
     Args:
         fp32_path: verified fp32 model.
         out_path: where the quantized model goes (the caller embeds the card and moves it).
-        mode: one of :data:`QUANTIZE_MODES`.
         card: the fp32 card (normalization and layout for calibration).
-        config: quantization settings.
+        config: a :class:`StaticInt8Config`, :class:`DynamicInt8Config` or :class:`Fp16Config`
+            (:meth:`QuantizeConfig.for_mode` builds one from the export's options).
         calibration_images: uint8 NHWC RGB training images (static int8 only).
 
     Returns:
         The quantized ``onnx.ModelProto``.
 
     Raises:
-        ConfigError: for an unknown mode.
+        ConfigError: for a config of no mode.
         DataError: for missing, too few or wrongly shaped calibration images.
     """
-    if mode not in QUANTIZE_MODES:
-        raise ConfigError(f"Unknown quantization mode {mode!r}; choose from {', '.join(QUANTIZE_MODES)}.")
-    if mode == "fp16":
+    if isinstance(config, Fp16Config):
         return _fp16(fp32_path, out_path, config)
+    if not isinstance(config, (StaticInt8Config, DynamicInt8Config)):
+        raise ConfigError(f"quantize_model takes a StaticInt8Config, DynamicInt8Config or Fp16Config, not a "
+                          f"{type(config).__name__} (QuantizeConfig.for_mode(mode) builds one).")
     fp32_path, out_path = Path(fp32_path).resolve(), Path(out_path).resolve()
     # onnxruntime's symbolic shape inference writes sym_shape_infer_temp.onnx and a <uuid>.data file
     # into the current directory when it fails: run inside the temporary folder, removed on every exit.
@@ -169,17 +86,17 @@ def quantize_model(fp32_path: Path, out_path: Path, *, mode: str, card: ModelCar
             _chdir(tmp):
         pre = Path(tmp) / "pre.onnx"
         _pre_process(_per_channel_opset(fp32_path, Path(tmp), config), pre, card=card, work=Path(tmp))
-        if mode == "int8-dynamic":
-            return _check_quantized(_dynamic(pre, out_path, config), mode, config)
+        if isinstance(config, DynamicInt8Config):
+            return _check_quantized(_dynamic(pre, out_path, config), config)
         images = check_calibration_images(calibration_images, card, config.calibration_samples)
-        return _check_quantized(_static(pre, out_path, card, config, images), mode, config)
+        return _check_quantized(_static(pre, out_path, card, config, images), config)
 
 
 _INT8_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
              "QLinearConv", "QLinearMatMul"}
 
 
-def _check_quantized(model: Any, mode: str, config: QuantizeConfig) -> Any:
+def _check_quantized(model: Any, config: StaticInt8Config | DynamicInt8Config) -> Any:
     """onnxruntime.quantization leaves a graph it cannot handle unchanged, without an error; a file
     named int8 that is the float model must not pass for one (unless nodes were excluded on
     purpose, as accuracy-aware int8 does until, at worst, none is left).
@@ -193,8 +110,8 @@ def _check_quantized(model: Any, mode: str, config: QuantizeConfig) -> Any:
     for node in model.graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     ops = ", ".join(f"{k} x{v}" for k, v in sorted(counts.items()))
-    raise ArtifactError(f"onnxruntime.quantization quantized no node of this model to {mode} (its ops: {ops}); "
-                        f"drop -q {mode} or try the other int8 mode.")
+    raise ArtifactError(f"onnxruntime.quantization quantized no node of this model to {config.mode} (its ops: "
+                        f"{ops}); drop -q {config.mode} or try the other int8 mode.")
 
 
 def calibration_images_given(images: np.ndarray | None) -> np.ndarray:
@@ -253,7 +170,7 @@ def _quiet_root_logger():
 _PER_CHANNEL_OPSET = 13
 
 
-def _per_channel_opset(fp32_path: Path, tmp: Path, config: QuantizeConfig) -> Path:
+def _per_channel_opset(fp32_path: Path, tmp: Path, config: StaticInt8Config | DynamicInt8Config) -> Path:
     """``fp32_path``, or a copy upgraded to opset 13 by onnx.version_converter when per-channel
     quantization needs it.
 
@@ -372,7 +289,7 @@ class _ArrayReader:
         self._it = iter(self._batches)
 
 
-def _static(pre: Path, out_path: Path, card: ModelCard, config: QuantizeConfig, images: np.ndarray) -> Any:
+def _static(pre: Path, out_path: Path, card: ModelCard, config: StaticInt8Config, images: np.ndarray) -> Any:
     q = _quant()
     onnx = require("onnx", "export")
     rng = np.random.default_rng(config.seed)
@@ -452,7 +369,7 @@ def _entropy_ranges(pre: Path, reader: _ArrayReader) -> Path:
     return cache
 
 
-def _dynamic(pre: Path, out_path: Path, config: QuantizeConfig) -> Any:
+def _dynamic(pre: Path, out_path: Path, config: DynamicInt8Config) -> Any:
     q = _quant()
     onnx = require("onnx", "export")
     # Dynamic mode quantizes activations at run time (DynamicQuantizeLinear -> uint8), so the same
@@ -464,9 +381,9 @@ def _dynamic(pre: Path, out_path: Path, config: QuantizeConfig) -> Any:
     return onnx.load(str(out_path))
 
 
-def _fp16(src: Path, out_path: Path, config: QuantizeConfig) -> Any:
+def _fp16(src: Path, out_path: Path, config: Fp16Config) -> Any:
     onnx = require("onnx", "export")
     float16 = require("onnxruntime.transformers.float16", "export")
-    model = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=config.fp16_keep_io_float32)
+    model = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=config.keep_io_float32)
     onnx.save_model(model, str(out_path))
     return model

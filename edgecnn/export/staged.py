@@ -132,12 +132,12 @@ def _stage_onnx(mode: str, *, base: Fp32Baseline, src: ModelSource, data: Export
 
 def _describe(mode: str, card: ModelCard, config: ExportConfig, qat: QATModel | None) -> dict[str, Any]:
     """The quantization settings of ``mode`` for the report and the card."""
-    return qat.describe(config.quant) if qat else config.quant.for_task(card.task).describe(mode)
+    return qat.describe(config.quant) if qat else config.quant.for_mode(mode, task=card.task).describe()
 
 
 def _quantize(mode: str, fp32_path: Path, path: Path, card: ModelCard, data: ExportData, config: ExportConfig) -> Any:
     try:
-        return quantize_model(fp32_path, path, mode=mode, card=card, config=config.quant.for_task(card.task),
+        return quantize_model(fp32_path, path, card=card, config=config.quant.for_mode(mode, task=card.task),
                               calibration_images=data.calibration)
     except EdgecnnError:
         raise
@@ -151,7 +151,7 @@ def _accuracy_aware(base: Fp32Baseline, path: Path, data: ExportData,
     if not config.accuracy_aware:
         return None
     card = base.card
-    return accuracy_aware_for_export(base.path, path, card=card, quant=config.quant.for_task(card.task),
+    return accuracy_aware_for_export(base.path, path, card=card, quant=config.quant.static_int8(task=card.task),
                                      calibration_images=data.calibration,
                                      test_images=data.test, test_labels=data.test_labels, fp32_outputs=base.outputs,
                                      fp32_accuracy=base.result.accuracy, max_drop_pp=config.max_accuracy_drop)

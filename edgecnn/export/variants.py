@@ -1,10 +1,11 @@
 """The export variants, one row each: what ``edgecnn export -q`` can add beside the fp32 model,
-and the export's other choice lists (source kinds, calibration methods, CPU targets, guard
-policies, test-time augmentation).
+and the export's other choice lists (source kinds, guard policies, test-time augmentation; the
+quantization ones are in :mod:`edgecnn.export.quant_config`).
 
 Stdlib only (the CLI's ``--help`` reads the choices from here). Each row says the variant's file
-name, the sources it can be made from, whether it needs calibration images and what runs it; the
-pipeline and the CLI take every per-variant fact from this table.
+name, the sources it can be made from, whether it needs calibration images, what runs it and the
+config type :func:`edgecnn.export.quantize.quantize_model` takes for it; the pipeline and the CLI
+take every per-variant fact from this table.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edgecnn.errors import ConfigError
+from edgecnn.export.quant_config import DynamicInt8Config, Fp16Config, StaticInt8Config
 
 __all__ = ["Variant", "VARIANTS", "EXPORT_MODES", "QUANTIZE_MODES", "FP32", "variant", "variant_filename",
-           "SOURCE_KINDS", "KERAS_SOURCES", "CALIBRATION_METHODS", "CPU_TARGETS", "CPU_TARGET_CHOICES",
-           "GUARD_POLICIES", "DEFAULT_MIN_SQNR_DB", "EXPORT_TTA"]
+           "SOURCE_KINDS", "KERAS_SOURCES", "GUARD_POLICIES", "DEFAULT_MIN_SQNR_DB", "EXPORT_TTA"]
 
 # Source kinds (edgecnn.export.sources.detect_kind): a run directory, a Keras file (.keras, .h5), a
 # SavedModel directory, a TFLite or an ONNX file.
@@ -24,9 +25,6 @@ KERAS_SOURCES = ("run", "keras")  # a Keras model to load: what --tta, --qat-epo
 _SOURCE_WORDS = {"run": "the run directory", "keras": ".keras or .h5 file", "savedmodel": "SavedModel directory",
                  "tflite": ".tflite file", "onnx": ".onnx file"}
 
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-CPU_TARGETS = ("avx2", "vnni", "arm64")
-CPU_TARGET_CHOICES = ("auto", *CPU_TARGETS)  # auto: this machine's (edgecnn.runtime.cpu.int8_target)
 # What a variant gets when the 95% interval of its loss straddles the budget (edgecnn.export.guard):
 # lenient passes it with a note, strict refuses it.
 GUARD_POLICIES = ("lenient", "strict")
@@ -45,6 +43,8 @@ class Variant:
         why_sources: why only those (in the error for another source).
         calibrated: whether it needs calibration images (static int8).
         runtime: the backend its file runs on.
+        quantize_config: the config type :func:`edgecnn.export.quantize.quantize_model` takes for
+            it (None: not made by onnxruntime.quantization).
         help: one line for ``--help`` and the docs.
     """
 
@@ -54,6 +54,7 @@ class Variant:
     why_sources: str = ""
     calibrated: bool = False
     runtime: str = "onnxruntime"
+    quantize_config: type[StaticInt8Config] | type[DynamicInt8Config] | type[Fp16Config] | None = None
     help: str = ""
 
     def check_source(self, kind: str) -> None:
@@ -71,11 +72,12 @@ class Variant:
 FP32 = Variant(name="fp32", filename="model.onnx", help="the verified float model (always written)")
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
-    Variant(name="int8", filename="model.int8.onnx", calibrated=True,
+    Variant(name="int8", filename="model.int8.onnx", calibrated=True, quantize_config=StaticInt8Config,
             help="static int8 (QDQ), activations calibrated on real images"),
-    Variant(name="int8-dynamic", filename="model.int8-dynamic.onnx",
+    Variant(name="int8-dynamic", filename="model.int8-dynamic.onnx", quantize_config=DynamicInt8Config,
             help="int8 weights, activations quantized per call"),
-    Variant(name="fp16", filename="model.fp16.onnx", help="float16 weights and activations"),
+    Variant(name="fp16", filename="model.fp16.onnx", quantize_config=Fp16Config,
+            help="float16 weights and activations"),
     Variant(name="litert-int8", filename="model.int8.tflite", sources=KERAS_SOURCES, calibrated=True,
             why_sources="converts Keras models with the TFLite converter", runtime="litert",
             help="a .tflite for LiteRT (XNNPack) from a Keras source, full int8 inside"),
@@ -83,7 +85,7 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
 
 EXPORT_MODES = tuple(VARIANTS)
 # The modes onnxruntime.quantization makes from the fp32 ONNX file (edgecnn.export.quantize).
-QUANTIZE_MODES = tuple(name for name, v in VARIANTS.items() if v.runtime == "onnxruntime")
+QUANTIZE_MODES = tuple(name for name, v in VARIANTS.items() if v.quantize_config is not None)
 
 
 def variant(name: str) -> Variant:

@@ -73,13 +73,13 @@ def outlier(tmp_path_factory):
 
 def _search(outlier, tmp_path, **overrides):
     from edgecnn.export.accuracy_aware import AccuracyAwareConfig, accuracy_aware_quantize
-    from edgecnn.export.quantize import QuantizeConfig
+    from edgecnn.export.quant_config import QuantizeConfig
 
     path, card, images, agreement = outlier
     evaluate = overrides.pop("evaluate", agreement)
     config = AccuracyAwareConfig(**{"max_drop": 0.01, "metric_name": "top1_agreement", "timing_runs": 5, **overrides})
     return accuracy_aware_quantize(path, tmp_path / "int8.onnx", card=card,
-                                   quant=QuantizeConfig.for_target("vnni", calibration_samples=64),
+                                   quant=QuantizeConfig.for_target("vnni", calibration_samples=64).static_int8(),
                                    calibration_images=images, evaluate=evaluate, baseline=1.0, config=config)
 
 
@@ -156,7 +156,7 @@ def test_channel_sqnr_sees_quiet_channels_crushed_next_to_a_loud_one():
 ])
 def test_guard_hints_name_the_flags_that_could_help(method, target, aa, present, absent):
     from edgecnn.export.guard import guard_hints
-    from edgecnn.export.quantize import QuantizeConfig
+    from edgecnn.export.quant_config import QuantizeConfig
 
     text = guard_hints(QuantizeConfig.for_target(target, calibration_method=method), accuracy_aware=aa,
                        int8_failed=True)

@@ -123,12 +123,12 @@ def test_segmenter_rows_use_the_task_metric(tmp_path):
 def test_defaults_per_cpu_target_are_the_measured_choice(target, reduce_range):
     """docs/benchmarks.md, "S8S8 vs U8S8": U8S8 (uint8 activations, int8 per-channel weights) won or
     tied on every target, and 7-bit weights only pay on AVX2 without VNNI."""
-    from edgecnn.export.quantize import QuantizeConfig
+    from edgecnn.export.quant_config import QuantizeConfig
 
     cfg = QuantizeConfig.for_target(target)
     assert (cfg.activation_type, cfg.weight_type, cfg.per_channel, cfg.reduce_range, cfg.target) == (
         "uint8", "int8", True, reduce_range, target)
-    assert cfg.describe("int8")["activation_type"] == "uint8"
+    assert cfg.for_mode("int8").describe()["activation_type"] == "uint8"
     # an explicit override still wins over the preset (how the benchmark builds its S8S8 variants)
     assert QuantizeConfig.for_target(target, activation_type="int8").activation_type == "int8"
     section = (ROOT / "docs" / "benchmarks.md").read_text().split("S8S8 vs U8S8", 1)

@@ -65,7 +65,7 @@ def test_accuracy_guard_fails_and_writes_no_variant(tmp_path, seed_run, monkeypa
     from edgecnn.errors import AccuracyDropError
     from edgecnn.export import ExportConfig, export_run, staged
 
-    def broken_quantizer(fp32_path, out_path, *, mode, card, config, calibration_images=None):
+    def broken_quantizer(fp32_path, out_path, *, card, config, calibration_images=None):
         model = onnx.load(str(fp32_path))
         last = model.graph.output[0].name
         model.graph.node[-1].output[0] = "pre_reverse"
@@ -128,8 +128,8 @@ def test_bad_calibration_images(seed_export, tmp_path, images, match):
 
     _, out = seed_export
     with pytest.raises(DataError, match=match):
-        quantize_model(out / "model.onnx", tmp_path / "q.onnx", mode="int8", card=read_card(out / "model.onnx"),
-                       config=QuantizeConfig(), calibration_images=images)
+        quantize_model(out / "model.onnx", tmp_path / "q.onnx", card=read_card(out / "model.onnx"),
+                       config=QuantizeConfig().for_mode("int8"), calibration_images=images)
 
 
 @pytest.mark.parametrize("method", ["entropy", "percentile"])
@@ -145,7 +145,7 @@ def test_calibration_method_changes_ranges(seed_export, sample3, tmp_path, metho
     card = read_card(out / "model.onnx")
 
     def scales(cfg, name):
-        model = quantize_model(out / "model.onnx", tmp_path / name, mode="int8", card=card, config=cfg,
+        model = quantize_model(out / "model.onnx", tmp_path / name, card=card, config=cfg.for_mode("int8"),
                                calibration_images=sample3.x_train)
         return [float(numpy_helper.to_array(i)) for i in model.graph.initializer
                 if i.name.endswith("_scale") and not i.dims]

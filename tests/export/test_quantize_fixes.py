@@ -45,8 +45,9 @@ def test_histogram_calibration_takes_100_images(seed_export, sample3, tmp_path, 
 
     _, out = seed_export
     card = read_card(out / "model.onnx")
-    model = quantize_model(out / "model.onnx", tmp_path / "q.onnx", mode="int8", card=card,
-                           config=QuantizeConfig(calibration_method=method), calibration_images=sample3.x_train[:100])
+    model = quantize_model(out / "model.onnx", tmp_path / "q.onnx", card=card,
+                           config=QuantizeConfig(calibration_method=method).for_mode("int8"),
+                           calibration_images=sample3.x_train[:100])
     assert any(n.op_type == "QuantizeLinear" for n in model.graph.node)
     got = OnnxPredictor(tmp_path / "q.onnx", card.replace(precision="int8"))(sample3.x_test[:8])
     assert got.shape == (8, 3) and np.isfinite(got).all()
@@ -85,8 +86,8 @@ def test_dynamic_text_detector_quantizes_at_the_card_size(tmp_path, sample3, mon
     monkeypatch.chdir(cwd)
     card = _ocr_card()
     images = resize_all(sample3.x_train[:16], card.input_size)
-    model = quantize_model(FOREIGN / "ch_PP-OCRv4_det_infer.onnx", tmp_path / "det.int8.onnx", mode="int8", card=card,
-                           config=QuantizeConfig(calibration_samples=16), calibration_images=images)
+    model = quantize_model(FOREIGN / "ch_PP-OCRv4_det_infer.onnx", tmp_path / "det.int8.onnx", card=card,
+                           config=QuantizeConfig(calibration_samples=16).for_mode("int8"), calibration_images=images)
     assert sorted(os.listdir(cwd)) == []
     dims = model.graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims[1:]] == [3, 64, 96] and dims[0].dim_param
@@ -109,8 +110,8 @@ def test_failed_quantization_leaves_nothing_in_the_cwd(tmp_path, sample3, monkey
     monkeypatch.chdir(cwd)
     card = _ocr_card()
     with pytest.raises(ConfigError, match="--exclude-node names not in the graph: no_such_node"):
-        quantize_model(FOREIGN / "ch_PP-OCRv4_det_infer.onnx", tmp_path / "det.int8.onnx", mode="int8", card=card,
-                       config=QuantizeConfig(calibration_samples=16, exclude_nodes=("no_such_node",)),
+        quantize_model(FOREIGN / "ch_PP-OCRv4_det_infer.onnx", tmp_path / "det.int8.onnx", card=card,
+                       config=QuantizeConfig(calibration_samples=16, exclude_nodes=("no_such_node",)).for_mode("int8"),
                        calibration_images=resize_all(sample3.x_train[:16], card.input_size))
     assert sorted(os.listdir(cwd)) == []
     assert not (tmp_path / "det.int8.onnx").exists()
@@ -286,8 +287,9 @@ def test_fixed_batch_model_calibrates_in_batches_of_one(tmp_path, sample3, monke
     card = read_card(fp32)
     assert onnx.load(str(fp32)).graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
     images = resize_all(sample3.x_train[:17], (128, 128))
-    model = quantize_model(fp32, tmp_path / "q.onnx", mode="int8", card=card,
-                           config=QuantizeConfig(calibration_samples=17, calibration_method="entropy"),
+    model = quantize_model(fp32, tmp_path / "q.onnx", card=card,
+                           config=QuantizeConfig(calibration_samples=17, calibration_method="entropy").for_mode(
+                               "int8"),
                            calibration_images=images)
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
     out = OnnxPredictor(tmp_path / "q.onnx", card.replace(precision="int8")).outputs(images[:3])

@@ -120,8 +120,8 @@ def test_opset_upgrade_failure_names_the_opset(tmp_path, foreign, monkeypatch):
     monkeypatch.setattr(onnx.version_converter, "convert_version", refuse)
     card = ModelCard(name="m", class_names=("a", "b", "c"), input_size=(32, 32), input_name="input")
     with pytest.raises(ArtifactError, match=r"opset 11 and per-channel int8 .* needs opset 13.*No adapter for Conv"):
-        quantize_model(foreign["mine_opset11.onnx"], tmp_path / "q.onnx", mode="int8-dynamic", card=card,
-                       config=QuantizeConfig())
+        quantize_model(foreign["mine_opset11.onnx"], tmp_path / "q.onnx", card=card,
+                       config=QuantizeConfig().for_mode("int8-dynamic"))
 
 
 def test_nchw_onnx_layout_read_from_the_graph(tmp_path, foreign):

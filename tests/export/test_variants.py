@@ -48,3 +48,38 @@ def test_onnxruntime_makes_the_quantize_modes_and_litert_needs_a_keras_source():
     with pytest.raises(ConfigError, match=r"litert-int8 converts Keras models with the TFLite converter; this "
                                           r"source is onnx: export from the run directory, \.keras or \.h5 file"):
         variant("litert-int8").check_source("onnx")
+
+
+def test_each_quantized_variant_has_its_config_type_and_describes_itself():
+    """onnxruntime's shape (a config type per mode, one quantize call dispatching on it), not a mode
+    string handed around with one config of every mode's options."""
+    from edgecnn.export.quant_config import DynamicInt8Config, Fp16Config, QuantizeConfig, StaticInt8Config
+    from edgecnn.export.variants import QUANTIZE_MODES, VARIANTS
+
+    assert {m: VARIANTS[m].quantize_config for m in QUANTIZE_MODES} == {
+        "int8": StaticInt8Config, "int8-dynamic": DynamicInt8Config, "fp16": Fp16Config}
+    assert VARIANTS["litert-int8"].quantize_config is None  # the TFLite converter makes it
+    options = QuantizeConfig.for_target("vnni", calibration_method="percentile", exclude_nodes=("conv1",))
+    static = options.for_mode("int8", task="detect")
+    assert isinstance(static, StaticInt8Config) and static.mode == "int8"
+    assert static.op_types == ("Conv", "MatMul", "Gemm")  # the detector default of for_task
+    assert static.describe() == {"per_channel": True, "reduce_range": False, "weight_type": "int8", "target": "vnni",
+                                 "format": "QDQ", "activation_type": "uint8", "calibration_method": "percentile",
+                                 "calibration_samples": 512, "exclude_nodes": ["conv1"],
+                                 "exclude_op_types": ["Softmax"], "op_types": ["Conv", "MatMul", "Gemm"],
+                                 "percentile": 99.999}
+    assert options.for_mode("int8-dynamic").describe() == {"per_channel": True, "reduce_range": False,
+                                                          "weight_type": "int8", "target": "vnni"}
+    assert options.for_mode("fp16").describe() == {"keep_io_float32": True}
+    assert options.static_int8() == options.for_mode("int8")
+
+
+def test_quantize_model_refuses_a_config_of_no_mode(tmp_path):
+    from edgecnn.errors import ConfigError
+    from edgecnn.export.quant_config import QuantizeConfig
+    from edgecnn.export.quantize import quantize_model
+
+    with pytest.raises(ConfigError, match="QuantizeConfig.for_mode"):
+        quantize_model(tmp_path / "a.onnx", tmp_path / "b.onnx", card=None, config=QuantizeConfig())
+    with pytest.raises(ConfigError, match="mode 'litert-int8'; choose from int8, int8-dynamic, fp16"):
+        QuantizeConfig().for_mode("litert-int8")
