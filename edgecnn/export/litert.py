@@ -33,7 +33,7 @@ def convert_litert_int8(model: Any, card: ModelCard, calibration: np.ndarray, *,
         float_output: float32 output (the converter adds a dequantize op to the graph), as
             ``edgecnn export -q litert-int8`` writes it: exact probabilities, no 1/256 steps that
             tie the top classes; else int8 output. The input is int8 either way: the runtime
-            maps uint8 pixels straight into it (:meth:`~edgecnn.runtime.litert_backend.LiteRtSession.pixel_session`).
+            maps uint8 pixels straight into it (:meth:`~edgecnn.runtime.backends.litert.LiteRtSession.pixel_session`).
         pixels_in: put the card's normalization (channel order, ``(x - mean) / std``) inside the
             model, in front of it, so that the input is the 0-255 pixel itself: calibrated on raw
             pixels with 0 and 255 both seen, the int8 input's scale is 1 and its zero point -128,
@@ -104,7 +104,7 @@ def _with_normalization(model: Any, card: ModelCard) -> Any:
 
 def embed_card_tflite(tflite: bytes, card: ModelCard) -> bytes:
     """The flatbuffer with ``card`` as a ``metadata`` entry under :data:`~edgecnn.card.ONNX_METADATA_KEY`
-    (read back by :func:`edgecnn.runtime.litert_backend.read_tflite_metadata`); an older card is replaced."""
+    (read back by :func:`edgecnn.runtime.backends.litert.read_tflite_metadata`); an older card is replaced."""
     require("ai_edge_litert", "litert")
     import flatbuffers  # type: ignore[import-untyped]  # no stubs, no py.typed
     from ai_edge_litert import schema_py_generated as schema
