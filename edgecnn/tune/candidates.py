@@ -18,6 +18,7 @@ from edgecnn.runtime.deploy import FP32_FILE
 
 if TYPE_CHECKING:
     from edgecnn.runtime.core import InferenceModel
+    from edgecnn.runtime.options import RuntimeOptions
     from edgecnn.tune.config import TuneConfig
 
 __all__ = ["Candidate", "read_export", "candidates", "export_row"]
@@ -49,18 +50,24 @@ class Candidate:
         """Configurations computing the same numbers share one quality check (IO binding changes no result)."""
         return self.file, self.backend, self.precision
 
+    def runtime(self, *, threads: int | None, device: str) -> RuntimeOptions:
+        """How this configuration runs (``device``: OpenVINO's; the other backends run on the CPU),
+        without the settings of another backend (:meth:`RuntimeOptions.for_backend`)."""
+        from edgecnn.runtime.options import RuntimeOptions
+
+        typed = RuntimeOptions(threads=threads, precision=self.precision, io_binding=self.io_binding,
+                               device=device if self.backend == "openvino" else None)
+        return typed.for_backend(self.backend)
+
     def open(self, directory: Path, threads: int | None, device: str) -> InferenceModel:
-        """The runtime core on this configuration (``device``: OpenVINO's; the others run on the CPU).
+        """The runtime core on this configuration.
 
         Raises:
             ArtifactError, ProviderError: from opening the file on its backend.
         """
         from edgecnn.runtime.core import InferenceModel
 
-        ov = self.backend == "openvino"
-        return InferenceModel(directory / self.file, threads=threads, backend=self.backend,
-                              device=device if ov else "CPU", precision=self.precision if ov else None,
-                              io_binding=self.io_binding if self.backend == "onnxruntime" else None)
+        return InferenceModel(directory / self.file, self.runtime(threads=threads, device=device))
 
 
 def read_export(directory: Path) -> ExportReport:

@@ -137,7 +137,8 @@ def _deployment(winner: Cell, value: float, q: Quality, *, directory: Path, conf
                 "accuracy": q.accuracy, "drop_pp": q.drop_pp, "metric": q.metric, "metric_value": q.metric_value,
                 "size_bytes": (directory / cand.file).stat().st_size}
     return Deployment(file=cand.file, variant=cand.variant, backend=cand.backend, device=config.device,
-                      precision=cand.precision if cand.backend == "openvino" else None, threads=winner.threads,
+                      precision=cand.runtime(threads=winner.threads, device=config.device).precision,
+                      threads=winner.threads,
                       io_binding=cand.io_binding, batch=winner.batch, objective=config.objective,
                       sha256=sha256_file(directory / cand.file), measured=measured,
                       machine={"cpu": machine["cpu"], "simd": machine["simd"], "usable_cpus": machine["usable_cpus"]},
