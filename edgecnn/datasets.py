@@ -148,15 +148,18 @@ def load_embedded_sample() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
     """The CIFAR-10 sample shipped in the package (2,000 train / 500 test, class-balanced)."""
     root = resources.files("edgecnn") / "assets" / "cifar10_sample"
     labels = json.loads((root / "labels.json").read_text())
-    out = []
-    for split in ("train", "test"):
-        with (root / f"{split}.webp").open("rb") as fh:
-            grid = np.asarray(Image.open(fh).convert("RGB"))
-        rows, cols = grid.shape[0] // 32, grid.shape[1] // 32
-        x = grid.reshape(rows, 32, cols, 32, 3).transpose(0, 2, 1, 3, 4).reshape(-1, 32, 32, 3)
-        y = np.asarray(labels[split], dtype=np.int32)
-        out += [np.ascontiguousarray(x[: len(y)]), y]
-    return tuple(out)  # type: ignore[return-value]
+    (x_train, y_train), (x_test, y_test) = (_sample_split(root, split, labels[split]) for split in ("train", "test"))
+    return x_train, y_train, x_test, y_test
+
+
+def _sample_split(root: Any, split: str, labels: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """One split of the embedded sample: a mosaic of 32x32 images, row by row, and its labels."""
+    with (root / f"{split}.webp").open("rb") as fh:
+        grid = np.asarray(Image.open(fh).convert("RGB"))
+    rows, cols = grid.shape[0] // 32, grid.shape[1] // 32
+    x = grid.reshape(rows, 32, cols, 32, 3).transpose(0, 2, 1, 3, 4).reshape(-1, 32, 32, 3)
+    y = np.asarray(labels, dtype=np.int32)
+    return np.ascontiguousarray(x[: len(y)]), y
 
 
 def download_cifar10() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
