@@ -45,6 +45,25 @@ def test_bad_train_options_are_one_line_errors(tmp_path, args, message):
     assert "Traceback" not in r.output and not out.exists()
 
 
+@pytest.mark.parametrize("value", ["abc", "", "0x3", "1x2x3"])
+def test_a_malformed_input_size_is_a_usage_error_naming_the_flag(tmp_path, value):
+    """As every other malformed flag: click's usage error (exit 2), before anything runs."""
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["train", "--out", str(out), "--input-size", value])
+    assert r.exit_code == 2 and "Invalid value for --input-size" in r.output and "N or HxW" in r.output
+    assert "Traceback" not in r.output and not out.exists()
+
+
+@pytest.mark.parametrize("device, ok", [("GPU.1", True), ("gpu", True), ("npu", True), ("TPU", False)])
+def test_openvino_device_takes_an_index_and_any_case(device, ok):
+    """--device GPU.1 picks OpenVINO's second GPU (a choice list of CPU|GPU|NPU alone refused it)."""
+    r = CliRunner().invoke(main, ["bench", "--device", device, "--backend", "tvm"])  # fails after the flags
+    if ok:
+        assert r.exit_code == 1 and "--backend takes" in r.output, r.output
+    else:
+        assert r.exit_code == 2 and "device must be one of CPU, GPU, NPU" in r.output
+
+
 @pytest.mark.tf
 def test_recipe_with_unknown_key_fails(tmp_path):
     recipe = tmp_path / "r.yaml"

@@ -17,7 +17,6 @@ import click
 from edgecnn.runtime.options import (
     BACKENDS,
     CONV_ALGO_SEARCH,
-    OV_DEVICES,
     OV_PRECISIONS,
     PROVIDERS,
     CudaOptions,
@@ -126,7 +125,7 @@ def runtime_options(*, providers: tuple[str, ...] = PROVIDERS, threads_help: str
                     "cores).") -> Decorator:
     """--backend, --provider, --allow-fallback, --threads, --device and --precision -> ``runtime``
     (:class:`~edgecnn.runtime.options.RuntimeOptions`) holding only the flags the user typed."""
-    options = [
+    options: list[Callable[[Any], Any]] = [
         click.option("--backend", type=click.Choice(BACKENDS[:2]), default="onnxruntime", show_default=True,
                      help="Runtime: onnxruntime or openvino (the [openvino] extra); a .tflite runs on LiteRT."),
         click.option("--provider", type=click.Choice(providers), default="cpu", show_default=True,
@@ -134,9 +133,7 @@ def runtime_options(*, providers: tuple[str, ...] = PROVIDERS, threads_help: str
         click.option("--allow-fallback", is_flag=True, help="Run on the CPU (with a warning) if the provider is "
                      "unusable."),
         click.option("--threads", type=click.IntRange(min=1), default=None, help=threads_help),
-        click.option("--device", type=click.Choice(OV_DEVICES, case_sensitive=False), metavar="CPU|GPU|NPU",
-                     default="CPU", show_default=True,
-                     help="OpenVINO device."),
+        device_option(),
         click.option("--precision", type=click.Choice(OV_PRECISIONS), default=None,
                      help="OpenVINO execution precision (default f32: the same results as onnxruntime)."),
     ]
@@ -145,8 +142,6 @@ def runtime_options(*, providers: tuple[str, ...] = PROVIDERS, threads_help: str
         from edgecnn.cli._app import given
 
         typed = given(click.get_current_context(), **{k: values.pop(k) for k in RUNTIME_FLAGS})
-        if "device" in typed:
-            typed["device"] = typed["device"].upper()
         if typed.get("allow_fallback") is False:
             del typed["allow_fallback"]
         return {"runtime": RuntimeOptions(**typed)}
@@ -173,6 +168,42 @@ def cuda_options() -> Decorator:
                                     device_id=values.pop("device_id"))}
 
     return _group(options, cuda)
+
+
+def device_option() -> Decorator:
+    """--device: OpenVINO's device, CPU, GPU or NPU in any case, with an index for a second one
+    (GPU.1); checked by :class:`~edgecnn.runtime.options.RuntimeOptions`, given upper-case."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from edgecnn.errors import EdgecnnError
+
+        try:
+            return RuntimeOptions(device=value.upper()).device
+        except EdgecnnError as err:
+            raise click.BadParameter(str(err)) from None
+
+    return click.option("--device", default="CPU", show_default=True, metavar="CPU|GPU|NPU", callback=check,
+                        help="OpenVINO device (GPU.1: the second GPU).")
+
+
+def input_size_value(value: str | None) -> tuple[int, int] | None:
+    """A ``--input-size`` flag's value (N or HxW) -> (height, width), checked as a flag: a bad
+    value is click's usage error naming the flag (exit 2), as every other malformed flag."""
+    from edgecnn.errors import ConfigError
+    from edgecnn.presets import parse_input_size
+
+    if value is None:
+        return None
+    try:
+        size = parse_input_size(value)
+    except ConfigError as err:
+        raise click.BadParameter(str(err), param_hint="--input-size") from None
+    if size is None:
+        raise click.BadParameter("expected N or HxW (e.g. 224 or 480x640), got an empty value.",
+                                 param_hint="--input-size")
+    return size
 
 
 def split_list(text: str) -> tuple[str, ...]:

@@ -9,8 +9,8 @@ import click
 
 from edgecnn._files import atomic_write_text
 from edgecnn.cli._app import echo_wide_table, main
-from edgecnn.cli._options import cuda_options, model_options, split_list
-from edgecnn.runtime.options import OV_DEVICES, OV_PRECISIONS, PROVIDERS
+from edgecnn.cli._options import cuda_options, device_option, model_options, split_list
+from edgecnn.runtime.options import OV_PRECISIONS, PROVIDERS
 
 if TYPE_CHECKING:
     from edgecnn.presets import ModelOverrides
@@ -54,9 +54,7 @@ Examples:
               help="Also time the app's call from uint8 pixels (runner '<runner>+pixels'), next to the model alone.")
 @click.option("--backend", default="onnxruntime", show_default=True,
               help="Runtimes to measure side by side, comma-separated: onnxruntime, openvino (the [openvino] extra).")
-@click.option("--device", type=click.Choice(OV_DEVICES, case_sensitive=False), metavar="CPU|GPU|NPU", default="CPU",
-              show_default=True,
-              help="OpenVINO device.")
+@device_option()
 @click.option("--precision", type=click.Choice(OV_PRECISIONS), default=None,
               help="OpenVINO execution precision (default f32: the same results as onnxruntime).")
 @cuda_options()
@@ -74,7 +72,7 @@ def bench(models: tuple[Path, ...], batch: str, threads: str, provider: str, all
     config = BenchConfig(batch_sizes=parse_int_list(batch, "--batch"), threads=parse_int_list(threads, "--threads"),
                          provider=provider, warmup=warmup, runs=runs, duration_s=duration,
                          allow_fallback=allow_fallback, io_binding=io_binding, cuda=cuda, placement=placement,
-                         backends=split_list(backend), device=device.upper(), precision=precision, pixels=pixels)
+                         backends=split_list(backend), device=device, precision=precision, pixels=pixels)
     # The Keras/LiteRT baselines import TensorFlow in their own processes: handed to the runtime, never imported by it.
     from edgecnn.baselines import run_baselines
 

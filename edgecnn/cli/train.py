@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from edgecnn.cli._app import echo_table, main
+from edgecnn.cli._options import input_size_value
 
 _TRAIN_EPILOG = """\b
 Examples:
@@ -53,7 +54,8 @@ Examples:
 @click.option("--seed", type=int)
 @click.option("--normalization", type=click.Choice(["scale", "dataset"]),
               help="scale: /255; dataset: per-channel mean/std of the training split.")
-@click.option("--input-size", help="N or HxW the images are resized to.")
+@click.option("--input-size", callback=lambda ctx, param, value: input_size_value(value),
+              help="N or HxW the images are resized to.")
 @click.option("--classes", help="Train on a subset: '0-4', 'cat,dog', ...")
 @click.option("--limit", type=int, help="Use at most this many training images.")
 @click.option("--augment/--no-augment", default=None,
@@ -80,7 +82,6 @@ Examples:
 @click.option("--quiet", is_flag=True, help="One line per epoch instead of a progress bar.")
 def train(config_path, resume_dir, overwrite, quiet, augment, rotation, translate, input_size, **flags) -> None:
     """Train a CNN into a run directory (model.keras, card.json, history, curves, metrics)."""
-    from edgecnn.presets import parse_input_size
     from edgecnn.train.config import load_recipe
     from edgecnn.train.loop import resume
     from edgecnn.train.loop import train as run_training
@@ -102,7 +103,7 @@ def train(config_path, resume_dir, overwrite, quiet, augment, rotation, translat
         if aug:
             recipe["augment"] = aug
         if input_size is not None:
-            recipe["input_size"] = list(parse_input_size(input_size) or ())
+            recipe["input_size"] = list(input_size)
         run = run_training(TrainConfig.from_dict(recipe), overwrite=overwrite, verbose=verbose)
     from edgecnn.card import ModelCard
 

@@ -7,8 +7,7 @@ from pathlib import Path
 import click
 
 from edgecnn.cli._app import echo_wide_table, main
-from edgecnn.cli._options import split_list
-from edgecnn.runtime.options import OV_DEVICES
+from edgecnn.cli._options import device_option, split_list
 from edgecnn.tune.config import OBJECTIVES
 
 
@@ -21,9 +20,7 @@ from edgecnn.tune.config import OBJECTIVES
                                               "cores]")
 @click.option("--backend", default=None, help="Backends to try, comma-separated.  [default: onnxruntime, and openvino "
               "and litert when installed]")
-@click.option("--device", type=click.Choice(OV_DEVICES, case_sensitive=False), metavar="CPU|GPU|NPU", default="CPU",
-              show_default=True,
-              help="OpenVINO device.")
+@device_option()
 @click.option("--objective", type=click.Choice(OBJECTIVES), default="latency", show_default=True,
               help="latency: p50 at the smallest batch; throughput: p50 per image at the largest.")
 @click.option("--max-drop", default=1.0, show_default=True, type=click.FloatRange(min=0),
@@ -51,7 +48,7 @@ def tune(export_dir: Path, batch: str, threads: str | None, backend: str | None,
     config = TuneConfig(batch_sizes=parse_int_list(batch, "--batch"),
                         threads=parse_int_list(threads, "--threads") if threads else None,
                         backends=split_list(backend) if backend else None,
-                        device=device.upper(), objective=objective, max_drop_pp=max_drop, seconds=seconds,
+                        device=device, objective=objective, max_drop_pp=max_drop, seconds=seconds,
                         images=images,
                         data=data, confirm=confirm)
     report = run_tune(export_dir, config, write=not no_write, progress=lambda line: click.echo(line, err=True))

@@ -178,9 +178,6 @@ class QuantizeConfig:
             return replace(self, op_types=("Conv", "MatMul", "Gemm"))
         return self
 
-    def with_(self, **changes: Any) -> QuantizeConfig:
-        return replace(self, **changes)
-
     # ------------------------------------------------------------------------- one mode's config
     def for_mode(self, mode: str, *, task: str | None = None) -> ModeConfig:
         """The config of ``mode`` (``int8``, ``int8-dynamic``, ``fp16``: the variant table's

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -83,7 +82,7 @@ def quantize_model(fp32_path: Path, out_path: Path, *, card: ModelCard, config: 
     # onnxruntime's symbolic shape inference writes sym_shape_infer_temp.onnx and a <uuid>.data file
     # into the current directory when it fails: run inside the temporary folder, removed on every exit.
     with tempfile.TemporaryDirectory(prefix="edgecnn-quant-") as tmp, _quiet_root_logger(), \
-            _chdir(tmp):
+            contextlib.chdir(tmp):
         pre = Path(tmp) / "pre.onnx"
         _pre_process(_per_channel_opset(fp32_path, Path(tmp), config), pre, card=card, work=Path(tmp))
         if isinstance(config, DynamicInt8Config):
@@ -135,20 +134,6 @@ def check_calibration_images(images: np.ndarray | None, card: ModelCard, needed:
     if len(images) < needed:
         log.warning("Calibrating on %d images (asked for %d).", len(images), needed)
     return images
-
-
-@contextlib.contextmanager
-def _chdir_py310(path: str | Path):
-    """``contextlib.chdir`` for Python 3.10 (the stdlib's from 3.11 on; drop with 3.10 support)."""
-    old = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(old)
-
-
-_chdir = getattr(contextlib, "chdir", _chdir_py310)
 
 
 @contextlib.contextmanager
@@ -204,7 +189,7 @@ def pre_process_for_quantization(src: Path, dst: Path, *, card: ModelCard | None
     model's (default: the one embedded in ``src``), for the input size of a dynamic-size model.
     """
     src, dst = Path(src).resolve(), Path(dst).resolve()
-    with tempfile.TemporaryDirectory(prefix="edgecnn-prep-") as tmp, _quiet_root_logger(), _chdir(tmp):
+    with tempfile.TemporaryDirectory(prefix="edgecnn-prep-") as tmp, _quiet_root_logger(), contextlib.chdir(tmp):
         _pre_process(src, dst, card=card, work=Path(tmp))
 
 

@@ -166,15 +166,14 @@ class ExportReport:
 
 
 def _from_fields(cls: Any, data: Any) -> Any:
-    """``cls(**data)``, refusing unknown and missing fields with one line that names them."""
+    """``cls(**data)``, refusing missing fields with one line that names them. Fields this version
+    does not know are left out: a report written by a newer edgecnn, which added a field, still
+    reads here (the report has no schema version of its own; its fields only ever get added)."""
     if not isinstance(data, dict):
         raise ArtifactError(f"a {cls.__name__} is a dict, got {type(data).__name__}")
     names = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ArtifactError(f"unknown {cls.__name__} field {unknown[0]!r}")
     try:
-        return cls(**data)
+        return cls(**{k: v for k, v in data.items() if k in names})
     except TypeError as err:  # a required field missing
         raise ArtifactError(str(err).replace(".__init__()", "")) from None
 

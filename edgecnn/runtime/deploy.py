@@ -21,14 +21,14 @@ import json
 import logging
 import stat
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from edgecnn._files import sha256_file
 from edgecnn.errors import ArtifactError
 from edgecnn.runtime.backends import BACKENDS, get_backend
-from edgecnn.runtime.options import RuntimeOptions
+from edgecnn.runtime.options import OV_PRECISIONS, RuntimeOptions
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class Deployment:
                                 "tune` again.")
         if type(dep.batch) is not int or not 1 <= dep.batch <= 4096:
             raise ArtifactError(f"{where} has batch={str(dep.batch)[:20]}, not 1-4096; run `edgecnn tune` again.")
-        for key, allowed in (("backend", BACKENDS), ("precision", (None, "f32", "bf16", "f16")),
+        for key, allowed in (("backend", BACKENDS), ("precision", (None, *OV_PRECISIONS)),
                              ("io_binding", (True, False)), ("sha256", None), ("device", None), ("variant", None)):
             value = getattr(dep, key)
             if (allowed is not None and value not in allowed) or (allowed is None and not isinstance(value, str)):
@@ -213,8 +213,7 @@ def resolve_dir(directory: str | Path, typed: RuntimeOptions | None = None) -> t
     dep = current_deployment(root)
     if dep is not None:
         chosen = dep.runtime().merged(typed)
-        if chosen.backend != "onnxruntime":  # IO binding is onnxruntime's: a deployed OpenVINO pick runs without
-            chosen = replace(chosen, io_binding=None)
+        chosen = chosen.for_backend(chosen.backend or "onnxruntime")  # e.g. IO binding is onnxruntime's alone
         other = _machine_differs(dep)
         if other:
             log.warning("%s was %s: run `edgecnn tune %s` on this machine for its own pick.",

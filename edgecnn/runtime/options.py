@@ -149,13 +149,13 @@ class RuntimeOptions:
 
     def for_backend(self, backend: str) -> RuntimeOptions:
         """These options for ``backend``, without the settings that belong to another one
-        (onnxruntime's IO binding and CUDA options, OpenVINO's precision): how one set of flags
-        runs on several backends side by side (``edgecnn bench --backend onnxruntime,openvino``)."""
+        (onnxruntime's IO binding and CUDA options, OpenVINO's device and precision): how one set of
+        flags runs on several backends side by side (``edgecnn bench --backend onnxruntime,openvino``)."""
         drop: dict[str, Any] = {}
         if backend != "onnxruntime":
             drop.update(io_binding=None, cuda=None)
         if backend != "openvino":
-            drop.update(precision=None)
+            drop.update(precision=None, device=None)
         return replace(self, backend=backend, **drop)
 
     @classmethod

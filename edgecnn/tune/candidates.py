@@ -7,13 +7,13 @@ is gone, is not a candidate.
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgecnn.errors import ArtifactError
 from edgecnn.export.report import REPORT_JSON, ExportReport, VariantResult
+from edgecnn.runtime.backends import REGISTRY, get_backend
 from edgecnn.runtime.deploy import FP32_FILE
 
 if TYPE_CHECKING:
@@ -23,8 +23,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Candidate", "read_export", "candidates", "export_row"]
 
-# The optional backends and the module that says each is installed, with the extra that installs it.
-_OPTIONAL = (("openvino", "openvino", "openvino"), ("litert", "ai_edge_litert", "litert"))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,8 +53,7 @@ class Candidate:
         without the settings of another backend (:meth:`RuntimeOptions.for_backend`)."""
         from edgecnn.runtime.options import RuntimeOptions
 
-        typed = RuntimeOptions(threads=threads, precision=self.precision, io_binding=self.io_binding,
-                               device=device if self.backend == "openvino" else None)
+        typed = RuntimeOptions(threads=threads, precision=self.precision, io_binding=self.io_binding, device=device)
         return typed.for_backend(self.backend)
 
     def open(self, directory: Path, threads: int | None, device: str) -> InferenceModel:
@@ -85,19 +82,14 @@ def read_export(directory: Path) -> ExportReport:
     return ExportReport.load(directory)
 
 
-def _installed(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
-
-
 def _backends(config: TuneConfig, notes: list[str]) -> tuple[str, ...]:
-    """The backends asked for; by default onnxruntime and each optional one installed (a note for the others)."""
+    """The backends asked for; by default every one installed (the registry's), a note for the others."""
     if config.backends is not None:
         return config.backends
-    found = tuple(backend for backend, module, _ in _OPTIONAL if _installed(module))
-    for backend, _, extra in _OPTIONAL:
-        if backend not in found:
-            notes.append(f"{backend} is not installed (pip install 'edgecnn[{extra}]'): not measured.")
-    return ("onnxruntime", *found)
+    for backend in REGISTRY.values():
+        if not backend.installed():
+            notes.append(f"{backend.name} is not installed (pip install 'edgecnn[{backend.extra}]'): not measured.")
+    return tuple(name for name, backend in REGISTRY.items() if backend.installed())
 
 
 def _verified_files(directory: Path, report: ExportReport, notes: list[str]) -> list[tuple[str, str]]:
@@ -125,7 +117,7 @@ def candidates(directory: Path, report: ExportReport, config: TuneConfig, notes:
     backends = _backends(config, notes)
     out = []
     for name, variant in _verified_files(directory, report, notes):
-        if name.endswith(".tflite"):
+        if name.endswith(get_backend("litert").suffix):
             if "litert" in backends:
                 out.append(Candidate(file=name, variant=variant, backend="litert"))
             continue

@@ -120,16 +120,19 @@ def test_not_an_export_directory(tmp_path):
 
 
 def test_export_report_is_read_back_typed(export_dir):
-    """tune reads export_report.json through ExportReport.load: every field round-trips, and a
-    report this version did not write is refused in one line that names what does not fit."""
+    """tune reads export_report.json through ExportReport.load: every field round-trips, a field a
+    newer edgecnn added is left out, and a report missing what tune needs is refused in one line
+    that names what does not fit."""
     from edgecnn.export.report import ExportReport
 
     path = export_dir / "export_report.json"
     data = json.loads(path.read_text())
     report = ExportReport.load(export_dir)
     assert report.to_dict() == data and report.variant("int8").file == "model.int8.onnx"
-    for change, words in (({"surprise": 1}, "unknown ExportReport field 'surprise'"),
-                          ({"variants": [{"file": "model.onnx"}]}, "missing"),
+    newer = {**data, "surprise": 1, "variants": [{**v, "new_metric": 0.5} for v in data["variants"]]}
+    path.write_text(json.dumps(newer))
+    assert ExportReport.load(export_dir).to_dict() == data  # a newer writer's extra fields: left out
+    for change, words in (({"variants": [{"file": "model.onnx"}]}, "missing"),
                           ({"variants": "model.onnx"}, "list of variants")):
         path.write_text(json.dumps({**data, **change}))
         with pytest.raises(ArtifactError, match=words):
