@@ -309,17 +309,3 @@ def test_fp32_export_with_eval_data_only_is_checked_on_it(tmp_path, sample3):
     assert report.status == "ok" and report.parity["images"] == 12
     assert report.test_set["description"].endswith("(--eval-data)")
     assert not any("synthetic" in n for n in report.notes)
-
-
-def test_working_directory_helper_of_python_310_restores_the_cwd(tmp_path):
-    """quantize's temporary working directory on Python 3.10, which has no contextlib.chdir."""
-    import os
-
-    from edgecnn.export.quantize import _chdir_py310
-
-    before = os.getcwd()
-    with pytest.raises(RuntimeError):
-        with _chdir_py310(tmp_path):
-            assert os.getcwd() == str(tmp_path)
-            raise RuntimeError("a failed quantization")
-    assert os.getcwd() == before
