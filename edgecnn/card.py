@@ -21,7 +21,7 @@ Required keys: ``name``, ``input_size`` ([height, width]) and, for ``classify`` 
 ``detect``, ``class_names``. A hand-written card for a 224x224 ImageNet-normalized classifier
 (the README has the full key table)::
 
-    {"schema_version": 3, "name": "mine", "task": "classify", "input_size": [224, 224],
+    {"schema_version": 4, "name": "mine", "task": "classify", "input_size": [224, 224],
      "class_names": ["cat", "dog"], "mean": [123.675, 116.28, 103.53],
      "std": [58.395, 57.12, 57.375], "layout": "nchw", "output_kind": "logits",
      "resize": "center-crop", "shorter_side": 256}
@@ -41,7 +41,7 @@ __all__ = ["ModelCard", "ONNX_METADATA_KEY", "CARD_SCHEMA_VERSION", "TASKS", "OU
            "RESIZE_MODES", "CROP_MODES", "RESAMPLE_FILTERS", "GRAY_RULES"]
 
 ONNX_METADATA_KEY = "edgecnn.card"
-CARD_SCHEMA_VERSION = 3  # 3: resize policies, resample filter, gray rule
+CARD_SCHEMA_VERSION = 4  # 3: resize policies, resample filter, gray rule; 4: self-contained files, class maps
 TASKS = ("classify", "detect", "segment", "raw")
 _LAYOUTS = ("nhwc", "nchw")
 _ORDERS = ("RGB", "BGR")
@@ -64,7 +64,7 @@ OUTPUT_KINDS: dict[str, tuple[str, ...]] = {
                # boxes [N, K, 4] x1, y1, x2, y2 + scores, classes [N, K] (+ count): ONNX NonMaxSuppression
                "boxes-xyxy",
                "boxes-yxyx"),  # the same, boxes ymin, xmin, ymax, xmax: TensorFlow's NMS, TFLite_Detection_PostProcess
-    "segment": ("logits", "probabilities"),
+    "segment": ("logits", "probabilities", "class-map"),  # class-map: [N, H, W] class indices (argmax in the graph)
     "raw": ("raw",),
 }
 _INDEXED_CLASSES = OUTPUT_KINDS["detect"][3:]  # layouts whose outputs name classes by index: labels optional
@@ -105,6 +105,9 @@ class ModelCard:
     task: str = "classify"
     stride: int | None = None  # detectors: the largest feature stride (input sides are multiples of it)
     batch_axis: int | None = None  # the outputs' image axis when not 0 (time-major [T, N, C] sequences: 1)
+    # the file takes uint8 RGB NHWC pixels at input_size and answers in the task's terms
+    # (edgecnn.export.self_contained): mapping and post-processing in the graph; mean 0, std 1, nhwc, RGB, uint8
+    self_contained: bool = False
     dataset: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
@@ -160,6 +163,10 @@ class ModelCard:
             problems.append(f"layout must be one of {_LAYOUTS}, got {self.layout!r}")
         if self.channel_order not in _ORDERS:
             problems.append(f"channel_order must be one of {_ORDERS}, got {self.channel_order!r}")
+        if self.self_contained and (self.input_dtype != "uint8" or self.layout != "nhwc" or self.channel_order != "RGB"
+                                    or any(self.mean) or any(s != 1 for s in self.std)):
+            problems.append("a self-contained file takes uint8 RGB NHWC pixels as they are (input_dtype uint8, "
+                            "layout nhwc, channel_order RGB, mean 0, std 1)")
         if not self.class_names and self.task in ("classify", "detect") and self.output_kind not in _INDEXED_CLASSES:
             problems.append(f"class_names is empty (a {self.task} model needs its labels)")
         if self.schema_version > CARD_SCHEMA_VERSION:

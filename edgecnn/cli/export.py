@@ -31,6 +31,7 @@ Examples:
   edgecnn export model.tflite --calibration-data photos/          # photos without class folders: agreement
   edgecnn export other.onnx -q int8 --calibration-data images/ --mean 123.7,116.3,103.5 --std 58.4,57.1,57.4
   edgecnn export yolov8n.onnx -q int8 --calibration-data frames/  # Ultralytics metadata: task, size, names
+  edgecnn export runs/seed -q int8 --self-contained         # + model.self-contained.onnx: pixels in, answers out
 """
 
 
@@ -88,6 +89,10 @@ Examples:
                    "judged by the same guard; 0: post-training calibration.")
 @click.option("--qat-lr", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True,
               help="Learning rate of --qat-epochs (Adam, cosine decay).")
+@click.option("--self-contained", is_flag=True,
+              help="Also write each ONNX file as <file>.self-contained.onnx: uint8 RGB NHWC pixels in, the task's "
+                   "answers out (probabilities + top-k, NMS-decoded boxes, class map), standard ONNX ops only, for "
+                   "apps outside Python; each checked against its file run by edgecnn.")
 @click.option("--triton", "triton_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also write a Triton Inference Server model repository here.")
 @model_options(layout_help="Input layout: of the exported model for Keras/SavedModel/TFLite sources (default nhwc); "
@@ -97,7 +102,7 @@ def export(source: Path, out_dir: Path | None, quantize: tuple[str, ...], opset:
            exclude_node: tuple[str, ...], max_accuracy_drop: float, atol: float, test_images: int | None,
            no_simplify: bool, triton_dir: Path | None, accuracy_aware: bool, per_tensor: bool, tta: str,
            guard_policy: str, min_sqnr: float, no_chance_check: bool, eval_data: Path | None,
-           qat_epochs: int, qat_lr: float, overrides: Any) -> None:
+           qat_epochs: int, qat_lr: float, self_contained: bool, overrides: Any) -> None:
     """Export SOURCE to verified ONNX, with quantized variants.
 
     SOURCE: a run directory, a .keras/.h5 file, a TensorFlow SavedModel directory, a .tflite or an
@@ -112,7 +117,7 @@ def export(source: Path, out_dir: Path | None, quantize: tuple[str, ...], opset:
     config = ExportConfig(opset=opset, quantize=quantize, simplify=not no_simplify, atol=atol, test_images=test_images,
                           max_accuracy_drop=max_accuracy_drop, quant=quant, triton_dir=triton_dir,
                           accuracy_aware=accuracy_aware, tta=tta, guard=guard_policy, min_sqnr_db=min_sqnr,
-                          check_chance=not no_chance_check, eval_data=eval_data)
+                          check_chance=not no_chance_check, eval_data=eval_data, self_contained=self_contained)
     with _qat_config(config, source, epochs=qat_epochs, lr=qat_lr, data=calibration_data,
                      overrides=overrides) as config:
         report = export_model(source, out_dir=out_dir, config=config, calibration_data=calibration_data,
@@ -124,6 +129,9 @@ def export(source: Path, out_dir: Path | None, quantize: tuple[str, ...], opset:
                   "-" if v.accuracy_delta_pp is None else f"{v.accuracy_delta_pp:+.2f}", metric_text(v),
                   interval_text(v),
                   status_text(v)] for v in report.variants])
+    for t in report.self_contained:
+        click.echo(f"self-contained {t.precision}: {t.file or '(not written)'}, {t.metric.replace('_', ' ')} "
+                   f"{t.value:.4f} vs the runtime on {t.images} images ({t.detail})")
     for v in report.variants:
         if v.verdict and v.verdict["outcome"] == "unsure":
             click.echo(f"guard {v.precision}: {v.guard}")

@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from edgecnn.errors import ConfigError
@@ -93,10 +93,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def commit(out_dir: Path, staging: Path, variants: list[VariantResult]) -> list[VariantResult]:
-    """Move the verified files of ``variants`` from ``staging`` into ``out_dir``; returns the
-    variants with ``file=None`` for those that failed (their files stay behind and go with the
-    staging folder).
+def commit(out_dir: Path, staging: Path, variants: list[VariantResult],
+           also: Sequence[str] = ()) -> list[VariantResult]:
+    """Move the verified files of ``variants`` (and the verified files named in ``also``: the
+    self-contained ones) from ``staging`` into ``out_dir``; returns the variants with ``file=None``
+    for those that failed (their files stay behind and go with the staging folder).
 
     Everything that describes the folder's earlier files goes first (its report, tune's results,
     the earlier model files): a kill at any instant leaves some of this export's files, never a
@@ -104,10 +105,10 @@ def commit(out_dir: Path, staging: Path, variants: list[VariantResult]) -> list[
     """
     for name in (REPORT_JSON, REPORT_MARKDOWN):
         (out_dir / name).unlink(missing_ok=True)
-    _remove_stale_models(out_dir, {v.file for v in variants if v.passed and v.file})
-    for v in variants:  # only verified files leave the staging folder
-        if v.passed and v.file:
-            os.replace(staging / v.file, out_dir / v.file)
+    verified = [v.file for v in variants if v.passed and v.file] + list(also)
+    _remove_stale_models(out_dir, set(verified))
+    for name in verified:  # only verified files leave the staging folder
+        os.replace(staging / name, out_dir / name)
     return [v if v.passed else dataclasses.replace(v, file=None) for v in variants]
 
 

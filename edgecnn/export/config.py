@@ -52,6 +52,7 @@ class ExportConfig:
     min_sqnr_db: float = DEFAULT_MIN_SQNR_DB  # raw outputs (no task head): the least SQNR a variant may have
     tta: str = "none"  # "flip": flip test-time augmentation inside the graph (edgecnn.export.tta): 2x the cost
     qat: QATModel | None = None  # the int8 variant is this fine-tuned model (edgecnn.export.qat), not calibrated
+    self_contained: bool = False  # each ONNX file also as <file>.self-contained.onnx (edgecnn.export.self_contained)
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.quantize if m not in EXPORT_MODES]

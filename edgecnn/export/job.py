@@ -23,14 +23,16 @@ import numpy as np
 
 from edgecnn import __version__
 from edgecnn.card import ModelCard
-from edgecnn.errors import AccuracyDropError, ArtifactError, DataError, EdgecnnError
+from edgecnn.errors import AccuracyDropError, ArtifactError, ConfigError, DataError, EdgecnnError
 from edgecnn.export import onnx as onnx_io
 from edgecnn.export._staging import commit, staging_folder
 from edgecnn.export.chance import chance_evidence, check_not_chance
 from edgecnn.export.config import ExportConfig
 from edgecnn.export.guard import Verdict, guard_hints, judge_variant
 from edgecnn.export.images import SYNTHETIC_NOTE, ExportData, fp32_only_data, select_data
-from edgecnn.export.report import REPORT_MARKDOWN, ExportReport, VariantResult
+from edgecnn.export.report import REPORT_MARKDOWN, ExportReport, SelfContainedResult, VariantResult
+from edgecnn.export.self_contained import make_self_contained, self_contained_name, why_not
+from edgecnn.export.self_contained_check import agreement
 from edgecnn.export.sources import ModelSource, load_source
 from edgecnn.export.staged import Fp32Baseline, StagedVariant, stage_variant
 from edgecnn.export.variants import FP32, VARIANTS, variant
@@ -91,6 +93,8 @@ class ExportJob:
         src = load_source(source, overrides=overrides, opset=config.opset, layout=config.layout, tta=config.tta)
         for mode in config.quantize:
             variant(mode).check_source(src.kind)
+        if config.self_contained and (refused := why_not(src.card)):
+            raise ConfigError(refused)
         if src.assumed:
             log.warning("%s", src.assumed)
         notes = []
@@ -126,6 +130,8 @@ class ExportJob:
             self.report = self._new_report()
             self._verify_fp32_or_fail()
             self._make_variants()
+            if self.config.self_contained:
+                self._make_self_contained()
             return self._finish()
 
     def _check_data(self) -> None:
@@ -334,6 +340,27 @@ class ExportJob:
             words += " (agreement, not accuracy: judged against fp32)"
         return verdict, verdict.passed, words
 
+    def _make_self_contained(self) -> None:
+        """``--self-contained``: each ONNX file that passed gets its self-contained twin
+        (:mod:`edgecnn.export.self_contained`), checked against it on the held-out images
+        (:mod:`edgecnn.export.self_contained_check`)."""
+        from edgecnn.runtime.loading import load_model
+
+        for v in self.report.variants:
+            if not (v.passed and v.file and v.file.endswith(".onnx")):
+                continue
+            started = time.perf_counter()
+            staged = self.staging / v.file
+            proto = onnx_io.load_onnx(staged, check=False)
+            made, _ = make_self_contained(proto, onnx_io.read_card(proto) or self.fp32.card)
+            path = onnx_io.save_onnx(made, self.staging / self_contained_name(v.file))
+            check = agreement(load_model(staged), load_model(path), self.data.test)
+            result = SelfContainedResult(precision=v.precision, file=path.name, size_bytes=path.stat().st_size,
+                                         images=len(self.data.test), metric=check.metric, value=round(check.value, 6),
+                                         passed=check.passed, seconds=round(time.perf_counter() - started, 2),
+                                         detail=check.detail)
+            self.report = replace(self.report, self_contained=[*self.report.self_contained, result])
+
     # ---------------------------------------------------------------------------- the end
 
     def _finish(self) -> ExportReport:
@@ -343,14 +370,24 @@ class ExportJob:
             AccuracyDropError: when a variant failed the guard (after everything was written).
         """
         out_dir = self.out_dir
-        self.report = replace(self.report, variants=commit(out_dir, self.staging, self.report.variants))
+        twins = self.report.self_contained
+        self.report = replace(self.report, variants=commit(out_dir, self.staging, self.report.variants,
+                                                           also=[t.file for t in twins if t.passed and t.file]),
+                              self_contained=[t if t.passed else replace(t, file=None) for t in twins])
         if self.config.triton_dir:
             self.report = replace(self.report, triton=str(self._write_triton()))
         failed = [v for v in self.report.variants if not v.passed]
-        if failed:
-            self.report = replace(self.report, status="failed", errors=[f"{v.precision}: {v.guard}" for v in failed])
+        differ = [f"{t.precision} self-contained: {t.metric.replace('_', ' ')} {t.value:.4f} ({t.detail})"
+                  for t in twins if not t.passed]
+        if failed or differ:
+            self.report = replace(self.report, status="failed",
+                                  errors=[f"{v.precision}: {v.guard}" for v in failed] + differ)
         report = self.report
         report.save(out_dir)
+        if differ and not failed:
+            raise ArtifactError("A self-contained file does not answer as its variant run by the runtime: "
+                                + "; ".join(differ) + ". It was not written; the other files were. Report: "
+                                + f"{out_dir / REPORT_MARKDOWN}.")
         if failed:
             quant = self.config.quant
             raise AccuracyDropError("Quantized variant failed the accuracy guard: " + "; ".join(report.errors)

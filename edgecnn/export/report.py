@@ -13,8 +13,8 @@ from edgecnn.errors import ArtifactError
 if TYPE_CHECKING:
     from edgecnn.export.accuracy_aware import AccuracyAwareSummary
 
-__all__ = ["VariantResult", "ExportReport", "metric_text", "interval_text", "status_text", "REPORT_JSON",
-           "REPORT_MARKDOWN"]
+__all__ = ["VariantResult", "SelfContainedResult", "ExportReport", "metric_text", "interval_text", "status_text",
+           "REPORT_JSON", "REPORT_MARKDOWN"]
 
 REPORT_JSON = "export_report.json"
 REPORT_MARKDOWN = "export_report.md"
@@ -60,6 +60,36 @@ class VariantResult:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SelfContainedResult:
+    """One self-contained file (``--self-contained``) and its check against the two-part path: the
+    variant's file with the runtime's own pre/post-processing, on the same held-out images.
+
+    ``metric``: ``top1_identical`` (classify: share of images with the same top-1), ``detections_matched``
+    (detect: share of images whose boxes match one to one, same class, IoU >= 0.99) or ``miou``
+    (segment: mean IoU of the class maps); ``passed`` when it is 1 (mIoU: >= 0.999).
+    """
+
+    precision: str  # the variant it was made from
+    file: str | None  # None when it failed and was not written
+    size_bytes: int
+    images: int
+    metric: str
+    value: float
+    passed: bool
+    seconds: float
+    detail: str = ""  # what was compared, in words (how many boxes, the worst IoU, ...)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> SelfContainedResult:
+        """Read back from ``export_report.json``.
+
+        Raises:
+            ArtifactError: for anything but a dict of this type's fields.
+        """
+        return _from_fields(cls, data)
+
+
+@dataclass(frozen=True, kw_only=True)
 class ExportReport:
     """Everything ``export_report.json`` holds; :meth:`to_markdown` renders the table.
 
@@ -87,6 +117,7 @@ class ExportReport:
     notes: list[str] = field(default_factory=list)
     assumed: str | None = None  # what was assumed about a model without a card (one line)
     guard: str = "lenient"  # what an unsure verdict does: lenient passes it, strict refuses it
+    self_contained: list[SelfContainedResult] = field(default_factory=list)  # --self-contained files and their check
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,7 +131,11 @@ class ExportReport:
         """
         if not isinstance(data, dict) or not isinstance(data.get("variants"), list):
             raise ArtifactError("not a dict with a list of variants")
-        return _from_fields(cls, {**data, "variants": [VariantResult.from_dict(v) for v in data["variants"]]})
+        extra = data.get("self_contained", [])
+        if not isinstance(extra, list):
+            raise ArtifactError("self_contained is not a list")
+        return _from_fields(cls, {**data, "variants": [VariantResult.from_dict(v) for v in data["variants"]],
+                                  "self_contained": [SelfContainedResult.from_dict(v) for v in extra]})
 
     @classmethod
     def load(cls, out_dir: str | Path) -> ExportReport:
@@ -151,6 +186,13 @@ class ExportReport:
         for v in self.variants:
             if v.accuracy_aware:
                 lines += ["", f"## Accuracy-aware {v.precision}", ""] + v.accuracy_aware.markdown_lines()
+        if self.self_contained:
+            lines += ["", "## Self-contained files", "", "uint8 RGB NHWC pixels in, the task's answers out "
+                      "(edgecnn.export.self_contained), each checked against its variant run by the runtime:", "",
+                      "| from | file | size | images | check | status |", "|---|---|---:|---:|---|---|"]
+            lines += [f"| {v.precision} | {v.file or '(not written)'} | {v.size_bytes / 1024:.1f} KiB | {v.images} | "
+                      f"{v.metric.replace('_', ' ')} {v.value:.4f}{'; ' + v.detail if v.detail else ''} | "
+                      f"{'ok' if v.passed else 'FAILED'} |" for v in self.self_contained]
         if self.errors:
             lines += ["", "## Errors", ""] + [f"- {e}" for e in self.errors]
         if self.triton:

@@ -53,7 +53,8 @@ def card_input(graph_inputs: Sequence[Any], card: ModelCard, model_path: Path) -
     """The graph input the card names (the only one when the name differs), checked against the card.
 
     Raises:
-        ArtifactError: for no such input, a shape that is not the card's, or an input that is not a float.
+        ArtifactError: for no such input, a shape that is not the card's, or an input that is not a float
+            (uint8 for a self-contained file).
     """
     inputs = {i.name: i for i in graph_inputs}
     inp = inputs.get(card.input_name) or (next(iter(inputs.values())) if len(inputs) == 1 else None)
@@ -67,7 +68,11 @@ def card_input(graph_inputs: Sequence[Any], card: ModelCard, model_path: Path) -
             f"({card.layout}, {card.channels} channels, {card.input_size}) expects "
             f"{list(expected)}; check --layout, --channels and --input-size."
         )
-    if inp.type not in FLOAT_TYPES:
+    if card.self_contained:
+        if inp.type != "tensor(uint8)":
+            raise ArtifactError(f"{model_path}: the card says the file is self-contained (uint8 pixels in) but input "
+                                f"{inp.name!r} is {inp.type}; the card does not belong to this file.")
+    elif inp.type not in FLOAT_TYPES:
         raise ArtifactError(f"{model_path}: input {inp.name!r} is {inp.type}; edgecnn needs a float input.")
     return inp
 

@@ -187,7 +187,9 @@ class InferenceModel:
 
     def _pixel_runner(self, session: Session, model: str | Path | bytes) -> tuple[Runner | None, str]:
         """A runner taking uint8 NHWC pixels with the card's mapping inside the backend, and one
-        line saying where the mapping runs."""
+        line saying where the mapping runs (a self-contained file: in the file itself, the session as it is)."""
+        if self.card.self_contained:
+            return self._runner(session, self.input_name), "in the file (self-contained)"
         if self._input.type not in ("tensor(float)", "tensor(float16)"):
             return None, f"numpy ({self._input.type} input)"
         pixels, note = get_backend(self.backend).pixel_session(session, source=model, card=self.card,

@@ -170,10 +170,10 @@ def test_card_keeps_the_fitting_and_reads_schema_2():
     assert "shorter side 256, center-crop 224x224 bicubic" in again.describe_preprocessing()
     old = json.loads(card.to_json())
     old.update(schema_version=2, resize="bilinear", shorter_side=None, resample="bilinear")
-    for key in ("gray",):
+    for key in ("gray", "self_contained"):
         old.pop(key)
     v2 = ModelCard.from_dict(old)
-    assert (v2.resize, v2.resample, v2.schema_version) == ("stretch", "bilinear", 3)
+    assert (v2.resize, v2.resample, v2.schema_version, v2.self_contained) == ("stretch", "bilinear", 4, False)
     assert ModelCard(name="m", class_names=("a",), input_size=(224, 224)).crop_shorter_side() == 256
 
 
