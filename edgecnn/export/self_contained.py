@@ -11,11 +11,11 @@ from an RGB image at the card's input size:
   Transpose, Cast, Sub, Mul) in front of the model;
 - classify: ``probabilities`` ``[N, C]`` (softmax of a logits model), ``top_scores`` and
   ``top_classes`` ``[N, K]`` (``TopK``, best first);
-- detect: ``detections`` ``[1, K, 6]``: ``x1, y1, x2, y2`` (model-input pixels), score, class;
-  the YOLO output decoded, each anchor's best class, ``NonMaxSuppression`` per class (the
-  thresholds and the cap baked in and written in the card), best first; one image per call (NMS's
-  selected indices are not padded per image). A detector with NMS already in its graph keeps its
-  outputs.
+- detect: ``detections`` ``[1, max_det, 6]``: ``x1, y1, x2, y2`` (model-input pixels), score,
+  class; the YOLO output decoded, each anchor's best class, ``NonMaxSuppression`` per class (the
+  thresholds and the cap baked in and written in the card), best first, then zero rows (score 0)
+  up to ``max_det``, as Ultralytics' ``end2end`` layout; one image per call (NMS's selected
+  indices are not per image). A detector with NMS already in its graph keeps its outputs.
 - segment: ``class_map`` int64 ``[N, h, w]``: the argmax over classes (a 1-channel model's score
   thresholded), at the output's resolution.
 
@@ -331,7 +331,7 @@ def _detect(g: _Graph, raw: Any, card: ModelCard, settings: SelfContainedSetting
                        "edgecnn_nms_scores", perm=[0, 2, 1])  # [1, C, A]: each anchor scores for its best class only
     table = _nms_rows(g, boxes, best, per_class, settings)
     g.output(g.node("Unsqueeze", [table, g.const([0], "edgecnn_zero", np.int64)], "edgecnn_detections"),
-             DETECT_OUTPUT, TensorProto.FLOAT, [1, "detections", 6])
+             DETECT_OUTPUT, TensorProto.FLOAT, [1, settings.max_det, 6])
     return [DETECT_OUTPUT], "end2end", {"conf": settings.conf, "iou": settings.iou, "max_det": settings.max_det}
 
 
@@ -385,7 +385,12 @@ def _nms_rows(g: _Graph, boxes: str, best: str, per_class: str, settings: SelfCo
                g.node("Unsqueeze", [top, one], "edgecnn_rows_scores"),
                g.node("Unsqueeze", [g.node("Gather", [kept_classes, order], "edgecnn_rows_cls", axis=0), one],
                       "edgecnn_rows_classes")]
-    return str(g.node("Concat", columns, "edgecnn_table", axis=1))
+    table = g.node("Concat", columns, "edgecnn_table", axis=1)
+    # zero rows up to max_det (Ultralytics' end2end layout): a fixed shape, as every binding likes it
+    missing = g.node("Sub", [g.const([settings.max_det], "edgecnn_rows", i64), count], "edgecnn_missing")
+    pads = g.node("Concat", [g.const([0, 0], "edgecnn_pad_start", i64), missing, g.const([0], "edgecnn_pad_end", i64)],
+                  "edgecnn_pads", axis=0)
+    return str(g.node("Pad", [table, pads], "edgecnn_padded"))
 
 
 def _count(dims: list[Any], card: ModelCard) -> int:
