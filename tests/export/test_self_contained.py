@@ -72,7 +72,8 @@ def test_classifier_answers_as_the_two_part_path(name, order, rng):
     two, one, proto = self_contained(RUNTIME_DATA / name, card=base)
     pixels = rng.integers(0, 256, (64, 8, 8, 3), dtype=np.uint8)
     assert [o.name for o in proto.graph.output] == list(CLASSIFY_OUTPUTS)
-    assert one.card.self_contained and one.card.input_dtype == "uint8" and one.pixel_note == "in the file (self-contained)"
+    assert one.card.self_contained and one.card.input_dtype == "uint8"
+    assert one.pixel_note == "in the file (self-contained)"
     np.testing.assert_allclose(one.predict_proba(pixels), two.predict_proba(pixels), atol=2e-7)
     assert [p[0].index for p in one.predict(pixels)] == [p[0].index for p in two.predict(pixels)]
     # the folded mapping is the card's: the same file with another card gives other answers
@@ -85,7 +86,8 @@ def test_plain_onnxruntime_gives_the_answers_with_no_edgecnn_code(rng):
     two, _, proto = self_contained(RUNTIME_DATA / "tiny_nchw_logits.onnx", top_k=3)
     pixels = rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    assert [(i.name, i.type, i.shape) for i in session.get_inputs()] == [("pixels", "tensor(uint8)", ["batch", 8, 8, 3])]
+    inputs = [(i.name, i.type, i.shape) for i in session.get_inputs()]
+    assert inputs == [("pixels", "tensor(uint8)", ["batch", 8, 8, 3])]
     probs, scores, classes = session.run(None, {"pixels": pixels})
     np.testing.assert_allclose(probs, two.predict_proba(pixels), atol=2e-7)
     assert classes.shape == (16, 3) and classes.dtype == np.int64
