@@ -265,3 +265,29 @@ def test_a_self_contained_file_that_differs_fails_the_export_and_is_not_written(
                                                                     "model.onnx"]
     report = json.loads((tmp_path / "out" / "export_report.json").read_text())
     assert report["status"] == "failed" and report["self_contained"][0]["file"] is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, overrides, size, metric, detail", [
+    ("yolov8_shapes.onnx", None, 160, "detections_matched", "boxes on"),
+    ("lraspp_shapes.onnx", LRASPP, 128, "miou", "pixels differ"),
+])
+def test_export_detector_and_segmenter_variants_self_contained(name, overrides, size, metric, detail, tmp_path):
+    """fp32, int8 and fp16 of a real detector and segmenter: each self-contained file answers as its
+    variant on real scenes (the held-out part of the calibration folder)."""
+    from edgecnn.export import ExportConfig, export_model
+
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    for i, image in enumerate(scenes(64, size=size, seed=5)):
+        Image.fromarray(image).save(folder / f"s{i:02d}.png")
+    report = export_model(FOREIGN / name, out_dir=tmp_path / "out", calibration_data=folder, overrides=overrides,
+                          config=ExportConfig(quantize=("int8", "fp16"), self_contained=True,
+                                              max_accuracy_drop=5.0))
+    assert [(t.precision, t.metric, t.passed) for t in report.self_contained] == [
+        (p, metric, True) for p in ("fp32", "int8", "fp16")]
+    assert all(t.value >= 0.999 and detail in t.detail for t in report.self_contained)
+    if metric == "detections_matched":  # boxes were there to compare
+        assert all(int(t.detail.split()[0]) >= 30 for t in report.self_contained)
+    for t in report.self_contained:
+        assert load_model(tmp_path / "out" / t.file).card.self_contained
