@@ -42,6 +42,8 @@ class Segmentation(BaseModel):
     height: int
     width: int
     classes: list[ClassShare] = Field(description="Classes present, largest share first.")
+    mask_png: str | None = Field(None, description="With ?mask=true: the class map, a base64 PNG of width x height, "
+                                                   "each pixel its class index (8-bit grey; 16-bit past 255 classes).")
 
 
 class ImagePrediction(BaseModel):

@@ -187,8 +187,8 @@ def _parse_json(model: ServedModel, body: bytes, max_instances: int) -> tuple[An
 
 
 async def _run(batcher: MicroBatcher, pools: DecodePools, kind: str, params: dict[bytes, bytes], body: bytes,
-               top_k: int, max_instances: int) -> list[Any]:
-    """Request body -> one result per image or tensor.
+               top_k: int, max_instances: int, *, mask: bool = False) -> list[Any]:
+    """Request body -> one result per image or tensor (a segmenter's with its class map when ``mask``).
 
     Each request is decoded (image) or parsed (JSON, multipart) on its own in the decode pools, so
     an image that is slow or fails to decode costs its own request, never the batch; the batcher
@@ -200,7 +200,7 @@ async def _run(batcher: MicroBatcher, pools: DecodePools, kind: str, params: dic
         image = await pools.call(multipart_file, body, params[b"boundary"]) if kind == "multipart" else body
         x, fit = await pools.image(batcher.model.prepare_image, image, batcher.aside)
         fits = [fit]
-    return await batcher.submit(x, fits, top_k=top_k)
+    return await batcher.submit(x, fits, top_k=top_k, mask=mask)
 
 
 def _add_routes(app: FastAPI, models: dict[str, ServedModel], batchers: dict[str, MicroBatcher], metrics: Metrics,
@@ -213,19 +213,25 @@ def _add_routes(app: FastAPI, models: dict[str, ServedModel], batchers: dict[str
               openapi_extra={"requestBody": PREDICT_REQUEST_BODY},
               summary="Classify an image (raw bytes or multipart upload) or a batch of JSON tensors.")
     async def predict(name: str, request: Request, top_k: int = Query(
-            config.default_top_k, ge=1, le=1000, description="Classes per image.")) -> Response:
+            config.default_top_k, ge=1, le=1000, description="Classes per image."), mask: bool = Query(
+            False, description="segment: add each image's class map as `mask_png` (base64 PNG, one class index "
+                               "per pixel); other tasks ignore it.")) -> Response:
         model = lookup(models, name)
         kind, params = _media_kind(request.headers.get("content-type"))
         batcher = batchers[name]
         batcher.check_capacity()  # full: 503 before the upload is read
         body = await read_body(request, config.body_timeout_s)  # a queue place only for a complete body
+        start = time.perf_counter()
         try:
             async with asyncio.timeout(config.timeout_s), batcher.admit():
-                preds = await _run(batcher, decode_pool, kind, params, body, top_k, config.max_instances)
+                preds = await _run(batcher, decode_pool, kind, params, body, top_k, config.max_instances, mask=mask)
         except TimeoutError:
             raise ServeError(503, "timeout", f"No answer within {config.timeout_s:g} s; the server is busy, retry "
                              "later.", {"Retry-After": wait}) from None
-        return _json({"model": name, "version": model.version, "predictions": preds})
+        # From the complete body to the answer: decoding, queue and batch wait, inference, postprocessing.
+        timing = f"predict;dur={(time.perf_counter() - start) * 1000:.2f}"
+        return _json({"model": name, "version": model.version, "predictions": preds},
+                     headers={"Server-Timing": timing})
 
     @app.get("/healthz", response_model=Health, tags=["health"], summary="Liveness: the process answers.")
     async def healthz() -> Response:

@@ -41,6 +41,7 @@ class _Job:
     x: np.ndarray
     fits: list[Any]
     raw: bool = False  # the model's own output tensors (v2) instead of the task's answer
+    mask: bool = False  # a segmenter's answer carries its class map
 
     @property
     def rows(self) -> int:
@@ -135,9 +136,11 @@ class MicroBatcher:
         finally:
             self._admitted -= 1
 
-    async def submit(self, x: np.ndarray, fits: list[Any], *, top_k: int, raw: bool = False) -> list[Any]:
-        """Queue a preprocessed (N, ...) tensor; returns one result per row (the task's answer), or
-        with ``raw`` the model's output tensors cut to this request's rows.
+    async def submit(self, x: np.ndarray, fits: list[Any], *, top_k: int, raw: bool = False,
+                     mask: bool = False) -> list[Any]:
+        """Queue a preprocessed (N, ...) tensor; returns one result per row (the task's answer, a
+        segmenter's with its class map when ``mask``), or with ``raw`` the model's output tensors
+        cut to this request's rows.
 
         Raises:
             ServeError: 503 when the model is not running.
@@ -146,7 +149,7 @@ class MicroBatcher:
             raise ServeError(503, "not_ready", "The model is not ready yet; retry shortly.",
                              {"Retry-After": str(self.retry_after_s)})
         future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Job(future, top_k, x, fits, raw))
+        self._queue.put_nowait(_Job(future, top_k, x, fits, raw, mask))
         return await future  # cancelled by the request's timeout: the worker then skips the job
 
     async def stop(self, timeout_s: float) -> None:
@@ -243,7 +246,7 @@ class MicroBatcher:
                 job = batch[i]
                 n = job.rows
                 mine = [_rows(o, start, n, x.shape[0]) for o in outputs]
-                results[i] = mine if job.raw else self.model.results(mine, job.fits, job.top_k)
+                results[i] = mine if job.raw else self.model.results(mine, job.fits, job.top_k, mask=job.mask)
                 start += n
         return results
 

@@ -7,6 +7,8 @@ make the server open another file.
 
 from __future__ import annotations
 
+import base64
+import io
 import logging
 import os
 import re
@@ -20,6 +22,7 @@ from edgecnn._files import sha256_file
 from edgecnn.errors import ArtifactError, InputError, ModelNotFoundError
 from edgecnn.runtime import InferenceModel, default_model_path, load_model
 from edgecnn.runtime.deploy import DEPLOY_FILE, FP32_FILE, resolve_dir
+from edgecnn.runtime.heads.segment import SegmentationResult
 from edgecnn.runtime.options import RuntimeOptions
 from edgecnn.runtime.preprocess import FitInfo, declared_pixels, normalize_batch
 from edgecnn.serve._decode import HeavyImage
@@ -29,7 +32,7 @@ from edgecnn.serve.errors import ServeError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ServedModel", "load_models", "lookup", "NAME_PATTERN"]
+__all__ = ["ServedModel", "load_models", "lookup", "mask_png", "NAME_PATTERN"]
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _INPUT_KINDS = ("tensor", "pixels")
@@ -138,10 +141,18 @@ class ServedModel:
         preprocessed float model inputs (tensor instances); the runtime core chunks and pads it."""
         return self.model.run_pixels(x) if x.dtype == np.uint8 else self.model.run_all(x)
 
-    def results(self, outputs: list[np.ndarray], fits: list[FitInfo], top_k: int) -> list[dict[str, Any]]:
+    def results(self, outputs: list[np.ndarray], fits: list[FitInfo], top_k: int, *,
+                mask: bool = False) -> list[dict[str, Any]]:
         """One JSON-able result per image, by the model's task: ``top_k`` classes, ``detections``,
-        a segmentation ``mask`` summary, or each raw ``outputs`` entry."""
-        return [self.model.result_dict(r) for r in self.model.postprocess(outputs, fits, top_k=top_k)]
+        a ``segmentation`` summary (with ``mask``: and its class map, ``mask_png``), or each raw
+        ``outputs`` entry."""
+        answers = []
+        for result in self.model.postprocess(outputs, fits, top_k=top_k):
+            answer = self.model.result_dict(result)
+            if mask and isinstance(result, SegmentationResult):
+                answer["segmentation"]["mask_png"] = mask_png(result.mask)
+            answers.append(answer)
+        return answers
 
     def describe(self) -> dict[str, Any]:
         """The model's entry in ``GET /v1/models``: name, version, batching, providers and card."""
@@ -149,6 +160,16 @@ class ServedModel:
                 "input": {"name": self.model.input_name, "shape": list(self.card.input_shape()),
                           "layout": self.card.layout},
                 "providers": self.model.providers, "card": self.card.to_dict()}
+
+
+def mask_png(mask: np.ndarray) -> str:
+    """A class map as base64 PNG: 8-bit grey, each pixel its class index (16-bit for indices past 255)."""
+    from PIL import Image
+
+    values = mask.astype(np.uint8 if mask.max(initial=0) < 256 else np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(values).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def _parse_body(body: Any) -> tuple[list[Any], str]:

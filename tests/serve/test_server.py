@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
+import re
 import socket
 import struct
 import time
@@ -597,6 +599,53 @@ def test_serves_a_segmenter_with_the_model_flags():
     assert (seg["width"], seg["height"]) == (240, 160)
     shares = {c["label"]: c["fraction"] for c in seg["classes"]}
     assert shares["background"] > 0.5 and 0.1 < shares["red"] < 0.25 and 0.05 < shares["blue"] < 0.2
+
+
+def _segment_flags():
+    from edgecnn.presets import parse_overrides
+
+    return parse_overrides(task="segment", preprocess="imagenet", labels="background,red,green,blue")
+
+
+def test_predict_returns_the_class_map_when_asked_and_its_own_timing():
+    from edgecnn.runtime import load_model
+
+    flags = _segment_flags()
+    image = shapes_png()
+    with running_server(FOREIGN / "lraspp_shapes.onnx", overrides=flags) as srv, \
+            httpx.Client(base_url=srv.url) as c:
+        url, headers = "/v1/models/lraspp_shapes:predict", {"Content-Type": "image/png"}
+        plain = c.post(url, content=image, headers=headers)
+        asked = c.post(url, params={"mask": "true"}, content=image, headers=headers)
+        assert c.post(url, params={"mask": "maybe"}, content=image, headers=headers).status_code == 422
+    assert plain.status_code == 200 and asked.status_code == 200, asked.text
+    seg = asked.json()["predictions"][0]["segmentation"]
+    assert "mask_png" not in plain.json()["predictions"][0]["segmentation"]
+    assert {k: v for k, v in seg.items() if k != "mask_png"} == plain.json()["predictions"][0]["segmentation"]
+    mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(seg["mask_png"]))))
+    local = load_model(FOREIGN / "lraspp_shapes.onnx", overrides=flags).predict([image])[0]
+    assert mask.dtype == np.uint8 and mask.shape == (160, 240)
+    np.testing.assert_array_equal(mask, local.mask)
+    timing = re.fullmatch(r"predict;dur=(\d+\.\d\d)", asked.headers["server-timing"])
+    assert timing and 0 < float(timing.group(1)) < 10_000
+
+
+def test_mask_is_ignored_by_other_tasks(live, images):
+    with httpx.Client(base_url=live.url) as c:
+        url, body = "/v1/models/tiny_nhwc:predict", png(images[0])
+        plain = c.post(url, content=body, headers={"Content-Type": "image/png"})
+        asked = c.post(url, params={"mask": "true"}, content=body, headers={"Content-Type": "image/png"})
+    assert asked.status_code == 200 and asked.json() == plain.json()
+
+
+def test_mask_png_is_sixteen_bit_past_255_classes():
+    from edgecnn.serve.models import mask_png
+
+    mask = np.array([[0, 300], [7, 65535]], dtype=np.int64)
+    back = np.asarray(Image.open(io.BytesIO(base64.b64decode(mask_png(mask)))))
+    np.testing.assert_array_equal(back, mask)
+    small = np.asarray(Image.open(io.BytesIO(base64.b64decode(mask_png(np.array([[0, 255]]))))))
+    assert small.dtype == np.uint8 and small.tolist() == [[0, 255]]
 
 
 def test_heap_is_trimmed_once_idle_after_big_bodies(model_dir, images, monkeypatch):
