@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 _SERVE_EPILOG = """\b
 Examples:
-  edgecnn serve                                   # the packaged reference model on 127.0.0.1:8000
+  edgecnn serve                                   # the packaged reference model; try it at http://127.0.0.1:8000/
   edgecnn serve runs/seed/export/model.onnx --max-batch 32 --max-delay-ms 5
   EDGECNN_TOKEN=s3cret-token edgecnn serve models/ --host 0.0.0.0 --port 8080
   curl -H 'Content-Type: image/png' --data-binary @cat.png localhost:8000/v1/models/model:predict
@@ -30,8 +30,8 @@ Examples:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (0.0.0.0: every one).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="TCP port.")
 @click.option("--token", envvar="EDGECNN_TOKEN", default=None, show_envvar=True,
-              help="Bearer token required on every endpoint but /healthz and /readyz (visible in `ps`: prefer "
-                   "the environment variable or --token-file).")
+              help="Bearer token required on every endpoint but /healthz, /readyz and the page (visible in `ps`: "
+                   "prefer the environment variable or --token-file).")
 @click.option("--token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Read the bearer token from this file (its first line).")
 @click.option("--max-batch", default=32, show_default=True, type=click.IntRange(min=1),
@@ -57,6 +57,8 @@ Examples:
                    "reserve); past it the longest-idle keep-alive is closed, with none idle the new one gets 503.")
 @click.option("--max-pixels", default=25_000_000, show_default=True, type=click.IntRange(min=1),
               help="Largest image (width x height) decoded; larger gets 400.")
+@click.option("--page/--no-page", default=True, show_default=True,
+              help="Serve the page to try a model at / (public even with a token: the user types the token into it).")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Server processes sharing the port (each loads the models; /metrics is per process); a dead "
                    "worker is replaced, more than five deaths a minute stop the server.")
@@ -67,12 +69,13 @@ Examples:
 def serve(model_or_dir: Path | None, host: str, port: int, token: str | None, token_file: Path | None, max_batch: int,
           max_delay_ms: float, queue_size: int, timeout_s: float, body_timeout_s: float, header_timeout_s: float,
           max_body_mb: float, max_inflight_mb: float, max_connections: int | None,
-          max_pixels: int, workers: int, runtime: RuntimeOptions, overrides: ModelOverrides) -> None:
+          max_pixels: int, page: bool, workers: int, runtime: RuntimeOptions, overrides: ModelOverrides) -> None:
     """Serve MODEL_OR_DIR (an .onnx file, or every .onnx of a directory by name) over HTTP; an
     export directory with a deploy.json (`edgecnn tune`) serves the file and settings it names.
 
     Without MODEL_OR_DIR, serves the packaged reference model. Endpoints: POST /v1/models/NAME:predict,
-    GET /v1/models, /healthz, /readyz, /metrics; the OpenAPI spec is at /openapi.json.
+    GET /v1/models, /healthz, /readyz, /metrics; the OpenAPI spec is at /openapi.json, a page to try
+    the models at / (unless --no-page).
     """
     from edgecnn.serve import ServeConfig
     from edgecnn.serve import serve as run_server
@@ -88,5 +91,5 @@ def serve(model_or_dir: Path | None, host: str, port: int, token: str | None, to
                          header_timeout_s=header_timeout_s, workers=workers, runtime=runtime,
                          max_body_bytes=int(max_body_mb * 1024 * 1024), max_connections=max_connections,
                          max_inflight_bytes=int(max_inflight_mb * 1024 * 1024), max_pixels=max_pixels,
-                         overrides=overrides)
+                         overrides=overrides, page=page)
     run_server(model_or_dir, config)

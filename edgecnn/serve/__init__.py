@@ -1,6 +1,7 @@
 """HTTP inference server (the ``[serve]`` extra) on the runtime core: any model the runtime opens,
 answered by its task's head (classification, detection, segmentation, raw outputs), on any of its
-backends, over edgecnn's ``/v1`` API and the Open Inference Protocol (``/v2``).
+backends, over edgecnn's ``/v1`` API and the Open Inference Protocol (``/v2``), with a page to try
+a model at ``/``.
 
 >>> from edgecnn.serve import ServeConfig, serve
 >>> serve("models/", ServeConfig(port=8000, max_batch=32, max_delay_ms=5))

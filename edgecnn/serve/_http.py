@@ -55,15 +55,18 @@ async def send_error(send: Callable, err: ServeError, on_error: Callable[[ServeE
 
 
 class AuthMiddleware:
-    """Requires ``Authorization: Bearer <token>`` on every path but :data:`PUBLIC_PATHS`."""
+    """Requires ``Authorization: Bearer <token>`` on every path but ``public`` (exact paths:
+    :data:`PUBLIC_PATHS`, and the page's files when it is served)."""
 
-    def __init__(self, app: Any, token: str, on_error: Callable[[ServeError], None] | None = None) -> None:
+    def __init__(self, app: Any, token: str, on_error: Callable[[ServeError], None] | None = None, *,
+                 public: frozenset[str] = PUBLIC_PATHS) -> None:
         self.app = app
         self.expected = f"Bearer {token}".encode()
         self.on_error = on_error
+        self.public = public
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] == "http" and scope["path"] not in PUBLIC_PATHS:
+        if scope["type"] == "http" and scope["path"] not in self.public:
             given = dict(scope["headers"]).get(b"authorization", b"")
             # Constant-time comparison: the answer time tells nothing about the token.
             if not hmac.compare_digest(given, self.expected):

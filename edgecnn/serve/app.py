@@ -21,6 +21,7 @@ from edgecnn.errors import EdgecnnError
 from edgecnn.serve._decode import DecodePools
 from edgecnn.serve._http import PUBLIC_PATHS, AuthMiddleware, BodyLimitMiddleware, dump_json, multipart_file, read_body
 from edgecnn.serve._memory import TrimMiddleware, fix_mmap_threshold
+from edgecnn.serve._page import add_page_routes, load_page
 from edgecnn.serve._schemas import PREDICT_REQUEST_BODY, ErrorResponse, Health, ModelInfo, ModelList, PredictResponse
 from edgecnn.serve.batcher import MicroBatcher, retry_after
 from edgecnn.serve.config import ServeConfig
@@ -91,12 +92,15 @@ def create_app(models: dict[str, ServedModel], config: ServeConfig) -> Any:
     app.state.decode_pool = decode_pool
     _add_routes(app, models, batchers, metrics, config, state, decode_pool)
     add_v2_routes(app, models, batchers, config, state, decode_pool)
+    page = load_page() if config.page else {}  # without it, / is a 404 like any unknown path
+    if page:
+        add_page_routes(app, page)
     _customize_openapi(app, config, sorted(models))
 
     asgi: Any = BodyLimitMiddleware(app, config.max_body_bytes, on_error=_count(metrics),
                                     max_in_flight=config.max_inflight_bytes)
     if config.token:
-        asgi = AuthMiddleware(asgi, config.token, on_error=_count(metrics))
+        asgi = AuthMiddleware(asgi, config.token, on_error=_count(metrics), public=PUBLIC_PATHS | set(page))
     fix_mmap_threshold()  # large bodies get their own mappings, returned when freed
     asgi = TrimMiddleware(MetricsMiddleware(asgi, metrics))
     asgi.fastapi = app

@@ -22,7 +22,8 @@ class ServeConfig:
     Args:
         host: interface to bind; loopback unless told otherwise.
         port: TCP port (0: any free port).
-        token: bearer token required on every endpoint but ``/healthz`` and ``/readyz`` (None: open).
+        token: bearer token required on every endpoint but ``/healthz``, ``/readyz`` and the page
+            (None: open).
         max_batch: most images per batched session call (1 turns batching off).
         max_delay_ms: longest a request waits for others to join its batch.
         queue_size: most requests admitted per model at once (queued, decoding or running);
@@ -52,6 +53,8 @@ class ServeConfig:
             idle the longest is closed for the new one; with none idle, the new one gets 503.
         overrides: what the model flags say (``--task``, ``--input-size``, ``--preprocess``, ...;
             :func:`edgecnn.presets.parse_overrides`), for models without a card or to override theirs.
+        page: serve the page to try a model at ``/`` (its files under ``/page/``), public even with a
+            token (it holds no secret: the user types the token into it); False leaves ``/`` a 404.
     """
 
     host: str = "127.0.0.1"
@@ -75,6 +78,7 @@ class ServeConfig:
     max_connections: int | None = None
     max_inflight_bytes: int = 256 * 1024 * 1024
     overrides: ModelOverrides | None = None
+    page: bool = True
 
     def __post_init__(self) -> None:
         problems = []
