@@ -17,7 +17,7 @@ __all__ = ["require", "import_tensorflow_quietly", "quiet_stderr", "pyplot", "EX
 EXTRA_OF = {"tensorflow": "train", "keras": "train", "yaml": "train", "ai_edge_litert": "litert",
             "matplotlib": "plot", "tf2onnx": "export", "onnx": "export", "onnxslim": "export", "sympy": "export",
             "fastapi": "serve", "uvicorn": "serve", "prometheus_client": "serve", "python_multipart": "serve",
-            "orjson": "serve", "httptools": "serve", "openvino": "openvino"}
+            "orjson": "serve", "httptools": "serve", "openvino": "openvino", "pyarrow": "batch", "ray": "ray"}
 
 _TF_MODULES = ("tensorflow", "keras", "tf2onnx")
 

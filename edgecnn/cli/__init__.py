@@ -5,7 +5,7 @@ Stage modules are imported inside each command body, so ``edgecnn --help``, ``pr
 :mod:`edgecnn.cli._options`; the group, its one-line errors and the tables in :mod:`edgecnn.cli._app`.
 """
 
-from edgecnn.cli import bench, evaluate, export, predict, serve, train, tune  # noqa: F401  (registers the commands)
+from edgecnn.cli import batch, bench, evaluate, export, predict, serve, train, tune  # noqa: F401  (registers the commands)
 from edgecnn.cli._app import main
 
 __all__ = ["main"]
