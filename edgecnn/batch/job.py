@@ -158,12 +158,21 @@ class Plan:
     def write(self, index: int, rows: list[dict[str, Any]]) -> None:
         """Write one complete shard atomically (rows in the inputs' order)."""
         import pyarrow as pa
+
+        self.write_table(index, pa.Table.from_pylist(rows, schema=schema(self.task)))
+
+    def write_table(self, index: int, table: Any) -> None:
+        """Write one complete shard, a ``pyarrow.Table`` of the task's schema, atomically.
+
+        Raises:
+            RuntimeError: when the table does not hold exactly the shard's inputs, in order (an
+                engine's bug must not pass for a finished shard).
+        """
         import pyarrow.parquet as pq
 
-        expected = self.shard_rows(index, len(self.inputs), self.config.shard_size)
-        if len(rows) != expected:  # an engine bug must not pass for a finished shard
-            raise RuntimeError(f"shard {index}: {len(rows)} rows for {expected} inputs")
-        table = pa.Table.from_pylist(rows, schema=schema(self.task))
+        names = list(self.names(index))
+        if table.num_rows != len(names) or table.column("path").to_pylist() != names:
+            raise RuntimeError(f"shard {index}: {table.num_rows} rows do not match its {len(names)} inputs")
         with atomic_path(self.config.out / shard_name(index)) as tmp:
             pq.write_table(table, tmp)
 

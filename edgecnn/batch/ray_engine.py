@@ -11,13 +11,12 @@ the answered rows by shard and writes each shard when it is complete (:meth:`Pla
     import ray, edgecnn.batch
     ds = ray.data.from_items([{"path": p} for p in paths])
     out = ds.map_batches(edgecnn.batch.ray_predictor("model.onnx"), concurrency=2, num_cpus=0.5, batch_size=64)
-    out.write_parquet("labels/")
+    out.write_parquet("labels/")   # the columns of edgecnn batch's rows, and actor
 """
 
 from __future__ import annotations
 
 import collections
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -37,14 +36,16 @@ _LOADS: collections.Counter[str] = collections.Counter()  # models opened in thi
 class RayPredictor:
     """A ``map_batches`` callable class: the model opened once per actor, batches of ``path`` answered.
 
-    A batch is a dict of columns with ``path`` (image files, or ``FILE.npz#i`` items); the answer
-    has the same columns plus ``row`` (each input's row as JSON, :mod:`edgecnn.batch.rows`) and
-    ``actor`` (``pid:loads``: which process answered and how many models it had opened).
+    A batch is a dict of columns with ``path`` (image files, or ``FILE.npz#i`` items); the answer is a
+    ``pyarrow.Table`` of ``edgecnn batch``'s row columns (:mod:`edgecnn.batch.rows`), the batch's
+    other columns carried along, and ``actor`` (``pid:loads``: which process answered and how many
+    models it had opened).
     """
 
     def __init__(self, model: str, *, options: dict[str, Any] | None = None, overrides: ModelOverrides | None = None,
                  params: dict[str, Any] | None = None, columns: dict[str, str] | None = None) -> None:
         from edgecnn._files import sha256_file
+        from edgecnn.batch.rows import schema
         from edgecnn.runtime.loading import load_model
 
         self.model = load_model(model, RuntimeOptions.from_dict(options or {}), overrides=overrides)
@@ -52,19 +53,25 @@ class RayPredictor:
         self.actor = f"{os.getpid()}:{_LOADS[model]}"
         self.decoder = Decoder.of(self.model)
         self.params = params or {}
+        self.schema = schema(self.model.card.task)
         path = self.model.model_path
         self.columns = columns or {"model": self.model.card.name,
                                    "model_sha256": sha256_file(path) if path.is_file() else "bytes"}
         self._arrays: dict[str, np.ndarray] = {}
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, batch: dict[str, Any]) -> Any:
+        import pyarrow as pa
+
         from edgecnn.batch.local import answer_chunk
 
         names = [str(n) for n in batch["path"]]
         rows = answer_chunk(self.model, names, [self._fit(n) for n in names], columns=self.columns,
                             params=self.params)
-        return {**batch, "row": np.asarray([json.dumps(r) for r in rows], dtype=object),
-                "actor": np.asarray([self.actor] * len(names), dtype=object)}
+        table = pa.Table.from_pylist(rows, schema=self.schema)
+        for key, values in batch.items():
+            if key not in self.schema.names:
+                table = table.append_column(key, pa.array(values))
+        return table.append_column("actor", pa.array([self.actor] * len(names), pa.string()))
 
     def _fit(self, name: str) -> Any:
         if "#" in name and name.rsplit("#", 1)[0].endswith(".npz"):
@@ -81,8 +88,8 @@ def ray_predictor(model: str | Path, *, options: RuntimeOptions | None = None,
                   overrides: ModelOverrides | None = None, top_k: int = 5, conf: float = 0.25, iou: float = 0.45,
                   max_det: int = 300) -> Any:
     """:class:`RayPredictor` bound to ``model`` (a file, or an export directory: its ``deploy.json``),
-    for ``Dataset.map_batches`` (pass ``concurrency`` and ``num_cpus`` there). Each output row has a
-    ``row`` column: the input's answers as JSON, the columns of ``edgecnn batch``'s Parquet."""
+    for ``Dataset.map_batches`` (pass ``concurrency`` and ``num_cpus`` there): each output row holds
+    the columns of ``edgecnn batch``'s Parquet, plus the input batch's own columns and ``actor``."""
     import functools
 
     return functools.partial(RayPredictor, str(model), options=(options or RuntimeOptions()).to_dict(),
@@ -99,7 +106,10 @@ def _cpus(config: Any, total: float) -> float:
 def run_ray(model: str | Path, plan: Plan, step: Progress, *, options: RuntimeOptions | None,
             overrides: ModelOverrides | None) -> tuple[int, int, list[str]]:
     """Answer every shard still to do on Ray; returns (rows written, error rows, notes)."""
+    import pyarrow as pa
     import ray
+
+    from edgecnn.batch.rows import schema
 
     config = plan.config
     started = not ray.is_initialized()
@@ -114,21 +124,22 @@ def run_ray(model: str | Path, plan: Plan, step: Progress, *, options: RuntimeOp
             RayPredictor, fn_constructor_args=(str(model),),
             fn_constructor_kwargs={"options": (options or RuntimeOptions()).to_dict(), "overrides": overrides,
                                    "params": config.params(), "columns": plan.model},
-            concurrency=config.workers, num_cpus=cpus, batch_size=config.batch_size, batch_format="numpy")
-        pending: dict[int, dict[int, str]] = collections.defaultdict(dict)
+            concurrency=config.workers, num_cpus=cpus, batch_size=config.batch_size, batch_format="numpy",
+            zero_copy_batch=True)
+        pending: dict[int, list[Any]] = collections.defaultdict(list)
         written = errors = 0
         actors: set[str] = set()
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            for shard, index, row, actor in zip(batch["shard"], batch["index"], batch["row"], batch["actor"]):
-                pending[int(shard)][int(index)] = str(row)
-                actors.add(str(actor))
-            step(len(batch["row"]))
-            for k in [k for k, rows in pending.items() if len(rows) == len(plan.names(k))]:
-                done = pending.pop(k)
-                rows = [json.loads(done[i]) for i in range(len(done))]
-                errors += sum(r["error"] is not None for r in rows)
-                plan.write(k, rows)
-                written += len(rows)
+        for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            actors.update(table.column("actor").unique().to_pylist())
+            shards = table.column("shard").to_numpy()
+            for k in np.unique(shards).tolist():
+                pending[k].append(table.filter(pa.array(shards == k)))
+                if sum(t.num_rows for t in pending[k]) == len(plan.names(k)):
+                    whole = pa.concat_tables(pending.pop(k)).sort_by("index").select(schema(plan.task).names)
+                    errors += whole.num_rows - whole.column("error").null_count
+                    plan.write_table(k, whole)
+                    written += whole.num_rows
+            step(table.num_rows)
     finally:
         if started:
             ray.shutdown()

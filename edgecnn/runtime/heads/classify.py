@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,9 @@ class Prediction:
     probability: float
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # by hand: dataclasses.asdict deep-copies field by field, 20 microseconds a prediction (a batch job's
+        # 100,000 images x top-5 spent 10 s in it)
+        return {"label": self.label, "index": self.index, "probability": self.probability}
 
 
 def default_model_path() -> Path:
