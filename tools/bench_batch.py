@@ -6,9 +6,9 @@
 1. Writes the CIFAR-10 test images (``../shared/datasets/cifar10.npz``, else the packaged sample)
    as PNG files, repeated until there are ``--images`` of them (kept in ``--work`` for the next run).
 2. Bare cost, per model, on the first 2,000 files: decoding + fitting each file with the runtime's
-   loader (one process), then the model's call from uint8 pixels in batches of 64 (what
+   loader (one process), then the model's call from uint8 pixels in batches of ``--batch-size`` (what
    ``edgecnn bench`` times as ``+pixels``), summed: the images/s of the work itself, done serially.
-3. ``edgecnn batch`` (``run_batch``, in this process, ``--batch-size`` 256 for both engines) over all
+3. ``edgecnn batch`` (``run_batch``, in this process, the same ``--batch-size``) over all
    the files: the local engine with 1 and 2 decoding workers and Ray with 1 and 2 actors; images/s,
    overhead against the bare cost, and the main process's RSS at 10% and 100% of the job.
 4. ``--kills N``: ``edgecnn batch`` in a subprocess over 10,000 of the files, SIGKILLed N times at
@@ -65,17 +65,18 @@ def write_images(folder: Path, count: int) -> list[Path]:
     return sorted(folder.rglob("*.png"))[:count]
 
 
-def bare_cost(model_path: Path, files: list[Path]) -> dict[str, float]:
-    """Seconds per image: decode + fit, and the model's call from pixels (batches of 64)."""
+def bare_cost(model_path: Path, files: list[Path], batch: int) -> dict[str, float]:
+    """Milliseconds per image: decode + fit, and the model's call from pixels in batches of ``batch``,
+    with onnxruntime's default threads (every core: the model alone, nothing beside it)."""
     model = load_model(model_path)
     decoder = Decoder.of(model)
     t0 = time.perf_counter()
     pixels = np.stack([decoder.fit(f)[0] for f in files])  # type: ignore[misc]
     decode = (time.perf_counter() - t0) / len(files)
-    model.run_pixels(pixels[:64])  # warm-up
+    model.run_pixels(pixels[:batch])  # warm-up
     t0 = time.perf_counter()
-    for i in range(0, len(pixels), 64):
-        model.run_pixels(pixels[i:i + 64])
+    for i in range(0, len(pixels), batch):
+        model.run_pixels(pixels[i:i + batch])
     infer = (time.perf_counter() - t0) / len(pixels)
     return {"decode_ms": decode * 1e3, "model_ms": infer * 1e3, "images_per_s": 1 / (decode + infer)}
 
@@ -97,14 +98,15 @@ def one_job(model: Path, folder: Path, out: Path, *, engine: str, workers: int, 
             seen[0] += n
             if "rss_10pct_mb" not in marks and seen[0] >= total / 10:
                 marks["rss_10pct_mb"] = rss_mb()
+            if seen[0] >= total:  # the last chunk, before the job lets go of the model
+                marks["rss_100pct_mb"] = rss_mb()
 
         return step
 
     summary = run_batch(model, folder, BatchConfig(out=out, engine=engine, workers=workers, batch_size=batch,
                                                    progress=False), progress=progress)
     return {"engine": engine, "workers": workers, "batch_size": batch, "images": summary.images,
-            "seconds": summary.seconds, "images_per_s": summary.images_per_s, **marks, "rss_100pct_mb": rss_mb(),
-            "notes": summary.notes}
+            "seconds": summary.seconds, "images_per_s": summary.images_per_s, **marks, "notes": summary.notes}
 
 
 def kills(model: Path, files: list[Path], work: Path, count: int, seed: int = 0) -> dict[str, Any]:
@@ -149,7 +151,8 @@ def main() -> None:
     parser.add_argument("--mnv2-images", type=int, default=5000)
     parser.add_argument("--engines", default="local,ray")
     parser.add_argument("--kills", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=256, help="both engines (Ray's per-batch cost wants 256+)")
+    parser.add_argument("--batch-size", type=int, default=128,
+                        help="the bare cost's and both engines' (Ray's per-batch cost wants 100+)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     files = write_images(args.work / "images", args.images)
@@ -162,7 +165,7 @@ def main() -> None:
             for f in files[:count]:
                 (folder / f.parent.name).mkdir(parents=True, exist_ok=True)
                 (folder / f.parent.name / f.name).symlink_to(f)
-        bare = bare_cost(path, files[:2000])
+        bare = bare_cost(path, files[:2000], args.batch_size)
         print(f"{name}: bare {bare}", file=sys.stderr)
         for engine in args.engines.split(","):
             for workers in (1, 2):
@@ -179,7 +182,7 @@ def main() -> None:
     for r in results:
         print(f"| {r['model']} | {r['images']:,} | {r['engine']} | {r['workers']} | {r['images_per_s']:,.0f} | "
               f"{r['bare']['images_per_s']:,.0f} | {100 * r['overhead_vs_bare']:+.1f}% | "
-              f"{r.get('rss_10pct_mb', float('nan')):.0f} / {r['rss_100pct_mb']:.0f} |")
+              f"{r.get('rss_10pct_mb', float('nan')):.0f} / {r.get('rss_100pct_mb', float('nan')):.0f} |")
     if args.kills:
         print(json.dumps(report["kills"]))
     if args.out:

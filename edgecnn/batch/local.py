@@ -1,6 +1,6 @@
 """The local engine: images decoded in worker processes, answered in batches by the runtime core.
 
-Worker processes (``spawn``: they hold no onnxruntime session) decode and fit chunks of
+Worker processes (forked; they never use the onnxruntime session) decode and fit chunks of
 ``batch_size`` images with the runtime's one loader, a bounded number of chunks ahead, so memory
 stays flat however many images there are; the main process runs each chunk through
 :meth:`~edgecnn.runtime.core.InferenceModel.run_pixels` and the task head, and writes each shard
@@ -54,7 +54,11 @@ def _decoded(decoder: Decoder, plan: Plan, chunks: list[tuple[int, list[str]]]) 
     if array is not None or workers == 0:
         yield (_fit_here(decoder, names, array) for _, names in chunks)
         return
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+    # fork, as PyTorch's DataLoader does on Linux: the children only decode (PIL, numpy), never touch the
+    # session's threads, and a script calling run_batch needs no `if __name__ == "__main__"` guard (spawn
+    # re-imports the main module in every worker); spawn where there is no fork
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    with multiprocessing.get_context(method).Pool(workers) as pool:
         yield _ahead(pool, decoder, chunks, depth=2 * workers + 1)
 
 
