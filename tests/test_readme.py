@@ -163,3 +163,29 @@ def test_python_examples_as_written(tmp_path, monkeypatch):
         exec(compile(code, "README block 2", "exec"), {})
     finally:
         server.stop()
+
+
+def test_batch_examples_as_written(tmp_path):
+    """The README's `edgecnn batch` lines, with the folders they name filled with CIFAR test images;
+    every line leaves one row per image, and --resume after a finished job writes nothing again."""
+    pytest.importorskip("ray")
+    import pyarrow.parquet as pq
+
+    from edgecnn.runtime import default_model_path
+
+    models = default_model_path().parent
+    (tmp_path / "runs" / "seed" / "export").mkdir(parents=True)
+    shutil.copy(models / "seed_cnn_cifar10.onnx", tmp_path / "runs" / "seed" / "export" / "model.onnx")
+    shutil.copy(models / "seed_cnn_cifar10.onnx", tmp_path / "model.onnx")
+    test_px = np.asarray(Image.open(ROOT / "edgecnn" / "assets" / "cifar10_sample" / "test.webp"))
+    for folder, ext in (("photos", "png"), ("archive/2026/11", "jpg"), ("frames", "png")):
+        (tmp_path / folder).mkdir(parents=True)
+        for k in range(6):
+            Image.fromarray(test_px[:32, 32 * k:32 * (k + 1)]).save(tmp_path / folder / f"{k}.{ext}")
+    lines = _bash_lines("Batch inference over many images")
+    assert len(lines) == 4
+    for line in lines:
+        result = _run(line.split("  #")[0], tmp_path)
+        out = tmp_path / line.split("--out ")[1].split()[0]
+        assert len(pq.read_table(out)) == 6, (line, result.stdout)
+    assert '"images": 0' in _run(lines[2].split("  #")[0], tmp_path).stdout  # resumed a finished job

@@ -15,7 +15,9 @@ from an RGB image at the card's input size:
   class; the YOLO output decoded, each anchor's best class, ``NonMaxSuppression`` per class (the
   thresholds and the cap baked in and written in the card), best first, then zero rows (score 0)
   up to ``max_det``, as Ultralytics' ``end2end`` layout; one image per call (NMS's selected
-  indices are not per image). A detector with NMS already in its graph keeps its outputs.
+  indices are not per image). A detector with NMS already in its graph keeps it: an ``end2end``
+  one its outputs, a ``boxes-xyxy``/``boxes-yxyx`` one (separate boxes, scores, classes, count)
+  gets the same ``[N, K, 6]`` rows (x-first, in input pixels, rows past the count zeroed).
 - segment: ``class_map`` int64 ``[N, h, w]``: the argmax over classes (a 1-channel model's score
   thresholded), at the output's resolution.
 
@@ -35,7 +37,7 @@ import numpy as np
 from edgecnn.card import ModelCard
 from edgecnn.errors import ArtifactError, ConfigError
 from edgecnn.export import onnx as onnx_io
-from edgecnn.nms_layouts import NMS_KINDS
+from edgecnn.nms_layouts import BOX_KINDS, NMS_KINDS
 from edgecnn.runtime.pixels import fold_onnx
 
 __all__ = ["SelfContainedSettings", "make_self_contained", "why_not", "self_contained_name", "CLASSIFY_OUTPUTS",
@@ -92,7 +94,7 @@ def make_self_contained(proto: Any, card: ModelCard, *,
     model.CopyFrom(proto)
     if (onnx_io.opset_of(model) or 0) < _MIN_OPSET:
         model = onnx_io.convert_opset(model, _MIN_OPSET, why="a self-contained file's post-processing")
-    keeps_outputs = card.task == "detect" and card.output_kind in NMS_KINDS
+    keeps_outputs = card.task == "detect" and card.output_kind == "end2end"  # already [N, K, 6] rows
     original = [o.name for o in model.graph.output]
     if not keeps_outputs:  # free the public names; the raw outputs become internal tensors
         onnx_io.rename_io(model, outputs=[f"edgecnn_raw_{i}" for i in range(len(original))])
@@ -102,17 +104,20 @@ def make_self_contained(proto: Any, card: ModelCard, *,
                             "or an input that is not a float NCHW/NHWC image).")
     model = onnx.load_from_string(folded)
     pixels = model.graph.input[[i.name for i in model.graph.input].index(_pixel_input(model, card))]
-    if card.task == "detect":
+    if card.task == "detect" and card.output_kind not in NMS_KINDS:  # our NMS: one image per call
         _one_image(pixels, card)
     pixels.name = _rename_tensor(model, pixels.name, PIXELS)
     if keeps_outputs:
         outputs, kind, name = original, card.output_kind, card.output_name
         extra: dict[str, Any] = {}
     else:
-        primary = original.index(card.output_name) if card.output_name in original else 0
-        raw = model.graph.output[primary]
+        raws = list(model.graph.output)
         del model.graph.output[:]
-        outputs, kind, extra = _POST[card.task](_Graph(model), raw, card, settings)
+        if card.output_kind in BOX_KINDS:
+            outputs, kind, extra = _box_rows(_Graph(model), raws, original, card)
+        else:
+            primary = original.index(card.output_name) if card.output_name in original else 0
+            outputs, kind, extra = _POST[card.task](_Graph(model), raws[primary], card, settings)
         name = outputs[0]
     new = _self_contained_card(card, outputs=outputs, kind=kind, output_name=name, extra=extra)
     onnx_io.embed_card(model, new)
@@ -391,6 +396,49 @@ def _nms_rows(g: _Graph, boxes: str, best: str, per_class: str, settings: SelfCo
     pads = g.node("Concat", [g.const([0, 0], "edgecnn_pad_start", i64), missing, g.const([0], "edgecnn_pad_end", i64)],
                   "edgecnn_pads", axis=0)
     return str(g.node("Pad", [table, pads], "edgecnn_padded"))
+
+
+def _box_rows(g: _Graph, raws: list[Any], names: list[str], card: ModelCard) -> tuple[list[str], str, dict[str, Any]]:
+    """A detector whose graph already suppresses, with boxes, scores, classes (and a count) apart
+    (``boxes-xyxy``/``boxes-yxyx``) -> the same ``[N, K, 6]`` rows as the others: boxes x-first in
+    input pixels, rows past the count or of a negative class zeroed, as
+    :func:`edgecnn.runtime.heads.graph_nms.postprocess_graph_nms` reads them."""
+    from onnx import TensorProto
+
+    from edgecnn.runtime.heads.graph_nms import graph_nms_outputs
+
+    roles = graph_nms_outputs(card.output_kind, names, [_dims(r) for r in raws], card.name)
+    assert roles.scores is not None and roles.classes is not None
+    i64, f32 = np.int64, np.float32
+
+    def as_float(index: int) -> str:
+        return g.node("Cast", [raws[index].name], "edgecnn_float_out", to=TensorProto.FLOAT)
+
+    boxes = as_float(roles.boxes)
+    if card.output_kind == "boxes-yxyx":
+        boxes = g.node("Gather", [boxes, g.const([1, 0, 3, 2], "edgecnn_xfirst", i64)], "edgecnn_boxes_x", axis=2)
+    h, w = card.input_size
+    largest = g.node("ReduceMax", [g.node("Abs", [boxes], "edgecnn_abs")], "edgecnn_largest", keepdims=0)
+    normalized = g.node("LessOrEqual", [largest, g.const(1.5, "edgecnn_norm_limit", f32)], "edgecnn_normalized")
+    scaled = g.node("Mul", [boxes, g.const([w, h, w, h], "edgecnn_wh", f32)], "edgecnn_scaled")
+    boxes = g.node("Where", [normalized, scaled, boxes], "edgecnn_boxes_px")
+    scores, classes = as_float(roles.scores), as_float(roles.classes)
+    keep = g.node("GreaterOrEqual", [classes, g.const(0.0, "edgecnn_zero_f", f32)], "edgecnn_known_class")
+    if roles.count is not None:  # rows past the count are not detections
+        rank = g.node("Range", [g.const(0, "edgecnn_r0", i64), g.node(
+            "Gather", [g.node("Shape", [scores], "edgecnn_rows_shape"), g.const(1, "edgecnn_k_axis", i64)],
+            "edgecnn_rows_k", axis=0), g.const(1, "edgecnn_r1", i64)], "edgecnn_rank")
+        count = g.node("Cast", [g.node("Reshape", [raws[roles.count].name, g.const([-1, 1], "edgecnn_col", i64)],
+                                       "edgecnn_count_col")], "edgecnn_count_i", to=TensorProto.INT64)
+        keep = g.node("And", [keep, g.node("Less", [rank, count], "edgecnn_counted")], "edgecnn_keep")
+    mask = g.node("Cast", [keep], "edgecnn_keep_f", to=TensorProto.FLOAT)
+    axis2 = g.const([2], "edgecnn_axis2", i64)
+    rows = g.node("Concat", [boxes, g.node("Unsqueeze", [scores, axis2], "edgecnn_score_col"),
+                             g.node("Unsqueeze", [classes, axis2], "edgecnn_class_col")], "edgecnn_rows6", axis=2)
+    table = g.node("Mul", [rows, g.node("Unsqueeze", [mask, axis2], "edgecnn_mask_col")], "edgecnn_rows_kept")
+    batch = _dims(raws[roles.scores])
+    g.output(table, DETECT_OUTPUT, TensorProto.FLOAT, [batch[0], batch[1], 6])
+    return [DETECT_OUTPUT], "end2end", {}
 
 
 def _count(dims: list[Any], card: ModelCard) -> int:

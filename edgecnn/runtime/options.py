@@ -81,6 +81,9 @@ class RuntimeOptions:
         threads: intra-op threads (default: the backend's own, one per physical core).
         io_binding: onnxruntime only: inputs and outputs in device buffers reused while the shape
             stays the same (default: on for a GPU session, off on the CPU; CUDA graphs need it).
+        spin: onnxruntime only (other backends ignore it): whether idle intra-op threads spin-wait
+            for the next call (default: onnxruntime's, on). False gives the CPU back between calls,
+            for work beside the model: ``edgecnn batch``'s decoding processes.
         allow_fallback: run on the CPU with a warning when the provider asked for is unusable,
             instead of refusing (default: refuse).
         cuda: the CUDA provider's options (:class:`CudaOptions`).
@@ -102,6 +105,7 @@ class RuntimeOptions:
     precision: str | None = None
     threads: int | None = None
     io_binding: bool | None = None
+    spin: bool | None = None
     allow_fallback: bool | None = None
     cuda: CudaOptions | None = None
 
@@ -153,7 +157,7 @@ class RuntimeOptions:
         flags runs on several backends side by side (``edgecnn bench --backend onnxruntime,openvino``)."""
         drop: dict[str, Any] = {}
         if backend != "onnxruntime":
-            drop.update(io_binding=None, cuda=None)
+            drop.update(io_binding=None, cuda=None, spin=None)
         if backend != "openvino":
             drop.update(precision=None, device=None)
         return replace(self, backend=backend, **drop)
@@ -188,7 +192,7 @@ class RuntimeOptions:
             return self
         given = over.to_dict()
         if over.backend is not None and over.backend != self.backend:
-            given = {"precision": None, "io_binding": None, **given}
+            given = {"precision": None, "io_binding": None, "spin": None, **given}
         return replace(self, **given)
 
     def to_dict(self) -> dict[str, Any]:

@@ -132,6 +132,22 @@ def test_detector_with_nms_in_its_graph_keeps_its_outputs():
         assert boxes_match([(d.index, d.box) for d in r], [(d.index, d.box) for d in g])[0]
 
 
+def test_detector_with_separate_nms_outputs_becomes_rows():
+    """TensorFlow's combined NMS (boxes y-first and normalized, scores, classes, a count): the
+    self-contained file gives the same detections as [N, K, 6] rows, rows past the count zeroed."""
+    two, one, proto = self_contained(FOREIGN / "tfnms_tiny.onnx")
+    assert two.card.output_kind == "boxes-yxyx" and one.card.output_kind == "end2end"
+    assert [o.name for o in proto.graph.output] == [DETECT_OUTPUT]
+    images = np.random.default_rng(2).integers(0, 256, (6, 64, 64, 3), dtype=np.uint8)
+    ref, got = two.predict(images, conf=0.05), one.predict(images, conf=0.05)
+    assert sum(len(r) for r in ref) >= 6  # random weights, but boxes above 0.05 to compare
+    for r, g in zip(ref, got):
+        assert boxes_match([(d.index, d.box) for d in r], [(d.index, d.box) for d in g])[0]
+        assert [d.score for d in g] == pytest.approx([d.score for d in r])
+    rows = ort.InferenceSession(proto.SerializeToString()).run(None, {"pixels": images[:1]})[0]
+    assert rows.shape == (1, 20, 6) and np.all(rows[0, np.count_nonzero(rows[0, :, 4]):] == 0)
+
+
 def test_segmenter_class_map_equals_the_runtime_argmax():
     two, one, proto = self_contained(FOREIGN / "lraspp_shapes.onnx", LRASPP)
     images = scenes(6, size=128)

@@ -169,3 +169,14 @@ def test_deploy_json_with_options_no_backend_takes_is_an_artifact_error(tmp_path
     root = _export_dir(tmp_path, models, backend="openvino", precision="f16")
     with pytest.raises(ArtifactError, match="run `edgecnn tune` again"):
         Deployment.from_dict(json.loads((root / DEPLOY_FILE).read_text())).runtime()
+
+
+def test_spin_reaches_onnxruntime_and_no_other_backend():
+    from edgecnn.runtime.backends.onnxruntime import _session_options
+
+    assert _session_options(None, None, spin=False).get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert _session_options(2, None, spin=True).get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # unset: onnxruntime's default
+        _session_options(None, None).get_session_config_entry("session.intra_op.allow_spinning")
+    assert RuntimeOptions(spin=False).for_backend("openvino").spin is None
+    assert RuntimeOptions.from_dict(RuntimeOptions(spin=False).to_dict()).spin is False

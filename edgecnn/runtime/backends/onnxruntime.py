@@ -197,7 +197,8 @@ def _warn_conflict_once() -> None:
             log.warning("%s", conflict)
 
 
-def _session_options(threads: int | None, profile_dir: str | Path | None) -> ort.SessionOptions:
+def _session_options(threads: int | None, profile_dir: str | Path | None, *,
+                     spin: bool | None = None) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # One sequential graph: CNN classifiers are chains, inter-op threads only add contention.
@@ -205,6 +206,8 @@ def _session_options(threads: int | None, profile_dir: str | Path | None) -> ort
     opts.inter_op_num_threads = 1
     if threads is not None:
         opts.intra_op_num_threads = int(threads)
+    if spin is not None:  # idle threads spin-wait by default: CPU that work beside the model could use
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     opts.log_severity_level = 3  # provider fallbacks are reported by us, as errors or one warning
     if profile_dir is not None:
         opts.enable_profiling = True
@@ -240,7 +243,7 @@ def open_session(model: str | Path | bytes, options: RuntimeOptions, *,
         with warnings.catch_warnings():  # its "not in available provider names" warning: we check below
             warnings.simplefilter("ignore", UserWarning)
             session = OrtSession(model if isinstance(model, bytes) else str(model),
-                                 sess_options=_session_options(options.threads, profile_dir),
+                                 sess_options=_session_options(options.threads, profile_dir, spin=options.spin),
                                  providers=_with_options(wanted, cuda))
     except Exception as err:  # onnxruntime raises InvalidProtobuf, Fail, InvalidGraph, ... all mean: unusable file
         raise _open_error(model, err, wanted, cuda) from err
