@@ -38,7 +38,7 @@ from edgecnn.card import ModelCard
 from edgecnn.errors import ArtifactError, ConfigError
 from edgecnn.export import onnx as onnx_io
 from edgecnn.nms_layouts import BOX_KINDS, NMS_KINDS
-from edgecnn.runtime.pixels import fold_onnx
+from edgecnn.runtime.pixels import FreshNames, fold_onnx
 
 __all__ = ["SelfContainedSettings", "make_self_contained", "why_not", "self_contained_name", "CLASSIFY_OUTPUTS",
            "DETECT_OUTPUT", "SEGMENT_OUTPUT", "PIXELS"]
@@ -212,18 +212,9 @@ class _Graph:
     """Appends nodes and constants to a model's graph with names not yet taken."""
 
     def __init__(self, model: Any) -> None:
-        self.graph = model.graph
-        g = model.graph
-        self.taken = {n for node in g.node for n in (*node.input, *node.output)} | {i.name for i in g.input} \
-            | {t.name for t in g.initializer} | {o.name for o in g.output}
-
-    def fresh(self, base: str) -> str:
-        name, k = base, 0
-        while name in self.taken:
-            k += 1
-            name = f"{base}_{k}"
-        self.taken.add(name)
-        return name
+        self.graph = g = model.graph
+        self.fresh = FreshNames({n for node in g.node for n in (*node.input, *node.output)} | {i.name for i in g.input}
+                                | {t.name for t in g.initializer} | {o.name for o in g.output})
 
     def node(self, op: str, inputs: list[str], base: str, outputs: int = 1, **attrs: Any) -> Any:
         """One node; its output name (or names, for ``outputs`` > 1)."""
@@ -245,7 +236,7 @@ class _Graph:
         from onnx import helper
 
         if tensor != name:
-            self.taken.add(name)
+            self.fresh.taken.add(name)
             self.graph.node.append(helper.make_node("Identity", [tensor], [name]))
         self.graph.output.append(helper.make_tensor_value_info(name, elem, shape))
         return name

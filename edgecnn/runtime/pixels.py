@@ -29,7 +29,7 @@ from edgecnn.runtime.preprocess import normalization_constants
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PixelMapping", "fold_onnx", "lookup_table", "PIXELS_INPUT"]
+__all__ = ["PixelMapping", "fold_onnx", "lookup_table", "PIXELS_INPUT", "FreshNames"]
 
 PIXELS_INPUT = "pixels"  # the name of a folded graph's uint8 input (made unique in the graph)
 _MAX_FOLD_BYTES = 1 << 30  # protobuf serializes at most 2 GiB; CNNs are far below, leave such files alone
@@ -92,7 +92,7 @@ def fold_onnx(model: str | Path | bytes, card: ModelCard, input_name: str) -> by
     dims = inp.type.tensor_type.shape.dim
     m = PixelMapping.of(card)
     h, w = m.input_size
-    fresh = _FreshNames({n for node in graph.node for n in (*node.input, *node.output)}
+    fresh = FreshNames({n for node in graph.node for n in (*node.input, *node.output)}
                         | {i.name for i in graph.input} | {t.name for t in graph.initializer})
     pixels = fresh(PIXELS_INPUT)
     batch = dims[0].dim_value if dims[0].HasField("dim_value") and dims[0].dim_value > 0 else (dims[0].dim_param or "N")
@@ -145,8 +145,9 @@ def _load_foldable(model: str | Path | bytes, input_name: str) -> tuple[Any, Any
     return proto, inp
 
 
-class _FreshNames:
-    """Names not yet in the graph: ``base``, else ``base_1``, ``base_2``, ... (each taken when given)."""
+class FreshNames:
+    """Names not yet in the graph: ``base``, else ``base_1``, ``base_2``, ... (each taken when given;
+    export's self-contained files name their nodes with it too)."""
 
     def __init__(self, taken: set[str]) -> None:
         self.taken = taken
@@ -160,7 +161,7 @@ class _FreshNames:
         return name
 
 
-def _mapping_nodes(m: PixelMapping, pixels: str, fresh: _FreshNames, *, half: bool) -> tuple[list[Any], list[Any]]:
+def _mapping_nodes(m: PixelMapping, pixels: str, fresh: FreshNames, *, half: bool) -> tuple[list[Any], list[Any]]:
     """The nodes (the last one's output still to be renamed to the model input) and initializers
     that map the uint8 ``pixels`` input to the model input, float16 when ``half``."""
     from onnx import TensorProto, helper, numpy_helper
