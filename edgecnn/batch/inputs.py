@@ -107,7 +107,7 @@ def _npz(path: Path) -> Inputs:
 
 @dataclass(frozen=True, kw_only=True)
 class Decoder:
-    """Fits one input to the model input (the runtime's one loader): picklable, so worker processes
+    """Fits one input to the model input (the runtime's one loader): picklable, so Ray's actors
     can hold it. ``error`` is the one-line message of an input that cannot be read."""
 
     input_size: tuple[int, int]
@@ -131,5 +131,5 @@ class Decoder:
         return pixels, info, None
 
     def fit_many(self, names: list[str]) -> list[tuple[np.ndarray | None, FitInfo | None, str | None]]:
-        """:meth:`fit` of each image file (what a worker process runs on one chunk)."""
+        """:meth:`fit` of each image file (what a decoding thread runs on one chunk)."""
         return [self.fit(Path(n)) for n in names]

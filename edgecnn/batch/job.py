@@ -34,7 +34,7 @@ _SCHEMA = "edgecnn.batch/1"
 class BatchConfig:
     """Options of one batch job.
 
-    ``workers``: decoding processes (local engine; 0 decodes in the main process) or model actors
+    ``workers``: decoding threads (local engine; 0 decodes in the calling thread) or model actors
     (Ray: ``concurrency``). ``cpus_per_worker``: Ray's ``num_cpus`` per actor (None: 1, or less so the
     actors leave Ray's own read tasks half a CPU: two actors of 1 CPU each on a 2-CPU Ray starve them
     and the job hangs).

@@ -31,9 +31,9 @@ Examples:
               help="Folder of Parquet shards (part-00000.parquet, ...) and _manifest.json.")
 @click.option("--resume", is_flag=True, help="Finish the job in --out: skip its complete shards, redo the rest.")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="local: worker processes decode, this process answers; ray: a Ray Data pipeline (the [ray] extra).")
+              help="local: threads decode, this process answers; ray: a Ray Data pipeline (the [ray] extra).")
 @click.option("--workers", type=click.IntRange(min=0), default=1, show_default=True,
-              help="local: decoding processes (0: decode in this process); ray: model actors (concurrency).")
+              help="local: decoding threads (0: decode between model calls); ray: model actors (concurrency).")
 @click.option("--cpus-per-worker", type=click.FloatRange(min=0, min_open=True), default=None,
               help="ray: num_cpus of each actor (fractions share a CPU; default 1, or less so that the actors leave "
                    "Ray's read tasks half a CPU).")
