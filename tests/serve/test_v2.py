@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 
 import numpy as np
 import pytest
@@ -221,7 +222,6 @@ def test_header_length_is_plain_digits(server, length):
 
 def test_a_bytes_tensor_of_two_million_elements_is_refused_before_parsing(server):
     """Issue 21 §1.3: 2M empty BYTES elements were unpacked (seconds of GIL) before their 413."""
-    import time
 
     import httpx
 
@@ -252,11 +252,17 @@ def test_rejected_requests_are_one_log_line_each_rate_limited(server, caplog):
     is now one line, at most ten a second, the rest counted."""
     import httpx
 
-    with caplog.at_level("INFO", logger="edgecnn.serve.app"):
-        for _ in range(40):
-            httpx.post(f"{server.url}/v2/models/{NAME}/infer", content=b"{not json", timeout=10)
+    sent = 60
+    with caplog.at_level("INFO", logger="edgecnn.serve.app"), httpx.Client() as client:
+        first = int(time.monotonic())  # the log's windows are the server's whole seconds of the same clock
+        for _ in range(sent):
+            client.post(f"{server.url}/v2/models/{NAME}/infer", content=b"{not json", timeout=10)
+        windows = int(time.monotonic()) - first + 1
     lines = [r for r in caplog.records if r.name == "edgecnn.serve.app" and "invalid_inference_request" in r.message]
-    assert 1 <= len(lines) <= 20 and all("\n" not in r.getMessage() for r in lines)
+    # at most ten lines in each second the flood spanned, however slow this machine was today
+    assert 1 <= len(lines) <= 10 * windows and all("\n" not in r.getMessage() for r in lines)
+    if 10 * windows < sent:  # some were dropped: they are counted, not lost
+        assert len(lines) < sent
     assert "Traceback" not in caplog.text
 
 
