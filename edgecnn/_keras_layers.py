@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from edgecnn._optional import require
 
 keras: Any = require("keras", "train")
 
 __all__ = [
+    "AnchorDecode",
     "ChannelShuffle",
     "ChannelSplit",
     "FakeQuant",
@@ -24,6 +27,7 @@ __all__ = [
     "QATDepthwiseConv2D",
     "ScaledBias",
     "TriangleSchedule",
+    "anchor_points",
     "fake_quant_weights",
 ]
 
@@ -261,3 +265,52 @@ class QATDense(_QATWeights, keras.layers.Dense):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), **self._qat_config()}
+
+
+def anchor_points(input_size: tuple[int, int], strides: tuple[int, ...]) -> np.ndarray:
+    """The anchor points of an anchor-free detector, (A, 3) rows of ``x, y, stride`` in input
+    pixels: the centre of every cell of each stride's grid, level by level, row-major (the order
+    of :class:`AnchorDecode`'s output, and of the targets its loss is given)."""
+    h, w = input_size
+    rows = []
+    for s in strides:
+        ys, xs = np.meshgrid((np.arange(-(-h // s)) + 0.5) * s, (np.arange(-(-w // s)) + 0.5) * s, indexing="ij")
+        rows.append(np.stack([xs.ravel(), ys.ravel(), np.full(xs.size, s, dtype=np.float64)], axis=1))
+    return np.concatenate(rows).astype(np.float32)
+
+
+@keras.saving.register_keras_serializable(package="edgecnn")
+class AnchorDecode(keras.layers.Layer):
+    """Per-level raw head maps ``[N, h, w, 4 + C]`` -> one YOLOv8-layout output ``[N, 4 + C, A]``.
+
+    The first four channels of a cell are its distances to the box's left, top, right and bottom
+    edges in strides (softplus keeps them positive), the rest class logits (a sigmoid each). The
+    output holds ``cx, cy, w, h`` in input pixels and the class probabilities: the layout the
+    runtime's detect head decodes, so an exported model needs no custom post-processing.
+    """
+
+    def __init__(self, strides: tuple[int, ...] = (8, 16, 32), **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.strides = tuple(int(s) for s in strides)
+
+    def call(self, levels: list[Any]) -> Any:
+        ops = keras.ops
+        out = []
+        for t, s in zip(levels, self.strides):
+            h, w, ch = t.shape[1], t.shape[2], t.shape[3]
+            ys, xs = np.meshgrid((np.arange(h) + 0.5) * s, (np.arange(w) + 0.5) * s, indexing="ij")
+            px = ops.convert_to_tensor(xs.reshape(1, -1, 1).astype("float32"))
+            py = ops.convert_to_tensor(ys.reshape(1, -1, 1).astype("float32"))
+            t = ops.reshape(t, (-1, h * w, ch))
+            dist = ops.softplus(t[..., :4]) * float(s)
+            left, top, right, bottom = (dist[..., i:i + 1] for i in range(4))
+            out.append(ops.concatenate([px + (right - left) / 2, py + (bottom - top) / 2, left + right, top + bottom,
+                                        ops.sigmoid(t[..., 4:])], axis=-1))
+        return ops.transpose(ops.concatenate(out, axis=1), (0, 2, 1))
+
+    def compute_output_shape(self, input_shape: list[tuple]) -> tuple:
+        anchors = sum(int(s[1]) * int(s[2]) for s in input_shape)
+        return (input_shape[0][0], int(input_shape[0][3]), anchors)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "strides": list(self.strides)}

@@ -72,6 +72,11 @@ def _split_roots(root: Path, inner: str) -> dict[str, Path]:
     if split:
         if "train" not in split:
             raise DataError(f"{root} has {', '.join(split)}/ but no train/images/.")
+        for folder in split.values():
+            if not (folder / inner).is_dir():
+                raise DataError(f"{folder} has images/ but no {inner}/ beside it"
+                                + (" (is this a segmentation folder?)" if inner == "labels" and
+                                   (folder / "masks").is_dir() else "") + ".")
         return split
     if not (root / "images").is_dir() or not (root / inner).is_dir():
         raise DataError(f"{root} needs images/ and {inner}/ (or train/, val/, test/ each holding them).")
@@ -179,6 +184,9 @@ def load_yolo_folder(root: str | Path, *, size: tuple[int, int] | None = None) -
         raise DataError(f"{root} has no classes.txt or data.yaml with names; name the classes, one per line, in "
                         f"{root / 'classes.txt'}.")
     splits = {s: _read_labels(folder, size, len(names)) for s, folder in _split_roots(root, "labels").items()}
+    if not any(len(b) for b in splits["train"].boxes):
+        raise DataError(f"{root}: no label file under train holds an object; a detector learns from boxes "
+                        "(labels/NAME.txt, a line 'class cx cy w h' per object).")
     return TaskData(task="detect", class_names=tuple(names), source=str(root), **splits)
 
 

@@ -12,7 +12,9 @@ from edgecnn.cli._options import model_options
 
 
 @main.command(epilog="\b\nExamples:\n  edgecnn evaluate runs/seed\n  edgecnn evaluate runs/seed --data cifar10.npz\n  "
-                     "edgecnn evaluate runs/seed/export/model.int8.onnx\n  edgecnn evaluate runs/fast --tta "
+                     "edgecnn evaluate runs/seed/export/model.int8.onnx\n  "
+                     "edgecnn evaluate runs/det/export/model.onnx --data scenes/detect\n  "
+                     "edgecnn evaluate runs/fast --tta "
                      "flip+shift\n  edgecnn evaluate mine.keras --data photos/ --preprocess tf")
 @click.argument("model_path", metavar="RUN_OR_MODEL", type=click.Path(path_type=Path))
 @click.option("--data", help="Dataset to evaluate on (default: the run's own test split).")
@@ -24,7 +26,8 @@ from edgecnn.cli._options import model_options
                    "a pixel (6 views); costs that many forward passes.")
 @model_options()
 def evaluate(model_path: Path, data: str | None, out: Path | None, as_json: bool, tta: str, overrides: Any) -> None:
-    """Top-1/top-5 accuracy, per-class precision/recall and the confusion matrix (text + PNG).
+    """Top-1/top-5 accuracy, per-class precision/recall and the confusion matrix (text + PNG); for a
+    segmenter pixel accuracy, per-class IoU and mIoU; for a detector mAP@0.5 and mAP@0.5:0.95.
 
     RUN_OR_MODEL: a run directory, a .keras/.h5 file (yours too: describe it with the model flags)
     or an .onnx file.

@@ -18,6 +18,8 @@ Examples:
   edgecnn train --backbone mobilenet_v2 --weights ~/mnv2_notop.h5 --data photos/ \\
                 --epochs 5 --fine-tune-layers 30 --fine-tune-epochs 5
   edgecnn train --resume runs/seed                # continue after a kill
+  edgecnn train --task segment --model unet_tiny --data scenes/segment --epochs 30 --out runs/unet
+  edgecnn train --task detect --model anchorfree --data scenes/detect --epochs 60 --out runs/det
   edgecnn train --model resnet20 --precision bf16 # mixed precision on an AMX/AVX-512 BF16 CPU
   TF_CONFIG='{"cluster": {"worker": ["h1:2222", "h2:2222"]}, "task": {"type": "worker", "index": 0}}' \\
   edgecnn train --config models/resnet20_cifar10.yaml --distribute multi-worker   # on every host, its own index
@@ -30,6 +32,9 @@ Examples:
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Continue the run in this directory from its last finished epoch.")
 @click.option("--model", help="Zoo model name (see `edgecnn models`).  [default: seed_cnn]")
+@click.option("--task", type=click.Choice(["classify", "segment", "detect"]),
+              help="segment: --data is a folder of images/ + masks/ (unet, unet_tiny, --backbone mobilenet_v2); "
+                   "detect: images/ + labels/ in YOLO format (anchorfree, anchorfree_tiny).  [default: the model's]")
 @click.option("--data", help="cifar10 (download), sample (embedded), a .npz in keras layout, or an image folder.")
 @click.option("--out", help="Run directory.  [default: runs/<model>]")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
@@ -112,6 +117,12 @@ def train(config_path, resume_dir, overwrite, quiet, augment, rotation, translat
         return
     card = ModelCard.load(run)
     m = card.metrics
+    if card.task in ("segment", "detect"):
+        score = (f"mIoU {m['miou']:.4f}, pixel accuracy {m['pixel_accuracy']:.2%}" if card.task == "segment"
+                 else f"mAP@0.5 {m['map50']:.4f}, mAP@0.5:0.95 {m['map50_95']:.4f}")
+        click.echo(f"Saved {run}/model.keras: {score} on {m['evaluated_on']} after {m['epochs']} epochs "
+                   f"({m['train_time_s']:.0f} s).")
+        return
     split = ("validation accuracy (the image folder has no test/ split)" if card.dataset.get("test_split") == "val"
              else "test accuracy")
     click.echo(f"Saved {run}/model.keras: {split} {m['test_accuracy']:.2%}"

@@ -181,7 +181,36 @@ def _class_tree(root: Path, size: _Fit, names: list[str] | None):
     return np.stack(xs), np.asarray(ys, dtype=np.int64), names
 
 
+def _task_folder(root: Path) -> dict[str, Path] | None:
+    """The image folders of a segmentation or YOLO dataset (``images/`` beside ``masks/`` or
+    ``labels/``, at the top or in train/val/test), by split; None for any other folder."""
+    def is_task(d: Path) -> bool:
+        return (d / "images").is_dir() and ((d / "masks").is_dir() or (d / "labels").is_dir())
+
+    if is_task(root):
+        return {"train": root / "images"}
+    found = {s: root / s / "images" for s in ("train", "val", "test") if is_task(root / s)}
+    return found or None
+
+
+def _from_task_folder(splits: dict[str, Path], root: Path, size: _Fit, seed: int | None) -> EvalData:
+    """Calibration on the training images, judging on test/ (else val/, else a held-out part)."""
+    def read(folder: Path) -> np.ndarray:
+        files = list_images(folder)
+        if not files:
+            raise DataError(f"No images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {folder}.")
+        return np.stack([size.file(f) for f in files])
+
+    held = splits.get("test") or splits.get("val")
+    if "train" in splits and held is not None:
+        return EvalData(read(splits["train"]), read(held), None, None, f"{root.name} ({held.parent.name}/ images)")
+    return _unlabelled(read(next(iter(splits.values()))), root.name, seed)
+
+
 def _from_folder(root: Path, size: _Fit, seed: int | None) -> EvalData:
+    task_splits = _task_folder(root)
+    if task_splits:
+        return _from_task_folder(task_splits, root, size, seed)
     if (root / "train").is_dir() and (root / "test").is_dir():
         calib, calib_labels, names = _class_tree(root / "train", size, None)
         test, labels, _ = _class_tree(root / "test", size, names)

@@ -127,6 +127,8 @@ def _read_data(card: ModelCard, calibration_data: str | Path | None,
     of ``calibration_data`` (all of it when unlabelled) serves as the test set."""
     spec = card.dataset.get("path")
     spec = "cifar10" if spec == "keras.datasets.cifar10" else spec
+    if card.task in ("segment", "detect") and spec and calibration_data is None:
+        calibration_data, spec = spec, None  # a run's image + mask/label folder: its images, train/ and test/
     if not spec and calibration_data is None:
         raise DataError(f"{card.name} names no dataset of its own: pass {flag} DIR_OR_NPZ with real "
                         "images (a folder of images is enough; class sub-folders add an accuracy check).")

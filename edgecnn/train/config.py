@@ -74,6 +74,7 @@ class TrainConfig:
     """Everything ``edgecnn train`` does, as one value (every field is also a CLI flag)."""
 
     model: str = "seed_cnn"
+    task: str | None = None  # classify, segment or detect; None: the model's own (classify for a backbone)
     data: str | None = None  # None: CIFAR-10 download, else the embedded sample
     out: str | None = None  # run directory; default runs/<model>
     epochs: int = 10
@@ -118,6 +119,8 @@ class TrainConfig:
         def bad(msg: str) -> None:
             raise ConfigError(msg)
 
+        if self.task not in (None, "classify", "segment", "detect"):
+            bad(f"task must be classify, segment or detect, got {self.task!r}.")
         if self.epochs < 1:
             bad(f"epochs must be >= 1, got {self.epochs}.")
         if self.batch_size < 1:

@@ -213,10 +213,26 @@ def _evaluation_images(ds: Any, *, given: bool) -> tuple[np.ndarray, np.ndarray,
     return ds.x_test, ds.y_test, f"the {len(ds.x_test)} held-out validation images of {ds.name} (no test split)"
 
 
+def _task_card(path: Path, overrides: ModelOverrides | None) -> ModelCard | None:
+    """The card of a segment or detect model (a run's, or an .onnx file's as the runtime reads it);
+    None for any other model."""
+    if path.suffix.lower() == ".onnx":
+        from edgecnn.runtime import load_model
+
+        card = load_model(path, provider="cpu", overrides=overrides).card
+    elif is_run_model(path):
+        card = ModelCard.load(path if path.is_dir() else path.parent)
+    else:
+        return None
+    return card if card.task in ("segment", "detect") else None
+
+
 def evaluate(model_path: str | Path, *, data: str | None = None, out: str | Path | None = None,
-             overrides: ModelOverrides | None = None, tta: str = "none") -> EvaluationReport:
+             overrides: ModelOverrides | None = None, tta: str = "none") -> Any:
     """Evaluate a run directory, a ``.keras``/``.h5`` file (a run's, or any classifier described by
     ``overrides``) or an ``.onnx`` file, optionally with test-time augmentation (:func:`tta_predict`).
+    Segmenters and detectors are scored by :func:`edgecnn.train.task_eval.evaluate_task` (its
+    :class:`~edgecnn.train.task_eval.TaskReport` is returned).
 
     Writes ``evaluation.json`` and ``confusion.png`` to ``out`` (default: next to the model;
     ``evaluation.tta-flip.json`` and so on with ``tta``).
@@ -234,6 +250,15 @@ def evaluate(model_path: str | Path, *, data: str | None = None, out: str | Path
     if not path.is_dir() and path.suffix.lower() not in (".onnx", ".keras", ".h5", ".hdf5"):
         raise ArtifactError(f"{path}: unknown model format {path.suffix or '(no extension)'!r}; pass a run directory, "
                             "a .keras/.h5 or an .onnx file.")
+    task_card = _task_card(path, overrides)
+    if task_card is not None:  # a segmenter or detector: mIoU or mAP against its masks or labels
+        from edgecnn.train.task_eval import evaluate_task
+
+        if tta != "none":
+            from edgecnn.errors import ConfigError
+
+            raise ConfigError(f"--tta averages class probabilities; {path} is a {task_card.task} model: drop --tta.")
+        return evaluate_task(path, task_card, data=data, out=out, overrides=overrides)
     if path.suffix == ".onnx":
         card, predict = _onnx_predictor(path, overrides)
     else:

@@ -34,7 +34,8 @@ from edgecnn.train.run import Preprocessing, RunFiles, TrainState, load_run_mode
 
 log = logging.getLogger(__name__)
 
-__all__ = ["train", "resume", "predict_uint8"]
+__all__ = ["train", "resume", "predict_uint8", "EpochCheckpoint", "make_optimizer", "learning_rate_schedule",
+           "versions"]
 
 
 # ------------------------------------------------------------------------------------ building
@@ -83,7 +84,7 @@ def _data_init(model: keras.Model, cfg: TrainConfig, data: Dataset, pre: Preproc
         whiten_init(model, normalize_batch(data.x_train[:WHITEN_IMAGES], card))
 
 
-def _schedule(cfg: TrainConfig, lr: float, epochs: int, steps: int):
+def learning_rate_schedule(cfg: TrainConfig, lr: float, epochs: int, steps: int):
     total = max(1, epochs * steps)
     warm = int(cfg.warmup_epochs * steps)
     if cfg.schedule == "constant":
@@ -108,7 +109,7 @@ def _schedule(cfg: TrainConfig, lr: float, epochs: int, steps: int):
     return keras.optimizers.schedules.CosineDecay(lr, total)
 
 
-def _optimizer(cfg: TrainConfig, lr) -> keras.optimizers.Optimizer:
+def make_optimizer(cfg: TrainConfig, lr) -> keras.optimizers.Optimizer:
     wd = cfg.weight_decay or None
     if cfg.optimizer == "sgd":
         return keras.optimizers.SGD(lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=wd)
@@ -123,14 +124,14 @@ def _compile(model: keras.Model, cfg: TrainConfig, lr: float, *, epochs: int, st
     metrics: list[Any] = [keras.metrics.CategoricalAccuracy(name="accuracy")]
     if num_classes > 5:
         metrics.append(keras.metrics.TopKCategoricalAccuracy(5, name="top5"))
-    model.compile(optimizer=_optimizer(cfg, _schedule(cfg, lr, epochs, steps)),
+    model.compile(optimizer=make_optimizer(cfg, learning_rate_schedule(cfg, lr, epochs, steps)),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
                   metrics=metrics)
 
 
 # ------------------------------------------------------------------------------------ callbacks
 
-class _Checkpoint(keras.callbacks.Callback):
+class EpochCheckpoint(keras.callbacks.Callback):
     """After every epoch: the model with its optimizer state, then the state file (both atomic).
 
     ``state`` is the run's state after the last committed epoch; ``t0`` the ``time.time()`` the
@@ -155,7 +156,7 @@ class _Checkpoint(keras.callbacks.Callback):
 
 # ------------------------------------------------------------------------------------ starting
 
-def _versions() -> dict[str, str]:
+def versions() -> dict[str, str]:
     return {"edgecnn": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
             "numpy": np.__version__, "python": sys.version.split()[0]}
 
@@ -171,10 +172,13 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, verbose: int | None = No
         ConfigError, DataError, ModelNotFoundError, ArtifactError: for bad options or inputs.
         WorkerError: a worker of a multi-worker run never answered or stopped answering.
     """
+    from edgecnn.train.tasks import model_task
+
     name = Path(cfg.backbone).name if cfg.backbone else cfg.model
-    if not cfg.backbone:
-        get_model_spec(cfg.model)  # unknown names fail before the data is loaded
+    task = model_task(cfg)  # unknown names and a model of another task fail before the data is loaded
     run = Path(cfg.out or f"runs/{name}")
+    if task != "classify":
+        return _train_task(cfg.replace(task=task), run, overwrite=overwrite, verbose=verbose)
     cluster = cluster_for(cfg.distribute)  # multi-worker: a malformed TF_CONFIG fails here
     if cluster is None or cluster.is_chief:
         overwrite = _may_write(run, overwrite=overwrite)
@@ -194,6 +198,32 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, verbose: int | None = No
             return run
         return _train_into(run, model, state, overwrite=overwrite,
                            session=_Session(cfg=cfg, data=data, files=RunFiles(run), dist=dist, verbose=verbose))
+
+
+def _train_task(cfg: TrainConfig, run: Path, *, overwrite: bool, verbose: int | None) -> Path:
+    """A segmenter or detector (:mod:`edgecnn.train.tasks`), into a run directory as a classifier's."""
+    from edgecnn.train.tasks import run_task
+
+    task = str(cfg.task)
+    if cfg.distribute != "none" or cfg.fine_tune_epochs or cfg.lookahead or cfg.tta != "none":
+        raise ConfigError(f"--task {cfg.task} trains on one machine without --distribute, --fine-tune-epochs, "
+                          "lookahead or --tta; drop them.")
+    overwrite = _may_write(run, overwrite=overwrite)
+    cfg = cfg.replace(precision=_precision(cfg))
+    keras.utils.set_random_seed(cfg.seed)
+    created = not run.exists()
+    with precision_policy(cfg.precision):
+        if run.exists() and overwrite:
+            shutil.rmtree(run)
+        run.mkdir(parents=True, exist_ok=True)
+        files = RunFiles(run)
+        write_json(files.config, cfg.to_dict())
+        try:
+            return run_task(cfg, task, files, verbose=verbose)
+        except BaseException:
+            if (created or overwrite) and not files.checkpoints():
+                shutil.rmtree(run, ignore_errors=True)
+            raise
 
 
 def _may_write(run: Path, *, overwrite: bool) -> bool:
@@ -266,6 +296,15 @@ def resume(run_dir: str | Path, *, verbose: int | None = None) -> Path:
     run_dir = Path(run_dir)
     files = RunFiles(run_dir)
     cfg, state = _read_run(files)
+    if cfg.task not in (None, "classify"):
+        from edgecnn.train.tasks import resume_task
+
+        if not files.current_checkpoint(state).is_file():
+            raise ArtifactError(f"{run_dir} has no checkpoint yet (killed before its first epoch ended): start it "
+                                f"again with `edgecnn train --out {run_dir}`.")
+        keras.utils.set_random_seed(cfg.seed + state.epoch)
+        with precision_policy(_precision(cfg)):
+            return resume_task(cfg, cfg.task, files, state, verbose=verbose)
     cluster = cluster_for(cfg.distribute)
     precision = _precision(cfg)  # the run's own, as train() resolved it (fp32 for older runs); checked here
     keras.utils.set_random_seed(cfg.seed + state.epoch)
@@ -366,7 +405,7 @@ class _Session:
         train_ds, steps = self._training_data(first, last, common)
         val_ds = self.dist.validation_data(make_dataset(data.x_val, data.y_val, batch_size=cfg.batch_size,
                                                         seed=cfg.seed, **common))
-        checkpoint = _Checkpoint(self.files, state, t0=t0)
+        checkpoint = EpochCheckpoint(self.files, state, t0=t0)
         model.fit(train_ds, validation_data=val_ds, initial_epoch=first, epochs=last, steps_per_epoch=steps,
                   callbacks=self._callbacks(checkpoint, last=last), shuffle=False,
                   verbose=self.verbose if self.verbose is not None else (1 if sys.stdout.isatty() else 2))
@@ -394,7 +433,7 @@ class _Session:
         return self.dist.training_data(data.x_train, data.y_train, batch_size=cfg.batch_size,
                                        make=train_pipeline), None
 
-    def _callbacks(self, checkpoint: _Checkpoint, *, last: int) -> list[keras.callbacks.Callback]:
+    def _callbacks(self, checkpoint: EpochCheckpoint, *, last: int) -> list[keras.callbacks.Callback]:
         cfg = self.cfg
         callbacks: list[keras.callbacks.Callback] = []
         if cfg.whiten_bias_epochs is not None:  # before Lookahead: it averages the held values
@@ -422,7 +461,7 @@ class _Session:
             name=files.root.name, architecture=cfg.backbone and f"transfer:{Path(cfg.backbone).name}" or cfg.model,
             class_names=tuple(data.class_names), input_size=tuple(data.x_train.shape[1:3]),
             mean=pre.mean, std=pre.std, channel_order=pre.channel_order, normalization=pre.normalization,
-            dataset=data.describe(), training=cfg.to_dict(), versions=_versions(),
+            dataset=data.describe(), training=cfg.to_dict(), versions=versions(),
         )
         metrics = self._test_metrics(model, card)
         hist = state.history

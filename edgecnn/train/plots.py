@@ -24,11 +24,13 @@ def _save(fig, path: Path) -> None:
 
 
 def plot_history(history: dict[str, Any], path: str | Path, *, title: str = "") -> Path:
-    """Loss and accuracy per epoch (train and validation) side by side."""
+    """Loss and the run's score per epoch (train and validation) side by side: accuracy, or mIoU for
+    a segmenter; a detector, which scores mAP once at the end, gets its loss alone."""
     plt = _pyplot()
     epochs = history.get("epoch", [])
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, key in zip(axes, ("loss", "accuracy")):
+    keys = ["loss"] + [k for k in ("accuracy", "miou") if history.get(k) or history.get(f"val_{k}")][:1]
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.8), squeeze=False)
+    for ax, key in zip(axes[0], keys):
         for prefix, style in (("", "-"), ("val_", "--")):
             if history.get(prefix + key):
                 ax.plot(epochs, history[prefix + key], style, marker="o", ms=3, label=(prefix or "train_") + key)

@@ -22,6 +22,7 @@ class ModelSpec:
     builder: Callable[..., Any]
     input_size: tuple[int, int]
     family: str
+    task: str  # what it is trained for: classify, segment or detect (the card's task)
     description: str
     options: frozenset[str]  # keyword arguments beyond num_classes and input_shape, e.g. {"width", "dropout"}
     any_option: bool  # the builder takes **kwargs
@@ -34,8 +35,9 @@ class ModelSpec:
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
-def register_model(name: str, *, input_size: tuple[int, int], family: str) -> Callable:
-    """Register ``fn(num_classes, *, input_shape, **kwargs) -> keras.Model`` under ``name``.
+def register_model(name: str, *, input_size: tuple[int, int], family: str, task: str = "classify") -> Callable:
+    """Register ``fn(num_classes, *, input_shape, **kwargs) -> keras.Model`` under ``name``, a
+    model for ``task`` (classify, segment or detect).
 
     Raises:
         ValueError: if the name is taken (a duplicate is a programming error).
@@ -48,7 +50,7 @@ def register_model(name: str, *, input_size: tuple[int, int], family: str) -> Ca
         params = list(inspect.signature(fn).parameters.values())[1:]  # after num_classes
         named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
         _REGISTRY[name] = ModelSpec(
-            name=name, builder=fn, input_size=(int(input_size[0]), int(input_size[1])), family=family,
+            name=name, builder=fn, input_size=(int(input_size[0]), int(input_size[1])), family=family, task=task,
             description=doc[0] if doc else "", any_option=any(p.kind is p.VAR_KEYWORD for p in params),
             options=frozenset(p.name for p in params if p.kind in named and p.name != "input_shape"))
         return fn

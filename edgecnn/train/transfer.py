@@ -15,7 +15,7 @@ from edgecnn.train.run import Preprocessing, load_run_model
 if TYPE_CHECKING:  # Keras loads when a model is built: listing BACKBONES needs no TensorFlow
     import keras
 
-__all__ = ["BACKBONES", "build_transfer_model", "set_fine_tune", "BACKBONE_LAYER"]
+__all__ = ["BACKBONES", "build_transfer_model", "set_fine_tune", "BACKBONE_LAYER", "application_backbone"]
 
 BACKBONE_LAYER = "backbone"
 
@@ -71,14 +71,15 @@ def _weights_file(weights: str, name: str) -> str:
     return str(path)
 
 
-def _application_backbone(name: str, size: int, weights: str) -> tuple[keras.Model, Preprocessing]:
+def application_backbone(name: str, size: int | tuple[int, int], weights: str) -> tuple[keras.Model, Preprocessing]:
     spec = BACKBONES[name]
     factory = getattr(require("keras", "train").applications, spec.application)
     w: str | None = None if weights == "none" else weights
     if w not in (None, "imagenet"):
         w = _weights_file(w, name)
     try:
-        model = factory(input_shape=(size, size, 3), include_top=False, weights=w, **dict(spec.kwargs))
+        height, width = (size, size) if isinstance(size, int) else size
+        model = factory(input_shape=(height, width, 3), include_top=False, weights=w, **dict(spec.kwargs))
     except Exception as err:  # download (URL/socket) errors, or a weights file that does not fit
         if weights == "imagenet":
             raise ArtifactError(
@@ -132,7 +133,7 @@ def build_transfer_model(
     path = Path(backbone).expanduser()
     if backbone in BACKBONES:
         size = backbone_input_size or BACKBONES[backbone].size
-        base, pre = _application_backbone(backbone, size, weights)
+        base, pre = application_backbone(backbone, size, weights)
     elif path.is_dir() and (path / "model.keras").is_file():
         base, pre, native = _run_backbone(path)
         size = backbone_input_size or native

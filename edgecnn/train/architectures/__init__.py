@@ -3,10 +3,12 @@
 from edgecnn.train.architectures import (  # noqa: F401
     airbench,
     alexnet,
+    anchorfree,
     lenet,
     mobilenet,
     resnet,
     seed_cnn,
     shufflenet,
+    unet,
     vgg,
 )

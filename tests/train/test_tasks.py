@@ -1,0 +1,263 @@
+"""Training beyond classification (issue 25): the detector's target assignment and loss on
+hand-made boxes, paired augmentation, and a segmenter and a detector trained, evaluated, exported
+with int8 guarded by mIoU/mAP, and answered the same by predict and serve."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+pytestmark = pytest.mark.tf
+
+
+def _points(size=(128, 128)):
+    from edgecnn._keras_layers import anchor_points
+    from edgecnn.train.architectures.anchorfree import STRIDES
+
+    return anchor_points(size, STRIDES)
+
+
+# ---------------------------------------------------------------------------------- assignment
+
+def test_a_box_gets_its_positives_inside_it_and_the_rest_is_background():
+    from edgecnn.train.detection import assign
+
+    pts = _points()
+    t = assign(pts, np.array([[2, 30, 40, 70, 90]], np.float32))
+    pos = t[:, 4] >= 0
+    assert 1 <= pos.sum() <= 9 and set(t[pos, 4]) == {2}
+    assert np.all(t[pos, :4] == [30, 40, 70, 90])
+    x, y = pts[pos, 0], pts[pos, 1]
+    assert np.all((x > 30) & (x < 70) & (y > 40) & (y < 90))
+    assert np.all(t[~pos, 4] == -1)
+
+
+def test_no_boxes_is_all_background():
+    from edgecnn.train.detection import assign
+
+    assert np.all(assign(_points(), np.zeros((0, 5), np.float32))[:, 4] == -1)
+
+
+def test_a_box_too_small_to_hold_a_point_gets_the_nearest_point_of_the_finest_level():
+    from edgecnn.train.detection import assign
+
+    pts = _points()
+    t = assign(pts, np.array([[1, 9, 9, 11, 11]], np.float32))  # 2x2 px, between the stride-8 centres 4 and 12
+    pos = np.flatnonzero(t[:, 4] >= 0)
+    assert len(pos) == 1 and pts[pos[0], 2] == 8
+    assert np.hypot(pts[pos[0], 0] - 10, pts[pos[0], 1] - 10) == pytest.approx(np.hypot(2, 2))
+
+
+def test_a_big_box_is_learned_on_the_coarse_levels_and_a_small_one_on_the_fine():
+    from edgecnn.train.detection import assign
+
+    pts = _points()
+    big = assign(pts, np.array([[0, 8, 8, 120, 120]], np.float32))
+    small = assign(pts, np.array([[0, 50, 50, 66, 66]], np.float32))
+    assert pts[big[:, 4] >= 0, 2].mean() > 16 > pts[small[:, 4] >= 0, 2].mean()
+
+
+def test_an_anchor_inside_two_boxes_goes_to_the_one_it_fits_and_both_boxes_keep_positives():
+    from edgecnn.train.detection import assign
+
+    pts = _points()
+    boxes = np.array([[0, 10, 10, 110, 110], [1, 40, 40, 80, 80]], np.float32)
+    t = assign(pts, boxes)
+    assert {0, 1} <= set(t[:, 4].astype(int))
+    inner = (t[:, 4] == 1)
+    # the small box's positives sit on the fine levels and inside it
+    assert np.all((pts[inner, 0] > 40) & (pts[inner, 0] < 80)) and pts[inner, 2].max() <= 16
+
+
+# ---------------------------------------------------------------------------------- loss + decode
+
+def _decoded(t: np.ndarray, classes: int, prob: float) -> np.ndarray:
+    """A (1, 4 + C, A) prediction holding the targets' boxes (cx, cy, w, h) and ``prob`` for their class."""
+    out = np.zeros((t.shape[0], 4 + classes), np.float32)
+    pos = t[:, 4] >= 0
+    out[:, :4] = [64, 64, 10, 10]
+    out[pos, 0:2] = (t[pos, 0:2] + t[pos, 2:4]) / 2
+    out[pos, 2:4] = t[pos, 2:4] - t[pos, 0:2]
+    out[:, 4:] = 1e-3
+    out[pos, 4 + t[pos, 4].astype(int)] = prob
+    return out.T[None]
+
+
+def test_the_loss_is_lowest_for_the_right_boxes_and_classes():
+    from edgecnn.train.detection import DetectionLoss, assign
+
+    t = assign(_points(), np.array([[1, 20, 30, 60, 90]], np.float32))[None]
+    loss = DetectionLoss()
+    right = float(loss(t, _decoded(t[0], 3, 0.99)))
+    unsure = float(loss(t, _decoded(t[0], 3, 0.3)))
+    shifted = _decoded(t[0], 3, 0.99)
+    shifted[0, 0] += 15  # every box 15 px off
+    wrong_class = _decoded(t[0], 3, 0.99)
+    wrong_class[0, 4:] = wrong_class[0, [5, 6, 4]]  # the class scores rolled
+    assert right < unsure and right < float(loss(t, shifted)) and right < float(loss(t, wrong_class))
+    assert right < 0.2
+
+
+def test_an_image_without_objects_costs_only_its_false_scores():
+    from edgecnn.train.detection import DetectionLoss
+
+    t = np.zeros((1, len(_points()), 5), np.float32)
+    t[..., 4] = -1
+    quiet, loud = _decoded(t[0], 2, 0.0), _decoded(t[0], 2, 0.0)
+    loud[0, 4:] = 0.9
+    # 336 anchors x 2 classes at 0.001: -log(0.999) each, summed over one "positive" (there are none)
+    assert float(DetectionLoss()(t, quiet)) == pytest.approx(672 * -np.log(0.999), rel=1e-3)
+    assert np.isfinite(float(DetectionLoss()(t, loud))) and float(DetectionLoss()(t, loud)) > 1000
+
+
+def test_anchor_decode_puts_each_cell_at_its_anchor_point():
+    import keras
+
+    from edgecnn._keras_layers import AnchorDecode
+
+    levels = [np.zeros((1, 128 // s, 128 // s, 6), np.float32) for s in (8, 16, 32)]
+    out = np.asarray(AnchorDecode((8, 16, 32))([keras.ops.convert_to_tensor(v) for v in levels]))
+    pts = _points()
+    assert out.shape == (1, 6, len(pts))
+    np.testing.assert_allclose(out[0, :2].T, pts[:, :2], atol=1e-4)
+    np.testing.assert_allclose(out[0, 2], 2 * np.log(2) * pts[:, 2], rtol=1e-5)  # softplus(0) strides each side
+    np.testing.assert_allclose(out[0, 4:], 0.5)
+
+
+# ---------------------------------------------------------------------------------- augmentation
+
+@pytest.mark.parametrize("seed", range(8))
+def test_paired_augmentation_moves_mask_and_box_with_the_pixels(seed):
+    from edgecnn.train.paired import PairedAugment, augment_pair
+
+    img = np.zeros((64, 80, 3), np.uint8)
+    img[10:30, 20:40] = 255
+    mask = np.zeros((64, 80), np.uint8)
+    mask[10:30, 20:40] = 2
+    boxes = np.array([[2, 20, 10, 40, 30]], np.float32)
+    out, m, b = augment_pair(img, np.random.default_rng(seed), PairedAugment(translate=0.05), mask=mask, boxes=boxes)
+    ys, xs = np.nonzero(m == 2)
+    yi, xi = np.nonzero(out[..., 0] > 128)
+    assert set(np.unique(m)) <= {0, 2}  # nearest: no class invented between 0 and 2
+    np.testing.assert_allclose(b[0, 1:], [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], atol=1.5)
+    np.testing.assert_allclose(b[0, 1:], [xi.min(), yi.min(), xi.max() + 1, yi.max() + 1], atol=1.5)
+
+
+def test_a_box_pushed_mostly_out_of_the_image_is_dropped():
+    from edgecnn.train.paired import PairedAugment, augment_pair
+
+    img = np.zeros((64, 64, 3), np.uint8)
+    boxes = np.array([[0, 0, 0, 10, 10], [1, 20, 20, 44, 44]], np.float32)
+    kept = [augment_pair(img, np.random.default_rng(s), PairedAugment(flip=False, scale=(1.0, 1.0), translate=0.3),
+                         boxes=boxes)[2] for s in range(20)]
+    assert any(len(k) == 1 and k[0, 0] == 1 for k in kept)  # the corner box left, the centre one stayed
+    assert all(1 in k[:, 0] for k in kept)
+
+
+# ---------------------------------------------------------------------------------- end to end
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory) -> Path:
+    from edgecnn.synthetic_scenes import make_scenes
+
+    return make_scenes(tmp_path_factory.mktemp("scenes"), counts={"train": 48, "val": 8, "test": 12}, size=64, seed=3)
+
+
+def _cli(*args: str):
+    from edgecnn.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _train(scenes: Path, out: Path, task: str, model: str, epochs: int = 2):
+    r = _cli("train", "--task", task, "--model", model, "--data", scenes / task, "--input-size", "64",
+             "--epochs", epochs, "--batch-size", "8", "--out", out, "--quiet")
+    assert r.exit_code == 0, r.output
+    return r
+
+
+@pytest.fixture(scope="module")
+def seg_run(scenes, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "unet"
+    _train(scenes, out, "segment", "unet_tiny")
+    return out
+
+
+@pytest.fixture(scope="module")
+def det_run(scenes, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "det"
+    _train(scenes, out, "detect", "anchorfree_tiny")
+    return out
+
+
+def test_a_segmentation_run_has_a_segment_card_and_scores(seg_run):
+    from edgecnn.card import ModelCard
+
+    card = ModelCard.load(seg_run)
+    assert card.task == "segment" and card.output_kind == "logits" and card.input_size == (64, 64)
+    assert card.class_names == ("background", "circle", "square", "triangle")
+    metrics = json.loads((seg_run / "metrics.json").read_text())
+    assert 0 <= metrics["miou"] <= 1 and 0 <= metrics["pixel_accuracy"] <= 1 and metrics["epochs"] == 2
+    assert set(metrics["class_iou"]) <= set(card.class_names) and metrics["images"] == 12
+    assert (seg_run / "curves.png").is_file() and len(json.loads((seg_run / "history.json").read_text())["loss"]) == 2
+
+
+def test_a_detection_run_has_a_yolov8_card_and_map(det_run):
+    from edgecnn.card import ModelCard
+
+    card = ModelCard.load(det_run)
+    assert card.task == "detect" and card.output_kind == "yolov8" and card.class_names == ("circle", "square",
+                                                                                           "triangle")
+    metrics = json.loads((det_run / "metrics.json").read_text())
+    assert 0 <= metrics["map50_95"] <= metrics["map50"] <= 1 and metrics["objects"] > 0
+
+
+def test_evaluate_scores_the_run_and_its_onnx_export_alike(seg_run, det_run, scenes, tmp_path):
+    for run, task, key in ((seg_run, "segment", "miou"), (det_run, "detect", "map50")):
+        r = _cli("export", run, "--out", tmp_path / task)
+        assert r.exit_code == 0, r.output
+        keras_eval = _cli("evaluate", run, "--json")
+        onnx_eval = _cli("evaluate", tmp_path / task / "model.onnx", "--data", scenes / task, "--json")
+        assert keras_eval.exit_code == 0 and onnx_eval.exit_code == 0, keras_eval.output + onnx_eval.output
+        a = json.loads(keras_eval.stdout[:keras_eval.stdout.rindex("}") + 1])
+        b = json.loads(onnx_eval.stdout[:onnx_eval.stdout.rindex("}") + 1])
+        assert a[key] == pytest.approx(b[key], abs=0.02), (task, a, b)
+
+
+def test_int8_export_is_guarded_by_miou_and_map(seg_run, det_run, tmp_path):
+    for run, task, what in ((seg_run, "segment", "mIoU"), (det_run, "detect", "mAP@0.5")):
+        r = _cli("export", run, "-q", "int8", "--max-accuracy-drop", "100", "--out", tmp_path / task)
+        assert r.exit_code == 0, r.output
+        report = (tmp_path / task / "export_report.md").read_text()
+        assert what in report, report[:2000]
+
+
+def test_predict_save_draws_the_mask_with_a_legend_and_the_boxes(seg_run, det_run, scenes, tmp_path):
+    image = sorted((scenes / "segment" / "test" / "images").iterdir())[0]
+    for run, task in ((seg_run, "segment"), (det_run, "detect")):
+        r = _cli("export", run, "--out", tmp_path / task)
+        assert r.exit_code == 0, r.output
+        r = _cli("predict", tmp_path / task / "model.onnx", image, "--save", tmp_path / f"{task}_out", "--json")
+        assert r.exit_code == 0, r.output
+        saved = list((tmp_path / f"{task}_out").iterdir())
+        assert len(saved) == 1 and saved[0].suffix == ".png"
+
+
+def test_errors_are_one_line(scenes, tmp_path):
+    cases = [
+        (["train", "--task", "detect", "--model", "unet_tiny", "--data", scenes / "detect"], "is a segment model"),
+        (["train", "--task", "segment", "--model", "unet_tiny", "--data", tmp_path / "none"], "--data DIR"),
+        (["train", "--task", "detect", "--model", "anchorfree_tiny", "--data", scenes / "segment"], "no labels/"),
+        (["train", "--task", "detect", "--backbone", "mobilenet_v2", "--data", scenes / "detect"], "detectors train"),
+        (["train", "--task", "segment", "--model", "unet_tiny", "--input-size", "62", "--data", scenes / "segment"],
+         "multiples of 4"),
+    ]
+    for args, needle in cases:
+        r = _cli(*args, "--out", tmp_path / "run", "--epochs", "1")
+        assert r.exit_code != 0 and needle in r.output, (args, r.output)
+        assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1, r.output
+        assert not (tmp_path / "run").exists()
