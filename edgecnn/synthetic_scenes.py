@@ -123,3 +123,29 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         os.link(src, dst)
     except OSError:
         dst.write_bytes(src.read_bytes())
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m edgecnn.synthetic_scenes OUT``: write the dataset (both formats) into OUT."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m edgecnn.synthetic_scenes", description=main.__doc__)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--train", type=int, default=400)
+    parser.add_argument("--val", type=int, default=100)
+    parser.add_argument("--test", type=int, default=100)
+    parser.add_argument("--size", type=int, default=128, help="image side in pixels")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backgrounds", type=Path, help="a folder of photos to crop backgrounds from")
+    args = parser.parse_args(argv)
+    if min(args.train, args.val, args.test) < 0 or args.train < 1 or args.size < 32:
+        parser.error("--train must be >= 1, --val and --test >= 0, --size >= 32")
+    if args.backgrounds is not None and not list_images(args.backgrounds):
+        parser.error(f"--backgrounds {args.backgrounds} holds no images")
+    counts = {k: n for k, n in (("train", args.train), ("val", args.val), ("test", args.test)) if n}
+    out = make_scenes(args.out, counts=counts, size=args.size, seed=args.seed, backgrounds=args.backgrounds)
+    print(f"Wrote {sum(counts.values())} scenes to {out}/segment (images + masks) and {out}/detect (YOLO labels).")
+
+
+if __name__ == "__main__":
+    main()

@@ -189,3 +189,24 @@ def test_batch_examples_as_written(tmp_path):
         out = tmp_path / line.split("--out ")[1].split()[0]
         assert len(pq.read_table(out)) == 6, (line, result.stdout)
     assert '"images": 0' in _run(lines[2].split("  #")[0], tmp_path).stdout  # resumed a finished job
+
+
+def test_segmentation_and_detection_examples_as_written(tmp_path):
+    """The README's segment/detect lines, as written but for 1 epoch each and a small scene set, with
+    photos/ holding real images: every line succeeds and writes what it says."""
+    import json
+
+    (tmp_path / "photos").mkdir()
+    shutil.copy(ROOT / "edgecnn" / "assets" / "cifar10_sample" / "test.webp", tmp_path / "photos" / "cifar.webp")
+    lines = _bash_lines("Segmentation and detection")
+    assert len(lines) == 6
+    for line in lines:
+        command = re.sub(r"--epochs \d+", "--epochs 1", line.split("  #")[0])
+        if "synthetic_scenes" in command:
+            command += " --train 48 --val 8 --test 8"
+        _run(command, tmp_path)
+    assert json.loads((tmp_path / "runs" / "unet" / "card.json").read_text())["task"] == "segment"
+    assert json.loads((tmp_path / "runs" / "det" / "card.json").read_text())["task"] == "detect"
+    assert (tmp_path / "runs" / "det" / "evaluation.json").is_file()
+    assert (tmp_path / "runs" / "det" / "export" / "model.int8.onnx").is_file()
+    assert [p.suffix for p in (tmp_path / "boxes").iterdir()] == [".png"]

@@ -95,8 +95,9 @@ def _take(split: Any, idx: np.ndarray) -> Any:
 
 def build_transfer_segmenter(backbone: str, num_classes: int, *, input_size: tuple[int, int],
                              weights: str = "imagenet") -> tuple[keras.Model, Preprocessing]:
-    """A MobileNetV2 encoder (keras.applications, frozen) with a U-Net decoder on its stride 2-32
-    feature maps, ending in per-pixel class logits at the input size.
+    """A MobileNetV2 encoder (keras.applications; frozen with pretrained weights, trained along with
+    ``weights="none"``) with a U-Net decoder on its stride 2-32 feature maps, ending in per-pixel
+    class logits at the input size.
 
     Raises:
         ConfigError: for another backbone; ArtifactError: when its weights cannot be loaded.
@@ -111,7 +112,7 @@ def build_transfer_segmenter(backbone: str, num_classes: int, *, input_size: tup
         raise ConfigError(f"A MobileNetV2 segmenter needs input sides that are multiples of 32, got {h}x{w}.")
     base, pre = application_backbone(backbone, input_size, weights)
     encoder = keras.Model(base.input, [base.get_layer(n).output for n in _MNV2_SKIPS], name=BACKBONE_LAYER)
-    encoder.trainable = False
+    encoder.trainable = weights == "none"  # pretrained features stay frozen; random ones have to learn
     inputs = keras.Input((h, w, 3), name="images")
     *skips, x = encoder(inputs, training=False)
     for i, (skip, filters) in enumerate(zip(reversed(skips), (128, 64, 48, 32))):
@@ -265,5 +266,7 @@ def _finish(cfg: TrainConfig, task: str, data: TaskData, files: RunFiles, model:
 
 def resume_task(cfg: TrainConfig, task: str, files: RunFiles, state: TrainState, *, verbose: int | None) -> Path:
     """Go on with a killed segment/detect run from its last checkpoint (optimizer state included)."""
+    import edgecnn.train.detection  # noqa: F401  (registers the detector's loss, which the checkpoint names)
+
     model = load_run_model(files.root, checkpoint=True)
     return run_task(cfg, task, files, verbose=verbose, state=state, model=model)

@@ -173,9 +173,9 @@ def _cli(*args: str):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-def _train(scenes: Path, out: Path, task: str, model: str, epochs: int = 2):
+def _train(scenes: Path, out: Path, task: str, model: str, epochs: int = 2, lr: float = 0.001):
     r = _cli("train", "--task", task, "--model", model, "--data", scenes / task, "--input-size", "64",
-             "--epochs", epochs, "--batch-size", "8", "--out", out, "--quiet")
+             "--epochs", epochs, "--batch-size", "8", "--lr", lr, "--out", out, "--quiet")
     assert r.exit_code == 0, r.output
     return r
 
@@ -190,7 +190,7 @@ def seg_run(scenes, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def det_run(scenes, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "det"
-    _train(scenes, out, "detect", "anchorfree_tiny")
+    _train(scenes, out, "detect", "anchorfree_tiny", epochs=12, lr=0.003)  # boxes over 0.25 to compare
     return out
 
 
@@ -213,7 +213,7 @@ def test_a_detection_run_has_a_yolov8_card_and_map(det_run):
     assert card.task == "detect" and card.output_kind == "yolov8" and card.class_names == ("circle", "square",
                                                                                            "triangle")
     metrics = json.loads((det_run / "metrics.json").read_text())
-    assert 0 <= metrics["map50_95"] <= metrics["map50"] <= 1 and metrics["objects"] > 0
+    assert 0 <= metrics["map50_95"] <= metrics["map50"] <= 1 and metrics["objects"] > 0 and metrics["epochs"] == 12
 
 
 def test_evaluate_scores_the_run_and_its_onnx_export_alike(seg_run, det_run, scenes, tmp_path):
@@ -261,3 +261,70 @@ def test_errors_are_one_line(scenes, tmp_path):
         assert r.exit_code != 0 and needle in r.output, (args, r.output)
         assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1, r.output
         assert not (tmp_path / "run").exists()
+
+
+def test_serve_answers_with_the_boxes_and_masks_predict_gives(seg_run, det_run, scenes, tmp_path):
+    """A model trained here, exported, and deployed through `edgecnn serve` answers as `edgecnn predict`."""
+    import base64
+    import io
+
+    import httpx
+    from PIL import Image
+
+    from edgecnn.runtime import Segmenter
+    from tests.serve.conftest import running_server
+
+    images = sorted((scenes / "detect" / "test" / "images").iterdir())[:6]
+    for run, task in ((seg_run, "segment"), (det_run, "detect")):
+        model = tmp_path / task / "model.onnx"
+        assert _cli("export", run, "--out", model.parent).exit_code == 0
+        r = _cli("predict", model, *images, "--json")
+        assert r.exit_code == 0, r.output
+        local = json.loads(r.stdout[:r.stdout.rindex("}") + 1])["predictions"]
+        if task == "detect":
+            assert sum(len(p["detections"]) for p in local) > 0
+        with running_server(model) as srv, httpx.Client(base_url=srv.url) as c:
+            served = [c.post(f"/v1/models/{model.stem}:predict", content=f.read_bytes(), params={"mask": "true"},
+                             headers={"Content-Type": "image/png"}).json()["predictions"][0] for f in images]
+        for mine, theirs, f in zip(local, served, images):
+            if task == "detect":
+                assert [d["label"] for d in theirs["detections"]] == [d["label"] for d in mine["detections"]]
+                for a, b in zip(theirs["detections"], mine["detections"]):
+                    np.testing.assert_allclose(a["box"], b["box"], atol=0.01)
+                    assert a["score"] == pytest.approx(b["score"], abs=1e-5)
+            else:
+                assert theirs["segmentation"]["classes"] == mine["segmentation"]["classes"]
+                mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(theirs["segmentation"]["mask_png"]))))
+                np.testing.assert_array_equal(mask, Segmenter(model).predict([f])[0].mask)
+
+
+def test_a_killed_detection_run_resumes_at_the_next_epoch(scenes, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "edgecnn.cli", "train", "--task", "detect", "--model", "anchorfree_tiny", "--data",
+           str(scenes / "detect"), "--input-size", "64", "--epochs", "200", "--batch-size", "8", "--out", str(run),
+           "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    state = run / "state.json"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (state.exists() and json.loads(state.read_text())["epoch"] >= 1):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = json.loads(state.read_text())["epoch"]
+    assert 1 <= done < 200, "the process was killed mid-training"
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["epochs"] = done + 1
+    (run / "config.json").write_text(json.dumps(cfg))
+    out = subprocess.run([sys.executable, "-m", "edgecnn.cli", "train", "--resume", str(run), "--quiet"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads((run / "history.json").read_text())["epoch"] == list(range(1, done + 2))
+    assert f"Epoch {done + 1}/{done + 1}" in out.stdout and "mAP@0.5" in out.stdout
+    assert json.loads((run / "card.json").read_text())["task"] == "detect"
