@@ -3,7 +3,8 @@
 Segmentation (``load_segmentation_folder``): ``DIR/images/*`` and ``DIR/masks/*`` with the same
 stems; a mask is a PNG whose pixel values are class indices (mode ``L``, or ``P``: a palette PNG,
 its index is the class and the palette only its colour); ``DIR/classes.txt`` names the classes (one
-per line), else they are ``class0``, ``class1``, ... up to the largest index found.
+per line), else they are ``class0``, ``class1``, ... up to the largest index found. The value 255
+marks pixels to ignore (Pascal VOC's object borders): no loss and no score is computed on them.
 
 Detection (``load_yolo_folder``): ``DIR/images/*`` and ``DIR/labels/<stem>.txt`` with one object per
 line, ``class cx cy w h`` normalized to 0-1 (the format Ultralytics and most labelling tools write);
@@ -28,9 +29,10 @@ from edgecnn.datasets import list_images, read_image
 from edgecnn.errors import DataError
 
 __all__ = ["SegmentationSplit", "DetectionSplit", "TaskData", "load_segmentation_folder", "load_yolo_folder",
-           "SPLITS"]
+           "SPLITS", "IGNORE"]
 
 SPLITS = ("train", "val", "test")
+IGNORE = 255  # a mask value that is no class: ignored by the loss and the scores (Pascal VOC's borders)
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -119,18 +121,26 @@ def load_segmentation_folder(root: str | Path, *, size: tuple[int, int] | None =
     root = Path(root)
     names = _class_names(root, yaml=False)
     splits = {s: _read_masks(folder, size) for s, folder in _split_roots(root, "masks").items()}
-    largest = max(int(sp.masks.max()) for sp in splits.values() if sp.masks.size)
+    largest = max(_largest_class(sp.masks) for sp in splits.values())
     if names is None:
         names = [f"class{i}" for i in range(largest + 1)]
     for split in splits.values():
-        bad = [i for i, m in enumerate(split.masks) if int(m.max()) >= len(names)]
+        bad = [i for i, m in enumerate(split.masks) if _largest_class(m) >= len(names)]
         if bad:
             i = bad[0]
-            raise DataError(f"{split.files[i]}: its mask holds class index {int(split.masks[i].max())} but "
-                            f"{root / 'classes.txt'} names {len(names)} classes (0-{len(names) - 1}).")
+            raise DataError(f"{split.files[i]}: its mask holds class index {_largest_class(split.masks[i])} but "
+                            f"{root / 'classes.txt'} names {len(names)} classes (0-{len(names) - 1}; "
+                            f"{IGNORE} marks pixels to ignore).")
     if len(names) < 2:
         raise DataError(f"{root}: a segmentation dataset needs at least two classes (background and one more).")
     return TaskData(task="segment", class_names=tuple(names), source=str(root), **splits)
+
+
+def _largest_class(masks: np.ndarray) -> int:
+    """The largest class index in ``masks``, the ignore value left out (-1 when there is none)."""
+    values = np.unique(masks)
+    values = values[values != IGNORE]
+    return int(values.max()) if values.size else -1
 
 
 def _read_masks(folder: Path, size: tuple[int, int] | None) -> SegmentationSplit:

@@ -131,8 +131,8 @@ def train(config_path, resume_dir, overwrite, quiet, augment, rotation, translat
 
 
 @main.command(epilog="\b\nExamples:\n  edgecnn models\n  edgecnn models --family mobilenet --input-size 224")
-@click.option("--family", help="Only this family (seed, lenet, alexnet, vgg, resnet, mobilenet, shufflenet, airbench; unet for "
-                                     "segmentation, anchorfree for detection).")
+@click.option("--family", help="Only this family (seed, lenet, alexnet, vgg, resnet, mobilenet, shufflenet, "
+                                "airbench; unet for segmentation, anchorfree for detection).")
 @click.option("--input-size", type=click.IntRange(min=8),
               help="Count MFLOPs at this square size instead of each model's default.")
 @click.option("--classes", "num_classes", type=click.IntRange(min=1), default=10, show_default=True)

@@ -205,9 +205,13 @@ def _train_task(cfg: TrainConfig, run: Path, *, overwrite: bool, verbose: int | 
     from edgecnn.train.tasks import run_task
 
     task = str(cfg.task)
-    if cfg.distribute != "none" or cfg.fine_tune_epochs or cfg.lookahead or cfg.tta != "none":
-        raise ConfigError(f"--task {cfg.task} trains on one machine without --distribute, --fine-tune-epochs, "
-                          "lookahead or --tta; drop them.")
+    classifier_only = {"--distribute": cfg.distribute != "none", "--fine-tune-epochs": cfg.fine_tune_epochs,
+                       "lookahead": cfg.lookahead, "--tta": cfg.tta != "none", "--early-stopping": cfg.early_stopping,
+                       "--classes": cfg.classes, "--label-smoothing": cfg.label_smoothing,
+                       "--normalization dataset": cfg.normalization != "scale", "whiten_init": cfg.whiten_init}
+    given = [flag for flag, value in classifier_only.items() if value]
+    if given:
+        raise ConfigError(f"--task {task} does not take {', '.join(given)} (classifier options); drop them.")
     overwrite = _may_write(run, overwrite=overwrite)
     cfg = cfg.replace(precision=_precision(cfg))
     keras.utils.set_random_seed(cfg.seed)

@@ -18,6 +18,8 @@ import keras
 import numpy as np
 from PIL import Image
 
+from edgecnn.task_data import IGNORE
+
 __all__ = ["PairedAugment", "augment_pair", "TaskBatches", "FILL"]
 
 FILL = 114  # the grey of the border a zoom-out or shift uncovers (Ultralytics' letterbox grey)
@@ -55,8 +57,10 @@ def augment_pair(image: np.ndarray, rng: np.random.Generator, augment: PairedAug
     out = np.asarray(Image.fromarray(image).transform((w, h), Image.Transform.AFFINE, matrix,
                                                       Image.Resampling.BILINEAR, fillcolor=(FILL,) * 3))
     if mask is not None:
+        # the uncovered border is no class of the image: ignored by the loss (the model never sees
+        # borders once deployed: the runtime stretches images to the input)
         mask = np.asarray(Image.fromarray(mask).transform((w, h), Image.Transform.AFFINE, matrix,
-                                                          Image.Resampling.NEAREST, fillcolor=0))
+                                                          Image.Resampling.NEAREST, fillcolor=IGNORE))
     if boxes is not None and len(boxes):
         b = np.asarray(boxes, np.float32).copy()
         xs = s * (b[:, [1, 3]] - w / 2) + w / 2 + tx

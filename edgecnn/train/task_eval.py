@@ -24,6 +24,7 @@ from edgecnn.errors import DataError
 from edgecnn.runtime.heads.detect import Detection, Detections, postprocess_yolo
 from edgecnn.runtime.heads.metrics import confusion_matrices, detection_map
 from edgecnn.runtime.preprocess import FitInfo
+from edgecnn.task_data import IGNORE
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +38,12 @@ MAP_THRESHOLDS = tuple(np.round(np.arange(0.5, 0.96, 0.05), 2))
 
 def segmentation_metrics(pred: Sequence[np.ndarray], truth: Sequence[np.ndarray],
                          class_names: Sequence[str]) -> dict[str, Any]:
-    """Pixel accuracy, IoU per class (classes absent from both sides are left out) and their mean."""
+    """Pixel accuracy, IoU per class (classes absent from both sides are left out) and their mean;
+    pixels whose truth is :data:`~edgecnn.task_data.IGNORE` are left out."""
     n = len(class_names)
-    conf = confusion_matrices(list(pred), list(truth)).sum(axis=0)
+    keep = [np.asarray(t) != IGNORE for t in truth]  # pixels marked 255 count for nothing
+    conf = confusion_matrices([np.asarray(p)[k] for p, k in zip(pred, keep)],
+                              [np.asarray(t)[k] for t, k in zip(truth, keep)]).sum(axis=0)
     full = np.zeros((n, n), np.int64)
     k = min(n, conf.shape[0])
     full[:k, :k] = conf[:k, :k]

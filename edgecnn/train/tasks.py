@@ -23,7 +23,14 @@ import numpy as np
 
 from edgecnn.card import ModelCard
 from edgecnn.errors import ConfigError, DataError
-from edgecnn.task_data import DetectionSplit, SegmentationSplit, TaskData, load_segmentation_folder, load_yolo_folder
+from edgecnn.task_data import (
+    IGNORE,
+    DetectionSplit,
+    SegmentationSplit,
+    TaskData,
+    load_segmentation_folder,
+    load_yolo_folder,
+)
 from edgecnn.train.config import TrainConfig
 from edgecnn.train.paired import PairedAugment, TaskBatches
 from edgecnn.train.registry import build_model, get_model_spec
@@ -152,7 +159,7 @@ def build_task_model(cfg: TrainConfig, task: str, num_classes: int,
     return model, Preprocessing(mean=(0.0,) * 3, std=(255.0,) * 3, channel_order="RGB", normalization="scale")
 
 
-def _batches(cfg: TrainConfig, task: str, split: Any, model: keras.Model, pre: Preprocessing, *, training: bool,
+def _batches(cfg: TrainConfig, task: str, split: Any, pre: Preprocessing, *, training: bool,
              first_epoch: int = 0) -> TaskBatches:
     h, w = split.images.shape[1:3]
     if task == "segment":
@@ -172,8 +179,7 @@ def _batches(cfg: TrainConfig, task: str, split: Any, model: keras.Model, pre: P
         def targets(ys: list[np.ndarray]) -> np.ndarray:
             return np.stack([assign(points, b) for b in ys])
     aug = cfg.augment
-    augment = PairedAugment(flip=bool(aug.flip), translate=aug.translate,
-                            scale=(0.75, 1.25) if aug.enabled else (1.0, 1.0)) if aug.enabled else None
+    augment = PairedAugment(flip=bool(aug.flip), translate=aug.translate) if aug.enabled else None
     return TaskBatches(split.images, labels, batch_size=cfg.batch_size, mean=pre.mean, std=pre.std, targets=targets,
                        training=training, augment=augment, seed=cfg.seed, first_epoch=first_epoch)
 
@@ -183,8 +189,10 @@ def _compile(model: keras.Model, cfg: TrainConfig, task: str, num_classes: int, 
 
     optimizer = make_optimizer(cfg, learning_rate_schedule(cfg, cfg.lr, cfg.epochs, steps))
     if task == "segment":
-        model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      metrics=[keras.metrics.MeanIoU(num_classes, sparse_y_pred=False, name="miou")])
+        model.compile(optimizer=optimizer,
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=IGNORE),
+                      metrics=[keras.metrics.MeanIoU(num_classes, sparse_y_pred=False, ignore_class=IGNORE,
+                                                     name="miou")])
     else:
         from edgecnn.train.detection import DetectionLoss
 
@@ -204,8 +212,8 @@ def run_task(cfg: TrainConfig, task: str, files: RunFiles, *, verbose: int | Non
         model, pre = build_task_model(cfg, task, num_classes, size)
         state = TrainState(preprocessing=pre, dataset=_describe(data, cfg), class_names=data.class_names)
         _compile(model, cfg, task, num_classes, steps=max(1, len(data.train.files) // cfg.batch_size))
-    train = _batches(cfg, task, data.train, model, state.preprocessing, training=True, first_epoch=state.epoch)
-    val = _batches(cfg, task, data.val, model, state.preprocessing, training=False)
+    train = _batches(cfg, task, data.train, state.preprocessing, training=True, first_epoch=state.epoch)
+    val = _batches(cfg, task, data.val, state.preprocessing, training=False)
     t0 = time.time() - state.train_time_s
     checkpoint = EpochCheckpoint(files, state, t0=t0)
     if state.epoch < cfg.epochs:

@@ -142,7 +142,7 @@ def test_paired_augmentation_moves_mask_and_box_with_the_pixels(seed):
     out, m, b = augment_pair(img, np.random.default_rng(seed), PairedAugment(translate=0.05), mask=mask, boxes=boxes)
     ys, xs = np.nonzero(m == 2)
     yi, xi = np.nonzero(out[..., 0] > 128)
-    assert set(np.unique(m)) <= {0, 2}  # nearest: no class invented between 0 and 2
+    assert set(np.unique(m)) <= {0, 2, 255}  # nearest: no class invented between 0 and 2; 255 the uncovered border
     np.testing.assert_allclose(b[0, 1:], [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], atol=1.5)
     np.testing.assert_allclose(b[0, 1:], [xi.min(), yi.min(), xi.max() + 1, yi.max() + 1], atol=1.5)
 
@@ -156,6 +156,40 @@ def test_a_box_pushed_mostly_out_of_the_image_is_dropped():
                          boxes=boxes)[2] for s in range(20)]
     assert any(len(k) == 1 and k[0, 0] == 1 for k in kept)  # the corner box left, the centre one stayed
     assert all(1 in k[:, 0] for k in kept)
+
+
+def test_pixels_marked_255_count_for_nothing_in_the_scores():
+    from edgecnn.train.task_eval import segmentation_metrics
+
+    truth = np.array([[0, 1], [255, 255]], np.uint8)
+    right = np.array([[0, 1], [1, 0]], np.uint8)  # wrong only where the truth says "ignore"
+    m = segmentation_metrics([right], [truth], ["background", "thing"])
+    assert m["miou"] == 1.0 and m["pixel_accuracy"] == 1.0
+
+
+def test_a_voc_style_mask_with_255_borders_loads_and_trains(tmp_path):
+    """Pascal VOC marks object borders 255: not a class index out of range, but pixels to ignore."""
+    from PIL import Image
+
+    from edgecnn.task_data import load_segmentation_folder
+
+    for sub in ("images", "masks"):
+        (tmp_path / "voc" / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(10):
+        pixels = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / "voc" / "images" / f"{i}.png")
+        mask = np.zeros((32, 32), np.uint8)
+        mask[8:24, 8:24] = 1
+        mask[7, 7:25] = 255
+        Image.fromarray(mask).save(tmp_path / "voc" / "masks" / f"{i}.png")
+    (tmp_path / "voc" / "classes.txt").write_text("background\nthing\n")
+    data = load_segmentation_folder(tmp_path / "voc")
+    assert data.class_names == ("background", "thing") and 255 in data.train.masks
+    r = _cli("train", "--task", "segment", "--model", "unet_tiny", "--data", tmp_path / "voc", "--input-size", "32",
+             "--epochs", "1", "--batch-size", "4", "--out", tmp_path / "run", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert np.isfinite(json.loads((tmp_path / "run" / "history.json").read_text())["loss"][0])
 
 
 # ---------------------------------------------------------------------------------- end to end
