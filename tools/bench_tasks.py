@@ -151,6 +151,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "tasks.json")
     parser.add_argument("--quick", action="store_true", help="2 epochs each: checks the script")
     parser.add_argument("--only", help="comma-separated recipe names")
+    parser.add_argument("--reuse", help="comma-separated recipe names whose finished run in --work is scored "
+                                        "again instead of trained again (its train time is the run's own)")
     args = parser.parse_args()
     work = args.work.resolve()
     data = scenes(work)
@@ -166,8 +168,11 @@ def main() -> None:
         run = work / "runs" / name
         load_before = os.getloadavg()
         t0 = time.time()
-        cli("train", "--task", task, "--data", data / task, "--epochs", 2 if args.quick else epochs,
-            "--batch-size", 16, "--out", run, "--overwrite", "--quiet", *flags)
+        reuse = args.reuse and name in args.reuse.split(",") and json.loads(
+            (run / "state.json").read_text()).get("done")
+        if not reuse:
+            cli("train", "--task", task, "--data", data / task, "--epochs", 2 if args.quick else epochs,
+                "--batch-size", 16, "--out", run, "--overwrite", "--quiet", *flags)
         wall = time.time() - t0
         card = json.loads((run / "card.json").read_text())
         export = run / "export"
@@ -179,7 +184,8 @@ def main() -> None:
             scores[variant] = last_json(cli("evaluate", export / file, "--data", data / task, "--json",
                                             "--out", work / "eval" / name).stdout)
         row = {"name": name, "task": task, "epochs": card["metrics"]["epochs"], "train_time_s":
-               card["metrics"]["train_time_s"], "wall_s": round(wall, 1), "params": card["metrics"]["params"],
+               card["metrics"]["train_time_s"], "wall_s": round(wall, 1), "reused": bool(reuse),
+               "params": card["metrics"]["params"],
                "input_size": card["input_size"], "keras_test": {k: v for k, v in card["metrics"].items()
                                                                if k in ("miou", "pixel_accuracy", "map50", "map50_95")},
                "fp32": scores["fp32"], "int8": scores["int8"], "guard": guard,

@@ -35,7 +35,7 @@ from edgecnn.train.run import Preprocessing, RunFiles, TrainState, load_run_mode
 log = logging.getLogger(__name__)
 
 __all__ = ["train", "resume", "predict_uint8", "EpochCheckpoint", "make_optimizer", "learning_rate_schedule",
-           "versions"]
+           "versions", "build_zoo_model"]
 
 
 # ------------------------------------------------------------------------------------ building
@@ -48,17 +48,7 @@ def _build(cfg: TrainConfig, data: Dataset) -> tuple[keras.Model, Preprocessing]
         return build_transfer_model(cfg.backbone, data.num_classes, input_size=size, weights=cfg.weights,
                                     backbone_input_size=cfg.backbone_input_size,
                                     dropout=0.2 if cfg.dropout is None else cfg.dropout)
-    kwargs: dict[str, Any] = {}
-    if cfg.dropout is not None:
-        kwargs["dropout"] = cfg.dropout
-    if cfg.width is not None:
-        kwargs["width"] = cfg.width
-    try:
-        model = build_model(cfg.model, data.num_classes, input_size=size, **kwargs)
-    except TypeError as err:
-        raise ConfigError(f"Model {cfg.model} does not take {', '.join(kwargs)}: {err}.") from err
-    except ValueError as err:
-        raise ConfigError(f"Cannot build {cfg.model} for {size[0]}x{size[1]} inputs: {err}") from err
+    model = build_zoo_model(cfg, data.num_classes, size)
     if cfg.normalization == "dataset":
         mean, std = channel_stats(data.x_train)
         pre = Preprocessing(mean=tuple(mean), std=tuple(max(s, 1e-3) for s in std), normalization="dataset")
@@ -66,6 +56,25 @@ def _build(cfg: TrainConfig, data: Dataset) -> tuple[keras.Model, Preprocessing]
         pre = Preprocessing(mean=(0.0, 0.0, 0.0), std=(255.0, 255.0, 255.0), normalization="scale")
     _data_init(model, cfg, data, pre)
     return model, pre
+
+
+def build_zoo_model(cfg: TrainConfig, num_classes: int, size: tuple[int, int]) -> keras.Model:
+    """``cfg.model`` from the zoo for ``num_classes`` at ``size``, with the recipe's width and dropout.
+
+    Raises:
+        ConfigError: for an option the model does not take or a size it cannot have.
+    """
+    kwargs: dict[str, Any] = {}
+    if cfg.dropout is not None:
+        kwargs["dropout"] = cfg.dropout
+    if cfg.width is not None:
+        kwargs["width"] = cfg.width
+    try:
+        return build_model(cfg.model, num_classes, input_size=size, **kwargs)
+    except TypeError as err:
+        raise ConfigError(f"Model {cfg.model} does not take {', '.join(kwargs)}: {err}.") from err
+    except ValueError as err:
+        raise ConfigError(f"Cannot build {cfg.model} for {size[0]}x{size[1]} inputs: {err}") from err
 
 
 def _data_init(model: keras.Model, cfg: TrainConfig, data: Dataset, pre: Preprocessing) -> None:

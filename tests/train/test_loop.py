@@ -1,9 +1,6 @@
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -83,23 +80,15 @@ def test_bad_runs_leave_no_directory(tmp_path):
 
 def test_resume_after_killing_a_real_training_process(tmp_path):
     """Kill `edgecnn train` after its first checkpoint; --resume continues at the next epoch."""
+    from tests.train.killing import ENV as env
+    from tests.train.killing import kill_after_first_epoch, shorten_to
+
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "edgecnn.cli", "train", "--model", "resnet_tiny", "--data", "sample",
            "--epochs", "40", "--batch-size", "32", "--out", str(run), "--quiet"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    state = run / "state.json"
-    deadline = time.time() + 240
-    while time.time() < deadline and not (state.exists() and json.loads(state.read_text())["epoch"] >= 1):
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done = json.loads(state.read_text())["epoch"]
+    done = kill_after_first_epoch(cmd, run)
     assert 1 <= done < 40, "the process was killed mid-training"
-    # finish quickly: the resumed run keeps its recipe, so shorten it by editing the stored config
-    cfg = json.loads((run / "config.json").read_text())
-    cfg["epochs"] = done + 1
-    (run / "config.json").write_text(json.dumps(cfg))
+    shorten_to(run, done + 1)  # finish quickly: the resumed run keeps its recipe
     out = subprocess.run([sys.executable, "-m", "edgecnn.cli", "train", "--resume", str(run), "--quiet"],
                          capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]

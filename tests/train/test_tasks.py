@@ -333,31 +333,20 @@ def test_serve_answers_with_the_boxes_and_masks_predict_gives(seg_run, det_run, 
 
 
 def test_a_killed_detection_run_resumes_at_the_next_epoch(scenes, tmp_path):
-    import os
-    import signal
     import subprocess
     import sys
-    import time
+
+    from tests.train.killing import ENV, kill_after_first_epoch, shorten_to
 
     run = tmp_path / "run"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "edgecnn.cli", "train", "--task", "detect", "--model", "anchorfree_tiny", "--data",
            str(scenes / "detect"), "--input-size", "64", "--epochs", "200", "--batch-size", "8", "--out", str(run),
            "--quiet"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    state = run / "state.json"
-    deadline = time.time() + 240
-    while time.time() < deadline and not (state.exists() and json.loads(state.read_text())["epoch"] >= 1):
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done = json.loads(state.read_text())["epoch"]
+    done = kill_after_first_epoch(cmd, run)
     assert 1 <= done < 200, "the process was killed mid-training"
-    cfg = json.loads((run / "config.json").read_text())
-    cfg["epochs"] = done + 1
-    (run / "config.json").write_text(json.dumps(cfg))
+    shorten_to(run, done + 1)
     out = subprocess.run([sys.executable, "-m", "edgecnn.cli", "train", "--resume", str(run), "--quiet"],
-                         capture_output=True, text=True, env=env, timeout=300)
+                         capture_output=True, text=True, env=ENV, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads((run / "history.json").read_text())["epoch"] == list(range(1, done + 2))
     assert f"Epoch {done + 1}/{done + 1}" in out.stdout and "mAP@0.5" in out.stdout
