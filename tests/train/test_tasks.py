@@ -192,6 +192,22 @@ def test_a_voc_style_mask_with_255_borders_loads_and_trains(tmp_path):
     assert np.isfinite(json.loads((tmp_path / "run" / "history.json").read_text())["loss"][0])
 
 
+def test_the_mobilenet_v2_segmenter_trains_its_encoder_from_scratch_and_freezes_given_weights(tmp_path):
+    import keras
+
+    from edgecnn.train.tasks import build_transfer_segmenter
+
+    scratch, pre = build_transfer_segmenter("mobilenet_v2", 4, input_size=(64, 64), weights="none")
+    encoder = scratch.get_layer("backbone")
+    norms = [layer for layer in encoder.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert encoder.trainable and norms and {n.momentum for n in norms} == {0.9}  # follows a short run's weights
+    assert scratch.output.shape[1:] == (64, 64, 4) and pre.mean == (127.5,) * 3  # MobileNetV2's own scaling
+    weights = tmp_path / "mnv2_notop.weights.h5"
+    keras.applications.MobileNetV2(input_shape=(64, 64, 3), include_top=False, weights=None).save_weights(weights)
+    given, _ = build_transfer_segmenter("mobilenet_v2", 4, input_size=(64, 64), weights=str(weights))
+    assert not given.get_layer("backbone").trainable
+
+
 # ---------------------------------------------------------------------------------- end to end
 
 @pytest.fixture(scope="module")
