@@ -14,9 +14,10 @@ pytestmark = [pytest.mark.tf, pytest.mark.export]
 
 
 def _tiny_models():
-    from edgecnn.train.registry import list_models
+    """The classifiers' tiny models (segmenters and detectors export in tests/train/test_tasks.py)."""
+    from edgecnn.train.registry import get_model_spec, list_models
 
-    return [m for m in list_models() if m.endswith("_tiny")]
+    return [m for m in list_models() if m.endswith("_tiny") and get_model_spec(m).task == "classify"]
 
 
 @pytest.mark.slow

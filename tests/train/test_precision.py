@@ -71,7 +71,7 @@ def test_every_zoo_model_outputs_float32_under_mixed_precision():
     before = keras.mixed_precision.dtype_policy().name
     with precision_policy("bf16"):
         for name in [n for n in list_models() if n.endswith("_tiny")]:
-            model = build_model(name, 3)
+            model = build_model(name, 3, input_size=(32, 32))
             convs = [la for la in model.layers if isinstance(la, keras.layers.Conv2D)]
             assert convs[0].compute_dtype == "bfloat16" and convs[0].kernel.dtype == "float32", name
             assert model.output.dtype == "float32", name
